@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import llama_cpp as ll
 
@@ -378,11 +379,11 @@ class BatchEngine:
         return StreamEvent(text=window[: len(window) - keep] if keep else window)
 
     @staticmethod
-    def _put(batch: ll.llama_batch, i: int, tok: int, pos: int, seq: int, logits: bool) -> None:
+    def _put(batch: Any, i: int, tok: int, pos: int, seq: int, logits: bool) -> None:
         batch.token[i] = tok
         batch.pos[i] = pos
         batch.n_seq_id[i] = 1
-        batch.seq_id[i][0] = seq  # type: ignore[call-overload]
+        batch.seq_id[i][0] = seq
         batch.logits[i] = logits
 
     def _shutdown(self) -> None:

@@ -81,7 +81,7 @@ class NodeService:
             return self.current
         async with self._load_lock:
             if self.current is None:
-                path: str = self.config.model or await asyncio.to_thread(embedded_model_path)
+                path = self.config.model or str(await asyncio.to_thread(embedded_model_path))
                 try:
                     self.current = await self._load(path, self.config.version)
                 except ModelLoadError as exc:
