@@ -123,7 +123,8 @@ class ManagedProcess:
         return self.proc.returncode
 
     def __enter__(self) -> ManagedProcess:
-        self.start()
+        if self.proc is None:
+            self.start()
         try:
             self.wait_ready()
         except BaseException:
