@@ -15,7 +15,6 @@ import httpx
 from edgecloud.fleet.errors import UpdateRefused
 from edgecloud.fleet.logs import log_event
 
-CHUNK = 1 << 20
 
 
 def download_resumable(client: httpx.Client, url: str, part: Path, length: int) -> int:
@@ -51,7 +50,7 @@ def download_resumable(client: httpx.Client, url: str, part: Path, length: int) 
             with os.fdopen(fd, "wb") as f:
                 f.seek(have)
                 f.truncate()
-                for chunk in resp.iter_raw(CHUNK):
+                for chunk in resp.iter_raw():
                     have += len(chunk)
                     fetched += len(chunk)
                     if have > length:
