@@ -217,10 +217,16 @@ class Agent:
         self.store.clean_partials(keep=part)
         url = f"{self.config.server.rstrip('/')}/tuf/targets/{tf.get_prefixed_paths()[0]}"
         self.status = "downloading"
-        download_resumable(self.http, url, part, tf.length)
+        digest = download_resumable(self.http, url, part, tf.length)
+        expected = tf.hashes.get("sha256")
         try:
-            with open(part, "rb") as f:
-                tf.verify_length_and_hashes(f)
+            if expected is None or set(tf.hashes) != {"sha256"}:
+                with open(part, "rb") as f:  # other algorithms: let TUF hash the file
+                    tf.verify_length_and_hashes(f)
+            elif digest != expected or part.stat().st_size != tf.length:
+                raise tuf_exc.LengthOrHashMismatchError(
+                    f"sha256 {digest[:16]}... is not the signed {expected[:16]}..."
+                )
         except tuf_exc.LengthOrHashMismatchError as exc:
             part.unlink(missing_ok=True)
             raise UpdateRefused("target_hash_mismatch", str(exc)[:200]) from None

@@ -281,9 +281,12 @@ class ModelRepository(Repository):
         dest = self.targets_dir / f"models/{model}/{version}/{sha}.{model}-{version}.gguf"
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + ".tmp")
-        if link:
+        tmp.unlink(missing_ok=True)
+        try:
+            if not link:
+                raise OSError("copy requested")
             os.link(file, tmp)
-        else:
+        except OSError:  # another filesystem, or a copy was asked for
             shutil.copyfile(file, tmp)
         os.replace(tmp, dest)
         release = ModelRelease(

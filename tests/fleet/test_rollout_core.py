@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from edgecloud.fleet.cohort import cohort_bucket, in_cohort
 from edgecloud.fleet.rollout import (
     DeviceReading,
-    Gates,
     GateResult,
+    Gates,
     ModelRelease,
     RolloutPlan,
     RolloutState,
