@@ -59,7 +59,7 @@ def control_once(
             }
             if step.action != "hold":
                 repo.apply_step(release.model, release.version, step)
-                entry = {"model": release.model, "version": release.version,
+                entry: dict[str, Any] = {"model": release.model, "version": release.version,
                          "action": step.action, "percent": step.percent, "reason": step.reason}
                 log_event("rollout.step", **entry)
                 taken.append(entry)

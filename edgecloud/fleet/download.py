@@ -61,8 +61,7 @@ def download_resumable(client: httpx.Client, url: str, part: Path, length: int) 
         part.unlink()
         have = 0
     if have == length:
-        sink = _Sink(part, have)
-        return sink.finish()
+        return _Sink(part, have).finish()
     headers = {"Range": f"bytes={have}-"} if have else {}
     if have:
         log_event("download.resume", url=url, offset=have, length=length)
@@ -85,7 +84,6 @@ def download_resumable(client: httpx.Client, url: str, part: Path, length: int) 
                 have += len(chunk)
                 if have > length:
                     sink.close()
-                    sink = None
                     part.unlink(missing_ok=True)  # the source is hostile: keep nothing
                     raise UpdateRefused(
                         "target_too_long", f"server sent over the signed {length} bytes"
@@ -94,7 +92,7 @@ def download_resumable(client: httpx.Client, url: str, part: Path, length: int) 
     except httpx.HTTPError as exc:
         raise UpdateRefused("download_failed", f"{type(exc).__name__}: {exc}") from None
     finally:
-        if sink is not None and have != length:
+        if sink is not None and have < length:
             sink.close()
     if have < length:
         raise UpdateRefused("download_incomplete", f"{have} of {length} bytes; will resume")

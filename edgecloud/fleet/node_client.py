@@ -19,7 +19,7 @@ class CanaryPrompt(BaseModel):
 
     prompt: str = Field(min_length=1)
     expect: str | None = None
-    max_tokens: int = Field(8, ge=1, le=256)
+    max_tokens: int = Field(default=8, ge=1, le=256)
 
 
 DEFAULT_CANARIES = [

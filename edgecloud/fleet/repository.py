@@ -41,6 +41,7 @@ from edgecloud.fleet.rollout import (
     ModelRelease,
     RolloutPlan,
     RolloutState,
+    Stage,
     Step,
     parse_version,
     stable_release,
@@ -321,7 +322,7 @@ class ModelRepository(Repository):
         if stable is not None and parse_version(stable.version) >= parse_version(version):
             raise ReleaseError(f"{version} is not newer than the stable {stable.version}")
         plan = plan or RolloutPlan()
-        stage = "stable" if percent >= 100 and not plan.auto else "staged"
+        stage: Stage = "stable" if percent >= 100 and not plan.auto else "staged"
         release.rollout = RolloutState(
             stage=stage, percent=percent, plan=plan, stage_started_at=time.time()
         )

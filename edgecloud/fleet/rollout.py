@@ -33,10 +33,10 @@ class Gates(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_error_rate: float = Field(0.05, ge=0, le=1)
-    max_p95_ms: float | None = Field(None, gt=0)
-    min_eval_score: float | None = Field(0.5, ge=0, le=1)
-    max_failures: int = Field(0, ge=0)
+    max_error_rate: float = Field(default=0.05, ge=0, le=1)
+    max_p95_ms: float | None = Field(default=None, gt=0)
+    min_eval_score: float | None = Field(default=0.5, ge=0, le=1)
+    max_failures: int = Field(default=0, ge=0)
 
 
 class RolloutPlan(BaseModel):
@@ -45,9 +45,9 @@ class RolloutPlan(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     stages: list[float] = Field(default_factory=lambda: [5.0, 25.0, 100.0])
-    gates: Gates = Field(default_factory=Gates)
-    soak_s: float = Field(60.0, ge=0)
-    min_reports: int = Field(1, ge=0)
+    gates: Gates = Field(default_factory=lambda: Gates())
+    soak_s: float = Field(default=60.0, ge=0)
+    min_reports: int = Field(default=1, ge=0)
     auto: bool = True
 
     @field_validator("stages")
@@ -66,7 +66,7 @@ class RolloutState(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     stage: Stage = "draft"
-    percent: float = Field(0.0, ge=0, le=100)
+    percent: float = Field(default=0.0, ge=0, le=100)
     plan: RolloutPlan | None = None
     stage_started_at: float = 0.0
     reason: str = ""
@@ -85,7 +85,7 @@ class ModelRelease(BaseModel):
     min_agent_version: str = "0.0.0"
     notes: str = ""
     published_at: float = 0.0
-    rollout: RolloutState = Field(default_factory=RolloutState)
+    rollout: RolloutState = Field(default_factory=lambda: RolloutState())
 
     @field_validator("version", "min_agent_version")
     @classmethod

@@ -44,26 +44,26 @@ class DeviceEvent(BaseModel):
     """Something that happened on a device: activated, refused, rolled_back, recovered."""
 
     kind: str = Field(max_length=32)
-    version: str = Field("", max_length=64)
-    reason: str = Field("", max_length=2000)
+    version: str = Field(default="", max_length=64)
+    reason: str = Field(default="", max_length=2000)
     at: float = 0.0
 
 
 class DeviceMetrics(BaseModel):
-    error_rate: float = Field(0.0, ge=0, le=1)
-    p95_ms: float | None = Field(None, ge=0)
-    eval_score: float | None = Field(None, ge=0, le=1)
+    error_rate: float = Field(default=0.0, ge=0, le=1)
+    p95_ms: float | None = Field(default=None, ge=0)
+    eval_score: float | None = Field(default=None, ge=0, le=1)
 
 
 class DeviceReport(BaseModel):
     """What an agent sends on each poll."""
 
     device_id: str = Field(min_length=1, max_length=128)
-    model: str = Field("", max_length=128)
-    version: str = Field("", max_length=64)
-    agent_version: str = Field("", max_length=64)
-    status: str = Field("ok", max_length=32)
-    metrics: DeviceMetrics = Field(default_factory=DeviceMetrics)
+    model: str = Field(default="", max_length=128)
+    version: str = Field(default="", max_length=64)
+    agent_version: str = Field(default="", max_length=64)
+    status: str = Field(default="ok", max_length=32)
+    metrics: DeviceMetrics = Field(default_factory=lambda: DeviceMetrics())
     failed_versions: list[str] = Field(default_factory=list, max_length=64)
     events: list[DeviceEvent] = Field(default_factory=list, max_length=64)
     received_at: float = 0.0
