@@ -55,7 +55,9 @@ def _server(tmp: Path, repo: Path, *extra: str) -> tuple[ManagedProcess, str]:
     url = f"http://127.0.0.1:{port}"
     proc = ManagedProcess(
         edgecloud_command("fleet", "serve", "--repo", str(repo), "--port", str(port), *extra),
-        f"{url}/readyz", log_path=str(tmp / f"server-{port}.log"), name="fleet",
+        f"{url}/readyz",
+        log_path=str(tmp / f"server-{port}.log"),
+        name="fleet",
     )
     proc.start()
     proc.wait_ready(60)
@@ -74,29 +76,58 @@ def rollout_benchmark(tmp: Path, model_path: str, n_agents: int) -> dict[str, An
         for i, dev in enumerate(_ids(n_agents)):
             port = free_port()
             node = ManagedProcess(
-                edgecloud_command("serve", "--model", model_path, "--port", str(port),
-                                  "--preload", "--ctx", "512", "--threads", "1"),
-                f"http://127.0.0.1:{port}/readyz", env=env,
-                log_path=str(tmp / f"node-{i}.log"), name=f"node-{i}",
+                edgecloud_command(
+                    "serve",
+                    "--model",
+                    model_path,
+                    "--port",
+                    str(port),
+                    "--preload",
+                    "--ctx",
+                    "512",
+                    "--threads",
+                    "1",
+                ),
+                f"http://127.0.0.1:{port}/readyz",
+                env=env,
+                log_path=str(tmp / f"node-{i}.log"),
+                name=f"node-{i}",
             )
             procs.append(node.start())
             node.wait_ready(180)
             log = tmp / f"agent-{i}.log"
             agent = ManagedProcess(
                 edgecloud_command(
-                    "agent", "--server", url, "--models-dir", str(tmp / f"models-{i}"),
-                    "--node", f"http://127.0.0.1:{port}", "--model", MODEL,
-                    "--root", str(repo.root_file()), "--device-id", dev, "--interval", "1",
-                    "--canary-every", "3600",
+                    "agent",
+                    "--server",
+                    url,
+                    "--models-dir",
+                    str(tmp / f"models-{i}"),
+                    "--node",
+                    f"http://127.0.0.1:{port}",
+                    "--model",
+                    MODEL,
+                    "--root",
+                    str(repo.root_file()),
+                    "--device-id",
+                    dev,
+                    "--interval",
+                    "1",
+                    "--canary-every",
+                    "3600",
                 ),
-                None, env=env, log_path=str(log), name=f"agent-{i}",
+                None,
+                env=env,
+                log_path=str(log),
+                name=f"agent-{i}",
             )
             procs.append(agent.start())
             devices.append(log)
         # wait until every agent runs 1.0.0 from its slot
         deadline = time.monotonic() + 300
-        while not all(any(e.get("event") == "agent.activated" for e in _events(p))
-                      for p in devices):
+        while not all(
+            any(e.get("event") == "agent.activated" for e in _events(p)) for p in devices
+        ):
             if time.monotonic() > deadline:
                 raise RuntimeError("agents did not install 1.0.0")
             time.sleep(0.5)
@@ -107,20 +138,35 @@ def rollout_benchmark(tmp: Path, model_path: str, n_agents: int) -> dict[str, An
             r = ModelRepository(repo_path)
             r.add_model(copy, MODEL, "1.1.0")
             t_added = time.time()
-            r.start_rollout(MODEL, "1.1.0", 5, RolloutPlan(
-                stages=[5, 25, 100], gates=Gates(max_error_rate=0.0), soak_s=1, min_reports=1))
+            r.start_rollout(
+                MODEL,
+                "1.1.0",
+                5,
+                RolloutPlan(
+                    stages=[5, 25, 100], gates=Gates(max_error_rate=0.0), soak_s=1, min_reports=1
+                ),
+            )
         deadline = time.monotonic() + 600
         while True:
-            rel = next(x for x in httpx.get(f"{url}/v1/fleet/status").json()["releases"]
-                       if x["version"] == "1.1.0")
+            rel = next(
+                x
+                for x in httpx.get(f"{url}/v1/fleet/status").json()["releases"]
+                if x["version"] == "1.1.0"
+            )
             if rel["stage"] in ("stable", "aborted"):
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError("rollout did not finish")
             time.sleep(0.2)
         while True:  # the last devices activate after the controller marks it stable
-            acts = [[e for e in _events(p) if e.get("event") == "agent.activated"
-                     and e.get("version") == "1.1.0"] for p in devices]
+            acts = [
+                [
+                    e
+                    for e in _events(p)
+                    if e.get("event") == "agent.activated" and e.get("version") == "1.1.0"
+                ]
+                for p in devices
+            ]
             if all(acts) or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
@@ -177,10 +223,16 @@ def download_cost(
             # the agent's own path, in process: TUF refresh, resumable download, verify, stage
             from edgecloud.fleet.agent import Agent, AgentConfig
 
-            a = Agent(AgentConfig(
-                server=url, models_dir=tmp / f"agent-{i}", node="http://127.0.0.1:9",
-                model=MODEL, root=repo.root_file(), device_id="bench",
-            ))
+            a = Agent(
+                AgentConfig(
+                    server=url,
+                    models_dir=tmp / f"agent-{i}",
+                    node="http://127.0.0.1:9",
+                    model=MODEL,
+                    root=repo.root_file(),
+                    device_id="bench",
+                )
+            )
             t = time.perf_counter()
             updater, releases = a.refresh()
             tf = updater.get_targetinfo(f"models/{MODEL}/1.0.0/{MODEL}-1.0.0.gguf")
@@ -260,9 +312,13 @@ def poll_benchmark(tmp: Path, n_sim: int, seconds: float, procs: int) -> dict[st
         server_ps = psutil.Process(server.pid)
         cpu0 = sum(server_ps.cpu_times()[:2])
         t0 = time.monotonic()
-        runners = [subprocess.Popen([sys.executable, "-c", SIM, url, str(per), str(seconds),
-                                     str(k * per)], stdout=subprocess.PIPE)
-                   for k in range(procs)]
+        runners = [
+            subprocess.Popen(
+                [sys.executable, "-c", SIM, url, str(per), str(seconds), str(k * per)],
+                stdout=subprocess.PIPE,
+            )
+            for k in range(procs)
+        ]
         results = [json.loads(r.communicate(timeout=seconds + 120)[0]) for r in runners]
         wall = time.monotonic() - t0
         server_cpu = sum(server_ps.cpu_times()[:2]) - cpu0
@@ -291,8 +347,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--agents", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--link-mb-s", type=float, default=50.0,
-                   help="Also measure over an emulated link of this speed (0: skip).")
+    p.add_argument(
+        "--link-mb-s",
+        type=float,
+        default=50.0,
+        help="Also measure over an emulated link of this speed (0: skip).",
+    )
     p.add_argument("--sim-agents", type=int, default=1000)
     p.add_argument("--sim-seconds", type=float, default=20)
     p.add_argument("--sim-procs", type=int, default=2)

@@ -185,7 +185,10 @@ class Agent:
             self.recover()
         updater, releases = self.refresh()
         choice = choose_release(
-            releases, self.config.model, self.state.device_id, AGENT_VERSION,
+            releases,
+            self.config.model,
+            self.state.device_id,
+            AGENT_VERSION,
             self.state.failed_versions,
         )
         for version, why in choice.refused:
@@ -196,8 +199,9 @@ class Agent:
             self.status = "ok"
             self._maybe_canary()
             return
-        log_event("agent.update", device=self.state.device_id, version=want.version,
-                  why=choice.reason)
+        log_event(
+            "agent.update", device=self.state.device_id, version=want.version, why=choice.reason
+        )
         tf = updater.get_targetinfo(target_path(want.model, want.version))
         if tf is None:
             raise UpdateRefused("target_missing", f"{want.version} has no signed target")
@@ -288,8 +292,9 @@ class Agent:
             return
         r = self.node.run_canaries(self.config.canaries)
         self._last_canary = time.monotonic()
-        self.metrics = DeviceMetrics(error_rate=r.error_rate, p95_ms=r.p95_ms,
-                                     eval_score=r.eval_score)
+        self.metrics = DeviceMetrics(
+            error_rate=r.error_rate, p95_ms=r.p95_ms, eval_score=r.eval_score
+        )
 
     # -- loop ------------------------------------------------------------------------------
 
@@ -299,8 +304,9 @@ class Agent:
         if not once:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: stop.set())
-        log_event("agent.start", device=self.state.device_id, server=self.config.server,
-                  pid=os.getpid())
+        log_event(
+            "agent.start", device=self.state.device_id, server=self.config.server, pid=os.getpid()
+        )
         while True:
             self.cycle()
             if once or stop.wait(self.config.interval_s):

@@ -14,8 +14,9 @@ release_app = typer.Typer(
     help="Publish signed model versions (a TUF repository) and steer their rollout.",
     no_args_is_help=True,
 )
-fleet_app = typer.Typer(help="The fleet server (TUF repository + device API) and its status.",
-                        no_args_is_help=True)
+fleet_app = typer.Typer(
+    help="The fleet server (TUF repository + device API) and its status.", no_args_is_help=True
+)
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -57,7 +58,8 @@ def release_init(
         expiry[role] = _seconds(dur)
     try:
         r = ModelRepository.init(
-            repo, keys_dir=keys_dir,
+            repo,
+            keys_dir=keys_dir,
             key_counts={"root": root_keys, "targets": targets_keys},
             thresholds={"root": root_threshold, "targets": targets_threshold},
             expiry_s=expiry,
@@ -88,8 +90,13 @@ def release_add(
     try:
         with repo_lock(repo):
             rel = ModelRepository(repo).add_model(
-                model_file, name, version, notes=notes, min_agent_version=min_agent_version,
-                stable=stable, link=link,
+                model_file,
+                name,
+                version,
+                notes=notes,
+                min_agent_version=min_agent_version,
+                stable=stable,
+                link=link,
             )
     except (FleetError, ValueError) as exc:
         _fail(str(exc))
@@ -122,9 +129,15 @@ def release_rollout(
     try:
         plan = RolloutPlan(
             stages=[float(s) for s in stages.split(",") if s.strip()],
-            gates=Gates(max_error_rate=max_error_rate, max_p95_ms=max_p95_ms,
-                        min_eval_score=min_eval_score, max_failures=max_failures),
-            soak_s=_seconds(soak), min_reports=min_reports, auto=not manual,
+            gates=Gates(
+                max_error_rate=max_error_rate,
+                max_p95_ms=max_p95_ms,
+                min_eval_score=min_eval_score,
+                max_failures=max_failures,
+            ),
+            soak_s=_seconds(soak),
+            min_reports=min_reports,
+            auto=not manual,
         )
         with repo_lock(repo):
             rel = ModelRepository(repo).start_rollout(name, version, percent, plan)
@@ -178,8 +191,14 @@ def release_list(repo: Path = typer.Argument(...)) -> None:
 
     table = Table("model", "version", "stage", "percent", "size", "reason")
     for r in sorted(ModelRepository(repo, env={}).releases(), key=lambda r: r.key):
-        table.add_row(r.model, r.version, r.rollout.stage, f"{r.rollout.percent:g}",
-                      str(r.size), r.rollout.reason)
+        table.add_row(
+            r.model,
+            r.version,
+            r.rollout.stage,
+            f"{r.rollout.percent:g}",
+            str(r.size),
+            r.rollout.reason,
+        )
     Console().print(table)
 
 
@@ -206,11 +225,16 @@ def fleet_serve(
     token = os.environ.get(device_token_env) if device_token_env else None
     serve(
         ServerConfig(
-            repo=repo, db_url=db or f"sqlite:///{repo.resolve() / 'fleet.db'}",
-            keys_dir=keys_dir, tick_s=tick, rate_limit_bps=rate_limit, device_token=token,
+            repo=repo,
+            db_url=db or f"sqlite:///{repo.resolve() / 'fleet.db'}",
+            keys_dir=keys_dir,
+            tick_s=tick,
+            rate_limit_bps=rate_limit,
+            device_token=token,
             controller=not no_controller,
         ),
-        host, port,
+        host,
+        port,
     )
 
 
@@ -236,12 +260,20 @@ def fleet_status(
         gates = " ".join(f"{k}={v}" for k, v in (g.get("values") or {}).items())
         rel.add_row(r["model"], r["version"], r["stage"], f"{r['percent']:g}", gates, r["reason"])
     console.print(rel)
-    dev = Table("device", "version", "status", "error rate", "p95 ms", "eval", "failed",
-                title="devices")
+    dev = Table(
+        "device", "version", "status", "error rate", "p95 ms", "eval", "failed", title="devices"
+    )
     for d in data["devices"]:
         m = d["metrics"]
-        dev.add_row(d["device_id"], d["version"], d["status"], f"{m['error_rate']:.2f}",
-                    str(m["p95_ms"]), str(m["eval_score"]), ",".join(d["failed_versions"]))
+        dev.add_row(
+            d["device_id"],
+            d["version"],
+            d["status"],
+            f"{m['error_rate']:.2f}",
+            str(m["p95_ms"]),
+            str(m["eval_score"]),
+            ",".join(d["failed_versions"]),
+        )
     console.print(dev)
     ev = Table("device", "kind", "version", "reason", title="recent events")
     for e in data["events"][:20]:
@@ -276,13 +308,22 @@ def agent(
 
     setup_json_logging()
     try:
-        a = Agent(AgentConfig(
-            server=server, models_dir=models_dir, node=node, model=model, root=root,
-            device_id=device_id, admin_token=os.environ.get(admin_token_env),
-            device_token=os.environ.get(device_token_env) if device_token_env else None,
-            interval_s=interval, canaries=load_canaries(canary), canary_every_s=canary_every,
-            min_eval_score=min_eval_score,
-        ))
+        a = Agent(
+            AgentConfig(
+                server=server,
+                models_dir=models_dir,
+                node=node,
+                model=model,
+                root=root,
+                device_id=device_id,
+                admin_token=os.environ.get(admin_token_env),
+                device_token=os.environ.get(device_token_env) if device_token_env else None,
+                interval_s=interval,
+                canaries=load_canaries(canary),
+                canary_every_s=canary_every,
+                min_eval_score=min_eval_score,
+            )
+        )
         a.run(once=once)
     except FleetError as exc:
         _fail(str(exc))

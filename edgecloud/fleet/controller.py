@@ -59,8 +59,13 @@ def control_once(
             }
             if step.action != "hold":
                 repo.apply_step(release.model, release.version, step)
-                entry: dict[str, Any] = {"model": release.model, "version": release.version,
-                         "action": step.action, "percent": step.percent, "reason": step.reason}
+                entry: dict[str, Any] = {
+                    "model": release.model,
+                    "version": release.version,
+                    "action": step.action,
+                    "percent": step.percent,
+                    "reason": step.reason,
+                }
                 log_event("rollout.step", **entry)
                 taken.append(entry)
         if repo.refresh_timestamp():

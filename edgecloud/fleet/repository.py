@@ -401,4 +401,3 @@ class ModelRepository(Repository):
         path = self._latest_file(Root.type)
         assert path is not None
         return path
-

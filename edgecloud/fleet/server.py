@@ -97,9 +97,9 @@ class FleetServer:
         method: str = scope["method"]
         try:
             if method in ("GET", "HEAD") and path.startswith("/tuf/metadata/"):
-                await self._metadata(path[len("/tuf/metadata/"):], send)
+                await self._metadata(path[len("/tuf/metadata/") :], send)
             elif method in ("GET", "HEAD") and path.startswith("/tuf/targets/"):
-                await self._target(scope, path[len("/tuf/targets/"):], send)
+                await self._target(scope, path[len("/tuf/targets/") :], send)
             elif path == "/v1/devices/report" and method == "POST":
                 await self._report(scope, receive, send)
             elif path == "/v1/fleet/status" and method == "GET":
@@ -209,8 +209,13 @@ class FleetServer:
             ) from None
         report.received_at = time.time()
         for ev in report.events:
-            log_event("device.event", device=report.device_id, kind=ev.kind,
-                      version=ev.version, reason=ev.reason)
+            log_event(
+                "device.event",
+                device=report.device_id,
+                kind=ev.kind,
+                version=ev.version,
+                reason=ev.reason,
+            )
         self.reports[report.device_id] = report
         pending = self._dirty.get(report.device_id)
         if pending is not None and pending.events:  # keep events of unflushed reports
@@ -236,8 +241,11 @@ class FleetServer:
         while True:
             try:
                 await asyncio.to_thread(
-                    control_once, self.config.repo, self.config.keys_dir,
-                    list(self.reports.values()), self.view,
+                    control_once,
+                    self.config.repo,
+                    self.config.keys_dir,
+                    list(self.reports.values()),
+                    self.view,
                 )
             except Exception as exc:
                 log_event("controller.failed", error=str(exc))
@@ -247,21 +255,35 @@ class FleetServer:
         """The fleet at a glance: devices, releases with rollout state and gates, failures."""
         repo = ModelRepository(self.config.repo, self.config.keys_dir, env={})
         releases = [
-            {"model": r.model, "version": r.version, "stage": r.rollout.stage,
-             "percent": r.rollout.percent, "reason": r.rollout.reason,
-             "gates": self.view.gates.get(f"{r.model} {r.version}")}
+            {
+                "model": r.model,
+                "version": r.version,
+                "stage": r.rollout.stage,
+                "percent": r.rollout.percent,
+                "reason": r.rollout.reason,
+                "gates": self.view.gates.get(f"{r.model} {r.version}"),
+            }
             for r in repo.releases()
         ]
         devices = [
-            {"device_id": r.device_id, "model": r.model, "version": r.version,
-             "status": r.status, "metrics": r.metrics.model_dump(),
-             "failed_versions": r.failed_versions,
-             "seen_s_ago": round(time.time() - r.received_at, 1)}
+            {
+                "device_id": r.device_id,
+                "model": r.model,
+                "version": r.version,
+                "status": r.status,
+                "metrics": r.metrics.model_dump(),
+                "failed_versions": r.failed_versions,
+                "seen_s_ago": round(time.time() - r.received_at, 1),
+            }
             for r in sorted(self.reports.values(), key=lambda r: r.device_id)
         ]
         events = await asyncio.to_thread(self.store.recent_events, 50)
-        return {"releases": releases, "devices": devices, "events": events,
-                "requests": dict(self.counts)}
+        return {
+            "releases": releases,
+            "devices": devices,
+            "events": events,
+            "requests": dict(self.counts),
+        }
 
 
 def serve(config: ServerConfig, host: str, port: int) -> None:
@@ -270,6 +292,12 @@ def serve(config: ServerConfig, host: str, port: int) -> None:
 
     app = FleetServer(config)
     log_event("fleet.serve", host=host, port=port, repo=str(config.repo))
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
-                lifespan="on", timeout_graceful_shutdown=5)
-
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )

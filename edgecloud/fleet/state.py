@@ -108,13 +108,21 @@ class FleetStore:
         if not batch:
             return
         rows = [
-            {"device_id": r.device_id, "updated_at": r.received_at,
-             "report": r.model_copy(update={"events": []}).model_dump_json()}
+            {
+                "device_id": r.device_id,
+                "updated_at": r.received_at,
+                "report": r.model_copy(update={"events": []}).model_dump_json(),
+            }
             for r in batch
         ]
         events = [
-            {"device_id": r.device_id, "at": ev.at or r.received_at, "kind": ev.kind,
-             "version": ev.version, "reason": ev.reason}
+            {
+                "device_id": r.device_id,
+                "at": ev.at or r.received_at,
+                "kind": ev.kind,
+                "version": ev.version,
+                "reason": ev.reason,
+            }
             for r in batch
             for ev in r.events
         ]
@@ -130,11 +138,15 @@ class FleetStore:
         with Session(self.engine) as s:
             rows = s.scalars(select(EventRow).order_by(EventRow.id.desc()).limit(limit)).all()
             return [
-                {"device_id": r.device_id, "at": r.at, "kind": r.kind, "version": r.version,
-                 "reason": r.reason}
+                {
+                    "device_id": r.device_id,
+                    "at": r.at,
+                    "kind": r.kind,
+                    "version": r.version,
+                    "reason": r.reason,
+                }
                 for r in rows
             ]
 
     def close(self) -> None:
         self.engine.dispose()
-

@@ -64,10 +64,21 @@ class Device:
         port = free_port()
         self.node_url = f"http://127.0.0.1:{port}"
         self.node = ManagedProcess(
-            [sys.executable, "-m", "tests.fleet.standin_node", "--port", str(port),
-             "--model", str(factory), "--load-delay", str(load_delay)],
-            f"{self.node_url}/readyz", env={"EDGECLOUD_ADMIN_TOKEN": TOKEN},
-            log_path=str(self.dir / "node.log"), name=f"node-{device_id}",
+            [
+                sys.executable,
+                "-m",
+                "tests.fleet.standin_node",
+                "--port",
+                str(port),
+                "--model",
+                str(factory),
+                "--load-delay",
+                str(load_delay),
+            ],
+            f"{self.node_url}/readyz",
+            env={"EDGECLOUD_ADMIN_TOKEN": TOKEN},
+            log_path=str(self.dir / "node.log"),
+            name=f"node-{device_id}",
         )
         self.node.start()
         self.node.wait_ready(30)
@@ -75,15 +86,30 @@ class Device:
 
     def agent_args(self, interval: float = 0.2) -> list[str]:
         return edgecloud_command(
-            "agent", "--server", self.rig.url, "--models-dir", str(self.models),
-            "--node", self.node_url, "--model", MODEL, "--root", str(self.rig.root_file),
-            "--device-id", self.id, "--interval", str(interval), "--canary-every", "3600",
+            "agent",
+            "--server",
+            self.rig.url,
+            "--models-dir",
+            str(self.models),
+            "--node",
+            self.node_url,
+            "--model",
+            MODEL,
+            "--root",
+            str(self.rig.root_file),
+            "--device-id",
+            self.id,
+            "--interval",
+            str(interval),
+            "--canary-every",
+            "3600",
         )
 
     def run_once(self) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "EDGECLOUD_ADMIN_TOKEN": TOKEN}
-        proc = subprocess.run([*self.agent_args(), "--once"], env=env, capture_output=True,
-                              text=True, timeout=60)
+        proc = subprocess.run(
+            [*self.agent_args(), "--once"], env=env, capture_output=True, text=True, timeout=60
+        )
         with open(self.dir / "agent.log", "a") as f:
             f.write(proc.stderr)
         assert proc.returncode == 0, proc.stderr[-2000:]
@@ -91,8 +117,11 @@ class Device:
 
     def start_agent(self, interval: float = 0.2) -> ManagedProcess:
         self.agent_proc = ManagedProcess(
-            self.agent_args(interval), None, env={"EDGECLOUD_ADMIN_TOKEN": TOKEN},
-            log_path=str(self.dir / "agent.log"), name=f"agent-{self.id}",
+            self.agent_args(interval),
+            None,
+            env={"EDGECLOUD_ADMIN_TOKEN": TOKEN},
+            log_path=str(self.dir / "agent.log"),
+            name=f"agent-{self.id}",
         ).start()
         return self.agent_proc
 
@@ -104,8 +133,9 @@ class Device:
         return s["slots"][s["active"]]["version"] if s.get("active") else None
 
     def node_model(self) -> dict[str, Any]:
-        r = httpx.get(f"{self.node_url}/admin/model",
-                      headers={"authorization": f"Bearer {TOKEN}"}, timeout=5)
+        r = httpx.get(
+            f"{self.node_url}/admin/model", headers={"authorization": f"Bearer {TOKEN}"}, timeout=5
+        )
         return dict(r.json())
 
     def stop(self) -> None:
@@ -117,8 +147,9 @@ class Device:
 class Rig:
     """A repository with `tiny 1.0.0` stable, served by a real fleet server."""
 
-    def __init__(self, tmp: Path, *, server_args: tuple[str, ...] = (),
-                 init: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, tmp: Path, *, server_args: tuple[str, ...] = (), init: dict[str, Any] | None = None
+    ) -> None:
         self.tmp = tmp
         self.repo_path = tmp / "repo"
         self.repo = ModelRepository.init(self.repo_path, **(init or {}))
@@ -129,9 +160,20 @@ class Rig:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = ManagedProcess(
-            edgecloud_command("fleet", "serve", "--repo", str(self.repo_path), "--port",
-                              str(self.port), "--tick", "0.2", *server_args),
-            f"{self.url}/readyz", log_path=str(tmp / "server.log"), name="fleet",
+            edgecloud_command(
+                "fleet",
+                "serve",
+                "--repo",
+                str(self.repo_path),
+                "--port",
+                str(self.port),
+                "--tick",
+                "0.2",
+                *server_args,
+            ),
+            f"{self.url}/readyz",
+            log_path=str(tmp / "server.log"),
+            name="fleet",
         )
         self.server.start()
         self.server.wait_ready(30)
@@ -140,8 +182,9 @@ class Rig:
     def edit(self) -> ModelRepository:
         return ModelRepository(self.repo_path)
 
-    def publish(self, version: str, behaviour: str = "ok", data: bytes | None = None,
-                stable: bool = False) -> bytes:
+    def publish(
+        self, version: str, behaviour: str = "ok", data: bytes | None = None, stable: bool = False
+    ) -> bytes:
         body = data if data is not None else dummy_model(version, behaviour)
         f = self.tmp / f"{MODEL}-{version}.gguf"
         f.write_bytes(body)
@@ -164,8 +207,11 @@ class Rig:
         return dict(httpx.get(f"{self.url}/v1/fleet/status", timeout=10).json())
 
     def events(self, device_id: str, kind: str | None = None) -> list[dict[str, Any]]:
-        return [e for e in self.status()["events"]
-                if e["device_id"] == device_id and (kind is None or e["kind"] == kind)]
+        return [
+            e
+            for e in self.status()["events"]
+            if e["device_id"] == device_id and (kind is None or e["kind"] == kind)
+        ]
 
     def release(self, version: str) -> dict[str, Any]:
         return next(r for r in self.status()["releases"] if r["version"] == version)

@@ -46,8 +46,11 @@ class StandInNode:
         head = data.split(b"\n", 1)[0].decode()
         self.behaviour = head.split("behaviour=")[1] if "behaviour=" in head else "ok"
         self.current = {
-            "id": path.stem, "path": str(path), "sha256": hashlib.sha256(data).hexdigest(),
-            "version": version, "loaded_at": time.time(),
+            "id": path.stem,
+            "path": str(path),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "version": version,
+            "loaded_at": time.time(),
         }
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -83,8 +86,13 @@ class StandInNode:
         return await self._send(send, 404, {"error": {"message": "not found"}})
 
     async def _send(self, send: Any, status: int, obj: Any) -> None:
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
         await send({"type": "http.response.body", "body": orjson.dumps(obj)})
 
 

@@ -26,8 +26,10 @@ def _latest(rig: Rig, role: str) -> Path:
 
 
 def _refused(rig: Rig, d: Device, reason: str) -> None:
-    ev = wait_for(lambda: [e for e in rig.events(d.id, "refused") if reason in e["reason"]],
-                  what=f"refusal {reason}")
+    ev = wait_for(
+        lambda: [e for e in rig.events(d.id, "refused") if reason in e["reason"]],
+        what=f"refusal {reason}",
+    )
     assert ev
 
 

@@ -29,20 +29,33 @@ def test_agent_updates_and_rolls_back_a_real_node(tmp_path: Path, embedded_model
     url = f"http://127.0.0.1:{port}"
     server = ManagedProcess(
         edgecloud_command("fleet", "serve", "--repo", str(repo_path), "--port", str(port)),
-        f"{url}/readyz", log_path=str(tmp_path / "server.log"),
+        f"{url}/readyz",
+        log_path=str(tmp_path / "server.log"),
     )
     node, node_url = start_node(tmp_path, "--preload", "--ctx", "512", env=env)
     auth = {"authorization": f"Bearer {TOKEN}"}
     models = tmp_path / "models"
     args = edgecloud_command(
-        "agent", "--server", url, "--models-dir", str(models), "--node", node_url,
-        "--model", "gemma-3-270m", "--root", str(repo.root_file()), "--device-id", "box-1",
+        "agent",
+        "--server",
+        url,
+        "--models-dir",
+        str(models),
+        "--node",
+        node_url,
+        "--model",
+        "gemma-3-270m",
+        "--root",
+        str(repo.root_file()),
+        "--device-id",
+        "box-1",
         "--once",
     )
 
     def agent_once() -> None:
-        p = subprocess.run(args, env={**os.environ, **env}, capture_output=True, text=True,
-                           timeout=240)
+        p = subprocess.run(
+            args, env={**os.environ, **env}, capture_output=True, text=True, timeout=240
+        )
         (tmp_path / "agent.log").open("a").write(p.stderr)
         assert p.returncode == 0, p.stderr[-2000:]
 
@@ -64,8 +77,9 @@ def test_agent_updates_and_rolls_back_a_real_node(tmp_path: Path, embedded_model
         agent_once()
         assert node_model()["version"] == "1.1.0"
         assert node_model()["path"] == str(models / "slot-b" / "model.gguf")
-        r = httpx.post(f"{node_url}/v1/completions", json={"prompt": "Hi", "max_tokens": 4},
-                       timeout=60)
+        r = httpx.post(
+            f"{node_url}/v1/completions", json={"prompt": "Hi", "max_tokens": 4}, timeout=60
+        )
         assert r.status_code == 200
 
         corrupt = tmp_path / "v1.2.0.gguf"
@@ -77,9 +91,14 @@ def test_agent_updates_and_rolls_back_a_real_node(tmp_path: Path, embedded_model
         assert httpx.get(f"{node_url}/readyz", timeout=10).status_code == 200
         status = httpx.get(f"{url}/v1/fleet/status", timeout=10).json()
         assert status["devices"][0]["failed_versions"] == ["1.2.0"]
-        wait_for(lambda: [e for e in httpx.get(f"{url}/v1/fleet/status").json()["events"]
-                          if e["kind"] == "rolled_back" and e["version"] == "1.2.0"],
-                 what="rolled_back event")
+        wait_for(
+            lambda: [
+                e
+                for e in httpx.get(f"{url}/v1/fleet/status").json()["events"]
+                if e["kind"] == "rolled_back" and e["version"] == "1.2.0"
+            ],
+            what="rolled_back event",
+        )
     finally:
         node.stop()
         server.stop()

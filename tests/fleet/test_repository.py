@@ -65,8 +65,10 @@ def test_signing_without_the_key_fails_with_a_clear_error(tmp_path: Path) -> Non
 def test_keys_can_come_from_the_environment(tmp_path: Path) -> None:
     repo, model = _repo(tmp_path)
     keys = tmp_path / "repo" / "keys"
-    env = {f"EDGECLOUD_TUF_KEY_{p.stem.upper().replace('-', '_')}": p.read_text()
-           for p in keys.glob("*.pem")}
+    env = {
+        f"EDGECLOUD_TUF_KEY_{p.stem.upper().replace('-', '_')}": p.read_text()
+        for p in keys.glob("*.pem")
+    }
     other = tmp_path / "empty-keys"
     other.mkdir()
     ModelRepository(tmp_path / "repo", keys_dir=other, env=env).add_model(model, "m", "1.0.0")
@@ -78,23 +80,30 @@ def test_release_commands(tmp_path: Path) -> None:
     from edgecloud.supervise import edgecloud_command
 
     def run(*args: str) -> str:
-        p = subprocess.run(edgecloud_command("release", *args), capture_output=True, text=True,
-                           timeout=60)
+        p = subprocess.run(
+            edgecloud_command("release", *args), capture_output=True, text=True, timeout=60
+        )
         assert p.returncode == 0, p.stderr
         return p.stdout
 
     repo = str(tmp_path / "repo")
     model = tmp_path / "m.gguf"
     model.write_bytes(b"x" * 3000)
-    assert "1.root.json" in run("init", repo, "--root-keys", "2", "--root-threshold", "2",
-                                "--expires", "timestamp=6h")
+    assert "1.root.json" in run(
+        "init", repo, "--root-keys", "2", "--root-threshold", "2", "--expires", "timestamp=6h"
+    )
     run("add", repo, str(model), "--name", "m", "--version", "1.0.0", "--stable")
     run("add", repo, str(model), "--name", "m", "--version", "1.1.0", "--notes", "n")
-    assert "staged at 5%" in run("rollout", repo, "m", "1.1.0", "--percent", "5",
-                                 "--max-p95-ms", "900")
+    assert "staged at 5%" in run(
+        "rollout", repo, "m", "1.1.0", "--percent", "5", "--max-p95-ms", "900"
+    )
     assert "staged" in run("list", repo)
     assert "aborted" in run("rollback", repo, "m")
     assert "rotated" in run("rotate-key", repo, "root")
-    bad = subprocess.run(edgecloud_command("release", "rollout", repo, "m", "9.9.9"),
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        edgecloud_command("release", "rollout", repo, "m", "9.9.9"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 1 and "not in the repository" in bad.stderr

@@ -21,10 +21,16 @@ from edgecloud.fleet.rollout import (
 
 
 def _rel(version: str, stage: str = "stable", percent: float = 100, **kw: object) -> ModelRelease:
-    return ModelRelease.model_validate({
-        "model": "m", "version": version, "size": 1, "sha256": "0" * 64,
-        "rollout": {"stage": stage, "percent": percent}, **kw,
-    })
+    return ModelRelease.model_validate(
+        {
+            "model": "m",
+            "version": version,
+            "size": 1,
+            "sha256": "0" * 64,
+            "rollout": {"stage": stage, "percent": percent},
+            **kw,
+        }
+    )
 
 
 @given(st.text(min_size=1, max_size=40), st.floats(0, 100), st.floats(0, 100))

@@ -49,12 +49,10 @@ def test_bad_canary_metrics_abort_and_every_device_returns(rig: Rig) -> None:
     for d in devices:
         d.run_once()
     rig.publish("1.1.0", behaviour="slow")  # passes the local checks, fails the fleet gate
-    rig.rollout("1.1.0", 50, stages=[50, 100], soak_s=0, min_reports=1,
-                gates={"max_p95_ms": 200})
+    rig.rollout("1.1.0", 50, stages=[50, 100], soak_s=0, min_reports=1, gates={"max_p95_ms": 200})
     devices[0].run_once()
     assert devices[0].active_version() == "1.1.0"
-    rel = wait_for(lambda: (r := rig.release("1.1.0"))["stage"] == "aborted" and r,
-                   what="abort")
+    rel = wait_for(lambda: (r := rig.release("1.1.0"))["stage"] == "aborted" and r, what="abort")
     assert "p95_ms" in rel["reason"]
     for d in devices:
         d.run_once()

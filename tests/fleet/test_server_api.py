@@ -18,12 +18,24 @@ def test_server_edges(tmp_path: Path) -> None:
     rel = repo.add_model(model, "m", "1.0.0", stable=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with ManagedProcess(
-        edgecloud_command("fleet", "serve", "--repo", str(tmp_path / "repo"), "--port", str(port),
-                          "--device-token-env", "FLEET_TEST_TOKEN"),
-        f"{url}/readyz", env={"FLEET_TEST_TOKEN": "dev-secret"},
-        log_path=str(tmp_path / "server.log"),
-    ), httpx.Client(base_url=url, timeout=10) as c:
+    with (
+        ManagedProcess(
+            edgecloud_command(
+                "fleet",
+                "serve",
+                "--repo",
+                str(tmp_path / "repo"),
+                "--port",
+                str(port),
+                "--device-token-env",
+                "FLEET_TEST_TOKEN",
+            ),
+            f"{url}/readyz",
+            env={"FLEET_TEST_TOKEN": "dev-secret"},
+            log_path=str(tmp_path / "server.log"),
+        ),
+        httpx.Client(base_url=url, timeout=10) as c,
+    ):
         target = f"/tuf/targets/models/m/1.0.0/{rel.sha256}.m-1.0.0.gguf"
         assert c.get(target).content == model.read_bytes()
         r = c.get(target, headers={"range": "bytes=10000-"})
@@ -44,6 +56,10 @@ def test_server_edges(tmp_path: Path) -> None:
         status = c.get("/v1/fleet/status").json()
         assert status["devices"][0]["device_id"] == "d1"
         assert status["releases"][0]["stage"] == "stable"
-        out = subprocess.run(edgecloud_command("fleet", "status", "--server", url),
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            edgecloud_command("fleet", "status", "--server", url),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert out.returncode == 0 and "d1" in out.stdout and "stable" in out.stdout
