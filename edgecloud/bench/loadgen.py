@@ -1,0 +1,192 @@
+"""The three ways of applying load: closed loop, open loop (Poisson), bursts.
+
+Each returns the records of the requests that finished; a `stop` event ends a level early
+(Ctrl-C, or a target that is plainly broken) and in-flight requests are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgecloud.bench.client import RequestSender
+from edgecloud.bench.results import RequestRecord
+from edgecloud.bench.schedule import poisson_schedule
+
+# Kinds that mean "this target will not work", not "this target is overloaded".
+FATAL_KINDS = frozenset({"connect", "http_401", "http_403", "http_404", "not_openai"})
+_FATAL_AFTER = 4  # that many fatal failures and no success so far: stop the run
+
+# Open loop: the event loop's timers fire at millisecond granularity, so wake up a little early
+# and send when within this much of the schedule (latency still counts from the schedule).
+_EARLY_S = 0.0004
+
+
+@dataclass
+class LevelOutcome:
+    """What one load level produced."""
+
+    level: float
+    records: list[RequestRecord] = field(default_factory=list)
+    started: float = 0.0  # perf_counter
+    ended: float = 0.0
+    cpu_s: float = 0.0  # this process's CPU time over the level
+    send_lag_ms: list[float] = field(default_factory=list)
+    offered: float | None = None
+    fatal: str | None = None  # error kind that stopped the run
+
+    @property
+    def duration_s(self) -> float:
+        return max(self.ended - self.started, 0.0)
+
+
+class _Collector:
+    def __init__(self, out: LevelOutcome, stop: asyncio.Event, tick: Callable[[int], None]):
+        self.out = out
+        self.stop = stop
+        self.tick = tick
+        self.good = 0
+        self.fatal = 0
+
+    def add(self, rec: RequestRecord) -> None:
+        self.out.records.append(rec)
+        if rec.ok:
+            self.good += 1
+        elif rec.error in FATAL_KINDS:
+            self.fatal += 1
+            if self.good == 0 and self.fatal >= _FATAL_AFTER:
+                self.out.fatal = rec.error
+                self.stop.set()
+        self.tick(len(self.out.records))
+
+
+async def _run_until_stopped(work: asyncio.Future[Any], stop: asyncio.Event) -> None:
+    stopper: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for fut in (work, stopper):
+            if not fut.done():
+                fut.cancel()
+        await asyncio.gather(work, stopper, return_exceptions=True)
+
+
+async def closed_loop(
+    sender: RequestSender,
+    bodies: Sequence[bytes],
+    concurrency: int,
+    *,
+    count: int | None,
+    duration_s: float | None,
+    stop: asyncio.Event,
+    tick: Callable[[int], None] = lambda n: None,
+) -> LevelOutcome:
+    """`concurrency` workers, each sending its next request as soon as the last one ended."""
+    out = LevelOutcome(level=float(concurrency))
+    col = _Collector(out, stop, tick)
+    next_index = 0
+    cpu0 = time.process_time()
+    out.started = time.perf_counter()
+    deadline = out.started + duration_s if duration_s else None
+
+    async def worker() -> None:
+        nonlocal next_index
+        while not stop.is_set():
+            if count is not None and next_index >= count:
+                return
+            if deadline is not None and time.perf_counter() >= deadline:
+                return
+            i = next_index
+            next_index += 1
+            col.add(await sender.send(bodies[i % len(bodies)], out.level))
+
+    work = asyncio.ensure_future(asyncio.gather(*(worker() for _ in range(concurrency))))
+    await _run_until_stopped(work, stop)
+    out.ended = time.perf_counter()
+    out.cpu_s = time.process_time() - cpu0
+    return out
+
+
+async def open_loop(
+    sender: RequestSender,
+    bodies: Sequence[bytes],
+    rate: float,
+    *,
+    count: int | None,
+    duration_s: float | None,
+    seed: int,
+    stop: asyncio.Event,
+    tick: Callable[[int], None] = lambda n: None,
+) -> LevelOutcome:
+    """Poisson arrivals at `rate`/s; sends follow the schedule whatever the server does."""
+    offsets = poisson_schedule(rate, count=count, duration_s=duration_s, seed=seed)
+    out = LevelOutcome(level=rate, offered=rate)
+    col = _Collector(out, stop, tick)
+    lags = out.send_lag_ms
+    pending: set[asyncio.Task[None]] = set()
+
+    async def one(body: bytes, when: float) -> None:
+        rec = await sender.send(body, rate, scheduled=when)
+        lags.append(round((sender.t0 + rec.start_s - when) * 1000.0, 4))
+        col.add(rec)
+
+    async def dispatch() -> None:
+        clock = time.perf_counter
+        start = clock() + 0.01
+        for i, off in enumerate(offsets):
+            when = start + off
+            delay = when - clock() - _EARLY_S
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.ensure_future(one(bodies[i % len(bodies)], when))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        while pending:
+            await asyncio.gather(*list(pending), return_exceptions=True)
+
+    cpu0 = time.process_time()
+    out.started = time.perf_counter()
+    await _run_until_stopped(asyncio.ensure_future(dispatch()), stop)
+    for task in list(pending):
+        task.cancel()
+    await asyncio.gather(*list(pending), return_exceptions=True)
+    out.ended = time.perf_counter()
+    out.cpu_s = time.process_time() - cpu0
+    return out
+
+
+async def bursts(
+    sender: RequestSender,
+    bodies: Sequence[bytes],
+    size: int,
+    *,
+    count: int,
+    gap_s: float,
+    stop: asyncio.Event,
+    tick: Callable[[int], None] = lambda n: None,
+) -> LevelOutcome:
+    """Rounds of `size` requests sent at once; the next round `gap_s` after the last ended."""
+    out = LevelOutcome(level=float(size))
+    col = _Collector(out, stop, tick)
+
+    async def rounds() -> None:
+        sent = 0
+        while sent < count and not stop.is_set():
+            n = min(size, count - sent)
+            when = time.perf_counter()
+            batch = [bodies[(sent + k) % len(bodies)] for k in range(n)]
+            sent += n
+            for rec in await asyncio.gather(*(sender.send(b, out.level, when) for b in batch)):
+                col.add(rec)
+            if sent < count:
+                await asyncio.sleep(gap_s)
+
+    cpu0 = time.process_time()
+    out.started = time.perf_counter()
+    await _run_until_stopped(asyncio.ensure_future(rounds()), stop)
+    out.ended = time.perf_counter()
+    out.cpu_s = time.process_time() - cpu0
+    return out
