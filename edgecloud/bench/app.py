@@ -45,6 +45,8 @@ _TERMINAL_COLUMNS = ("level", "requests", "errors", "req/s", "out tok/s", "TTFT 
 def print_summary(console: Console, results: BenchResults) -> None:
     from edgecloud.bench.render import LEVEL_HEADERS, level_rows
 
+    if not results.levels:
+        return
     table = Table(title=f"{results.label or results.endpoint} - {results.scenario} "
                   f"({results.workload}, tokens from {results.token_count_source}); ms")
     # The terminal gets the essential columns; the HTML report has them all.
@@ -53,7 +55,7 @@ def print_summary(console: Console, results: BenchResults) -> None:
         table.add_column(LEVEL_HEADERS[i], justify="right")
     for row in level_rows(results.levels):
         table.add_row(*(_fmt(row[i]) for i in cols))
-    console.print(table)
+    console.print(table, soft_wrap=False)
     if results.knee is not None:
         console.print(f"knee: {results.knee.level:g} ({results.knee.reason})")
     if results.cold_start is not None:
@@ -70,7 +72,7 @@ def run_command(target: str, o: dict[str, Any]) -> int:
     """Run a bench from CLI options; returns the exit code."""
     from edgecloud.bench.workloads import WorkloadError, encode_bodies, load_workload
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # messages stay whole lines (greppable)
     api_key = None
     if o["api_key_env"]:
         api_key = os.environ.get(o["api_key_env"])

@@ -39,6 +39,10 @@ class StandIn:
         self.mode = args.mode
         self.count = 0
         self.first: float | None = None
+        # What the server really did (ms from the request's arrival): the truth the tests
+        # compare the client's figures with, machine noise included.
+        self.seen_ttft_ms: list[float] = []
+        self.seen_e2e_ms: list[float] = []
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -50,6 +54,9 @@ class StandIn:
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         path = scope["path"]
+        if path == "/healthz":  # the test fixture's readiness probe works in every mode
+            await _send(send, 200, b'{"status":"ok"}')
+            return
         if self.mode == "hang":
             await asyncio.sleep(3600)
         if self.mode == "html":
@@ -62,6 +69,10 @@ class StandIn:
             return
         if path in ("/healthz", "/readyz"):
             await _send(send, 200, b'{"status":"ok"}')
+        elif path == "/stats":
+            await _send(send, 200, orjson.dumps({"requests": self.count,
+                                                 "ttft_ms": self.seen_ttft_ms,
+                                                 "e2e_ms": self.seen_e2e_ms}))
         elif path == "/v1/models":
             await _send(send, 200, orjson.dumps({"object": "list", "data": [
                 {"id": MODEL, "object": "model", "owned_by": "standin"}]}))
@@ -85,7 +96,7 @@ class StandIn:
             async with self.sem:
                 await asyncio.sleep(self.service)
         if self.delays:
-            await asyncio.sleep(self.delays[k % len(self.delays)])
+            await _sleep_until(time.perf_counter() + self.delays[k % len(self.delays)])
         n = min(self.tokens, int(body.get("max_tokens") or body.get("max_completion_tokens")
                                  or self.tokens))
         usage = {"prompt_tokens": 7, "completion_tokens": n, "total_tokens": 7 + n}
@@ -103,9 +114,12 @@ class StandIn:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream")]})
         obj = "chat.completion.chunk" if chat else "text_completion"
+        first = time.perf_counter()
+        self.seen_ttft_ms.append((first - now) * 1000.0)
         for i in range(n):
             if i and self.itl:
-                await asyncio.sleep(self.itl)
+                # Absolute deadlines: timer overshoot does not add up over the tokens.
+                await _sleep_until(first + i * self.itl)
             piece = {"delta": {"content": " tok"}} if chat else {"text": " tok"}
             chunk = {"id": "x", "object": obj, "model": MODEL,
                      "choices": [{"index": 0, **piece, "finish_reason": None}]}
@@ -116,6 +130,14 @@ class StandIn:
             tail = b"data: " + orjson.dumps({"id": "x", "object": obj, "choices": [],
                                              "usage": usage}) + b"\n\n"
         await send({"type": "http.response.body", "body": tail + b"data: [DONE]\n\n"})
+        self.seen_e2e_ms.append((time.perf_counter() - now) * 1000.0)
+
+
+async def _sleep_until(deadline: float) -> None:
+    # The loop's timers are millisecond-grained and fire late; aim half a millisecond early.
+    delay = deadline - time.perf_counter() - 0.0005
+    if delay > 0:
+        await asyncio.sleep(delay)
 
 
 async def _send(send: Any, status: int, body: bytes, ctype: bytes = b"application/json") -> None:
