@@ -134,14 +134,15 @@ async def _main(target: str, o: dict[str, Any], wl: Any, api_key: str | None,
     server_pid = o["server_pid"]
     if o["cold_start"]:
         root = base[: -len("/v1")] if base.endswith("/v1") else base
-        tgt = Target(base, model or "default", api_key, wl.route, True, o["timeout"])
+        tgt = Target(base, model, api_key, wl.route, True, o["timeout"])
         try:
             cold, kept = await measure_cold_start(
                 o["cold_start"], tgt, root, bodies[0], runs=o["cold_start_runs"],
                 timeout_s=max(o["timeout"], 300.0), keep_last=not o["cold_start_only"])
         except ColdStartError as exc:
             return BenchResults(endpoint=base, model=model, scenario=o["scenario"],
-                                workload=wl.name, complete=False, note=str(exc))
+                                workload=wl.name, label=o["label"], complete=False,
+                                note=str(exc))
         if kept is not None:
             server_pid = kept.pid
     try:

@@ -7,6 +7,8 @@ import shlex
 import time
 from collections.abc import Sequence
 
+import orjson
+
 from edgecloud.bench.client import Target, make_session
 from edgecloud.bench.results import ColdStart
 from edgecloud.bench.sse import StreamScanner
@@ -47,10 +49,25 @@ async def cold_start_once(
                     return
                 await asyncio.sleep(_POLL_S)
 
+        async def model_id() -> str:
+            """The model to ask for: the given one, else the first the server lists."""
+            while target.model == "" and time.perf_counter() < deadline and proc.alive():
+                try:
+                    async with session.get(target.base_url.rstrip("/") + "/models") as resp:
+                        timings.setdefault("process_start_s", time.perf_counter() - t0)
+                        if resp.status == 200:
+                            return str(orjson.loads(await resp.read())["data"][0]["id"])
+                except (aiohttp.ClientError, ValueError, KeyError, IndexError):
+                    pass
+                await asyncio.sleep(_POLL_S)
+            return target.model
+
         async def first_token() -> None:
+            model = await model_id()
+            request = orjson.dumps({**orjson.loads(body), "model": model})
             while time.perf_counter() < deadline and proc.alive():
                 try:
-                    async with session.post(target.url, data=body,
+                    async with session.post(target.url, data=request,
                                             headers=target.headers()) as resp:
                         timings.setdefault("process_start_s", time.perf_counter() - t0)
                         if resp.status == 200:

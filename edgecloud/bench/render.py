@@ -119,7 +119,7 @@ def _resource_figure(run: BenchResults) -> str | None:
         if any(key in s for s in run.resources):
             ax.plot(t, _nan([s.get(key) for s in run.resources]), label=key, color=color)
     ax.set_xlabel("time since start (s)")
-    ax.set_ylabel("CPU % (100 = one core; system: all cores)")
+    ax.set_ylabel("CPU % (100 = one busy core)")
     ax.set_title("Resources during the run")
     ax.legend(fontsize=7)
     return figure_svg(fig, title="Resource timeline")
@@ -127,7 +127,7 @@ def _resource_figure(run: BenchResults) -> str | None:
 
 def render_run(run: BenchResults) -> str:
     """The HTML report of one run."""
-    meta = table_html(["", ""], [
+    meta = table_html([], [
         ["endpoint", run.endpoint], ["model", run.model], ["label", run.label or None],
         ["scenario", run.scenario], ["workload", run.workload],
         ["token counts from", run.token_count_source], ["streaming", run.stream],

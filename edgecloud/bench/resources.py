@@ -149,6 +149,7 @@ class ResourceSampler:
         self.interval_s = interval_s
         self.samples: list[dict[str, float]] = []
         self._me = psutil.Process(os.getpid())
+        self._cores = psutil.cpu_count(logical=True) or 1
         self._server = None
         if server_pid is not None:
             try:
@@ -199,7 +200,8 @@ class ResourceSampler:
         while not self._stop.wait(self.interval_s):
             s: dict[str, float] = {
                 "t_s": round(time.perf_counter() - self.t0, 3),
-                "system_cpu_pct": psutil.cpu_percent(None),
+                # Whole machine, in the same unit as the processes: 100 = one busy core.
+                "system_cpu_pct": psutil.cpu_percent(None) * self._cores,
                 "client_cpu_pct": self._me.cpu_percent(None),
                 "client_rss_mb": self._me.memory_info().rss / 2**20,
             }

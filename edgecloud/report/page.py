@@ -51,14 +51,18 @@ def table_html(
     *,
     row_classes: Sequence[str] | None = None,
 ) -> str:
-    """A plain HTML table; cells are escaped, `None` shows as an en dash, floats get 4 digits."""
+    """A plain HTML table; cells are escaped, `None` shows as an en dash, floats get 4 digits.
+
+    With no non-empty header the table has no header row (a key/value table).
+    """
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    thead = f"<thead><tr>{head}</tr></thead>" if any(headers) else ""
     body = []
     for i, row in enumerate(rows):
         cls = f' class="{escape(row_classes[i])}"' if row_classes and row_classes[i] else ""
         cells = "".join(f"<td>{escape(_cell(v))}</td>" for v in row)
         body.append(f"<tr{cls}>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f"<table>{thead}<tbody>{''.join(body)}</tbody></table>"
 
 
 def _cell(value: object) -> str:
