@@ -1,19 +1,22 @@
-"""The load generator's HTTP side: one aiohttp session, pre-encoded bodies, cheap stream reads.
+"""The load generator's HTTP side: pre-encoded requests on lean keep-alive connections.
 
-Each call to `RequestSender.send` returns a `RequestRecord`; nothing raises for a bad answer,
-the record says what went wrong (`error` kind). Times are `time.perf_counter()` seconds.
+Each request ends in a `RequestRecord`; nothing raises for a bad answer, the record says what
+went wrong (`error` kind). Times are `time.perf_counter()` seconds. `make_session` gives an
+aiohttp session for the few non-load requests (preflight, cold start).
 """
 
 from __future__ import annotations
 
+import asyncio
+import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
-import orjson
-
+from edgecloud.bench.h1 import ConnectionPool, Done, _Connection, _Exchange
 from edgecloud.bench.results import RequestRecord
-from edgecloud.bench.sse import StreamScanner
 
 
 @dataclass(frozen=True)
@@ -55,103 +58,100 @@ def make_session(limit: int, timeout_s: float) -> Any:
     )
 
 
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000.0, 3)
-
-
 class RequestSender:
-    """Sends one request and times it; `t0` is the run's zero (perf_counter seconds)."""
+    """Sends requests and times them; `t0` is the run's zero (perf_counter seconds).
 
-    def __init__(self, session: Any, target: Target, t0: float) -> None:
-        self.session = session
+    `send` awaits one request (closed loop); `submit` sends at once on an idle connection and
+    calls back when done (open loop: no task per request, the send leaves on schedule).
+    """
+
+    def __init__(self, target: Target, t0: float, limit: int = 0) -> None:
         self.target = target
-        self.url = target.url
-        self.headers = target.headers()
         self.t0 = t0
+        self.pool = ConnectionPool(target.url, limit, min(10.0, target.timeout_s))
+        parts = urlsplit(target.url)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        host = parts.netloc
+        lines = [f"POST {path} HTTP/1.1", f"Host: {host}", "User-Agent: edgecloud-bench",
+                 "Content-Type: application/json", "Accept-Encoding: identity"]
+        lines += [f"{k}: {v}" for k, v in target.headers().items()
+                  if k not in ("Content-Type", "Accept-Encoding")]
+        self._head = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
+        # Keyed by the body itself: bytes cache their hash and compare by identity first.
+        self._wire: dict[bytes, bytes] = {}
+        self._tasks: set[asyncio.Task[RequestRecord]] = set()
 
-    async def send(
-        self, body: bytes, level: float, scheduled: float | None = None
-    ) -> RequestRecord:
-        """Send now. Open loop passes `scheduled`: latency then counts from the schedule."""
-        import aiohttp
+    def _bytes(self, body: bytes) -> bytes:
+        wire = self._wire.get(body)
+        if wire is None:
+            wire = self._head + str(len(body)).encode() + b"\r\n\r\n" + body
+            self._wire[body] = wire
+        return wire
 
-        sent = time.perf_counter()
-        origin = sent if scheduled is None or scheduled > sent else scheduled
-        rec = RequestRecord(
+    def _record(self, level: float, scheduled: float | None, sent: float) -> RequestRecord:
+        return RequestRecord(
             level=level,
             scheduled_s=None if scheduled is None else round(scheduled - self.t0, 6),
             start_s=round(sent - self.t0, 6),
         )
+
+    def _write(self, conn: _Connection, body: bytes, level: float, scheduled: float | None,
+               done: Done) -> None:
+        wire = self._bytes(body)
+        sent = time.perf_counter()
+        origin = sent if scheduled is None or scheduled > sent else scheduled
+        conn.send(wire, _Exchange(self._record(level, scheduled, sent), origin, done),
+                  self.target.timeout_s)
+
+    async def send(self, body: bytes, level: float, scheduled: float | None = None,
+                   ) -> RequestRecord:
+        """Send one request (on a pooled connection) and wait for its record."""
+        loop = asyncio.get_running_loop()
         try:
-            async with self.session.post(self.url, data=body, headers=self.headers) as resp:
-                if resp.status != 200:
-                    await resp.read()
-                    return _fail(rec, f"http_{resp.status}")
-                ctype = resp.headers.get("Content-Type", "")
-                if "text/event-stream" in ctype:
-                    await self._read_stream(resp, rec, origin)
-                else:
-                    await self._read_json(resp, rec, origin)
-        except TimeoutError:
-            return _fail(rec, "timeout")
-        except aiohttp.ClientConnectorError:
-            return _fail(rec, "connect")
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError):
-            return _fail(rec, "disconnect")
-        except aiohttp.ClientError:
-            return _fail(rec, "client_error")
+            conn = await self.pool.acquire()
+        except (TimeoutError, OSError) as exc:
+            return self._connect_failed(exc, level, scheduled)
+        fut: asyncio.Future[RequestRecord] = loop.create_future()
+
+        def done(rec: RequestRecord) -> None:
+            if not fut.done():  # the waiter may be gone (Ctrl-C cancelled it)
+                fut.set_result(rec)
+
+        self._write(conn, body, level, scheduled, done)
+        return await fut
+
+    def submit(self, body: bytes, level: float, scheduled: float, done: Done) -> None:
+        """Send now if a connection is idle (else as soon as one is open); `done` gets it."""
+        conn = self.pool.take_idle()
+        if conn is not None:
+            self._write(conn, body, level, scheduled, done)
+            return
+        task = asyncio.ensure_future(self.send(body, level, scheduled))
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done(done))
+
+    def _task_done(self, done: Done) -> Callable[[asyncio.Task[RequestRecord]], None]:
+        def callback(task: asyncio.Task[RequestRecord]) -> None:
+            self._tasks.discard(task)
+            if not task.cancelled() and task.exception() is None:
+                done(task.result())
+
+        return callback
+
+    def _connect_failed(self, exc: BaseException, level: float,
+                        scheduled: float | None) -> RequestRecord:
+        rec = self._record(level, scheduled, time.perf_counter())
+        rec.ok = False
+        if isinstance(exc, asyncio.TimeoutError):
+            rec.error = "timeout"
+        elif isinstance(exc, ssl.SSLError):
+            rec.error = "tls"
+        else:
+            rec.error = "connect"
         return rec
 
-    async def _read_stream(self, resp: Any, rec: RequestRecord, origin: float) -> None:
-        scan = StreamScanner()
-        clock = time.perf_counter
-        async for data in resp.content.iter_any():
-            scan.feed(data, clock())
-        end = clock()
-        if scan.bad or scan.events == 0:
-            _fail(rec, "not_openai")
-            return
-        if scan.error is not None:
-            _fail(rec, "stream_error")
-            return
-        if not scan.done and scan.usage is None:
-            _fail(rec, "stream_incomplete")
-            return
-        times = scan.token_times
-        if times:
-            rec.ttft_ms = _ms(times[0] - origin)
-            rec.itl_ms = [_ms(b - a) for a, b in zip(times, times[1:], strict=False)]
-        rec.e2e_ms = _ms(end - origin)
-        _apply_usage(rec, scan.usage, len(times))
-
-    async def _read_json(self, resp: Any, rec: RequestRecord, origin: float) -> None:
-        raw = await resp.read()
-        end = time.perf_counter()
-        try:
-            obj = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            _fail(rec, "not_openai")
-            return
-        if not isinstance(obj, dict) or not isinstance(obj.get("choices"), list):
-            _fail(rec, "not_openai")
-            return
-        rec.e2e_ms = _ms(end - origin)
-        usage = obj.get("usage")
-        _apply_usage(rec, usage if isinstance(usage, dict) else None, len(obj["choices"]))
-
-
-def _apply_usage(rec: RequestRecord, usage: dict[str, Any] | None, chunks: int) -> None:
-    if usage is not None and isinstance(usage.get("completion_tokens"), int):
-        rec.output_tokens = usage["completion_tokens"]
-        prompt = usage.get("prompt_tokens")
-        rec.prompt_tokens = prompt if isinstance(prompt, int) else 0
-        rec.token_source = "server_usage"
-    else:
-        rec.output_tokens = chunks
-        rec.token_source = "chunks"
-
-
-def _fail(rec: RequestRecord, kind: str) -> RequestRecord:
-    rec.ok = False
-    rec.error = kind
-    return rec
+    def close(self) -> None:
+        """Drop every connection (in-flight requests end as "disconnect")."""
+        for task in list(self._tasks):
+            task.cancel()
+        self.pool.close()

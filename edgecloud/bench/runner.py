@@ -4,6 +4,7 @@ assemble the versioned results (partial when stopped or when the target fails)."
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from edgecloud.bench import loadgen
 from edgecloud.bench.client import RequestSender, Target, make_session
 from edgecloud.bench.results import BenchResults, LevelSummary, RequestRecord
 from edgecloud.bench.stats import find_knee, summarize, summarize_level
+
+log = logging.getLogger("edgecloud.bench")
 
 Scenario = Literal["single", "concurrency", "rate", "burst"]
 Progress = Callable[[float, int, int | None], None]  # level, done, total (None: by time)
@@ -162,13 +165,17 @@ async def run_bench(
     )
     outcomes: list[loadgen.LevelOutcome] = []
     limit = 0 if settings.scenario in ("rate", "burst") else int(max(settings.levels, default=1))
-    session = make_session(limit, timeout_s)
     sampler = None
+    sender = None
     t0 = time.perf_counter()
     try:
-        results.model = await preflight(session, base, api_key, model, min(timeout_s, 10.0))
+        session = make_session(1, timeout_s)
+        try:
+            results.model = await preflight(session, base, api_key, model, min(timeout_s, 10.0))
+        finally:
+            await session.close()
         target = Target(base, results.model, api_key, route, stream, timeout_s)
-        sender = RequestSender(session, target, t0)
+        sender = RequestSender(target, t0, limit)
         await _warmup(sender, settings.bodies, settings.warmup)
         pid = settings.server_pid
         if pid is None:
@@ -195,8 +202,12 @@ async def run_bench(
         results.note = str(exc)
     except asyncio.CancelledError:
         results.note = "stopped before the end (interrupted); these are the levels measured"
+    except Exception as exc:  # a bug of ours: still keep what was measured
+        log.exception("bench_failed")
+        results.note = f"stopped by an unexpected error ({type(exc).__name__}: {exc})"
     finally:
-        await session.close()
+        if sender is not None:
+            sender.close()
         _fill(results, outcomes, settings)
         if sampler is not None:
             ok = [r for r in results.records if r.ok]
