@@ -155,7 +155,7 @@ async def _main(target: str, o: dict[str, Any], wl: Any, api_key: str | None,
             scenario=o["scenario"], levels=o["levels"], bodies=bodies, workload=wl.name,
             requests=o["requests"], duration_s=o["duration"], slo=o["slo"], seed=o["seed"],
             warmup=o["warmup"], label=o["label"], server_pid=server_pid,
-            watts_per_core=o["watts_per_core"],
+            watts_per_core=o["watts_per_core"], tokenizer=o["tokenizer"],
         )
         if o["cold_start_only"]:
             results = BenchResults(endpoint=base, model=model, scenario=o["scenario"],

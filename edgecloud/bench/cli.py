@@ -72,6 +72,8 @@ def bench(
                                    "time (start, /readyz, first token); then run the load."),
     cold_start_runs: int = typer.Option(3, help="Launches for --cold-start."),
     cold_start_only: bool = typer.Option(False, help="Only measure the cold start."),
+    tokenizer: str = typer.Option(None, help="A .gguf or tokenizer.json that counts output "
+                                  "tokens when the server gives no usage (else: chunks)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     from edgecloud.bench import app as bench_app
@@ -96,6 +98,6 @@ def bench(
         out=out, report=report, label=label, seed=seed, warmup=warmup, timeout=timeout,
         stream=stream, server_pid=server_pid, watts_per_core=watts_per_core,
         cold_start=cold_start, cold_start_runs=cold_start_runs,
-        cold_start_only=cold_start_only, quiet=quiet,
+        cold_start_only=cold_start_only, quiet=quiet, tokenizer=tokenizer,
     )
     raise typer.Exit(bench_app.run_command(target, opts))

@@ -65,8 +65,11 @@ class RequestSender:
     calls back when done (open loop: no task per request, the send leaves on schedule).
     """
 
-    def __init__(self, target: Target, t0: float, limit: int = 0) -> None:
+    def __init__(self, target: Target, t0: float, limit: int = 0,
+                 collect_text: bool = False) -> None:
         self.target = target
+        # With a tokenizer and a server that gives no usage: id(record) -> generated text.
+        self.texts: dict[int, str] | None = {} if collect_text else None
         self.t0 = t0
         self.pool = ConnectionPool(target.url, limit, min(10.0, target.timeout_s))
         parts = urlsplit(target.url)
@@ -100,8 +103,8 @@ class RequestSender:
         wire = self._bytes(body)
         sent = time.perf_counter()
         origin = sent if scheduled is None or scheduled > sent else scheduled
-        conn.send(wire, _Exchange(self._record(level, scheduled, sent), origin, done),
-                  self.target.timeout_s)
+        ex = _Exchange(self._record(level, scheduled, sent), origin, done, self.texts)
+        conn.send(wire, ex, self.target.timeout_s)
 
     async def send(self, body: bytes, level: float, scheduled: float | None = None,
                    ) -> RequestRecord:

@@ -23,7 +23,7 @@ import httptools
 import orjson
 
 from edgecloud.bench.results import RequestRecord
-from edgecloud.bench.sse import StreamScanner
+from edgecloud.bench.sse import StreamScanner, chunk_text
 
 Done = Callable[[RequestRecord], None]
 
@@ -35,9 +35,11 @@ def _ms(seconds: float) -> float:
 class _Exchange:
     """One request in flight: its record, clock origin, and what the response taught us."""
 
-    __slots__ = ("rec", "origin", "done", "status", "sse", "scan", "chunks", "timer", "finished")
+    __slots__ = ("rec", "origin", "done", "status", "sse", "scan", "chunks", "timer", "finished",
+                 "text_sink")
 
-    def __init__(self, rec: RequestRecord, origin: float, done: Done) -> None:
+    def __init__(self, rec: RequestRecord, origin: float, done: Done,
+                 text_sink: dict[int, str] | None = None) -> None:
         self.rec = rec
         self.origin = origin
         self.done = done
@@ -47,6 +49,7 @@ class _Exchange:
         self.chunks: list[bytes] = []
         self.timer: asyncio.TimerHandle | None = None
         self.finished = False
+        self.text_sink = text_sink  # id(record) -> generated text, for a tokenizer to count
 
     def finish(self, error: str | None, end: float) -> None:
         if self.finished:
@@ -80,6 +83,8 @@ class _Exchange:
                 rec.itl_ms = [_ms(b - a) for a, b in zip(times, times[1:], strict=False)]
             rec.e2e_ms = _ms(end - self.origin)
             _apply_usage(rec, scan.usage, len(times))
+            if self.text_sink is not None and scan.usage is None and scan.texts is not None:
+                self.text_sink[id(rec)] = "".join(scan.texts)
             return None
         try:
             obj = orjson.loads(b"".join(self.chunks))
@@ -90,6 +95,8 @@ class _Exchange:
         rec.e2e_ms = _ms(end - self.origin)
         usage = obj.get("usage")
         _apply_usage(rec, usage if isinstance(usage, dict) else None, len(obj["choices"]))
+        if self.text_sink is not None and not isinstance(usage, dict):
+            self.text_sink[id(rec)] = chunk_text(b"".join(self.chunks))
         return None
 
 
@@ -141,7 +148,7 @@ class _Connection(asyncio.Protocol):
         if ex is not None:
             ex.status = self.parser.get_status_code()
             if ex.sse and ex.status == 200:
-                ex.scan = StreamScanner()
+                ex.scan = StreamScanner(collect_text=ex.text_sink is not None)
 
     def on_body(self, body: bytes) -> None:
         ex = self.ex

@@ -22,6 +22,7 @@ from edgecloud.bench.stats import find_knee, summarize, summarize_level
 log = logging.getLogger("edgecloud.bench")
 
 Scenario = Literal["single", "concurrency", "rate", "burst"]
+TokenSource = Literal["server_usage", "tokenizer", "chunks"]
 Progress = Callable[[float, int, int | None], None]  # level, done, total (None: by time)
 
 
@@ -53,6 +54,7 @@ class RunSettings:
     sample_resources: bool = True
     knee_min_gain: float = 0.10
     knee_latency_factor: float = 2.0
+    tokenizer: str | None = None  # .gguf or tokenizer.json: counts tokens when no usage
 
 
 def api_root(url: str) -> str:
@@ -167,6 +169,7 @@ async def run_bench(
     limit = 0 if settings.scenario in ("rate", "burst") else int(max(settings.levels, default=1))
     sampler = None
     sender = None
+    counter: Callable[[str], int] | None = None
     t0 = time.perf_counter()
     try:
         session = make_session(1, timeout_s)
@@ -175,7 +178,15 @@ async def run_bench(
         finally:
             await session.close()
         target = Target(base, results.model, api_key, route, stream, timeout_s)
-        sender = RequestSender(target, t0, limit)
+        counter = None
+        if settings.tokenizer:
+            from edgecloud.bench.tokens import TokenizerError, load_counter
+
+            try:
+                counter = await asyncio.to_thread(load_counter, settings.tokenizer)
+            except TokenizerError as exc:
+                raise TargetError(str(exc)) from None
+        sender = RequestSender(target, t0, limit, collect_text=counter is not None)
         await _warmup(sender, settings.bodies, settings.warmup)
         pid = settings.server_pid
         if pid is None:
@@ -208,6 +219,8 @@ async def run_bench(
     finally:
         if sender is not None:
             sender.close()
+            if counter is not None and sender.texts:
+                _count_tokens(outcomes, sender.texts, counter)
         _fill(results, outcomes, settings)
         if sampler is not None:
             ok = [r for r in results.records if r.ok]
@@ -244,6 +257,18 @@ async def _one_level(
                                 gap_s=s.burst_gap_s, stop=stop, tick=tick)
 
 
+def _count_tokens(
+    outcomes: list[loadgen.LevelOutcome], texts: dict[int, str], count: Callable[[str], int]
+) -> None:
+    """After the run (no CPU taken from it): tokenizer counts where the server gave no usage."""
+    for o in outcomes:
+        for rec in o.records:
+            text = texts.get(id(rec))
+            if text is not None and rec.token_source == "chunks":
+                rec.output_tokens = count(text)
+                rec.token_source = "tokenizer"
+
+
 def _fill(results: BenchResults, outcomes: list[loadgen.LevelOutcome], s: RunSettings) -> None:
     levels: list[LevelSummary] = []
     records: list[RequestRecord] = []
@@ -261,8 +286,11 @@ def _fill(results: BenchResults, outcomes: list[loadgen.LevelOutcome], s: RunSet
     results.levels = levels
     results.records = records
     sources = {r.token_source for r in records if r.ok and r.token_source}
-    if sources:
-        results.token_count_source = "chunks" if "chunks" in sources else "server_usage"
+    weakest_first: tuple[TokenSource, ...] = ("chunks", "tokenizer", "server_usage")
+    for source in weakest_first:
+        if source in sources:
+            results.token_count_source = source
+            break
     if len(levels) >= 2:
         results.knee = find_knee(levels, min_gain=s.knee_min_gain,
                                  latency_factor=s.knee_latency_factor)

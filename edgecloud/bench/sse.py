@@ -32,10 +32,10 @@ class StreamScanner:
     """Feed it the raw bytes of a streamed response with their arrival times."""
 
     __slots__ = (
-        "_buf", "_crlf", "token_times", "usage", "done", "events", "error", "bad",
+        "_buf", "_crlf", "token_times", "usage", "done", "events", "error", "bad", "texts",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, collect_text: bool = False) -> None:
         self._buf = b""
         self._crlf: bool | None = None
         self.token_times: list[float] = []  # arrival time of each content-bearing event
@@ -44,6 +44,9 @@ class StreamScanner:
         self.events = 0  # data events seen
         self.error: str | None = None  # message of an in-stream error event
         self.bad = False  # something that is not an SSE data stream
+        # The generated text, only when asked for (a tokenizer will count it because the
+        # server gives no usage): this is the one mode that parses every chunk.
+        self.texts: list[str] | None = [] if collect_text else None
 
     def feed(self, data: bytes, t: float) -> None:
         if self._crlf is None:
@@ -77,6 +80,8 @@ class StreamScanner:
             self._parse_meta(payload)
         if has_text(payload):
             self.token_times.append(t)
+            if self.texts is not None:
+                self.texts.append(chunk_text(payload))
 
     def _parse_meta(self, payload: bytes) -> None:
         try:
@@ -93,3 +98,17 @@ class StreamScanner:
         err = obj.get("error")
         if err:
             self.error = str(err.get("message", err) if isinstance(err, dict) else err)[:200]
+
+
+def chunk_text(payload: bytes) -> str:
+    """The content (chat) or text (completions) of one chunk or one whole response."""
+    try:
+        obj = orjson.loads(payload)
+        choice = obj["choices"][0]
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+        return ""
+    for part in (choice.get("delta"), choice.get("message")):
+        if isinstance(part, dict) and isinstance(part.get("content"), str):
+            return str(part["content"])
+    text = choice.get("text")
+    return text if isinstance(text, str) else ""

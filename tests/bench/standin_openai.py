@@ -11,6 +11,7 @@ Behaviours (all optional):
   with a known capacity of K * 1000 / S requests/s).
 - --stall-after-s A --stall-s D: A seconds after the first request, hold every answer for D s.
 - --mode ok|unauthorized|html|hang: a bad target (401, a web page, never answers).
+- --no-usage: never report `usage` (the client must count tokens itself).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class StandIn:
         self.stall_after = args.stall_after_s
         self.stall_s = args.stall_s
         self.mode = args.mode
+        self.usage = not args.no_usage
         self.count = 0
         self.first: float | None = None
         # What the server really did (ms from the request's arrival): the truth the tests
@@ -107,9 +109,10 @@ class StandIn:
                  "finish_reason": "length"} if chat else
                 {"index": 0, "text": text, "finish_reason": "length"}
             )
-            await _send(send, 200, orjson.dumps({"id": "x", "object": "chat.completion",
-                                                 "model": MODEL, "choices": [choice],
-                                                 "usage": usage}))
+            answer = {"id": "x", "object": "chat.completion", "model": MODEL, "choices": [choice]}
+            if self.usage:
+                answer["usage"] = usage
+            await _send(send, 200, orjson.dumps(answer))
             return
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream")]})
@@ -126,7 +129,7 @@ class StandIn:
             await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(chunk)
                         + b"\n\n", "more_body": True})
         tail = b""
-        if (body.get("stream_options") or {}).get("include_usage"):
+        if self.usage and (body.get("stream_options") or {}).get("include_usage"):
             tail = b"data: " + orjson.dumps({"id": "x", "object": obj, "choices": [],
                                              "usage": usage}) + b"\n\n"
         await send({"type": "http.response.body", "body": tail + b"data: [DONE]\n\n"})
@@ -157,6 +160,7 @@ def main() -> None:
     p.add_argument("--service-ms", type=float, default=0.0)
     p.add_argument("--stall-after-s", type=float, default=0.0)
     p.add_argument("--stall-s", type=float, default=0.0)
+    p.add_argument("--no-usage", action="store_true", help="never report usage")
     p.add_argument("--mode", default="ok", choices=["ok", "unauthorized", "html", "hang"])
     args = p.parse_args()
     import uvicorn

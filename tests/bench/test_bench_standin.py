@@ -157,3 +157,24 @@ def test_ctrl_c_writes_what_was_measured(standin: Callable[..., str], tmp_path: 
     res = BenchResults.model_validate_json(out.read_text())
     assert not res.complete and "interrupted" in res.note
     assert len(res.records) >= 8 and res.levels[0].ok >= 8
+
+
+def test_token_counts_without_usage_come_from_a_tokenizer_or_chunks(
+    standin: Callable[..., str], embedded_model_path: str
+) -> None:
+    base = standin("--tokens", "6", "--no-usage")
+    plain = _run(base, RunSettings(scenario="single", levels=[1], bodies=_bodies(8),
+                                   workload="short-chat", requests=3, sample_resources=False))
+    assert plain.complete and plain.token_count_source == "chunks"
+    assert all(r.output_tokens == 6 and r.token_source == "chunks" for r in plain.records)
+
+    from edgecloud.bench.tokens import load_counter
+
+    expected = load_counter(embedded_model_path)(" tok" * 6)  # what the stand-in streams
+    counted = _run(base, RunSettings(scenario="single", levels=[1], bodies=_bodies(8),
+                                     workload="short-chat", requests=3, sample_resources=False,
+                                     tokenizer=embedded_model_path))
+    assert counted.complete and counted.token_count_source == "tokenizer"
+    assert all(r.output_tokens == expected and r.token_source == "tokenizer"
+               for r in counted.records)
+    assert expected > 0
