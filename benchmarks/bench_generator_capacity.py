@@ -29,8 +29,12 @@ sys.path.insert(0, str(REPO))
 from edgecloud.bench.results import BenchResults  # noqa: E402
 from edgecloud.supervise import ManagedProcess, free_port  # noqa: E402
 
-BODY = {"model": "standin-model", "messages": [{"role": "user", "content": "Say hi."}],
-        "max_tokens": 4, "stream": False}
+BODY = {
+    "model": "standin-model",
+    "messages": [{"role": "user", "content": "Say hi."}],
+    "max_tokens": 4,
+    "stream": False,
+}
 
 
 def run_wrk(url: str, connections: int, seconds: int) -> float | None:
@@ -38,13 +42,26 @@ def run_wrk(url: str, connections: int, seconds: int) -> float | None:
         print("wrk not found (apt-get install -y wrk): skipping the wrk side")
         return None
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                f"wrk.body = {json.dumps(json.dumps(BODY))}\n")
+        f.write(
+            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+            f"wrk.body = {json.dumps(json.dumps(BODY))}\n"
+        )
         script = f.name
     try:
-        out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", script,
-                              url + "/v1/chat/completions"], capture_output=True, text=True,
-                             check=True).stdout
+        out = subprocess.run(
+            [
+                "wrk",
+                "-t1",
+                f"-c{connections}",
+                f"-d{seconds}s",
+                "-s",
+                script,
+                url + "/v1/chat/completions",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     finally:
         os.unlink(script)
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
@@ -56,9 +73,27 @@ def run_wrk(url: str, connections: int, seconds: int) -> float | None:
 
 def run_bench(url: str, args: list[str], out: Path) -> BenchResults:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    subprocess.run([sys.executable, "-m", "edgecloud", "bench", url, "--no-stream", "--quiet",
-                    "--max-tokens", "4", "--out", str(out), *args], check=True, env=env,
-                   cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgecloud",
+            "bench",
+            url,
+            "--no-stream",
+            "--quiet",
+            "--max-tokens",
+            "4",
+            "--out",
+            str(out),
+            *args,
+        ],
+        check=True,
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return BenchResults.model_validate_json(out.read_text())
 
 
@@ -94,16 +129,25 @@ def main() -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {"PYTHONPATH": str(REPO)}
-    standin = ManagedProcess([sys.executable, "-m", "tests.bench.standin_openai", "--port",
-                              str(port), "--tokens", "4"], f"{url}/healthz", env=env,
-                             name="standin")
+    standin = ManagedProcess(
+        [sys.executable, "-m", "tests.bench.standin_openai", "--port", str(port), "--tokens", "4"],
+        f"{url}/healthz",
+        env=env,
+        name="standin",
+    )
     with standin, tempfile.TemporaryDirectory() as tmp:
         wrk = run_wrk(url, a.connections, a.seconds)
-        closed = run_bench(url, ["--concurrency", str(a.connections), "--duration",
-                                 str(a.seconds)], Path(tmp) / "closed.json")
+        closed = run_bench(
+            url,
+            ["--concurrency", str(a.connections), "--duration", str(a.seconds)],
+            Path(tmp) / "closed.json",
+        )
         floor_before = timer_floor(a.rate, 3)
-        opened = run_bench(url, ["--scenario", "rate", "--rate", str(a.rate), "--duration",
-                                 str(min(a.seconds, 5))], Path(tmp) / "open.json")
+        opened = run_bench(
+            url,
+            ["--scenario", "rate", "--rate", str(a.rate), "--duration", str(min(a.seconds, 5))],
+            Path(tmp) / "open.json",
+        )
         floor_after = timer_floor(a.rate, 3)
     c = closed.levels[0]
     o = opened.levels[0]
@@ -113,19 +157,29 @@ def main() -> None:
     if wrk is not None:
         print(f"  wrk (1 thread)             {wrk:10,.0f} req/s")
     cpu = 100 * (c.client_cpu_share or 0)
-    print(f"  edgecloud bench (closed)   {c.requests_per_s:10,.0f} req/s  "
-          f"({c.errors or 'no'} errors, bench CPU {cpu:.0f}% of a core)")
+    print(
+        f"  edgecloud bench (closed)   {c.requests_per_s:10,.0f} req/s  "
+        f"({c.errors or 'no'} errors, bench CPU {cpu:.0f}% of a core)"
+    )
     if wrk:
         ratio = c.requests_per_s / wrk
-        print(f"  ratio bench / wrk          {ratio:10.2f}x   (target >= 0.30x: "
-              f"{'met' if ratio >= 0.3 else 'NOT met'})")
-    print(f"open loop at {a.rate:g} req/s for {min(a.seconds, 5)} s: {o.requests} sent, "
-          f"{o.ok} ok, achieved {o.requests_per_s:,.0f} req/s")
-    print(f"  |send time - schedule| p50 {lags[len(lags) // 2]:.3f} ms, p99 {p99:.3f} ms, "
-          f"max {lags[-1]:.3f} ms  (target p99 <= 1 ms: {'met' if p99 <= 1.0 else 'NOT met'})")
+        print(
+            f"  ratio bench / wrk          {ratio:10.2f}x   (target >= 0.30x: "
+            f"{'met' if ratio >= 0.3 else 'NOT met'})"
+        )
+    print(
+        f"open loop at {a.rate:g} req/s for {min(a.seconds, 5)} s: {o.requests} sent, "
+        f"{o.ok} ok, achieved {o.requests_per_s:,.0f} req/s"
+    )
+    print(
+        f"  |send time - schedule| p50 {lags[len(lags) // 2]:.3f} ms, p99 {p99:.3f} ms, "
+        f"max {lags[-1]:.3f} ms  (target p99 <= 1 ms: {'met' if p99 <= 1.0 else 'NOT met'})"
+    )
     for name, floor in (("before", floor_before), ("after", floor_after)):
-        print(f"  machine floor {name}: a bare sleep-to-schedule loop, no I/O: p50 "
-              f"{floor[len(floor) // 2]:.3f} ms, p99 {floor[int(0.99 * (len(floor) - 1))]:.3f} ms")
+        print(
+            f"  machine floor {name}: a bare sleep-to-schedule loop, no I/O: p50 "
+            f"{floor[len(floor) // 2]:.3f} ms, p99 {floor[int(0.99 * (len(floor) - 1))]:.3f} ms"
+        )
 
 
 if __name__ == "__main__":

@@ -50,18 +50,28 @@ def build_tokenizer(gguf_path: str, out_dir: str) -> None:
     sf = reader.fields["tokenizer.ggml.scores"]
     scores = [float(sf.parts[i][0]) for i in sf.data]
     unk = tokens.index("<unk>") if "<unk>" in tokens else 0
-    tok = Tokenizer(models.Unigram(list(zip(tokens, scores, strict=True)), unk_id=unk,
-                                   byte_fallback=True))
+    tok = Tokenizer(
+        models.Unigram(list(zip(tokens, scores, strict=True)), unk_id=unk, byte_fallback=True)
+    )
     tok.normalizer = normalizers.Replace(" ", "\u2581")
-    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
-                                     decoders.Fuse()])
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok.save(str(out / "tokenizer.json"))
-    (out / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<bos>",
-        "eos_token": "<eos>", "unk_token": "<unk>", "pad_token": "<pad>",
-        "model_max_length": 32768}))
+    (out / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "bos_token": "<bos>",
+                "eos_token": "<eos>",
+                "unk_token": "<unk>",
+                "pad_token": "<pad>",
+                "model_max_length": 32768,
+            }
+        )
+    )
 
 
 def ensure_aiperf() -> Path:
@@ -69,8 +79,9 @@ def ensure_aiperf() -> Path:
     if not exe.exists():
         print("creating .venv-aiperf (pinned in benchmarks/requirements-aiperf.lock) ...")
         subprocess.run([sys.executable, "-m", "venv", str(AIPERF_VENV)], check=True)
-        subprocess.run([str(AIPERF_VENV / "bin" / "pip"), "install", "-q", "-r", str(LOCK)],
-                       check=True)
+        subprocess.run(
+            [str(AIPERF_VENV / "bin" / "pip"), "install", "-q", "-r", str(LOCK)], check=True
+        )
     return exe
 
 
@@ -90,10 +101,15 @@ def parse_metrics(text: str, t: float) -> Scrape:
         m = re.search(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M)
         return float(m.group(1)) if m else 0.0
 
-    return Scrape(t, one("edgecloud_node_output_tokens_total"),
-                  one("edgecloud_node_e2e_seconds_sum"), one("edgecloud_node_e2e_seconds_count"),
-                  one("edgecloud_node_ttft_seconds_sum"), one("edgecloud_node_ttft_seconds_count"),
-                  one("edgecloud_node_in_flight_requests"))
+    return Scrape(
+        t,
+        one("edgecloud_node_output_tokens_total"),
+        one("edgecloud_node_e2e_seconds_sum"),
+        one("edgecloud_node_e2e_seconds_count"),
+        one("edgecloud_node_ttft_seconds_sum"),
+        one("edgecloud_node_ttft_seconds_count"),
+        one("edgecloud_node_in_flight_requests"),
+    )
 
 
 class Watcher:
@@ -157,9 +173,12 @@ class Watcher:
         t0 = (s[max(first - 1, 0)].t + s[first].t) / 2  # activity began between these scrapes
         t1 = (s[max(last - 1, 0)].t + b.t) / 2
         n = b.e2e_count - a.e2e_count
-        e2e, ttft = per_request(s[max(first - 1, 0): last + 1])
+        e2e, ttft = per_request(s[max(first - 1, 0) : last + 1])
         return {
-            "window_s": t1 - t0, "t0": t0, "t1": t1, "requests": n,
+            "window_s": t1 - t0,
+            "t0": t0,
+            "t1": t1,
+            "requests": n,
             "output_tokens": b.tokens - a.tokens,
             "output_tok_s": (b.tokens - a.tokens) / (t1 - t0),
             "e2e_mean_ms": 1000 * (b.e2e_sum - a.e2e_sum) / n,
@@ -210,8 +229,9 @@ def percentile(values: list[float], q: float) -> float:
 def run_tool(name: str, cmd: list[str], base: str, env: dict[str, str]) -> tuple[Watcher, float]:
     watcher = Watcher(base).start()
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     watcher.pid = proc.pid
     out, _ = proc.communicate(timeout=900)
     wall = time.perf_counter() - t
@@ -267,52 +287,120 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-vs-aiperf-") as tmp_s:
         tmp = Path(tmp_s)
         tok_dir = tmp / "tokenizer"
-        subprocess.run([str(AIPERF_VENV / "bin" / "python"), __file__, "--build-tokenizer", gguf,
-                        str(tok_dir)], check=True)
-        prompts = [it["messages"][0]["content"]
-                   for it in load_workload("short-chat", seed=7, size=a.requests).items]
+        subprocess.run(
+            [
+                str(AIPERF_VENV / "bin" / "python"),
+                __file__,
+                "--build-tokenizer",
+                gguf,
+                str(tok_dir),
+            ],
+            check=True,
+        )
+        prompts = [
+            it["messages"][0]["content"]
+            for it in load_workload("short-chat", seed=7, size=a.requests).items
+        ]
         ours_jsonl = tmp / "ours.jsonl"
-        ours_jsonl.write_text("".join(json.dumps({"messages": [{"role": "user", "content": p}],
-                                                  "max_tokens": MAX_TOKENS}) + "\n"
-                                      for p in prompts))
+        ours_jsonl.write_text(
+            "".join(
+                json.dumps({"messages": [{"role": "user", "content": p}], "max_tokens": MAX_TOKENS})
+                + "\n"
+                for p in prompts
+            )
+        )
         theirs_jsonl = tmp / "aiperf.jsonl"
         theirs_jsonl.write_text("".join(json.dumps({"text": p}) + "\n" for p in prompts))
 
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        node = ManagedProcess(edgecloud_command("serve", "--port", str(port), "--model", gguf,
-                                                "--preload", "--parallel", str(a.concurrency),
-                                                "--ctx", "2048"), f"{base}/readyz", env=env,
-                              log_path=str(tmp / "node.log"), name="node")
+        node = ManagedProcess(
+            edgecloud_command(
+                "serve",
+                "--port",
+                str(port),
+                "--model",
+                gguf,
+                "--preload",
+                "--parallel",
+                str(a.concurrency),
+                "--ctx",
+                "2048",
+            ),
+            f"{base}/readyz",
+            env=env,
+            log_path=str(tmp / "node.log"),
+            name="node",
+        )
         rows: list[tuple[str, dict[str, float], dict[str, float], float, float]] = []
         with node:
             model = json.loads(__import__("httpx").get(f"{base}/v1/models").text)["data"][0]["id"]
             for i, tool in enumerate(("edgecloud bench", "aiperf", "edgecloud bench")):
                 if tool == "aiperf":
                     art = tmp / "aiperf"
-                    cmd = [str(aiperf), "profile", "--model", model, "--url", base,
-                           "--endpoint-type", "chat", "--streaming", "--concurrency",
-                           str(a.concurrency), "--request-count", str(a.requests),
-                           "--input-file", str(theirs_jsonl), "--custom-dataset-type",
-                           "single_turn", "--tokenizer", str(tok_dir),
-                           "--use-server-token-count", "--extra-inputs",
-                           f"max_tokens:{MAX_TOKENS}", "--artifact-dir", str(art),
-                           "--ui-type", "none", "--no-server-metrics", "--random-seed", "7"]
+                    cmd = [
+                        str(aiperf),
+                        "profile",
+                        "--model",
+                        model,
+                        "--url",
+                        base,
+                        "--endpoint-type",
+                        "chat",
+                        "--streaming",
+                        "--concurrency",
+                        str(a.concurrency),
+                        "--request-count",
+                        str(a.requests),
+                        "--input-file",
+                        str(theirs_jsonl),
+                        "--custom-dataset-type",
+                        "single_turn",
+                        "--tokenizer",
+                        str(tok_dir),
+                        "--use-server-token-count",
+                        "--extra-inputs",
+                        f"max_tokens:{MAX_TOKENS}",
+                        "--artifact-dir",
+                        str(art),
+                        "--ui-type",
+                        "none",
+                        "--no-server-metrics",
+                        "--random-seed",
+                        "7",
+                    ]
                     watcher, wall = run_tool(tool, cmd, base, env)
                     figures = aiperf_figures(art)
                 else:
                     out = tmp / f"ours-{i}.json"
-                    cmd = [sys.executable, "-m", "edgecloud", "bench", base, "--workload",
-                           str(ours_jsonl), "--concurrency", str(a.concurrency), "--requests",
-                           str(a.requests), "--warmup", "0", "--out", str(out), "--quiet"]
+                    cmd = [
+                        sys.executable,
+                        "-m",
+                        "edgecloud",
+                        "bench",
+                        base,
+                        "--workload",
+                        str(ours_jsonl),
+                        "--concurrency",
+                        str(a.concurrency),
+                        "--requests",
+                        str(a.requests),
+                        "--warmup",
+                        "0",
+                        "--out",
+                        str(out),
+                        "--quiet",
+                    ]
                     watcher, wall = run_tool(tool, cmd, base, env)
                     lv = BenchResults.model_validate_json(out.read_text()).levels[0]
-                    figures = {"output_tok_s": lv.output_tokens_per_s,
-                               "e2e_p50_ms": lv.e2e_ms.p50 or 0.0,
-                               "e2e_mean_ms": lv.e2e_ms.mean or 0.0,
-                               "ttft_mean_ms": lv.ttft_ms.mean or 0.0,
-                               "ttft_p50_ms": lv.ttft_ms.p50 or 0.0,
-                               "itl_mean_ms": lv.itl_ms.mean or 0.0}
+                    figures = {
+                        "output_tok_s": lv.output_tokens_per_s,
+                        "e2e_p50_ms": lv.e2e_ms.p50 or 0.0,
+                        "e2e_mean_ms": lv.e2e_ms.mean or 0.0,
+                        "ttft_mean_ms": lv.ttft_ms.mean or 0.0,
+                        "ttft_p50_ms": lv.ttft_ms.p50 or 0.0,
+                        "itl_mean_ms": lv.itl_ms.mean or 0.0,
+                    }
                 truth = watcher.truth()
                 cpu = watcher.cpu_between(truth["t0"], truth["t1"])
                 rows.append((tool, figures, truth, cpu / truth["window_s"], wall))
@@ -323,29 +411,46 @@ def main() -> None:
     report(rows, a)
 
 
-def report(rows: list[tuple[str, dict[str, float], dict[str, float], float, float]],
-           a: argparse.Namespace) -> None:
-    print(f"\nnode on the embedded model, concurrency {a.concurrency}, {a.requests} requests, "
-          f"max_tokens {MAX_TOKENS}, streaming; truth = the node's /metrics over each run")
+def report(
+    rows: list[tuple[str, dict[str, float], dict[str, float], float, float]], a: argparse.Namespace
+) -> None:
+    print(
+        f"\nnode on the embedded model, concurrency {a.concurrency}, {a.requests} requests, "
+        f"max_tokens {MAX_TOKENS}, streaming; truth = the node's /metrics over each run"
+    )
     keys = ("output_tok_s", "e2e_p50_ms", "e2e_mean_ms", "ttft_p50_ms", "ttft_mean_ms")
-    print(f"{'tool':<16}{'':>7}{'out tok/s':>11}{'e2e p50':>10}{'e2e mean':>10}{'TTFT p50':>10}"
-          f"{'TTFT mean':>11}{'ITL mean':>10}{'tool CPU':>10}{'wall s':>8}")
+    print(
+        f"{'tool':<16}{'':>7}{'out tok/s':>11}{'e2e p50':>10}{'e2e mean':>10}{'TTFT p50':>10}"
+        f"{'TTFT mean':>11}{'ITL mean':>10}{'tool CPU':>10}{'wall s':>8}"
+    )
     for tool, fig, truth, cpu_share, wall in rows:
-        print(f"{tool:<16}{'tool':>7}" + "".join(f"{fig[k]:>{w}.1f}" for k, w in
-                                                zip(keys, (11, 10, 10, 10, 11), strict=True))
-              + f"{fig['itl_mean_ms']:>10.1f}{100 * cpu_share:>9.1f}%{wall:>8.1f}")
-        print(f"{'':<16}{'truth':>7}" + "".join(f"{truth[k]:>{w}.1f}" for k, w in
-                                                 zip(keys, (11, 10, 10, 10, 11), strict=True))
-              + f"   ({truth['requests']:.0f} requests, "
-              f"{truth['tokens_per_request']:.1f} tokens each)")
-        print(f"{'':<16}{'off by':>7}" + "".join(
-            f"{100 * (fig[k] - truth[k]) / truth[k]:>+{w - 1}.1f}%" for k, w in
-            zip(keys, (11, 10, 10, 10, 11), strict=True)))
-    print("Truth: output tokens/s over the node's busy interval; latencies from the node's "
-          "histogram sums scraped at 20 Hz\n(per request; they start at the node's arrival, so "
-          "a client sees about a millisecond more). Tool CPU: the tool's\nwhole process tree "
-          "over the node's busy interval, 100% = one core. Targets for the bench: tok/s and p50 "
-          "within 5%,\nits CPU <= 10%.")
+        print(
+            f"{tool:<16}{'tool':>7}"
+            + "".join(f"{fig[k]:>{w}.1f}" for k, w in zip(keys, (11, 10, 10, 10, 11), strict=True))
+            + f"{fig['itl_mean_ms']:>10.1f}{100 * cpu_share:>9.1f}%{wall:>8.1f}"
+        )
+        print(
+            f"{'':<16}{'truth':>7}"
+            + "".join(
+                f"{truth[k]:>{w}.1f}" for k, w in zip(keys, (11, 10, 10, 10, 11), strict=True)
+            )
+            + f"   ({truth['requests']:.0f} requests, "
+            f"{truth['tokens_per_request']:.1f} tokens each)"
+        )
+        print(
+            f"{'':<16}{'off by':>7}"
+            + "".join(
+                f"{100 * (fig[k] - truth[k]) / truth[k]:>+{w - 1}.1f}%"
+                for k, w in zip(keys, (11, 10, 10, 10, 11), strict=True)
+            )
+        )
+    print(
+        "Truth: output tokens/s over the node's busy interval; latencies from the node's "
+        "histogram sums scraped at 20 Hz\n(per request; they start at the node's arrival, so "
+        "a client sees about a millisecond more). Tool CPU: the tool's\nwhole process tree "
+        "over the node's busy interval, 100% = one core. Targets for the bench: tok/s and p50 "
+        "within 5%,\nits CPU <= 10%."
+    )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,18 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
-_TERMINAL_COLUMNS = ("level", "requests", "errors", "req/s", "out tok/s", "TTFT p50", "e2e p50",
-                     "e2e p95", "ITL p50", "goodput %")
+_TERMINAL_COLUMNS = (
+    "level",
+    "requests",
+    "errors",
+    "req/s",
+    "out tok/s",
+    "TTFT p50",
+    "e2e p50",
+    "e2e p95",
+    "ITL p50",
+    "goodput %",
+)
 
 
 def print_summary(console: Console, results: BenchResults) -> None:
@@ -47,8 +57,10 @@ def print_summary(console: Console, results: BenchResults) -> None:
 
     if not results.levels:
         return
-    table = Table(title=f"{results.label or results.endpoint} - {results.scenario} "
-                  f"({results.workload}, tokens from {results.token_count_source}); ms")
+    table = Table(
+        title=f"{results.label or results.endpoint} - {results.scenario} "
+        f"({results.workload}, tokens from {results.token_count_source}); ms"
+    )
     # The terminal gets the essential columns; the HTML report has them all.
     cols = [LEVEL_HEADERS.index(h) for h in _TERMINAL_COLUMNS]
     for i in cols:
@@ -63,9 +75,11 @@ def print_summary(console: Console, results: BenchResults) -> None:
         console.print(f"cold start ({len(results.cold_start.runs)} runs): {parts}")
     if results.energy is not None and results.energy.joules is not None:
         e = results.energy
-        console.print(f"energy ({'measured, ' if e.measured else ''}{e.source}): "
-                      f"{_fmt(e.joules)} J, {_fmt(e.joules_per_request)} J/request, "
-                      f"{_fmt(e.tokens_per_joule)} tokens/J")
+        console.print(
+            f"energy ({'measured, ' if e.measured else ''}{e.source}): "
+            f"{_fmt(e.joules)} J, {_fmt(e.joules_per_request)} J/request, "
+            f"{_fmt(e.tokens_per_joule)} tokens/J"
+        )
 
 
 def run_command(target: str, o: dict[str, Any]) -> int:
@@ -106,8 +120,14 @@ def run_command(target: str, o: dict[str, Any]) -> int:
     return 0
 
 
-async def _main(target: str, o: dict[str, Any], wl: Any, api_key: str | None,
-                console: Console, encode_bodies: Any) -> BenchResults:
+async def _main(
+    target: str,
+    o: dict[str, Any],
+    wl: Any,
+    api_key: str | None,
+    console: Console,
+    encode_bodies: Any,
+) -> BenchResults:
     from edgecloud.bench.client import Target
     from edgecloud.bench.coldstart import ColdStartError, measure_cold_start
     from edgecloud.bench.runner import RunSettings, api_root, run_bench
@@ -126,8 +146,9 @@ async def _main(target: str, o: dict[str, Any], wl: Any, api_key: str | None,
 
     # The model id is needed before the bodies; preflight confirms it during the run.
     model = o["model"] or ""
-    bodies = encode_bodies(wl, model=model or "default", max_tokens=o["max_tokens"],
-                           stream=o["stream"])
+    bodies = encode_bodies(
+        wl, model=model or "default", max_tokens=o["max_tokens"], stream=o["stream"]
+    )
     base = api_root(target)
     kept = None
     cold = None
@@ -137,35 +158,72 @@ async def _main(target: str, o: dict[str, Any], wl: Any, api_key: str | None,
         tgt = Target(base, model, api_key, wl.route, True, o["timeout"])
         try:
             cold, kept = await measure_cold_start(
-                o["cold_start"], tgt, root, bodies[0], runs=o["cold_start_runs"],
-                timeout_s=max(o["timeout"], 300.0), keep_last=not o["cold_start_only"])
+                o["cold_start"],
+                tgt,
+                root,
+                bodies[0],
+                runs=o["cold_start_runs"],
+                timeout_s=max(o["timeout"], 300.0),
+                keep_last=not o["cold_start_only"],
+            )
         except ColdStartError as exc:
-            return BenchResults(endpoint=base, model=model, scenario=o["scenario"],
-                                workload=wl.name, label=o["label"], complete=False,
-                                note=str(exc))
+            return BenchResults(
+                endpoint=base,
+                model=model,
+                scenario=o["scenario"],
+                workload=wl.name,
+                label=o["label"],
+                complete=False,
+                note=str(exc),
+            )
         if kept is not None:
             server_pid = kept.pid
     try:
         if not model:
             model = await _first_model(base, api_key)
             if model:
-                bodies = encode_bodies(wl, model=model, max_tokens=o["max_tokens"],
-                                       stream=o["stream"])
+                bodies = encode_bodies(
+                    wl, model=model, max_tokens=o["max_tokens"], stream=o["stream"]
+                )
         settings = RunSettings(
-            scenario=o["scenario"], levels=o["levels"], bodies=bodies, workload=wl.name,
-            requests=o["requests"], duration_s=o["duration"], slo=o["slo"], seed=o["seed"],
-            warmup=o["warmup"], label=o["label"], server_pid=server_pid,
-            watts_per_core=o["watts_per_core"], tokenizer=o["tokenizer"],
+            scenario=o["scenario"],
+            levels=o["levels"],
+            bodies=bodies,
+            workload=wl.name,
+            requests=o["requests"],
+            duration_s=o["duration"],
+            slo=o["slo"],
+            seed=o["seed"],
+            warmup=o["warmup"],
+            label=o["label"],
+            server_pid=server_pid,
+            watts_per_core=o["watts_per_core"],
+            tokenizer=o["tokenizer"],
         )
         if o["cold_start_only"]:
-            results = BenchResults(endpoint=base, model=model, scenario=o["scenario"],
-                                   workload=wl.name, label=o["label"])
+            results = BenchResults(
+                endpoint=base,
+                model=model,
+                scenario=o["scenario"],
+                workload=wl.name,
+                label=o["label"],
+            )
         else:
             results = await _with_progress(
-                run_bench(base, settings, model=model or None, api_key=api_key,
-                          stream=o["stream"], route=wl.route, timeout_s=o["timeout"], stop=stop,
-                          progress=None if o["quiet"] else _Bar.update),
-                quiet=o["quiet"], console=console)
+                run_bench(
+                    base,
+                    settings,
+                    model=model or None,
+                    api_key=api_key,
+                    stream=o["stream"],
+                    route=wl.route,
+                    timeout_s=o["timeout"],
+                    stop=stop,
+                    progress=None if o["quiet"] else _Bar.update,
+                ),
+                quiet=o["quiet"],
+                console=console,
+            )
     finally:
         if kept is not None:
             await asyncio.to_thread(kept.stop)
@@ -203,9 +261,15 @@ async def _with_progress(coro: Any, *, quiet: bool, console: Console) -> BenchRe
 
     task = asyncio.ensure_future(coro)
     ids: dict[float, Any] = {}
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, refresh_per_second=2,
-                  transient=True) as bar:
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        refresh_per_second=2,
+        transient=True,
+    ) as bar:
         while not task.done():
             for level, (done, total) in list(_Bar.state.items()):
                 if level not in ids:

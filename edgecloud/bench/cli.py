@@ -42,13 +42,17 @@ def register(app: typer.Typer) -> None:
 
 
 def bench(
-    target: str = typer.Argument(..., help="Endpoint URL (http://host:port or .../v1), or "
-                                 "'compare' followed by results files."),
+    target: str = typer.Argument(
+        ...,
+        help="Endpoint URL (http://host:port or .../v1), or 'compare' followed by results files.",
+    ),
     files: list[str] = typer.Argument(None, help="With 'compare': the results files."),
     model: str = typer.Option(None, help="Model id to request (default: the first listed)."),
     api_key_env: str = typer.Option(None, help="Name of the env var holding the API key."),
-    workload: str = typer.Option("short-chat", help="short-chat | long-context | phone-agent "
-                                 "| FILE.jsonl (one request body per line)."),
+    workload: str = typer.Option(
+        "short-chat",
+        help="short-chat | long-context | phone-agent | FILE.jsonl (one request body per line).",
+    ),
     scenario: str = typer.Option("concurrency", help="single | concurrency | rate | burst."),
     concurrency: str = typer.Option("1,2,4,8", help="Concurrency levels (burst: burst sizes)."),
     rate: str = typer.Option("0.5,1,2", help="Open-loop Poisson rates, requests/s."),
@@ -64,16 +68,24 @@ def bench(
     warmup: int = typer.Option(1, help="Unrecorded warm-up requests before measuring."),
     timeout: float = typer.Option(120.0, help="Per-request timeout, seconds."),
     stream: bool = typer.Option(True, "--stream/--no-stream", help="Stream (real TTFT)."),
-    server_pid: int = typer.Option(None, help="PID of a local server to sample (default: "
-                                   "found by the URL's port)."),
-    watts_per_core: float = typer.Option(10.0, help="Watts of a busy core, for the energy "
-                                         "estimate when no counter is readable."),
-    cold_start: str = typer.Option(None, "--cold-start", help="Server command to launch and "
-                                   "time (start, /readyz, first token); then run the load."),
+    server_pid: int = typer.Option(
+        None, help="PID of a local server to sample (default: found by the URL's port)."
+    ),
+    watts_per_core: float = typer.Option(
+        10.0, help="Watts of a busy core, for the energy estimate when no counter is readable."
+    ),
+    cold_start: str = typer.Option(
+        None,
+        "--cold-start",
+        help="Server command to launch and time (start, /readyz, first token); then run the load.",
+    ),
     cold_start_runs: int = typer.Option(3, help="Launches for --cold-start."),
     cold_start_only: bool = typer.Option(False, help="Only measure the cold start."),
-    tokenizer: str = typer.Option(None, help="A .gguf or tokenizer.json that counts output "
-                                  "tokens when the server gives no usage (else: chunks)."),
+    tokenizer: str = typer.Option(
+        None,
+        help="A .gguf or tokenizer.json that counts output "
+        "tokens when the server gives no usage (else: chunks).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     from edgecloud.bench import app as bench_app
@@ -86,18 +98,40 @@ def bench(
         raise typer.BadParameter(f"unexpected arguments: {' '.join(files)}")
     if scenario not in ("single", "concurrency", "rate", "burst"):
         raise typer.BadParameter("--scenario must be single, concurrency, rate or burst")
-    levels = [1.0] if scenario == "single" else _floats(
-        rate if scenario == "rate" else concurrency, "--rate" if scenario == "rate" else
-        "--concurrency")
+    levels = (
+        [1.0]
+        if scenario == "single"
+        else _floats(
+            rate if scenario == "rate" else concurrency,
+            "--rate" if scenario == "rate" else "--concurrency",
+        )
+    )
     if scenario in ("concurrency", "burst") and any(v != int(v) for v in levels):
         raise typer.BadParameter("--concurrency wants whole numbers")
     slo = {k: v for k, v in (("ttft_ms", slo_ttft_ms), ("e2e_ms", slo_e2e_ms)) if v}
     opts: dict[str, Any] = dict(
-        model=model, api_key_env=api_key_env, workload=workload, scenario=scenario,
-        levels=levels, requests=requests, duration=duration, max_tokens=max_tokens, slo=slo,
-        out=out, report=report, label=label, seed=seed, warmup=warmup, timeout=timeout,
-        stream=stream, server_pid=server_pid, watts_per_core=watts_per_core,
-        cold_start=cold_start, cold_start_runs=cold_start_runs,
-        cold_start_only=cold_start_only, quiet=quiet, tokenizer=tokenizer,
+        model=model,
+        api_key_env=api_key_env,
+        workload=workload,
+        scenario=scenario,
+        levels=levels,
+        requests=requests,
+        duration=duration,
+        max_tokens=max_tokens,
+        slo=slo,
+        out=out,
+        report=report,
+        label=label,
+        seed=seed,
+        warmup=warmup,
+        timeout=timeout,
+        stream=stream,
+        server_pid=server_pid,
+        watts_per_core=watts_per_core,
+        cold_start=cold_start,
+        cold_start_runs=cold_start_runs,
+        cold_start_only=cold_start_only,
+        quiet=quiet,
+        tokenizer=tokenizer,
     )
     raise typer.Exit(bench_app.run_command(target, opts))

@@ -65,8 +65,9 @@ class RequestSender:
     calls back when done (open loop: no task per request, the send leaves on schedule).
     """
 
-    def __init__(self, target: Target, t0: float, limit: int = 0,
-                 collect_text: bool = False) -> None:
+    def __init__(
+        self, target: Target, t0: float, limit: int = 0, collect_text: bool = False
+    ) -> None:
         self.target = target
         # With a tokenizer and a server that gives no usage: id(record) -> generated text.
         self.texts: dict[int, str] | None = {} if collect_text else None
@@ -75,10 +76,18 @@ class RequestSender:
         parts = urlsplit(target.url)
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         host = parts.netloc
-        lines = [f"POST {path} HTTP/1.1", f"Host: {host}", "User-Agent: edgecloud-bench",
-                 "Content-Type: application/json", "Accept-Encoding: identity"]
-        lines += [f"{k}: {v}" for k, v in target.headers().items()
-                  if k not in ("Content-Type", "Accept-Encoding")]
+        lines = [
+            f"POST {path} HTTP/1.1",
+            f"Host: {host}",
+            "User-Agent: edgecloud-bench",
+            "Content-Type: application/json",
+            "Accept-Encoding: identity",
+        ]
+        lines += [
+            f"{k}: {v}"
+            for k, v in target.headers().items()
+            if k not in ("Content-Type", "Accept-Encoding")
+        ]
         self._head = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
         # Keyed by the body itself: bytes cache their hash and compare by identity first.
         self._wire: dict[bytes, bytes] = {}
@@ -98,16 +107,21 @@ class RequestSender:
             start_s=round(sent - self.t0, 6),
         )
 
-    def _write(self, conn: _Connection, body: bytes, level: float, scheduled: float | None,
-               done: Done) -> None:
+    def _write(
+        self, conn: _Connection, body: bytes, level: float, scheduled: float | None, done: Done
+    ) -> None:
         wire = self._bytes(body)
         sent = time.perf_counter()
         origin = sent if scheduled is None or scheduled > sent else scheduled
         ex = _Exchange(self._record(level, scheduled, sent), origin, done, self.texts)
         conn.send(wire, ex, self.target.timeout_s)
 
-    async def send(self, body: bytes, level: float, scheduled: float | None = None,
-                   ) -> RequestRecord:
+    async def send(
+        self,
+        body: bytes,
+        level: float,
+        scheduled: float | None = None,
+    ) -> RequestRecord:
         """Send one request (on a pooled connection) and wait for its record."""
         loop = asyncio.get_running_loop()
         try:
@@ -141,8 +155,9 @@ class RequestSender:
 
         return callback
 
-    def _connect_failed(self, exc: BaseException, level: float,
-                        scheduled: float | None) -> RequestRecord:
+    def _connect_failed(
+        self, exc: BaseException, level: float, scheduled: float | None
+    ) -> RequestRecord:
         rec = self._record(level, scheduled, time.perf_counter())
         rec.ok = False
         if isinstance(exc, asyncio.TimeoutError):

@@ -23,7 +23,11 @@ class ColdStartError(Exception):
 
 
 async def cold_start_once(
-    command: Sequence[str], target: Target, root_url: str, body: bytes, timeout_s: float,
+    command: Sequence[str],
+    target: Target,
+    root_url: str,
+    body: bytes,
+    timeout_s: float,
     log_path: str | None = None,
 ) -> tuple[dict[str, float], ManagedProcess]:
     """One launch; returns the timings (seconds from launch) and the running process."""
@@ -35,6 +39,7 @@ async def cold_start_once(
     session = make_session(0, timeout_s)
     deadline = t0 + timeout_s
     try:
+
         async def poll_ready() -> None:
             while time.perf_counter() < deadline:
                 try:
@@ -67,8 +72,9 @@ async def cold_start_once(
             request = orjson.dumps({**orjson.loads(body), "model": model})
             while time.perf_counter() < deadline and proc.alive():
                 try:
-                    async with session.post(target.url, data=request,
-                                            headers=target.headers()) as resp:
+                    async with session.post(
+                        target.url, data=request, headers=target.headers()
+                    ) as resp:
                         timings.setdefault("process_start_s", time.perf_counter() - t0)
                         if resp.status == 200:
                             scan = StreamScanner()
@@ -95,8 +101,15 @@ async def cold_start_once(
 
 
 async def measure_cold_start(
-    command: str, target: Target, root_url: str, body: bytes, *, runs: int, timeout_s: float,
-    keep_last: bool = False, log_path: str | None = None,
+    command: str,
+    target: Target,
+    root_url: str,
+    body: bytes,
+    *,
+    runs: int,
+    timeout_s: float,
+    keep_last: bool = False,
+    log_path: str | None = None,
 ) -> tuple[ColdStart, ManagedProcess | None]:
     """`runs` launches; the last process is returned still running when `keep_last`."""
     argv = shlex.split(command)

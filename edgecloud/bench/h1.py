@@ -35,11 +35,22 @@ def _ms(seconds: float) -> float:
 class _Exchange:
     """One request in flight: its record, clock origin, and what the response taught us."""
 
-    __slots__ = ("rec", "origin", "done", "status", "sse", "scan", "chunks", "timer", "finished",
-                 "text_sink")
+    __slots__ = (
+        "rec",
+        "origin",
+        "done",
+        "status",
+        "sse",
+        "scan",
+        "chunks",
+        "timer",
+        "finished",
+        "text_sink",
+    )
 
-    def __init__(self, rec: RequestRecord, origin: float, done: Done,
-                 text_sink: dict[int, str] | None = None) -> None:
+    def __init__(
+        self, rec: RequestRecord, origin: float, done: Done, text_sink: dict[int, str] | None = None
+    ) -> None:
         self.rec = rec
         self.origin = origin
         self.done = done
@@ -238,8 +249,13 @@ class ConnectionPool:
         self.open.add(conn)
         try:
             await asyncio.wait_for(
-                self.loop.create_connection(lambda: conn, self.host, self.port, ssl=self._ssl,
-                                            server_hostname=self.host if self.tls else None),
+                self.loop.create_connection(
+                    lambda: conn,
+                    self.host,
+                    self.port,
+                    ssl=self._ssl,
+                    server_hostname=self.host if self.tls else None,
+                ),
                 self.connect_timeout_s,
             )
         except BaseException:

@@ -84,8 +84,9 @@ class _Rapl:
         return [int(p.read_text()) for p, _ in self.zones]
 
     def joules(self, before: list[int], after: list[int]) -> float:
-        total = sum(counter_delta(b, a, w) for b, a, (_, w) in zip(before, after, self.zones,
-                                                                     strict=True))
+        total = sum(
+            counter_delta(b, a, w) for b, a, (_, w) in zip(before, after, self.zones, strict=True)
+        )
         return total / 1e6
 
 
@@ -228,15 +229,25 @@ class ResourceSampler:
                 if end is not None:
                     joules = (end - self._nvml0) / 1000.0
                     per_req, per_j = energy_ratios(joules, requests, output_tokens)
-                    return Energy(source="nvml", measured=True, joules=joules,
-                                  joules_per_request=per_req, tokens_per_joule=per_j,
-                                  note="GPU energy counter (NVML), all GPUs")
+                    return Energy(
+                        source="nvml",
+                        measured=True,
+                        joules=joules,
+                        joules_per_request=per_req,
+                        tokens_per_joule=per_j,
+                        note="GPU energy counter (NVML), all GPUs",
+                    )
             if self._rapl is not None:
                 joules = self._rapl.joules(self._rapl0, self._rapl.read())
                 per_req, per_j = energy_ratios(joules, requests, output_tokens)
-                return Energy(source="rapl", measured=True, joules=joules,
-                              joules_per_request=per_req, tokens_per_joule=per_j,
-                              note="Intel RAPL package counters (whole machine)")
+                return Energy(
+                    source="rapl",
+                    measured=True,
+                    joules=joules,
+                    joules_per_request=per_req,
+                    tokens_per_joule=per_j,
+                    note="Intel RAPL package counters (whole machine)",
+                )
             if self._server is not None:
                 cpu_s = self._server_cpu() - self._server_cpu0
                 scope = f"server process {self.server_pid}"
@@ -246,10 +257,15 @@ class ResourceSampler:
                 scope = "whole machine (no server pid: includes the bench itself)"
             joules = estimate_joules(cpu_s, watts_per_core)
             per_req, per_j = energy_ratios(joules, requests, output_tokens)
-            return Energy(source="estimate", measured=False, joules=joules,
-                          joules_per_request=per_req, tokens_per_joule=per_j,
-                          note=f"estimate: {cpu_s:.2f} CPU-s of the {scope} x "
-                               f"{watts_per_core:g} W per busy core; no RAPL/NVML counter")
+            return Energy(
+                source="estimate",
+                measured=False,
+                joules=joules,
+                joules_per_request=per_req,
+                tokens_per_joule=per_j,
+                note=f"estimate: {cpu_s:.2f} CPU-s of the {scope} x "
+                f"{watts_per_core:g} W per busy core; no RAPL/NVML counter",
+            )
         finally:
             if self._nvml is not None:
                 self._nvml.close()

@@ -82,8 +82,9 @@ async def preflight(
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     url = base_url.rstrip("/") + "/models"
     try:
-        async with session.get(url, headers=headers,
-                               timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+        async with session.get(
+            url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)
+        ) as resp:
             raw = await resp.read()
             status = resp.status
     except TimeoutError:
@@ -157,13 +158,25 @@ async def run_bench(
     stop = stop or asyncio.Event()
     base = api_root(target_url)
     results = BenchResults(
-        label=settings.label, endpoint=base, model=model or "", scenario=settings.scenario,
-        workload=settings.workload, slo=dict(settings.slo), machine=machine_info(),
-        started_at=datetime.now(UTC).isoformat(timespec="seconds"), stream=stream,
-        seed=settings.seed, complete=False,
-        settings={"levels": list(settings.levels), "requests": settings.requests,
-                  "duration_s": settings.duration_s, "warmup": settings.warmup,
-                  "route": route, "timeout_s": timeout_s},
+        label=settings.label,
+        endpoint=base,
+        model=model or "",
+        scenario=settings.scenario,
+        workload=settings.workload,
+        slo=dict(settings.slo),
+        machine=machine_info(),
+        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        stream=stream,
+        seed=settings.seed,
+        complete=False,
+        settings={
+            "levels": list(settings.levels),
+            "requests": settings.requests,
+            "duration_s": settings.duration_s,
+            "warmup": settings.warmup,
+            "route": route,
+            "timeout_s": timeout_s,
+        },
     )
     outcomes: list[loadgen.LevelOutcome] = []
     limit = 0 if settings.scenario in ("rate", "burst") else int(max(settings.levels, default=1))
@@ -203,8 +216,11 @@ async def run_bench(
             outcomes.append(outcome)
             if outcome.fatal:
                 kind = outcome.fatal
-                raise TargetError(_warmup_message(target, RequestRecord(
-                    level=level, start_s=0.0, ok=False, error=kind)).replace("warm-up ", ""))
+                raise TargetError(
+                    _warmup_message(
+                        target, RequestRecord(level=level, start_s=0.0, ok=False, error=kind)
+                    ).replace("warm-up ", "")
+                )
         if stop.is_set():
             results.note = "stopped before the end (interrupted); these are the levels measured"
         else:
@@ -224,14 +240,18 @@ async def run_bench(
         _fill(results, outcomes, settings)
         if sampler is not None:
             ok = [r for r in results.records if r.ok]
-            results.energy = sampler.stop(len(ok), sum(r.output_tokens for r in ok),
-                                          settings.watts_per_core)
+            results.energy = sampler.stop(
+                len(ok), sum(r.output_tokens for r in ok), settings.watts_per_core
+            )
             results.resources = sampler.samples
     return results
 
 
 async def _one_level(
-    sender: RequestSender, s: RunSettings, level: float, stop: asyncio.Event,
+    sender: RequestSender,
+    s: RunSettings,
+    level: float,
+    stop: asyncio.Event,
     progress: Progress | None,
 ) -> loadgen.LevelOutcome:
     count = s.requests
@@ -248,13 +268,29 @@ async def _one_level(
     tick(0)
     if s.scenario in ("single", "concurrency"):
         n = 1 if s.scenario == "single" else int(level)
-        return await loadgen.closed_loop(sender, s.bodies, n, count=count,
-                                         duration_s=s.duration_s, stop=stop, tick=tick)
+        return await loadgen.closed_loop(
+            sender, s.bodies, n, count=count, duration_s=s.duration_s, stop=stop, tick=tick
+        )
     if s.scenario == "rate":
-        return await loadgen.open_loop(sender, s.bodies, level, count=count,
-                                       duration_s=s.duration_s, seed=s.seed, stop=stop, tick=tick)
-    return await loadgen.bursts(sender, s.bodies, int(level), count=count or int(level) * 4,
-                                gap_s=s.burst_gap_s, stop=stop, tick=tick)
+        return await loadgen.open_loop(
+            sender,
+            s.bodies,
+            level,
+            count=count,
+            duration_s=s.duration_s,
+            seed=s.seed,
+            stop=stop,
+            tick=tick,
+        )
+    return await loadgen.bursts(
+        sender,
+        s.bodies,
+        int(level),
+        count=count or int(level) * 4,
+        gap_s=s.burst_gap_s,
+        stop=stop,
+        tick=tick,
+    )
 
 
 def _count_tokens(
@@ -292,5 +328,6 @@ def _fill(results: BenchResults, outcomes: list[loadgen.LevelOutcome], s: RunSet
             results.token_count_source = source
             break
     if len(levels) >= 2:
-        results.knee = find_knee(levels, min_gain=s.knee_min_gain,
-                                 latency_factor=s.knee_latency_factor)
+        results.knee = find_knee(
+            levels, min_gain=s.knee_min_gain, latency_factor=s.knee_latency_factor
+        )

@@ -32,7 +32,15 @@ class StreamScanner:
     """Feed it the raw bytes of a streamed response with their arrival times."""
 
     __slots__ = (
-        "_buf", "_crlf", "token_times", "usage", "done", "events", "error", "bad", "texts",
+        "_buf",
+        "_crlf",
+        "token_times",
+        "usage",
+        "done",
+        "events",
+        "error",
+        "bad",
+        "texts",
     )
 
     def __init__(self, collect_text: bool = False) -> None:

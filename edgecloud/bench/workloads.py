@@ -20,16 +20,47 @@ import orjson
 BUILTIN = ("short-chat", "long-context", "phone-agent")
 
 _TOPICS = (
-    "the weather in Lisbon", "how a heat pump works", "a recipe with lentils",
+    "the weather in Lisbon",
+    "how a heat pump works",
+    "a recipe with lentils",
     "why the sky is blue",
-    "the rules of chess castling", "how to water a cactus", "the history of the bicycle",
-    "what a kernel panic is", "how tides work", "a polite reply to a late invoice",
-    "the difference between TCP and UDP", "packing for a two-day hike",
+    "the rules of chess castling",
+    "how to water a cactus",
+    "the history of the bicycle",
+    "what a kernel panic is",
+    "how tides work",
+    "a polite reply to a late invoice",
+    "the difference between TCP and UDP",
+    "packing for a two-day hike",
 )
 _WORDS = (
-    "system", "edge", "latency", "report", "network", "device", "battery", "screen", "button",
-    "settings", "message", "contact", "calendar", "photo", "account", "payment", "order", "route",
-    "update", "storage", "signal", "window", "server", "queue", "token", "model", "budget",
+    "system",
+    "edge",
+    "latency",
+    "report",
+    "network",
+    "device",
+    "battery",
+    "screen",
+    "button",
+    "settings",
+    "message",
+    "contact",
+    "calendar",
+    "photo",
+    "account",
+    "payment",
+    "order",
+    "route",
+    "update",
+    "storage",
+    "signal",
+    "window",
+    "server",
+    "queue",
+    "token",
+    "model",
+    "budget",
 )
 
 
@@ -94,9 +125,7 @@ def _load_jsonl(path: Path) -> Workload:
     return Workload(path.name, route, items)
 
 
-def encode_bodies(
-    workload: Workload, *, model: str, max_tokens: int, stream: bool
-) -> list[bytes]:
+def encode_bodies(workload: Workload, *, model: str, max_tokens: int, stream: bool) -> list[bytes]:
     """Final request bodies as bytes: model, stream, usage in the stream, token limit."""
     bodies = []
     for item in workload.items:

@@ -23,10 +23,14 @@ def start_standin(tmp: Path, *options: str) -> tuple[ManagedProcess, str]:
     """A ready stand-in; returns (process, base URL without /v1)."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {"PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH"))
-                                         if p)}
-    proc = ManagedProcess(standin_command(port, *options), f"{base}/healthz", env=env,
-                          log_path=str(tmp / f"standin-{port}.log"), name="standin")
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+    proc = ManagedProcess(
+        standin_command(port, *options),
+        f"{base}/healthz",
+        env=env,
+        log_path=str(tmp / f"standin-{port}.log"),
+        name="standin",
+    )
     proc.start()
     try:
         proc.wait_ready(timeout_s=30)

@@ -65,19 +65,41 @@ class StandIn:
             await _send(send, 200, b"<html><body>Welcome to nginx!</body></html>", b"text/html")
             return
         if self.mode == "unauthorized":
-            err = {"error": {"message": "Invalid API key", "type": "invalid_request_error",
-                             "param": None, "code": "invalid_api_key"}}
+            err = {
+                "error": {
+                    "message": "Invalid API key",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "invalid_api_key",
+                }
+            }
             await _send(send, 401, orjson.dumps(err))
             return
         if path in ("/healthz", "/readyz"):
             await _send(send, 200, b'{"status":"ok"}')
         elif path == "/stats":
-            await _send(send, 200, orjson.dumps({"requests": self.count,
-                                                 "ttft_ms": self.seen_ttft_ms,
-                                                 "e2e_ms": self.seen_e2e_ms}))
+            await _send(
+                send,
+                200,
+                orjson.dumps(
+                    {
+                        "requests": self.count,
+                        "ttft_ms": self.seen_ttft_ms,
+                        "e2e_ms": self.seen_e2e_ms,
+                    }
+                ),
+            )
         elif path == "/v1/models":
-            await _send(send, 200, orjson.dumps({"object": "list", "data": [
-                {"id": MODEL, "object": "model", "owned_by": "standin"}]}))
+            await _send(
+                send,
+                200,
+                orjson.dumps(
+                    {
+                        "object": "list",
+                        "data": [{"id": MODEL, "object": "model", "owned_by": "standin"}],
+                    }
+                ),
+            )
         elif path in ("/v1/chat/completions", "/v1/completions"):
             body = orjson.loads(await read_body(receive, 64 << 20))
             await self.complete(body, send, chat=path.endswith("chat/completions"))
@@ -99,23 +121,34 @@ class StandIn:
                 await asyncio.sleep(self.service)
         if self.delays:
             await _sleep_until(time.perf_counter() + self.delays[k % len(self.delays)])
-        n = min(self.tokens, int(body.get("max_tokens") or body.get("max_completion_tokens")
-                                 or self.tokens))
+        n = min(
+            self.tokens,
+            int(body.get("max_tokens") or body.get("max_completion_tokens") or self.tokens),
+        )
         usage = {"prompt_tokens": 7, "completion_tokens": n, "total_tokens": 7 + n}
         if not body.get("stream"):
             text = " tok" * n
             choice: dict[str, Any] = (
-                {"index": 0, "message": {"role": "assistant", "content": text},
-                 "finish_reason": "length"} if chat else
-                {"index": 0, "text": text, "finish_reason": "length"}
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "length",
+                }
+                if chat
+                else {"index": 0, "text": text, "finish_reason": "length"}
             )
             answer = {"id": "x", "object": "chat.completion", "model": MODEL, "choices": [choice]}
             if self.usage:
                 answer["usage"] = usage
             await _send(send, 200, orjson.dumps(answer))
             return
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
         obj = "chat.completion.chunk" if chat else "text_completion"
         first = time.perf_counter()
         self.seen_ttft_ms.append((first - now) * 1000.0)
@@ -124,14 +157,26 @@ class StandIn:
                 # Absolute deadlines: timer overshoot does not add up over the tokens.
                 await _sleep_until(first + i * self.itl)
             piece = {"delta": {"content": " tok"}} if chat else {"text": " tok"}
-            chunk = {"id": "x", "object": obj, "model": MODEL,
-                     "choices": [{"index": 0, **piece, "finish_reason": None}]}
-            await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(chunk)
-                        + b"\n\n", "more_body": True})
+            chunk = {
+                "id": "x",
+                "object": obj,
+                "model": MODEL,
+                "choices": [{"index": 0, **piece, "finish_reason": None}],
+            }
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b"data: " + orjson.dumps(chunk) + b"\n\n",
+                    "more_body": True,
+                }
+            )
         tail = b""
         if self.usage and (body.get("stream_options") or {}).get("include_usage"):
-            tail = b"data: " + orjson.dumps({"id": "x", "object": obj, "choices": [],
-                                             "usage": usage}) + b"\n\n"
+            tail = (
+                b"data: "
+                + orjson.dumps({"id": "x", "object": obj, "choices": [], "usage": usage})
+                + b"\n\n"
+            )
         await send({"type": "http.response.body", "body": tail + b"data: [DONE]\n\n"})
         self.seen_e2e_ms.append((time.perf_counter() - now) * 1000.0)
 
@@ -144,8 +189,9 @@ async def _sleep_until(deadline: float) -> None:
 
 
 async def _send(send: Any, status: int, body: bytes, ctype: bytes = b"application/json") -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", ctype)]})
+    await send(
+        {"type": "http.response.start", "status": status, "headers": [(b"content-type", ctype)]}
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -165,8 +211,16 @@ def main() -> None:
     args = p.parse_args()
     import uvicorn
 
-    uvicorn.run(StandIn(args), host=args.host, port=args.port, loop="uvloop", http="httptools",
-                log_level="warning", access_log=False, backlog=4096)
+    uvicorn.run(
+        StandIn(args),
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+        backlog=4096,
+    )
 
 
 if __name__ == "__main__":

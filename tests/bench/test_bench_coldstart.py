@@ -19,15 +19,49 @@ pytestmark = pytest.mark.slow
 
 def test_cold_start_of_a_lazy_node(embedded_model_path: str, tmp_path: Path) -> None:
     port = free_port()
-    serve = shlex.join(edgecloud_command("serve", "--lazy", "--port", str(port), "--model",
-                                         embedded_model_path, "--parallel", "2", "--ctx", "1024"))
+    serve = shlex.join(
+        edgecloud_command(
+            "serve",
+            "--lazy",
+            "--port",
+            str(port),
+            "--model",
+            embedded_model_path,
+            "--parallel",
+            "2",
+            "--ctx",
+            "1024",
+        )
+    )
     out = tmp_path / "cold.json"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(
-        [sys.executable, "-m", "edgecloud", "bench", f"http://127.0.0.1:{port}", "--cold-start",
-         serve, "--cold-start-runs", "2", "--concurrency", "2", "--requests", "4",
-         "--max-tokens", "8", "--out", str(out), "-q"],
-        capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+        [
+            sys.executable,
+            "-m",
+            "edgecloud",
+            "bench",
+            f"http://127.0.0.1:{port}",
+            "--cold-start",
+            serve,
+            "--cold-start-runs",
+            "2",
+            "--concurrency",
+            "2",
+            "--requests",
+            "4",
+            "--max-tokens",
+            "8",
+            "--out",
+            str(out),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=REPO,
+    )
     assert done.returncode == 0, done.stderr
     res = BenchResults.model_validate_json(out.read_text())
     assert res.complete and res.cold_start is not None

@@ -46,10 +46,23 @@ def test_summarize() -> None:
     assert summarize([]).count == 0 and summarize([]).p50 is None
 
 
-def _rec(ttft: float | None, e2e: float | None, tokens: int = 5, ok: bool = True,
-         error: str | None = None) -> RequestRecord:
-    return RequestRecord(level=1, start_s=0, ttft_ms=ttft, e2e_ms=e2e, output_tokens=tokens,
-                         ok=ok, error=error, itl_ms=[10.0] * max(tokens - 1, 0))
+def _rec(
+    ttft: float | None,
+    e2e: float | None,
+    tokens: int = 5,
+    ok: bool = True,
+    error: str | None = None,
+) -> RequestRecord:
+    return RequestRecord(
+        level=1,
+        start_s=0,
+        ttft_ms=ttft,
+        e2e_ms=e2e,
+        output_tokens=tokens,
+        ok=ok,
+        error=error,
+        itl_ms=[10.0] * max(tokens - 1, 0),
+    )
 
 
 def test_tpot_goodput_and_level_summary() -> None:
@@ -60,8 +73,12 @@ def test_tpot_goodput_and_level_summary() -> None:
     assert not meets_slo(_rec(250, 900), slo)
     assert not meets_slo(_rec(150, 1100), slo)
     assert not meets_slo(_rec(None, None, ok=False, error="timeout"), slo)
-    records = [_rec(150, 900), _rec(250, 900), _rec(150, 800),
-               _rec(None, None, ok=False, error="http_429")]
+    records = [
+        _rec(150, 900),
+        _rec(250, 900),
+        _rec(150, 800),
+        _rec(None, None, ok=False, error="http_429"),
+    ]
     s = summarize_level(4, records, duration_s=2.0, slo=slo)
     assert (s.requests, s.ok, s.errors) == (4, 3, {"http_429": 1})
     assert s.requests_per_s == 1.5 and s.output_tokens_per_s == 7.5
@@ -72,13 +89,28 @@ def test_tpot_goodput_and_level_summary() -> None:
 
 def _level(level: float, tok_s: float, p95: float) -> LevelSummary:
     p = Percentiles(p95=p95, count=10)
-    return LevelSummary(level=level, requests=10, ok=10, duration_s=1, requests_per_s=tok_s / 10,
-                        output_tokens_per_s=tok_s, e2e_ms=p, ttft_ms=p, tpot_ms=p, itl_ms=p)
+    return LevelSummary(
+        level=level,
+        requests=10,
+        ok=10,
+        duration_s=1,
+        requests_per_s=tok_s / 10,
+        output_tokens_per_s=tok_s,
+        e2e_ms=p,
+        ttft_ms=p,
+        tpot_ms=p,
+        itl_ms=p,
+    )
 
 
 def test_knee_throughput_plateau() -> None:
-    levels = [_level(1, 60, 1000), _level(2, 110, 1100), _level(4, 160, 1500),
-              _level(8, 165, 2900), _level(16, 166, 6000)]
+    levels = [
+        _level(1, 60, 1000),
+        _level(2, 110, 1100),
+        _level(4, 160, 1500),
+        _level(8, 165, 2900),
+        _level(16, 166, 6000),
+    ]
     knee = find_knee(levels)
     assert knee is not None and knee.level == 4 and knee.reason == "throughput_plateau"
 
@@ -113,11 +145,17 @@ def test_poisson_schedule_is_seeded_and_has_the_rate() -> None:
 
 def test_sse_scanner_split_events_usage_and_done() -> None:
     s = StreamScanner()
-    s.feed(b'data: {"choices":[{"delta":{"role":"assistant","content":""}}]}\r\n\r\n'
-           b'data: {"choices":[{"delta":{"content":"Hi"}}]}\r\n\r\nda', 1.0)
+    s.feed(
+        b'data: {"choices":[{"delta":{"role":"assistant","content":""}}]}\r\n\r\n'
+        b'data: {"choices":[{"delta":{"content":"Hi"}}]}\r\n\r\nda',
+        1.0,
+    )
     s.feed(b'ta: {"choices":[{"delta":{"content": "x"}}],"usage":null}\r\n\r\n', 2.0)
-    s.feed(b': ping\r\n\r\ndata: {"choices":[],"usage":{"prompt_tokens":3,'
-           b'"completion_tokens":2}}\r\n\r\ndata: [DONE]\r\n\r\n', 3.0)
+    s.feed(
+        b': ping\r\n\r\ndata: {"choices":[],"usage":{"prompt_tokens":3,'
+        b'"completion_tokens":2}}\r\n\r\ndata: [DONE]\r\n\r\n',
+        3.0,
+    )
     assert s.token_times == [1.0, 2.0]
     assert s.usage == {"prompt_tokens": 3, "completion_tokens": 2}
     assert s.done and not s.bad and s.error is None
@@ -143,9 +181,9 @@ def test_png_screenshot_is_real_and_deterministic() -> None:
     # Every chunk's CRC is right.
     pos = 8
     while pos < len(png):
-        (n,) = struct.unpack(">I", png[pos:pos + 4])
-        kind, data = png[pos + 4:pos + 8], png[pos + 8:pos + 8 + n]
-        (crc,) = struct.unpack(">I", png[pos + 8 + n:pos + 12 + n])
+        (n,) = struct.unpack(">I", png[pos : pos + 4])
+        kind, data = png[pos + 4 : pos + 8], png[pos + 8 : pos + 8 + n]
+        (crc,) = struct.unpack(">I", png[pos + 8 + n : pos + 12 + n])
         assert zlib.crc32(kind + data) & 0xFFFFFFFF == crc
         pos += 12 + n
 
@@ -163,8 +201,10 @@ def test_builtin_workloads_and_bodies() -> None:
 
 def test_jsonl_workload_errors_name_the_line(tmp_path: Path) -> None:
     good = tmp_path / "w.jsonl"
-    good.write_text('{"messages":[{"role":"user","content":"hi"}]}\n\n'
-                    '{"messages":[{"role":"user","content":"yo"}],"max_tokens":5}\n')
+    good.write_text(
+        '{"messages":[{"role":"user","content":"hi"}]}\n\n'
+        '{"messages":[{"role":"user","content":"yo"}],"max_tokens":5}\n'
+    )
     wl = load_workload(str(good))
     assert wl.route == "chat" and len(wl.items) == 2
     assert b'"max_tokens":5' in encode_bodies(wl, model="m", max_tokens=9, stream=False)[1]

@@ -28,8 +28,9 @@ pytestmark = pytest.mark.slow
 
 
 def _bodies(max_tokens: int = 4) -> list[bytes]:
-    return encode_bodies(load_workload("short-chat"), model="standin-model",
-                         max_tokens=max_tokens, stream=True)
+    return encode_bodies(
+        load_workload("short-chat"), model="standin-model", max_tokens=max_tokens, stream=True
+    )
 
 
 def _run(url: str, settings: RunSettings, **kw: object) -> BenchResults:
@@ -38,8 +39,14 @@ def _run(url: str, settings: RunSettings, **kw: object) -> BenchResults:
 
 def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "edgecloud", "bench", *args, "--quiet"],
-                          capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "edgecloud", "bench", *args, "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=REPO,
+    )
 
 
 def test_percentiles_match_injected_latency(standin: Callable[..., str]) -> None:
@@ -47,11 +54,26 @@ def test_percentiles_match_injected_latency(standin: Callable[..., str]) -> None
     delays = [200.0 + 600.0 * (k + 0.5) / n for k in range(n)]  # uniform 200..800 ms
     random.Random(5).shuffle(delays)
     itl_ms, tokens = 10.0, 4
-    base = standin("--ttft-ms", ",".join(f"{d:.3f}" for d in delays), "--tokens", str(tokens),
-                   "--itl-ms", str(itl_ms))
-    res = _run(base, RunSettings(scenario="concurrency", levels=[20], bodies=_bodies(),
-                                 workload="short-chat", requests=n, warmup=0,
-                                 sample_resources=False))
+    base = standin(
+        "--ttft-ms",
+        ",".join(f"{d:.3f}" for d in delays),
+        "--tokens",
+        str(tokens),
+        "--itl-ms",
+        str(itl_ms),
+    )
+    res = _run(
+        base,
+        RunSettings(
+            scenario="concurrency",
+            levels=[20],
+            bodies=_bodies(),
+            workload="short-chat",
+            requests=n,
+            warmup=0,
+            sample_resources=False,
+        ),
+    )
     assert res.complete, res.note
     (level,) = res.levels
     assert level.ok == n and res.token_count_source == "server_usage"
@@ -73,15 +95,28 @@ def test_percentiles_match_injected_latency(standin: Callable[..., str]) -> None
 def test_stall_shows_in_open_loop_latencies(standin: Callable[..., str]) -> None:
     stall_after, stall = 1.0, 1.0
     base = standin("--tokens", "2", "--stall-after-s", str(stall_after), "--stall-s", str(stall))
-    res = _run(base, RunSettings(scenario="rate", levels=[40], bodies=_bodies(),
-                                 workload="short-chat", requests=120, warmup=0, seed=2,
-                                 sample_resources=False))
+    res = _run(
+        base,
+        RunSettings(
+            scenario="rate",
+            levels=[40],
+            bodies=_bodies(),
+            workload="short-chat",
+            requests=120,
+            warmup=0,
+            seed=2,
+            sample_resources=False,
+        ),
+    )
     assert res.complete, res.note
     recs = sorted(res.records, key=lambda r: r.scheduled_s or 0.0)
     assert len(recs) == 120 and all(r.ok for r in recs)
     s0 = recs[0].start_s  # the first request started the stand-in's clock
-    in_stall = [r for r in recs if stall_after + 0.05 <= (r.scheduled_s or 0) - s0
-                < stall_after + stall - 0.05]
+    in_stall = [
+        r
+        for r in recs
+        if stall_after + 0.05 <= (r.scheduled_s or 0) - s0 < stall_after + stall - 0.05
+    ]
     after = [r for r in recs if (r.scheduled_s or 0) - s0 > stall_after + stall + 0.3]
     assert len(in_stall) >= 20 and after
     for r in in_stall:
@@ -99,9 +134,17 @@ def test_stall_shows_in_open_loop_latencies(standin: Callable[..., str]) -> None
 
 def test_knee_found_on_server_with_known_capacity(standin: Callable[..., str]) -> None:
     base = standin("--capacity", "4", "--service-ms", "100", "--tokens", "1")
-    res = _run(base, RunSettings(scenario="concurrency", levels=[1, 2, 4, 8, 16],
-                                 bodies=_bodies(1), workload="short-chat", requests=32,
-                                 sample_resources=False))
+    res = _run(
+        base,
+        RunSettings(
+            scenario="concurrency",
+            levels=[1, 2, 4, 8, 16],
+            bodies=_bodies(1),
+            workload="short-chat",
+            requests=32,
+            sample_resources=False,
+        ),
+    )
     assert res.complete, res.note
     assert res.knee is not None and res.knee.level == 4
     assert res.knee.reason == "throughput_plateau"
@@ -111,12 +154,15 @@ def test_knee_found_on_server_with_known_capacity(standin: Callable[..., str]) -
     assert by_level[16].requests_per_s == pytest.approx(40, rel=0.25)
 
 
-@pytest.mark.parametrize("mode,expect", [
-    ("refused", "cannot connect"),
-    ("unauthorized", "api-key-env"),
-    ("html", "not with an OpenAI model list"),
-    ("hang", "did not answer"),
-])
+@pytest.mark.parametrize(
+    "mode,expect",
+    [
+        ("refused", "cannot connect"),
+        ("unauthorized", "api-key-env"),
+        ("html", "not with an OpenAI model list"),
+        ("hang", "did not answer"),
+    ],
+)
 def test_bad_targets_give_a_message_and_a_partial_file(
     standin: Callable[..., str], tmp_path: Path, mode: str, expect: str
 ) -> None:
@@ -138,9 +184,26 @@ def test_ctrl_c_writes_what_was_measured(standin: Callable[..., str], tmp_path: 
     out = tmp_path / "partial.json"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     bench = subprocess.Popen(
-        [sys.executable, "-m", "edgecloud", "bench", base, "--concurrency", "2", "--duration",
-         "60", "--out", str(out), "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+        [
+            sys.executable,
+            "-m",
+            "edgecloud",
+            "bench",
+            base,
+            "--concurrency",
+            "2",
+            "--duration",
+            "60",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -163,18 +226,37 @@ def test_token_counts_without_usage_come_from_a_tokenizer_or_chunks(
     standin: Callable[..., str], embedded_model_path: str
 ) -> None:
     base = standin("--tokens", "6", "--no-usage")
-    plain = _run(base, RunSettings(scenario="single", levels=[1], bodies=_bodies(8),
-                                   workload="short-chat", requests=3, sample_resources=False))
+    plain = _run(
+        base,
+        RunSettings(
+            scenario="single",
+            levels=[1],
+            bodies=_bodies(8),
+            workload="short-chat",
+            requests=3,
+            sample_resources=False,
+        ),
+    )
     assert plain.complete and plain.token_count_source == "chunks"
     assert all(r.output_tokens == 6 and r.token_source == "chunks" for r in plain.records)
 
     from edgecloud.bench.tokens import load_counter
 
     expected = load_counter(embedded_model_path)(" tok" * 6)  # what the stand-in streams
-    counted = _run(base, RunSettings(scenario="single", levels=[1], bodies=_bodies(8),
-                                     workload="short-chat", requests=3, sample_resources=False,
-                                     tokenizer=embedded_model_path))
+    counted = _run(
+        base,
+        RunSettings(
+            scenario="single",
+            levels=[1],
+            bodies=_bodies(8),
+            workload="short-chat",
+            requests=3,
+            sample_resources=False,
+            tokenizer=embedded_model_path,
+        ),
+    )
     assert counted.complete and counted.token_count_source == "tokenizer"
-    assert all(r.output_tokens == expected and r.token_source == "tokenizer"
-               for r in counted.records)
+    assert all(
+        r.output_tokens == expected and r.token_source == "tokenizer" for r in counted.records
+    )
     assert expected > 0
