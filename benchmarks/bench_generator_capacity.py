@@ -99,7 +99,7 @@ def run_bench(url: str, args: list[str], out: Path) -> BenchResults:
 
 def timer_floor(rate: float, seconds: float) -> list[float]:
     """|wake - schedule| (ms) of a bare uvloop loop that only sleeps to a Poisson schedule, no
-    I/O: the scheduling noise of this machine right now, the floor under any generator."""
+    I/O: how precise the usual way (asyncio.sleep to each send time) is on this machine now."""
     import asyncio
 
     import uvloop
@@ -177,7 +177,7 @@ def main() -> None:
     )
     for name, floor in (("before", floor_before), ("after", floor_after)):
         print(
-            f"  machine floor {name}: a bare sleep-to-schedule loop, no I/O: p50 "
+            f"  for comparison ({name}), a bare uvloop loop sleeping to the same schedule: p50 "
             f"{floor[len(floor) // 2]:.3f} ms, p99 {floor[int(0.99 * (len(floor) - 1))]:.3f} ms"
         )
 

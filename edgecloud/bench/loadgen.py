@@ -7,6 +7,8 @@ Each returns the records of the requests that finished; a `stop` event ends a le
 from __future__ import annotations
 
 import asyncio
+import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,9 +22,9 @@ from edgecloud.bench.schedule import poisson_schedule
 FATAL_KINDS = frozenset({"connect", "http_401", "http_403", "http_404", "not_openai"})
 _FATAL_AFTER = 4  # that many fatal failures and no success so far: stop the run
 
-# Open loop: the event loop's timers fire at millisecond granularity, so wake up a little early
-# and send when within this much of the schedule (latency still counts from the schedule).
-_EARLY_S = 0.0004
+# Open loop: the pacer thread wakes this much before the schedule; handing the send over to
+# the event loop takes about as long (latency still counts from the schedule).
+_EARLY_S = 0.00005
 
 
 @dataclass
@@ -132,7 +134,10 @@ async def open_loop(
     lags = out.send_lag_ms
 
     in_flight = 0
+    dispatched_all = False
     all_done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    quit_pacer = threading.Event()
 
     def finished(rec: RequestRecord) -> None:
         nonlocal in_flight
@@ -142,23 +147,47 @@ async def open_loop(
         if in_flight == 0 and dispatched_all:
             all_done.set()
 
-    dispatched_all = False
+    def fire(i: int, when: float) -> None:
+        nonlocal in_flight
+        if stop.is_set():
+            return
+        in_flight += 1
+        # Sends on an idle connection right here: no task, no extra hop through the loop.
+        sender.submit(bodies[i % len(bodies)], rate, when, finished)
 
-    async def dispatch() -> None:
-        nonlocal in_flight, dispatched_all
-        clock = time.perf_counter
-        start = clock() + 0.01
+    def last_fired() -> None:
+        nonlocal dispatched_all
+        dispatched_all = True
+        if in_flight == 0:
+            all_done.set()
+
+    def pacer(start: float) -> None:
+        # The loop's timers tick in milliseconds; a thread's sleep is precise to tens of
+        # microseconds, and handing the send to the loop costs about as much.
         for i, off in enumerate(offsets):
             when = start + off
-            delay = when - clock() - _EARLY_S
-            if delay > 0:
-                await asyncio.sleep(delay)
-            in_flight += 1
-            # Sends on an idle connection right here: no task, no hop through the loop.
-            sender.submit(bodies[i % len(bodies)], rate, when, finished)
-        dispatched_all = True
-        if in_flight:
+            while True:
+                left = when - time.perf_counter() - _EARLY_S
+                if left <= 0 or quit_pacer.is_set():
+                    break
+                time.sleep(min(left, 0.05))
+            if quit_pacer.is_set():
+                return
+            loop.call_soon_threadsafe(fire, i, when)
+        loop.call_soon_threadsafe(last_fired)
+
+    async def dispatch() -> None:
+        thread = threading.Thread(
+            target=pacer, args=(time.perf_counter() + 0.01,), name="bench-pacer", daemon=True
+        )
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch, 0.0005))  # the pacer gets the GIL back quickly
+        thread.start()
+        try:
             await all_done.wait()
+        finally:
+            quit_pacer.set()
+            sys.setswitchinterval(switch)
 
     cpu0 = time.process_time()
     out.started = time.perf_counter()
