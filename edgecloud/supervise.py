@@ -59,7 +59,10 @@ class ManagedProcess:
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
             out = self._log
         self.proc = subprocess.Popen(
-            self.command, stdout=out, stderr=subprocess.STDOUT, env=self.env,
+            self.command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=self.env,
             start_new_session=True,
         )
         return self
