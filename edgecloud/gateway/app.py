@@ -234,7 +234,7 @@ class GatewayApp:
         except ClientDisconnected:
             return
         except APIError as err:
-            reason = getattr(err, "rule", None) or f"bad_request.{err.code or err.status}"
+            reason = getattr(err, "rule", None) or f"request.{err.code or err.type}"
             self.metrics.refusal(reason)
             self.metrics.request("none", "none", reason, err.status)
             record.update(status=err.status, reason=reason, error=err.code)

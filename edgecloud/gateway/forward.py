@@ -17,8 +17,8 @@ from edgecloud.gateway.policy import PlacementDecision
 from edgecloud.gateway.request import RequestFacts, with_model
 from edgecloud.gateway.upstream import TRANSPORT_ERRORS, Upstream
 
-_PASS_HEADERS = frozenset({"content-type", "content-encoding", "retry-after", "x-request-id",
-                           "openai-processing-ms"})
+_PASS_HEADERS = frozenset({b"content-type", b"content-encoding", b"retry-after", b"x-request-id",
+                           b"openai-processing-ms"})
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 _COMPLETION_TOKENS = b'"completion_tokens":'
 
@@ -102,8 +102,7 @@ class Forwarder:
                      decision: PlacementDecision, record: dict[str, Any], t0: float,
                      t_up: float) -> None:
         tier = state.config.tier
-        headers = [(k.lower().encode(), v.encode()) for k, v in resp.headers.items()
-                   if k.lower() in _PASS_HEADERS]
+        headers = [(k, v) for k, v in resp.raw_headers if k.lower() in _PASS_HEADERS]
         headers += [
             (b"x-edgecloud-placement", tier.encode()),
             (b"x-edgecloud-endpoint", state.name.encode()),

@@ -116,6 +116,10 @@ class EndpointState:
     def name(self) -> str:
         return self.config.name
 
+    @property
+    def tier(self) -> str:
+        return self.config.tier
+
     def available(self, now: float) -> bool:
         """Healthy by the last probe and not held off by an open breaker."""
         return self.healthy and self.breaker.allows(now)

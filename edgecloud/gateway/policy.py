@@ -53,6 +53,8 @@ class PlacementPolicy:
     def __init__(self, config: PolicyConfig) -> None:
         self.config = config
         self.detector = PrivacyDetector(config.privacy.detect, config.privacy.patterns)
+        # Load the validators' lazy metadata now, not on the first private request.
+        self.detector.detect(["+86 138 1234 5678 call +1 415-555-2671", "DE89370400440532013000"])
 
     def privacy_rule(self, facts: RequestFacts, hints: Hints) -> str | None:
         """The privacy rule that makes this request edge-only, or None."""
@@ -172,6 +174,9 @@ class PlacementPolicy:
         restricted: bool,
         cloud_spend_usd: float,
     ) -> PlacementDecision:
+        if len(live) == 1:
+            return PlacementDecision((live[0],), rule or "only", why or "the only endpoint left",
+                                     restricted)
         cfg = self.config
         deadline_ms = hints.deadline_ms if hints.deadline_ms is not None else cfg.slo_ms
         deadline_s = deadline_ms / 1000.0 if deadline_ms is not None else None
@@ -189,15 +194,16 @@ class PlacementPolicy:
                     and e.in_flight - e.config.max_concurrency > queue_above)
 
         index = {id(e): i for i, e in enumerate(live)}
-        keys: dict[int, tuple[bool, bool, float, bool, bool, float, bool, float, int]] = {}
+        keys: dict[int, tuple[bool, bool, bool, float, bool, float, bool, float, int]] = {}
         for e in live:
             predicted = e.latency.predict_s(out_tokens, e.queued())
             misses = deadline_s is not None and predicted > deadline_s
             keys[id(e)] = (
                 pin is not None and e.config.tier != pin,
+                # A spent budget makes cloud a last resort, ahead of latency and load.
+                over_budget and e.config.tier == "cloud",
                 misses, predicted if misses else 0.0,
                 overloaded(e),
-                over_budget and e.config.tier == "cloud",
                 cost(e), e.config.tier != "edge", predicted, index[id(e)],
             )
         order = sorted(live, key=lambda e: keys[id(e)])
@@ -210,11 +216,11 @@ class PlacementPolicy:
             elif primary is cheapest:
                 rule, why = "cost", "the cheapest endpoint that meets the deadline"
             elif kc[1] and not kp[1]:
-                rule, why = "deadline", f"predicted to answer within {deadline_ms:.0f} ms"
-            elif kc[3] and not kp[3]:
-                rule, why = "load.offload", f"{cheapest.name} is queueing; offloaded"
-            elif kc[4] and not kp[4]:
                 rule, why = "cost.budget", "the monthly cloud budget is spent"
+            elif kc[2] and not kp[2]:
+                rule, why = "deadline", f"predicted to answer within {deadline_ms:.0f} ms"
+            elif kc[4] and not kp[4]:
+                rule, why = "load.offload", f"{cheapest.name} is queueing; offloaded"
             else:
                 rule, why = "deadline", "predicted to answer soonest"
         return PlacementDecision(tuple(order), rule, why, restricted)

@@ -140,19 +140,42 @@ class PrivacyDetector:
             if group == "num":
                 kind = _classify_number(value)
                 if kind is None and " " in value:
-                    # "138 1234 5678" is one number, "13812345678 11010519491231002X" two.
-                    for piece in value.split():
-                        kind = _classify_number(piece) if len(piece) >= 7 else None
-                        if kind in kinds:
-                            return kind
+                    kind = _classify_groups(value.split(), kinds)
                 if kind in kinds:
                     return kind
             elif group == "ipv4":
                 if "ip" in kinds and _valid_ip(value):
                     return "ip"
-            elif group == "iban" and "iban" in kinds and _iban.is_valid(value):
+            elif group == "iban" and "iban" in kinds and _valid_iban(value):
                 return "iban"
         return None
+
+
+def _classify_groups(groups: list[str], kinds: frozenset[str]) -> str | None:
+    """A run like "4111 1111 1111 1111 2" or "13812345678 11010519491231002X": try the runs of
+    consecutive groups, longest first (only reached for candidates that failed as a whole)."""
+    n = len(groups)
+    for length in range(n - 1, 0, -1):
+        for start in range(0, n - length + 1):
+            piece = " ".join(groups[start : start + length])
+            if len(piece) - piece.count(" ") < 7:
+                continue
+            kind = _classify_number(piece)
+            if kind in kinds:
+                return kind
+    return None
+
+
+def _valid_iban(value: str) -> bool:
+    # The pattern is greedy across spaces ("DE89 3704 ... 00 IBAN DE89"): try shorter prefixes.
+    groups = value.split(" ")
+    for n in range(len(groups), 0, -1):
+        candidate = "".join(groups[:n])
+        if len(candidate) < 15:
+            return False
+        if _iban.is_valid(candidate):
+            return True
+    return False
 
 
 def _valid_ip(value: str) -> bool:
