@@ -19,7 +19,6 @@ from edgecloud.gateway.upstream import TRANSPORT_ERRORS, Upstream
 
 _PASS_HEADERS = frozenset({b"content-type", b"content-encoding", b"retry-after", b"x-request-id",
                            b"openai-processing-ms"})
-_RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 _COMPLETION_TOKENS = b'"completion_tokens":'
 
 
@@ -66,7 +65,8 @@ class Forwarder:
                 self.metrics.fallback(state.name, "connect")
                 failures.append(f"{state.name}: {type(exc).__name__}")
                 continue
-            if resp.status in _RETRY_STATUS and attempt + 1 < len(decision.order):
+            last = attempt + 1 == len(decision.order)
+            if resp.status >= 500 or (resp.status == 429 and not last):
                 resp.release()
                 state.in_flight -= 1
                 if resp.status >= 500:

@@ -52,22 +52,45 @@ class Gateway:
         return self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
 
 
+def launch_standin(tmp: Path, started: list[ManagedProcess], name: str = "standin-cloud",
+                   model_id: str = "standin-model") -> Standin:
+    """Start a stand-in provider process (tracked in `started` for stopping)."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = ManagedProcess(
+        [sys.executable, str(STANDIN), "--port", str(port), "--name", name, "--model-id", model_id],
+        f"{base}/healthz", log_path=str(tmp / f"{name}-{port}.log"), name=name,
+    )
+    started.append(proc)
+    proc.start()
+    proc.wait_ready(timeout_s=30)
+    return Standin(proc, base)
+
+
+def launch_gateway(tmp: Path, started: list[ManagedProcess], config: dict[str, Any], *extra: str,
+                   env: dict[str, str] | None = None, scheme: str = "http") -> Gateway:
+    """Start `edgecloud gateway` on a free port with `config`; waits for /healthz."""
+    port = free_port()
+    cfg_path = tmp / f"gateway-{port}.yaml"
+    cfg_path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    base = f"{scheme}://127.0.0.1:{port}"
+    log_path = tmp / f"gateway-{port}.log"
+    proc = ManagedProcess(
+        edgecloud_command("gateway", "--config", str(cfg_path), "--port", str(port), *extra),
+        None, log_path=str(log_path), env=env, name="gateway",
+    )
+    started.append(proc)
+    proc.start()
+    _wait_http(proc, f"{base}/healthz")
+    return Gateway(proc, base, log_path)
+
+
 @pytest.fixture
 def start_standin(tmp_path: Path) -> Iterator[Callable[..., Standin]]:
     started: list[ManagedProcess] = []
 
     def start(name: str = "standin-cloud", model_id: str = "standin-model") -> Standin:
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        proc = ManagedProcess(
-            [sys.executable, str(STANDIN), "--port", str(port), "--name", name,
-             "--model-id", model_id],
-            f"{base}/healthz", log_path=str(tmp_path / f"{name}.log"), name=name,
-        )
-        started.append(proc)
-        proc.start()
-        proc.wait_ready(timeout_s=30)
-        return Standin(proc, base)
+        return launch_standin(tmp_path, started, name, model_id)
 
     yield start
     for p in started:
@@ -80,19 +103,7 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
 
     def start(config: dict[str, Any], *extra: str, env: dict[str, str] | None = None,
               scheme: str = "http") -> Gateway:
-        port = free_port()
-        cfg_path = tmp_path / f"gateway-{port}.yaml"
-        cfg_path.write_text(yaml.safe_dump(config), encoding="utf-8")
-        base = f"{scheme}://127.0.0.1:{port}"
-        log_path = tmp_path / f"gateway-{port}.log"
-        proc = ManagedProcess(
-            edgecloud_command("gateway", "--config", str(cfg_path), "--port", str(port), *extra),
-            None, log_path=str(log_path), env=env, name="gateway",
-        )
-        started.append(proc)
-        proc.start()
-        _wait_http(proc, f"{base}/healthz")
-        return Gateway(proc, base, log_path)
+        return launch_gateway(tmp_path, started, config, *extra, env=env, scheme=scheme)
 
     yield start
     for p in started:
@@ -124,3 +135,23 @@ def endpoint(name: str, tier: str, url: str, **kw: Any) -> dict[str, Any]:
 
 def fast_limits() -> dict[str, Any]:
     return {"health_interval_s": 0.2, "breaker_failures": 2, "breaker_open_s": 1.0}
+
+
+def png_data_uri(min_bytes: int = 2_000_000, seed: int = 7) -> str:
+    """A valid PNG of random pixels (incompressible, so about `min_bytes`) as a data URI."""
+    import base64
+    import random
+    import struct
+    import zlib
+
+    side = int((min_bytes / 3) ** 0.5) + 1
+    rng = random.Random(seed)
+    rows = b"".join(b"\x00" + rng.randbytes(side * 3) for _ in range(side))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(rows, 1)) + chunk(b"IEND", b""))
+    return "data:image/png;base64," + base64.b64encode(png).decode()
