@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Gateway, Standin, endpoint, fast_limits, launch_gateway, launch_standin
+from gwrig import Gateway, Standin, endpoint, fast_limits, launch_gateway, launch_standin
 
 from edgecloud.supervise import ManagedProcess
 
@@ -290,7 +290,7 @@ def _phone_agent_turns(screenshot: str) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("images_rule", ["edge_only", "allow"])
 def test_phone_agent_screenshot_conversation(tmp_path: Path, images_rule: str) -> None:
-    from conftest import png_data_uri
+    from gwrig import png_data_uri
 
     started: list[ManagedProcess] = []
     try:
