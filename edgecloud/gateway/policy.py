@@ -18,7 +18,7 @@ from edgecloud.gateway.privacy import PrivacyDetector
 from edgecloud.gateway.request import RequestFacts
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Hints:
     """What the client (headers) and its API key say about a request."""
 
@@ -29,7 +29,7 @@ class Hints:
     pinned: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PlacementDecision:
     """Where to send a request: endpoints to try in order, the rule that decided, and why."""
 
@@ -185,35 +185,35 @@ class PlacementPolicy:
         prompt_tokens = facts.prompt_tokens_estimate
         queue_above = cfg.offload.edge_queue_above
 
-        def cost(e: EndpointState) -> float:
-            p = e.config.price
-            return (p.input_per_mtok * prompt_tokens + p.output_per_mtok * out_tokens) / 1e6
-
-        def overloaded(e: EndpointState) -> bool:
-            return (e.config.tier == "edge"
-                    and e.in_flight - e.config.max_concurrency > queue_above)
-
-        index = {id(e): i for i, e in enumerate(live)}
-        keys: dict[int, tuple[bool, bool, bool, float, bool, float, bool, float, int]] = {}
-        for e in live:
+        # One sort key per endpoint, in chain order; the index makes keys unique, so the
+        # endpoint itself is never compared. A plain loop: this runs for every request.
+        keyed: list[tuple[bool, bool, bool, float, bool, float, bool, float, int,
+                          EndpointState]] = []
+        best_cost: tuple[float, bool, int] | None = None
+        cheapest_i = 0
+        for i, e in enumerate(live):
+            c = e.config
+            is_edge = c.tier == "edge"
             predicted = e.latency.predict_s(out_tokens, e.queued())
             misses = deadline_s is not None and predicted > deadline_s
-            keys[id(e)] = (
-                pin is not None and e.config.tier != pin,
-                # A spent budget makes cloud a last resort, ahead of latency and load.
-                over_budget and e.config.tier == "cloud",
+            cost = (c.price.input_per_mtok * prompt_tokens
+                    + c.price.output_per_mtok * out_tokens) / 1e6
+            if best_cost is None or (cost, not is_edge, i) < best_cost:
+                best_cost, cheapest_i = (cost, not is_edge, i), i
+            keyed.append((
+                pin is not None and c.tier != pin,
+                over_budget and not is_edge,  # a spent budget makes cloud a last resort
                 misses, predicted if misses else 0.0,
-                overloaded(e),
-                cost(e), e.config.tier != "edge", predicted, index[id(e)],
-            )
-        order = sorted(live, key=lambda e: keys[id(e)])
-        primary = order[0]
+                is_edge and e.in_flight - c.max_concurrency > queue_above,
+                cost, not is_edge, predicted, i, e,
+            ))
+        kc = keyed[cheapest_i]
+        keyed.sort()
+        order = [k[-1] for k in keyed]
         if rule is None:
-            cheapest = min(live, key=lambda e: (cost(e), e.config.tier != "edge", index[id(e)]))
-            kp, kc = keys[id(primary)], keys[id(cheapest)]
-            if len(live) == 1:
-                rule, why = "only", "the only endpoint left"
-            elif primary is cheapest:
+            kp = keyed[0]
+            cheapest = kc[-1]
+            if cheapest is order[0]:
                 rule, why = "cost", "the cheapest endpoint that meets the deadline"
             elif kc[1] and not kp[1]:
                 rule, why = "cost.budget", "the monthly cloud budget is spent"

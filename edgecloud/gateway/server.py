@@ -20,6 +20,8 @@ def serve(
     """Serve until a signal arrives; uvicorn drains in-flight requests, then this returns."""
     import uvicorn
 
+    from edgecloud.gateway.cork import CorkedHttpToolsProtocol
+
     if (tls_cert is None) != (tls_key is None):
         raise ConfigError("give both --tls-cert and --tls-key, or neither")
     for path in (tls_cert, tls_key):
@@ -31,7 +33,7 @@ def serve(
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        http=CorkedHttpToolsProtocol,
         lifespan="on",
         access_log=False,
         log_level="warning",

@@ -25,7 +25,10 @@ class Upstream:
         cfg = state.config
         self.base = cfg.url
         self.root = cfg.url[:-3] if cfg.url.endswith("/v1") else cfg.url
-        headers = {"content-type": "application/json"}
+        # Explicit values stop aiohttp adding its own per request (skip_auto_headers copies the
+        # headers every time); identity because answers are relayed without decompression.
+        headers = {"content-type": "application/json", "user-agent": "edgecloud-gateway",
+                   "accept-encoding": "identity"}
         if cfg.api_key_env:
             key = os.environ.get(cfg.api_key_env)
             if key:
@@ -48,7 +51,6 @@ class Upstream:
             ),
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
             headers=self.headers,
         )
 

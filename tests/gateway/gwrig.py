@@ -71,6 +71,17 @@ class Gateway:
     def log_lines(self) -> list[str]:
         return self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
 
+    def wait_log(self, needle: str, timeout_s: float = 10.0) -> str:
+        """The log text once it contains `needle` (the gateway flushes its log every 0.2 s)."""
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+            if needle in text or time.monotonic() > deadline:
+                return text
+            time.sleep(0.05)
+
 
 def launch_standin(tmp: Path, started: list[ManagedProcess], name: str = "standin-cloud",
                    model_id: str = "standin-model") -> Standin:

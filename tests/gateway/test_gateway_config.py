@@ -137,7 +137,7 @@ def test_api_keys_allow_list_and_upstream_key(tmp_path: Path) -> None:
                                 "x-edgecloud-placement": "cloud"})
             assert r.headers["x-edgecloud-reason"] == "privacy.key"
             assert r.headers["x-edgecloud-placement"] == "edge"
-        log = gw.log_path.read_text(encoding="utf-8")
+        log = gw.wait_log('"key":"vault"')
         assert "key-eu" not in log and "upstream-secret" not in log and '"key":"eu-app"' in log
     finally:
         for p in reversed(started):
