@@ -247,9 +247,7 @@ class GatewayApp:
                       body_bytes=len(raw), rule=decision.rule)
         if hints.region:
             record["region"] = hints.region
-        await self.forwarder.forward(
-            send, upstream_path, raw, facts, decision, record, t0,
-        )
+        await self.forwarder.forward(send, receive, upstream_path, raw, facts, decision, record, t0)
         if "cost_usd" in record:
             self._add_spend(record)
         self.log.write(record)

@@ -10,7 +10,7 @@ import asyncio
 import time
 from typing import Any
 
-from edgecloud.api.asgi import Send, send_error, sse_event
+from edgecloud.api.asgi import Receive, Send, send_error, sse_event
 from edgecloud.gateway.errors import NoAllowedEndpoint, UpstreamFailed
 from edgecloud.gateway.metrics import GatewayMetrics
 from edgecloud.gateway.policy import PlacementDecision
@@ -43,8 +43,9 @@ class Forwarder:
         self.upstreams = upstreams
         self.metrics = metrics
 
-    async def forward(self, send: Send, path: str, raw: bytes, facts: RequestFacts,
-                      decision: PlacementDecision, record: dict[str, Any], t0: float) -> None:
+    async def forward(self, send: Send, receive: Receive, path: str, raw: bytes,
+                      facts: RequestFacts, decision: PlacementDecision, record: dict[str, Any],
+                      t0: float) -> None:
         failures: list[str] = []
         rule = decision.rule
         for attempt, state in enumerate(decision.order):
@@ -80,7 +81,7 @@ class Forwarder:
                 rule = "fallback"
             record["fallbacks"] = attempt
             try:
-                await self._relay(send, resp, state, rule, facts, decision, record, t0, t_up)
+                await self._relay(send, receive, resp, state, rule, facts, record, t0, t_up)
             finally:
                 state.in_flight -= 1
             return
@@ -98,8 +99,8 @@ class Forwarder:
         await send_error(send, err, [(b"x-edgecloud-reason", err.rule.encode())])
         record["total_ms"] = round((time.perf_counter() - t0) * 1000, 3)
 
-    async def _relay(self, send: Send, resp: Any, state: Any, rule: str, facts: RequestFacts,
-                     decision: PlacementDecision, record: dict[str, Any], t0: float,
+    async def _relay(self, send: Send, receive: Receive, resp: Any, state: Any, rule: str,
+                     facts: RequestFacts, record: dict[str, Any], t0: float,
                      t_up: float) -> None:
         tier = state.config.tier
         headers = [(k, v) for k, v in resp.raw_headers if k.lower() in _PASS_HEADERS]
@@ -131,12 +132,21 @@ class Forwarder:
         else:
             await send({"type": "http.response.start", "status": status, "headers": headers})
             first: float | None = None
+            # The next receive() completes when the client goes away: then stop the upstream
+            # (a model server stops generating when its connection closes).
+            gone = asyncio.ensure_future(receive())
             try:
                 async for chunk in resp.content.iter_any():
                     if first is None:
                         first = time.perf_counter()
                     tokens += chunk.count(b"data:")
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    if gone.done():
+                        cut = True
+                        record["error"] = "client_gone"
+                        state.breaker.success()  # the endpoint was fine; frees a half-open trial
+                        resp.close()
+                        break
             except (*TRANSPORT_ERRORS, asyncio.CancelledError) as exc:
                 cut = True
                 resp.close()
@@ -147,6 +157,9 @@ class Forwarder:
                     {"error": {"message": f"{state.name} failed mid-stream; the answer is cut.",
                                "type": "upstream_error", "param": None,
                                "code": "upstream_cut"}})})
+            finally:
+                if not gone.done():
+                    gone.cancel()
             await send({"type": "http.response.body", "body": b""})
             t_end = time.perf_counter()
             added = t_up - t0
@@ -160,7 +173,7 @@ class Forwarder:
                       upstream_ms=round((t_end - t_up) * 1000, 3),
                       added_ms=round(added * 1000, 3), total_ms=round((t_end - t0) * 1000, 3))
         if cut:
-            record["error"] = "upstream_cut"
+            record.setdefault("error", "upstream_cut")
         price = state.config.price
         if price.input_per_mtok or price.output_per_mtok:
             record["cost_usd"] = (price.input_per_mtok * facts.prompt_tokens_estimate

@@ -319,3 +319,14 @@ def test_phone_agent_screenshot_conversation(tmp_path: Path, images_rule: str) -
     finally:
         for p in reversed(started):
             p.stop()
+
+
+def test_client_leaving_mid_stream_stops_the_upstream(clean: Rig) -> None:
+    clean.edge.control(chunks=200, delay_ms=20)  # a 4-second answer
+    with clean.client.stream("POST", "/v1/chat/completions", json={
+            "model": "x", "stream": True, "messages": [{"role": "user", "content": "hi"}]}) as r:
+        for _ in r.iter_lines():
+            break  # the client reads one line and hangs up
+    clean.gw.wait_log('"error":"client_gone"')
+    assert '"error":"client_gone"' in clean.gw.log_path.read_text(encoding="utf-8")
+    assert clean.chat("still serving?").status_code == 200
