@@ -180,8 +180,8 @@ def wrk(url: str, body_file: Path, connections: int, seconds: float) -> dict[str
         f:close()
         """), encoding="utf-8")
     out = subprocess.run(
-        [binary, "-t1", f"-c{connections}", f"-d{max(int(seconds), 1)}s", "--latency", "-s", str(script),
-         url + "/v1/chat/completions"],
+        [binary, "-t1", f"-c{connections}", f"-d{max(int(seconds), 1)}s", "--latency",
+         "-s", str(script), url + "/v1/chat/completions"],
         capture_output=True, text=True, timeout=seconds + 60,
     ).stdout
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)

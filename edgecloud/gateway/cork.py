@@ -1,7 +1,7 @@
 """Fewer send() calls per response: uvicorn writes the status line and headers, then the body,
-as two socket writes. This transport wrapper joins the writes made in one loop iteration into
-one `writelines`, so a small answer leaves in one segment (what nginx gets from TCP_CORK-like
-buffering). Streams still flush every chunk at the end of the iteration that produced it.
+as two socket writes. This transport wrapper holds the header block back until the next write
+(the body, joined into one `writelines`) or the end of the loop iteration, so a small answer
+leaves in one segment, as nginx sends it. Body writes (stream chunks) pass straight through.
 """
 
 from __future__ import annotations
@@ -24,12 +24,17 @@ class CorkedTransport:
         self._scheduled = False
 
     def write(self, data: bytes) -> None:
-        if not data:
+        if data[:5] == b"HTTP/":  # uvicorn's status line and headers: hold them back
+            self._pending.append(data)
+            if not self._scheduled:
+                self._scheduled = True
+                self._loop.call_soon(self.flush)
             return
-        self._pending.append(data)
-        if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self.flush)
+        if self._pending:
+            self._pending.append(data)
+            self.flush()
+        elif data:
+            self._transport.write(data)
 
     def flush(self) -> None:
         self._scheduled = False

@@ -58,7 +58,8 @@ class Forwarder:
             state.in_flight += 1
             t_up = time.perf_counter()
             try:
-                resp = await up.post(path, body)
+                async with asyncio.timeout(state.config.timeout_s):
+                    resp = await up.post(path, body)
             except TRANSPORT_ERRORS as exc:
                 state.in_flight -= 1
                 state.breaker.failure(time.monotonic())
@@ -115,7 +116,8 @@ class Forwarder:
         cut = False
         if not streaming:
             try:
-                data = await resp.read()
+                async with asyncio.timeout(state.config.timeout_s):
+                    data = await resp.read()
             except TRANSPORT_ERRORS as exc:
                 resp.release()
                 await self._upstream_cut(send, state, rule, exc, record, t0)
@@ -135,18 +137,29 @@ class Forwarder:
             # The next receive() completes when the client goes away: then stop the upstream
             # (a model server stops generating when its connection closes).
             gone = asyncio.ensure_future(receive())
+            loop = asyncio.get_running_loop()
+            idle_s = state.config.timeout_s
             try:
-                async for chunk in resp.content.iter_any():
-                    if first is None:
-                        first = time.perf_counter()
-                    tokens += chunk.count(b"data:")
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    if gone.done():
-                        cut = True
-                        record["error"] = "client_gone"
-                        state.breaker.success()  # the endpoint was fine; frees a half-open trial
-                        resp.close()
-                        break
+                # A stream that stalls for idle_s (give or take half) is cut; the timer is moved
+                # at most twice per idle_s, not once per chunk.
+                async with asyncio.timeout_at(loop.time() + idle_s) as guard:
+                    rearm_at = loop.time() + idle_s / 2
+                    async for chunk in resp.content.iter_any():
+                        if first is None:
+                            first = time.perf_counter()
+                        tokens += chunk.count(b"data:")
+                        await send({"type": "http.response.body", "body": chunk,
+                                    "more_body": True})
+                        if gone.done():
+                            cut = True
+                            record["error"] = "client_gone"
+                            state.breaker.success()  # the endpoint was fine
+                            resp.close()
+                            break
+                        now = loop.time()
+                        if now > rearm_at:
+                            guard.reschedule(now + idle_s)
+                            rearm_at = now + idle_s / 2
             except (*TRANSPORT_ERRORS, asyncio.CancelledError) as exc:
                 cut = True
                 resp.close()

@@ -46,8 +46,10 @@ class Upstream:
         )
         self.session = aiohttp.ClientSession(
             connector=connector,
+            # No sock_read: aiohttp would re-arm a timer for every chunk it reads. The
+            # forwarder bounds the wait for headers and for each stretch of a stream instead.
             timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=cfg.connect_timeout_s, sock_read=cfg.timeout_s
+                total=None, sock_connect=cfg.connect_timeout_s, sock_read=None
             ),
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
