@@ -189,3 +189,31 @@ def test_tls(tmp_path: Path) -> None:
     finally:
         for p in reversed(started):
             p.stop()
+
+
+def test_an_upstream_that_hangs_times_out_and_falls_back(tmp_path: Path) -> None:
+    started: list[ManagedProcess] = []
+    try:
+        edge = launch_standin(tmp_path, started, "edge", "edge-model")
+        cloud = launch_standin(tmp_path, started, "cloud", "cloud-model")
+        cfg = {"endpoints": [endpoint("edge", "edge", edge.v1, timeout_s=0.5),
+                             endpoint("cloud", "cloud", cloud.v1)]}
+        gw = launch_gateway(tmp_path, started, cfg)
+        edge.control(hang_s=3)
+        with httpx.Client(base_url=gw.base, timeout=30) as c:
+            r = c.post("/v1/chat/completions",
+                       json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 200
+        assert r.headers["x-edgecloud-endpoint"] == "cloud"
+        assert r.headers["x-edgecloud-reason"] == "fallback"
+    finally:
+        for p in reversed(started):
+            p.stop()
+
+
+@pytest.mark.parametrize("path", sorted(
+    (Path(__file__).resolve().parents[2] / "examples").glob("gateway*.yaml")), ids=str)
+def test_examples_are_valid(path: Path) -> None:
+    from edgecloud.gateway.config import load_config
+
+    assert load_config(path).endpoints
