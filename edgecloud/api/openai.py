@@ -96,6 +96,16 @@ class CompletionRequest(_SamplingFields):
     suffix: str | None = None
 
 
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "literal"}
+
+
+def _is_type_tag(part: object) -> bool:
+    """pydantic puts union member names (`str`, `list[ContentPart]`, ...) in error locations."""
+    if not isinstance(part, str):
+        return False
+    return part in _TYPE_TAGS or "[" in part or "-" in part or part[:1].isupper()
+
+
 def parse_request(cls: type[_M], data: Any) -> _M:
     """Validate a decoded JSON body; a failure becomes a 400 that names the field."""
     if not isinstance(data, dict):
@@ -104,7 +114,7 @@ def parse_request(cls: type[_M], data: Any) -> _M:
         return cls.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
+        loc = ".".join(str(p) for p in first["loc"] if not _is_type_tag(p))
         n = exc.error_count()
         more = f" (and {n - 1} more problem{'s' if n > 2 else ''})" if n > 1 else ""
         raise BadRequest(f"Invalid '{loc}': {first['msg']}{more}.", param=loc or None) from None
