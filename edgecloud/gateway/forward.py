@@ -58,8 +58,11 @@ class Forwarder:
             state.in_flight += 1
             t_up = time.perf_counter()
             try:
-                async with asyncio.timeout(state.config.timeout_s):
-                    resp = await up.post(path, body)
+                if facts.stream:
+                    async with asyncio.timeout(state.config.timeout_s):
+                        resp = await up.post(path, body, True)
+                else:
+                    resp = await up.post(path, body, False)
             except TRANSPORT_ERRORS as exc:
                 state.in_flight -= 1
                 state.breaker.failure(time.monotonic())
@@ -104,20 +107,25 @@ class Forwarder:
                      facts: RequestFacts, record: dict[str, Any], t0: float,
                      t_up: float) -> None:
         tier = state.config.tier
-        headers = [(k, v) for k, v in resp.raw_headers if k.lower() in _PASS_HEADERS]
+        headers = []
+        streaming = False
+        for k, v in resp.raw_headers:
+            name = k.lower()
+            if name in _PASS_HEADERS:
+                headers.append((name, v))
+                if name == b"content-type":
+                    streaming = v.startswith(b"text/event-stream")
         headers += [
             (b"x-edgecloud-placement", tier.encode()),
             (b"x-edgecloud-endpoint", state.name.encode()),
             (b"x-edgecloud-reason", rule.encode()),
         ]
         status = resp.status
-        streaming = resp.content_type == "text/event-stream"
         tokens = 0
         cut = False
         if not streaming:
             try:
-                async with asyncio.timeout(state.config.timeout_s):
-                    data = await resp.read()
+                data = await resp.read()  # bounded by the request's sock_read timeout
             except TRANSPORT_ERRORS as exc:
                 resp.release()
                 await self._upstream_cut(send, state, rule, exc, record, t0)

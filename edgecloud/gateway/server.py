@@ -36,6 +36,7 @@ def serve(
         http=CorkedHttpToolsProtocol,
         lifespan="on",
         access_log=False,
+        proxy_headers=False,
         log_level="warning",
         server_header=False,
         date_header=False,

@@ -37,6 +37,9 @@ class Upstream:
         self._probe_path = cfg.health_path
         self._verify_tls = verify_tls
         self.session: aiohttp.ClientSession | None = None
+        self._answer_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=cfg.connect_timeout_s, sock_read=cfg.timeout_s
+        )
 
     async def start(self) -> None:
         cfg = self.state.config
@@ -61,10 +64,15 @@ class Upstream:
             await self.session.close()
             self.session = None
 
-    def post(self, path: str, body: bytes) -> Any:
-        """Start a POST (an awaitable aiohttp response context); path like /chat/completions."""
+    def post(self, path: str, body: bytes, stream: bool) -> Any:
+        """Start a POST (an awaitable aiohttp response context); path like /chat/completions.
+
+        A non-streamed answer arrives in one or two reads, so aiohttp's own read timeout is
+        cheap there; streams are bounded by the forwarder (see the session's timeout)."""
         assert self.session is not None
-        return self.session.post(self.base + path, data=body)
+        if stream:
+            return self.session.post(self.base + path, data=body)
+        return self.session.post(self.base + path, data=body, timeout=self._answer_timeout)
 
     async def _get(self, url: str, timeout_s: float) -> tuple[int, bytes]:
         assert self.session is not None

@@ -110,8 +110,10 @@ def test_no_private_or_bound_request_reaches_a_disallowed_endpoint(tmp_path: Pat
                 if region:
                     assert REGIONS[name] in RESIDENCY[region], (rec["user"], name, region)
         statuses = [a[0] for a in answers.values()]
-        assert seen >= N // 5 and statuses.count(200) >= N // 5  # enough traffic got through
-        assert set(statuses) <= {200, 502, 503}
+        # Enough traffic got through for the check above to mean something.
+        assert seen >= N // 5 and statuses.count(200) >= N // 5, (seen, statuses.count(200))
+        odd = {u: a for u, a in answers.items() if a[0] not in (200, 502, 503)}
+        assert not odd, odd
         for user, (status, _, reason) in answers.items():
             private, region = truth[user]
             if status == 503 and private:
