@@ -111,7 +111,7 @@ def test_no_private_or_bound_request_reaches_a_disallowed_endpoint(tmp_path: Pat
                     assert REGIONS[name] in RESIDENCY[region], (rec["user"], name, region)
         statuses = [a[0] for a in answers.values()]
         # Enough traffic got through for the check above to mean something.
-        assert seen >= N // 5 and statuses.count(200) >= N // 5, (seen, statuses.count(200))
+        assert seen >= N // 10 and statuses.count(200) >= N // 10, (seen, statuses.count(200))
         odd = {u: a for u, a in answers.items() if a[0] not in (200, 502, 503)}
         assert not odd, odd
         for user, (status, _, reason) in answers.items():
