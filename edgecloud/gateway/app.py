@@ -33,7 +33,6 @@ from edgecloud.api.errors import (
     UnsupportedMediaType,
 )
 from edgecloud.gateway.config import ApiKeyConfig, GatewayConfig
-from edgecloud.gateway.errors import CapabilityMissing, NoAllowedEndpoint
 from edgecloud.gateway.forward import Forwarder
 from edgecloud.gateway.health import CircuitBreaker, EndpointState
 from edgecloud.gateway.metrics import GatewayMetrics, RequestLog
@@ -275,5 +274,3 @@ _WANTED = frozenset({
     b"authorization", b"content-type", b"x-edgecloud-region", b"x-edgecloud-sensitivity",
     b"x-edgecloud-deadline-ms", b"x-edgecloud-placement",
 })
-
-__all__ = ["GatewayApp", "CapabilityMissing", "NoAllowedEndpoint"]

@@ -217,3 +217,17 @@ def test_examples_are_valid(path: Path) -> None:
     from edgecloud.gateway.config import load_config
 
     assert load_config(path).endpoints
+
+
+def test_sigterm_drains_and_exits_0(tmp_path: Path) -> None:
+    started: list[ManagedProcess] = []
+    try:
+        edge = launch_standin(tmp_path, started, "edge", "edge-model")
+        gw = launch_gateway(tmp_path, started, {"endpoints": [endpoint("edge", "edge", edge.v1)]})
+        httpx.post(gw.v1 + "/chat/completions", timeout=30,
+                   json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        assert gw.proc.stop() == 0
+        assert '"event":"gateway.stopped"' in gw.log_path.read_text(encoding="utf-8")
+    finally:
+        for p in reversed(started):
+            p.stop()
