@@ -20,6 +20,9 @@ def serve(
     """Serve until a signal arrives; uvicorn drains in-flight requests, then this returns."""
     import uvicorn
 
+    # The node's clean-exit server (drain, then exit 0 rather than re-raise the signal);
+    # serve_forever itself fixes http="httptools", and the gateway needs its corked protocol.
+    from edgecloud.api.serving import _CleanExitServer
     from edgecloud.gateway.cork import CorkedHttpToolsProtocol
 
     if (tls_cert is None) != (tls_key is None):
@@ -46,4 +49,4 @@ def serve(
         ssl_certfile=str(tls_cert) if tls_cert else None,
         ssl_keyfile=str(tls_key) if tls_key else None,
     )
-    uvicorn.Server(uv_config).run()
+    _CleanExitServer(uv_config).run()
