@@ -1,5 +1,7 @@
 """Gateway fixtures; the helpers live in gwrig.py."""
 
-from gwrig import start_gateway, start_standin
+from __future__ import annotations
+
+from tests.gateway.gwrig import start_gateway, start_standin
 
 __all__ = ["start_gateway", "start_standin"]

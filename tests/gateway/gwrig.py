@@ -19,22 +19,11 @@ from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port
 STANDIN = Path(__file__).with_name("standin_provider.py")
 
 
-def _root_conftest() -> Any:
-    """tests/conftest.py, loaded by path (its start_node is the one way to start a node)."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parent.parent / "conftest.py"
-    spec = importlib.util.spec_from_file_location("edgecloud_tests_root_conftest", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def start_node(tmp: Path, *extra: str, name: str = "node") -> tuple[ManagedProcess, str]:
     """Start a real `edgecloud serve` (see tests/conftest.py); returns (process, base URL)."""
-    proc, base = _root_conftest().start_node(tmp, *extra, name=name)
-    return proc, base
+    from tests.conftest import start_node as shared_start_node
+
+    return shared_start_node(tmp, *extra, name=name)
 
 
 @dataclass

@@ -10,11 +10,11 @@ from typing import Any
 
 import httpx
 import pytest
-from gwrig import endpoint, launch_gateway, launch_standin
 
 from edgecloud.gateway.config import parse_config
 from edgecloud.gateway.errors import ConfigError
 from edgecloud.supervise import ManagedProcess, edgecloud_command
+from tests.gateway.gwrig import endpoint, launch_gateway, launch_standin
 
 GOOD = """\
 endpoints:

@@ -14,9 +14,16 @@ from typing import Any
 
 import httpx
 import pytest
-from gwrig import Gateway, Standin, endpoint, fast_limits, launch_gateway, launch_standin
 
 from edgecloud.supervise import ManagedProcess
+from tests.gateway.gwrig import (
+    Gateway,
+    Standin,
+    endpoint,
+    fast_limits,
+    launch_gateway,
+    launch_standin,
+)
 
 KEY = "ec-test-key-eu"
 PRIVATE_KEY = "ec-test-key-private"
@@ -285,7 +292,7 @@ def _phone_agent_turns(screenshot: str) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("images_rule", ["edge_only", "allow"])
 def test_phone_agent_screenshot_conversation(tmp_path: Path, images_rule: str) -> None:
-    from gwrig import png_data_uri
+    from tests.gateway.gwrig import png_data_uri
 
     started: list[ManagedProcess] = []
     try:

@@ -7,9 +7,9 @@ from typing import Any
 
 import httpx
 import pytest
-from gwrig import endpoint, fast_limits, launch_gateway, launch_standin
 
 from edgecloud.supervise import ManagedProcess
+from tests.gateway.gwrig import endpoint, fast_limits, launch_gateway, launch_standin
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +58,7 @@ def test_openai_sdk_through_the_gateway(node: str, tmp_path: Path) -> None:
 
 
 def test_kill_the_edge_node_mid_run(tmp_path: Path) -> None:
-    from gwrig import start_node
+    from tests.gateway.gwrig import start_node
 
     started: list[ManagedProcess] = []
     node_proc, node_base = start_node(tmp_path, "--preload", "--parallel", "2", "--ctx", "1024",

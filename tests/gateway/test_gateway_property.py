@@ -9,11 +9,11 @@ from typing import Any
 
 import httpx
 import pytest
-from gwrig import endpoint, fast_limits, launch_gateway, launch_standin
 from stdnum import luhn
 from stdnum.cn import ric
 
 from edgecloud.supervise import ManagedProcess
+from tests.gateway.gwrig import endpoint, fast_limits, launch_gateway, launch_standin
 
 pytestmark = pytest.mark.slow
 N = 1200
