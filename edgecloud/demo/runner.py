@@ -61,8 +61,8 @@ class LiveView:
 
     def _table(self) -> Table:
         t = Table(title=f"edgecloud demo — {self.phase}", expand=True, title_justify="left")
-        for col in ("#", "phase", "kind", "placed", "endpoint", "reason", "status", "ms"):
-            t.add_column(col, no_wrap=True)
+        for col in ("#", "phase", "kind", "placed", "reason", "status", "ms"):
+            t.add_column(col, no_wrap=col != "reason", overflow="fold")
         start = max(0, len(self.outcomes) - self.rows)
         for i, o in enumerate(self.outcomes[start:], start=start + 1):
             color = {"edge": "green", "cloud": "cyan", "refused": "yellow"}.get(o.placement, "red")
