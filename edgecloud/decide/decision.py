@@ -71,25 +71,33 @@ def _compliance(option: Option, w: Workload, p: Prices) -> Check:
     c = w.compliance
     problems = []
     if option == "cloud" and c.strict and c.personal_data_share > 0:
-        problems.append(f"{_pct(c.personal_data_share)} of requests carry personal data and "
-                        "strict compliance keeps them on the edge")
+        problems.append(
+            f"{_pct(c.personal_data_share)} of requests carry personal data and "
+            "strict compliance keeps them on the edge"
+        )
     for rule in c.residency:
         if rule.share <= 0:
             continue
         edge_ok, cloud_ok = p.edge.region in rule.allowed, p.cloud.region in rule.allowed
         ok = {"edge": edge_ok, "cloud": cloud_ok, "hybrid": edge_ok or cloud_ok}[option]
         if not ok:
-            where = {"edge": p.edge.region, "cloud": p.cloud.region,
-                     "hybrid": f"{p.edge.region} or {p.cloud.region}"}[option]
-            problems.append(f"{_pct(rule.share)} of requests are tagged {rule.region!r} and may "
-                            f"only run in {rule.allowed}, not in {where}")
+            where = {
+                "edge": p.edge.region,
+                "cloud": p.cloud.region,
+                "hybrid": f"{p.edge.region} or {p.cloud.region}",
+            }[option]
+            problems.append(
+                f"{_pct(rule.share)} of requests are tagged {rule.region!r} and may "
+                f"only run in {rule.allowed}, not in {where}"
+            )
     if problems:
         return Check(name="compliance", passed=False, detail="; ".join(problems))
     return Check(name="compliance", passed=True, detail="personal data and residency rules met")
 
 
-def _slo(option: Option, w: Workload, edge: TierPerformance, cloud: TierPerformance,
-         cost: OptionCost) -> Check:
+def _slo(
+    option: Option, w: Workload, edge: TierPerformance, cloud: TierPerformance, cost: OptionCost
+) -> Check:
     used = []
     if option != "cloud":
         used.append(edge)
@@ -97,13 +105,18 @@ def _slo(option: Option, w: Workload, edge: TierPerformance, cloud: TierPerforma
         used.append(cloud)
     slo = w.slo
     failing = [t for t in used if not t.meets_slo]
-    parts = [f"{t.tier} {slo.percentile} TTFT {t.ttft_ms or 0:.0f} ms, e2e {t.e2e_ms or 0:.0f} ms"
-             for t in used]
+    parts = [
+        f"{t.tier} {slo.percentile} TTFT {t.ttft_ms or 0:.0f} ms, e2e {t.e2e_ms or 0:.0f} ms"
+        for t in used
+    ]
     target = f"(SLO: TTFT {slo.ttft_ms:.0f} ms, e2e {slo.e2e_ms:.0f} ms)"
     if failing:
         names = ", ".join(t.tier for t in failing)
-        return Check(name="slo", passed=False,
-                     detail=f"{names} misses the SLO at any load: {'; '.join(parts)} {target}")
+        return Check(
+            name="slo",
+            passed=False,
+            detail=f"{names} misses the SLO at any load: {'; '.join(parts)} {target}",
+        )
     return Check(name="slo", passed=True, detail=f"{'; '.join(parts)} {target}")
 
 
@@ -127,14 +140,20 @@ def _availability(option: Option, w: Workload, p: Prices, cost: OptionCost) -> C
 def _capability(option: Option, w: Workload, p: Prices) -> Check:
     large = w.tokens.large_context_share
     if option == "edge" and large > 0:
-        return Check(name="capability", passed=False,
-                     detail=f"{_pct(large)} of requests need a larger context than the edge serves")
+        return Check(
+            name="capability",
+            passed=False,
+            detail=f"{_pct(large)} of requests need a larger context than the edge serves",
+        )
     if option == "hybrid" and large > 0:
         stuck = bound_share(w, p) * large
         if stuck > 0:
-            return Check(name="capability", passed=True,
-                         detail=f"{_pct(stuck)} of requests are large and bound to the edge: "
-                         "served there with a truncated context")
+            return Check(
+                name="capability",
+                passed=True,
+                detail=f"{_pct(stuck)} of requests are large and bound to the edge: "
+                "served there with a truncated context",
+            )
     return Check(name="capability", passed=True, detail="every request can be served")
 
 
@@ -175,8 +194,12 @@ def choose(options: dict[Option, OptionResult]) -> Option | None:
     return min(near, key=lambda r: (_tiers(r.option), r.cost.tco)).option
 
 
-def explain(inputs: DecisionInputs, options: dict[Option, OptionResult], chosen: Option | None,
-            break_even_rpd: float | None = None) -> list[Reason]:
+def explain(
+    inputs: DecisionInputs,
+    options: dict[Option, OptionResult],
+    chosen: Option | None,
+    break_even_rpd: float | None = None,
+) -> list[Reason]:
     """Reasons behind the choice, most decisive first: rules, then cost, then the drivers."""
     w, p = inputs.workload, inputs.prices
     cur = p.currency
@@ -196,33 +219,64 @@ def explain(inputs: DecisionInputs, options: dict[Option, OptionResult], chosen:
             gap = other.cost.tco - mine
             word = "less" if gap >= 0 else "more"
             share = abs(gap) / other.cost.tco if other.cost.tco else 0.0
-            found.append((10, "cost", chosen if gap >= 0 else other.option,
-                          f"{LABEL[chosen]} costs {_money(mine, cur)} over {span}, "
-                          f"{_money(abs(gap), cur)} ({_pct(share)}) {word} than "
-                          f"{LABEL[other.option]} ({_money(other.cost.tco, cur)})"))
+            found.append(
+                (
+                    10,
+                    "cost",
+                    chosen if gap >= 0 else other.option,
+                    f"{LABEL[chosen]} costs {_money(mine, cur)} over {span}, "
+                    f"{_money(abs(gap), cur)} ({_pct(share)}) {word} than "
+                    f"{LABEL[other.option]} ({_money(other.cost.tco, cur)})",
+                )
+            )
     if break_even_rpd is not None:
         ratio = w.requests_per_day / break_even_rpd
         side: Option = "edge" if ratio >= 1 else "cloud"
-        found.append((20, "volume", side,
-                      f"{w.requests_per_day:,.0f} requests/day is {ratio:.2g}x the break-even "
-                      f"volume ({break_even_rpd:,.0f}/day) above which edge-only costs less "
-                      "than cloud-only"))
+        found.append(
+            (
+                20,
+                "volume",
+                side,
+                f"{w.requests_per_day:,.0f} requests/day is {ratio:.2g}x the break-even "
+                f"volume ({break_even_rpd:,.0f}/day) above which edge-only costs less "
+                "than cloud-only",
+            )
+        )
     life_m = p.edge.box_life_years * 12
     if w.months() < life_m:
-        found.append((21, "duration", "cloud",
-                      f"the workload runs {w.months()} months, less than the "
-                      f"{life_m:.0f}-month life of an edge box: hardware is paid for "
-                      "but not used up"))
+        found.append(
+            (
+                21,
+                "duration",
+                "cloud",
+                f"the workload runs {w.months()} months, less than the "
+                f"{life_m:.0f}-month life of an edge box: hardware is paid for "
+                "but not used up",
+            )
+        )
     if w.is_global():
         regions = [r for r, s in w.users.regions.items() if s > 0]
-        found.append((22, "reach", "cloud",
-                      f"users are in {len(regions)} regions ({', '.join(regions)}): the edge "
-                      "needs a site in each, the cloud serves them from one place"))
+        found.append(
+            (
+                22,
+                "reach",
+                "cloud",
+                f"users are in {len(regions)} regions ({', '.join(regions)}): the edge "
+                "needs a site in each, the cloud serves them from one place",
+            )
+        )
     b = bound_share(w, p)
     if b > 0:
-        found.append((23, "compliance", "edge",
-                      f"{_pct(b)} of requests must stay on the edge (personal data or "
-                      "residency)"))
+        found.append(
+            (
+                23,
+                "compliance",
+                "edge",
+                f"{_pct(b)} of requests must stay on the edge (personal data or residency)",
+            )
+        )
     found.sort(key=lambda t: t[0])
-    return [Reason(rank=i + 1, kind=kind, favours=fav, text=text)
-            for i, (_, kind, fav, text) in enumerate(found)]
+    return [
+        Reason(rank=i + 1, kind=kind, favours=fav, text=text)
+        for i, (_, kind, fav, text) in enumerate(found)
+    ]

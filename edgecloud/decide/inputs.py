@@ -97,8 +97,8 @@ class Workload(_Strict):
     availability_target: float = Field(0.99, gt=0, lt=1)
     tokens: Tokens
     slo: SLO
-    compliance: Compliance = Field(default_factory=Compliance)
-    users: Users = Field(default_factory=Users)
+    compliance: Compliance = Field(default_factory=lambda: Compliance.model_validate({}))
+    users: Users = Field(default_factory=lambda: Users.model_validate({}))
 
     def months(self) -> int:
         """Months the costs run for: the workload's duration, capped at the horizon."""

@@ -77,8 +77,10 @@ def level_point(lv: LevelSummary, tokens: Tokens, slo: SLO) -> LevelPoint:
     return LevelPoint(level=lv.level, ttft_ms=ttft, e2e_ms=e2e, capacity_rps=cap, meets_slo=meets)
 
 
-def from_bench(tier: Tier, bench: BenchResults, tokens: Tokens, slo: SLO, file: str) -> TierPerformance:
-    """The operating point: the level with the most capacity that meets the SLO, not past the knee."""
+def from_bench(
+    tier: Tier, bench: BenchResults, tokens: Tokens, slo: SLO, file: str
+) -> TierPerformance:
+    """The operating point: the level with the most capacity within the SLO, not past the knee."""
     if not bench.levels:
         raise BenchMismatch("has no load levels to size from", file=file, field="levels")
     points = [level_point(lv, tokens, slo) for lv in sorted(bench.levels, key=lambda x: x.level)]
@@ -124,7 +126,7 @@ def tier_of(bench: BenchResults) -> Tier | None:
     for hint in hints:
         for tier in ("edge", "cloud"):
             if tier in hint:
-                return tier  # type: ignore[return-value]
+                return "edge" if tier == "edge" else "cloud"
     return None
 
 
@@ -133,7 +135,9 @@ def check_comparable(benches: dict[str, BenchResults]) -> None:
     versions = {f: b.schema_version for f, b in benches.items()}
     if len(set(versions.values())) > 1:
         desc = ", ".join(f"{f}: v{v}" for f, v in versions.items())
-        raise BenchMismatch(f"bench files use different schema versions ({desc})", field="schema_version")
+        raise BenchMismatch(
+            f"bench files use different schema versions ({desc})", field="schema_version"
+        )
     models = {f: b.model for f, b in benches.items()}
     if len(set(models.values())) > 1:
         desc = ", ".join(f"{f}: {m!r}" for f, m in models.items())

@@ -76,8 +76,7 @@ def break_even_volume(inputs: DecisionInputs) -> float | None:
     if all(cheaper) or not cheaper[-1]:
         return None
     i = max(k for k, c in enumerate(cheaper) if not c)
-    return _bisect(grid[i], grid[i + 1],
-                   lambda v: edge_minus_cloud(with_volume(inputs, v)) > 0)
+    return _bisect(grid[i], grid[i + 1], lambda v: edge_minus_cloud(with_volume(inputs, v)) > 0)
 
 
 def _choice_at(inputs: DecisionInputs, rpd: float) -> Option | None:
@@ -96,8 +95,11 @@ def flip_volumes(inputs: DecisionInputs) -> list[FlipPoint]:
             choice = _choice_at(inputs, float(v))
             if choice != base:
                 edge = _bisect(prev, float(v), lambda x: _choice_at(inputs, x) == base)
-                out.append(FlipPoint(requests_per_day=edge, direction=direction,
-                                     to=_choice_at(inputs, edge)))
+                out.append(
+                    FlipPoint(
+                        requests_per_day=edge, direction=direction, to=_choice_at(inputs, edge)
+                    )
+                )
                 break
             prev = float(v)
     return out
@@ -105,32 +107,40 @@ def flip_volumes(inputs: DecisionInputs) -> list[FlipPoint]:
 
 def _scale_tokens(inputs: DecisionInputs, k: float) -> DecisionInputs:
     w = inputs.workload
-    t = w.tokens.model_copy(update={"input_per_request": w.tokens.input_per_request * k,
-                                    "output_per_request": w.tokens.output_per_request * k})
+    t = w.tokens.model_copy(
+        update={
+            "input_per_request": w.tokens.input_per_request * k,
+            "output_per_request": w.tokens.output_per_request * k,
+        }
+    )
     # Capacity in requests/s falls as requests grow (the box's token rate stays).
     e = inputs.edge.model_copy(update={"capacity_rps": _div(inputs.edge.capacity_rps, k)})
     c = inputs.cloud.model_copy(update={"capacity_rps": _div(inputs.cloud.capacity_rps, k)})
-    return inputs.model_copy(update={"workload": w.model_copy(update={"tokens": t}),
-                                     "edge": e, "cloud": c})
+    return inputs.model_copy(
+        update={"workload": w.model_copy(update={"tokens": t}), "edge": e, "cloud": c}
+    )
 
 
 def _div(x: float | None, k: float) -> float | None:
     return None if x is None else x / k
 
 
-def _workload(field: str, lo: float = 0.0, hi: float = math.inf) -> Callable[
-        [DecisionInputs, float], DecisionInputs]:
+def _workload(
+    field: str, lo: float = 0.0, hi: float = math.inf
+) -> Callable[[DecisionInputs, float], DecisionInputs]:
     def apply(inputs: DecisionInputs, k: float) -> DecisionInputs:
         w = inputs.workload
         value = min(hi, max(lo, getattr(w, field) * k))
         return inputs.model_copy(update={"workload": w.model_copy(update={field: value})})
+
     return apply
 
 
 def _personal(inputs: DecisionInputs, k: float) -> DecisionInputs:
     w = inputs.workload
     c = w.compliance.model_copy(
-        update={"personal_data_share": min(1.0, w.compliance.personal_data_share * k)})
+        update={"personal_data_share": min(1.0, w.compliance.personal_data_share * k)}
+    )
     return inputs.model_copy(update={"workload": w.model_copy(update={"compliance": c})})
 
 
@@ -144,30 +154,44 @@ def _price(section: str, *fields: str) -> Callable[[DecisionInputs, float], Deci
             part = part.model_copy(update={f: getattr(part, f) * k for f in fields})
             new = p.model_copy(update={section: part})
         return inputs.model_copy(update={"prices": new})
+
     return apply
 
 
 def _edge_capacity(inputs: DecisionInputs, k: float) -> DecisionInputs:
     e = inputs.edge
-    return inputs.model_copy(update={"edge": e.model_copy(
-        update={"capacity_rps": None if e.capacity_rps is None else e.capacity_rps * k})})
+    return inputs.model_copy(
+        update={
+            "edge": e.model_copy(
+                update={"capacity_rps": None if e.capacity_rps is None else e.capacity_rps * k}
+            )
+        }
+    )
 
 
-def factors(inputs: DecisionInputs) -> dict[str, tuple[float, Callable[
-        [DecisionInputs, float], DecisionInputs]]]:
+def factors(
+    inputs: DecisionInputs,
+) -> dict[str, tuple[float, Callable[[DecisionInputs, float], DecisionInputs]]]:
     """The main inputs the tornado moves: name -> (current value, apply a factor)."""
     w, p = inputs.workload, inputs.prices
-    cloud_price = (("cloud price per GPU hour", p.cloud.gpu_hour, ("gpu_hour",))
-                   if p.cloud.pricing == "gpu_hour" else
-                   ("cloud price per output Mtok", p.cloud.output_per_mtok,
-                    ("input_per_mtok", "output_per_mtok")))
+    cloud_price = (
+        ("cloud price per GPU hour", p.cloud.gpu_hour, ("gpu_hour",))
+        if p.cloud.pricing == "gpu_hour"
+        else (
+            "cloud price per output Mtok",
+            p.cloud.output_per_mtok,
+            ("input_per_mtok", "output_per_mtok"),
+        )
+    )
     return {
         "requests per day": (w.requests_per_day, _workload("requests_per_day")),
         "peak / average": (w.peak_to_average, _workload("peak_to_average", lo=1.0)),
         "growth per year": (w.growth_per_year, _workload("growth_per_year", lo=-0.99)),
         "personal data share": (w.compliance.personal_data_share, _personal),
-        "tokens per request": (w.tokens.input_per_request + w.tokens.output_per_request,
-                               _scale_tokens),
+        "tokens per request": (
+            w.tokens.input_per_request + w.tokens.output_per_request,
+            _scale_tokens,
+        ),
         cloud_price[0]: (cloud_price[1], _price("cloud", *cloud_price[2])),
         "edge box price": (p.edge.box_price, _price("edge", "box_price")),
         "edge capacity per box": (inputs.edge.capacity_rps or 0.0, _edge_capacity),
@@ -185,15 +209,23 @@ def tornado(inputs: DecisionInputs, base_choice: Option) -> list[TornadoBar]:
             moved = apply(inputs, k)
             opts = evaluate_options(moved)
             ends.append((opts[base_choice].cost.tco, choose(opts)))
-        bars.append(TornadoBar(name=name, low_value=value * (1 - SWING),
-                               high_value=value * (1 + SWING), low_tco=ends[0][0],
-                               high_tco=ends[1][0], low_choice=ends[0][1],
-                               high_choice=ends[1][1]))
+        bars.append(
+            TornadoBar(
+                name=name,
+                low_value=value * (1 - SWING),
+                high_value=value * (1 + SWING),
+                low_tco=ends[0][0],
+                high_tco=ends[1][0],
+                low_choice=ends[0][1],
+                high_choice=ends[1][1],
+            )
+        )
     return sorted(bars, key=lambda b: -b.swing)
 
 
-def cost_per_1k_curve(inputs: DecisionInputs, points: int = 25,
-                      span: float = 20.0) -> dict[str, list[float]]:
+def cost_per_1k_curve(
+    inputs: DecisionInputs, points: int = 25, span: float = 20.0
+) -> dict[str, list[float]]:
     """Cost per 1,000 requests of each option over a range of volumes (for the chart)."""
     rpd = inputs.workload.requests_per_day
     volumes = [float(v) for v in np.geomspace(rpd / span, rpd * span, points)]

@@ -35,8 +35,9 @@ def at_least_up(n_needed: int, n_total: int, unit_availability: float) -> float:
     )
 
 
-def spares_for(n_needed: int, unit_availability: float, site_availability: float,
-               target: float) -> tuple[int, float]:
+def spares_for(
+    n_needed: int, unit_availability: float, site_availability: float, target: float
+) -> tuple[int, float]:
     """Fewest spare units that reach `target` at one site, and the availability reached.
 
     availability(k) = site_availability x P(at least n of n+k units up). When the site alone

@@ -72,8 +72,10 @@ class OptionCost(BaseModel):
 
     @property
     def total_requests(self) -> float:
-        return sum(y.requests_per_day * DAYS_PER_MONTH * _months_in_year(y.year, self.months)
-                   for y in self.years)
+        return sum(
+            y.requests_per_day * DAYS_PER_MONTH * _months_in_year(y.year, self.months)
+            for y in self.years
+        )
 
     def cumulative(self) -> list[float]:
         """Cumulative cost at the end of each month (the residual credited in the last)."""
@@ -97,7 +99,8 @@ def bound_share(workload: Workload, prices: Prices) -> float:
     c = workload.compliance
     p = c.personal_data_share if c.strict else 0.0
     r = sum(
-        rule.share for rule in c.residency
+        rule.share
+        for rule in c.residency
         if prices.cloud.region not in rule.allowed and prices.edge.region in rule.allowed
     )
     return 1 - (1 - p) * (1 - min(r, 1.0))
@@ -117,12 +120,20 @@ def _edge_capacity(edge: TierPerformance) -> float:
     if edge.capacity_rps is None:
         raise InputError(
             "the edge tier needs a capacity: give an edge bench file or "
-            "prices edge.assumed.capacity_rps", field="edge.assumed.capacity_rps")
+            "prices edge.assumed.capacity_rps",
+            field="edge.assumed.capacity_rps",
+        )
     return edge.capacity_rps
 
 
-def plan_year(option: Option, year: int, workload: Workload, prices: Prices,
-              edge: TierPerformance, cloud: TierPerformance) -> YearPlan:
+def plan_year(
+    option: Option,
+    year: int,
+    workload: Workload,
+    prices: Prices,
+    edge: TierPerformance,
+    cloud: TierPerformance,
+) -> YearPlan:
     """Sizing of one year: boxes per site, the edge/cloud split, cloud replicas."""
     rpd = workload.requests_per_day * (1 + workload.growth_per_year) ** year
     peak = peak_rps(rpd, workload.peak_to_average)
@@ -139,8 +150,12 @@ def plan_year(option: Option, year: int, workload: Workload, prices: Prices,
         for site, u in workload.users.regions.items():
             site_peak = peak * u * edge_share
             n = units_needed(site_peak, cap, h)
-            k, avail = spares_for(n, prices.edge.box_availability,
-                                  prices.edge.site_availability, workload.availability_target)
+            k, avail = spares_for(
+                n,
+                prices.edge.box_availability,
+                prices.edge.site_availability,
+                workload.availability_target,
+            )
             boxes[site], spares[site] = n + k, k
             worst = min(worst, avail)
             spare_rps += max(0.0, n * cap / (1 + h) - site_peak)
@@ -157,21 +172,37 @@ def plan_year(option: Option, year: int, workload: Workload, prices: Prices,
         if cloud.capacity_rps is None:
             raise InputError(
                 "gpu_hour pricing needs a capacity per replica: give a cloud bench file or "
-                "prices cloud.assumed.capacity_rps", field="cloud.assumed.capacity_rps")
+                "prices cloud.assumed.capacity_rps",
+                field="cloud.assumed.capacity_rps",
+            )
         peak_n = units_needed(peak * cloud_share, cloud.capacity_rps, h)
         avg = peak_n / workload.peak_to_average if c.autoscaling else peak_n
         replicas = max(float(c.min_replicas), avg)
-    return YearPlan(year=year, requests_per_day=rpd, peak_rps=peak, edge_share=edge_share,
-                    cloud_share=cloud_share, boxes_by_site=boxes, spares_by_site=spares,
-                    edge_availability=worst, cloud_replicas=replicas)
+    return YearPlan(
+        year=year,
+        requests_per_day=rpd,
+        peak_rps=peak,
+        edge_share=edge_share,
+        cloud_share=cloud_share,
+        boxes_by_site=boxes,
+        spares_by_site=spares,
+        edge_availability=worst,
+        cloud_replicas=replicas,
+    )
 
 
-def option_cost(option: Option, workload: Workload, prices: Prices,
-                edge: TierPerformance, cloud: TierPerformance) -> OptionCost:
+def option_cost(
+    option: Option,
+    workload: Workload,
+    prices: Prices,
+    edge: TierPerformance,
+    cloud: TierPerformance,
+) -> OptionCost:
     """Month-by-month capex and opex of one option; see docs/decide.md for each term."""
     months = workload.months()
-    years = [plan_year(option, y, workload, prices, edge, cloud)
-             for y in range((months + 11) // 12)]
+    years = [
+        plan_year(option, y, workload, prices, edge, cloud) for y in range((months + 11) // 12)
+    ]
     e, c, rate = prices.edge, prices.cloud, prices.ops_hourly_rate
     life_m = max(1, round(e.box_life_years * 12))
     uses_edge, uses_cloud = option != "cloud", option != "edge"
@@ -212,32 +243,50 @@ def option_cost(option: Option, workload: Workload, prices: Prices,
             add(opex, m, "edge sites", sites * e.site_cost_per_month)
             hours = sites * e.ops_hours_per_site_per_month + boxes * e.ops_hours_per_box_per_month
             add(opex, m, "edge operations", hours * rate)
-            add(opex, m, "edge maintenance",
-                boxes * e.box_price * e.maintenance_share_per_year / 12)
+            add(
+                opex, m, "edge maintenance", boxes * e.box_price * e.maintenance_share_per_year / 12
+            )
         if uses_cloud:
             if m == 0:
                 add(capex, m, "cloud setup", c.setup_cost)
             cloud_requests = plan.requests_per_day * DAYS_PER_MONTH * plan.cloud_share
             if c.pricing == "per_token":
-                per_req = (workload.tokens.input_per_request * c.input_per_mtok
-                           + workload.tokens.output_per_request * c.output_per_mtok) / 1e6
+                per_req = (
+                    workload.tokens.input_per_request * c.input_per_mtok
+                    + workload.tokens.output_per_request * c.output_per_mtok
+                ) / 1e6
                 add(opex, m, "cloud usage", cloud_requests * per_req)
             else:
-                add(opex, m, "cloud usage",
-                    plan.cloud_replicas * c.gpus_per_replica * c.gpu_hour * HOURS_PER_MONTH)
+                add(
+                    opex,
+                    m,
+                    "cloud usage",
+                    plan.cloud_replicas * c.gpus_per_replica * c.gpu_hour * HOURS_PER_MONTH,
+                )
             gb = cloud_requests * workload.tokens.payload_kb() / 1e6
             add(opex, m, "cloud egress", gb * c.egress_per_gb)
             add(opex, m, "cloud operations", c.fixed_per_month + c.ops_hours_per_month * rate)
-    residual = sum(
-        n * e.box_price * e.resale_share * max(0.0, 1 - (months - when) / life_m)
-        for when, n in cohorts.bought
-    ) if uses_edge else 0.0
+    residual = (
+        sum(
+            n * e.box_price * e.resale_share * max(0.0, 1 - (months - when) / life_m)
+            for when, n in cohorts.bought
+        )
+        if uses_edge
+        else 0.0
+    )
     if residual:
         cats["edge resale"] = -residual
     for plan in years:
         first, last = plan.year * 12, min(months, plan.year * 12 + 12)
         plan.capex = sum(capex[first:last])
         plan.opex = sum(opex[first:last])
-    return OptionCost(option=option, currency=prices.currency, months=months,
-                      monthly_capex=capex, monthly_opex=opex, residual_value=residual,
-                      by_category=cats, years=years)
+    return OptionCost(
+        option=option,
+        currency=prices.currency,
+        months=months,
+        monthly_capex=capex,
+        monthly_opex=opex,
+        residual_value=residual,
+        by_category=cats,
+        years=years,
+    )
