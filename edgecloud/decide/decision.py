@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, computed_field
 
 from edgecloud.decide.inputs import Prices, Workload
 from edgecloud.decide.measurements import TierPerformance
@@ -40,6 +40,7 @@ class OptionResult(BaseModel):
     cost: OptionCost
     checks: list[Check]
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def feasible(self) -> bool:
         return all(c.passed for c in self.checks)

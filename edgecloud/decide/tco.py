@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, computed_field
 
 from edgecloud.decide.errors import InputError
 from edgecloud.decide.inputs import Prices, Workload
@@ -58,18 +58,22 @@ class OptionCost(BaseModel):
     by_category: dict[str, float]
     years: list[YearPlan]
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def capex(self) -> float:
         return sum(self.monthly_capex) - self.residual_value
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def opex(self) -> float:
         return sum(self.monthly_opex)
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def tco(self) -> float:
         return self.capex + self.opex
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def total_requests(self) -> float:
         return sum(
