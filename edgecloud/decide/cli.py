@@ -14,9 +14,15 @@ _EPILOG = (
 
 
 def decide(
-    workload: Path = typer.Option(..., "--workload", "-w", help="Workload profile (YAML)."),
+    workload: Path = typer.Option(
+        ..., "--workload", "-w", metavar="FILE", help="Workload profile (YAML)."
+    ),
     prices: Path | None = typer.Option(
-        None, "--prices", "-p", help="Price list (YAML); default: built-in illustrative prices."
+        None,
+        "--prices",
+        "-p",
+        metavar="FILE",
+        help="Price list (YAML); default: built-in illustrative prices.",
     ),
     bench: list[str] = typer.Option(
         [],
@@ -25,10 +31,17 @@ def decide(
         help="A results file of `edgecloud bench`: edge=FILE, cloud=FILE, or FILE labelled "
         "with its tier. Repeat for each tier.",
     ),
-    report: Path | None = typer.Option(None, "--report", help="Write the HTML report here."),
-    json_out: Path | None = typer.Option(None, "--json", help="Write the decision as JSON."),
+    report: Path | None = typer.Option(
+        None, "--report", metavar="FILE", help="Write the HTML report here."
+    ),
+    json_out: Path | None = typer.Option(
+        None, "--json", metavar="FILE", help="Write the decision as JSON."
+    ),
     gateway: Path | None = typer.Option(
-        None, "--emit-gateway-config", help="Write the gateway config that carries it out."
+        None,
+        "--emit-gateway-config",
+        metavar="FILE",
+        help="Write the gateway config that carries it out.",
     ),
 ) -> None:
     """Where to run (edge, cloud or hybrid), what it costs over the horizon, and why."""
