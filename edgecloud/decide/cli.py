@@ -28,6 +28,7 @@ def decide(
         [],
         "--bench",
         "-b",
+        metavar="[edge=|cloud=]FILE",
         help="A results file of `edgecloud bench`: edge=FILE, cloud=FILE, or FILE labelled "
         "with its tier. Repeat for each tier.",
     ),
