@@ -5,6 +5,7 @@ Pure: `gateway_config` returns plain data; `render_gateway_yaml` turns it into Y
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
@@ -13,16 +14,22 @@ from edgecloud.decide.decision import DecisionInputs
 from edgecloud.decide.tco import Option, YearPlan
 
 
+def _slug(text: str) -> str:
+    """A name the gateway accepts (letters, digits, `-`, `_`, `.`) and a valid host label."""
+    return re.sub(r"[^A-Za-z0-9-]+", "-", text).strip("-").lower() or "site"
+
+
 def _edge_endpoints(inputs: DecisionInputs, plan: YearPlan) -> list[dict[str, Any]]:
     e = inputs.prices.edge
     perf = inputs.edge
     out: list[dict[str, Any]] = []
     for site, boxes in plan.boxes_by_site.items():
+        slug = _slug(site)
         for i in range(1, boxes + 1):
             ep: dict[str, Any] = {
-                "name": f"edge-{site}-{i}",
+                "name": f"edge-{slug}-{i}",
                 "tier": "edge",
-                "url": e.url_template.format(site=site, index=i),
+                "url": e.url_template.format(site=slug, index=i),
                 "region": e.region,
                 "capabilities": list(e.capabilities),
             }
@@ -35,7 +42,7 @@ def _edge_endpoints(inputs: DecisionInputs, plan: YearPlan) -> list[dict[str, An
 def _cloud_endpoint(inputs: DecisionInputs) -> dict[str, Any]:
     c = inputs.prices.cloud
     ep: dict[str, Any] = {
-        "name": f"cloud-{c.region}",
+        "name": f"cloud-{_slug(c.region)}",
         "tier": "cloud",
         "url": c.url,
         "api_key_env": c.api_key_env,
@@ -54,11 +61,20 @@ def gateway_config(inputs: DecisionInputs, option: Option, plan: YearPlan) -> di
         endpoints += _edge_endpoints(inputs, plan)
     if option != "edge":
         endpoints.append(_cloud_endpoint(inputs))
-    comp = inputs.workload.compliance
-    keep = "edge_only" if comp.strict else "allow"
+    w = inputs.workload
+    comp = w.compliance
+    # Strict: detected personal data and screenshots stay on the edge. Not strict: detect
+    # nothing, so personal data may go wherever the rest of the policy sends it.
+    privacy: dict[str, Any] = (
+        {"detect": list(comp.detect), "action": "edge_only", "images": "edge_only"}
+        if comp.strict
+        else {"detect": [], "action": "edge_only", "images": "allow"}
+    )
     policy: dict[str, Any] = {
         "residency": {rule.region: list(rule.allowed) for rule in comp.residency},
-        "privacy": {"detect": list(comp.detect), "action": keep, "images": keep},
+        "privacy": privacy,
+        "slo_ms": w.slo.e2e_ms,
+        "default_output_tokens": max(1, round(w.tokens.output_per_request)),
     }
     if option == "hybrid":
         # Public requests use the edge while it has room and go to the cloud once it queues.

@@ -7,7 +7,7 @@ from typing import Literal
 import pytest
 import yaml
 from decide_samples import inputs, workload
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from edgecloud.decide.decision import evaluate_options
 from edgecloud.decide.gateway_config import gateway_config, render_gateway_yaml
@@ -26,7 +26,7 @@ class Price(_Closed):
 class Endpoint(_Closed):
     """The endpoint shape of the design document's gateway configuration."""
 
-    name: str
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     tier: Literal["edge", "cloud"]
     url: str
     region: str
@@ -38,8 +38,8 @@ class Endpoint(_Closed):
 
 
 class Privacy(_Closed):
-    detect: list[str]
-    action: Literal["edge_only", "allow"]
+    detect: list[Literal["email", "phone", "id_card", "bank_card", "iban", "ip", "secret"]]
+    action: Literal["edge_only"]
     images: Literal["edge_only", "allow"]
 
 
@@ -47,6 +47,8 @@ class Policy(_Closed):
     residency: dict[str, list[str]]
     privacy: Privacy
     offload: dict[str, int] | None = None
+    slo_ms: float | None = None
+    default_output_tokens: int | None = None
 
 
 class GatewayConfig(_Closed):
@@ -66,7 +68,7 @@ def test_each_option_emits_a_config_of_the_design_shape(option: str) -> None:
     tiers = {e.tier for e in cfg.endpoints}
     assert tiers == {"edge": {"edge"}, "cloud": {"cloud"}, "hybrid": {"edge", "cloud"}}[option]
     assert cfg.policy.residency == {"eu": ["eu-central-1", "device"]}
-    assert cfg.policy.privacy.action == "edge_only"
+    assert cfg.policy.privacy.detect  # strict: the detectors are on
     assert len([e for e in cfg.endpoints if e.tier == "edge"]) == plan.boxes
     assert (cfg.policy.offload is not None) == (option == "hybrid")
 
@@ -75,5 +77,14 @@ def test_non_strict_privacy_allows_the_cloud() -> None:
     i = inputs(workload(compliance={"personal_data_share": 0.3, "strict": False}))
     plan = evaluate_options(i)["cloud"].cost.years[0]
     cfg = gateway_config(i, "cloud", plan)
-    assert cfg["policy"]["privacy"]["action"] == "allow"
+    assert cfg["policy"]["privacy"] == {"detect": [], "action": "edge_only", "images": "allow"}
+    assert cfg["policy"]["slo_ms"] == 10_000 and cfg["policy"]["default_output_tokens"] == 100
     assert cfg["endpoints"][0]["price"] == {"input_per_mtok": 1.0, "output_per_mtok": 10.0}
+
+
+def test_site_names_become_valid_endpoint_names_and_hosts() -> None:
+    i = inputs(workload(users={"regions": {"São Paulo": 0.5, "eu west": 0.5}}))
+    plan = evaluate_options(i)["edge"].cost.years[0]
+    cfg = GatewayConfig.model_validate(gateway_config(i, "edge", plan))
+    assert [e.name for e in cfg.endpoints] == ["edge-s-o-paulo-1", "edge-eu-west-1"]
+    assert cfg.endpoints[0].url == "http://edge-s-o-paulo-1:8080/v1"
