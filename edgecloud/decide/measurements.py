@@ -92,7 +92,7 @@ def from_bench(
         joules = bench.energy.joules_per_request
     return TierPerformance(
         tier=tier,
-        source=f"measured ({file})",
+        source=f"measured ({file})" if bench.complete else f"measured, partial run ({file})",
         measured=True,
         capacity_rps=chosen.capacity_rps,
         ttft_ms=chosen.ttft_ms,
