@@ -120,3 +120,22 @@ def test_equal_cost_prefers_one_tier() -> None:
     opts = evaluate_options(inputs(workload(requests_per_day=1000)))
     assert opts["hybrid"].cost.tco == pytest.approx(opts["cloud"].cost.tco)
     assert choose(opts) == "cloud"
+
+
+def test_compliance_share_moves_the_answer_cloud_hybrid_edge() -> None:
+    # 432,000 requests/day: peak 10 rps, 10 boxes of 20,000 for edge-only: 211,580 a year.
+    # Cloud at half price: 157,680 + 1,200. The hybrid with n boxes serves n/10 of the requests:
+    # 166,080 + 4,670 n, cheaper than edge-only while n <= 9, i.e. personal data share <= 0.9.
+    def at(share: float) -> str | None:
+        return _choice(
+            requests_per_day=432_000,
+            compliance={"personal_data_share": share},
+            p_edge__box_price=20_000,
+            p_cloud__input_per_mtok=0.5,
+            p_cloud__output_per_mtok=5.0,
+        )
+
+    assert at(0.0) == "cloud"
+    assert at(0.1) == "hybrid"
+    assert at(0.9) == "hybrid"
+    assert at(0.91) == "edge"
