@@ -119,13 +119,18 @@ def latency_vs_slo(d: Decision) -> str:
                         ls="-.",
                         label=f"{tier.tier} (assumed)",
                     )
+        measured = any(t.points for t in (d.inputs.edge, d.inputs.cloud))
         for a, key, limit in zip(
             axes, ("TTFT", "end-to-end"), (slo.ttft_ms, slo.e2e_ms), strict=True
         ):
             a.axhline(limit, color="#e76f51", ls="--", label="SLO")
             a.set_title(f"{key} {slo.percentile} (ms)")
-            a.set_xlabel("load level")
-            a.set_xscale("log", base=2)
+            a.set_ylim(bottom=0)
+            if measured:
+                a.set_xlabel("load level (square: operating point)")
+                a.set_xscale("log", base=2)
+            else:
+                a.set_xticks([])
             a.grid(alpha=0.3)
         axes[0].legend()
         return _svg(fig, "latency")
