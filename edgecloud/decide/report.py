@@ -111,6 +111,46 @@ def _tiers(d: Decision) -> str:
     return f"<table>{head}{rows}</table>"
 
 
+def _workload(d: Decision) -> str:
+    w, c = d.inputs.workload, d.inputs.workload.compliance
+    rows = [
+        ("requests per day", f"{w.requests_per_day:,.0f} (peak x{w.peak_to_average:g})"),
+        ("growth per year", f"{w.growth_per_year * 100:g}%"),
+        (
+            "tokens per request",
+            f"{w.tokens.input_per_request:g} in, {w.tokens.output_per_request:g} out",
+        ),
+        (
+            "personal data",
+            f"{c.personal_data_share * 100:g}% "
+            f"({'strict: stays on the edge' if c.strict else 'may leave the edge'})",
+        ),
+        (
+            "residency",
+            "; ".join(
+                f"{r.share * 100:g}% {r.region} -> {', '.join(r.allowed)}" for r in c.residency
+            )
+            or "none",
+        ),
+        ("users", ", ".join(f"{k} {v * 100:g}%" for k, v in w.users.regions.items())),
+        (
+            "SLO",
+            f"TTFT {w.slo.ttft_ms:g} ms, end-to-end {w.slo.e2e_ms:g} ms at "
+            f"{w.slo.percentile}; availability {w.availability_target * 100:g}%",
+        ),
+        (
+            "horizon",
+            f"{w.horizon_years} years"
+            + (f", the workload runs {w.duration_months} months" if w.duration_months else ""),
+        ),
+    ]
+    body = "".join(
+        f'<tr><td>{escape(k)}</td><td style="text-align:left">{escape(v)}</td></tr>'
+        for k, v in rows
+    )
+    return f"<table>{body}</table>"
+
+
 def render_report(d: Decision) -> str:
     """The whole HTML page for one decision."""
     w = d.inputs.workload
@@ -124,6 +164,7 @@ def render_report(d: Decision) -> str:
     )
     sections = [
         ("Decision", _summary(d)),
+        ("Workload", _workload(d)),
         (f"Options over {span}", _options_table(d) + _breakdown(d)),
         ("Cost over time", charts.tco_over_time(d)),
         ("Cost per 1,000 requests against volume", be_text + charts.cost_per_1k(d)),
