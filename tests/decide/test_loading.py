@@ -69,3 +69,10 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_the_built_in_prices_are_valid() -> None:
     p = load_yaml(DEFAULT_PRICES, Prices)
     assert p.edge.assumed is not None and p.cloud.assumed is not None
+
+
+def test_an_unknown_detector_is_refused() -> None:
+    text = GOOD + "compliance:\n  detect: [email, horoscope]\n"
+    with pytest.raises(InputError) as exc:
+        parse_yaml(text, Workload)
+    assert exc.value.field == "compliance.detect.1" and exc.value.line == 9
