@@ -28,6 +28,9 @@ def serve(
     port: int | None = typer.Option(None, help="Port [default: 8081]."),
     name: str | None = typer.Option(None, help="Model id served [default: gemma-3-270m]."),
     alias: list[str] = typer.Option([], "--alias", help="Another accepted model name (repeat)."),
+    accept_any_model: bool | None = typer.Option(
+        None, "--accept-any-model", help="Serve whatever model name a request sends."
+    ),
     threads: int | None = typer.Option(None, help="CPU threads for llama.cpp [default: all]."),
     ctx: int | None = typer.Option(None, help="Context tokens per request [default: 4096]."),
     parallel: int | None = typer.Option(None, help="Slots decoded together [default: 4]."),
@@ -88,6 +91,8 @@ def serve(
         admin_api=app.admin_token is not None,
     )
     serve_forever(app, cfg.host, cfg.port, drain_timeout_s=cfg.drain_timeout_s)
+    if app.fatal_error:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
