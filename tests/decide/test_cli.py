@@ -8,6 +8,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 from test_gateway_config import GatewayConfig
 
@@ -89,3 +90,18 @@ def test_missing_file_and_mismatched_bench(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "different models" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_report_draws_in_a_browser(tmp_path: Path) -> None:
+    from edgecloud.report.screenshot import BrowserMissing, find_chromium, screenshot_html
+
+    if find_chromium() is None:
+        pytest.skip("no headless Chromium here")
+    report = tmp_path / "d.html"
+    proc = _run(*SEED, "--report", str(report))
+    assert proc.returncode == 0, proc.stderr
+    try:
+        png = screenshot_html(report, tmp_path / "d.png", height=3000)
+    except BrowserMissing:
+        pytest.skip("no headless Chromium here")
+    assert png.stat().st_size > 50_000  # a drawn page, not a blank one
