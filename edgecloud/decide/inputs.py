@@ -10,10 +10,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from edgecloud.gateway.config import PiiKind
+
 Percentile = Literal["p50", "p90", "p95", "p99"]
-# The personal-data detectors the gateway has (its policy.privacy.detect).
-Detector = Literal["email", "phone", "id_card", "bank_card", "iban", "ip", "secret"]
-DEFAULT_DETECT: list[Detector] = ["email", "phone", "id_card", "bank_card", "ip", "secret"]
+# What the gateway can detect (its policy.privacy.detect); the design's default set.
+DEFAULT_DETECT: list[PiiKind] = ["email", "phone", "id_card", "bank_card", "ip", "secret"]
 
 
 class _Strict(BaseModel):
@@ -58,7 +59,7 @@ class Compliance(_Strict):
     personal_data_share: float = Field(0.0, ge=0, le=1)
     # strict: personal data never leaves the edge (the gateway's privacy action edge_only).
     strict: bool = True
-    detect: list[Detector] = Field(default_factory=lambda: list(DEFAULT_DETECT))
+    detect: list[PiiKind] = Field(default_factory=lambda: list(DEFAULT_DETECT))
     residency: list[ResidencyRule] = Field(default_factory=list)
 
     @model_validator(mode="after")

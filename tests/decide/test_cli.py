@@ -9,9 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
-from test_gateway_config import GatewayConfig
 
+from edgecloud.gateway.config import parse_config
 from edgecloud.supervise import edgecloud_command
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "decide"
@@ -56,7 +55,7 @@ def test_seed_case_end_to_end(tmp_path: Path) -> None:
     assert data["options"]["cloud"]["feasible"] is False
     assert data["reasons"][0]["rank"] == 1
 
-    cfg = GatewayConfig.model_validate(yaml.safe_load(gw.read_text()))
+    cfg = parse_config(gw.read_text(), str(gw))
     assert {e.tier for e in cfg.endpoints} == {"edge"}
     assert cfg.policy.privacy.action == "edge_only"
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from decide_samples import inputs, perf, prices, workload
 
 from edgecloud.decide.decision import choose, evaluate_options, explain
 from edgecloud.decide.sensitivity import break_even_volume
+from tests.decide.decide_samples import inputs, perf, prices, workload
 
 # With the sample prices, edge-only costs 1000 + 438 + 7,200 = 8,638 a year for one box and
 # cloud-only 1,200 + 0.73 per request/day: they meet at 7,438 / 0.73 = 10,189 requests/day.

@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from decide_samples import bench, level, workload
 
 from edgecloud.decide.errors import BenchMismatch, InputError
 from edgecloud.decide.loading import load_bench, load_inputs
 from edgecloud.decide.measurements import check_comparable, from_bench, level_point, tier_of
+from tests.decide.decide_samples import bench, level, workload
 
 W = workload()
 

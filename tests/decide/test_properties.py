@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from decide_samples import inputs, perf, prices, workload
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgecloud.decide.decision import choose, evaluate_options
 from edgecloud.decide.sensitivity import with_volume
+from tests.decide.decide_samples import inputs, perf, prices, workload
 
 profiles = st.fixed_dictionaries(
     {

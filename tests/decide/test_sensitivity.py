@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from decide_samples import inputs, prices, workload
 
 from edgecloud.decide.analysis import decide
 from edgecloud.decide.decision import choose, evaluate_options
@@ -14,6 +13,7 @@ from edgecloud.decide.sensitivity import (
     tornado,
     with_volume,
 )
+from tests.decide.decide_samples import inputs, prices, workload
 
 BREAK_EVEN = 7438 / 0.73
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from decide_samples import perf, prices, workload
 
 from edgecloud.decide.tco import bound_share, option_cost
+from tests.decide.decide_samples import perf, prices, workload
 
 EDGE, CLOUD = perf("edge", 1.0), perf("cloud", None)
 
