@@ -111,12 +111,20 @@ def bound_share(workload: Workload, prices: Prices) -> float:
 
 
 @dataclass
-class _Cohorts:
-    """Boxes bought together, for replacement at end of life and the residual value."""
+class _Ledger:
+    """Monthly capex and opex, and the same amounts summed by category."""
 
-    bought: list[tuple[int, int]] = field(default_factory=list)  # (month, count)
+    capex: list[float]
+    opex: list[float]
+    by_category: dict[str, float] = field(default_factory=dict)
+    bought: list[tuple[int, int]] = field(default_factory=list)  # box cohorts: (month, count)
+    sites_open: set[str] = field(default_factory=set)
 
-    def owned(self) -> int:
+    def add(self, kind: Literal["capex", "opex"], m: int, cat: str, amount: float) -> None:
+        getattr(self, kind)[m] += amount
+        self.by_category[cat] = self.by_category.get(cat, 0.0) + amount
+
+    def boxes(self) -> int:
         return sum(n for _, n in self.bought)
 
 
@@ -195,6 +203,56 @@ def plan_year(
     )
 
 
+def _edge_month(
+    book: _Ledger, m: int, plan: YearPlan, workload: Workload, prices: Prices, edge: TierPerformance
+) -> None:
+    e, rate = prices.edge, prices.ops_hourly_rate
+    life_m = max(1, round(e.box_life_years * 12))
+    # Replace boxes at the end of their life, then buy what this year's peak needs.
+    for i, (when, n) in enumerate(book.bought):
+        if m - when >= life_m:
+            book.bought[i] = (m, n)
+            book.add("capex", m, "edge hardware", n * (e.box_price + e.install_per_box))
+    missing = plan.boxes - book.boxes()
+    if missing > 0:
+        book.bought.append((m, missing))
+        book.add("capex", m, "edge hardware", missing * (e.box_price + e.install_per_box))
+    for site, n in plan.boxes_by_site.items():
+        if n > 0 and site not in book.sites_open:
+            book.sites_open.add(site)
+            book.add("capex", m, "edge sites", e.site_setup_cost)
+    boxes, sites = book.boxes(), len(book.sites_open)
+    edge_requests = plan.requests_per_day * DAYS_PER_MONTH * plan.edge_share
+    joules = edge.joules_per_request
+    if joules is None:
+        joules = (e.busy_watts - e.idle_watts) / _edge_capacity(edge)
+    kwh = (boxes * e.idle_watts * HOURS_PER_MONTH + edge_requests * joules / 3600) / 1000
+    book.add("opex", m, "edge power", kwh * e.power_per_kwh)
+    book.add("opex", m, "edge sites", sites * e.site_cost_per_month)
+    hours = sites * e.ops_hours_per_site_per_month + boxes * e.ops_hours_per_box_per_month
+    book.add("opex", m, "edge operations", hours * rate)
+    maintenance = boxes * e.box_price * e.maintenance_share_per_year / 12
+    book.add("opex", m, "edge maintenance", maintenance)
+
+
+def _cloud_month(book: _Ledger, m: int, plan: YearPlan, workload: Workload, prices: Prices) -> None:
+    c, t = prices.cloud, workload.tokens
+    if m == 0:
+        book.add("capex", m, "cloud setup", c.setup_cost)
+    cloud_requests = plan.requests_per_day * DAYS_PER_MONTH * plan.cloud_share
+    if c.pricing == "per_token":
+        per_request = (
+            t.input_per_request * c.input_per_mtok + t.output_per_request * c.output_per_mtok
+        ) / 1e6
+        usage = cloud_requests * per_request
+    else:
+        usage = plan.cloud_replicas * c.gpus_per_replica * c.gpu_hour * HOURS_PER_MONTH
+    book.add("opex", m, "cloud usage", usage)
+    book.add("opex", m, "cloud egress", cloud_requests * t.payload_kb() / 1e6 * c.egress_per_gb)
+    ops = c.fixed_per_month + c.ops_hours_per_month * prices.ops_hourly_rate
+    book.add("opex", m, "cloud operations", ops)
+
+
 def option_cost(
     option: Option,
     workload: Workload,
@@ -207,90 +265,32 @@ def option_cost(
     years = [
         plan_year(option, y, workload, prices, edge, cloud) for y in range((months + 11) // 12)
     ]
-    e, c, rate = prices.edge, prices.cloud, prices.ops_hourly_rate
-    life_m = max(1, round(e.box_life_years * 12))
-    uses_edge, uses_cloud = option != "cloud", option != "edge"
-    cats: dict[str, float] = {}
-    capex, opex = [0.0] * months, [0.0] * months
-    cohorts = _Cohorts()
-    sites_open: set[str] = set()
-
-    def add(kind: list[float], m: int, cat: str, amount: float) -> None:
-        kind[m] += amount
-        cats[cat] = cats.get(cat, 0.0) + amount
-
+    book = _Ledger(capex=[0.0] * months, opex=[0.0] * months)
     for m in range(months):
         plan = years[m // 12]
-        if uses_edge:
-            # Replace boxes at the end of their life, then buy what this year's peak needs.
-            for i, (when, n) in enumerate(cohorts.bought):
-                if m - when >= life_m:
-                    cohorts.bought[i] = (m, n)
-                    add(capex, m, "edge hardware", n * (e.box_price + e.install_per_box))
-            missing = plan.boxes - cohorts.owned()
-            if missing > 0:
-                cohorts.bought.append((m, missing))
-                add(capex, m, "edge hardware", missing * (e.box_price + e.install_per_box))
-            for site, n in plan.boxes_by_site.items():
-                if n > 0 and site not in sites_open:
-                    sites_open.add(site)
-                    add(capex, m, "edge sites", e.site_setup_cost)
-            boxes = cohorts.owned()
-            sites = len(sites_open)
-            edge_requests = plan.requests_per_day * DAYS_PER_MONTH * plan.edge_share
-            dyn_j = edge.joules_per_request
-            if dyn_j is None:
-                cap = _edge_capacity(edge)
-                dyn_j = (e.busy_watts - e.idle_watts) / cap
-            kwh = (boxes * e.idle_watts * HOURS_PER_MONTH + edge_requests * dyn_j / 3600) / 1000
-            add(opex, m, "edge power", kwh * e.power_per_kwh)
-            add(opex, m, "edge sites", sites * e.site_cost_per_month)
-            hours = sites * e.ops_hours_per_site_per_month + boxes * e.ops_hours_per_box_per_month
-            add(opex, m, "edge operations", hours * rate)
-            add(
-                opex, m, "edge maintenance", boxes * e.box_price * e.maintenance_share_per_year / 12
-            )
-        if uses_cloud:
-            if m == 0:
-                add(capex, m, "cloud setup", c.setup_cost)
-            cloud_requests = plan.requests_per_day * DAYS_PER_MONTH * plan.cloud_share
-            if c.pricing == "per_token":
-                per_req = (
-                    workload.tokens.input_per_request * c.input_per_mtok
-                    + workload.tokens.output_per_request * c.output_per_mtok
-                ) / 1e6
-                add(opex, m, "cloud usage", cloud_requests * per_req)
-            else:
-                add(
-                    opex,
-                    m,
-                    "cloud usage",
-                    plan.cloud_replicas * c.gpus_per_replica * c.gpu_hour * HOURS_PER_MONTH,
-                )
-            gb = cloud_requests * workload.tokens.payload_kb() / 1e6
-            add(opex, m, "cloud egress", gb * c.egress_per_gb)
-            add(opex, m, "cloud operations", c.fixed_per_month + c.ops_hours_per_month * rate)
-    residual = (
-        sum(
-            n * e.box_price * e.resale_share * max(0.0, 1 - (months - when) / life_m)
-            for when, n in cohorts.bought
-        )
-        if uses_edge
-        else 0.0
+        if option != "cloud":
+            _edge_month(book, m, plan, workload, prices, edge)
+        if option != "edge":
+            _cloud_month(book, m, plan, workload, prices)
+    e = prices.edge
+    life_m = max(1, round(e.box_life_years * 12))
+    residual = sum(
+        n * e.box_price * e.resale_share * max(0.0, 1 - (months - when) / life_m)
+        for when, n in book.bought
     )
     if residual:
-        cats["edge resale"] = -residual
+        book.by_category["edge resale"] = -residual
     for plan in years:
         first, last = plan.year * 12, min(months, plan.year * 12 + 12)
-        plan.capex = sum(capex[first:last])
-        plan.opex = sum(opex[first:last])
+        plan.capex = sum(book.capex[first:last])
+        plan.opex = sum(book.opex[first:last])
     return OptionCost(
         option=option,
         currency=prices.currency,
         months=months,
-        monthly_capex=capex,
-        monthly_opex=opex,
+        monthly_capex=book.capex,
+        monthly_opex=book.opex,
         residual_value=residual,
-        by_category=cats,
+        by_category=book.by_category,
         years=years,
     )
