@@ -18,11 +18,7 @@ def serve(
     verify_upstream_tls: bool = True,
 ) -> None:
     """Serve until a signal arrives; uvicorn drains in-flight requests, then this returns."""
-    import uvicorn
-
-    # The node's clean-exit server (drain, then exit 0 rather than re-raise the signal);
-    # serve_forever itself fixes http="httptools", and the gateway needs its corked protocol.
-    from edgecloud.api.serving import _CleanExitServer
+    from edgecloud.api.serving import serve_forever
     from edgecloud.gateway.cork import CorkedHttpToolsProtocol
 
     if (tls_cert is None) != (tls_key is None):
@@ -31,22 +27,14 @@ def serve(
         if path is not None and not path.is_file():
             raise ConfigError(f"TLS file {path} does not exist")
     app = GatewayApp(config, verify_upstream_tls=verify_upstream_tls)
-    uv_config = uvicorn.Config(
+    # The corked protocol sends a response's headers and body in one write.
+    serve_forever(
         app,
-        host=host,
-        port=port,
-        loop="uvloop",
-        http=CorkedHttpToolsProtocol,
-        lifespan="on",
-        access_log=False,
-        proxy_headers=False,
-        log_level="warning",
-        server_header=False,
-        date_header=False,
+        host,
+        port,
+        drain_timeout_s=30,
         backlog=4096,
-        timeout_keep_alive=30,
-        timeout_graceful_shutdown=30,
+        http=CorkedHttpToolsProtocol,
         ssl_certfile=str(tls_cert) if tls_cert else None,
         ssl_keyfile=str(tls_key) if tls_key else None,
     )
-    _CleanExitServer(uv_config).run()
