@@ -1,0 +1,407 @@
+"""Kubernetes objects for the gateway, the cloud model nodes, the fleet server and PostgreSQL.
+
+Plain functions from `Values` to dicts (dumped as YAML by `render`), so every object can be
+checked against the Kubernetes schemas and every value traced to where it lands.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import yaml
+
+from edgecloud.deploy.values import Image, Resources, Values
+
+Obj = dict[str, Any]
+
+NON_ROOT_UID = 10001
+
+
+def name(values: Values, component: str) -> str:
+    return f"{values.name_prefix}-{component}"
+
+
+def labels(values: Values, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": name(values, component),
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": "edgecloud",
+    }
+
+
+def selector(values: Values, component: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": name(values, component)}
+
+
+def meta(values: Values, component: str, suffix: str = "") -> Obj:
+    return {
+        "name": name(values, component) + suffix,
+        "namespace": values.namespace,
+        "labels": labels(values, component),
+    }
+
+
+def _resources(r: Resources, gpus: int = 0) -> Obj:
+    limits = dict(r.limits)
+    if gpus:
+        limits["nvidia.com/gpu"] = str(gpus)
+    return {"requests": dict(r.requests), "limits": limits}
+
+
+def _container_security(uid: int = NON_ROOT_UID) -> Obj:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _probe(path: str, port: str, period_s: int, failures: int) -> Obj:
+    return {
+        "httpGet": {"path": path, "port": port},
+        "periodSeconds": period_s,
+        "timeoutSeconds": 2,
+        "failureThreshold": failures,
+    }
+
+
+def _scrape_annotations(port: int) -> dict[str, str]:
+    return {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(port),
+        "prometheus.io/path": "/metrics",
+    }
+
+
+def tracing_env(values: Values, service: str) -> list[Obj]:
+    """The standard OpenTelemetry SDK variables; tracing stays off unless values enable it."""
+    t = values.observability.tracing
+    if not t.enabled:
+        return [
+            {"name": "OTEL_SDK_DISABLED", "value": "true"},
+            {"name": "OTEL_TRACES_EXPORTER", "value": "none"},
+        ]
+    return [
+        {"name": "OTEL_SDK_DISABLED", "value": "false"},
+        {"name": "OTEL_TRACES_EXPORTER", "value": "otlp"},
+        {"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": t.otlp_endpoint},
+        {"name": "OTEL_EXPORTER_OTLP_PROTOCOL", "value": t.protocol},
+        {"name": "OTEL_SERVICE_NAME", "value": name(values, service)},
+        {"name": "OTEL_TRACES_SAMPLER", "value": "parentbased_traceidratio"},
+        {"name": "OTEL_TRACES_SAMPLER_ARG", "value": str(t.sampler_ratio)},
+        {"name": "OTEL_PROPAGATORS", "value": "tracecontext,baggage"},
+    ]
+
+
+def _pod_spec(containers: list[Obj], volumes: list[Obj], grace_s: int = 30) -> Obj:
+    return {
+        "securityContext": {
+            "runAsNonRoot": True,
+            "fsGroup": NON_ROOT_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": grace_s,
+        "containers": containers,
+        "volumes": [{"name": "tmp", "emptyDir": {}}, *volumes],
+    }
+
+
+def _container(image: Image, cname: str, args: list[str], port: int, **extra: Any) -> Obj:
+    c: Obj = {
+        "name": cname,
+        "image": image.ref,
+        "imagePullPolicy": image.pull_policy,
+        "args": args,
+        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+        "securityContext": _container_security(),
+        # Let the Service drop the pod before SIGTERM starts the drain.
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", "5"]}}},
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    c.update(extra)
+    return c
+
+
+def _deployment(
+    values: Values, component: str, replicas: int | None, pod_spec: Obj, annotations: Obj
+) -> Obj:
+    spec: Obj = {
+        "selector": {"matchLabels": selector(values, component)},
+        "template": {
+            "metadata": {"labels": labels(values, component), "annotations": annotations},
+            "spec": pod_spec,
+        },
+    }
+    if replicas is not None:
+        spec["replicas"] = replicas
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta(values, component),
+            "spec": spec}
+
+
+def service(values: Values, component: str, port: int, service_type: str = "ClusterIP") -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta(values, component),
+        "spec": {
+            "type": service_type,
+            "selector": selector(values, component),
+            "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def pod_disruption_budget(values: Values, component: str, max_unavailable: int) -> Obj:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": meta(values, component),
+        "spec": {
+            "maxUnavailable": max_unavailable,
+            "selector": {"matchLabels": selector(values, component)},
+        },
+    }
+
+
+def namespace(values: Values) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": values.namespace, "labels": {"app.kubernetes.io/part-of": "edgecloud"}},
+    }
+
+
+# --- gateway ---
+
+def default_gateway_config(values: Values) -> Obj:
+    """One cloud endpoint: the in-cluster node Service. Private requests fail closed (503)."""
+    node_url = (
+        f"http://{name(values, 'node')}.{values.namespace}.svc:{values.node.port}/v1"
+    )
+    return {
+        "endpoints": [
+            {
+                "name": "cloud-node",
+                "tier": "cloud",
+                "url": node_url,
+                "region": "cloud",
+                "capabilities": ["text"],
+                "max_concurrency": values.node.parallel * values.node.autoscaling.max_replicas,
+            }
+        ],
+        "policy": {
+            "privacy": {
+                "detect": ["email", "phone", "id_card", "bank_card", "ip", "secret"],
+                "action": "edge_only",
+                "images": "edge_only",
+            },
+        },
+    }
+
+
+def gateway_config_text(values: Values) -> str:
+    config = values.gateway.config or default_gateway_config(values)
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def gateway_objects(values: Values) -> list[Obj]:
+    g = values.gateway
+    config_text = gateway_config_text(values)
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": meta(values, "gateway", "-config"),
+        "data": {"gateway.yaml": config_text},
+    }
+    args = ["gateway", "--host", "0.0.0.0", "--port", str(g.port),
+            "--config", "/etc/edgecloud/gateway.yaml"]
+    extra: Obj = {
+        "env": tracing_env(values, "gateway"),
+        "resources": _resources(g.resources),
+        "readinessProbe": _probe("/readyz", "http", 5, 2),
+        "livenessProbe": _probe("/healthz", "http", 10, 3),
+    }
+    if g.env_secret:
+        extra["envFrom"] = [{"secretRef": {"name": g.env_secret}}]
+    container = _container(g.image, "gateway", args, g.port, **extra)
+    container["volumeMounts"].append(
+        {"name": "config", "mountPath": "/etc/edgecloud", "readOnly": True}
+    )
+    volumes = [{"name": "config", "configMap": {"name": name(values, "gateway") + "-config"}}]
+    annotations = {
+        **_scrape_annotations(g.port),
+        # A changed config rolls the pods.
+        "edgecloud.dev/config-sha256": hashlib.sha256(config_text.encode()).hexdigest()[:16],
+    }
+    replicas = None if g.autoscaling.enabled else g.replicas
+    deployment = _deployment(
+        values, "gateway", replicas, _pod_spec([container], volumes, grace_s=60), annotations
+    )
+    return [
+        config_map,
+        deployment,
+        service(values, "gateway", g.port, g.service_type),
+        pod_disruption_budget(values, "gateway", g.pdb_max_unavailable),
+    ]
+
+
+# --- model node ---
+
+def _node_container(values: Values) -> Obj:
+    n = values.node
+    startup = _probe("/healthz", "http", 5, max(1, n.startup_timeout_s // 5))
+    if n.engine == "vllm":
+        args = ["--model", n.model.hf_id, "--served-model-name", n.model.name,
+                "--host", "0.0.0.0", "--port", str(n.port),
+                "--max-num-seqs", str(n.parallel), "--max-model-len", str(n.ctx)]
+        if values.observability.tracing.enabled:
+            args += ["--otlp-traces-endpoint", values.observability.tracing.otlp_endpoint]
+        # vLLM answers /health only when the engine is up; it has no separate /readyz.
+        c = _container(
+            n.vllm_image, "node", args, n.port,
+            env=tracing_env(values, "node"),
+            resources=_resources(n.resources, n.gpus),
+            startupProbe={**startup, "httpGet": {"path": "/health", "port": "http"}},
+            readinessProbe=_probe("/health", "http", 5, 2),
+            livenessProbe=_probe("/health", "http", 10, 3),
+        )
+        # vLLM writes its caches under $HOME.
+        c["env"].append({"name": "HOME", "value": "/tmp"})
+        c["securityContext"]["readOnlyRootFilesystem"] = False
+        return c
+    args = ["serve", "--host", "0.0.0.0", "--port", str(n.port), "--model", n.model.path,
+            "--name", n.model.name, "--threads", str(n.threads), "--ctx", str(n.ctx),
+            "--parallel", str(n.parallel), "--max-queue", str(n.max_queue), "--preload"]
+    env = tracing_env(values, "node")
+    if n.admin_token_secret:
+        env.append({"name": "EDGECLOUD_ADMIN_TOKEN", "valueFrom": {
+            "secretKeyRef": {"name": n.admin_token_secret, "key": "token"}}})
+    return _container(
+        n.image, "node", args, n.port,
+        env=env,
+        resources=_resources(n.resources, n.gpus),
+        startupProbe=startup,
+        readinessProbe=_probe("/readyz", "http", 5, 2),
+        livenessProbe=_probe("/healthz", "http", 10, 3),
+    )
+
+
+def node_objects(values: Values) -> list[Obj]:
+    n = values.node
+    container = _node_container(values)
+    volumes: list[Obj] = []
+    if n.model.pvc:
+        volumes.append({"name": "models", "persistentVolumeClaim": {
+            "claimName": n.model.pvc, "readOnly": True}})
+        container["volumeMounts"].append(
+            {"name": "models", "mountPath": "/models", "readOnly": True})
+    pod = _pod_spec([container], volumes, grace_s=120)
+    if n.gpus:
+        pod["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists",
+                               "effect": "NoSchedule"}]
+    # The autoscaler owns the replica count; without one, run the minimum.
+    replicas = n.autoscaling.min_replicas if n.autoscaling.mode == "none" else None
+    deployment = _deployment(values, "node", replicas, pod, _scrape_annotations(n.port))
+    deployment["spec"]["strategy"] = {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+    return [
+        deployment,
+        service(values, "node", n.port),
+        pod_disruption_budget(values, "node", n.pdb_max_unavailable),
+    ]
+
+
+# --- fleet server and its database ---
+
+def fleet_objects(values: Values) -> list[Obj]:
+    f = values.fleet
+    if not f.enabled:
+        return []
+    pvc = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": meta(values, "fleet", "-repo"),
+        "spec": {"accessModes": ["ReadWriteOnce"],
+                 "resources": {"requests": {"storage": f.repo_storage}}},
+    }
+    env = [
+        {"name": "EDGECLOUD_FLEET_DB", "valueFrom": {"secretKeyRef": {
+            "name": f.database.url_secret, "key": f.database.url_key}}},
+        *tracing_env(values, "fleet"),
+    ]
+    args = ["fleet", "serve", "--host", "0.0.0.0", "--port", str(f.port),
+            "--repo", "/data/repo", "--db", "$(EDGECLOUD_FLEET_DB)"]
+    container = _container(
+        f.image, "fleet", args, f.port, env=env, resources=_resources(f.resources),
+        readinessProbe=_probe("/healthz", "http", 5, 2),
+        livenessProbe=_probe("/healthz", "http", 10, 3),
+    )
+    container["volumeMounts"].append({"name": "repo", "mountPath": "/data"})
+    volumes = [{"name": "repo", "persistentVolumeClaim": {"claimName": pvc["metadata"]["name"]}}]
+    deployment = _deployment(
+        values, "fleet", 1, _pod_spec([container], volumes), _scrape_annotations(f.port)
+    )
+    # One writer of the rollout state and of the ReadWriteOnce repository volume.
+    deployment["spec"]["strategy"] = {"type": "Recreate"}
+    return [pvc, deployment, service(values, "fleet", f.port)]
+
+
+def postgres_objects(values: Values) -> list[Obj]:
+    p = values.postgres
+    if not (p.enabled and values.fleet.enabled):
+        return []
+    uid = 70  # the postgres user of the official alpine image
+    container = {
+        "name": "postgres",
+        "image": p.image.ref,
+        "imagePullPolicy": p.image.pull_policy,
+        "ports": [{"name": "postgres", "containerPort": 5432, "protocol": "TCP"}],
+        "envFrom": [{"secretRef": {"name": p.secret}}],
+        "env": [{"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"}],
+        "resources": _resources(p.resources),
+        "securityContext": {**_container_security(uid), "readOnlyRootFilesystem": False},
+        "readinessProbe": {"exec": {"command": ["sh", "-c", 'pg_isready -U "$POSTGRES_USER"']},
+                           "periodSeconds": 5},
+        "livenessProbe": {"tcpSocket": {"port": "postgres"}, "periodSeconds": 10},
+        "volumeMounts": [{"name": "data", "mountPath": "/var/lib/postgresql/data"}],
+    }
+    sts = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": meta(values, "postgres"),
+        "spec": {
+            "serviceName": name(values, "postgres"),
+            "replicas": 1,
+            "selector": {"matchLabels": selector(values, "postgres")},
+            "template": {
+                "metadata": {"labels": labels(values, "postgres")},
+                "spec": {
+                    "securityContext": {"runAsNonRoot": True, "fsGroup": uid},
+                    "automountServiceAccountToken": False,
+                    "containers": [container],
+                },
+            },
+            "volumeClaimTemplates": [{
+                "metadata": {"name": "data"},
+                "spec": {"accessModes": ["ReadWriteOnce"],
+                         "resources": {"requests": {"storage": p.storage}}},
+            }],
+        },
+    }
+    svc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta(values, "postgres"),
+        "spec": {
+            "clusterIP": "None",
+            "selector": selector(values, "postgres"),
+            "ports": [{"name": "postgres", "port": 5432, "targetPort": "postgres"}],
+        },
+    }
+    return [sts, svc]
