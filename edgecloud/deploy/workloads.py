@@ -171,7 +171,10 @@ def namespace(values: Values) -> Obj:
     return {
         "apiVersion": "v1",
         "kind": "Namespace",
-        "metadata": {"name": values.namespace, "labels": {"app.kubernetes.io/part-of": "edgecloud"}},
+        "metadata": {
+            "name": values.namespace,
+            "labels": {"app.kubernetes.io/part-of": "edgecloud"},
+        },
     }
 
 
@@ -323,7 +326,7 @@ def fleet_objects(values: Values) -> list[Obj]:
     f = values.fleet
     if not f.enabled:
         return []
-    pvc = {
+    pvc: Obj = {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
         "metadata": meta(values, "fleet", "-repo"),
