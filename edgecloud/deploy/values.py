@@ -61,7 +61,7 @@ class NodeAutoscaling(_Strict):
 
     mode: Literal["keda", "hpa", "none"] = "keda"
     min_replicas: int = Field(default=2, ge=1)
-    max_replicas: int = Field(default=12, ge=1)
+    max_replicas: int = Field(default=16, ge=1)
     # In-flight (running + queued) requests per pod the autoscaler aims at; below the node's
     # --parallel slots so a burst has headroom while new pods start.
     target_inflight_per_pod: float = Field(default=3.0, gt=0)
