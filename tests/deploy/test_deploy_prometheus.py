@@ -26,7 +26,9 @@ def _promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([PROMTOOL, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
 
 
-@pytest.mark.parametrize("extra", ["", "node: {engine: vllm}\nobservability: {slo: {ttft_p95_s: 0.3}}"])
+@pytest.mark.parametrize(
+    "extra", ["", "node: {engine: vllm}\nobservability: {slo: {ttft_p95_s: 0.3}}"]
+)
 def test_alert_rules_pass_promtool(tmp_path: Path, extra: str) -> None:
     write_tree(render(parse_values(extra)), tmp_path)
     proc = _promtool("check", "rules", f"prometheus/{RULES_FILE}", cwd=tmp_path)
