@@ -160,7 +160,7 @@ def gateway_hpa(values: Values) -> Obj:
 def autoscaling_objects(values: Values) -> list[Obj]:
     """The autoscaler objects the values ask for (node and gateway)."""
     out: list[Obj] = []
-    mode = values.node.autoscaling.mode
+    mode = values.node.autoscaling.mode if values.node.enabled else "none"
     if mode == "keda":
         out.append(keda_scaled_object(values))
     elif mode == "hpa":

@@ -65,7 +65,7 @@ def render(values: Values) -> dict[str, str]:
     }
     files["prometheus/prometheus.yml"] = HEADER + dump_yaml(scrape_config(values))
     files[f"prometheus/{RULES_FILE}"] = HEADER + dump_yaml(alert_rules(values))
-    if values.node.autoscaling.mode == "hpa":
+    if values.node.enabled and values.node.autoscaling.mode == "hpa":
         files["prometheus/adapter-rules.yaml"] = HEADER + dump_yaml(adapter_rules(values))
     files["grafana/edgecloud-dashboard.json"] = (
         json.dumps(dashboard(values.namespace), indent=2) + "\n"

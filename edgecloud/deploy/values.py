@@ -97,6 +97,8 @@ class NodeModel(_Strict):
 
 
 class Node(_Strict):
+    # False: no cloud nodes in the cluster (the gateway's config points at a hosted API).
+    enabled: bool = True
     engine: Literal["edgecloud", "vllm"] = "edgecloud"
     image: Image = Field(default_factory=lambda: Image(repository="edgecloud/node"))
     vllm_image: Image = Field(

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from edgecloud.deploy.errors import ValuesError
 from edgecloud.deploy.values import Image, Resources, Values
 
 Obj = dict[str, Any]
@@ -207,6 +208,8 @@ def default_gateway_config(values: Values) -> Obj:
 
 
 def gateway_config_text(values: Values) -> str:
+    if not (values.gateway.config or values.node.enabled):
+        raise ValuesError("node.enabled is false: give the gateway's endpoints in gateway.config")
     config = values.gateway.config or default_gateway_config(values)
     return yaml.safe_dump(config, sort_keys=False)
 
@@ -295,6 +298,8 @@ def _node_container(values: Values) -> Obj:
 
 def node_objects(values: Values) -> list[Obj]:
     n = values.node
+    if not n.enabled:
+        return []
     container = _node_container(values)
     volumes: list[Obj] = []
     if n.model.pvc:

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from edgecloud.deploy import metrics
+from edgecloud.deploy.errors import ValuesError
 from edgecloud.deploy.render import kubernetes_objects, render
 from edgecloud.deploy.values import Values, parse_values
 from edgecloud.supervise import edgecloud_command
@@ -27,6 +28,9 @@ VARIANTS = {
     "no-autoscaling": "node: {autoscaling: {mode: none}}\ngateway: {autoscaling: {enabled: false}}",
     "no-fleet": "fleet: {enabled: false}",
     "secrets": "gateway: {env_secret: upstream-keys}\nnode: {admin_token_secret: node-admin}",
+    "hosted-api": "node: {enabled: false}\ngateway: {env_secret: keys, config: {endpoints: "
+                  "[{name: hosted, tier: cloud, url: 'https://api.example/v1', "
+                  "api_key_env: CLOUD_API_KEY, region: eu-central-1}]}}",
 }
 
 
@@ -183,6 +187,16 @@ def test_gateway_config_map_points_at_the_node_service() -> None:
     assert "replicas" not in dep["spec"]  # the gateway HPA owns it
     assert dep["spec"]["template"]["spec"]["volumes"][1]["configMap"]["name"] == \
         cm["metadata"]["name"]
+
+
+def test_hosted_api_instead_of_cluster_nodes() -> None:
+    values = parse_values(VARIANTS["hosted-api"])
+    assert not any(o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "node"
+                   for o in _objects(values))
+    cm = _by_kind(values, "ConfigMap", "gateway")
+    assert yaml.safe_load(cm["data"]["gateway.yaml"])["endpoints"][0]["name"] == "hosted"
+    with pytest.raises(ValuesError, match="gateway.config"):
+        render(parse_values("node: {enabled: false}"))
 
 
 def test_fleet_runs_with_postgres_and_no_secret_is_rendered() -> None:
