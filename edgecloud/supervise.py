@@ -59,7 +59,10 @@ class ManagedProcess:
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
             out = self._log
         self.proc = subprocess.Popen(
-            self.command, stdout=out, stderr=subprocess.STDOUT, env=self.env,
+            self.command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=self.env,
             start_new_session=True,
         )
         return self
@@ -120,7 +123,8 @@ class ManagedProcess:
         return self.proc.returncode
 
     def __enter__(self) -> ManagedProcess:
-        self.start()
+        if self.proc is None:
+            self.start()
         try:
             self.wait_ready()
         except BaseException:

@@ -20,11 +20,15 @@ def embedded_model_path() -> str:
 def start_node(
     tmp: Path, *extra: str, name: str = "node", env: dict[str, str] | None = None
 ) -> tuple[ManagedProcess, str]:
-    """Start `edgecloud serve` on a free port; returns (process, base_url without /v1)."""
+    """Start `edgecloud serve` on a free port; returns (process, base_url without /v1).
+
+    `name` only labels the process and its log file; pass `--name ID` in `extra` to change
+    the served model id.
+    """
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = ManagedProcess(
-        edgecloud_command("serve", "--port", str(port), "--name", name, *extra),
+        edgecloud_command("serve", "--port", str(port), *extra),
         f"{base}/readyz",
         log_path=str(tmp / f"{name}-{port}.log"),
         env=env,

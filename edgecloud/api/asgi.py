@@ -79,9 +79,7 @@ async def send_json(
     await send_bytes(send, status, orjson.dumps(obj), [*JSON_HEADERS, *extra])
 
 
-async def send_error(
-    send: Send, err: APIError, extra: Iterable[tuple[bytes, bytes]] = ()
-) -> None:
+async def send_error(send: Send, err: APIError, extra: Iterable[tuple[bytes, bytes]] = ()) -> None:
     headers = [*JSON_HEADERS, *extra]
     headers.extend((k.encode(), v.encode()) for k, v in err.headers.items())
     await send_bytes(send, err.status, err.body(), headers)

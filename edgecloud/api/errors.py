@@ -98,4 +98,6 @@ def error_body(
     message: str, type_: str = "server_error", param: str | None = None, code: str | None = None
 ) -> bytes:
     """Serialise one OpenAI error envelope."""
-    return orjson.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})
+    return orjson.dumps(
+        {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    )

@@ -1,10 +1,95 @@
-"""Commands of edgecloud.node (placeholder until the package lands)."""
+"""`edgecloud serve`: the model node."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+SERVE_HELP = """Serve a GGUF model with an OpenAI-compatible API (llama.cpp, continuous batching).
+
+With no --model it serves the embedded default, Gemma 3 270M (a base model: prompts that
+continue text work best; chat uses a plain "User:/Assistant:" transcript, see docs/node.md).
+
+[bold]Examples[/bold]
+
+  edgecloud serve                                  # embedded model on 127.0.0.1:8081
+  edgecloud serve --parallel 8 --ctx 2048          # 8 requests decoded together
+  edgecloud serve --model my.gguf --name my-model --lazy
+  EDGECLOUD_ADMIN_TOKEN=secret edgecloud serve     # enables POST /admin/model (hot swap)
+
+  curl localhost:8081/v1/completions -d '{"prompt": "Once upon a time", "max_tokens": 32}'
+"""
+
+
+def serve(
+    model: Path | None = typer.Option(None, "--model", help="GGUF file (default: embedded model)."),
+    host: str | None = typer.Option(None, help="Address to bind [default: 127.0.0.1]."),
+    port: int | None = typer.Option(None, help="Port [default: 8081]."),
+    name: str | None = typer.Option(None, help="Model id served [default: gemma-3-270m]."),
+    alias: list[str] = typer.Option([], "--alias", help="Another accepted model name (repeat)."),
+    threads: int | None = typer.Option(None, help="CPU threads for llama.cpp [default: all]."),
+    ctx: int | None = typer.Option(None, help="Context tokens per request [default: 4096]."),
+    parallel: int | None = typer.Option(None, help="Slots decoded together [default: 4]."),
+    max_queue: int | None = typer.Option(None, help="Waiting requests before 429 [default: 16]."),
+    preload: bool | None = typer.Option(
+        None, "--preload/--lazy", help="Load at start, or on the first request [default: preload]."
+    ),
+    version: str | None = typer.Option(None, help="Version label of the model file."),
+    config: Path | None = typer.Option(None, "--config", help="YAML file with these settings."),
+    admin_token_env: str | None = typer.Option(
+        None, help="Env var with the admin bearer token [default: EDGECLOUD_ADMIN_TOKEN]."
+    ),
+    log_level: str | None = typer.Option(None, help="debug, info, warning [default: info]."),
+) -> None:
+    from edgecloud.api.serving import serve_forever
+    from edgecloud.logs import configure_logging, log_event
+    from edgecloud.node.config import ConfigError, build_config
+
+    overrides: dict[str, object] = {
+        "model": str(model) if model else None,
+        "host": host,
+        "port": port,
+        "name": name,
+        "aliases": alias or None,
+        "threads": threads,
+        "ctx": ctx,
+        "parallel": parallel,
+        "max_queue": max_queue,
+        "preload": preload,
+        "version": version,
+        "admin_token_env": admin_token_env,
+        "log_level": log_level,
+    }
+    try:
+        cfg = build_config(str(config) if config else None, overrides)
+    except ConfigError as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        raise typer.Exit(2) from None
+    if cfg.model and not Path(cfg.model).is_file():
+        typer.secho(f"error: model file not found: {cfg.model}", err=True, fg="red")
+        raise typer.Exit(2)
+    configure_logging(cfg.log_level)
+    import logging
+
+    from edgecloud.node.server import NodeApp
+
+    app = NodeApp(cfg)
+    log_event(
+        logging.getLogger("edgecloud.node"),
+        "node_starting",
+        host=cfg.host,
+        port=cfg.port,
+        model=cfg.name,
+        slots=cfg.parallel,
+        ctx=cfg.ctx,
+        threads=cfg.threads,
+        preload=cfg.preload,
+        admin_api=app.admin_token is not None,
+    )
+    serve_forever(app, cfg.host, cfg.port, drain_timeout_s=cfg.drain_timeout_s)
 
 
 def register(app: typer.Typer) -> None:
-    """Mount this package's commands on the root app."""
-    _ = app
+    """Mount `serve` on the root app."""
+    app.command("serve", help=SERVE_HELP)(serve)

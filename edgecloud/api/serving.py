@@ -1,0 +1,57 @@
+"""Run an ASGI app on uvicorn (uvloop + httptools) and exit 0 after a clean drain.
+
+uvicorn re-raises the SIGINT/SIGTERM it caught once it has shut down, which turns a clean drain
+into "killed by signal"; `serve_forever` keeps uvicorn's drain and exits normally instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Generator
+from typing import Any
+
+import uvicorn
+
+
+class _CleanExitServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        with super().capture_signals():
+            yield
+            # The signal did its job (a graceful shutdown): do not re-raise it afterwards.
+            self._captured_signals.clear()
+
+
+def serve_forever(
+    app: Any,
+    host: str,
+    port: int,
+    *,
+    drain_timeout_s: float = 30.0,
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
+    limit_concurrency: int | None = None,
+    backlog: int = 2048,
+) -> None:
+    """Serve until SIGINT/SIGTERM, let in-flight requests finish (up to the drain timeout)."""
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=int(drain_timeout_s),
+        timeout_keep_alive=30,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
+        limit_concurrency=limit_concurrency,
+        backlog=backlog,
+        server_header=False,
+        date_header=False,
+    )
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+    _CleanExitServer(config).run()

@@ -1,0 +1,75 @@
+"""Node configuration: one pydantic model, from YAML (`--config`) and command-line flags."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(Exception):
+    """The configuration file is unreadable or has an invalid field."""
+
+
+def default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+
+
+class NodeConfig(BaseModel):
+    """Everything `edgecloud serve` can be told. Defaults are safe: loopback, limits on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, description="GGUF file; default: the embedded Gemma 3 270M")
+    name: str = Field("gemma-3-270m", description="Model id served at /v1/models")
+    aliases: list[str] = Field(default_factory=list, description="Other accepted model names")
+    accept_any_model: bool = Field(False, description="Serve any requested model name")
+    host: str = "127.0.0.1"
+    port: int = Field(8081, ge=0, le=65535)
+    threads: int = Field(default_factory=default_threads, ge=1)
+    ctx: int = Field(4096, ge=128, description="Context per request (per slot), tokens")
+    parallel: int = Field(4, ge=1, le=64, description="Slots decoded together in one batch")
+    max_queue: int = Field(16, ge=0, description="Requests waiting beyond the slots; then 429")
+    batch: int = Field(512, ge=32, description="Tokens per llama_decode call (prompt chunking)")
+    preload: bool = Field(True, description="Load at start (False: on the first request)")
+    warmup: bool = True
+    default_max_tokens: int = Field(1024, ge=1, description="max_tokens when a request omits it")
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    drain_timeout_s: float = Field(30.0, ge=0)
+    admin_token_env: str = Field(
+        "EDGECLOUD_ADMIN_TOKEN", description="Env var holding the admin API bearer token"
+    )
+    version: str | None = Field(None, description="Version label of the model file")
+    log_level: str = "info"
+
+
+def load_config_file(path: str | Path) -> dict[str, object]:
+    """Read a YAML mapping; errors name the file and line."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    return data
+
+
+def build_config(file: str | None, overrides: dict[str, object]) -> NodeConfig:
+    """File values, then flags that were given on the command line."""
+    data: dict[str, object] = load_config_file(file) if file else {}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return NodeConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        src = f"{file}: " if file else ""
+        raise ConfigError(f"{src}invalid setting '{loc}': {err['msg']}") from None

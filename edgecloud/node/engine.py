@@ -1,0 +1,427 @@
+"""Continuous batching over llama.cpp's multi-sequence batch API.
+
+One engine thread owns the llama.cpp context. Each step it builds one batch holding the next
+token of every generating sequence plus a chunk of any prompt still being read, decodes it
+once, samples every sequence on the C side, and hands the new text to the event loop in one
+call. Requests join and leave between steps, so total tokens/s grows with concurrency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import collections
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import llama_cpp as ll
+
+from edgecloud.node.model import LoadedModel
+
+PENALTY_LAST_N = 64
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    seed: int | None = None
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repeat_penalty: float = 1.0
+
+
+@dataclass
+class StreamEvent:
+    """What one step produced for one request: new text, and the end if it ended."""
+
+    text: str = ""
+    finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
+    error: str | None = None
+    first_token_at: float | None = None
+
+
+@dataclass
+class GenerationRequest:
+    """A request as the engine sees it. The event loop reads `events`; the engine writes them."""
+
+    prompt: list[int]
+    max_tokens: int
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    stop: tuple[str, ...] = ()
+    events: asyncio.Queue[StreamEvent] = field(default_factory=asyncio.Queue)
+    submitted_at: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False
+    output_tokens: int = 0
+    first_token_at: float | None = None
+    finished_at: float | None = None
+
+    def cancel(self) -> None:
+        """Called from the event loop when the client went away; the slot frees next step."""
+        self.cancelled = True
+
+
+class _Slot:
+    """One sequence of the context, serving one request at a time."""
+
+    __slots__ = (
+        "seq",
+        "req",
+        "pos",
+        "pending",
+        "sampler",
+        "decoder",
+        "held",
+        "n_out",
+        "last_token",
+        "needs_logits_at",
+    )
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+        self.req: GenerationRequest | None = None
+        self.pos = 0  # tokens already in the KV cache for this sequence
+        self.pending: list[int] = []  # prompt tokens not yet decoded
+        self.sampler: ll.llama_sampler_p | None = None
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self.held = ""  # text held back because it may be the start of a stop string
+        self.n_out = 0
+        self.last_token = 0
+        self.needs_logits_at = -1  # batch index of this slot's logits in the current step
+
+
+class EngineStats:
+    """Counters the metrics endpoint reads (written by the engine thread only)."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.tokens_decoded = 0
+        self.recent: collections.deque[tuple[float, int]] = collections.deque(maxlen=256)
+
+    def tokens_per_second(self, window_s: float = 10.0) -> float:
+        now = time.perf_counter()
+        total = sum(n for t, n in self.recent if now - t <= window_s)
+        return total / window_s
+
+
+class BatchEngine:
+    """Runs generation for many requests at once on one LoadedModel."""
+
+    def __init__(self, model: LoadedModel, loop: asyncio.AbstractEventLoop, max_queue: int) -> None:
+        self.model = model
+        self.loop = loop
+        self.max_queue = max_queue
+        self.slots = [_Slot(i) for i in range(model.n_seq)]
+        self.waiting: collections.deque[GenerationRequest] = collections.deque()
+        self.stats = EngineStats()
+        self._cv = threading.Condition()
+        self._stopping = False
+        self._draining = False
+        self._active = 0
+        self._batch = ll.llama_batch_init(model.n_batch, 0, 1)
+        self._thread = threading.Thread(target=self._run, name="edgecloud-engine", daemon=True)
+        self._on_idle: Callable[[], None] | None = None
+
+    # -- event-loop side ----------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def active_slots(self) -> int:
+        return self._active
+
+    def has_room(self) -> bool:
+        return self._active + len(self.waiting) < len(self.slots) + self.max_queue
+
+    def submit(self, req: GenerationRequest) -> bool:
+        """Queue a request; False when slots and queue are full (the caller answers 429)."""
+        with self._cv:
+            if self._stopping or self._draining:
+                return False
+            if self._active + len(self.waiting) >= len(self.slots) + self.max_queue:
+                return False
+            self.waiting.append(req)
+            self._cv.notify()
+        return True
+
+    def drain_and_free(self, on_done: Callable[[], None] | None = None) -> None:
+        """Stop taking requests; finish in-flight ones, then free the model (hot swap)."""
+        with self._cv:
+            self._draining = True
+            self._on_idle = on_done
+            self._cv.notify()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Cut every request (finish_reason "cancelled") and free the model."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        self._thread.join(timeout_s)
+
+    # -- engine thread ------------------------------------------------------------------
+    def _emit(self, batch: list[tuple[GenerationRequest, StreamEvent]]) -> None:
+        if batch:
+            self.loop.call_soon_threadsafe(_deliver, batch)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cv:
+                    while (
+                        not self._stopping
+                        and not self.waiting
+                        and self._active == 0
+                        and not self._draining
+                    ):
+                        self._cv.wait()
+                    if self._stopping:
+                        break
+                    if self._draining and not self.waiting and self._active == 0:
+                        break
+                    self._admit()
+                self._step()
+        finally:
+            self._shutdown()
+
+    def _admit(self) -> None:
+        """Move waiting requests into free slots (caller holds the lock)."""
+        for slot in self.slots:
+            if not self.waiting:
+                return
+            if slot.req is None:
+                req = self.waiting.popleft()
+                if req.cancelled:
+                    self._emit([(req, StreamEvent(finish_reason="cancelled"))])
+                    continue
+                self._attach(slot, req)
+
+    def _attach(self, slot: _Slot, req: GenerationRequest) -> None:
+        ll.llama_memory_seq_rm(self.model.memory, slot.seq, -1, -1)
+        slot.req = req
+        slot.pos = 0
+        slot.pending = list(req.prompt)
+        slot.decoder.reset()
+        slot.held = ""
+        slot.n_out = 0
+        slot.sampler = self._make_sampler(req.sampling, req.prompt)
+        self._active += 1
+
+    def _make_sampler(self, p: SamplingParams, prompt: list[int]) -> ll.llama_sampler_p:
+        params = ll.llama_sampler_chain_default_params()
+        params.no_perf = True
+        chain = ll.llama_sampler_chain_init(params)
+        penalties = (
+            p.frequency_penalty != 0.0 or p.presence_penalty != 0.0 or p.repeat_penalty != 1.0
+        )
+        greedy = p.temperature <= 0.0
+        if penalties or not greedy:
+            # Penalties scan their window per candidate: cut the 262k vocabulary down first.
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_k(p.top_k or 64))
+        if penalties:
+            ll.llama_sampler_chain_add(
+                chain,
+                ll.llama_sampler_init_penalties(
+                    self.model.n_vocab,
+                    PENALTY_LAST_N,
+                    p.repeat_penalty,
+                    p.frequency_penalty,
+                    p.presence_penalty,
+                ),
+            )
+            for tok in prompt[-PENALTY_LAST_N:]:
+                ll.llama_sampler_accept(chain, tok)
+        if greedy:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
+            return chain
+        if p.top_p < 1.0:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_p(p.top_p, 1))
+        if p.min_p > 0.0:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_min_p(p.min_p, 1))
+        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_temp(p.temperature))
+        seed = p.seed if p.seed is not None else random.getrandbits(32)
+        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        return chain
+
+    def _release(self, slot: _Slot) -> None:
+        if slot.sampler is not None:
+            ll.llama_sampler_free(slot.sampler)
+            slot.sampler = None
+        slot.req = None
+        slot.pending = []
+        ll.llama_memory_seq_rm(self.model.memory, slot.seq, -1, -1)
+        with self._cv:
+            self._active -= 1
+
+    def _step(self) -> None:
+        model = self.model
+        batch = self._batch
+        out: list[tuple[GenerationRequest, StreamEvent]] = []
+        n = 0
+        budget = model.n_batch
+        # Drop cancelled requests first: their slot is free for this very step.
+        for slot in self.slots:
+            if slot.req is not None and slot.req.cancelled:
+                out.append((slot.req, StreamEvent(finish_reason="cancelled")))
+                self._release(slot)
+        if out:
+            with self._cv:
+                self._admit()
+        # 1) one token for every generating sequence, 2) prompt chunks with what is left.
+        gen: list[_Slot] = []
+        for slot in self.slots:
+            slot.needs_logits_at = -1
+            if slot.req is not None and not slot.pending and slot.n_out > 0:
+                self._put(batch, n, slot.last_token, slot.pos, slot.seq, True)
+                slot.needs_logits_at = n
+                slot.pos += 1
+                n += 1
+                gen.append(slot)
+        budget -= n
+        for slot in self.slots:
+            if slot.req is None or not slot.pending or budget <= 0:
+                continue
+            chunk = slot.pending[:budget]
+            del slot.pending[: len(chunk)]
+            last = len(chunk) - 1
+            for i, tok in enumerate(chunk):
+                is_last = i == last and not slot.pending
+                self._put(batch, n, tok, slot.pos, slot.seq, is_last)
+                if is_last:
+                    slot.needs_logits_at = n
+                slot.pos += 1
+                n += 1
+            budget -= len(chunk)
+            if not slot.pending:
+                gen.append(slot)
+        if n == 0:
+            self._emit(out)
+            return
+        batch.n_tokens = n
+        rc = ll.llama_decode(model.ctx, batch)
+        now = time.perf_counter()
+        if rc != 0:
+            for slot in self.slots:
+                if slot.req is not None and slot.needs_logits_at >= 0:
+                    out.append(
+                        (
+                            slot.req,
+                            StreamEvent(finish_reason="error", error=f"decode failed ({rc})"),
+                        )
+                    )
+                    self._release(slot)
+            self._emit(out)
+            return
+        self.stats.steps += 1
+        produced = 0
+        for slot in gen:
+            req = slot.req
+            if req is None or slot.needs_logits_at < 0:
+                continue
+            tok = ll.llama_sampler_sample(slot.sampler, model.ctx, slot.needs_logits_at)
+            slot.last_token = tok
+            slot.n_out += 1
+            produced += 1
+            req.output_tokens = slot.n_out
+            first = None
+            if req.first_token_at is None:
+                req.first_token_at = first = now
+            event = self._text_event(slot, tok)
+            event.first_token_at = first
+            if event.finish_reason is None:
+                if slot.n_out >= req.max_tokens or slot.pos + 1 >= model.n_ctx_seq:
+                    event.text += slot.held + slot.decoder.decode(b"", final=True)
+                    slot.held = ""
+                    event.finish_reason = "length"
+            if event.finish_reason is not None:
+                req.finished_at = now
+                out.append((req, event))
+                self._release(slot)
+            elif event.text or first is not None:
+                out.append((req, event))
+        self.stats.tokens_decoded += produced
+        self.stats.recent.append((now, produced))
+        self._emit(out)
+        if any(s.req is None for s in self.slots) and self.waiting:
+            with self._cv:
+                self._admit()
+
+    def _text_event(self, slot: _Slot, tok: int) -> StreamEvent:
+        """Turn a sampled token into text, honouring end-of-generation and stop strings."""
+        model = self.model
+        req = slot.req
+        assert req is not None
+        if model.is_eog(tok):
+            text = slot.held + slot.decoder.decode(b"", final=True)
+            slot.held = ""
+            return StreamEvent(text=text, finish_reason="stop")
+        new = slot.decoder.decode(model.piece(tok))
+        if not req.stop:
+            return StreamEvent(text=new)
+        # Any suffix of emitted text that could start a stop string is held back, so a stop
+        # string can only begin inside `held + new`.
+        window = slot.held + new
+        cut = _first_stop(window, req.stop)
+        if cut is not None:
+            slot.held = ""
+            return StreamEvent(text=window[:cut], finish_reason="stop")
+        keep = _partial_stop_suffix(window, req.stop)
+        slot.held = window[len(window) - keep :] if keep else ""
+        return StreamEvent(text=window[: len(window) - keep] if keep else window)
+
+    @staticmethod
+    def _put(batch: Any, i: int, tok: int, pos: int, seq: int, logits: bool) -> None:
+        batch.token[i] = tok
+        batch.pos[i] = pos
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = seq
+        batch.logits[i] = logits
+
+    def _shutdown(self) -> None:
+        out: list[tuple[GenerationRequest, StreamEvent]] = []
+        for slot in self.slots:
+            if slot.req is not None:
+                out.append((slot.req, StreamEvent(finish_reason="cancelled")))
+                self._release(slot)
+        with self._cv:
+            while self.waiting:
+                out.append((self.waiting.popleft(), StreamEvent(finish_reason="cancelled")))
+        self._emit(out)
+        ll.llama_batch_free(self._batch)
+        self.model.free()
+        if self._on_idle is not None:
+            self.loop.call_soon_threadsafe(self._on_idle)
+
+
+def _deliver(batch: list[tuple[GenerationRequest, StreamEvent]]) -> None:
+    for req, event in batch:
+        req.events.put_nowait(event)
+
+
+def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
+    best: int | None = None
+    for s in stops:
+        i = text.find(s)
+        if i >= 0 and (best is None or i < best):
+            best = i
+    return best
+
+
+def _partial_stop_suffix(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of a stop string."""
+    keep = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), keep, -1):
+            if text.endswith(s[:k]):
+                keep = k
+                break
+    return keep

@@ -1,0 +1,181 @@
+"""One GGUF model loaded into llama.cpp: weights, a multi-sequence context, tokenizer, template.
+
+Only the engine thread decodes; tokenisation and detokenisation only read the vocabulary and
+are safe from any thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+import llama_cpp as ll
+
+_backend_lock = threading.Lock()
+_backend_ready = False
+
+
+class ModelLoadError(Exception):
+    """The GGUF file could not be loaded (missing, corrupt, or not a model llama.cpp reads)."""
+
+
+def _init_backend() -> None:
+    global _backend_ready
+    with _backend_lock:
+        if not _backend_ready:
+            ll.llama_backend_init()
+            _quiet_llama_logs()
+            _backend_ready = True
+
+
+@ll.llama_log_callback
+def _drop_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    # llama.cpp logs every tensor at load; our own structured log says what matters.
+    return None
+
+
+def _quiet_llama_logs() -> None:
+    if os.environ.get("EDGECLOUD_LLAMA_LOG") != "1":
+        ll.llama_log_set(_drop_log, ctypes.c_void_p(0))
+
+
+@dataclass
+class ModelInfo:
+    """What we know about a loaded model, for /v1/models, /admin/model and metrics."""
+
+    id: str
+    path: str
+    size_bytes: int
+    n_params: int
+    n_ctx_train: int
+    n_ctx_seq: int
+    n_seq: int
+    chat_template: str | None
+    description: str
+    version: str | None = None
+    sha256: str | None = None
+    loaded_at: float = field(default_factory=time.time)
+
+
+def file_sha256(path: str, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class LoadedModel:
+    """llama.cpp model + context with `n_seq` independent sequences of `n_ctx_seq` tokens each."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        model_id: str,
+        n_seq: int,
+        n_ctx_seq: int,
+        n_threads: int,
+        n_batch: int = 512,
+        version: str | None = None,
+    ) -> None:
+        if not os.path.isfile(path):
+            raise ModelLoadError(f"model file not found: {path}")
+        with open(path, "rb") as fh:
+            if fh.read(4) != b"GGUF":
+                raise ModelLoadError(f"not a GGUF file (bad magic): {path}")
+        _init_backend()
+        mparams = ll.llama_model_default_params()
+        self.model = ll.llama_model_load_from_file(path.encode(), mparams)
+        if not self.model:
+            raise ModelLoadError(f"llama.cpp could not load the model: {path}")
+        n_ctx_train = int(ll.llama_model_n_ctx_train(self.model))
+        n_ctx_seq = max(64, min(n_ctx_seq, n_ctx_train))
+        cparams = ll.llama_context_default_params()
+        cparams.n_ctx = n_ctx_seq * n_seq
+        cparams.n_batch = n_batch
+        cparams.n_ubatch = n_batch
+        cparams.n_seq_max = n_seq
+        cparams.n_threads = n_threads
+        cparams.n_threads_batch = n_threads
+        cparams.no_perf = True
+        # One KV stream per sequence: requests do not share a prefix, and separate streams are
+        # faster for independent sequences (llama.cpp PR 14363).
+        cparams.kv_unified = False
+        self.ctx = ll.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            ll.llama_model_free(self.model)
+            raise ModelLoadError(f"llama.cpp could not create a context for {path}")
+        self.memory = ll.llama_get_memory(self.ctx)
+        self.vocab = ll.llama_model_get_vocab(self.model)
+        self.n_vocab = int(ll.llama_vocab_n_tokens(self.vocab))
+        self.n_seq = n_seq
+        self.n_batch = n_batch
+        self.n_ctx_seq = int(ll.llama_n_ctx_seq(self.ctx)) or n_ctx_seq
+        self.add_bos = bool(ll.llama_vocab_get_add_bos(self.vocab))
+        self.bos_text = self._piece_text(ll.llama_vocab_bos(self.vocab))
+        self.eos_text = self._piece_text(ll.llama_vocab_eos(self.vocab))
+        self._pieces: dict[int, bytes] = {}
+        self._piece_buf = ctypes.create_string_buffer(256)
+        template = ll.llama_model_chat_template(self.model, None)
+        desc = ctypes.create_string_buffer(256)
+        ll.llama_model_desc(self.model, desc, ctypes.sizeof(desc))
+        self.info = ModelInfo(
+            id=model_id,
+            path=os.path.abspath(path),
+            size_bytes=os.path.getsize(path),
+            n_params=int(ll.llama_model_n_params(self.model)),
+            n_ctx_train=n_ctx_train,
+            n_ctx_seq=self.n_ctx_seq,
+            n_seq=n_seq,
+            chat_template=template.decode("utf-8", "replace") if template else None,
+            description=desc.value.decode("utf-8", "replace"),
+            version=version,
+        )
+
+    # -- tokens ---------------------------------------------------------------------------
+    def tokenize(
+        self, text: str, *, add_bos: bool | None = None, special: bool = True
+    ) -> list[int]:
+        """Text to token ids; `special` parses control tokens written in templates."""
+        data = text.encode("utf-8")
+        bos = self.add_bos if add_bos is None else add_bos
+        cap = len(data) + 8
+        buf = (ll.llama_token * cap)()
+        n = ll.llama_tokenize(self.vocab, data, len(data), buf, cap, bos, special)
+        if n < 0:  # buffer too small: -n is the size needed
+            cap = -n
+            buf = (ll.llama_token * cap)()
+            n = ll.llama_tokenize(self.vocab, data, len(data), buf, cap, bos, special)
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        """Bytes of one token (control tokens render as nothing); cached per id."""
+        cached = self._pieces.get(token)
+        if cached is None:
+            n = ll.llama_token_to_piece(self.vocab, token, self._piece_buf, 256, 0, False)
+            cached = self._piece_buf.raw[: max(n, 0)]
+            self._pieces[token] = cached
+        return cached
+
+    def _piece_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        buf = ctypes.create_string_buffer(256)
+        n = ll.llama_token_to_piece(self.vocab, token, buf, 256, 0, True)
+        return buf.raw[: max(n, 0)].decode("utf-8", "replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(ll.llama_vocab_is_eog(self.vocab, token))
+
+    def free(self) -> None:
+        if getattr(self, "ctx", None):
+            ll.llama_free(self.ctx)
+            self.ctx = None
+        if getattr(self, "model", None):
+            ll.llama_model_free(self.model)
+            self.model = None

@@ -1,0 +1,471 @@
+"""HTTP edge of the node: OpenAI-compatible routes on raw ASGI, errors in the OpenAI envelope."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import time
+import uuid
+from typing import Any
+
+import orjson
+
+from edgecloud.api.asgi import (
+    SSE_DONE,
+    SSE_HEADERS,
+    ClientDisconnected,
+    Receive,
+    Scope,
+    Send,
+    header,
+    read_body,
+    send_bytes,
+    send_error,
+    send_json,
+    sse_event,
+)
+from edgecloud.api.errors import APIError, BadRequest, MethodNotAllowed, NotFound, Unauthorized
+from edgecloud.api.openai import ChatCompletionRequest, CompletionRequest, parse_request
+from edgecloud.logs import log_event
+from edgecloud.node.config import NodeConfig
+from edgecloud.node.engine import GenerationRequest, SamplingParams, StreamEvent
+from edgecloud.node.metrics import NodeMetrics
+from edgecloud.node.service import Loaded, NodeService
+
+log = logging.getLogger("edgecloud.node")
+
+PROMETHEUS_HEADERS = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
+
+
+class ServerShuttingDown(APIError):
+    status = 503
+    type = "service_unavailable"
+    code = "shutting_down"
+
+
+def _sampling(body: ChatCompletionRequest | CompletionRequest) -> SamplingParams:
+    return SamplingParams(
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        top_k=body.top_k or 0,
+        min_p=body.min_p or 0.0,
+        seed=body.seed,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        presence_penalty=body.presence_penalty or 0.0,
+        repeat_penalty=body.repeat_penalty or 1.0,
+    )
+
+
+def _reject_unsupported(body: ChatCompletionRequest | CompletionRequest) -> None:
+    if body.n is not None and body.n > 1:
+        raise BadRequest("n > 1 is not supported by this node; send separate requests.", param="n")
+    if isinstance(body, ChatCompletionRequest) and body.logprobs:
+        raise BadRequest("logprobs are not supported by this node.", param="logprobs")
+    if isinstance(body, CompletionRequest):
+        if body.logprobs:
+            raise BadRequest("logprobs are not supported by this node.", param="logprobs")
+        if body.suffix:
+            raise BadRequest("suffix (fill-in-the-middle) is not supported.", param="suffix")
+
+
+class NodeApp:
+    """The ASGI application of `edgecloud serve`."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.metrics = NodeMetrics()
+        self.service = NodeService(config, self.metrics)
+        self.admin_token = os.environ.get(config.admin_token_env) or None
+        self._stopping = False
+        self._load_task: asyncio.Task[Any] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    # -- lifespan -----------------------------------------------------------------------------
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                if self.config.preload:
+                    self._load_task = asyncio.create_task(self._preload())
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self._stopping = True
+                if self._load_task is not None and not self._load_task.done():
+                    self._load_task.cancel()
+                await asyncio.to_thread(self.service.shutdown)
+                log_event(log, "node_stopped")
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _preload(self) -> None:
+        try:
+            await self.service.ensure_loaded()
+        except APIError as exc:
+            log_event(log, "model_load_failed", logging.ERROR, error=exc.message)
+
+    # -- routing ------------------------------------------------------------------------------
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        if path.startswith("/v1/"):
+            path = path[3:]
+        method: str = scope["method"]
+        route = path
+        status = 500
+        try:
+            if path in ("/chat/completions", "/completions"):
+                route = "/v1" + path
+                if method != "POST":
+                    raise MethodNotAllowed(f"Use POST for {route}.")
+                status = await self._generate(
+                    scope, receive, send, chat=path == "/chat/completions"
+                )
+                return
+            if method not in ("GET", "HEAD") and path != "/admin/model":
+                raise MethodNotAllowed(f"Use GET for {scope['path']}.")
+            if path == "/healthz":
+                status = 200
+                await send_json(send, 200, {"status": "ok"})
+            elif path == "/readyz":
+                status = 200 if self.service.ready and not self._stopping else 503
+                await send_json(send, status, self._readiness())
+            elif path == "/metrics":
+                status = 200
+                await send_bytes(send, 200, self.metrics.render(), PROMETHEUS_HEADERS)
+            elif path == "/models":
+                route, status = "/v1/models", 200
+                await send_json(send, 200, {"object": "list", "data": self._models()})
+            elif path.startswith("/models/"):
+                route = "/v1/models/{id}"
+                name = path[len("/models/") :]
+                found = [m for m in self._models() if m["id"] == name]
+                if not found:
+                    raise NotFound(f"The model '{name}' does not exist.", param="model")
+                status = 200
+                await send_json(send, 200, found[0])
+            elif path == "/admin/model":
+                status = await self._admin(scope, receive, send, method)
+            else:
+                route = "other"
+                raise NotFound(f"No route {method} {scope['path']}.")
+        except APIError as err:
+            status = err.status
+            await send_error(send, err)
+        except ClientDisconnected:
+            status = 499
+        finally:
+            self.metrics.requests.labels(route=route, status=str(status)).inc()
+
+    def _readiness(self) -> dict[str, Any]:
+        cur = self.service.current
+        out: dict[str, Any] = {"ready": cur is not None and not self._stopping}
+        if cur is not None:
+            out["model"] = cur.info.id
+            out["version"] = cur.info.version
+        if self.service.load_error:
+            out["error"] = self.service.load_error
+        if self._stopping:
+            out["status"] = "shutting_down"
+        return out
+
+    def _models(self) -> list[dict[str, Any]]:
+        cur = self.service.current
+        created = int(cur.info.loaded_at) if cur else int(time.time())
+        meta: dict[str, Any] = {}
+        if cur is not None:
+            meta = {
+                "n_ctx": cur.model.n_ctx_seq,
+                "n_ctx_train": cur.info.n_ctx_train,
+                "n_params": cur.info.n_params,
+                "size": cur.info.size_bytes,
+                "version": cur.info.version,
+                "capabilities": ["text"],
+            }
+        return [
+            {
+                "id": name,
+                "object": "model",
+                "created": created,
+                "owned_by": "edgecloud",
+                "meta": meta,
+            }
+            for name in self.service.model_ids
+        ]
+
+    # -- admin --------------------------------------------------------------------------------
+    async def _admin(self, scope: Scope, receive: Receive, send: Send, method: str) -> int:
+        if self.admin_token is None:
+            raise NotFound(f"The admin API is off; set {self.config.admin_token_env} to enable it.")
+        auth = header(scope, b"authorization") or b""
+        given = auth[7:] if auth[:7].lower() == b"bearer " else b""
+        if not hmac.compare_digest(given, self.admin_token.encode()):
+            raise Unauthorized("A valid admin bearer token is required.")
+        if method == "GET":
+            info = await self.service.model_info()
+            await send_json(send, 200, self._info_json(info))
+            return 200
+        if method != "POST":
+            raise MethodNotAllowed("Use GET or POST for /admin/model.")
+        data = self._decode(await read_body(receive, 64 * 1024, scope))
+        path = data.get("path") if isinstance(data, dict) else None
+        version = data.get("version") if isinstance(data, dict) else None
+        if not isinstance(path, str) or not path:
+            raise BadRequest("'path' (absolute path of a GGUF file) is required.", param="path")
+        if version is not None and not isinstance(version, str):
+            raise BadRequest("'version' must be a string.", param="version")
+        await self.service.swap(path, version)
+        await send_json(send, 200, self._info_json(await self.service.model_info()))
+        return 200
+
+    @staticmethod
+    def _info_json(info: Any) -> dict[str, Any]:
+        if info is None:
+            return {"id": None, "loaded": False}
+        return {
+            "id": info.id,
+            "path": info.path,
+            "sha256": info.sha256,
+            "version": info.version,
+            "loaded_at": info.loaded_at,
+            "size": info.size_bytes,
+            "loaded": True,
+        }
+
+    # -- generation ---------------------------------------------------------------------------
+    @staticmethod
+    def _decode(raw: bytes) -> Any:
+        if not raw:
+            raise BadRequest("The request body is empty; send a JSON object.")
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"The request body is not valid JSON: {exc}.") from None
+
+    async def _generate(self, scope: Scope, receive: Receive, send: Send, chat: bool) -> int:
+        arrived = time.perf_counter()
+        if self._stopping:
+            raise ServerShuttingDown("This node is shutting down.")
+        data = self._decode(await read_body(receive, self.config.max_body_bytes, scope))
+        body: ChatCompletionRequest | CompletionRequest
+        if chat:
+            body = parse_request(ChatCompletionRequest, data)
+        else:
+            body = parse_request(CompletionRequest, data)
+        _reject_unsupported(body)
+        self.service.check_model_name(body.model)
+        loaded = await self.service.ensure_loaded()
+        prompt_text, tokens, stops = self._prompt(loaded, body)
+        max_tokens = self.service.plan_tokens(loaded, len(tokens), body.requested_max_tokens())
+        req = GenerationRequest(
+            prompt=tokens,
+            max_tokens=max_tokens,
+            sampling=_sampling(body),
+            stop=stops,
+            submitted_at=arrived,
+        )
+        self.service.submit(loaded, req)
+        self.service.begin()
+        self.metrics.prompt_tokens.inc(len(tokens))
+        watcher = asyncio.ensure_future(self._watch_disconnect(receive, req))
+        try:
+            if body.stream:
+                status = await self._stream(send, body, req, chat, prompt_text)
+            else:
+                status = await self._complete(send, body, req, chat, prompt_text)
+        finally:
+            watcher.cancel()
+            self.service.end()
+            self.metrics.output_tokens.inc(req.output_tokens)
+            if req.first_token_at is not None:
+                self.metrics.ttft.observe(req.first_token_at - arrived)
+            if req.finished_at is not None:
+                self.metrics.e2e.observe(req.finished_at - arrived)
+        return status
+
+    def _prompt(
+        self, loaded: Loaded, body: ChatCompletionRequest | CompletionRequest
+    ) -> tuple[str, list[int], tuple[str, ...]]:
+        model = loaded.model
+        stops = body.stop_list()
+        if isinstance(body, ChatCompletionRequest):
+            text = loaded.template.render(body.messages)
+            stops = stops + tuple(s for s in loaded.template.default_stops if s not in stops)
+            return text, model.tokenize(text), stops
+        prompt = body.prompt
+        if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+            ids = [int(t) for t in prompt]
+            if any(t < 0 or t >= model.n_vocab for t in ids):
+                raise BadRequest(f"Token ids must be in [0, {model.n_vocab}).", param="prompt")
+            return "", ids, stops
+        if isinstance(prompt, list):
+            if len(prompt) != 1:
+                raise BadRequest(
+                    "Send one prompt per request (a list of several prompts is not supported).",
+                    param="prompt",
+                )
+            prompt = str(prompt[0])
+        return str(prompt), model.tokenize(str(prompt)), stops
+
+    async def _watch_disconnect(self, receive: Receive, req: GenerationRequest) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                req.cancel()
+                self.metrics.cancelled.inc()
+                req.events.put_nowait(StreamEvent(finish_reason="cancelled"))
+                return
+
+    @staticmethod
+    def _ids(chat: bool) -> tuple[str, str]:
+        if chat:
+            return "chatcmpl-" + uuid.uuid4().hex[:24], "chat.completion"
+        return "cmpl-" + uuid.uuid4().hex[:24], "text_completion"
+
+    def _usage(self, req: GenerationRequest) -> dict[str, int]:
+        p, c = len(req.prompt), req.output_tokens
+        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+    async def _complete(
+        self, send: Send, body: Any, req: GenerationRequest, chat: bool, prompt_text: str
+    ) -> int:
+        parts: list[str] = []
+        while True:
+            event = await req.events.get()
+            if event.text:
+                parts.append(event.text)
+            if event.finish_reason is not None:
+                break
+        if event.finish_reason == "cancelled":
+            if req.cancelled:
+                return 499
+            raise ServerShuttingDown("The node stopped before this request finished.")
+        if event.finish_reason == "error":
+            raise APIError(f"Generation failed: {event.error}")
+        text = "".join(parts)
+        rid, obj = self._ids(chat)
+        choice: dict[str, Any]
+        if chat:
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None,
+                "finish_reason": event.finish_reason,
+            }
+        else:
+            if getattr(body, "echo", False):
+                text = prompt_text + text
+            choice = {
+                "index": 0,
+                "text": text,
+                "logprobs": None,
+                "finish_reason": event.finish_reason,
+            }
+        await send_json(
+            send,
+            200,
+            {
+                "id": rid,
+                "object": obj,
+                "created": int(time.time()),
+                "model": self._served(body),
+                "choices": [choice],
+                "usage": self._usage(req),
+                "system_fingerprint": "edgecloud",
+            },
+        )
+        return 200
+
+    def _served(self, body: Any) -> str:
+        return body.model or self.config.name
+
+    async def _stream(
+        self, send: Send, body: Any, req: GenerationRequest, chat: bool, prompt_text: str
+    ) -> int:
+        rid, _ = self._ids(chat)
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        created = int(time.time())
+        model = self._served(body)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        usage_null = {"usage": None} if include_usage else {}
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+
+        def chunk(delta_or_text: Any, finish: str | None) -> bytes:
+            if chat:
+                choice = {
+                    "index": 0,
+                    "delta": delta_or_text,
+                    "logprobs": None,
+                    "finish_reason": finish,
+                }
+            else:
+                choice = {
+                    "index": 0,
+                    "text": delta_or_text,
+                    "logprobs": None,
+                    "finish_reason": finish,
+                }
+            return sse_event(
+                {
+                    "id": rid,
+                    "object": obj,
+                    "created": created,
+                    "model": model,
+                    "system_fingerprint": "edgecloud",
+                    "choices": [choice],
+                    **usage_null,
+                }
+            )
+
+        more = {"type": "http.response.body", "more_body": True}
+        if chat:
+            await send({**more, "body": chunk({"role": "assistant", "content": ""}, None)})
+        elif getattr(body, "echo", False) and prompt_text:
+            await send({**more, "body": chunk(prompt_text, None)})
+        while True:
+            event = await req.events.get()
+            if event.finish_reason == "cancelled" and req.cancelled:
+                return 499
+            if event.text:
+                await send(
+                    {**more, "body": chunk({"content": event.text} if chat else event.text, None)}
+                )
+            if event.finish_reason is not None:
+                break
+        if event.finish_reason in ("cancelled", "error"):
+            err = {
+                "message": "The node stopped before this request finished."
+                if event.finish_reason == "cancelled"
+                else f"Generation failed: {event.error}",
+                "type": "server_error",
+                "param": None,
+                "code": event.finish_reason,
+            }
+            await send({**more, "body": sse_event({"error": err})})
+        else:
+            await send({**more, "body": chunk({} if chat else "", event.finish_reason)})
+            if include_usage:
+                await send(
+                    {
+                        **more,
+                        "body": sse_event(
+                            {
+                                "id": rid,
+                                "object": obj,
+                                "created": created,
+                                "model": model,
+                                "system_fingerprint": "edgecloud",
+                                "choices": [],
+                                "usage": self._usage(req),
+                            }
+                        ),
+                    }
+                )
+        await send({"type": "http.response.body", "body": SSE_DONE, "more_body": False})
+        return 200
