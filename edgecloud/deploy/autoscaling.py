@@ -28,7 +28,7 @@ def inflight_query(values: Values) -> str:
     sel = f'namespace="{values.namespace}",component="node"'
     if values.node.engine == "vllm":
         return f"sum({m.VLLM_RUNNING}{{{sel}}} + {m.VLLM_WAITING}{{{sel}}})"
-    return f"sum({m.NODE_ACTIVE_SLOTS.name}{{{sel}}} + {m.NODE_QUEUE_DEPTH.name}{{{sel}}})"
+    return f"sum({m.NODE_IN_FLIGHT.name}{{{sel}}})"
 
 
 def _direction(p: ScalePolicy) -> Obj:
@@ -113,19 +113,18 @@ def node_hpa(values: Values) -> Obj:
 def adapter_rules(values: Values) -> Obj:
     """The Prometheus adapter rule that turns the node gauges into a per-pod custom metric."""
     if values.node.engine == "vllm":
-        running, waiting = m.VLLM_RUNNING, m.VLLM_WAITING
+        series = m.VLLM_RUNNING
+        query = f"{m.VLLM_RUNNING}{{<<.LabelMatchers>>}} + {m.VLLM_WAITING}{{<<.LabelMatchers>>}}"
     else:
-        running, waiting = m.NODE_ACTIVE_SLOTS.name, m.NODE_QUEUE_DEPTH.name
+        series = m.NODE_IN_FLIGHT.name
+        query = f"{series}{{<<.LabelMatchers>>}}"
     return {
         "rules": [{
-            "seriesQuery": f'{running}{{namespace!="",pod!=""}}',
+            "seriesQuery": f'{series}{{namespace!="",pod!=""}}',
             "resources": {"overrides": {"namespace": {"resource": "namespace"},
                                         "pod": {"resource": "pod"}}},
-            "name": {"matches": f"^{running}$", "as": ADAPTER_METRIC},
-            "metricsQuery": (
-                f"sum({running}{{<<.LabelMatchers>>}} + {waiting}{{<<.LabelMatchers>>}})"
-                " by (<<.GroupBy>>)"
-            ),
+            "name": {"matches": f"^{series}$", "as": ADAPTER_METRIC},
+            "metricsQuery": f"sum({query}) by (<<.GroupBy>>)",
         }]
     }
 

@@ -91,9 +91,12 @@ def dashboard(namespace: str = "edgecloud") -> Obj:
             [(f"sum(rate({m.NODE_OUTPUT_TOKENS.name}[{W}]))", "output"),
              (f"sum(rate({m.NODE_PROMPT_TOKENS.name}[{W}]))", "prompt")])
     lay.add("In-flight per pod (the autoscaling metric)",
-            [(f"sum by (pod) ({m.NODE_ACTIVE_SLOTS.name} + {m.NODE_QUEUE_DEPTH.name})",
-              "{{pod}}"),
+            [(f"sum by (pod) ({m.NODE_IN_FLIGHT.name})", "{{pod}}"),
+             (f"sum by (pod) ({m.NODE_ACTIVE_SLOTS.name})", "generating {{pod}}"),
              (f"max by (pod) ({m.NODE_QUEUE_DEPTH.name})", "queued {{pod}}")])
+    lay.add("Wait for a slot", _quantiles(m.NODE_QUEUE_WAIT), "s")
+    lay.add("Refused with 429 (slots and queue full)",
+            [(f"sum by (pod) (rate({m.NODE_REJECTED.name}[{W}]))", "{{pod}}")], "reqps")
     lay.add("Ready node pods",
             [(f'count(up{{namespace="{namespace}",component="node"}} == 1)', "ready")])
     lay.add("Cold start: model load and warm-up",

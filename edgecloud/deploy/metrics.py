@@ -53,6 +53,10 @@ NODE_PROMPT_TOKENS = Metric("edgecloud_node_prompt_tokens_total", "node", "count
 NODE_OUTPUT_TOKENS = Metric("edgecloud_node_output_tokens_total", "node", "counter")
 NODE_QUEUE_DEPTH = Metric("edgecloud_node_queue_depth", "node", "gauge")
 NODE_ACTIVE_SLOTS = Metric("edgecloud_node_active_slots", "node", "gauge")
+# Requests from arrival to their last byte (queued + generating): the autoscaling metric.
+NODE_IN_FLIGHT = Metric("edgecloud_node_in_flight_requests", "node", "gauge")
+NODE_QUEUE_WAIT = Metric("edgecloud_node_queue_wait_seconds", "node", "histogram")
+NODE_REJECTED = Metric("edgecloud_node_rejected_requests_total", "node", "counter")
 NODE_MODEL_LOAD = Metric("edgecloud_node_model_load_seconds", "node", "gauge")
 NODE_WARMUP = Metric("edgecloud_node_warmup_seconds", "node", "gauge")
 
@@ -86,6 +90,9 @@ ALL: tuple[Metric, ...] = (
     NODE_OUTPUT_TOKENS,
     NODE_QUEUE_DEPTH,
     NODE_ACTIVE_SLOTS,
+    NODE_IN_FLIGHT,
+    NODE_QUEUE_WAIT,
+    NODE_REJECTED,
     NODE_MODEL_LOAD,
     NODE_WARMUP,
     GATEWAY_REQUESTS,

@@ -123,7 +123,7 @@ def test_scaling_values_land_in_the_keda_scaled_object() -> None:
     assert trigger["metadata"]["threshold"] == "2.5"
     assert trigger["metadata"]["serverAddress"] == "http://prom.example:9090"
     q = trigger["metadata"]["query"]
-    assert metrics.NODE_ACTIVE_SLOTS.name in q and metrics.NODE_QUEUE_DEPTH.name in q
+    assert q.startswith(f"sum({metrics.NODE_IN_FLIGHT.name}{{")
     assert not any(o["kind"] == "HorizontalPodAutoscaler"
                    and o["metadata"]["name"] == "edgecloud-node" for o in _objects(values))
 
