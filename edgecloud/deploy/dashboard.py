@@ -79,8 +79,12 @@ def dashboard(namespace: str = "edgecloud") -> Obj:
     lay.add("Privacy and residency refusals",
             [(f"sum by (reason) (rate({m.GATEWAY_REFUSALS.name}[{W}]))", "{{reason}}")], "reqps")
     lay.add("Latency the gateway adds", _quantiles(m.GATEWAY_ADDED_LATENCY), "s")
-    lay.add("Endpoint health (1 = up)",
-            [(f"max by (endpoint) ({m.GATEWAY_ENDPOINT_UP.name})", "{{endpoint}}")])
+    lay.add("Endpoint health (1 = up) and breaker (0 closed, 1 half-open, 2 open)",
+            [(f"min by (endpoint) ({m.GATEWAY_ENDPOINT_UP.name})", "healthy {{endpoint}}"),
+             (f"max by (endpoint) ({m.GATEWAY_ENDPOINT_BREAKER.name})", "breaker {{endpoint}}")])
+    lay.add("In flight per endpoint",
+            [(f"sum by (endpoint, tier) ({m.GATEWAY_ENDPOINT_IN_FLIGHT.name})",
+              "{{tier}} / {{endpoint}}")])
 
     lay.row("Model nodes")
     lay.add("Requests/s by status",

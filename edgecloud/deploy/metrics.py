@@ -70,7 +70,15 @@ GATEWAY_REQUESTS = Metric(
 GATEWAY_FALLBACKS = Metric("edgecloud_gateway_fallbacks_total", "gateway", "counter")
 GATEWAY_REFUSALS = Metric("edgecloud_gateway_refusals_total", "gateway", "counter", ("reason",))
 GATEWAY_ADDED_LATENCY = Metric("edgecloud_gateway_added_latency_seconds", "gateway", "histogram")
-GATEWAY_ENDPOINT_UP = Metric("edgecloud_gateway_endpoint_up", "gateway", "gauge", ("endpoint",))
+GATEWAY_ENDPOINT_UP = Metric(
+    "edgecloud_gateway_endpoint_healthy", "gateway", "gauge", ("endpoint", "tier")
+)
+GATEWAY_ENDPOINT_BREAKER = Metric(
+    "edgecloud_gateway_endpoint_breaker_state", "gateway", "gauge", ("endpoint", "tier")
+)
+GATEWAY_ENDPOINT_IN_FLIGHT = Metric(
+    "edgecloud_gateway_endpoint_in_flight", "gateway", "gauge", ("endpoint", "tier")
+)
 
 # --- fleet server ---
 FLEET_DEVICES = Metric("edgecloud_fleet_devices", "fleet", "gauge", ("model", "version"))
@@ -100,6 +108,8 @@ ALL: tuple[Metric, ...] = (
     GATEWAY_REFUSALS,
     GATEWAY_ADDED_LATENCY,
     GATEWAY_ENDPOINT_UP,
+    GATEWAY_ENDPOINT_BREAKER,
+    GATEWAY_ENDPOINT_IN_FLIGHT,
     FLEET_DEVICES,
     FLEET_ROLLOUT_STAGE,
     FLEET_ROLLOUTS_ABORTED,

@@ -76,7 +76,8 @@ def test_alerts_fire_on_the_conditions_they_name(tmp_path: Path) -> None:
                 _series(m.GATEWAY_REQUESTS.name,
                         gw + ',placement="cloud",endpoint="cloud-node",reason="cost",status="503"',
                         "0+10x10"),
-                _series(m.GATEWAY_ENDPOINT_UP.name, gw + ',endpoint="edge-box"', "0x10"),
+                _series(m.GATEWAY_ENDPOINT_UP.name, gw + ',endpoint="edge-box",tier="edge"',
+                        "0x10"),
                 _series(m.FLEET_ROLLOUTS_ABORTED.name,
                         'namespace="edgecloud",component="fleet",model="gemma"', "0 0 0 1 1 1"),
             ],
@@ -96,7 +97,7 @@ def test_alerts_fire_on_the_conditions_they_name(tmp_path: Path) -> None:
                 {"eval_time": "5m", "alertname": "EdgecloudEndpointDown", "exp_alerts": [
                     {"exp_labels": {"severity": "critical", "app": "edgecloud",
                                     "namespace": "edgecloud", "pod": "edgecloud-gateway-1",
-                                    "component": "gateway", "endpoint": "edge-box"},
+                                    "component": "gateway", "endpoint": "edge-box", "tier": "edge"},
                      "exp_annotations": {
                          "summary": "Gateway sees an endpoint down",
                          "description": "Endpoint edge-box fails its health checks."}}]},
