@@ -228,7 +228,9 @@ def gateway_objects(values: Values) -> list[Obj]:
     extra: Obj = {
         "env": tracing_env(values, "gateway"),
         "resources": _resources(g.resources),
-        "readinessProbe": _probe("/readyz", "http", 5, 2),
+        # /healthz, not /readyz: with every upstream down the gateway must stay in the Service
+        # and answer a clear OpenAI 503, not vanish into connection errors.
+        "readinessProbe": _probe("/healthz", "http", 5, 2),
         "livenessProbe": _probe("/healthz", "http", 10, 3),
     }
     if g.env_secret:

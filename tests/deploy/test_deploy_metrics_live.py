@@ -111,6 +111,20 @@ def test_gateway_exports_every_gateway_metric_the_files_use(gateway: str) -> Non
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("extra", ["", "observability: {tracing: {enabled: true}}"])
+def test_rendered_gateway_config_passes_the_gateway_own_check(tmp_path: Path, extra: str) -> None:
+    if not _has_command("gateway"):
+        pytest.skip("`edgecloud gateway` is not on this branch yet")
+    from edgecloud.deploy.workloads import gateway_config_text
+
+    config = tmp_path / "gateway.yaml"
+    config.write_text(gateway_config_text(parse_values(extra)))
+    proc = subprocess.run(edgecloud_command("gateway", "--check", "--config", str(config)),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
 def test_fleet_server_exports_every_fleet_metric_the_files_use(tmp_path: Path) -> None:
     if not (_has_command("fleet", "serve") and _has_command("release", "init")):
         pytest.skip("`edgecloud fleet serve` or `edgecloud release` is not on this branch yet")
