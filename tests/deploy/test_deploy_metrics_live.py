@@ -111,7 +111,7 @@ def test_gateway_exports_every_gateway_metric_the_files_use(gateway: str) -> Non
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", ["", "observability: {tracing: {enabled: true}}"])
+@pytest.mark.parametrize("extra", ["", "node: {port: 9000, autoscaling: {max_replicas: 4}}"])
 def test_rendered_gateway_config_passes_the_gateway_own_check(tmp_path: Path, extra: str) -> None:
     if not _has_command("gateway"):
         pytest.skip("`edgecloud gateway` is not on this branch yet")
