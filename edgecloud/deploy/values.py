@@ -156,9 +156,13 @@ class Fleet(_Strict):
     enabled: bool = True
     # The fleet server has no llama.cpp: it runs from the slim gateway image.
     image: Image = Field(default_factory=lambda: Image(repository="edgecloud/gateway"))
-    port: int = Field(default=8090, ge=1, le=65535)
+    port: int = Field(default=8700, ge=1, le=65535)
     repo_storage: str = "20Gi"
     database: Database = Field(default_factory=Database)
+    # Secret with the online signing keys (files), mounted read-only; empty: REPO/keys.
+    keys_secret: str = ""
+    # Secret (key "token") that devices must present; empty: no device token.
+    device_token_secret: str = ""
     resources: Resources = Field(default_factory=Resources)
 
 

@@ -347,13 +347,26 @@ def fleet_objects(values: Values) -> list[Obj]:
     ]
     args = ["fleet", "serve", "--host", "0.0.0.0", "--port", str(f.port),
             "--repo", "/data/repo", "--db", "$(EDGECLOUD_FLEET_DB)"]
+    if f.device_token_secret:
+        env.append({"name": "EDGECLOUD_FLEET_DEVICE_TOKEN", "valueFrom": {"secretKeyRef": {
+            "name": f.device_token_secret, "key": "token"}}})
+        args += ["--device-token-env", "EDGECLOUD_FLEET_DEVICE_TOKEN"]
+    if f.keys_secret:
+        args += ["--keys-dir", "/etc/edgecloud/fleet-keys"]
     container = _container(
         f.image, "fleet", args, f.port, env=env, resources=_resources(f.resources),
         readinessProbe=_probe("/healthz", "http", 5, 2),
         livenessProbe=_probe("/healthz", "http", 10, 3),
     )
     container["volumeMounts"].append({"name": "repo", "mountPath": "/data"})
-    volumes = [{"name": "repo", "persistentVolumeClaim": {"claimName": pvc["metadata"]["name"]}}]
+    volumes: list[Obj] = [
+        {"name": "repo", "persistentVolumeClaim": {"claimName": pvc["metadata"]["name"]}}
+    ]
+    if f.keys_secret:
+        container["volumeMounts"].append(
+            {"name": "keys", "mountPath": "/etc/edgecloud/fleet-keys", "readOnly": True})
+        volumes.append({"name": "keys", "secret": {"secretName": f.keys_secret,
+                                                   "defaultMode": 0o400}})
     deployment = _deployment(
         values, "fleet", 1, _pod_spec([container], volumes), _scrape_annotations(f.port)
     )

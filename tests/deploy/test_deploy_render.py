@@ -27,7 +27,8 @@ VARIANTS = {
     "operator-tracing": "observability: {prometheus_operator: true, tracing: {enabled: true}}",
     "no-autoscaling": "node: {autoscaling: {mode: none}}\ngateway: {autoscaling: {enabled: false}}",
     "no-fleet": "fleet: {enabled: false}",
-    "secrets": "gateway: {env_secret: upstream-keys}\nnode: {admin_token_secret: node-admin}",
+    "secrets": "gateway: {env_secret: upstream-keys}\nnode: {admin_token_secret: node-admin}\n"
+               "fleet: {keys_secret: fleet-keys, device_token_secret: devices}",
     "hosted-api": "node: {enabled: false}\ngateway: {env_secret: keys, config: {endpoints: "
                   "[{name: hosted, tier: cloud, url: 'https://api.example/v1', "
                   "api_key_env: CLOUD_API_KEY, region: eu-central-1}]}}",
