@@ -25,7 +25,7 @@ $(STAMP): requirements.lock pyproject.toml
 
 lint: setup
 	$(BIN)/ruff check edgecloud tests benchmarks
-	$(BIN)/mypy edgecloud/api edgecloud/node
+	$(BIN)/mypy edgecloud/api edgecloud/node edgecloud/fleet
 
 test: setup lint
 	$(BIN)/python -m pytest -q -x --durations=15

@@ -54,6 +54,8 @@ class ManagedProcess:
         self._log = None
 
     def start(self) -> ManagedProcess:
+        if self.proc is not None:
+            raise RuntimeError(f"{self.name} was already started")
         out = subprocess.DEVNULL
         if self.log_path:
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()

@@ -1,10 +1,336 @@
-"""Commands of edgecloud.fleet (placeholder until the package lands)."""
+"""Commands of edgecloud.fleet: `release ...`, `fleet serve|status`, `agent`.
+
+Thin: parse, call the library, render. Heavy imports stay inside the commands.
+"""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import typer
+
+release_app = typer.Typer(
+    help="Publish signed model versions (a TUF repository) and steer their rollout.",
+    no_args_is_help=True,
+)
+fleet_app = typer.Typer(
+    help="The fleet server (TUF repository + device API) and its status.", no_args_is_help=True
+)
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _seconds(text: str) -> float:
+    text = text.strip()
+    if text and text[-1] in _UNITS:
+        return float(text[:-1]) * _UNITS[text[-1]]
+    return float(text)
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg="red", err=True)
+    raise typer.Exit(1)
+
+
+@release_app.command("init")
+def release_init(
+    repo: Path = typer.Argument(..., help="Folder for the new repository."),
+    keys_dir: Path | None = typer.Option(None, help="Where to write private keys [REPO/keys]."),
+    root_keys: int = typer.Option(1, help="Number of root keys."),
+    root_threshold: int = typer.Option(1, help="Root signatures required."),
+    targets_keys: int = typer.Option(1, help="Number of targets keys."),
+    targets_threshold: int = typer.Option(1, help="Targets signatures required."),
+    expires: list[str] = typer.Option(
+        [], help="ROLE=DURATION, e.g. timestamp=1d, snapshot=7d, targets=90d, root=365d."
+    ),
+) -> None:
+    """Create a repository with fresh ed25519 keys for root, targets, snapshot, timestamp.
+
+    Example: edgecloud release init ./repo --expires timestamp=6h
+    """
+    from edgecloud.fleet.errors import FleetError
+    from edgecloud.fleet.repository import ModelRepository
+
+    expiry = {}
+    for item in expires:
+        role, _, dur = item.partition("=")
+        expiry[role] = _seconds(dur)
+    try:
+        r = ModelRepository.init(
+            repo,
+            keys_dir=keys_dir,
+            key_counts={"root": root_keys, "targets": targets_keys},
+            thresholds={"root": root_threshold, "targets": targets_threshold},
+            expiry_s=expiry,
+        )
+    except FleetError as exc:
+        _fail(str(exc))
+    typer.echo(f"repository ready; provision devices with {r.root_file()}")
+
+
+@release_app.command("add")
+def release_add(
+    repo: Path = typer.Argument(...),
+    model_file: Path = typer.Argument(..., exists=True, dir_okay=False),
+    name: str = typer.Option(..., "--name", help="Model name, e.g. gemma-3-270m."),
+    version: str = typer.Option(..., "--version", help="X.Y.Z"),
+    notes: str = typer.Option("", help="Release notes."),
+    min_agent_version: str = typer.Option("0.0.0", help="Oldest agent that may install it."),
+    stable: bool = typer.Option(False, help="Mark stable at once (a fleet's first version)."),
+    link: bool = typer.Option(False, help="Hard-link the file instead of copying it."),
+) -> None:
+    """Sign a model file as a new target (not rolled out until `release rollout`).
+
+    Example: edgecloud release add ./repo model.gguf --name gemma-3-270m --version 1.1.0
+    """
+    from edgecloud.fleet.errors import FleetError
+    from edgecloud.fleet.repository import ModelRepository, repo_lock
+
+    try:
+        with repo_lock(repo):
+            rel = ModelRepository(repo).add_model(
+                model_file,
+                name,
+                version,
+                notes=notes,
+                min_agent_version=min_agent_version,
+                stable=stable,
+                link=link,
+            )
+    except (FleetError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"added {rel.model} {rel.version} ({rel.size} bytes, sha256 {rel.sha256[:12]})")
+
+
+@release_app.command("rollout")
+def release_rollout(
+    repo: Path = typer.Argument(...),
+    name: str = typer.Argument(...),
+    version: str = typer.Argument(...),
+    percent: float = typer.Option(5.0, help="Start at this percentage of the fleet."),
+    stages: str = typer.Option("5,25,100", help="Stages the controller walks through."),
+    soak: str = typer.Option("60s", help="Time at each stage before the next."),
+    min_reports: int = typer.Option(1, help="Reports from the new version needed to advance."),
+    max_error_rate: float = typer.Option(0.05),
+    max_p95_ms: float | None = typer.Option(None),
+    min_eval_score: float | None = typer.Option(0.5),
+    max_failures: int = typer.Option(0, help="Devices allowed to fail/roll back the version."),
+    manual: bool = typer.Option(False, help="Do not advance by itself (gates still abort)."),
+) -> None:
+    """Stage a version for a percentage of the fleet; the fleet server advances or aborts it.
+
+    Example: edgecloud release rollout ./repo gemma-3-270m 1.1.0 --percent 5 --max-p95-ms 800
+    """
+    from edgecloud.fleet.errors import FleetError
+    from edgecloud.fleet.repository import ModelRepository, repo_lock
+    from edgecloud.fleet.rollout import Gates, RolloutPlan
+
+    try:
+        plan = RolloutPlan(
+            stages=[float(s) for s in stages.split(",") if s.strip()],
+            gates=Gates(
+                max_error_rate=max_error_rate,
+                max_p95_ms=max_p95_ms,
+                min_eval_score=min_eval_score,
+                max_failures=max_failures,
+            ),
+            soak_s=_seconds(soak),
+            min_reports=min_reports,
+            auto=not manual,
+        )
+        with repo_lock(repo):
+            rel = ModelRepository(repo).start_rollout(name, version, percent, plan)
+    except (FleetError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"{rel.model} {rel.version}: {rel.rollout.stage} at {rel.rollout.percent:g}%")
+
+
+@release_app.command("rollback")
+def release_rollback(
+    repo: Path = typer.Argument(...),
+    name: str = typer.Argument(...),
+    reason: str = typer.Option("rolled back by the operator"),
+) -> None:
+    """Abort the version being rolled out (or the newest stable one): devices go back."""
+    from edgecloud.fleet.errors import FleetError
+    from edgecloud.fleet.repository import ModelRepository, repo_lock
+
+    try:
+        with repo_lock(repo):
+            rel = ModelRepository(repo).rollback(name, reason)
+    except FleetError as exc:
+        _fail(str(exc))
+    typer.echo(f"{rel.model} {rel.version}: aborted")
+
+
+@release_app.command("rotate-key")
+def release_rotate_key(
+    repo: Path = typer.Argument(...),
+    role: str = typer.Argument(..., help="root, targets, snapshot or timestamp"),
+) -> None:
+    """Replace a role's keys; devices that were offline follow the signed root chain."""
+    from edgecloud.fleet.errors import FleetError
+    from edgecloud.fleet.repository import ModelRepository, repo_lock
+
+    try:
+        with repo_lock(repo):
+            keyid = ModelRepository(repo).rotate_key(role)
+    except FleetError as exc:
+        _fail(str(exc))
+    typer.echo(f"{role} key rotated; new key id {keyid[:16]}")
+
+
+@release_app.command("list")
+def release_list(repo: Path = typer.Argument(...)) -> None:
+    """Show the releases and their rollout state."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgecloud.fleet.repository import ModelRepository
+
+    table = Table("model", "version", "stage", "percent", "size", "reason")
+    for r in sorted(ModelRepository(repo, env={}).releases(), key=lambda r: r.key):
+        table.add_row(
+            r.model,
+            r.version,
+            r.rollout.stage,
+            f"{r.rollout.percent:g}",
+            str(r.size),
+            r.rollout.reason,
+        )
+    Console().print(table)
+
+
+@fleet_app.command("serve")
+def fleet_serve(
+    repo: Path = typer.Option(..., help="The release repository to serve."),
+    db: str = typer.Option("", help="SQLAlchemy URL [sqlite:///REPO/fleet.db]."),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8700),
+    keys_dir: Path | None = typer.Option(None, help="Online keys [REPO/keys]."),
+    tick: float = typer.Option(2.0, help="Seconds between rollout controller passes."),
+    rate_limit: float | None = typer.Option(None, help="Bytes/s per model download."),
+    device_token_env: str | None = typer.Option(None, help="Env var with the device token."),
+    no_controller: bool = typer.Option(False, help="Serve only; never advance or abort."),
+) -> None:
+    """Serve the TUF repository and the device API; run the rollout controller.
+
+    Example: edgecloud fleet serve --repo ./repo --db postgresql://fleet@db/fleet
+    """
+    from edgecloud.fleet.logs import setup_json_logging
+    from edgecloud.fleet.server import ServerConfig, serve
+
+    setup_json_logging()
+    token = os.environ.get(device_token_env) if device_token_env else None
+    serve(
+        ServerConfig(
+            repo=repo,
+            db_url=db or f"sqlite:///{repo.resolve() / 'fleet.db'}",
+            keys_dir=keys_dir,
+            tick_s=tick,
+            rate_limit_bps=rate_limit,
+            device_token=token,
+            controller=not no_controller,
+        ),
+        host,
+        port,
+    )
+
+
+@fleet_app.command("status")
+def fleet_status(
+    server: str = typer.Option("http://127.0.0.1:8700", help="Fleet server URL."),
+    as_json: bool = typer.Option(False, "--json", help="Print the raw JSON."),
+) -> None:
+    """Print the fleet: who runs what, rollouts, gate values, recent failures."""
+    import httpx
+    import orjson
+    from rich.console import Console
+    from rich.table import Table
+
+    data = httpx.get(f"{server.rstrip('/')}/v1/fleet/status", timeout=10).json()
+    if as_json:
+        typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+        return
+    console = Console()
+    rel = Table("model", "version", "stage", "percent", "gates", "reason", title="releases")
+    for r in data["releases"]:
+        g = r.get("gates") or {}
+        gates = " ".join(f"{k}={v}" for k, v in (g.get("values") or {}).items())
+        rel.add_row(r["model"], r["version"], r["stage"], f"{r['percent']:g}", gates, r["reason"])
+    console.print(rel)
+    dev = Table(
+        "device", "version", "status", "error rate", "p95 ms", "eval", "failed", title="devices"
+    )
+    for d in data["devices"]:
+        m = d["metrics"]
+        dev.add_row(
+            d["device_id"],
+            d["version"],
+            d["status"],
+            f"{m['error_rate']:.2f}",
+            str(m["p95_ms"]),
+            str(m["eval_score"]),
+            ",".join(d["failed_versions"]),
+        )
+    console.print(dev)
+    ev = Table("device", "kind", "version", "reason", title="recent events")
+    for e in data["events"][:20]:
+        ev.add_row(e["device_id"], e["kind"], e["version"], e["reason"][:80])
+    console.print(ev)
+
+
+def agent(
+    server: str = typer.Option(..., help="Fleet server URL."),
+    models_dir: Path = typer.Option(..., help="Slots, state and TUF metadata live here."),
+    node: str = typer.Option(..., help="The local node's base URL, e.g. http://127.0.0.1:8080"),
+    model: str = typer.Option(..., help="The model name this box runs."),
+    root: Path | None = typer.Option(None, help="Trusted root.json for a new device."),
+    device_id: str | None = typer.Option(None, help="Stable device id [generated once]."),
+    interval: float = typer.Option(30.0, help="Seconds between polls."),
+    canary: Path | None = typer.Option(None, help="YAML list of {prompt, expect, max_tokens}."),
+    canary_every: float = typer.Option(300.0, help="Seconds between health canaries."),
+    min_eval_score: float = typer.Option(0.5, help="Local canary pass rate to keep a version."),
+    admin_token_env: str = typer.Option("EDGECLOUD_ADMIN_TOKEN", help="Env var: node token."),
+    device_token_env: str | None = typer.Option(None, help="Env var: fleet device token."),
+    once: bool = typer.Option(False, help="One poll, then exit."),
+) -> None:
+    """Keep this edge box on the right signed model version, with automatic rollback.
+
+    Example: edgecloud agent --server http://fleet:8700 --models-dir /var/lib/edgecloud
+    --node http://127.0.0.1:8080 --model gemma-3-270m --root root.json
+    """
+    from edgecloud.fleet.agent import Agent, AgentConfig
+    from edgecloud.fleet.errors import FleetError
+    from edgecloud.fleet.logs import setup_json_logging
+    from edgecloud.fleet.node_client import load_canaries
+
+    setup_json_logging()
+    try:
+        a = Agent(
+            AgentConfig(
+                server=server,
+                models_dir=models_dir,
+                node=node,
+                model=model,
+                root=root,
+                device_id=device_id,
+                admin_token=os.environ.get(admin_token_env),
+                device_token=os.environ.get(device_token_env) if device_token_env else None,
+                interval_s=interval,
+                canaries=load_canaries(canary),
+                canary_every_s=canary_every,
+                min_eval_score=min_eval_score,
+            )
+        )
+        a.run(once=once)
+    except FleetError as exc:
+        _fail(str(exc))
 
 
 def register(app: typer.Typer) -> None:
-    """Mount this package's commands on the root app."""
-    _ = app
+    """Mount `release`, `fleet` and `agent` on the root app."""
+    app.add_typer(release_app, name="release")
+    app.add_typer(fleet_app, name="fleet")
+    app.command("agent")(agent)

@@ -28,6 +28,9 @@ def serve(
     port: int | None = typer.Option(None, help="Port [default: 8081]."),
     name: str | None = typer.Option(None, help="Model id served [default: gemma-3-270m]."),
     alias: list[str] = typer.Option([], "--alias", help="Another accepted model name (repeat)."),
+    accept_any_model: bool | None = typer.Option(
+        None, "--accept-any-model", help="Serve whatever model name a request sends."
+    ),
     threads: int | None = typer.Option(None, help="CPU threads for llama.cpp [default: all]."),
     ctx: int | None = typer.Option(None, help="Context tokens per request [default: 4096]."),
     parallel: int | None = typer.Option(None, help="Slots decoded together [default: 4]."),

@@ -59,6 +59,7 @@ class GenerationRequest:
     submitted_at: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
     output_tokens: int = 0
+    admitted_at: float | None = None  # when a slot took it
     first_token_at: float | None = None
     finished_at: float | None = None
 
@@ -207,6 +208,7 @@ class BatchEngine:
 
     def _attach(self, slot: _Slot, req: GenerationRequest) -> None:
         ll.llama_memory_seq_rm(self.model.memory, slot.seq, -1, -1)
+        req.admitted_at = time.perf_counter()
         slot.req = req
         slot.pos = 0
         slot.pending = list(req.prompt)

@@ -283,6 +283,8 @@ class NodeApp:
             watcher.cancel()
             self.service.end()
             self.metrics.output_tokens.inc(req.output_tokens)
+            if req.admitted_at is not None:
+                self.metrics.queue_wait.observe(req.admitted_at - arrived)
             if req.first_token_at is not None:
                 self.metrics.ttft.observe(req.first_token_at - arrived)
             if req.finished_at is not None:

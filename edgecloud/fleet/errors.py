@@ -1,0 +1,42 @@
+"""The exception tree of edgecloud.fleet: callers catch what they mean."""
+
+from __future__ import annotations
+
+
+class FleetError(Exception):
+    """Base of every error raised by edgecloud.fleet."""
+
+
+class ReleaseError(FleetError):
+    """A repository operation (init, add, rollout, rollback, rotate-key) cannot be done."""
+
+
+class KeyNotFound(ReleaseError):
+    """A signing key that a role needs is neither in the keys folder nor in the environment."""
+
+
+class AgentError(FleetError):
+    """Something the agent tried failed; the box keeps serving its verified version."""
+
+
+class UpdateRefused(AgentError):
+    """The agent refused an update (bad metadata, bad bytes, incompatible); `reason` says why."""
+
+    def __init__(self, reason: str, detail: str = "", version: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+        self.version = version
+
+
+class ActivationFailed(AgentError):
+    """The node refused the new model, or it failed its readiness or canary checks."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class NodeUnreachable(AgentError):
+    """The node's admin API did not answer."""

@@ -1,0 +1,131 @@
+"""The agent's view of the local model node: admin swap, readiness and canary prompts."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+
+from edgecloud.fleet.errors import ActivationFailed, FleetError, NodeUnreachable
+
+
+class CanaryPrompt(BaseModel):
+    """One canary: a prompt, and optionally text the answer must contain."""
+
+    prompt: str = Field(min_length=1)
+    expect: str | None = None
+    max_tokens: int = Field(default=8, ge=1, le=256)
+
+
+DEFAULT_CANARIES = [
+    CanaryPrompt(prompt="The capital of France is"),
+    CanaryPrompt(prompt="One, two, three,"),
+]
+
+
+def load_canaries(path: str | Path | None) -> list[CanaryPrompt]:
+    """Canary prompts from a YAML list; an error names the item and field."""
+    if path is None:
+        return list(DEFAULT_CANARIES)
+    data = yaml.safe_load(Path(path).read_text())
+    try:
+        return TypeAdapter(list[CanaryPrompt]).validate_python(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"])
+        raise FleetError(f"{path}: canary item {loc}: {first['msg']}") from None
+
+
+@dataclass(frozen=True)
+class CanaryResult:
+    error_rate: float
+    p95_ms: float | None
+    eval_score: float
+
+
+def p95(values: list[float]) -> float | None:
+    """Nearest-rank 95th percentile."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, -(-95 * len(ordered) // 100) - 1)]
+
+
+class NodeClient:
+    """Talks to `edgecloud serve` (or any node with the same admin API)."""
+
+    def __init__(self, base_url: str, admin_token: str | None, timeout_s: float = 300.0) -> None:
+        self.base = base_url.rstrip("/")
+        headers = {"authorization": f"Bearer {admin_token}"} if admin_token else {}
+        self.client = httpx.Client(timeout=timeout_s, headers=headers)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def current(self) -> dict[str, Any] | None:
+        """The node's current model (GET /admin/model), or None when it cannot say."""
+        try:
+            r = self.client.get(f"{self.base}/admin/model", timeout=10)
+        except httpx.HTTPError as exc:
+            raise NodeUnreachable(f"node {self.base}: {exc}") from None
+        return dict(r.json()) if r.status_code == 200 else None
+
+    def swap(self, path: Path, version: str) -> None:
+        """Ask the node to load, warm and swap in the model at `path`."""
+        try:
+            r = self.client.post(
+                f"{self.base}/admin/model", json={"path": str(path), "version": version}
+            )
+        except httpx.HTTPError as exc:
+            raise NodeUnreachable(f"node {self.base}: {exc}") from None
+        if r.status_code != 200:
+            try:
+                message = r.json()["error"]["message"]
+            except Exception:
+                message = r.text[:200]
+            raise ActivationFailed("node_refused_model", f"HTTP {r.status_code}: {message}")
+
+    def wait_ready(self, deadline_s: float = 60.0) -> None:
+        t_end = time.monotonic() + deadline_s
+        while True:
+            try:
+                if self.client.get(f"{self.base}/readyz", timeout=5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > t_end:
+                raise ActivationFailed("not_ready", f"/readyz not 200 within {deadline_s:g} s")
+            time.sleep(0.1)
+
+    def run_canaries(self, canaries: list[CanaryPrompt]) -> CanaryResult:
+        """Send each canary to /v1/completions; error rate, p95 latency and pass rate."""
+        errors, passed, latencies = 0, 0, []
+        for c in canaries:
+            t0 = time.perf_counter()
+            try:
+                r = self.client.post(
+                    f"{self.base}/v1/completions",
+                    json={"prompt": c.prompt, "max_tokens": c.max_tokens, "temperature": 0},
+                    timeout=60,
+                )
+            except httpx.HTTPError:
+                errors += 1
+                continue
+            latencies.append((time.perf_counter() - t0) * 1000)
+            if r.status_code != 200:
+                errors += 1
+                continue
+            try:
+                text = r.json()["choices"][0]["text"]
+            except (ValueError, KeyError, IndexError, TypeError):
+                errors += 1
+                continue
+            if c.expect is None or c.expect in text:
+                passed += 1
+        n = max(1, len(canaries))
+        return CanaryResult(errors / n, p95(latencies), passed / n)

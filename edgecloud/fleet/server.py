@@ -1,0 +1,303 @@
+"""The fleet server: serves the TUF repository over HTTP and the device API (raw ASGI).
+
+Routes:
+  GET  /tuf/metadata/FILE     signed metadata (small; cached in memory by mtime)
+  GET  /tuf/targets/PATH      model files, with HTTP Range for resumable downloads
+  POST /v1/devices/report     a device's version, health, metrics and events
+  GET  /v1/fleet/status       who runs what, rollouts and their gate values, recent failures
+  GET  /healthz, /readyz
+Reports are kept in memory (latest per device) and written to SQL in batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from edgecloud.api.asgi import (
+    ClientDisconnected,
+    Receive,
+    Scope,
+    Send,
+    header,
+    read_body,
+    send_bytes,
+    send_error,
+    send_json,
+)
+from edgecloud.api.errors import APIError, BadRequest, NotFound, Unauthorized
+from edgecloud.fleet.controller import ControllerView, control_once
+from edgecloud.fleet.logs import log_event
+from edgecloud.fleet.repository import ModelRepository
+from edgecloud.fleet.state import DeviceReport, FleetStore
+
+CHUNK = 1 << 20
+REPORT_LIMIT = 64 * 1024
+
+
+@dataclass
+class ServerConfig:
+    repo: Path
+    db_url: str
+    keys_dir: Path | None = None
+    tick_s: float = 2.0
+    flush_s: float = 0.5
+    rate_limit_bps: float | None = None  # per target download; a fleet bandwidth cap
+    device_token: str | None = None
+    controller: bool = True
+
+
+def _parse_range(value: bytes | None, size: int) -> tuple[int, int] | None:
+    """(start, end inclusive) from a `bytes=N-[M]` header; None for no/unsupported range."""
+    if value is None or not value.startswith(b"bytes="):
+        return None
+    spec = value[6:].decode("latin-1").strip()
+    if "," in spec or "-" not in spec:
+        return None
+    first, _, last = spec.partition("-")
+    if not first.isdigit():
+        return None
+    start = int(first)
+    end = int(last) if last.isdigit() else size - 1
+    return start, min(end, size - 1)
+
+
+class FleetServer:
+    """The ASGI application and its background tasks (controller, batched writes)."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.metadata_dir = (config.repo / "metadata").resolve()
+        self.targets_dir = (config.repo / "targets").resolve()
+        ModelRepository(config.repo, config.keys_dir)  # fail early when it is not a repository
+        self.store = FleetStore(config.db_url)
+        self.reports: dict[str, DeviceReport] = self.store.load_reports()
+        self._dirty: dict[str, DeviceReport] = {}
+        self._meta_cache: dict[str, tuple[int, bytes]] = {}
+        self.view = ControllerView()
+        self.counts: Counter[str] = Counter()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- ASGI ------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path: str = scope["path"]
+        method: str = scope["method"]
+        try:
+            if method in ("GET", "HEAD") and path.startswith("/tuf/metadata/"):
+                await self._metadata(path[len("/tuf/metadata/") :], send)
+            elif method in ("GET", "HEAD") and path.startswith("/tuf/targets/"):
+                await self._target(scope, path[len("/tuf/targets/") :], send)
+            elif path == "/v1/devices/report" and method == "POST":
+                await self._report(scope, receive, send)
+            elif path == "/v1/fleet/status" and method == "GET":
+                await send_json(send, 200, await self.status())
+            elif path in ("/healthz", "/readyz"):
+                await send_json(send, 200, {"status": "ok"})
+            else:
+                raise NotFound(f"No route for {method} {path}.")
+        except APIError as err:
+            await send_error(send, err)
+        except ClientDisconnected:
+            return
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self._tasks.append(asyncio.create_task(self._flush_loop()))
+                if self.config.controller:
+                    self._tasks.append(asyncio.create_task(self._control_loop()))
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                for task in self._tasks:
+                    task.cancel()
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+                await asyncio.to_thread(self._flush)
+                self.store.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- repository files ------------------------------------------------------------------
+
+    def _safe(self, base: Path, rel: str) -> Path:
+        p = (base / rel).resolve()
+        if base not in p.parents or not p.is_file():
+            raise NotFound(f"{rel} is not in the repository.")
+        return p
+
+    async def _metadata(self, name: str, send: Send) -> None:
+        self.counts["metadata"] += 1
+        try:
+            st = os.stat(self.metadata_dir / name)
+        except (FileNotFoundError, NotADirectoryError, ValueError):
+            raise NotFound(f"{name} is not in the repository.") from None
+        cached = self._meta_cache.get(name)
+        if cached is None or cached[0] != st.st_mtime_ns:
+            data = self._safe(self.metadata_dir, name).read_bytes()
+            cached = (st.st_mtime_ns, data)
+            self._meta_cache[name] = cached
+        await send_bytes(send, 200, cached[1])
+
+    async def _target(self, scope: Scope, rel: str, send: Send) -> None:
+        self.counts["targets"] += 1
+        path = self._safe(self.targets_dir, rel)
+        size = path.stat().st_size
+        rng = _parse_range(header(scope, b"range"), size)
+        start, end, status = 0, size - 1, 200
+        headers = [(b"content-type", b"application/octet-stream"), (b"accept-ranges", b"bytes")]
+        if rng is not None:
+            start, end = rng
+            if start >= size:
+                headers.append((b"content-range", f"bytes */{size}".encode()))
+                await send_bytes(send, 416, b"", headers)
+                return
+            status = 206
+            headers.append((b"content-range", f"bytes {start}-{end}/{size}".encode()))
+            self.counts["range"] += 1
+        headers.append((b"content-length", str(end - start + 1).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        if scope["method"] == "HEAD":
+            await send({"type": "http.response.body", "body": b""})
+            return
+        rate = self.config.rate_limit_bps
+        t0 = time.monotonic()
+        sent = 0
+        chunk_size = CHUNK if rate is None else max(1024, min(CHUNK, int(rate / 10)))
+        with open(path, "rb") as f:
+            f.seek(start)
+            left = end - start + 1
+            while left > 0:
+                chunk = await asyncio.to_thread(f.read, min(chunk_size, left))
+                if not chunk:
+                    break
+                left -= len(chunk)
+                sent += len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": left > 0})
+                if rate is not None:
+                    ahead = sent / rate - (time.monotonic() - t0)
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
+
+    # -- device API ------------------------------------------------------------------------
+
+    async def _report(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.counts["reports"] += 1
+        token = self.config.device_token
+        if token is not None and header(scope, b"authorization") != f"Bearer {token}".encode():
+            raise Unauthorized("A valid device token is required (Bearer).", code="invalid_token")
+        body = await read_body(receive, REPORT_LIMIT, scope)
+        try:
+            report = DeviceReport.model_validate_json(body)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            loc = ".".join(str(x) for x in first["loc"])
+            raise BadRequest(
+                f"Invalid report at {loc}: {first['msg']}", status=422, code="invalid_report"
+            ) from None
+        report.received_at = time.time()
+        for ev in report.events:
+            log_event(
+                "device.event",
+                device=report.device_id,
+                kind=ev.kind,
+                version=ev.version,
+                reason=ev.reason,
+            )
+        self.reports[report.device_id] = report
+        pending = self._dirty.get(report.device_id)
+        if pending is not None and pending.events:  # keep events of unflushed reports
+            report = report.model_copy(update={"events": [*pending.events, *report.events]})
+        self._dirty[report.device_id] = report
+        await send_bytes(send, 204, b"", [])
+
+    def _flush(self) -> None:
+        if not self._dirty:
+            return
+        batch, self._dirty = self._dirty, {}
+        self.store.save(batch.values())
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.flush_s)
+            try:
+                await asyncio.to_thread(self._flush)
+            except Exception as exc:  # keep serving; the next batch retries the write
+                log_event("db.flush_failed", error=str(exc))
+
+    async def _control_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(
+                    control_once,
+                    self.config.repo,
+                    self.config.keys_dir,
+                    list(self.reports.values()),
+                    self.view,
+                )
+            except Exception as exc:
+                log_event("controller.failed", error=str(exc))
+            await asyncio.sleep(self.config.tick_s)
+
+    async def status(self) -> dict[str, Any]:
+        """The fleet at a glance: devices, releases with rollout state and gates, failures."""
+        repo = ModelRepository(self.config.repo, self.config.keys_dir, env={})
+        releases = [
+            {
+                "model": r.model,
+                "version": r.version,
+                "stage": r.rollout.stage,
+                "percent": r.rollout.percent,
+                "reason": r.rollout.reason,
+                "gates": self.view.gates.get(f"{r.model} {r.version}"),
+            }
+            for r in repo.releases()
+        ]
+        devices = [
+            {
+                "device_id": r.device_id,
+                "model": r.model,
+                "version": r.version,
+                "status": r.status,
+                "metrics": r.metrics.model_dump(),
+                "failed_versions": r.failed_versions,
+                "seen_s_ago": round(time.time() - r.received_at, 1),
+            }
+            for r in sorted(self.reports.values(), key=lambda r: r.device_id)
+        ]
+        events = await asyncio.to_thread(self.store.recent_events, 50)
+        return {
+            "releases": releases,
+            "devices": devices,
+            "events": events,
+            "requests": dict(self.counts),
+        }
+
+
+def serve(config: ServerConfig, host: str, port: int) -> None:
+    """Run the fleet server until SIGINT/SIGTERM."""
+    import uvicorn
+
+    app = FleetServer(config)
+    log_event("fleet.serve", host=host, port=port, repo=str(config.repo))
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )

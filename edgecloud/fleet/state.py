@@ -1,0 +1,152 @@
+"""Fleet state in SQL (SQLAlchemy): devices' last reports and an event log.
+
+SQLite by default; any SQLAlchemy URL (PostgreSQL for larger fleets). Reports arrive at up to
+thousands per second, so the server keeps the latest report per device in memory and writes
+them in batches; this module only does the batched writes and the initial load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from pydantic import BaseModel, Field
+from sqlalchemy import Float, Integer, String, Text, create_engine, delete, insert, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from edgecloud.fleet.rollout import DeviceReading
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class DeviceRow(Base):
+    __tablename__ = "fleet_devices"
+
+    device_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    report: Mapped[str] = mapped_column(Text)  # the last DeviceReport as JSON
+    updated_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class EventRow(Base):
+    __tablename__ = "fleet_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(String(128), index=True)
+    at: Mapped[float] = mapped_column(Float)
+    kind: Mapped[str] = mapped_column(String(32))
+    version: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+
+
+class DeviceEvent(BaseModel):
+    """Something that happened on a device: activated, refused, rolled_back, recovered."""
+
+    kind: str = Field(max_length=32)
+    version: str = Field(default="", max_length=64)
+    reason: str = Field(default="", max_length=2000)
+    at: float = 0.0
+
+
+class DeviceMetrics(BaseModel):
+    error_rate: float = Field(default=0.0, ge=0, le=1)
+    p95_ms: float | None = Field(default=None, ge=0)
+    eval_score: float | None = Field(default=None, ge=0, le=1)
+
+
+class DeviceReport(BaseModel):
+    """What an agent sends on each poll."""
+
+    device_id: str = Field(min_length=1, max_length=128)
+    model: str = Field(default="", max_length=128)
+    version: str = Field(default="", max_length=64)
+    agent_version: str = Field(default="", max_length=64)
+    status: str = Field(default="ok", max_length=32)
+    metrics: DeviceMetrics = Field(default_factory=lambda: DeviceMetrics())
+    failed_versions: list[str] = Field(default_factory=list, max_length=64)
+    events: list[DeviceEvent] = Field(default_factory=list, max_length=64)
+    received_at: float = 0.0
+
+
+def readings_for(reports: Iterable[DeviceReport], model: str, version: str) -> list[DeviceReading]:
+    """Gate readings for one release: devices running it, and devices where it failed."""
+    out = []
+    for r in reports:
+        if r.model and r.model != model:
+            continue
+        if version in r.failed_versions:
+            out.append(DeviceReading(r.device_id, version, failed=True))
+        elif r.version == version:
+            m = r.metrics
+            out.append(DeviceReading(r.device_id, version, m.error_rate, m.p95_ms, m.eval_score))
+    return out
+
+
+class FleetStore:
+    """Batched writes of device reports and events to any SQLAlchemy database."""
+
+    def __init__(self, url: str) -> None:
+        kwargs: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"check_same_thread": False}
+        self.engine = create_engine(url, **kwargs)
+        Base.metadata.create_all(self.engine)
+
+    def load_reports(self) -> dict[str, DeviceReport]:
+        with Session(self.engine) as s:
+            rows = s.scalars(select(DeviceRow)).all()
+            return {r.device_id: DeviceReport.model_validate_json(r.report) for r in rows}
+
+    def save(self, reports: Iterable[DeviceReport]) -> None:
+        """Replace the latest report of each device and append their events, in one transaction.
+
+        Delete + bulk insert (executemany) instead of per-row merges: one round trip per batch
+        on any database, which matters at thousands of reports per second.
+        """
+        batch = list(reports)
+        if not batch:
+            return
+        rows = [
+            {
+                "device_id": r.device_id,
+                "updated_at": r.received_at,
+                "report": r.model_copy(update={"events": []}).model_dump_json(),
+            }
+            for r in batch
+        ]
+        events = [
+            {
+                "device_id": r.device_id,
+                "at": ev.at or r.received_at,
+                "kind": ev.kind,
+                "version": ev.version,
+                "reason": ev.reason,
+            }
+            for r in batch
+            for ev in r.events
+        ]
+        with Session(self.engine) as s, s.begin():
+            ids = [r["device_id"] for r in rows]
+            for i in range(0, len(ids), 500):
+                s.execute(delete(DeviceRow).where(DeviceRow.device_id.in_(ids[i : i + 500])))
+            s.execute(insert(DeviceRow), rows)
+            if events:
+                s.execute(insert(EventRow), events)
+
+    def recent_events(self, limit: int = 50) -> list[dict[str, Any]]:
+        with Session(self.engine) as s:
+            rows = s.scalars(select(EventRow).order_by(EventRow.id.desc()).limit(limit)).all()
+            return [
+                {
+                    "device_id": r.device_id,
+                    "at": r.at,
+                    "kind": r.kind,
+                    "version": r.version,
+                    "reason": r.reason,
+                }
+                for r in rows
+            ]
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,245 @@
+"""A small fleet on 127.0.0.1: a release repository, a real fleet server, stand-in nodes and
+real agent processes. Model files are few-KB stand-in models (see standin_node.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+
+from edgecloud.fleet.cohort import in_cohort
+from edgecloud.fleet.repository import ModelRepository, repo_lock
+from edgecloud.fleet.rollout import Gates, RolloutPlan
+from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port
+from tests.fleet.standin_node import dummy_model
+
+MODEL = "tiny"
+TOKEN = "test-admin-token"
+T = TypeVar("T")
+
+
+def wait_for(fn: Callable[[], T | None], timeout_s: float = 20.0, what: str = "") -> T:
+    """Poll `fn` until it returns something truthy (a deadline, never a bare sleep)."""
+    end = time.monotonic() + timeout_s
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what or fn}")
+        time.sleep(0.05)
+
+
+def device_ids(percent: float, n: int, inside: bool) -> list[str]:
+    """Device ids inside (or outside) the `percent` cohort of MODEL."""
+    out = []
+    i = 0
+    while len(out) < n:
+        d = f"dev-{i}"
+        if in_cohort(d, MODEL, percent) == inside:
+            out.append(d)
+        i += 1
+    return out
+
+
+class Device:
+    """One edge box: a stand-in node and the agent's models folder."""
+
+    def __init__(self, rig: Rig, device_id: str, load_delay: float = 0.0) -> None:
+        self.rig = rig
+        self.id = device_id
+        self.dir = rig.tmp / device_id
+        self.models = self.dir / "models"
+        self.dir.mkdir()
+        factory = self.dir / "factory.gguf"
+        factory.write_bytes(dummy_model("0.0.0"))
+        port = free_port()
+        self.node_url = f"http://127.0.0.1:{port}"
+        self.node = ManagedProcess(
+            [
+                sys.executable,
+                "-m",
+                "tests.fleet.standin_node",
+                "--port",
+                str(port),
+                "--model",
+                str(factory),
+                "--load-delay",
+                str(load_delay),
+            ],
+            f"{self.node_url}/readyz",
+            env={"EDGECLOUD_ADMIN_TOKEN": TOKEN},
+            log_path=str(self.dir / "node.log"),
+            name=f"node-{device_id}",
+        )
+        self.node.start()
+        self.node.wait_ready(30)
+        self.agent_proc: ManagedProcess | None = None
+
+    def agent_args(self, interval: float = 0.2) -> list[str]:
+        return edgecloud_command(
+            "agent",
+            "--server",
+            self.rig.url,
+            "--models-dir",
+            str(self.models),
+            "--node",
+            self.node_url,
+            "--model",
+            MODEL,
+            "--root",
+            str(self.rig.root_file),
+            "--device-id",
+            self.id,
+            "--interval",
+            str(interval),
+            "--canary-every",
+            "3600",
+        )
+
+    def run_once(self) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "EDGECLOUD_ADMIN_TOKEN": TOKEN}
+        proc = subprocess.run(
+            [*self.agent_args(), "--once"], env=env, capture_output=True, text=True, timeout=60
+        )
+        with open(self.dir / "agent.log", "a") as f:
+            f.write(proc.stderr)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc
+
+    def start_agent(self, interval: float = 0.2) -> ManagedProcess:
+        self.agent_proc = ManagedProcess(
+            self.agent_args(interval),
+            None,
+            env={"EDGECLOUD_ADMIN_TOKEN": TOKEN},
+            log_path=str(self.dir / "agent.log"),
+            name=f"agent-{self.id}",
+        ).start()
+        return self.agent_proc
+
+    def state(self) -> dict[str, Any]:
+        return dict(json.loads((self.models / "agent-state.json").read_text()))
+
+    def active_version(self) -> str | None:
+        s = self.state()
+        return s["slots"][s["active"]]["version"] if s.get("active") else None
+
+    def node_model(self) -> dict[str, Any]:
+        r = httpx.get(
+            f"{self.node_url}/admin/model", headers={"authorization": f"Bearer {TOKEN}"}, timeout=5
+        )
+        return dict(r.json())
+
+    def stop(self) -> None:
+        if self.agent_proc is not None:
+            self.agent_proc.stop()
+        self.node.stop()
+
+
+class Rig:
+    """A repository with `tiny 1.0.0` stable, served by a real fleet server."""
+
+    def __init__(
+        self, tmp: Path, *, server_args: tuple[str, ...] = (), init: dict[str, Any] | None = None
+    ) -> None:
+        self.tmp = tmp
+        self.repo_path = tmp / "repo"
+        self.repo = ModelRepository.init(self.repo_path, **(init or {}))
+        self.root_file = tmp / "root.json"
+        self.root_file.write_bytes(self.repo.root_file().read_bytes())
+        self.files: dict[str, bytes] = {}
+        self.publish("1.0.0", stable=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = ManagedProcess(
+            edgecloud_command(
+                "fleet",
+                "serve",
+                "--repo",
+                str(self.repo_path),
+                "--port",
+                str(self.port),
+                "--tick",
+                "0.2",
+                *server_args,
+            ),
+            f"{self.url}/readyz",
+            log_path=str(tmp / "server.log"),
+            name="fleet",
+        )
+        self.server.start()
+        self.server.wait_ready(30)
+        self.devices: list[Device] = []
+
+    def edit(self) -> ModelRepository:
+        return ModelRepository(self.repo_path)
+
+    def publish(
+        self, version: str, behaviour: str = "ok", data: bytes | None = None, stable: bool = False
+    ) -> bytes:
+        body = data if data is not None else dummy_model(version, behaviour)
+        f = self.tmp / f"{MODEL}-{version}.gguf"
+        f.write_bytes(body)
+        with repo_lock(self.repo_path):
+            self.edit().add_model(f, MODEL, version, stable=stable)
+        self.files[version] = body
+        return body
+
+    def rollout(self, version: str, percent: float, **plan: Any) -> None:
+        gates = Gates(**plan.pop("gates", {}))
+        with repo_lock(self.repo_path):
+            self.edit().start_rollout(MODEL, version, percent, RolloutPlan(gates=gates, **plan))
+
+    def device(self, device_id: str, **kw: Any) -> Device:
+        d = Device(self, device_id, **kw)
+        self.devices.append(d)
+        return d
+
+    def status(self) -> dict[str, Any]:
+        return dict(httpx.get(f"{self.url}/v1/fleet/status", timeout=10).json())
+
+    def events(self, device_id: str, kind: str | None = None) -> list[dict[str, Any]]:
+        return [
+            e
+            for e in self.status()["events"]
+            if e["device_id"] == device_id and (kind is None or e["kind"] == kind)
+        ]
+
+    def release(self, version: str) -> dict[str, Any]:
+        return next(r for r in self.status()["releases"] if r["version"] == version)
+
+    def close(self) -> None:
+        for d in self.devices:
+            d.stop()
+        self.server.stop()
+
+
+@pytest.fixture
+def rig_factory(tmp_path: Path) -> Iterator[Callable[..., Rig]]:
+    rigs: list[Rig] = []
+
+    def make(**kw: Any) -> Rig:
+        folder = tmp_path / f"rig{len(rigs)}"
+        folder.mkdir()
+        r = Rig(folder, **kw)
+        rigs.append(r)
+        return r
+
+    try:
+        yield make
+    finally:
+        for r in rigs:
+            r.close()
+
+
+@pytest.fixture
+def rig(rig_factory: Callable[..., Rig]) -> Rig:
+    return rig_factory()
