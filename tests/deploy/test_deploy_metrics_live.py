@@ -125,6 +125,8 @@ def test_rendered_gateway_config_passes_the_gateway_own_check(tmp_path: Path, ex
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="the fleet server has no /metrics yet: the dashboard's "
+                   "fleet row and the rollout-aborted alert wait for edgecloud_fleet_* metrics")
 def test_fleet_server_exports_every_fleet_metric_the_files_use(tmp_path: Path) -> None:
     if not (_has_command("fleet", "serve") and _has_command("release", "init")):
         pytest.skip("`edgecloud fleet serve` or `edgecloud release` is not on this branch yet")
@@ -136,10 +138,11 @@ def test_fleet_server_exports_every_fleet_metric_the_files_use(tmp_path: Path) -
     with ManagedProcess(
         edgecloud_command("fleet", "serve", "--repo", str(repo), "--port", str(port),
                           "--db", f"sqlite:///{tmp_path / 'fleet.db'}"),
-        f"http://127.0.0.1:{port}/metrics", log_path=str(tmp_path / "fleet.log"), name="fleet",
+        f"http://127.0.0.1:{port}/healthz", log_path=str(tmp_path / "fleet.log"), name="fleet",
     ):
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    assert not _missing("fleet", text)
+        resp = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+    assert resp.status_code == 200
+    assert not _missing("fleet", resp.text)
 
 
 def test_exported_series_reads_the_text_format() -> None:
