@@ -15,7 +15,7 @@ deploy_app = typer.Typer(
 
 @deploy_app.command("k8s")
 def k8s(
-    out: Path = typer.Option(..., "--out", help="Folder to write the files into."),
+    out: Path | None = typer.Option(None, "--out", help="Folder to write the files into."),
     values_file: Path | None = typer.Option(
         None, "--values", help="YAML values laid over the defaults (see --print-defaults)."
     ),
@@ -26,6 +26,8 @@ def k8s(
     """Render Kubernetes manifests, Prometheus config and alert rules, and a Grafana dashboard.
 
     Examples:
+
+      edgecloud deploy k8s --print-defaults > my-values.yaml
 
       edgecloud deploy k8s --out deploy-out
 
@@ -43,6 +45,8 @@ def k8s(
     if print_defaults:
         typer.echo(DEFAULT_VALUES_FILE.read_text(encoding="utf-8"), nl=False)
         raise typer.Exit()
+    if out is None:
+        raise typer.BadParameter("give --out DIR (or --print-defaults)", param_hint="--out")
     try:
         values = load_values(values_file)
         written = write_tree(render(values), out)

@@ -236,3 +236,13 @@ def test_cli_reports_bad_values_with_the_line(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "bad.yaml:3" in proc.stdout and "node.autoscaling.mode" in proc.stdout
+
+
+def test_cli_prints_the_defaults_it_renders_from() -> None:
+    proc = subprocess.run(edgecloud_command("deploy", "k8s", "--print-defaults"),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert parse_values(proc.stdout) == Values()
+    proc = subprocess.run(edgecloud_command("deploy", "k8s"), capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and "--out" in proc.stderr
