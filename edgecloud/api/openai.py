@@ -50,9 +50,9 @@ class _SamplingFields(_Lenient):
     max_completion_tokens: int | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
-    top_k: Annotated[int, Field(ge=0)] | None = None
+    top_k: Annotated[int, Field(ge=0, le=100_000)] | None = None
     min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=-(2**63), lt=2**64)] | None = None
     frequency_penalty: Penalty | None = None
     presence_penalty: Penalty | None = None
     repeat_penalty: Annotated[float, Field(gt=0.0)] | None = None
@@ -65,6 +65,8 @@ class _SamplingFields(_Lenient):
     @field_validator("stop")
     @classmethod
     def _stop_strings(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if any(len(s) > 1000 for s in ([v] if isinstance(v, str) else v or [])):
+            raise ValueError("stop sequences are limited to 1000 characters each")
         if isinstance(v, list):
             if len(v) > 16:
                 raise ValueError("at most 16 stop sequences")

@@ -5,6 +5,7 @@ Routes:
   GET  /tuf/targets/PATH      model files, with HTTP Range for resumable downloads
   POST /v1/devices/report     a device's version, health, metrics and events
   GET  /v1/fleet/status       who runs what, rollouts and their gate values, recent failures
+  GET  /metrics               Prometheus metrics (edgecloud/fleet/metrics.py)
   GET  /healthz, /readyz
 Reports are kept in memory (latest per device) and written to SQL in batches.
 """
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import prometheus_client
 from pydantic import ValidationError
 
 from edgecloud.api.asgi import (
@@ -35,7 +37,9 @@ from edgecloud.api.asgi import (
 from edgecloud.api.errors import APIError, BadRequest, NotFound, Unauthorized
 from edgecloud.fleet.controller import ControllerView, control_once
 from edgecloud.fleet.logs import log_event
+from edgecloud.fleet.metrics import FleetMetrics, FleetSnapshot, count_devices
 from edgecloud.fleet.repository import ModelRepository
+from edgecloud.fleet.rollout import ModelRelease
 from edgecloud.fleet.state import DeviceReport, FleetStore
 
 CHUNK = 1 << 20
@@ -83,6 +87,8 @@ class FleetServer:
         self._meta_cache: dict[str, tuple[int, bytes]] = {}
         self.view = ControllerView()
         self.counts: Counter[str] = Counter()
+        self.metrics = FleetMetrics()
+        self._releases: tuple[tuple[str, int], list[ModelRelease]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- ASGI ------------------------------------------------------------------------------
@@ -95,23 +101,34 @@ class FleetServer:
             return
         path: str = scope["path"]
         method: str = scope["method"]
+        route, status = "other", 200
         try:
             if method in ("GET", "HEAD") and path.startswith("/tuf/metadata/"):
+                route = "tuf_metadata"
                 await self._metadata(path[len("/tuf/metadata/") :], send)
             elif method in ("GET", "HEAD") and path.startswith("/tuf/targets/"):
-                await self._target(scope, path[len("/tuf/targets/") :], send)
+                route = "tuf_targets"
+                status = await self._target(scope, path[len("/tuf/targets/") :], send)
             elif path == "/v1/devices/report" and method == "POST":
+                route, status = "report", 204
                 await self._report(scope, receive, send)
             elif path == "/v1/fleet/status" and method == "GET":
+                route = "status"
                 await send_json(send, 200, await self.status())
             elif path in ("/healthz", "/readyz"):
+                route = "health"
                 await send_json(send, 200, {"status": "ok"})
+            elif path == "/metrics" and method == "GET":
+                route = "metrics"
+                await self._metrics(send)
             else:
                 raise NotFound(f"No route for {method} {path}.")
         except APIError as err:
+            status = err.status
             await send_error(send, err)
         except ClientDisconnected:
-            return
+            status = 499  # the client went away (nginx's code for it)
+        self.metrics.request(route, status)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -151,7 +168,7 @@ class FleetServer:
             self._meta_cache[name] = cached
         await send_bytes(send, 200, cached[1])
 
-    async def _target(self, scope: Scope, rel: str, send: Send) -> None:
+    async def _target(self, scope: Scope, rel: str, send: Send) -> int:
         self.counts["targets"] += 1
         path = self._safe(self.targets_dir, rel)
         size = path.stat().st_size
@@ -163,7 +180,7 @@ class FleetServer:
             if start >= size:
                 headers.append((b"content-range", f"bytes */{size}".encode()))
                 await send_bytes(send, 416, b"", headers)
-                return
+                return 416
             status = 206
             headers.append((b"content-range", f"bytes {start}-{end}/{size}".encode()))
             self.counts["range"] += 1
@@ -171,7 +188,7 @@ class FleetServer:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         if scope["method"] == "HEAD":
             await send({"type": "http.response.body", "body": b""})
-            return
+            return status
         rate = self.config.rate_limit_bps
         t0 = time.monotonic()
         sent = 0
@@ -190,6 +207,7 @@ class FleetServer:
                     ahead = sent / rate - (time.monotonic() - t0)
                     if ahead > 0:
                         await asyncio.sleep(ahead)
+        return status
 
     # -- device API ------------------------------------------------------------------------
 
@@ -208,6 +226,9 @@ class FleetServer:
                 f"Invalid report at {loc}: {first['msg']}", status=422, code="invalid_report"
             ) from None
         report.received_at = time.time()
+        self.metrics.reports.inc()
+        if report.events:
+            self.metrics.device_events((ev.kind, ev.reason) for ev in report.events)
         for ev in report.events:
             log_event(
                 "device.event",
@@ -235,21 +256,55 @@ class FleetServer:
             try:
                 await asyncio.to_thread(self._flush)
             except Exception as exc:  # keep serving; the next batch retries the write
+                self.metrics.flush_errors.inc()
                 log_event("db.flush_failed", error=str(exc))
 
     async def _control_loop(self) -> None:
         while True:
             try:
-                await asyncio.to_thread(
+                taken = await asyncio.to_thread(
                     control_once,
                     self.config.repo,
                     self.config.keys_dir,
                     list(self.reports.values()),
                     self.view,
                 )
+                for step in taken:
+                    self.metrics.rollout_step(step["model"], step["action"])
             except Exception as exc:
+                self.metrics.controller_errors.inc()
                 log_event("controller.failed", error=str(exc))
             await asyncio.sleep(self.config.tick_s)
+
+    # -- metrics ---------------------------------------------------------------------------
+
+    def _current_releases(self) -> list[ModelRelease]:
+        """Releases in the newest targets metadata; re-read only when a new version is signed."""
+        newest: tuple[int, str] | None = None
+        for name in os.listdir(self.metadata_dir):
+            head, _, rest = name.partition(".")
+            if rest == "targets.json" and head.isdigit():
+                newest = max(newest or (0, ""), (int(head), name))
+        if newest is None:
+            return []
+        key = (newest[1], os.stat(self.metadata_dir / newest[1]).st_mtime_ns)
+        if self._releases is None or self._releases[0] != key:
+            repo = ModelRepository(self.config.repo, self.config.keys_dir, env={})
+            self._releases = (key, repo.releases())
+        return self._releases[1]
+
+    async def _metrics(self, send: Send) -> None:
+        releases = await asyncio.to_thread(self._current_releases)
+        snapshot = FleetSnapshot(
+            devices=count_devices(list(self.reports.values())),
+            releases=releases,
+            gates=dict(self.view.gates),
+            controller_last_tick=self.view.last_tick,
+            pending_writes=len(self._dirty),
+        )
+        body = self.metrics.render(snapshot)
+        headers = [(b"content-type", prometheus_client.CONTENT_TYPE_LATEST.encode())]
+        await send_bytes(send, 200, body, headers)
 
     async def status(self) -> dict[str, Any]:
         """The fleet at a glance: devices, releases with rollout state and gates, failures."""

@@ -41,6 +41,8 @@ def _assert_error(r: httpx.Response, status: int, words: str = "") -> dict[str, 
         b'"just a string"',
         b"\xff\xfe\x00invalid utf-8",
         b"[" * 5000 + b"]" * 5000,
+        b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1e999}',
+        b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}',
         b'{"messages": ' + b"[" * 3000 + b"]" * 3000 + b"}",
     ],
 )
@@ -122,3 +124,35 @@ def test_still_serving_after_all_that(node: str) -> None:
     r = _json(node, CHAT, {"messages": OK_MSG, "max_tokens": 3})
     assert r.status_code == 200
     assert r.json()["choices"][0]["message"]["role"] == "assistant"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"stop": "x" * 5000},
+        {"top_k": 10**12},
+        {"seed": 10**30},
+        {"max_tokens": 1.5},
+        {"n": 0},
+    ],
+)
+def test_out_of_range_values_are_400(node: str, extra: dict[str, object]) -> None:
+    _assert_error(_json(node, CHAT, {"messages": OK_MSG, **extra}), 400)
+
+
+def test_odd_but_valid_requests_are_served(node: str) -> None:
+    for body in (
+        {"messages": OK_MSG, "max_tokens": 2, "seed": -1, "stop": None, "n": 1, "user": "u1"},
+        {"messages": [{"role": "assistant", "content": None}, *OK_MSG], "max_tokens": 2},
+        {"messages": OK_MSG, "max_tokens": 2, "stream_options": {"include_usage": True}},
+        {"messages": OK_MSG, "max_tokens": 2, "response_format": {"type": "text"}, "tools": []},
+    ):
+        r = _json(node, CHAT, body)
+        assert r.status_code == 200, (body, r.text)
+    r = httpx.post(
+        node + "/v1/completions",
+        content=b'{"prompt": [1, 2, 3], "max_tokens": 2}',
+        headers={"content-type": "text/plain"},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
