@@ -116,6 +116,10 @@ def dashboard(namespace: str = "edgecloud") -> Obj:
     lay.add("Rollouts aborted",
             [(f"sum by (model) (increase({m.FLEET_ROLLOUTS_ABORTED.name}[1h]))", "{{model}}")])
     lay.add("Device reports/s", [(f"sum(rate({m.FLEET_REPORTS.name}[{W}]))", "reports")], "reqps")
+    lay.add("Device events (activated, rolled back, refused, recovered)",
+            [(f"sum by (kind) (increase({m.FLEET_DEVICE_EVENTS.name}[{W}]))", "{{kind}}")])
+    lay.add("Updates agents refused, by reason",
+            [(f"sum by (reason) (increase({m.FLEET_AGENT_REFUSALS.name}[{W}]))", "{{reason}}")])
 
     return {
         "title": "edgecloud",

@@ -89,6 +89,13 @@ FLEET_ROLLOUTS_ABORTED = Metric(
     "edgecloud_fleet_rollouts_aborted_total", "fleet", "counter", ("model",)
 )
 FLEET_REPORTS = Metric("edgecloud_fleet_reports_total", "fleet", "counter")
+FLEET_DEVICE_EVENTS = Metric("edgecloud_fleet_device_events_total", "fleet", "counter", ("kind",))
+FLEET_AGENT_REFUSALS = Metric(
+    "edgecloud_fleet_agent_refusals_total", "fleet", "counter", ("reason",)
+)
+FLEET_CONTROLLER_LAST_RUN = Metric(
+    "edgecloud_fleet_controller_last_run_timestamp_seconds", "fleet", "gauge"
+)
 
 ALL: tuple[Metric, ...] = (
     NODE_REQUESTS,
@@ -114,6 +121,9 @@ ALL: tuple[Metric, ...] = (
     FLEET_ROLLOUT_STAGE,
     FLEET_ROLLOUTS_ABORTED,
     FLEET_REPORTS,
+    FLEET_DEVICE_EVENTS,
+    FLEET_AGENT_REFUSALS,
+    FLEET_CONTROLLER_LAST_RUN,
 )
 
 # vLLM's own gauges, used instead of the node's when node.engine is vllm.

@@ -127,6 +127,12 @@ def alert_rules(values: Values) -> Obj:
                "0m", "critical", "A fleet rollout aborted",
                "The rollout of {{ $labels.model }} aborted: devices roll back to the previous "
                "version."),
+        _alert("EdgecloudFleetControllerStalled",
+               f"time() - {m.FLEET_CONTROLLER_LAST_RUN.name} > 300 "
+               f"and {m.FLEET_CONTROLLER_LAST_RUN.name} > 0",
+               "5m", "warning", "The fleet rollout controller stopped running",
+               "No rollout controller pass for {{ $value | humanizeDuration }}: staged "
+               "rollouts neither advance nor abort."),
     ]
     return {"groups": [
         {"name": "edgecloud-serving", "rules": serving},

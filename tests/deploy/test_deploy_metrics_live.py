@@ -125,8 +125,6 @@ def test_rendered_gateway_config_passes_the_gateway_own_check(tmp_path: Path, ex
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the fleet server has no /metrics yet: the dashboard's "
-                   "fleet row and the rollout-aborted alert wait for edgecloud_fleet_* metrics")
 def test_fleet_server_exports_every_fleet_metric_the_files_use(tmp_path: Path) -> None:
     if not (_has_command("fleet", "serve") and _has_command("release", "init")):
         pytest.skip("`edgecloud fleet serve` or `edgecloud release` is not on this branch yet")

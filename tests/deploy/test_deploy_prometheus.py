@@ -80,6 +80,9 @@ def test_alerts_fire_on_the_conditions_they_name(tmp_path: Path) -> None:
                         "0x10"),
                 _series(m.FLEET_ROLLOUTS_ABORTED.name,
                         'namespace="edgecloud",component="fleet",model="gemma"', "0 0 0 1 1 1"),
+                # The controller's last pass was at t=60 s and never again.
+                _series(m.FLEET_CONTROLLER_LAST_RUN.name,
+                        'namespace="edgecloud",component="fleet"', "60x20"),
             ],
             "alert_rule_test": [
                 {"eval_time": "8m", "alertname": "EdgecloudNodeQueueDepth", "exp_alerts": [
@@ -109,6 +112,16 @@ def test_alerts_fire_on_the_conditions_they_name(tmp_path: Path) -> None:
                          "summary": "A fleet rollout aborted",
                          "description": "The rollout of gemma aborted: devices roll back to "
                                         "the previous version."}}]},
+                {"eval_time": "15m", "alertname": "EdgecloudFleetControllerStalled",
+                 "exp_alerts": [
+                    {"exp_labels": {"severity": "warning", "app": "edgecloud",
+                                    "namespace": "edgecloud", "component": "fleet"},
+                     "exp_annotations": {
+                         "summary": "The fleet rollout controller stopped running",
+                         "description": "No rollout controller pass for 14m 0s: staged "
+                                        "rollouts neither advance nor abort."}}]},
+                {"eval_time": "6m", "alertname": "EdgecloudFleetControllerStalled",
+                 "exp_alerts": []},
                 # Quiet where nothing is wrong.
                 {"eval_time": "2m", "alertname": "EdgecloudNodeQueueDepth", "exp_alerts": []},
                 {"eval_time": "2m", "alertname": "EdgecloudFleetRolloutAborted",
