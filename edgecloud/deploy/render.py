@@ -10,16 +10,10 @@ import yaml
 from edgecloud.deploy.autoscaling import adapter_rules, autoscaling_objects
 from edgecloud.deploy.dashboard import dashboard
 from edgecloud.deploy.errors import DeployError
+from edgecloud.deploy.fleet_tier import fleet_objects, postgres_objects
 from edgecloud.deploy.monitoring import RULES_FILE, alert_rules, operator_objects, scrape_config
 from edgecloud.deploy.values import Values
-from edgecloud.deploy.workloads import (
-    Obj,
-    fleet_objects,
-    gateway_objects,
-    namespace,
-    node_objects,
-    postgres_objects,
-)
+from edgecloud.deploy.workloads import Obj, gateway_objects, namespace, node_objects
 
 HEADER = "# Rendered by `edgecloud deploy k8s`; edit the values file and render again.\n"
 

@@ -1,4 +1,4 @@
-"""Kubernetes objects for the gateway, the cloud model nodes, the fleet server and PostgreSQL.
+"""Kubernetes objects for the gateway and the cloud model nodes, and the shared builders.
 
 Plain functions from `Values` to dicts (dumped as YAML by `render`), so every object can be
 checked against the Kubernetes schemas and every value traced to where it lands.
@@ -43,14 +43,14 @@ def meta(values: Values, component: str, suffix: str = "") -> Obj:
     }
 
 
-def _resources(r: Resources, gpus: int = 0) -> Obj:
+def resources(r: Resources, gpus: int = 0) -> Obj:
     limits = dict(r.limits)
     if gpus:
         limits["nvidia.com/gpu"] = str(gpus)
     return {"requests": dict(r.requests), "limits": limits}
 
 
-def _container_security(uid: int = NON_ROOT_UID) -> Obj:
+def container_security(uid: int = NON_ROOT_UID) -> Obj:
     return {
         "runAsNonRoot": True,
         "runAsUser": uid,
@@ -60,7 +60,7 @@ def _container_security(uid: int = NON_ROOT_UID) -> Obj:
     }
 
 
-def _probe(path: str, port: str, period_s: int, failures: int) -> Obj:
+def probe(path: str, port: str, period_s: int, failures: int) -> Obj:
     return {
         "httpGet": {"path": path, "port": port},
         "periodSeconds": period_s,
@@ -69,7 +69,7 @@ def _probe(path: str, port: str, period_s: int, failures: int) -> Obj:
     }
 
 
-def _scrape_annotations(port: int) -> dict[str, str]:
+def scrape_annotations(port: int) -> dict[str, str]:
     return {
         "prometheus.io/scrape": "true",
         "prometheus.io/port": str(port),
@@ -97,7 +97,7 @@ def tracing_env(values: Values, service: str) -> list[Obj]:
     ]
 
 
-def _pod_spec(containers: list[Obj], volumes: list[Obj], grace_s: int = 30) -> Obj:
+def pod_spec(containers: list[Obj], volumes: list[Obj], grace_s: int = 30) -> Obj:
     return {
         "securityContext": {
             "runAsNonRoot": True,
@@ -111,14 +111,14 @@ def _pod_spec(containers: list[Obj], volumes: list[Obj], grace_s: int = 30) -> O
     }
 
 
-def _container(image: Image, cname: str, args: list[str], port: int, **extra: Any) -> Obj:
+def container(image: Image, cname: str, args: list[str], port: int, **extra: Any) -> Obj:
     c: Obj = {
         "name": cname,
         "image": image.ref,
         "imagePullPolicy": image.pull_policy,
         "args": args,
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
-        "securityContext": _container_security(),
+        "securityContext": container_security(),
         # Let the Service drop the pod before SIGTERM starts the drain.
         "lifecycle": {"preStop": {"exec": {"command": ["sleep", "5"]}}},
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
@@ -127,7 +127,7 @@ def _container(image: Image, cname: str, args: list[str], port: int, **extra: An
     return c
 
 
-def _deployment(
+def deployment(
     values: Values, component: str, replicas: int | None, pod_spec: Obj, annotations: Obj
 ) -> Obj:
     spec: Obj = {
@@ -227,31 +227,31 @@ def gateway_objects(values: Values) -> list[Obj]:
             "--config", "/etc/edgecloud/gateway.yaml"]
     extra: Obj = {
         "env": tracing_env(values, "gateway"),
-        "resources": _resources(g.resources),
+        "resources": resources(g.resources),
         # /healthz, not /readyz: with every upstream down the gateway must stay in the Service
         # and answer a clear OpenAI 503, not vanish into connection errors.
-        "readinessProbe": _probe("/healthz", "http", 5, 2),
-        "livenessProbe": _probe("/healthz", "http", 10, 3),
+        "readinessProbe": probe("/healthz", "http", 5, 2),
+        "livenessProbe": probe("/healthz", "http", 10, 3),
     }
     if g.env_secret:
         extra["envFrom"] = [{"secretRef": {"name": g.env_secret}}]
-    container = _container(g.image, "gateway", args, g.port, **extra)
-    container["volumeMounts"].append(
+    main = container(g.image, "gateway", args, g.port, **extra)
+    main["volumeMounts"].append(
         {"name": "config", "mountPath": "/etc/edgecloud", "readOnly": True}
     )
     volumes = [{"name": "config", "configMap": {"name": name(values, "gateway") + "-config"}}]
     annotations = {
-        **_scrape_annotations(g.port),
+        **scrape_annotations(g.port),
         # A changed config rolls the pods.
         "edgecloud.dev/config-sha256": hashlib.sha256(config_text.encode()).hexdigest()[:16],
     }
     replicas = None if g.autoscaling.enabled else g.replicas
-    deployment = _deployment(
-        values, "gateway", replicas, _pod_spec([container], volumes, grace_s=60), annotations
+    dep = deployment(
+        values, "gateway", replicas, pod_spec([main], volumes, grace_s=60), annotations
     )
     return [
         config_map,
-        deployment,
+        dep,
         service(values, "gateway", g.port, g.service_type),
         pod_disruption_budget(values, "gateway", g.pdb_max_unavailable),
     ]
@@ -261,7 +261,7 @@ def gateway_objects(values: Values) -> list[Obj]:
 
 def _node_container(values: Values) -> Obj:
     n = values.node
-    startup = _probe("/healthz", "http", 5, max(1, n.startup_timeout_s // 5))
+    startup = probe("/healthz", "http", 5, max(1, n.startup_timeout_s // 5))
     if n.engine == "vllm":
         args = ["--model", n.model.hf_id, "--served-model-name", n.model.name,
                 "--host", "0.0.0.0", "--port", str(n.port),
@@ -269,13 +269,13 @@ def _node_container(values: Values) -> Obj:
         if values.observability.tracing.enabled:
             args += ["--otlp-traces-endpoint", values.observability.tracing.otlp_endpoint]
         # vLLM answers /health only when the engine is up; it has no separate /readyz.
-        c = _container(
+        c = container(
             n.vllm_image, "node", args, n.port,
             env=tracing_env(values, "node"),
-            resources=_resources(n.resources, n.gpus),
+            resources=resources(n.resources, n.gpus),
             startupProbe={**startup, "httpGet": {"path": "/health", "port": "http"}},
-            readinessProbe=_probe("/health", "http", 5, 2),
-            livenessProbe=_probe("/health", "http", 10, 3),
+            readinessProbe=probe("/health", "http", 5, 2),
+            livenessProbe=probe("/health", "http", 10, 3),
         )
         # vLLM writes its caches under $HOME.
         c["env"].append({"name": "HOME", "value": "/tmp"})
@@ -288,13 +288,13 @@ def _node_container(values: Values) -> Obj:
     if n.admin_token_secret:
         env.append({"name": "EDGECLOUD_ADMIN_TOKEN", "valueFrom": {
             "secretKeyRef": {"name": n.admin_token_secret, "key": "token"}}})
-    return _container(
+    return container(
         n.image, "node", args, n.port,
         env=env,
-        resources=_resources(n.resources, n.gpus),
+        resources=resources(n.resources, n.gpus),
         startupProbe=startup,
-        readinessProbe=_probe("/readyz", "http", 5, 2),
-        livenessProbe=_probe("/healthz", "http", 10, 3),
+        readinessProbe=probe("/readyz", "http", 5, 2),
+        livenessProbe=probe("/healthz", "http", 10, 3),
     )
 
 
@@ -302,129 +302,26 @@ def node_objects(values: Values) -> list[Obj]:
     n = values.node
     if not n.enabled:
         return []
-    container = _node_container(values)
+    main = _node_container(values)
     volumes: list[Obj] = []
     if n.model.pvc:
         volumes.append({"name": "models", "persistentVolumeClaim": {
             "claimName": n.model.pvc, "readOnly": True}})
-        container["volumeMounts"].append(
+        main["volumeMounts"].append(
             {"name": "models", "mountPath": "/models", "readOnly": True})
-    pod = _pod_spec([container], volumes, grace_s=120)
+    pod = pod_spec([main], volumes, grace_s=120)
     if n.gpus:
         pod["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists",
                                "effect": "NoSchedule"}]
     # The autoscaler owns the replica count; without one, run the minimum.
     replicas = n.autoscaling.min_replicas if n.autoscaling.mode == "none" else None
-    deployment = _deployment(values, "node", replicas, pod, _scrape_annotations(n.port))
-    deployment["spec"]["strategy"] = {
+    dep = deployment(values, "node", replicas, pod, scrape_annotations(n.port))
+    dep["spec"]["strategy"] = {
         "type": "RollingUpdate",
         "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
     }
     return [
-        deployment,
+        dep,
         service(values, "node", n.port),
         pod_disruption_budget(values, "node", n.pdb_max_unavailable),
     ]
-
-
-# --- fleet server and its database ---
-
-def fleet_objects(values: Values) -> list[Obj]:
-    f = values.fleet
-    if not f.enabled:
-        return []
-    pvc: Obj = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": meta(values, "fleet", "-repo"),
-        "spec": {"accessModes": ["ReadWriteOnce"],
-                 "resources": {"requests": {"storage": f.repo_storage}}},
-    }
-    env = [
-        {"name": "EDGECLOUD_FLEET_DB", "valueFrom": {"secretKeyRef": {
-            "name": f.database.url_secret, "key": f.database.url_key}}},
-        *tracing_env(values, "fleet"),
-    ]
-    args = ["fleet", "serve", "--host", "0.0.0.0", "--port", str(f.port),
-            "--repo", "/data/repo", "--db", "$(EDGECLOUD_FLEET_DB)"]
-    if f.device_token_secret:
-        env.append({"name": "EDGECLOUD_FLEET_DEVICE_TOKEN", "valueFrom": {"secretKeyRef": {
-            "name": f.device_token_secret, "key": "token"}}})
-        args += ["--device-token-env", "EDGECLOUD_FLEET_DEVICE_TOKEN"]
-    if f.keys_secret:
-        args += ["--keys-dir", "/etc/edgecloud/fleet-keys"]
-    container = _container(
-        f.image, "fleet", args, f.port, env=env, resources=_resources(f.resources),
-        readinessProbe=_probe("/healthz", "http", 5, 2),
-        livenessProbe=_probe("/healthz", "http", 10, 3),
-    )
-    container["volumeMounts"].append({"name": "repo", "mountPath": "/data"})
-    volumes: list[Obj] = [
-        {"name": "repo", "persistentVolumeClaim": {"claimName": pvc["metadata"]["name"]}}
-    ]
-    if f.keys_secret:
-        container["volumeMounts"].append(
-            {"name": "keys", "mountPath": "/etc/edgecloud/fleet-keys", "readOnly": True})
-        volumes.append({"name": "keys", "secret": {"secretName": f.keys_secret,
-                                                   "defaultMode": 0o400}})
-    deployment = _deployment(
-        values, "fleet", 1, _pod_spec([container], volumes), _scrape_annotations(f.port)
-    )
-    # One writer of the rollout state and of the ReadWriteOnce repository volume.
-    deployment["spec"]["strategy"] = {"type": "Recreate"}
-    return [pvc, deployment, service(values, "fleet", f.port)]
-
-
-def postgres_objects(values: Values) -> list[Obj]:
-    p = values.postgres
-    if not (p.enabled and values.fleet.enabled):
-        return []
-    uid = 70  # the postgres user of the official alpine image
-    container = {
-        "name": "postgres",
-        "image": p.image.ref,
-        "imagePullPolicy": p.image.pull_policy,
-        "ports": [{"name": "postgres", "containerPort": 5432, "protocol": "TCP"}],
-        "envFrom": [{"secretRef": {"name": p.secret}}],
-        "env": [{"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"}],
-        "resources": _resources(p.resources),
-        "securityContext": {**_container_security(uid), "readOnlyRootFilesystem": False},
-        "readinessProbe": {"exec": {"command": ["sh", "-c", 'pg_isready -U "$POSTGRES_USER"']},
-                           "periodSeconds": 5},
-        "livenessProbe": {"tcpSocket": {"port": "postgres"}, "periodSeconds": 10},
-        "volumeMounts": [{"name": "data", "mountPath": "/var/lib/postgresql/data"}],
-    }
-    sts = {
-        "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "metadata": meta(values, "postgres"),
-        "spec": {
-            "serviceName": name(values, "postgres"),
-            "replicas": 1,
-            "selector": {"matchLabels": selector(values, "postgres")},
-            "template": {
-                "metadata": {"labels": labels(values, "postgres")},
-                "spec": {
-                    "securityContext": {"runAsNonRoot": True, "fsGroup": uid},
-                    "automountServiceAccountToken": False,
-                    "containers": [container],
-                },
-            },
-            "volumeClaimTemplates": [{
-                "metadata": {"name": "data"},
-                "spec": {"accessModes": ["ReadWriteOnce"],
-                         "resources": {"requests": {"storage": p.storage}}},
-            }],
-        },
-    }
-    svc = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": meta(values, "postgres"),
-        "spec": {
-            "clusterIP": "None",
-            "selector": selector(values, "postgres"),
-            "ports": [{"name": "postgres", "port": 5432, "targetPort": "postgres"}],
-        },
-    }
-    return [sts, svc]
