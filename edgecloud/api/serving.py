@@ -33,6 +33,7 @@ def serve_forever(
     ssl_keyfile: str | None = None,
     limit_concurrency: int | None = None,
     backlog: int = 2048,
+    http: Any = "httptools",
 ) -> None:
     """Serve until SIGINT/SIGTERM, let in-flight requests finish (up to the drain timeout)."""
     config = uvicorn.Config(
@@ -40,7 +41,8 @@ def serve_forever(
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        http=http,
+        proxy_headers=False,
         lifespan="on",
         access_log=False,
         log_level="warning",

@@ -31,7 +31,9 @@ class RequestRecord(BaseModel):
 
     level: float
     scheduled_s: float | None = None  # open loop: when the schedule said to send it
-    start_s: float
+    start_s: float  # when it was actually sent
+    # Open loop: ttft_ms and e2e_ms count from scheduled_s when the send was late (no
+    # coordinated omission), from start_s otherwise.
     ttft_ms: float | None = None
     e2e_ms: float | None = None
     output_tokens: int = 0
@@ -39,6 +41,8 @@ class RequestRecord(BaseModel):
     itl_ms: list[float] = Field(default_factory=list)
     ok: bool = True
     error: str | None = None  # error kind, e.g. "http_429", "timeout", "connect"
+    # Added in schema 1 (optional): where output_tokens came from for this request.
+    token_source: Literal["server_usage", "tokenizer", "chunks"] | None = None
 
 
 class LevelSummary(BaseModel):
@@ -57,6 +61,11 @@ class LevelSummary(BaseModel):
     itl_ms: Percentiles  # inter-token latency, every gap
     goodput_share: float | None = None  # share of requests meeting the SLO
     goodput_per_s: float | None = None
+    # Added in schema 1 (optional): the load generator's own footprint and schedule accuracy.
+    client_cpu_s: float | None = None  # CPU seconds the bench process used at this level
+    client_cpu_share: float | None = None  # of one core: client_cpu_s / duration_s
+    send_lag_ms: Percentiles | None = None  # open loop: actual send time minus schedule
+    offered: float | None = None  # open loop: requests/s the schedule offered
 
 
 class Knee(BaseModel):
@@ -103,3 +112,8 @@ class BenchResults(BaseModel):
     resources: list[dict[str, float]] = Field(default_factory=list)  # timeline samples
     energy: Energy | None = None
     records: list[RequestRecord] = Field(default_factory=list)
+    # Added in schema 1 (optional).
+    stream: bool = True
+    seed: int | None = None
+    settings: dict[str, object] = Field(default_factory=dict)  # the options the run used
+    server_pid: int | None = None  # the local server process sampled in `resources`

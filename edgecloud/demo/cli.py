@@ -40,8 +40,12 @@ def demo(
 
     console = Console()
     opts = DemoOptions(
-        out_dir=out, quick=quick, link=LinkProfile(rtt_ms, jitter_ms, bandwidth_mbit),
-        max_tokens=max_tokens, bench=bench, decide=decide,
+        out_dir=out,
+        quick=quick,
+        link=LinkProfile(rtt_ms, jitter_ms, bandwidth_mbit),
+        max_tokens=max_tokens,
+        bench=bench,
+        decide=decide,
     )
     try:
         result = run_demo(opts, console)
@@ -49,9 +53,10 @@ def demo(
         console.print("[yellow]interrupted: every process the demo started has been stopped[/]")
         raise typer.Exit(130) from None
     print_summary(console, opts, result)
-    if result.guarantees["private_placed_in_cloud"] or result.guarantees[
-        "cloud_link_private_marker_hits"
-    ]:
+    if (
+        result.guarantees["private_placed_in_cloud"]
+        or result.guarantees["cloud_link_private_marker_hits"]
+    ):
         raise typer.Exit(1)
 
 

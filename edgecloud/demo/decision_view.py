@@ -19,16 +19,23 @@ def decision_summary_html(doc: dict[str, Any]) -> str:
     for name, opt in (doc.get("options") or {}).items():
         cost = opt.get("cost") or {}
         failed = [c.get("name", "") for c in opt.get("checks", []) if not c.get("passed")]
-        rows.append([
-            name, cost.get("capex"), cost.get("opex"), cost.get("tco"),
-            "yes" if not failed else "no: " + ", ".join(failed),
-        ])
+        rows.append(
+            [
+                name,
+                cost.get("capex"),
+                cost.get("opex"),
+                cost.get("tco"),
+                "yes" if not failed else "no: " + ", ".join(failed),
+            ]
+        )
     if rows:
         currency = next(iter((doc.get("options") or {}).values()), {}).get("cost", {})
         cur = currency.get("currency", "")
-        parts.append(table_html(
-            ["option", f"capex {cur}", f"opex {cur}", f"TCO {cur}", "meets every check"], rows
-        ))
+        parts.append(
+            table_html(
+                ["option", f"capex {cur}", f"opex {cur}", f"TCO {cur}", "meets every check"], rows
+            )
+        )
     be = doc.get("break_even_requests_per_day")
     if be:
         parts.append(f"<p>Break-even volume between edge and cloud: {be:,.0f} requests/day.</p>")
@@ -45,8 +52,12 @@ def decision_figures(doc: dict[str, Any]) -> list[str]:
     except Exception:  # noqa: BLE001 - a report without charts beats no report
         return []
     figures = []
-    for make in (charts.tco_over_time, charts.cost_per_1k, charts.latency_vs_slo,
-                 charts.tornado_chart):
+    for make in (
+        charts.tco_over_time,
+        charts.cost_per_1k,
+        charts.latency_vs_slo,
+        charts.tornado_chart,
+    ):
         try:
             figures.append(make(decision))
         except Exception:  # noqa: BLE001
@@ -58,7 +69,8 @@ def _without_computed(value: Any) -> Any:
     """Drop computed fields (feasible, capex, opex, tco) that decide writes but does not read."""
     if isinstance(value, dict):
         return {
-            k: _without_computed(v) for k, v in value.items()
+            k: _without_computed(v)
+            for k, v in value.items()
             if k not in ("feasible", "capex", "opex", "tco")
         }
     if isinstance(value, list):

@@ -43,7 +43,9 @@ async def send(client: httpx.AsyncClient, base: str, req: DemoRequest, t0: float
     headers: httpx.Headers = httpx.Headers()
     try:
         async with client.stream(
-            "POST", f"{base}/chat/completions", content=orjson.dumps(req.body),
+            "POST",
+            f"{base}/chat/completions",
+            content=orjson.dumps(req.body),
             headers={"content-type": "application/json", **req.headers},
         ) as resp:
             status = resp.status_code
@@ -82,9 +84,16 @@ async def send(client: httpx.AsyncClient, base: str, req: DemoRequest, t0: float
     elif status != 200:
         placement = "refused" if status in (503, 404, 400, 413, 429) else "error"
     return Outcome(
-        phase=req.phase, kind=req.kind, private=req.private, status=status,
-        placement=placement, endpoint=headers.get("x-edgecloud-endpoint") or "-",
+        phase=req.phase,
+        kind=req.kind,
+        private=req.private,
+        status=status,
+        placement=placement,
+        endpoint=headers.get("x-edgecloud-endpoint") or "-",
         reason=headers.get("x-edgecloud-reason") or (error.split(":")[0] if error else "-"),
-        ttft_ms=ttft, e2e_ms=e2e, sent_at_s=start - t0, error=error[:300],
+        ttft_ms=ttft,
+        e2e_ms=e2e,
+        sent_at_s=start - t0,
+        error=error[:300],
         text="".join(texts)[:120],
     )

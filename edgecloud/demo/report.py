@@ -13,8 +13,18 @@ if TYPE_CHECKING:
     from edgecloud.demo.runner import DemoOptions, DemoResult
 
 LANES = {"edge": 2, "cloud": 1, "refused": 0, "error": 0}
-COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-          "#7f7f7f", "#bcbd22", "#17becf"]
+COLORS = [
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+]
 
 
 def _timeline(result: DemoResult) -> str:
@@ -23,9 +33,12 @@ def _timeline(result: DemoResult) -> str:
     for i, reason in enumerate(reasons):
         pts = [o for o in result.outcomes if o.reason == reason]
         ax.scatter(
-            [o.sent_at_s for o in pts], [LANES.get(o.placement, 0) for o in pts],
+            [o.sent_at_s for o in pts],
+            [LANES.get(o.placement, 0) for o in pts],
             s=[max(12.0, min(120.0, o.e2e_ms / 20)) for o in pts],
-            color=COLORS[i % len(COLORS)], label=reason, alpha=0.8,
+            color=COLORS[i % len(COLORS)],
+            label=reason,
+            alpha=0.8,
         )
     ax.set_yticks([0, 1, 2], ["refused", "cloud", "edge"])
     ax.set_ylim(-0.6, 2.6)
@@ -43,7 +56,7 @@ def _latency(result: DemoResult) -> str:
             data.append(vals)
             labels.append(f"{tier} (n={len(vals)})")
     if data:
-        ax.boxplot(data, labels=labels)
+        ax.boxplot(data, tick_labels=labels)
     ax.set_ylabel("end-to-end latency, ms")
     return figure_svg(fig)
 
@@ -52,11 +65,16 @@ def _bench_rows(path: str) -> list[list[Any]]:
     doc = orjson.loads(Path(path).read_bytes())
     rows = []
     for lv in doc.get("levels", []):
-        rows.append([
-            doc.get("label", ""), lv.get("level"), lv.get("requests_per_s"),
-            lv.get("output_tokens_per_s"), (lv.get("ttft_ms") or {}).get("p50"),
-            (lv.get("e2e_ms") or {}).get("p95"),
-        ])
+        rows.append(
+            [
+                doc.get("label", ""),
+                lv.get("level"),
+                lv.get("requests_per_s"),
+                lv.get("output_tokens_per_s"),
+                (lv.get("ttft_ms") or {}).get("p50"),
+                (lv.get("e2e_ms") or {}).get("p95"),
+            ]
+        )
     return rows
 
 
@@ -72,8 +90,9 @@ def _decision_section(files: dict[str, str]) -> Section | None:
     if link:
         body += f'<p>Full decision report: <a href="{escape(Path(link).name)}">'
         body += f"{escape(Path(link).name)}</a></p>"
-    return Section("The decision: where to run, and the three-year TCO", body,
-                   figures=decision_figures(doc))
+    return Section(
+        "The decision: where to run, and the three-year TCO", body, figures=decision_figures(doc)
+    )
 
 
 def write_report(opts: DemoOptions, result: DemoResult) -> Path:
@@ -87,45 +106,80 @@ def write_report(opts: DemoOptions, result: DemoResult) -> Path:
     ]
     reason_rows = [[r["placement"], r["reason"], r["count"]] for r in g["by_reason"]]
     lat_rows = [
-        [tier, v["count"], v["p50"], v["p95"], v["ttft_p50"]]
-        for tier, v in g["latency_ms"].items()
+        [tier, v["count"], v["p50"], v["p95"], v["ttft_p50"]] for tier, v in g["latency_ms"].items()
     ]
     req_rows = [
-        [i + 1, o.phase, o.kind, "yes" if o.private else "", o.placement, o.endpoint, o.reason,
-         o.status, round(o.e2e_ms), o.error[:80]]
+        [
+            i + 1,
+            o.phase,
+            o.kind,
+            "yes" if o.private else "",
+            o.placement,
+            o.endpoint,
+            o.reason,
+            o.status,
+            round(o.e2e_ms),
+            o.error[:80],
+        ]
         for i, o in enumerate(result.outcomes)
     ]
     sections = [
         Section(
             "Guarantees, measured",
             f'<p class="tag {"good" if ok else "bad"}">'
-            f'{"held" if ok else "VIOLATED"}</p>'
-            + table_html(["check", "value"], guarantee_rows),
+            f"{'held' if ok else 'VIOLATED'}</p>" + table_html(["check", "value"], guarantee_rows),
             note="The byte scan reads every byte the gateway sent over the emulated cloud link "
             "and looks for the personal data the demo injected.",
         ),
-        Section("Where requests ran, and why", table_html(["placement", "reason", "requests"],
-                                                           reason_rows),
-                figures=[_timeline(result), _latency(result)],
-                captions=["placement timeline", "latency per tier"]),
-        Section("Latency per tier (ms)", table_html(
-            ["tier", "requests", "e2e p50", "e2e p95", "TTFT p50"], lat_rows),
-            note=f"The cloud tier is reached over an {opts.link.describe()}."),
+        Section(
+            "Where requests ran, and why",
+            table_html(["placement", "reason", "requests"], reason_rows),
+            figures=[_timeline(result), _latency(result)],
+            captions=["placement timeline", "latency per tier"],
+        ),
+        Section(
+            "Latency per tier (ms)",
+            table_html(["tier", "requests", "e2e p50", "e2e p95", "TTFT p50"], lat_rows),
+            note=f"The cloud tier is reached over an {opts.link.describe()}.",
+        ),
     ]
     bench_rows: list[list[Any]] = []
     for key in ("bench_edge", "bench_cloud"):
         if key in result.files:
             bench_rows += _bench_rows(result.files[key])
     if bench_rows:
-        sections.append(Section("Bench: both tiers, briefly", table_html(
-            ["tier", "concurrency", "req/s", "output tok/s", "TTFT p50 ms", "e2e p95 ms"],
-            bench_rows)))
+        sections.append(
+            Section(
+                "Bench: both tiers, briefly",
+                table_html(
+                    ["tier", "concurrency", "req/s", "output tok/s", "TTFT p50 ms", "e2e p95 ms"],
+                    bench_rows,
+                ),
+            )
+        )
     decision = _decision_section(result.files)
     if decision is not None:
         sections.append(decision)
-    sections.append(Section("Every request", table_html(
-        ["#", "phase", "kind", "private", "placed", "endpoint", "reason", "status", "ms",
-         "error"], req_rows)))
+    sections.append(
+        Section(
+            "Every request",
+            table_html(
+                [
+                    "#",
+                    "phase",
+                    "kind",
+                    "private",
+                    "placed",
+                    "endpoint",
+                    "reason",
+                    "status",
+                    "ms",
+                    "error",
+                ],
+                req_rows,
+            ),
+        )
+    )
     html = render_page("edgecloud demo", sections, subtitle=opts.link.describe())
     path = opts.out_dir / "demo-report.html"
     path.write_text(html)

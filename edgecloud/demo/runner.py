@@ -67,8 +67,13 @@ class LiveView:
         for i, o in enumerate(self.outcomes[start:], start=start + 1):
             color = {"edge": "green", "cloud": "cyan", "refused": "yellow"}.get(o.placement, "red")
             t.add_row(
-                str(i), o.phase, o.kind + (" 🔒" if o.private else ""),
-                f"[{color}]{o.placement}[/]", o.endpoint, o.reason, str(o.status),
+                str(i),
+                o.phase,
+                o.kind + (" 🔒" if o.private else ""),
+                f"[{color}]{o.placement}[/]",
+                o.endpoint,
+                o.reason,
+                str(o.status),
                 f"{o.e2e_ms:.0f}",
             )
         return t
@@ -96,7 +101,11 @@ def _scrape(url: str) -> dict[str, float]:
 
 
 async def _run_phase(
-    view: LiveView, client: httpx.AsyncClient, base: str, reqs: list[DemoRequest], t0: float,
+    view: LiveView,
+    client: httpx.AsyncClient,
+    base: str,
+    reqs: list[DemoRequest],
+    t0: float,
     concurrent: bool = False,
 ) -> None:
     if concurrent:
@@ -108,7 +117,10 @@ async def _run_phase(
 
 
 async def _drive(
-    stack: DemoStack, opts: DemoOptions, view: LiveView, phases: dict[str, list[DemoRequest]],
+    stack: DemoStack,
+    opts: DemoOptions,
+    view: LiveView,
+    phases: dict[str, list[DemoRequest]],
     extra: Callable[[str, list[DemoRequest]], list[DemoRequest]],
 ) -> None:
     base = f"{stack.gateway_url}/v1"
@@ -142,9 +154,7 @@ def _extra_factory(opts: DemoOptions) -> Callable[[str, list[DemoRequest]], list
     def make(phase: str, private: list[DemoRequest]) -> list[DemoRequest]:
         n = 2 if opts.quick else 3
         out = [DemoRequest(phase, "public", public[i].body) for i in range(n)]
-        out += [
-            DemoRequest(phase, p.kind, p.body, p.headers, True, p.marker) for p in private[:2]
-        ]
+        out += [DemoRequest(phase, p.kind, p.body, p.headers, True, p.marker) for p in private[:2]]
         return out
 
     return make
@@ -168,7 +178,9 @@ def summarise(outcomes: list[Outcome]) -> dict[str, Any]:
         ],
         "latency_ms": {
             tier: {
-                "count": len(v), "p50": _pct(v, 50), "p95": _pct(v, 95),
+                "count": len(v),
+                "p50": _pct(v, 50),
+                "p95": _pct(v, 95),
                 "ttft_p50": _pct(ttfts.get(tier, []), 50),
             }
             for tier, v in tiers.items()
@@ -176,9 +188,7 @@ def summarise(outcomes: list[Outcome]) -> dict[str, Any]:
         "fallbacks": sum(1 for o in outcomes if o.reason.startswith("fallback")),
         "refusals": sum(1 for o in outcomes if o.placement == "refused"),
         "private_requests": sum(1 for o in outcomes if o.private),
-        "private_placed_in_cloud": sum(
-            1 for o in outcomes if o.private and o.placement == "cloud"
-        ),
+        "private_placed_in_cloud": sum(1 for o in outcomes if o.private and o.placement == "cloud"),
     }
 
 
@@ -199,8 +209,20 @@ def _bench(stack: DemoStack, opts: DemoOptions, console: Console) -> dict[str, s
         out = opts.out_dir / f"bench-{label}.json"
         console.print(f"[bold]bench[/] {label} tier ({url})")
         cmd = edgecloud_command(
-            "bench", url, "--scenario", "concurrency", "--concurrency", "1,2",
-            "--requests", n, "--max-tokens", "16", "--out", str(out), "--label", label,
+            "bench",
+            url,
+            "--scenario",
+            "concurrency",
+            "--concurrency",
+            "1,2",
+            "--requests",
+            n,
+            "--max-tokens",
+            "16",
+            "--out",
+            str(out),
+            "--label",
+            label,
             "--quiet",
         )
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -217,9 +239,15 @@ def _decide(opts: DemoOptions, files: dict[str, str], console: Console) -> dict[
     out_json = opts.out_dir / "decision.json"
     out_html = opts.out_dir / "decision.html"
     cmd = edgecloud_command(
-        "decide", "--workload", str(assets.path("workload.yaml")),
-        "--prices", str(assets.path("prices.yaml")),
-        "--json", str(out_json), "--report", str(out_html),
+        "decide",
+        "--workload",
+        str(assets.path("workload.yaml")),
+        "--prices",
+        str(assets.path("prices.yaml")),
+        "--json",
+        str(out_json),
+        "--report",
+        str(out_html),
     )
     for key in ("bench_edge", "bench_cloud"):
         if key in files:

@@ -99,14 +99,20 @@ def build_phases(max_tokens: int, quick: bool) -> dict[str, list[DemoRequest]]:
     phases["personal data"] = reqs
     phases["EU-tagged"] = [
         DemoRequest(
-            "EU-tagged", "eu", _chat(f"Translate 'good morning' into German ({i}).", max_tokens),
+            "EU-tagged",
+            "eu",
+            _chat(f"Translate 'good morning' into German ({i}).", max_tokens),
             {"x-edgecloud-region": "eu"},
         )
         for i in range(n // 2 or 1)
     ] + [
         DemoRequest(
-            "EU-tagged", "cn", _chat(f"Recommend a tea ({i}).", max_tokens),
-            {"x-edgecloud-region": "cn"}, True, f"Recommend a tea ({i})",
+            "EU-tagged",
+            "cn",
+            _chat(f"Recommend a tea ({i}).", max_tokens),
+            {"x-edgecloud-region": "cn"},
+            True,
+            f"Recommend a tea ({i})",
         )
         for i in range(1)
     ]

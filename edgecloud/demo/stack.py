@@ -27,13 +27,21 @@ def gateway_config(edge_url: str, cloud_url: str, edge_parallel: int) -> dict[st
     return {
         "endpoints": [
             {
-                "name": "edge-local", "tier": "edge", "url": edge_url, "region": "device",
-                "capabilities": ["text"], "max_concurrency": edge_parallel,
+                "name": "edge-local",
+                "tier": "edge",
+                "url": edge_url,
+                "region": "device",
+                "capabilities": ["text"],
+                "max_concurrency": edge_parallel,
                 "price": {"input_per_mtok": 0.0, "output_per_mtok": 0.0},
             },
             {
-                "name": "cloud-eu", "tier": "cloud", "url": cloud_url, "region": "eu-central-1",
-                "capabilities": ["text"], "max_concurrency": 8,
+                "name": "cloud-eu",
+                "tier": "cloud",
+                "url": cloud_url,
+                "region": "eu-central-1",
+                "capabilities": ["text"],
+                "max_concurrency": 8,
                 "price": {"input_per_mtok": 0.5, "output_per_mtok": 1.5},
             },
         ],
@@ -41,7 +49,8 @@ def gateway_config(edge_url: str, cloud_url: str, edge_parallel: int) -> dict[st
             "residency": {"eu": ["eu-central-1", "device"], "cn": ["device"]},
             "privacy": {
                 "detect": ["email", "phone", "id_card", "bank_card", "iban", "ip", "secret"],
-                "action": "edge_only", "images": "edge_only",
+                "action": "edge_only",
+                "images": "edge_only",
             },
             "offload": {"edge_queue_above": 1},
         },
@@ -81,8 +90,18 @@ class DemoStack:
         o = self.opts
         proc = ManagedProcess(
             edgecloud_command(
-                "serve", "--port", str(port), "--parallel", str(parallel), "--ctx", "2048",
-                "--threads", str(o.threads_per_node), "--max-queue", "8", "--alias",
+                "serve",
+                "--port",
+                str(port),
+                "--parallel",
+                str(parallel),
+                "--ctx",
+                "2048",
+                "--threads",
+                str(o.threads_per_node),
+                "--max-queue",
+                "8",
+                "--alias",
                 "autoglm-phone-9b",
             ),
             f"http://127.0.0.1:{port}/readyz",

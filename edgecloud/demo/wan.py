@@ -113,8 +113,12 @@ class WanLink:
     """
 
     def __init__(
-        self, target_host: str, target_port: int, profile: LinkProfile,
-        tap: MarkerTap | None = None, seed: int = 7,
+        self,
+        target_host: str,
+        target_port: int,
+        profile: LinkProfile,
+        tap: MarkerTap | None = None,
+        seed: int = 7,
     ) -> None:
         self.target = (target_host, target_port)
         self.profile = profile

@@ -1,10 +1,76 @@
-"""Commands of edgecloud.gateway (placeholder until the package lands)."""
+"""The `edgecloud gateway` command."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+_HELP = """Place every OpenAI request on edge or cloud by policy, and explain why.
+
+Examples:
+
+  edgecloud gateway --config examples/gateway.yaml --port 8080
+
+  edgecloud gateway --config gateway.yaml --check          (validate and exit)
+
+  edgecloud gateway --new-key phone-app                     (make a client API key)
+"""
 
 
 def register(app: typer.Typer) -> None:
     """Mount this package's commands on the root app."""
-    _ = app
+    app.command("gateway", help=_HELP)(gateway)
+
+
+def gateway(
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="Gateway YAML (endpoints, policy)."
+    ),
+    host: str = typer.Option("127.0.0.1", help="Address to bind."),
+    port: int = typer.Option(8080, help="Port to bind."),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="PEM certificate for HTTPS."),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="PEM private key for HTTPS."),
+    insecure_upstream_tls: bool = typer.Option(
+        False, "--insecure-upstream-tls", help="Do not verify upstream TLS certificates."
+    ),
+    check: bool = typer.Option(False, "--check", help="Validate the config and exit."),
+    new_key: str | None = typer.Option(
+        None, "--new-key", metavar="NAME", help="Print a new client key and its config entry."
+    ),
+) -> None:
+    """Run the gateway."""
+    from rich.console import Console
+
+    err = Console(stderr=True)
+    if new_key is not None:
+        _print_new_key(new_key)
+        return
+    if config is None:
+        err.print("[red]error:[/] --config FILE is required (see examples/gateway.yaml)")
+        raise typer.Exit(2)
+
+    from edgecloud.gateway.config import load_config
+    from edgecloud.gateway.errors import ConfigError
+    from edgecloud.gateway.server import serve
+
+    try:
+        cfg = load_config(config)
+        if check:
+            err.print(f"[green]{config}: valid[/] ({len(cfg.endpoints)} endpoints)")
+            return
+        serve(cfg, host, port, tls_cert, tls_key, verify_upstream_tls=not insecure_upstream_tls)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _print_new_key(name: str) -> None:
+    import hashlib
+    import secrets
+
+    key = "ec-" + secrets.token_urlsafe(32)
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    typer.echo(f"key (give it to the client; it is not stored anywhere): {key}")
+    typer.echo("add under auth.keys in the gateway config:")
+    typer.echo(f"  - {{name: {name}, sha256: {digest}}}")

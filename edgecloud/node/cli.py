@@ -91,6 +91,8 @@ def serve(
         admin_api=app.admin_token is not None,
     )
     serve_forever(app, cfg.host, cfg.port, drain_timeout_s=cfg.drain_timeout_s)
+    if app.fatal_error:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

@@ -60,6 +60,7 @@ class GenerationRequest:
     cancelled: bool = False
     output_tokens: int = 0
     admitted_at: float | None = None  # when a slot took it
+    cached_tokens: int = 0  # prompt tokens reused from the slot's KV cache
     first_token_at: float | None = None
     finished_at: float | None = None
 
@@ -76,6 +77,7 @@ class _Slot:
         "req",
         "pos",
         "pending",
+        "cached",
         "sampler",
         "decoder",
         "held",
@@ -89,6 +91,7 @@ class _Slot:
         self.req: GenerationRequest | None = None
         self.pos = 0  # tokens already in the KV cache for this sequence
         self.pending: list[int] = []  # prompt tokens not yet decoded
+        self.cached: list[int] = []  # tokens whose KV is in this sequence's cache, in order
         self.sampler: ll.llama_sampler_p | None = None
         self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self.held = ""  # text held back because it may be the start of a stop string
@@ -195,23 +198,48 @@ class BatchEngine:
             self._shutdown()
 
     def _admit(self) -> None:
-        """Move waiting requests into free slots (caller holds the lock)."""
-        for slot in self.slots:
-            if not self.waiting:
+        """Move waiting requests into free slots (caller holds the lock).
+
+        Each request takes the free slot whose cached tokens share the longest prefix with
+        its prompt, so a conversation's next turn reads only its new tokens.
+        """
+        while self.waiting:
+            free = [s for s in self.slots if s.req is None]
+            if not free:
                 return
-            if slot.req is None:
-                req = self.waiting.popleft()
-                if req.cancelled:
-                    self._emit([(req, StreamEvent(finish_reason="cancelled"))])
-                    continue
-                self._attach(slot, req)
+            req = self.waiting.popleft()
+            if req.cancelled:
+                self._emit([(req, StreamEvent(finish_reason="cancelled"))])
+                continue
+            best = max(free, key=lambda s: _common_prefix(s.cached, req.prompt))
+            self._attach(best, req)
+
+    def _reusable_prefix(self, slot: _Slot, prompt: list[int]) -> int:
+        """How many cached tokens of `slot` the prompt can keep (0: read it all again)."""
+        n_keep = min(_common_prefix(slot.cached, prompt), len(prompt) - 1)
+        if n_keep <= 0:
+            return 0
+        n_swa = self.model.n_swa
+        if n_swa > 0:
+            # Sliding-window layers keep only the last n_swa positions: the new tokens need
+            # the window before n_keep, which may already be gone.
+            pos_min = ll.llama_memory_seq_pos_min(self.model.memory, slot.seq)
+            if pos_min > max(0, n_keep - n_swa):
+                return 0
+        if not ll.llama_memory_seq_rm(self.model.memory, slot.seq, n_keep, -1):
+            return 0
+        return n_keep
 
     def _attach(self, slot: _Slot, req: GenerationRequest) -> None:
-        ll.llama_memory_seq_rm(self.model.memory, slot.seq, -1, -1)
+        n_keep = self._reusable_prefix(slot, req.prompt) if slot.cached else 0
+        if n_keep == 0:
+            ll.llama_memory_seq_rm(self.model.memory, slot.seq, -1, -1)
+        del slot.cached[n_keep:]
+        req.cached_tokens = n_keep
         req.admitted_at = time.perf_counter()
         slot.req = req
-        slot.pos = 0
-        slot.pending = list(req.prompt)
+        slot.pos = n_keep
+        slot.pending = req.prompt[n_keep:]
         slot.decoder.reset()
         slot.held = ""
         slot.n_out = 0
@@ -260,7 +288,7 @@ class BatchEngine:
             slot.sampler = None
         slot.req = None
         slot.pending = []
-        ll.llama_memory_seq_rm(self.model.memory, slot.seq, -1, -1)
+        # The KV cache of this sequence stays: the next request may share its prefix.
         with self._cv:
             self._active -= 1
 
@@ -284,6 +312,7 @@ class BatchEngine:
             slot.needs_logits_at = -1
             if slot.req is not None and not slot.pending and slot.n_out > 0:
                 self._put(batch, n, slot.last_token, slot.pos, slot.seq, True)
+                slot.cached.append(slot.last_token)
                 slot.needs_logits_at = n
                 slot.pos += 1
                 n += 1
@@ -294,6 +323,7 @@ class BatchEngine:
                 continue
             chunk = slot.pending[:budget]
             del slot.pending[: len(chunk)]
+            slot.cached.extend(chunk)
             last = len(chunk) - 1
             for i, tok in enumerate(chunk):
                 is_last = i == last and not slot.pending
@@ -312,15 +342,14 @@ class BatchEngine:
         rc = ll.llama_decode(model.ctx, batch)
         now = time.perf_counter()
         if rc != 0:
+            # The cache may hold part of this batch: fail what was in it and start clean.
             for slot in self.slots:
-                if slot.req is not None and slot.needs_logits_at >= 0:
-                    out.append(
-                        (
-                            slot.req,
-                            StreamEvent(finish_reason="error", error=f"decode failed ({rc})"),
-                        )
-                    )
+                if slot.req is not None:
+                    err = StreamEvent(finish_reason="error", error=f"llama_decode failed ({rc})")
+                    out.append((slot.req, err))
                     self._release(slot)
+                slot.cached.clear()
+            ll.llama_memory_clear(model.memory, True)
             self._emit(out)
             return
         self.stats.steps += 1
@@ -407,6 +436,14 @@ class BatchEngine:
 def _deliver(batch: list[tuple[GenerationRequest, StreamEvent]]) -> None:
     for req, event in batch:
         req.events.put_nowait(event)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
 
 
 def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:

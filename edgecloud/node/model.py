@@ -113,6 +113,7 @@ class LoadedModel:
         self.memory = ll.llama_get_memory(self.ctx)
         self.vocab = ll.llama_model_get_vocab(self.model)
         self.n_vocab = int(ll.llama_vocab_n_tokens(self.vocab))
+        self.n_swa = int(ll.llama_model_n_swa(self.model))  # 0: no sliding-window layers
         self.n_seq = n_seq
         self.n_batch = n_batch
         self.n_ctx_seq = int(ll.llama_n_ctx_seq(self.ctx)) or n_ctx_seq

@@ -6,6 +6,7 @@ import asyncio
 import hmac
 import logging
 import os
+import signal
 import time
 import uuid
 from typing import Any
@@ -79,6 +80,7 @@ class NodeApp:
         self.service = NodeService(config, self.metrics)
         self.admin_token = os.environ.get(config.admin_token_env) or None
         self._stopping = False
+        self.fatal_error: str | None = None
         self._load_task: asyncio.Task[Any] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -109,7 +111,12 @@ class NodeApp:
         try:
             await self.service.ensure_loaded()
         except APIError as exc:
+            # A bad model file: stay up and say so on /readyz (503) until an admin swap.
             log_event(log, "model_load_failed", logging.ERROR, error=exc.message)
+        except Exception as exc:  # noqa: BLE001 - a bug must stop the node, not leave it unready
+            log.exception("preload_crashed", extra={"fields": {"error": repr(exc)}})
+            self.fatal_error = repr(exc)
+            os.kill(os.getpid(), signal.SIGTERM)
 
     # -- routing ------------------------------------------------------------------------------
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -330,9 +337,12 @@ class NodeApp:
             return "chatcmpl-" + uuid.uuid4().hex[:24], "chat.completion"
         return "cmpl-" + uuid.uuid4().hex[:24], "text_completion"
 
-    def _usage(self, req: GenerationRequest) -> dict[str, int]:
+    def _usage(self, req: GenerationRequest) -> dict[str, Any]:
         p, c = len(req.prompt), req.output_tokens
-        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+        usage: dict[str, Any] = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+        if req.cached_tokens:
+            usage["prompt_tokens_details"] = {"cached_tokens": req.cached_tokens}
+        return usage
 
     async def _complete(
         self, send: Send, body: Any, req: GenerationRequest, chat: bool, prompt_text: str

@@ -1,1 +1,18 @@
-"""edgecloud.report."""
+"""Self-contained HTML reports: inline SVG plots from matplotlib, no network assets.
+
+Shared by `bench`, `decide` and `demo`. The API is small:
+
+    from edgecloud.report import Section, figure_svg, new_figure, render_page, table_html
+
+    fig, ax = new_figure()
+    ax.plot([1, 2, 3], [2, 4, 8])
+    html = render_page("My run", [Section("Latency", figure_svg(fig))])
+
+matplotlib is imported lazily (inside `new_figure`/`figure_svg`), so importing this package
+is cheap.
+"""
+
+from edgecloud.report.page import Section, escape, render_page, table_html
+from edgecloud.report.svg import figure_svg, new_figure
+
+__all__ = ["Section", "escape", "figure_svg", "new_figure", "render_page", "table_html"]

@@ -157,3 +157,28 @@ def test_long_prompt_is_read_in_chunks(client: openai.OpenAI) -> None:
     assert resp.usage is not None
     assert 1000 < resp.usage.prompt_tokens < 2048
     assert resp.usage.completion_tokens >= 1
+
+
+def test_a_conversation_reuses_its_cached_prefix_and_answers_the_same(node: str) -> None:
+    history = [
+        {"role": "system", "content": "You are a phone agent. " * 20},
+        {"role": "user", "content": "Open the settings app and find the battery page."},
+    ]
+    body = {"messages": history, "max_tokens": 12, "temperature": 0}
+    # Cold: a fresh node-wide prompt (the unique suffix keeps other tests' caches out).
+    first = httpx.post(f"{node}/v1/chat/completions", json=body, timeout=60).json()
+    again = httpx.post(f"{node}/v1/chat/completions", json=body, timeout=60).json()
+    assert again["choices"][0]["message"] == first["choices"][0]["message"]
+    cached = again["usage"].get("prompt_tokens_details", {}).get("cached_tokens", 0)
+    assert cached == again["usage"]["prompt_tokens"] - 1
+    # The next turn keeps the history and adds to it: only the new tokens are read.
+    turn2 = {
+        **body,
+        "messages": [
+            *history,
+            first["choices"][0]["message"],
+            {"role": "user", "content": "Now turn on battery saver."},
+        ],
+    }
+    second = httpx.post(f"{node}/v1/chat/completions", json=turn2, timeout=60).json()
+    assert second["usage"]["prompt_tokens_details"]["cached_tokens"] > 100

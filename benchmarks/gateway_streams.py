@@ -1,0 +1,135 @@
+"""Many slow streams, the load an LLM gateway really carries: a stand-in streams 64 chunks 20 ms
+apart (a 50 tokens/s model); 100 and 500 concurrent streams directly, through nginx, a bare
+Python pass-through, `edgecloud gateway` and the LiteLLM proxy, in one run.
+
+Per stream: time to first chunk (TTFT). Per chunk: the delay it gains over the upstream's pace
+(arrival - first arrival - i x 20 ms). Also failed or cut streams. Streams start spread evenly
+over one stream's length (so N are in flight at once, as in steady service); --burst starts all
+N at the same instant instead. Each target is warmed with one run of N streams first.
+
+    python benchmarks/gateway_streams.py [--streams 100 500] [--burst] [--skip-litellm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import aiohttp  # noqa: E402
+
+from benchmarks.gateway_peers import peers  # noqa: E402
+
+CHUNKS = 64
+PACE_MS = 20.0
+BODY = json.dumps({"model": "gpt-4o-mini", "stream": True, "max_tokens": CHUNKS,
+                   "messages": [{"role": "user", "content": "Tell me a story."}]}).encode()
+
+
+async def one_stream(session: aiohttp.ClientSession, url: str, delay_s: float
+                     ) -> tuple[float | None, list[float], bool]:
+    """(ttft_ms, per-chunk delays in ms, complete) for one stream."""
+    await asyncio.sleep(delay_s)
+    start = time.perf_counter()
+    arrivals: list[float] = []
+    done = False
+    try:
+        async with session.post(url, data=BODY,
+                                headers={"content-type": "application/json"}) as resp:
+            if resp.status != 200:
+                return None, [], False
+            buf = b""
+            async for data in resp.content.iter_any():
+                now = time.perf_counter()
+                buf += data
+                while b"\n\n" in buf:
+                    event, buf = buf.split(b"\n\n", 1)
+                    if event.startswith(b"data: [DONE]"):
+                        done = True
+                    elif event.startswith(b"data:"):
+                        arrivals.append(now)
+    except (TimeoutError, aiohttp.ClientError):
+        return None, [], False
+    if not arrivals:
+        return None, [], False
+    first = arrivals[0]
+    delays = [max(0.0, (t - first) * 1000 - i * PACE_MS) for i, t in enumerate(arrivals)]
+    # LiteLLM re-chunks; a stream is whole when it ends with [DONE] after enough content.
+    return (first - start) * 1000, delays, done and len(arrivals) >= CHUNKS
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q / 100 * len(s)))]
+
+
+async def run(url: str, n: int, burst: bool) -> dict[str, float]:
+    conn = aiohttp.TCPConnector(limit=0, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=120)
+    span_s = CHUNKS * PACE_MS / 1000
+    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
+        for warm in (True, False):  # the first round opens the connections on every hop
+            results = await asyncio.gather(*(
+                one_stream(session, url + "/v1/chat/completions",
+                           0.0 if burst else i * span_s / n) for i in range(n)))
+            if warm:
+                await asyncio.sleep(0.2)
+    ttfts = [r[0] for r in results if r[0] is not None]
+    delays = [d for r in results for d in r[1]]
+    return {"streams": n, "ok": sum(1 for r in results if r[2]),
+            "ttft_p50_ms": pct(ttfts, 50), "ttft_p99_ms": pct(ttfts, 99),
+            "chunk_delay_p50_ms": pct(delays, 50), "chunk_delay_p99_ms": pct(delays, 99)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--streams", type=int, nargs="+", default=[100, 500])
+    ap.add_argument("--burst", action="store_true", help="start all streams at once")
+    ap.add_argument("--skip-litellm", action="store_true")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    os.environ.setdefault("PYTHONPATH", str(Path(__file__).resolve().parent.parent))
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    out: dict[str, list[dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="gw-streams-") as tmp_s, peers(Path(tmp_s)) as p:
+        up = p.upstream(CHUNKS, PACE_MS)
+        targets = {"direct": up, "nginx": p.nginx(up), "bare-python": p.bare(up),
+                   "edgecloud": p.gateway(up)}
+        if not args.skip_litellm:
+            targets["litellm"] = p.litellm(up)
+        print(f"{'target':<12} {'streams':>7} {'ok':>5} {'TTFT p50':>9} {'TTFT p99':>9} "
+              f"{'delay p50':>9} {'delay p99':>9}   (ms)")
+        for n in args.streams:
+            for name, url in targets.items():
+                r = asyncio.run(run(url, n, args.burst))
+                out.setdefault(name, []).append(r)
+                print(f"{name:<12} {n:>7} {r['ok']:>5.0f} {r['ttft_p50_ms']:>9.1f} "
+                      f"{r['ttft_p99_ms']:>9.1f} {r['chunk_delay_p50_ms']:>9.1f} "
+                      f"{r['chunk_delay_p99_ms']:>9.1f}", flush=True)
+    print("\nedgecloud vs direct")
+    for i, n in enumerate(args.streams):
+        d, g = out["direct"][i], out["edgecloud"][i]
+        print(f"  {n} streams: TTFT p50 +{g['ttft_p50_ms'] - d['ttft_p50_ms']:.1f} ms, "
+              f"chunk delay p99 {g['chunk_delay_p99_ms']:.1f} ms, TTFT p99 "
+              f"{g['ttft_p99_ms']:.0f} ms, failed or cut {n - g['ok']:.0f}")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

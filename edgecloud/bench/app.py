@@ -1,0 +1,307 @@
+"""The I/O edge of `edgecloud bench`: env, files, signals, progress bar, summary table."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from rich.console import Console
+from rich.table import Table
+
+from edgecloud.bench.results import BenchResults
+
+EXIT_TARGET = 2
+EXIT_INTERRUPTED = 130
+
+
+def write_results(results: BenchResults, path: Path) -> None:
+    """Write atomically, so an interrupted write never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(results.model_dump_json(indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_results(path: str | Path) -> BenchResults:
+    return BenchResults.model_validate_json(Path(path).read_text(encoding="utf-8"))
+
+
+def _fmt(v: object) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+_TERMINAL_COLUMNS = (
+    "level",
+    "requests",
+    "errors",
+    "req/s",
+    "out tok/s",
+    "TTFT p50",
+    "e2e p50",
+    "e2e p95",
+    "ITL p50",
+    "goodput %",
+)
+
+
+def print_summary(console: Console, results: BenchResults) -> None:
+    from edgecloud.bench.render import LEVEL_HEADERS, level_rows
+
+    if not results.levels:
+        return
+    table = Table(
+        title=f"{results.label or results.endpoint} - {results.scenario} "
+        f"({results.workload}, tokens from {results.token_count_source}); ms"
+    )
+    # The terminal gets the essential columns; the HTML report has them all.
+    cols = [LEVEL_HEADERS.index(h) for h in _TERMINAL_COLUMNS]
+    for i in cols:
+        table.add_column(LEVEL_HEADERS[i], justify="right")
+    for row in level_rows(results.levels):
+        table.add_row(*(_fmt(row[i]) for i in cols))
+    console.print(table, soft_wrap=False)
+    if results.knee is not None:
+        console.print(f"knee: {results.knee.level:g} ({results.knee.reason})")
+    if results.cold_start is not None:
+        parts = ", ".join(f"{k} p50 {_fmt(p.p50)}" for k, p in results.cold_start.summary.items())
+        console.print(f"cold start ({len(results.cold_start.runs)} runs): {parts}")
+    if results.energy is not None and results.energy.joules is not None:
+        e = results.energy
+        console.print(
+            f"energy ({'measured, ' if e.measured else ''}{e.source}): "
+            f"{_fmt(e.joules)} J, {_fmt(e.joules_per_request)} J/request, "
+            f"{_fmt(e.tokens_per_joule)} tokens/J"
+        )
+
+
+def run_command(target: str, o: dict[str, Any]) -> int:
+    """Run a bench from CLI options; returns the exit code."""
+    from edgecloud.bench.workloads import WorkloadError, encode_bodies, load_workload
+
+    console = Console(stderr=True, soft_wrap=True)  # messages stay whole lines (greppable)
+    api_key = None
+    if o["api_key_env"]:
+        api_key = os.environ.get(o["api_key_env"])
+        if not api_key:
+            console.print(f"[red]env var {o['api_key_env']} is not set (it should hold the key)")
+            return EXIT_TARGET
+    try:
+        wl = load_workload(o["workload"], seed=o["seed"])
+    except WorkloadError as exc:
+        console.print(f"[red]{exc}")
+        return EXIT_TARGET
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        runner = asyncio.Runner()
+    with runner:
+        results = runner.run(_main(target, o, wl, api_key, console, encode_bodies))
+    write_results(results, o["out"])
+    if o["report"]:
+        from edgecloud.bench.render import render_run
+
+        o["report"].write_text(render_run(results), encoding="utf-8")
+    print_summary(console, results)
+    where = f"results: {o['out']}" + (f", report: {o['report']}" if o["report"] else "")
+    if not results.complete:
+        console.print(f"[yellow]partial run: {results.note}[/]\n{where}")
+        return EXIT_INTERRUPTED if "interrupted" in results.note else EXIT_TARGET
+    console.print(where)
+    return 0
+
+
+async def _main(
+    target: str,
+    o: dict[str, Any],
+    wl: Any,
+    api_key: str | None,
+    console: Console,
+    encode_bodies: Any,
+) -> BenchResults:
+    from edgecloud.bench.client import Target
+    from edgecloud.bench.coldstart import ColdStartError, measure_cold_start
+    from edgecloud.bench.runner import RunSettings, api_root, run_bench
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():  # second Ctrl-C: stop waiting for anything
+            os._exit(EXIT_INTERRUPTED)
+        console.print("[yellow]stopping: writing what was measured (Ctrl-C again to quit)")
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+
+    # The model id is needed before the bodies; preflight confirms it during the run.
+    model = o["model"] or ""
+    bodies = encode_bodies(
+        wl, model=model or "default", max_tokens=o["max_tokens"], stream=o["stream"]
+    )
+    base = api_root(target)
+    kept = None
+    cold = None
+    server_pid = o["server_pid"]
+    if o["cold_start"]:
+        root = base[: -len("/v1")] if base.endswith("/v1") else base
+        tgt = Target(base, model, api_key, wl.route, True, o["timeout"])
+        try:
+            cold, kept = await measure_cold_start(
+                o["cold_start"],
+                tgt,
+                root,
+                bodies[0],
+                runs=o["cold_start_runs"],
+                timeout_s=max(o["timeout"], 300.0),
+                keep_last=not o["cold_start_only"],
+            )
+        except ColdStartError as exc:
+            return BenchResults(
+                endpoint=base,
+                model=model,
+                scenario=o["scenario"],
+                workload=wl.name,
+                label=o["label"],
+                complete=False,
+                note=str(exc),
+            )
+        if kept is not None:
+            server_pid = kept.pid
+    try:
+        if not model:
+            model = await _first_model(base, api_key)
+            if model:
+                bodies = encode_bodies(
+                    wl, model=model, max_tokens=o["max_tokens"], stream=o["stream"]
+                )
+        settings = RunSettings(
+            scenario=o["scenario"],
+            levels=o["levels"],
+            bodies=bodies,
+            workload=wl.name,
+            requests=o["requests"],
+            duration_s=o["duration"],
+            slo=o["slo"],
+            seed=o["seed"],
+            warmup=o["warmup"],
+            label=o["label"],
+            server_pid=server_pid,
+            watts_per_core=o["watts_per_core"],
+            tokenizer=o["tokenizer"],
+        )
+        if o["cold_start_only"]:
+            results = BenchResults(
+                endpoint=base,
+                model=model,
+                scenario=o["scenario"],
+                workload=wl.name,
+                label=o["label"],
+            )
+        else:
+            results = await _with_progress(
+                run_bench(
+                    base,
+                    settings,
+                    model=model or None,
+                    api_key=api_key,
+                    stream=o["stream"],
+                    route=wl.route,
+                    timeout_s=o["timeout"],
+                    stop=stop,
+                    progress=None if o["quiet"] else _Bar.update,
+                ),
+                quiet=o["quiet"],
+                console=console,
+            )
+    finally:
+        if kept is not None:
+            await asyncio.to_thread(kept.stop)
+    results.cold_start = cold
+    return results
+
+
+async def _first_model(base: str, api_key: str | None) -> str:
+    from edgecloud.bench.client import make_session
+    from edgecloud.bench.runner import TargetError, preflight
+
+    session = make_session(1, 10.0)
+    try:
+        return await preflight(session, base, api_key, None, 10.0)
+    except TargetError:
+        return ""  # run_bench repeats the check and records the message
+    finally:
+        await session.close()
+
+
+class _Bar:
+    """A rich progress bar refreshed twice a second (cheap: the run only bumps counters)."""
+
+    state: dict[float, tuple[int, int | None]] = {}
+
+    @classmethod
+    def update(cls, level: float, done: int, total: int | None) -> None:
+        cls.state[level] = (done, total)
+
+
+async def _with_progress(coro: Any, *, quiet: bool, console: Console) -> BenchResults:
+    if quiet or not sys.stderr.isatty():
+        return await coro  # type: ignore[no-any-return]
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    task = asyncio.ensure_future(coro)
+    ids: dict[float, Any] = {}
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        refresh_per_second=2,
+        transient=True,
+    ) as bar:
+        while not task.done():
+            for level, (done, total) in list(_Bar.state.items()):
+                if level not in ids:
+                    ids[level] = bar.add_task(f"level {level:g}", total=total)
+                bar.update(ids[level], completed=done)
+            await asyncio.wait({task}, timeout=0.5)
+    return task.result()
+
+
+def compare_command(files: list[str], report: Path | None) -> int:
+    """Print runs side by side; write an HTML comparison with --report."""
+    from edgecloud.bench.render import COMPARE_HEADERS, compare_rows, render_compare
+
+    console = Console()
+    runs = []
+    for f in files:
+        try:
+            runs.append(read_results(f))
+        except (OSError, ValueError) as exc:
+            Console(stderr=True).print(f"[red]{f}: not a bench results file ({str(exc)[:200]})")
+            return EXIT_TARGET
+    table = Table(title="edgecloud bench compare (ms)")
+    for h in COMPARE_HEADERS:
+        table.add_column(h, justify="right")
+    for row in compare_rows(runs):
+        table.add_row(*(_fmt(v) for v in row))
+    console.print(table)
+    if report:
+        report.write_text(render_compare(runs), encoding="utf-8")
+        console.print(f"report: {report}")
+    return 0
+
+
+def host_of(url: str) -> str:
+    return urlsplit(url).netloc

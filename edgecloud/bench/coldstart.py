@@ -1,0 +1,129 @@
+"""Cold start: launch a server command, time its listening socket, /readyz 200 and first token."""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import time
+from collections.abc import Sequence
+
+import orjson
+
+from edgecloud.bench.client import Target, make_session
+from edgecloud.bench.results import ColdStart
+from edgecloud.bench.sse import StreamScanner
+from edgecloud.bench.stats import summarize
+from edgecloud.supervise import ManagedProcess
+
+_POLL_S = 0.02
+
+
+class ColdStartError(Exception):
+    """The server command exited or never produced a first token."""
+
+
+async def cold_start_once(
+    command: Sequence[str],
+    target: Target,
+    root_url: str,
+    body: bytes,
+    timeout_s: float,
+    log_path: str | None = None,
+) -> tuple[dict[str, float], ManagedProcess]:
+    """One launch; returns the timings (seconds from launch) and the running process."""
+    import aiohttp
+
+    t0 = time.perf_counter()
+    proc = ManagedProcess(command, None, log_path=log_path, name="cold-start").start()
+    timings: dict[str, float] = {}
+    session = make_session(0, timeout_s)
+    deadline = t0 + timeout_s
+    try:
+
+        async def poll_ready() -> None:
+            while time.perf_counter() < deadline:
+                try:
+                    async with session.get(root_url + "/readyz") as resp:
+                        timings.setdefault("process_start_s", time.perf_counter() - t0)
+                        if resp.status == 200:
+                            timings["ready_s"] = time.perf_counter() - t0
+                            return
+                except aiohttp.ClientError:
+                    pass
+                if not proc.alive():
+                    return
+                await asyncio.sleep(_POLL_S)
+
+        async def model_id() -> str:
+            """The model to ask for: the given one, else the first the server lists."""
+            while target.model == "" and time.perf_counter() < deadline and proc.alive():
+                try:
+                    async with session.get(target.base_url.rstrip("/") + "/models") as resp:
+                        timings.setdefault("process_start_s", time.perf_counter() - t0)
+                        if resp.status == 200:
+                            return str(orjson.loads(await resp.read())["data"][0]["id"])
+                except (aiohttp.ClientError, ValueError, KeyError, IndexError):
+                    pass
+                await asyncio.sleep(_POLL_S)
+            return target.model
+
+        async def first_token() -> None:
+            model = await model_id()
+            request = orjson.dumps({**orjson.loads(body), "model": model})
+            while time.perf_counter() < deadline and proc.alive():
+                try:
+                    async with session.post(
+                        target.url, data=request, headers=target.headers()
+                    ) as resp:
+                        timings.setdefault("process_start_s", time.perf_counter() - t0)
+                        if resp.status == 200:
+                            scan = StreamScanner()
+                            async for data in resp.content.iter_any():
+                                scan.feed(data, time.perf_counter())
+                                if scan.token_times:
+                                    timings["first_token_s"] = scan.token_times[0] - t0
+                                    return
+                        else:
+                            await resp.read()
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(_POLL_S)
+
+        await asyncio.gather(poll_ready(), first_token())
+    finally:
+        await session.close()
+    if "first_token_s" not in timings:
+        code = proc.proc.poll() if proc.proc else None
+        proc.stop()
+        why = f"exited with {code}" if code is not None else f"gave no token in {timeout_s:g} s"
+        raise ColdStartError(f"cold start: `{shlex.join(command)}` {why}")
+    return {k: round(v, 4) for k, v in timings.items()}, proc
+
+
+async def measure_cold_start(
+    command: str,
+    target: Target,
+    root_url: str,
+    body: bytes,
+    *,
+    runs: int,
+    timeout_s: float,
+    keep_last: bool = False,
+    log_path: str | None = None,
+) -> tuple[ColdStart, ManagedProcess | None]:
+    """`runs` launches; the last process is returned still running when `keep_last`."""
+    argv = shlex.split(command)
+    results: list[dict[str, float]] = []
+    kept: ManagedProcess | None = None
+    for i in range(runs):
+        timings, proc = await cold_start_once(argv, target, root_url, body, timeout_s, log_path)
+        results.append(timings)
+        if keep_last and i == runs - 1:
+            kept = proc
+        else:
+            await asyncio.to_thread(proc.stop)
+    summary = {
+        key[:-2] + "_ms": summarize(r[key] * 1000.0 for r in results if key in r)
+        for key in ("process_start_s", "ready_s", "first_token_s")
+    }
+    return ColdStart(command=command, runs=results, summary=summary), kept

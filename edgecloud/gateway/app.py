@@ -1,0 +1,276 @@
+"""The gateway's raw ASGI app: read, inspect, place, forward, stream back, account.
+
+The request body is parsed once (orjson) for policy and forwarded as the original bytes; answers
+are streamed through chunk by chunk as they arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from edgecloud.api.asgi import (
+    ClientDisconnected,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    send_bytes,
+    send_error,
+    send_json,
+)
+from edgecloud.api.errors import (
+    APIError,
+    BadRequest,
+    MethodNotAllowed,
+    ModelNotFound,
+    NotFound,
+    Unauthorized,
+    UnsupportedMediaType,
+)
+from edgecloud.gateway.config import ApiKeyConfig, GatewayConfig
+from edgecloud.gateway.forward import Forwarder
+from edgecloud.gateway.health import CircuitBreaker, EndpointState
+from edgecloud.gateway.metrics import GatewayMetrics, RequestLog
+from edgecloud.gateway.policy import Hints, PlacementPolicy
+from edgecloud.gateway.request import RequestFacts, inspect_chat, inspect_completion, parse_json
+from edgecloud.gateway.upstream import Upstream
+
+_ROUTES: dict[str, tuple[str, Callable[[dict[str, Any]], RequestFacts]]] = {
+    "/v1/chat/completions": ("/chat/completions", inspect_chat),
+    "/v1/completions": ("/completions", inspect_completion),
+}
+_PLACEMENTS = ("edge", "cloud")
+_SENSITIVITIES = ("public", "private")
+_FORM_TYPES = (b"application/x-www-form-urlencoded", b"text/plain")
+
+
+class GatewayApp:
+    """The ASGI callable; owns endpoint state, upstream clients, policy, metrics and log."""
+
+    def __init__(self, config: GatewayConfig, log: RequestLog | None = None,
+                 verify_upstream_tls: bool = True) -> None:
+        self.config = config
+        lim = config.limits
+        self.states = [
+            EndpointState(cfg, CircuitBreaker(lim.breaker_failures, lim.breaker_open_s),
+                          model_id=cfg.model)
+            for cfg in config.endpoints
+        ]
+        self.upstreams = {s.name: Upstream(s, verify_tls=verify_upstream_tls) for s in self.states}
+        self.policy = PlacementPolicy(config.policy)
+        self.metrics = GatewayMetrics(self.states)
+        self.log = log or RequestLog()
+        self.keys: dict[str, ApiKeyConfig] = {k.sha256: k for k in config.auth.keys}
+        allow = config.models.allow
+        self.accepted: frozenset[str] | None = (
+            frozenset(allow) | frozenset(config.models.aliases) if allow is not None else None
+        )
+        self.forwarder = Forwarder(self.upstreams, self.metrics)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._month = datetime.now(UTC).strftime("%Y-%m")
+
+    # -- ASGI entry ------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            path = scope["path"]
+            route = _ROUTES.get(path)
+            if route is not None:
+                if scope["method"] != "POST":
+                    await send_error(send, MethodNotAllowed(f"{path} takes POST."))
+                    return
+                await self._proxy(scope, receive, send, route[0], route[1])
+                return
+            await self._small_route(scope, send, path)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _small_route(self, scope: Scope, send: Send, path: str) -> None:
+        if path == "/healthz":
+            await send_json(send, 200, {"status": "ok"})
+        elif path == "/readyz":
+            now = time.monotonic()
+            ready = [s.name for s in self.states if s.available(now)]
+            await send_json(send, 200 if ready else 503,
+                            {"status": "ready" if ready else "no endpoint available",
+                             "available": ready})
+        elif path == "/metrics":
+            await send_bytes(send, 200, self.metrics.render(),
+                             [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")])
+        elif path == "/v1/models":
+            try:
+                self._authenticate(scope)
+            except APIError as err:
+                await send_error(send, err)
+                return
+            await send_json(send, 200, {"object": "list", "data": self._model_list()})
+        else:
+            await send_error(send, NotFound(f"No route {path}."))
+
+    def _model_list(self) -> list[dict[str, Any]]:
+        if self.accepted is not None:
+            names = sorted(self.accepted)
+        else:
+            names = ["auto", *sorted({s.model_id for s in self.states if s.model_id})]
+        return [{"id": n, "object": "model", "created": 0, "owned_by": "edgecloud"} for n in names]
+
+    # -- lifespan -----------------------------------------------------------------------------
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def start(self) -> None:
+        for up in self.upstreams.values():
+            await up.start()
+        await self._probe_all()
+        self._tasks.append(asyncio.create_task(self._health_loop()))
+        self._tasks.append(asyncio.create_task(self._flush_loop()))
+        self.log.event("gateway.started", [
+            ("endpoints", {s.name: ("healthy" if s.healthy else s.last_error) for s in self.states})
+        ])
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for up in self.upstreams.values():
+            await up.close()
+        self.log.event("gateway.stopped")
+
+    async def _probe_all(self) -> None:
+        await asyncio.gather(*(up.probe() for up in self.upstreams.values()))
+
+    async def _health_loop(self) -> None:
+        interval = self.config.limits.health_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            await self._probe_all()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.2)
+            self.log.flush()
+
+    # -- the proxied routes ------------------------------------------------------------------
+    def _authenticate(
+        self, scope: Scope, authorization: bytes | None = None
+    ) -> ApiKeyConfig | None:
+        if not self.keys:
+            return None
+        if authorization is None:
+            for k, v in scope["headers"]:
+                if k == b"authorization":
+                    authorization = v
+                    break
+        if authorization is None or not authorization[:7].lower() == b"bearer ":
+            raise Unauthorized("Missing API key: send Authorization: Bearer <key>.")
+        key = self.keys.get(hashlib.sha256(authorization[7:].strip()).hexdigest())
+        if key is None:
+            raise Unauthorized("Invalid API key.")
+        return key
+
+    def _hints(self, headers: dict[bytes, bytes], key: ApiKeyConfig | None) -> Hints:
+        region = headers.get(b"x-edgecloud-region")
+        sens = headers.get(b"x-edgecloud-sensitivity")
+        deadline = headers.get(b"x-edgecloud-deadline-ms")
+        pin = headers.get(b"x-edgecloud-placement")
+        sensitivity = sens.decode("latin-1").strip().lower() if sens else None
+        if sensitivity is not None and sensitivity not in _SENSITIVITIES:
+            raise BadRequest("x-edgecloud-sensitivity must be public or private.",
+                             param="x-edgecloud-sensitivity")
+        from_key = False
+        if key is not None and key.sensitivity == "private" and sensitivity != "private":
+            sensitivity, from_key = "private", True  # a key's private default cannot be lifted
+        deadline_ms = None
+        if deadline:
+            try:
+                deadline_ms = float(deadline)
+            except ValueError:
+                deadline_ms = -1.0
+            if not 0 < deadline_ms < 1e9:
+                raise BadRequest("x-edgecloud-deadline-ms must be a positive number.",
+                                 param="x-edgecloud-deadline-ms")
+        pinned = pin.decode("latin-1").strip().lower() if pin else None
+        if pinned is not None and pinned not in _PLACEMENTS:
+            raise BadRequest("x-edgecloud-placement must be edge or cloud.",
+                             param="x-edgecloud-placement")
+        region_s = region.decode("latin-1").strip().lower() if region else None
+        if not region_s and key is not None:
+            region_s = key.region
+        return Hints(region_s or None, sensitivity, from_key, deadline_ms, pinned)
+
+    async def _proxy(self, scope: Scope, receive: Receive, send: Send, upstream_path: str,
+                     inspect: Callable[[dict[str, Any]], RequestFacts]) -> None:
+        t0 = time.perf_counter()
+        record: dict[str, Any] = {"event": "request", "route": scope["path"]}
+        headers = {k: v for k, v in scope["headers"] if k in _WANTED}
+        try:
+            key = self._authenticate(scope, headers.get(b"authorization"))
+            if key is not None:
+                record["key"] = key.name
+            ctype = headers.get(b"content-type")
+            if ctype is not None and b"json" not in ctype and not ctype.startswith(_FORM_TYPES):
+                raise UnsupportedMediaType("Send the body as application/json.")
+            raw = await read_body(receive, self.config.limits.max_body_bytes, scope)
+            facts = inspect(parse_json(raw))
+            self._check_model(facts.model)
+            hints = self._hints(headers, key)
+            decision = self.policy.choose_endpoint(
+                facts, hints, self.states, time.monotonic(), self._cloud_spend()
+            )
+        except ClientDisconnected:
+            return
+        except APIError as err:
+            reason = getattr(err, "rule", None) or f"request.{err.code or err.type}"
+            self.metrics.refusal(reason)
+            self.metrics.request("none", "none", reason, err.status)
+            record.update(status=err.status, reason=reason, error=err.code)
+            extra = [(b"x-edgecloud-reason", reason.encode())]
+            await send_error(send, err, extra)
+            record["total_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+            self.log.write(record)
+            return
+        record.update(model=facts.model, stream=facts.stream, images=facts.images,
+                      body_bytes=len(raw), rule=decision.rule)
+        if hints.region:
+            record["region"] = hints.region
+        await self.forwarder.forward(send, receive, upstream_path, raw, facts, decision, record, t0)
+        if "cost_usd" in record:
+            self._add_spend(record)
+        self.log.write(record)
+
+    def _check_model(self, model: str) -> None:
+        if self.accepted is not None and model not in self.accepted:
+            raise ModelNotFound(f"The model {model!r} does not exist here; see /v1/models.",
+                                param="model")
+
+    # A rough running total of estimated cloud spend this calendar month (for the budget rule).
+    _spend: float = 0.0
+
+    def _cloud_spend(self) -> float:
+        return self._spend
+
+    def _add_spend(self, record: dict[str, Any]) -> None:
+        month = datetime.now(UTC).strftime("%Y-%m")
+        if month != self._month:
+            self._month, self._spend = month, 0.0
+        if record.get("placement") == "cloud":
+            self._spend += float(record["cost_usd"])
+
+
+_WANTED = frozenset({
+    b"authorization", b"content-type", b"x-edgecloud-region", b"x-edgecloud-sensitivity",
+    b"x-edgecloud-deadline-ms", b"x-edgecloud-placement",
+})

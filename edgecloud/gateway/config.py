@@ -1,0 +1,211 @@
+"""Gateway configuration: pydantic models loaded from YAML, errors that name the field and line."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edgecloud.gateway.errors import ConfigError
+
+PiiKind = Literal["email", "phone", "id_card", "bank_card", "iban", "ip", "secret"]
+PII_KINDS: tuple[PiiKind, ...] = ("email", "phone", "id_card", "bank_card", "iban", "ip", "secret")
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Price(_Strict):
+    """Price per million tokens (edge endpoints may carry an amortised cost too)."""
+
+    input_per_mtok: float = Field(default=0.0, ge=0)
+    output_per_mtok: float = Field(default=0.0, ge=0)
+
+
+class EndpointConfig(_Strict):
+    """One upstream: our node or any OpenAI-compatible server."""
+
+    name: str = Field(pattern=_NAME)
+    tier: Literal["edge", "cloud"]
+    url: str
+    region: str = "device"
+    capabilities: list[str] = Field(default_factory=lambda: ["text"])
+    max_concurrency: int = Field(default=4, ge=1)
+    context: int | None = Field(default=None, ge=1, description="context window in tokens")
+    model: str | None = None
+    api_key_env: str | None = None
+    price: Price = Price()
+    timeout_s: float = Field(default=120.0, gt=0, description="upstream read timeout")
+    connect_timeout_s: float = Field(default=2.0, gt=0)
+    health_path: str | None = Field(
+        None, description="probe path under the server root; default /readyz, else /v1/models"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/\s]+(/\S*)?$", v):
+            raise ValueError("must be an http:// or https:// URL such as http://127.0.0.1:8081/v1")
+        return v.rstrip("/")
+
+    @field_validator("capabilities")
+    @classmethod
+    def _caps(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("list at least one capability (text, vision)")
+        return v
+
+
+class PrivacyConfig(_Strict):
+    """What counts as personal data and what happens to it."""
+
+    detect: list[PiiKind] = Field(default_factory=lambda: list(PII_KINDS))
+    action: Literal["edge_only"] = "edge_only"
+    images: Literal["edge_only", "allow"] = "edge_only"
+    patterns: dict[str, str] = Field(
+        default_factory=dict, description="extra detectors: name -> regular expression"
+    )
+
+    @field_validator("patterns")
+    @classmethod
+    def _patterns(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, pattern in v.items():
+            if not re.match(r"^[a-z0-9_]{1,32}$", name):
+                raise ValueError(f"pattern name {name!r} must be lower-case letters, digits or _")
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(
+                    f"pattern {name!r} is not a valid regular expression: {exc}"
+                ) from None
+        return v
+
+
+class OffloadConfig(_Strict):
+    """Move work from a busy edge to the cloud; come back when it drains."""
+
+    edge_queue_above: int = Field(default=2, ge=0)
+
+
+class BudgetConfig(_Strict):
+    monthly_cloud_usd: float | None = Field(default=None, ge=0)
+
+
+class PolicyConfig(_Strict):
+    residency: dict[str, list[str]] = Field(default_factory=dict)
+    privacy: PrivacyConfig = PrivacyConfig()
+    offload: OffloadConfig = OffloadConfig()
+    slo_ms: float | None = Field(default=None, gt=0, description="default deadline, whole answer")
+    budget: BudgetConfig = BudgetConfig()
+    default_output_tokens: int = Field(default=256, ge=1)
+
+
+class ModelsConfig(_Strict):
+    """Optional allow-list of client model names; None accepts any name."""
+
+    allow: list[str] | None = None
+    aliases: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _aliases_target_allowed(self) -> ModelsConfig:
+        if self.allow is not None:
+            for alias, target in self.aliases.items():
+                if target not in self.allow:
+                    raise ValueError(f"alias {alias!r} points to {target!r}, which is not in allow")
+        return self
+
+
+class ApiKeyConfig(_Strict):
+    """A client key, stored as the hex SHA-256 of the key (never the key itself)."""
+
+    name: str = Field(pattern=_NAME)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    region: str | None = None
+    sensitivity: Literal["public", "private"] | None = None
+
+
+class AuthConfig(_Strict):
+    keys: list[ApiKeyConfig] = Field(default_factory=list)
+
+
+class LimitsConfig(_Strict):
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    health_interval_s: float = Field(default=2.0, gt=0)
+    breaker_failures: int = Field(default=3, ge=1)
+    breaker_open_s: float = Field(default=5.0, gt=0)
+
+
+class GatewayConfig(_Strict):
+    endpoints: list[EndpointConfig]
+    policy: PolicyConfig = PolicyConfig()
+    models: ModelsConfig = ModelsConfig()
+    auth: AuthConfig = AuthConfig()
+    limits: LimitsConfig = LimitsConfig()
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, v: list[EndpointConfig]) -> list[EndpointConfig]:
+        if not v:
+            raise ValueError("configure at least one endpoint")
+        names = [e.name for e in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"endpoint names must be unique; repeated: {', '.join(dupes)}")
+        return v
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
+    """1-based line of the YAML node at `loc` (or of its closest existing parent)."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = next((v for k, v in node.value if getattr(k, "value", None) == part), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            nxt = node.value[part] if part < len(node.value) else None
+        else:
+            nxt = None
+        if nxt is None:
+            break
+        node = nxt
+        line = node.start_mark.line + 1
+    return line
+
+
+def parse_config(text: str, source: str = "<config>") -> GatewayConfig:
+    """Validate YAML text; raise ConfigError naming the field and the line."""
+    try:
+        root = yaml.compose(text)
+        data: Any = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}:1: the file must be a mapping with an 'endpoints' list")
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+            field = ".".join(str(p) for p in loc) or "(top level)"
+            line = _line_of(root, loc)
+            where = f"{source}:{line}" if line else source
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{where}: {field}: {msg}")
+        raise ConfigError("invalid gateway configuration:\n  " + "\n  ".join(lines)) from None
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Read and validate a gateway YAML file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {p}: {exc.strerror}") from None
+    return parse_config(text, str(p))

@@ -1,0 +1,64 @@
+"""Fewer send() calls per response: uvicorn writes the status line and headers, then the body,
+as two socket writes. This transport wrapper holds the header block back until the next write
+(the body, joined into one `writelines`) or the end of the loop iteration, so a small answer
+leaves in one segment, as nginx sends it. Body writes (stream chunks) pass straight through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+
+class CorkedTransport:
+    """Delegates to the real transport, buffering writes until the loop's next turn."""
+
+    __slots__ = ("_transport", "_loop", "_pending", "_scheduled")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+        self._scheduled = False
+
+    def write(self, data: bytes) -> None:
+        if data[:5] == b"HTTP/":  # uvicorn's status line and headers: hold them back
+            self._pending.append(data)
+            if not self._scheduled:
+                self._scheduled = True
+                self._loop.call_soon(self.flush)
+            return
+        if self._pending:
+            self._pending.append(data)
+            self.flush()
+        elif data:
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        if self._transport.is_closing():
+            return
+        if len(pending) == 1:
+            self._transport.write(pending[0])
+        else:
+            self._transport.writelines(pending)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class CorkedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol over a CorkedTransport."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(CorkedTransport(transport, self.loop))  # type: ignore[arg-type]

@@ -1,0 +1,226 @@
+"""The placement policy: a pure function from request facts and endpoint state to a decision.
+
+The chain, in order: privacy -> residency -> (health) -> capability -> pin -> deadline/latency ->
+load -> cost. Privacy and residency are hard filters that fail closed; the endpoints they remove
+never appear in the decision, so no retry or fallback can reach them. Rule ids are documented in
+docs/gateway.md and are stable: dashboards and clients match on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from edgecloud.gateway.config import PolicyConfig
+from edgecloud.gateway.errors import CapabilityMissing, NoAllowedEndpoint
+from edgecloud.gateway.health import EndpointState
+from edgecloud.gateway.privacy import PrivacyDetector
+from edgecloud.gateway.request import RequestFacts
+
+
+@dataclass(slots=True)
+class Hints:
+    """What the client (headers) and its API key say about a request."""
+
+    region: str | None = None
+    sensitivity: str | None = None
+    sensitivity_from_key: bool = False
+    deadline_ms: float | None = None
+    pinned: str | None = None
+
+
+@dataclass(slots=True)
+class PlacementDecision:
+    """Where to send a request: endpoints to try in order, the rule that decided, and why."""
+
+    order: tuple[EndpointState, ...]
+    rule: str
+    explanation: str
+    restricted: bool
+
+    @property
+    def primary(self) -> EndpointState:
+        return self.order[0]
+
+
+def _names(endpoints: Sequence[EndpointState]) -> str:
+    return ", ".join(e.name for e in endpoints) or "none configured"
+
+
+class PlacementPolicy:
+    """Applies the configured policy chain; holds no I/O and no clock of its own."""
+
+    def __init__(self, config: PolicyConfig) -> None:
+        self.config = config
+        self.detector = PrivacyDetector(config.privacy.detect, config.privacy.patterns)
+        # Load the validators' lazy metadata now, not on the first private request.
+        self.detector.detect(["+86 138 1234 5678 call +1 415-555-2671", "DE89370400440532013000"])
+
+    def privacy_rule(self, facts: RequestFacts, hints: Hints) -> str | None:
+        """The privacy rule that makes this request edge-only, or None."""
+        if hints.sensitivity == "private":
+            return "privacy.key" if hints.sensitivity_from_key else "privacy.header"
+        if facts.images and self.config.privacy.images == "edge_only":
+            return "privacy.image"
+        kind = self.detector.detect(facts.texts)
+        return f"privacy.pii.{kind}" if kind is not None else None
+
+    def choose_endpoint(
+        self,
+        facts: RequestFacts,
+        hints: Hints,
+        endpoints: Sequence[EndpointState],
+        now: float,
+        cloud_spend_usd: float = 0.0,
+    ) -> PlacementDecision:
+        """Decide where `facts` runs. Raises NoAllowedEndpoint (503) or CapabilityMissing (400)."""
+        rule: str | None = None
+        why = ""
+        cands = list(endpoints)
+
+        private = self.privacy_rule(facts, hints)
+        if private is not None:
+            cands = [e for e in cands if e.config.tier == "edge"]
+            rule, why = private, "private data stays on edge endpoints"
+            if not cands:
+                raise NoAllowedEndpoint(private, "private request, and no edge endpoint exists")
+
+        if hints.region:
+            tag = hints.region
+            allowed = self.config.residency.get(tag)
+            regions = set(allowed) if allowed is not None else {tag}
+            kept = [e for e in cands if e.config.region in regions]
+            if not kept:
+                raise NoAllowedEndpoint(
+                    f"residency.{tag}",
+                    f"no allowed endpoint is in a region permitted for {tag!r} "
+                    f"({', '.join(sorted(regions))})",
+                )
+            if rule is None and len(kept) < len(cands):
+                rule, why = f"residency.{tag}", f"data tagged {tag!r} stays in {sorted(regions)}"
+            cands = kept
+        restricted = rule is not None
+
+        live = [e for e in cands if e.available(now)]
+        if not live:
+            down = _names(cands)
+            if restricted and rule is not None:
+                raise NoAllowedEndpoint(
+                    rule, f"no healthy endpoint may take this request ({down} unavailable); "
+                    "it was not sent anywhere else"
+                )
+            raise NoAllowedEndpoint("fallback", f"no endpoint is healthy ({down} unavailable)")
+
+        out_tokens = facts.max_output_tokens or self.config.default_output_tokens
+        live, rule, why = self._capabilities(facts, cands, live, out_tokens, rule, why)
+
+        pin = hints.pinned if hints.pinned in ("edge", "cloud") else None
+        if pin is not None:
+            pinned = [e for e in live if e.config.tier == pin]
+            if not pinned:
+                pin = None  # the pinned tier is unavailable or not allowed: policy decides
+            elif rule is None and len(pinned) < len(live):
+                rule, why = "pinned", f"the client pinned the request to {pin}"
+        return self._ordered(live, pin, facts, hints, out_tokens, rule, why, restricted,
+                             cloud_spend_usd)
+
+    def _capabilities(
+        self,
+        facts: RequestFacts,
+        cands: list[EndpointState],
+        live: list[EndpointState],
+        out_tokens: int,
+        rule: str | None,
+        why: str,
+    ) -> tuple[list[EndpointState], str | None, str]:
+        if facts.images:
+            vision = [e for e in live if "vision" in e.config.capabilities]
+            if not vision:
+                if any("vision" in e.config.capabilities for e in cands):
+                    raise NoAllowedEndpoint(
+                        rule or "capability.vision",
+                        "the allowed endpoints that read images are unavailable",
+                    )
+                raise CapabilityMissing(
+                    "capability.vision",
+                    "the request has image parts and no allowed endpoint reads images",
+                    code="no_vision_endpoint",
+                )
+            if rule is None and len(vision) < len(live):
+                rule, why = "capability.vision", "image parts need a vision endpoint"
+            live = vision
+        need = facts.prompt_tokens_estimate + out_tokens
+        fits = [e for e in live if e.config.context is None or e.config.context >= need]
+        if not fits:
+            raise CapabilityMissing(
+                "capability.context",
+                f"about {need} tokens (prompt and answer) exceed the context of every allowed "
+                "endpoint",
+                code="context_length_exceeded",
+            )
+        if rule is None and len(fits) < len(live):
+            rule, why = "capability.context", f"about {need} tokens need a larger context"
+        return fits, rule, why
+
+    def _ordered(
+        self,
+        live: list[EndpointState],
+        pin: str | None,
+        facts: RequestFacts,
+        hints: Hints,
+        out_tokens: int,
+        rule: str | None,
+        why: str,
+        restricted: bool,
+        cloud_spend_usd: float,
+    ) -> PlacementDecision:
+        if len(live) == 1:
+            return PlacementDecision((live[0],), rule or "only", why or "the only endpoint left",
+                                     restricted)
+        cfg = self.config
+        deadline_ms = hints.deadline_ms if hints.deadline_ms is not None else cfg.slo_ms
+        deadline_s = deadline_ms / 1000.0 if deadline_ms is not None else None
+        budget = cfg.budget.monthly_cloud_usd
+        over_budget = budget is not None and cloud_spend_usd >= budget
+        prompt_tokens = facts.prompt_tokens_estimate
+        queue_above = cfg.offload.edge_queue_above
+
+        # One sort key per endpoint, in chain order; the index makes keys unique, so the
+        # endpoint itself is never compared. A plain loop: this runs for every request.
+        keyed: list[tuple[bool, bool, bool, float, bool, float, bool, float, int,
+                          EndpointState]] = []
+        best_cost: tuple[float, bool, int] | None = None
+        cheapest_i = 0
+        for i, e in enumerate(live):
+            c = e.config
+            is_edge = c.tier == "edge"
+            predicted = e.latency.predict_s(out_tokens, e.queued())
+            misses = deadline_s is not None and predicted > deadline_s
+            cost = (c.price.input_per_mtok * prompt_tokens
+                    + c.price.output_per_mtok * out_tokens) / 1e6
+            if best_cost is None or (cost, not is_edge, i) < best_cost:
+                best_cost, cheapest_i = (cost, not is_edge, i), i
+            keyed.append((
+                pin is not None and c.tier != pin,
+                over_budget and not is_edge,  # a spent budget makes cloud a last resort
+                misses, predicted if misses else 0.0,
+                is_edge and e.in_flight - c.max_concurrency > queue_above,
+                cost, not is_edge, predicted, i, e,
+            ))
+        kc = keyed[cheapest_i]
+        keyed.sort()
+        order = [k[-1] for k in keyed]
+        if rule is None:
+            kp = keyed[0]
+            cheapest = kc[-1]
+            if cheapest is order[0]:
+                rule, why = "cost", "the cheapest endpoint that meets the deadline"
+            elif kc[1] and not kp[1]:
+                rule, why = "cost.budget", "the monthly cloud budget is spent"
+            elif kc[2] and not kp[2]:
+                rule, why = "deadline", f"predicted to answer within {deadline_ms:.0f} ms"
+            elif kc[4] and not kp[4]:
+                rule, why = "load.offload", f"{cheapest.name} is queueing; offloaded"
+            else:
+                rule, why = "deadline", "predicted to answer soonest"
+        return PlacementDecision(tuple(order), rule, why, restricted)

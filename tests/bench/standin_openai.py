@@ -1,0 +1,227 @@
+"""A stand-in for a remote OpenAI-compatible provider, with latency we control.
+
+Run: python -m tests.bench.standin_openai --port P [options]. Raw ASGI on uvicorn (uvloop,
+httptools), so it is fast enough to be the "fast stand-in" of the generator benchmark too.
+
+Behaviours (all optional):
+- --ttft-ms LIST: comma-separated delays before the first token; request k (in arrival order)
+  gets LIST[k % len(LIST)], so n requests see exactly the injected distribution.
+- --tokens N --itl-ms G: N content chunks, G ms apart after the first.
+- --capacity K --service-ms S: at most K requests served at once, each takes S ms (a server
+  with a known capacity of K * 1000 / S requests/s).
+- --stall-after-s A --stall-s D: A seconds after the first request, hold every answer for D s.
+- --mode ok|unauthorized|html|hang: a bad target (401, a web page, never answers).
+- --no-usage: never report `usage` (the client must count tokens itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from typing import Any
+
+import orjson
+
+from edgecloud.api.asgi import read_body
+
+MODEL = "standin-model"
+
+
+class StandIn:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.delays = [float(x) / 1000.0 for x in args.ttft_ms.split(",")] if args.ttft_ms else []
+        self.tokens = args.tokens
+        self.itl = args.itl_ms / 1000.0
+        self.service = args.service_ms / 1000.0
+        self.sem = asyncio.Semaphore(args.capacity) if args.capacity else None
+        self.stall_after = args.stall_after_s
+        self.stall_s = args.stall_s
+        self.mode = args.mode
+        self.usage = not args.no_usage
+        self.count = 0
+        self.first: float | None = None
+        # What the server really did (ms from the request's arrival): the truth the tests
+        # compare the client's figures with, machine noise included.
+        self.seen_ttft_ms: list[float] = []
+        self.seen_e2e_ms: list[float] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif msg["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        path = scope["path"]
+        if path == "/healthz":  # the test fixture's readiness probe works in every mode
+            await _send(send, 200, b'{"status":"ok"}')
+            return
+        if self.mode == "hang":
+            await asyncio.sleep(3600)
+        if self.mode == "html":
+            await _send(send, 200, b"<html><body>Welcome to nginx!</body></html>", b"text/html")
+            return
+        if self.mode == "unauthorized":
+            err = {
+                "error": {
+                    "message": "Invalid API key",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "invalid_api_key",
+                }
+            }
+            await _send(send, 401, orjson.dumps(err))
+            return
+        if path in ("/healthz", "/readyz"):
+            await _send(send, 200, b'{"status":"ok"}')
+        elif path == "/stats":
+            await _send(
+                send,
+                200,
+                orjson.dumps(
+                    {
+                        "requests": self.count,
+                        "ttft_ms": self.seen_ttft_ms,
+                        "e2e_ms": self.seen_e2e_ms,
+                    }
+                ),
+            )
+        elif path == "/v1/models":
+            await _send(
+                send,
+                200,
+                orjson.dumps(
+                    {
+                        "object": "list",
+                        "data": [{"id": MODEL, "object": "model", "owned_by": "standin"}],
+                    }
+                ),
+            )
+        elif path in ("/v1/chat/completions", "/v1/completions"):
+            body = orjson.loads(await read_body(receive, 64 << 20))
+            await self.complete(body, send, chat=path.endswith("chat/completions"))
+        else:
+            await _send(send, 404, b'{"error":{"message":"not found","type":"not_found"}}')
+
+    async def complete(self, body: dict[str, Any], send: Any, *, chat: bool) -> None:
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = now
+        k = self.count
+        self.count += 1
+        if self.stall_s:
+            start = self.first + self.stall_after
+            if start <= now < start + self.stall_s:
+                await asyncio.sleep(start + self.stall_s - now)
+        if self.sem is not None:
+            async with self.sem:
+                await asyncio.sleep(self.service)
+        if self.delays:
+            await _sleep_until(time.perf_counter() + self.delays[k % len(self.delays)])
+        n = min(
+            self.tokens,
+            int(body.get("max_tokens") or body.get("max_completion_tokens") or self.tokens),
+        )
+        usage = {"prompt_tokens": 7, "completion_tokens": n, "total_tokens": 7 + n}
+        if not body.get("stream"):
+            text = " tok" * n
+            choice: dict[str, Any] = (
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "length",
+                }
+                if chat
+                else {"index": 0, "text": text, "finish_reason": "length"}
+            )
+            answer = {"id": "x", "object": "chat.completion", "model": MODEL, "choices": [choice]}
+            if self.usage:
+                answer["usage"] = usage
+            await _send(send, 200, orjson.dumps(answer))
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        first = time.perf_counter()
+        self.seen_ttft_ms.append((first - now) * 1000.0)
+        for i in range(n):
+            if i and self.itl:
+                # Absolute deadlines: timer overshoot does not add up over the tokens.
+                await _sleep_until(first + i * self.itl)
+            piece = {"delta": {"content": " tok"}} if chat else {"text": " tok"}
+            chunk = {
+                "id": "x",
+                "object": obj,
+                "model": MODEL,
+                "choices": [{"index": 0, **piece, "finish_reason": None}],
+            }
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b"data: " + orjson.dumps(chunk) + b"\n\n",
+                    "more_body": True,
+                }
+            )
+        tail = b""
+        if self.usage and (body.get("stream_options") or {}).get("include_usage"):
+            tail = (
+                b"data: "
+                + orjson.dumps({"id": "x", "object": obj, "choices": [], "usage": usage})
+                + b"\n\n"
+            )
+        await send({"type": "http.response.body", "body": tail + b"data: [DONE]\n\n"})
+        self.seen_e2e_ms.append((time.perf_counter() - now) * 1000.0)
+
+
+async def _sleep_until(deadline: float) -> None:
+    # The loop's timers are millisecond-grained and fire late; aim half a millisecond early.
+    delay = deadline - time.perf_counter() - 0.0005
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+async def _send(send: Any, status: int, body: bytes, ctype: bytes = b"application/json") -> None:
+    await send(
+        {"type": "http.response.start", "status": status, "headers": [(b"content-type", ctype)]}
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--ttft-ms", default="")
+    p.add_argument("--tokens", type=int, default=4)
+    p.add_argument("--itl-ms", type=float, default=0.0)
+    p.add_argument("--capacity", type=int, default=0)
+    p.add_argument("--service-ms", type=float, default=0.0)
+    p.add_argument("--stall-after-s", type=float, default=0.0)
+    p.add_argument("--stall-s", type=float, default=0.0)
+    p.add_argument("--no-usage", action="store_true", help="never report usage")
+    p.add_argument("--mode", default="ok", choices=["ok", "unauthorized", "html", "hang"])
+    args = p.parse_args()
+    import uvicorn
+
+    uvicorn.run(
+        StandIn(args),
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+        backlog=4096,
+    )
+
+
+if __name__ == "__main__":
+    main()

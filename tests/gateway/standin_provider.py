@@ -1,0 +1,149 @@
+"""A stand-in for a remote OpenAI-compatible cloud provider, for tests: records what it receives.
+
+Run: python tests/gateway/standin_provider.py --port P [--name NAME] [--model-id ID]
+Besides the OpenAI routes it has test-only controls:
+  GET /_received          -> the requests it received (summaries, no bodies)
+  DELETE /_received       -> forget them
+  POST /_control {"fail": 503|null, "hang_s": 0, "cut_after": null, "chunks": 8, "delay_ms": 0}
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import time
+from typing import Any
+
+import orjson
+import uvicorn
+
+STATE: dict[str, Any] = {
+    "received": [],
+    "control": {"fail": None, "hang_s": 0.0, "cut_after": None, "chunks": 8, "delay_ms": 0},
+}
+ARGS = argparse.Namespace()
+
+
+def _summary(path: str, headers: dict[bytes, bytes], raw: bytes) -> dict[str, Any]:
+    body = orjson.loads(raw)
+    images = []
+    texts = []
+    for msg in body.get("messages") or []:
+        content = msg.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            for part in content:
+                if part.get("type") == "image_url":
+                    url = part["image_url"]["url"] if isinstance(part["image_url"], dict) else ""
+                    images.append(hashlib.sha256(url.encode()).hexdigest())
+                elif part.get("type") == "text":
+                    texts.append(part["text"])
+    if isinstance(body.get("prompt"), str):
+        texts.append(body["prompt"])
+    return {
+        "path": path,
+        "model": body.get("model"),
+        "user": body.get("user"),
+        "stream": body.get("stream", False),
+        "body_sha256": hashlib.sha256(raw).hexdigest(),
+        "body_bytes": len(raw),
+        "images": images,
+        "texts": texts,
+        "extra": {k: body[k] for k in ("top_p", "frequency_penalty", "extra_field") if k in body},
+        "authorization": headers.get(b"authorization", b"").decode(),
+        "messages": len(body.get("messages") or []),
+    }
+
+
+async def _send_json(send: Any, status: int, obj: Any) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": orjson.dumps(obj)})
+
+
+async def _read(receive: Any) -> bytes:
+    chunks = []
+    while True:
+        m = await receive()
+        chunks.append(m.get("body", b""))
+        if not m.get("more_body"):
+            return b"".join(chunks)
+
+
+async def app(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    path, method = scope["path"], scope["method"]
+    if path in ("/healthz", "/readyz"):
+        await _send_json(send, 200, {"status": "ok"})
+    elif path == "/v1/models":
+        await _send_json(send, 200, {"object": "list", "data": [
+            {"id": ARGS.model_id, "object": "model", "created": 0, "owned_by": "standin"}]})
+    elif path == "/_received":
+        if method == "DELETE":
+            STATE["received"].clear()
+        await _send_json(send, 200, STATE["received"])
+    elif path == "/_control":
+        STATE["control"].update(orjson.loads(await _read(receive)))
+        await _send_json(send, 200, STATE["control"])
+    elif path in ("/v1/chat/completions", "/v1/completions"):
+        raw = await _read(receive)
+        headers = dict(scope["headers"])
+        STATE["received"].append(_summary(path, headers, raw))
+        await _answer(send, path, orjson.loads(raw))
+    else:
+        await _send_json(send, 404, {"error": {"message": "no route", "type": "x",
+                                               "param": None, "code": None}})
+
+
+async def _answer(send: Any, path: str, body: dict[str, Any]) -> None:
+    ctl = STATE["control"]
+    if ctl["hang_s"]:
+        await asyncio.sleep(ctl["hang_s"])
+    if ctl["fail"]:
+        await _send_json(send, int(ctl["fail"]), {"error": {
+            "message": "stand-in failure", "type": "server_error", "param": None, "code": None}})
+        return
+    text = f"answer from {ARGS.name}"
+    chat = path.endswith("chat/completions")
+    if not body.get("stream"):
+        choice: dict[str, Any] = (
+            {"index": 0, "message": {"role": "assistant", "content": text},
+             "finish_reason": "stop"} if chat else
+            {"index": 0, "text": text, "finish_reason": "stop"})
+        await _send_json(send, 200, {
+            "id": "cmpl-standin", "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()), "model": body.get("model"), "choices": [choice],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}})
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")]})
+    for i in range(int(ctl["chunks"])):
+        if ctl["cut_after"] is not None and i >= int(ctl["cut_after"]):
+            raise RuntimeError("stand-in cuts the stream")  # uvicorn drops the connection
+        delta = {"content": f"tok{i} "} if chat else None
+        chunk = {"id": "cmpl-standin", "object": "chat.completion.chunk", "created": 0,
+                 "model": body.get("model"),
+                 "choices": [{"index": 0, "delta": delta, "finish_reason": None} if chat else
+                             {"index": 0, "text": f"tok{i} ", "finish_reason": None}]}
+        await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(chunk)
+                    + b"\n\n", "more_body": True})
+        if ctl["delay_ms"]:
+            await asyncio.sleep(ctl["delay_ms"] / 1000)
+    await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--name", default="standin-cloud")
+    parser.add_argument("--model-id", default="standin-model")
+    parser.parse_args(namespace=ARGS)
+    uvicorn.run(app, host="127.0.0.1", port=ARGS.port, loop="uvloop", http="httptools",
+                access_log=False, log_level="warning", lifespan="off")
+
+
+if __name__ == "__main__":
+    main()
