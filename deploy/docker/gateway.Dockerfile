@@ -1,0 +1,26 @@
+# The gateway (and the fleet server): pure Python, no llama.cpp, no model. From the repo root:
+#   docker build -f deploy/docker/gateway.Dockerfile -t edgecloud/gateway:0.1.0 .
+# Run the fleet server from the same image: `edgecloud fleet serve ...`.
+ARG PYTHON_VERSION=3.11
+
+FROM python:${PYTHON_VERSION}-slim-bookworm AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
+RUN python -m venv /opt/venv
+WORKDIR /src
+COPY pyproject.toml requirements.lock ./
+# Runtime dependencies pinned by the lock, less the inference engine and the model.
+RUN python -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(x for x in d if not x.startswith(('gemma3-270m', 'llama-cpp-python'))))" > /tmp/runtime.txt \
+    && pip install -c requirements.lock -r /tmp/runtime.txt
+COPY edgecloud ./edgecloud
+RUN touch README.md && pip install --no-deps . && rm -rf /opt/venv/lib/python*/site-packages/pip /opt/venv/bin/pip*
+
+FROM python:${PYTHON_VERSION}-slim-bookworm
+RUN useradd --uid 10001 --user-group --no-create-home --home-dir /tmp edgecloud
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HOME=/tmp
+USER 10001:10001
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=3s \
+    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"
+ENTRYPOINT ["edgecloud"]
+CMD ["gateway", "--host", "0.0.0.0", "--port", "8080", "--config", "/etc/edgecloud/gateway.yaml"]

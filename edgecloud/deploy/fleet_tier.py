@@ -1,0 +1,122 @@
+"""Kubernetes objects for the fleet server and its PostgreSQL database."""
+
+from __future__ import annotations
+
+from edgecloud.deploy.values import Values
+from edgecloud.deploy.workloads import (
+    Obj,
+    container,
+    container_security,
+    deployment,
+    labels,
+    meta,
+    name,
+    pod_spec,
+    probe,
+    resources,
+    scrape_annotations,
+    selector,
+    service,
+    tracing_env,
+)
+
+
+def fleet_objects(values: Values) -> list[Obj]:
+    f = values.fleet
+    if not f.enabled:
+        return []
+    pvc: Obj = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": meta(values, "fleet", "-repo"),
+        "spec": {"accessModes": ["ReadWriteOnce"],
+                 "resources": {"requests": {"storage": f.repo_storage}}},
+    }
+    env = [
+        {"name": "EDGECLOUD_FLEET_DB", "valueFrom": {"secretKeyRef": {
+            "name": f.database.url_secret, "key": f.database.url_key}}},
+        *tracing_env(values, "fleet"),
+    ]
+    args = ["fleet", "serve", "--host", "0.0.0.0", "--port", str(f.port),
+            "--repo", "/data/repo", "--db", "$(EDGECLOUD_FLEET_DB)"]
+    if f.device_token_secret:
+        env.append({"name": "EDGECLOUD_FLEET_DEVICE_TOKEN", "valueFrom": {"secretKeyRef": {
+            "name": f.device_token_secret, "key": "token"}}})
+        args += ["--device-token-env", "EDGECLOUD_FLEET_DEVICE_TOKEN"]
+    if f.keys_secret:
+        args += ["--keys-dir", "/etc/edgecloud/fleet-keys"]
+    main = container(
+        f.image, "fleet", args, f.port, env=env, resources=resources(f.resources),
+        readinessProbe=probe("/healthz", "http", 5, 2),
+        livenessProbe=probe("/healthz", "http", 10, 3),
+    )
+    main["volumeMounts"].append({"name": "repo", "mountPath": "/data"})
+    volumes: list[Obj] = [
+        {"name": "repo", "persistentVolumeClaim": {"claimName": pvc["metadata"]["name"]}}
+    ]
+    if f.keys_secret:
+        main["volumeMounts"].append(
+            {"name": "keys", "mountPath": "/etc/edgecloud/fleet-keys", "readOnly": True})
+        volumes.append({"name": "keys", "secret": {"secretName": f.keys_secret,
+                                                   "defaultMode": 0o400}})
+    dep = deployment(
+        values, "fleet", 1, pod_spec([main], volumes), scrape_annotations(f.port)
+    )
+    # One writer of the rollout state and of the ReadWriteOnce repository volume.
+    dep["spec"]["strategy"] = {"type": "Recreate"}
+    return [pvc, dep, service(values, "fleet", f.port)]
+
+
+def postgres_objects(values: Values) -> list[Obj]:
+    p = values.postgres
+    if not (p.enabled and values.fleet.enabled):
+        return []
+    uid = 70  # the postgres user of the official alpine image
+    main: Obj = {
+        "name": "postgres",
+        "image": p.image.ref,
+        "imagePullPolicy": p.image.pull_policy,
+        "ports": [{"name": "postgres", "containerPort": 5432, "protocol": "TCP"}],
+        "envFrom": [{"secretRef": {"name": p.secret}}],
+        "env": [{"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"}],
+        "resources": resources(p.resources),
+        "securityContext": {**container_security(uid), "readOnlyRootFilesystem": False},
+        "readinessProbe": {"exec": {"command": ["sh", "-c", 'pg_isready -U "$POSTGRES_USER"']},
+                           "periodSeconds": 5},
+        "livenessProbe": {"tcpSocket": {"port": "postgres"}, "periodSeconds": 10},
+        "volumeMounts": [{"name": "data", "mountPath": "/var/lib/postgresql/data"}],
+    }
+    sts = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": meta(values, "postgres"),
+        "spec": {
+            "serviceName": name(values, "postgres"),
+            "replicas": 1,
+            "selector": {"matchLabels": selector(values, "postgres")},
+            "template": {
+                "metadata": {"labels": labels(values, "postgres")},
+                "spec": {
+                    "securityContext": {"runAsNonRoot": True, "fsGroup": uid},
+                    "automountServiceAccountToken": False,
+                    "containers": [main],
+                },
+            },
+            "volumeClaimTemplates": [{
+                "metadata": {"name": "data"},
+                "spec": {"accessModes": ["ReadWriteOnce"],
+                         "resources": {"requests": {"storage": p.storage}}},
+            }],
+        },
+    }
+    svc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta(values, "postgres"),
+        "spec": {
+            "clusterIP": "None",
+            "selector": selector(values, "postgres"),
+            "ports": [{"name": "postgres", "port": 5432, "targetPort": "postgres"}],
+        },
+    }
+    return [sts, svc]
