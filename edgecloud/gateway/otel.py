@@ -8,11 +8,13 @@ does not forward client metadata to endpoints.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import MutableMapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -59,9 +61,8 @@ class GatewayTracer:
             shutdown_on_exit=False,
         )
         # Schedule delay, queue and batch sizes follow OTEL_BSP_* (defaults 5 s, 2048, 512).
-        self.provider.add_span_processor(
-            BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.endpoint))
-        )
+        self.exporter = OTLPSpanExporter(endpoint=settings.endpoint)
+        self.provider.add_span_processor(BatchSpanProcessor(self.exporter))
         self.tracer = self.provider.get_tracer("edgecloud.gateway")
 
     def begin(self, scope: MutableMapping[str, Any]) -> RequestTrace:
@@ -80,25 +81,41 @@ class GatewayTracer:
         )
         return RequestTrace(self.tracer, span)
 
-    def shutdown(self) -> None:
+    def shutdown(self, flush_timeout_s: float = 2.0) -> None:
         """Export what is queued and stop the exporter thread (blocking: run it in a thread)."""
+        # With the collector down the exporter retries for its whole timeout (10 s), and the
+        # SDK's flush does not bound that: give the queued spans a bounded try on a thread of
+        # their own, then stop the retries so that the gateway exits in time.
+        flusher = threading.Thread(target=self.provider.force_flush, daemon=True)
+        flusher.start()
+        flusher.join(flush_timeout_s)
+        if flusher.is_alive():
+            self.exporter.shutdown()
+            flusher.join(flush_timeout_s)
         self.provider.shutdown()
 
 
 class RequestTrace:
     """The spans of one gateway request."""
 
-    __slots__ = ("tracer", "span", "_context")
+    __slots__ = ("tracer", "span", "_context", "_unsampled")
 
     def __init__(self, tracer: trace.Tracer, span: Span) -> None:
         self.tracer = tracer
         self.span = span
         self._context = trace.set_span_in_context(span)
+        self._unsampled: UpstreamAttempt | None = None
 
     def attempt(
         self, endpoint: str, tier: str, url: str, number: int, body_bytes: int
     ) -> UpstreamAttempt:
         """Start the client span of one upstream attempt (it carries the headers to send)."""
+        if not self.span.is_recording():
+            # Sampled out: its children would be too, so skip them and pass the (unsampled)
+            # trace context on as it is; the endpoint then does not record either.
+            if self._unsampled is None:
+                self._unsampled = UpstreamAttempt(None, self._context)
+            return self._unsampled
         parts = urlsplit(url)  # host, port and path only: a URL's userinfo never goes in a span
         span = self.tracer.start_span(
             f"POST {parts.path}",
@@ -115,7 +132,7 @@ class RequestTrace:
                 "http.request.body.size": body_bytes,
             },
         )
-        return UpstreamAttempt(span)
+        return UpstreamAttempt(span, trace.set_span_in_context(span))
 
     def finish(self, record: dict[str, Any]) -> None:
         """End the server span with the request's log record as attributes."""
@@ -138,14 +155,16 @@ class UpstreamAttempt:
 
     __slots__ = ("span", "headers")
 
-    def __init__(self, span: Span) -> None:
+    def __init__(self, span: Span | None, context: Context) -> None:
         self.span = span
         self.headers: dict[str, str] = {}
-        _PROPAGATOR.inject(self.headers, context=trace.set_span_in_context(span))
+        _PROPAGATOR.inject(self.headers, context=context)
 
     def end(self, status: int | None, error: str | None = None) -> None:
         """End it: the HTTP status if one came back, else the error's name."""
         span = self.span
+        if span is None:
+            return
         if status is not None:
             span.set_attribute("http.response.status_code", status)
         if error is not None:

@@ -6,6 +6,7 @@ providers record the `traceparent` they receive, so trace continuity is observed
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -261,3 +262,58 @@ def test_tracing_off_sends_nothing_and_adds_no_header(
     assert gw.proc.stop() == 0  # a gateway with tracing on would flush its spans here
     assert collector.posts() == 0 and collector.spans() == []
     assert '"tracing":null' in gw.log_path.read_text(encoding="utf-8")
+
+
+def test_sampled_out_requests_export_nothing_but_pass_the_trace_on(
+    collector: Collector,
+    start_standin: Callable[..., Standin],
+    start_gateway: Callable[..., Gateway],
+) -> None:
+    cloud = start_standin("cloud-eu")
+    cfg = {
+        "endpoints": [endpoint("cloud-eu", "cloud", cloud.v1)],
+        "tracing": {"enabled": True, "sample_ratio": 0.0, "endpoint": collector.base},
+    }
+    gw = start_gateway(cfg, env=FAST_EXPORT)
+    assert _chat(gw, {}).status_code == 200  # a new trace, sampled out by the ratio
+    # A client's unsampled trace stays unsampled (parent-based).
+    assert _chat(gw, {"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-00"}).status_code == 200
+    own, theirs = (g["traceparent"] for g in cloud.received())
+    sampled = [int(tp.rsplit("-", 1)[1], 16) & 1 for tp in (own, theirs)]
+    assert sampled == [0, 0]  # the W3C "sampled" flag is off, so the endpoint does not record
+    assert theirs.startswith(f"00-{CLIENT_TRACE}-") and CLIENT_SPAN not in theirs
+    assert gw.proc.stop() == 0
+    assert collector.posts() == 0
+
+
+def test_with_tracing_off_the_sdk_is_not_even_imported() -> None:
+    import subprocess
+
+    code = (
+        "import sys, asyncio\n"
+        "from edgecloud.gateway.app import GatewayApp\n"
+        "from edgecloud.gateway.config import parse_config\n"
+        "app = GatewayApp(parse_config('endpoints: [{name: e, tier: edge, url: http://h/v1}]'))\n"
+        "assert app.tracer is None and app.tracing is None\n"
+        "assert not [m for m in sys.modules if m.startswith('opentelemetry')], 'imported'\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
+
+
+def test_a_collector_that_is_down_costs_no_answers_and_does_not_hold_up_the_exit(
+    start_standin: Callable[..., Standin], start_gateway: Callable[..., Gateway]
+) -> None:
+    cloud = start_standin("cloud-eu")
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    cfg = {
+        "endpoints": [endpoint("cloud-eu", "cloud", cloud.v1)],
+        "tracing": {"enabled": True, "endpoint": dead},
+    }
+    gw = start_gateway(cfg, env=FAST_EXPORT)
+    for stream in (False, True, False):
+        assert _chat(gw, {}, stream=stream).status_code == 200
+    assert all(g["traceparent"] for g in cloud.received())
+    # The exporter would retry for 10 s; the gateway gives queued spans a bounded try and
+    # exits 0 (a stop that had to SIGKILL it would return -9).
+    assert gw.proc.stop() == 0
