@@ -202,10 +202,24 @@ def release_list(repo: Path = typer.Argument(...)) -> None:
     Console().print(table)
 
 
+def _db_url(repo: Path, db: str, db_env: str | None) -> str:
+    """The database URL from --db, the variable named by --db-env, or SQLite in the repo."""
+    if db and db_env:
+        _fail("give --db or --db-env, not both")
+    if db_env:
+        db = os.environ.get(db_env, "")
+        if not db:
+            _fail(f"--db-env {db_env}: the environment variable {db_env} is not set")
+    return db or f"sqlite:///{repo.resolve() / 'fleet.db'}"
+
+
 @fleet_app.command("serve")
 def fleet_serve(
     repo: Path = typer.Option(..., help="The release repository to serve."),
     db: str = typer.Option("", help="SQLAlchemy URL [sqlite:///REPO/fleet.db]."),
+    db_env: str | None = typer.Option(
+        None, help="Env var holding the database URL (keeps its password off the command line)."
+    ),
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8700),
     keys_dir: Path | None = typer.Option(None, help="Online keys [REPO/keys]."),
@@ -216,26 +230,39 @@ def fleet_serve(
 ) -> None:
     """Serve the TUF repository and the device API; run the rollout controller.
 
-    Example: edgecloud fleet serve --repo ./repo --db postgresql://fleet@db/fleet
+    Example: FLEET_DB=postgresql://fleet:PASSWORD@db/fleet edgecloud fleet serve --repo ./repo
+    --db-env FLEET_DB
     """
+    from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+    from edgecloud.fleet.errors import FleetError
     from edgecloud.fleet.logs import setup_json_logging
     from edgecloud.fleet.server import ServerConfig, serve
+    from edgecloud.fleet.state import masked_url
 
     setup_json_logging()
+    url = _db_url(repo, db, db_env)
     token = os.environ.get(device_token_env) if device_token_env else None
-    serve(
-        ServerConfig(
-            repo=repo,
-            db_url=db or f"sqlite:///{repo.resolve() / 'fleet.db'}",
-            keys_dir=keys_dir,
-            tick_s=tick,
-            rate_limit_bps=rate_limit,
-            device_token=token,
-            controller=not no_controller,
-        ),
-        host,
-        port,
-    )
+    try:
+        shown = masked_url(url)
+        serve(
+            ServerConfig(
+                repo=repo,
+                db_url=url,
+                keys_dir=keys_dir,
+                tick_s=tick,
+                rate_limit_bps=rate_limit,
+                device_token=token,
+                controller=not no_controller,
+            ),
+            host,
+            port,
+        )
+    except FleetError as exc:
+        _fail(str(exc))
+    except SQLAlchemyError as exc:  # the driver's message names host and user, not the password
+        reason = exc.orig if isinstance(exc, DBAPIError) else exc
+        _fail(f"cannot use the fleet database {shown}: {str(reason).strip()}")
 
 
 @fleet_app.command("status")

@@ -16,7 +16,7 @@ import asyncio
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from edgecloud.fleet.logs import log_event
 from edgecloud.fleet.metrics import FleetMetrics, FleetSnapshot, count_devices
 from edgecloud.fleet.repository import ModelRepository
 from edgecloud.fleet.rollout import ModelRelease
-from edgecloud.fleet.state import DeviceReport, FleetStore
+from edgecloud.fleet.state import DeviceReport, FleetStore, masked_url
 
 CHUNK = 1 << 20
 REPORT_LIMIT = 64 * 1024
@@ -49,7 +49,7 @@ REPORT_LIMIT = 64 * 1024
 @dataclass
 class ServerConfig:
     repo: Path
-    db_url: str
+    db_url: str = field(repr=False)  # may hold a password: never printed
     keys_dir: Path | None = None
     tick_s: float = 2.0
     flush_s: float = 0.5
@@ -346,7 +346,9 @@ def serve(config: ServerConfig, host: str, port: int) -> None:
     import uvicorn
 
     app = FleetServer(config)
-    log_event("fleet.serve", host=host, port=port, repo=str(config.repo))
+    log_event(
+        "fleet.serve", host=host, port=port, repo=str(config.repo), db=masked_url(config.db_url)
+    )
     uvicorn.run(
         app,
         host=host,

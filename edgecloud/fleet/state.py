@@ -12,8 +12,11 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 from sqlalchemy import Float, Integer, String, Text, create_engine, delete, insert, select
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from edgecloud.fleet.errors import FleetError
 from edgecloud.fleet.rollout import DeviceReading
 
 
@@ -83,14 +86,44 @@ def readings_for(reports: Iterable[DeviceReport], model: str, version: str) -> l
     return out
 
 
+class DatabaseURLError(FleetError):
+    """The fleet database URL cannot be parsed (the message never repeats the URL)."""
+
+
+def database_url(url: str | URL) -> URL:
+    """Parse a SQLAlchemy URL; a bare `postgresql://` (or `postgres://`) uses psycopg 3.
+
+    SQLAlchemy's default PostgreSQL driver is psycopg2, which edgecloud does not ship.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        # SQLAlchemy's message quotes the whole string, password included
+        raise DatabaseURLError(
+            "The fleet database URL is not a SQLAlchemy URL "
+            "(dialect+driver://user:password@host:port/database)."
+        ) from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def masked_url(url: str | URL) -> str:
+    """The URL with its password replaced by `***`, for logs and error messages."""
+    return database_url(url).render_as_string(hide_password=True)
+
+
 class FleetStore:
     """Batched writes of device reports and events to any SQLAlchemy database."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str | URL) -> None:
+        parsed = database_url(url)
         kwargs: dict[str, Any] = {}
-        if url.startswith("sqlite"):
+        if parsed.get_backend_name() == "sqlite":
             kwargs["connect_args"] = {"check_same_thread": False}
-        self.engine = create_engine(url, **kwargs)
+        else:
+            kwargs["pool_pre_ping"] = True  # survive a database restart between batches
+        self.engine = create_engine(parsed, **kwargs)
         Base.metadata.create_all(self.engine)
 
     def load_reports(self) -> dict[str, DeviceReport]:
