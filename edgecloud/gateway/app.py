@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgecloud.api.asgi import (
     ClientDisconnected,
@@ -38,7 +39,11 @@ from edgecloud.gateway.health import CircuitBreaker, EndpointState
 from edgecloud.gateway.metrics import GatewayMetrics, RequestLog
 from edgecloud.gateway.policy import Hints, PlacementPolicy
 from edgecloud.gateway.request import RequestFacts, inspect_chat, inspect_completion, parse_json
+from edgecloud.gateway.tracing import resolve_tracing
 from edgecloud.gateway.upstream import Upstream
+
+if TYPE_CHECKING:
+    from edgecloud.gateway.otel import GatewayTracer
 
 _ROUTES: dict[str, tuple[str, Callable[[dict[str, Any]], RequestFacts]]] = {
     "/v1/chat/completions": ("/chat/completions", inspect_chat),
@@ -71,6 +76,9 @@ class GatewayApp:
             frozenset(allow) | frozenset(config.models.aliases) if allow is not None else None
         )
         self.forwarder = Forwarder(self.upstreams, self.metrics)
+        self.tracing = resolve_tracing(config.tracing, os.environ)
+        # None while tracing is off: then no OpenTelemetry object exists, per request or at all.
+        self.tracer: GatewayTracer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._month = datetime.now(UTC).strftime("%Y-%m")
 
@@ -132,13 +140,23 @@ class GatewayApp:
                 return
 
     async def start(self) -> None:
+        if self.tracing is not None:
+            from edgecloud.gateway.otel import GatewayTracer
+
+            self.tracer = GatewayTracer(self.tracing)
+            for warning in self.tracing.warnings:
+                self.log.event("tracing.warning", [("message", warning)])
         for up in self.upstreams.values():
             await up.start()
         await self._probe_all()
         self._tasks.append(asyncio.create_task(self._health_loop()))
         self._tasks.append(asyncio.create_task(self._flush_loop()))
         self.log.event("gateway.started", [
-            ("endpoints", {s.name: ("healthy" if s.healthy else s.last_error) for s in self.states})
+            ("endpoints",
+             {s.name: ("healthy" if s.healthy else s.last_error) for s in self.states}),
+            ("tracing", None if self.tracing is None else {
+                "endpoint": self.tracing.endpoint, "service": self.tracing.service_name,
+                "sample_ratio": self.tracing.sample_ratio}),
         ])
 
     async def stop(self) -> None:
@@ -147,6 +165,9 @@ class GatewayApp:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for up in self.upstreams.values():
             await up.close()
+        if self.tracer is not None:
+            await asyncio.to_thread(self.tracer.shutdown)  # exports what is still queued
+            self.tracer = None
         self.log.event("gateway.stopped")
 
     async def _probe_all(self) -> None:
@@ -215,41 +236,47 @@ class GatewayApp:
                      inspect: Callable[[dict[str, Any]], RequestFacts]) -> None:
         t0 = time.perf_counter()
         record: dict[str, Any] = {"event": "request", "route": scope["path"]}
-        headers = {k: v for k, v in scope["headers"] if k in _WANTED}
+        trace = None if self.tracer is None else self.tracer.begin(scope)
         try:
-            key = self._authenticate(scope, headers.get(b"authorization"))
-            if key is not None:
-                record["key"] = key.name
-            ctype = headers.get(b"content-type")
-            if ctype is not None and b"json" not in ctype and not ctype.startswith(_FORM_TYPES):
-                raise UnsupportedMediaType("Send the body as application/json.")
-            raw = await read_body(receive, self.config.limits.max_body_bytes, scope)
-            facts = inspect(parse_json(raw))
-            self._check_model(facts.model)
-            hints = self._hints(headers, key)
-            decision = self.policy.choose_endpoint(
-                facts, hints, self.states, time.monotonic(), self._cloud_spend()
-            )
-        except ClientDisconnected:
-            return
-        except APIError as err:
-            reason = getattr(err, "rule", None) or f"request.{err.code or err.type}"
-            self.metrics.refusal(reason)
-            self.metrics.request("none", "none", reason, err.status)
-            record.update(status=err.status, reason=reason, error=err.code)
-            extra = [(b"x-edgecloud-reason", reason.encode())]
-            await send_error(send, err, extra)
-            record["total_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+            headers = {k: v for k, v in scope["headers"] if k in _WANTED}
+            try:
+                key = self._authenticate(scope, headers.get(b"authorization"))
+                if key is not None:
+                    record["key"] = key.name
+                ctype = headers.get(b"content-type")
+                if ctype is not None and b"json" not in ctype and not ctype.startswith(_FORM_TYPES):
+                    raise UnsupportedMediaType("Send the body as application/json.")
+                raw = await read_body(receive, self.config.limits.max_body_bytes, scope)
+                facts = inspect(parse_json(raw))
+                self._check_model(facts.model)
+                hints = self._hints(headers, key)
+                decision = self.policy.choose_endpoint(
+                    facts, hints, self.states, time.monotonic(), self._cloud_spend()
+                )
+            except ClientDisconnected:
+                return
+            except APIError as err:
+                reason = getattr(err, "rule", None) or f"request.{err.code or err.type}"
+                self.metrics.refusal(reason)
+                self.metrics.request("none", "none", reason, err.status)
+                record.update(status=err.status, reason=reason, error=err.code)
+                extra = [(b"x-edgecloud-reason", reason.encode())]
+                await send_error(send, err, extra)
+                record["total_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+                self.log.write(record)
+                return
+            record.update(model=facts.model, stream=facts.stream, images=facts.images,
+                          body_bytes=len(raw), rule=decision.rule)
+            if hints.region:
+                record["region"] = hints.region
+            await self.forwarder.forward(send, receive, upstream_path, raw, facts, decision,
+                                         record, t0, trace)
+            if "cost_usd" in record:
+                self._add_spend(record)
             self.log.write(record)
-            return
-        record.update(model=facts.model, stream=facts.stream, images=facts.images,
-                      body_bytes=len(raw), rule=decision.rule)
-        if hints.region:
-            record["region"] = hints.region
-        await self.forwarder.forward(send, receive, upstream_path, raw, facts, decision, record, t0)
-        if "cost_usd" in record:
-            self._add_spend(record)
-        self.log.write(record)
+        finally:
+            if trace is not None:
+                trace.finish(record)
 
     def _check_model(self, model: str) -> None:
         if self.accepted is not None and model not in self.accepted:

@@ -57,7 +57,16 @@ def gateway(
     try:
         cfg = load_config(config)
         if check:
-            err.print(f"[green]{config}: valid[/] ({len(cfg.endpoints)} endpoints)")
+            import os
+
+            from edgecloud.gateway.tracing import resolve_tracing
+
+            tracing = resolve_tracing(cfg.tracing, os.environ)
+            where = "off" if tracing is None else f"on, to {tracing.endpoint}"
+            err.print(f"[green]{config}: valid[/] ({len(cfg.endpoints)} endpoints; "
+                      f"tracing {where})", highlight=False)
+            for warning in tracing.warnings if tracing is not None else ():
+                err.print(f"[yellow]warning:[/] {warning}", highlight=False)
             return
         serve(cfg, host, port, tls_cert, tls_key, verify_upstream_tls=not insecure_upstream_tls)
     except ConfigError as exc:

@@ -140,12 +140,35 @@ class LimitsConfig(_Strict):
     breaker_open_s: float = Field(default=5.0, gt=0)
 
 
+class TracingConfig(_Strict):
+    """OpenTelemetry tracing. Unset fields follow the standard OTEL_* environment variables."""
+
+    enabled: bool | None = Field(
+        default=None, description="true/false decide; unset: on when OTEL_* env asks for OTLP"
+    )
+    service_name: str | None = Field(default=None, min_length=1)
+    sample_ratio: float | None = Field(
+        default=None, ge=0, le=1, description="parent-based; unset: OTEL_TRACES_SAMPLER or all"
+    )
+    endpoint: str | None = Field(
+        default=None, description="OTLP/HTTP collector, e.g. http://otel-collector:4318"
+    )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^/\s@]+(/\S*)?$", v):
+            raise ValueError("must be an http:// or https:// URL such as http://127.0.0.1:4318")
+        return v
+
+
 class GatewayConfig(_Strict):
     endpoints: list[EndpointConfig]
     policy: PolicyConfig = PolicyConfig()
     models: ModelsConfig = ModelsConfig()
     auth: AuthConfig = AuthConfig()
     limits: LimitsConfig = LimitsConfig()
+    tracing: TracingConfig = TracingConfig()
 
     @field_validator("endpoints")
     @classmethod

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgecloud.api.asgi import Receive, Send, send_error, sse_event
 from edgecloud.gateway.errors import NoAllowedEndpoint, UpstreamFailed
@@ -16,6 +16,9 @@ from edgecloud.gateway.metrics import GatewayMetrics
 from edgecloud.gateway.policy import PlacementDecision
 from edgecloud.gateway.request import RequestFacts, with_model
 from edgecloud.gateway.upstream import TRANSPORT_ERRORS, Upstream
+
+if TYPE_CHECKING:
+    from edgecloud.gateway.otel import RequestTrace
 
 _PASS_HEADERS = frozenset({b"content-type", b"content-encoding", b"retry-after", b"x-request-id",
                            b"openai-processing-ms"})
@@ -45,7 +48,7 @@ class Forwarder:
 
     async def forward(self, send: Send, receive: Receive, path: str, raw: bytes,
                       facts: RequestFacts, decision: PlacementDecision, record: dict[str, Any],
-                      t0: float) -> None:
+                      t0: float, trace: RequestTrace | None = None) -> None:
         failures: list[str] = []
         rule = decision.rule
         for attempt, state in enumerate(decision.order):
@@ -55,15 +58,22 @@ class Forwarder:
                 continue
             up = self.upstreams[state.name]
             body = raw if state.model_id is None else with_model(raw, facts.body, state.model_id)
+            span = trace_headers = None
+            if trace is not None:
+                span = trace.attempt(state.name, state.config.tier, up.base + path, attempt + 1,
+                                     len(body))
+                trace_headers = span.headers
             state.in_flight += 1
             t_up = time.perf_counter()
             try:
                 if facts.stream:
                     async with asyncio.timeout(state.config.timeout_s):
-                        resp = await up.post(path, body, True)
+                        resp = await up.post(path, body, True, trace_headers)
                 else:
-                    resp = await up.post(path, body, False)
+                    resp = await up.post(path, body, False, trace_headers)
             except TRANSPORT_ERRORS as exc:
+                if span is not None:
+                    span.end(None, type(exc).__name__)
                 state.in_flight -= 1
                 state.breaker.failure(time.monotonic())
                 state.last_error = type(exc).__name__
@@ -73,6 +83,8 @@ class Forwarder:
             last = attempt + 1 == len(decision.order)
             if resp.status >= 500 or (resp.status == 429 and not last):
                 resp.release()
+                if span is not None:
+                    span.end(resp.status)
                 state.in_flight -= 1
                 if resp.status >= 500:
                     state.breaker.failure(time.monotonic())
@@ -88,6 +100,8 @@ class Forwarder:
                 await self._relay(send, receive, resp, state, rule, facts, record, t0, t_up)
             finally:
                 state.in_flight -= 1
+                if span is not None:
+                    span.end(record.get("status"), record.get("error"))
             return
         # Nothing answered. Fail closed with the rule that restricted the request, if any.
         detail = "; ".join(failures) or "no endpoint was tried"
@@ -122,6 +136,7 @@ class Forwarder:
         ]
         status = resp.status
         tokens = 0
+        sent = 0
         cut = False
         if not streaming:
             try:
@@ -132,6 +147,7 @@ class Forwarder:
                 return
             t_done = time.perf_counter()
             headers.append((b"content-length", str(len(data)).encode()))
+            sent = len(data)
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": data})
             t_end = time.perf_counter()
@@ -156,6 +172,7 @@ class Forwarder:
                         if first is None:
                             first = time.perf_counter()
                         tokens += chunk.count(b"data:")
+                        sent += len(chunk)
                         await send({"type": "http.response.body", "body": chunk,
                                     "more_body": True})
                         if gone.done():
@@ -191,7 +208,7 @@ class Forwarder:
         self.metrics.request(tier, state.name, rule, status)
         self.metrics.added_latency(added)
         record.update(status=status, placement=tier, endpoint=state.name, reason=rule,
-                      upstream_ms=round((t_end - t_up) * 1000, 3),
+                      resp_bytes=sent, upstream_ms=round((t_end - t_up) * 1000, 3),
                       added_ms=round(added * 1000, 3), total_ms=round((t_end - t0) * 1000, 3))
         if cut:
             record.setdefault("error", "upstream_cut")

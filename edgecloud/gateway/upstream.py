@@ -64,15 +64,18 @@ class Upstream:
             await self.session.close()
             self.session = None
 
-    def post(self, path: str, body: bytes, stream: bool) -> Any:
+    def post(self, path: str, body: bytes, stream: bool,
+             headers: dict[str, str] | None = None) -> Any:
         """Start a POST (an awaitable aiohttp response context); path like /chat/completions.
 
-        A non-streamed answer arrives in one or two reads, so aiohttp's own read timeout is
-        cheap there; streams are bounded by the forwarder (see the session's timeout)."""
+        `headers` adds to the session's (trace context, when tracing is on). A non-streamed
+        answer arrives in one or two reads, so aiohttp's own read timeout is cheap there;
+        streams are bounded by the forwarder (see the session's timeout)."""
         assert self.session is not None
         if stream:
-            return self.session.post(self.base + path, data=body)
-        return self.session.post(self.base + path, data=body, timeout=self._answer_timeout)
+            return self.session.post(self.base + path, data=body, headers=headers)
+        return self.session.post(self.base + path, data=body, headers=headers,
+                                 timeout=self._answer_timeout)
 
     async def _get(self, url: str, timeout_s: float) -> tuple[int, bytes]:
         assert self.session is not None

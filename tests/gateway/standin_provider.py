@@ -53,6 +53,8 @@ def _summary(path: str, headers: dict[bytes, bytes], raw: bytes) -> dict[str, An
         "texts": texts,
         "extra": {k: body[k] for k in ("top_p", "frequency_penalty", "extra_field") if k in body},
         "authorization": headers.get(b"authorization", b"").decode(),
+        "traceparent": headers.get(b"traceparent", b"").decode() or None,
+        "tracestate": headers.get(b"tracestate", b"").decode() or None,
         "messages": len(body.get("messages") or []),
     }
 
