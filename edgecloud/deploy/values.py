@@ -193,8 +193,8 @@ class Tracing(_Strict):
     """OpenTelemetry export, off by default; passed to the pods as the standard OTEL_* env."""
 
     enabled: bool = False
-    otlp_endpoint: str = "http://otel-collector.observability.svc:4317"
-    protocol: Literal["grpc", "http/protobuf"] = "grpc"
+    otlp_endpoint: str = "http://otel-collector.observability.svc:4318"
+    protocol: Literal["grpc", "http/protobuf"] = "http/protobuf"
     sampler_ratio: float = Field(default=0.1, ge=0, le=1)
 
 
