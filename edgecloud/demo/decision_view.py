@@ -29,8 +29,8 @@ def decision_summary_html(doc: dict[str, Any]) -> str:
             ]
         )
     if rows:
-        currency = next(iter((doc.get("options") or {}).values()), {}).get("cost", {})
-        cur = currency.get("currency", "")
+        first: dict[str, Any] = next(iter((doc.get("options") or {}).values()), {})
+        cur = (first.get("cost") or {}).get("currency", "")
         parts.append(
             table_html(
                 ["option", f"capex {cur}", f"opex {cur}", f"TCO {cur}", "meets every check"], rows

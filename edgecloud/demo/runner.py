@@ -147,8 +147,10 @@ async def _drive(
         stack.link.restore()
 
 
-def _extra_factory(opts: DemoOptions) -> Callable[[str, list[DemoRequest]], list[DemoRequest]]:
-    phases = build_phases(opts.max_tokens, opts.quick)
+def _extra_factory(
+    opts: DemoOptions, phases: dict[str, list[DemoRequest]]
+) -> Callable[[str, list[DemoRequest]], list[DemoRequest]]:
+    """Requests for the outage phases, reusing the bodies of the public ones."""
     public = phases["public text"] + phases["burst"]
 
     def make(phase: str, private: list[DemoRequest]) -> list[DemoRequest]:
@@ -277,7 +279,7 @@ def run_demo(opts: DemoOptions, console: Console) -> DemoResult:
         stack.start()
         console.print(f"gateway: {stack.gateway_url}/v1   (point any OpenAI client here)")
         with view.live:
-            asyncio.run(_drive(stack, opts, view, phases, _extra_factory(opts)))
+            asyncio.run(_drive(stack, opts, view, phases, _extra_factory(opts, phases)))
         metrics = _scrape(f"{stack.gateway_url}/metrics")
         (opts.out_dir / "gateway-metrics.txt").write_text(
             httpx.get(f"{stack.gateway_url}/metrics", timeout=10).text

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import base64
-import struct
-import zlib
 from dataclasses import dataclass, field
 from typing import Any
+
+from edgecloud.bench.workloads import png_bytes
 
 
 @dataclass(frozen=True)
@@ -34,25 +34,6 @@ def _chat(text: str, max_tokens: int, stream: bool = True) -> dict[str, Any]:
         "stream": stream,
         "stream_options": {"include_usage": True} if stream else None,
     }
-
-
-def screenshot_png(width: int = 720, height: int = 360, seed: int = 1) -> bytes:
-    """A deterministic, incompressible-ish PNG that looks like a phone screenshot to a parser."""
-    rows = []
-    state = seed
-    for y in range(height):
-        row = bytearray([0])
-        for _ in range(width):
-            state = (1103515245 * state + 12345) & 0x7FFFFFFF
-            row += bytes(((state >> 8) & 0xFF, (state >> 16) & 0xFF, y & 0xFF))
-        rows.append(bytes(row))
-    raw = zlib.compress(b"".join(rows), 1)
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
 
 
 PUBLIC_PROMPTS = [
@@ -116,7 +97,8 @@ def build_phases(max_tokens: int, quick: bool) -> dict[str, list[DemoRequest]]:
         )
         for i in range(1)
     ]
-    png = screenshot_png(900 if quick else 1400, 500 if quick else 800)
+    # A phone-screenshot-like PNG, as the phone agent sends (about 0.5 MB quick, 1.5 MB full).
+    png = png_bytes(seed=42, target_bytes=500_000 if quick else 1_500_000)
     uri = "data:image/png;base64," + base64.b64encode(png).decode()
     shot = {
         "model": "autoglm-phone-9b",

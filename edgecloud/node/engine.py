@@ -175,7 +175,10 @@ class BatchEngine:
     # -- engine thread ------------------------------------------------------------------
     def _emit(self, batch: list[tuple[GenerationRequest, StreamEvent]]) -> None:
         if batch:
-            self.loop.call_soon_threadsafe(_deliver, batch)
+            try:
+                self.loop.call_soon_threadsafe(_deliver, batch)
+            except RuntimeError:  # the event loop is closed: the process is exiting
+                pass
 
     def _run(self) -> None:
         try:
