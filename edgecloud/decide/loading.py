@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from edgecloud.api.yamlconfig import yaml_line
 from edgecloud.bench.results import SCHEMA_VERSION, BenchResults
 from edgecloud.decide.decision import DecisionInputs
 from edgecloud.decide.errors import BenchMismatch, InputError
@@ -28,27 +29,6 @@ M = TypeVar("M", bound=BaseModel)
 _Path = tuple[str | int, ...]
 
 
-def _lines(node: yaml.Node, path: _Path, out: dict[_Path, int]) -> None:
-    """Record the 1-based line of every value (and key) under `node`."""
-    out.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            sub = (*path, str(key.value))
-            out[sub] = key.start_mark.line + 1
-            _lines(value, sub, out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _lines(item, (*path, i), out)
-
-
-def _line_for(loc: _Path, lines: dict[_Path, int]) -> int | None:
-    # The deepest prefix of the error's location that exists in the file.
-    for n in range(len(loc), -1, -1):
-        if loc[:n] in lines:
-            return lines[loc[:n]]
-    return None
-
-
 def parse_yaml(text: str, model: type[M], file: str = "") -> M:
     """Validate YAML text against `model`; errors name the field and its line."""
     try:
@@ -62,9 +42,6 @@ def parse_yaml(text: str, model: type[M], file: str = "") -> M:
         ) from None
     if not isinstance(data, dict):
         raise InputError("expected a mapping of fields at the top level", file=file, line=1)
-    lines: dict[_Path, int] = {}
-    if node is not None:
-        _lines(node, (), lines)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -79,7 +56,7 @@ def parse_yaml(text: str, model: type[M], file: str = "") -> M:
         more = len(exc.errors()) - 1
         if more:
             msg += f" (and {more} more problem{'s' if more > 1 else ''})"
-        raise InputError(msg, file=file, field=field, line=_line_for(loc, lines)) from None
+        raise InputError(msg, file=file, field=field, line=yaml_line(node, loc)) from None
 
 
 def load_yaml(path: str | Path, model: type[M]) -> M:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from edgecloud.api.yamlconfig import yaml_line
 from edgecloud.deploy.errors import ValuesError
 
 DEFAULT_VALUES_FILE = Path(__file__).with_name("default-values.yaml")
@@ -229,25 +230,6 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
-    """The 1-based line of the YAML node at `loc` (or of its deepest existing parent)."""
-    line = None if node is None else node.start_mark.line + 1
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            match = [v for k, v in node.value if getattr(k, "value", None) == part]
-            if not match:
-                break
-            node = match[0]
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            if part >= len(node.value):
-                break
-            node = node.value[part]
-        else:
-            break
-        line = node.start_mark.line + 1
-    return line
-
-
 def parse_values(text: str, source: str = "<values>") -> Values:
     """Validate a values document laid over the defaults; raises ValuesError."""
     try:
@@ -263,7 +245,7 @@ def parse_values(text: str, source: str = "<values>") -> Values:
         problems = []
         for err in exc.errors():
             loc = tuple(p for p in err["loc"] if not str(p).startswith("function-"))
-            line = _line_of(tree, loc)
+            line = yaml_line(tree, loc)
             where = f"{source}:{line}" if line else source
             field = ".".join(str(p) for p in loc) or "(top level)"
             problems.append(f"{where}: {field}: {err['msg']}")

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from edgecloud.api.yamlconfig import yaml_line
 from edgecloud.gateway.errors import ConfigError
 
 PiiKind = Literal["email", "phone", "id_card", "bank_card", "iban", "ip", "secret"]
@@ -182,23 +183,6 @@ class GatewayConfig(_Strict):
         return v
 
 
-def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
-    """1-based line of the YAML node at `loc` (or of its closest existing parent)."""
-    line = node.start_mark.line + 1 if node is not None else None
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            nxt = next((v for k, v in node.value if getattr(k, "value", None) == part), None)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            nxt = node.value[part] if part < len(node.value) else None
-        else:
-            nxt = None
-        if nxt is None:
-            break
-        node = nxt
-        line = node.start_mark.line + 1
-    return line
-
-
 def parse_config(text: str, source: str = "<config>") -> GatewayConfig:
     """Validate YAML text; raise ConfigError naming the field and the line."""
     try:
@@ -217,7 +201,7 @@ def parse_config(text: str, source: str = "<config>") -> GatewayConfig:
         for err in exc.errors():
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
             field = ".".join(str(p) for p in loc) or "(top level)"
-            line = _line_of(root, loc)
+            line = yaml_line(root, loc)
             where = f"{source}:{line}" if line else source
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(f"{where}: {field}: {msg}")

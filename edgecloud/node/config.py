@@ -8,6 +8,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edgecloud.api.yamlconfig import compose, yaml_line
+
 
 class ConfigError(Exception):
     """The configuration file is unreadable or has an invalid field."""
@@ -65,11 +67,15 @@ def load_config_file(path: str | Path) -> dict[str, object]:
 def build_config(file: str | None, overrides: dict[str, object]) -> NodeConfig:
     """File values, then flags that were given on the command line."""
     data: dict[str, object] = load_config_file(file) if file else {}
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    data.update(given)
     try:
         return NodeConfig.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
-        src = f"{file}: " if file else ""
-        raise ConfigError(f"{src}invalid setting '{loc}': {err['msg']}") from None
+        where = ""
+        if file and err["loc"] and err["loc"][0] not in given:
+            line = yaml_line(compose(Path(file).read_text()), tuple(err["loc"]))
+            where = f"{file}:{line}: " if line else f"{file}: "
+        raise ConfigError(f"{where}invalid setting '{loc}': {err['msg']}") from None
