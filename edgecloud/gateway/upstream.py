@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import yarl
 
 from edgecloud.gateway.health import BreakerState, EndpointState
 
@@ -25,6 +26,7 @@ class Upstream:
         cfg = state.config
         self.base = cfg.url
         self.root = cfg.url[:-3] if cfg.url.endswith("/v1") else cfg.url
+        self._urls: dict[str, yarl.URL] = {}
         # Explicit values stop aiohttp adding its own per request (skip_auto_headers copies the
         # headers every time); identity because answers are relayed without decompression.
         headers = {"content-type": "application/json", "user-agent": "edgecloud-gateway",
@@ -72,10 +74,12 @@ class Upstream:
         answer arrives in one or two reads, so aiohttp's own read timeout is cheap there;
         streams are bounded by the forwarder (see the session's timeout)."""
         assert self.session is not None
+        url = self._urls.get(path)
+        if url is None:  # parsed once per route: aiohttp would parse the string every time
+            url = self._urls[path] = yarl.URL(self.base + path)
         if stream:
-            return self.session.post(self.base + path, data=body, headers=headers)
-        return self.session.post(self.base + path, data=body, headers=headers,
-                                 timeout=self._answer_timeout)
+            return self.session.post(url, data=body, headers=headers)
+        return self.session.post(url, data=body, headers=headers, timeout=self._answer_timeout)
 
     async def _get(self, url: str, timeout_s: float) -> tuple[int, bytes]:
         assert self.session is not None
