@@ -1,6 +1,6 @@
-"""OTA update benchmark: publish the embedded model and roll it out to local agents, the cost of
-verify + stage (+ activate) over a plain download of the same file, and the fleet server under
-many simulated agents polling every second.
+"""OTA update benchmark: publish the embedded model and roll it out to local agents; the cost of
+verify + stage, and of verify + activate, over a plain download of the same file (loopback and
+emulated links); the fleet server under many simulated agents polling every second.
 
 Run:  python benchmarks/ota_update.py [--agents 2] [--sim-agents 1000] [--sim-seconds 20]
 Prints one JSON document (and a short human summary on stderr).
@@ -9,6 +9,7 @@ Prints one JSON document (and a short human summary on stderr).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -194,64 +195,107 @@ def rollout_benchmark(tmp: Path, model_path: str, n_agents: int) -> dict[str, An
         procs[0].stop()
 
 
-def download_cost(
-    tmp: Path, model_path: str, rounds: int, rate: float | None = None
-) -> dict[str, Any]:
-    """One agent run (refresh, download, verify, stage) vs a plain download of the same file.
+def _start_node(tmp: Path, model_path: str, name: str) -> tuple[ManagedProcess, str]:
+    port = free_port()
+    node = ManagedProcess(
+        edgecloud_command(
+            "serve", "--model", model_path, "--port", str(port), "--preload", "--ctx", "512"
+        ),
+        f"http://127.0.0.1:{port}/readyz",
+        env={"EDGECLOUD_ADMIN_TOKEN": TOKEN},
+        log_path=str(tmp / f"{name}.log"),
+        name=name,
+    )
+    node.start()
+    node.wait_ready(180)
+    return node, f"http://127.0.0.1:{port}"
 
-    `rate` (bytes/s) makes the fleet server emulate a network link instead of loopback."""
+
+def _timed(fn: Any) -> float:
+    os.sync()  # each timed run starts with no dirty pages of the one before
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def download_cost(
+    tmp: Path, model_path: str, node_url: str, rounds: int, rate: float | None = None
+) -> dict[str, Any]:
+    """The agent's update path vs a plain download of the same file, interleaved per round:
+    (1) a plain streamed download to a file, (2) curl, (3) the agent's refresh + download +
+    verify + stage, (4) all of (3) then activation on a real node (swap, /readyz, the check
+    of the sha256 the node reports). `rate` (bytes/s) makes the fleet server emulate a link."""
+    from edgecloud.fleet.agent import Agent, AgentConfig
+
     repo_path = tmp / f"dl-repo-{rate}"
     repo = ModelRepository.init(repo_path)
     rel = repo.add_model(model_path, MODEL, "1.0.0", stable=True, link=True)
     extra = ("--rate-limit", str(rate)) if rate else ()
     server, url = _server(tmp, repo_path, "--no-controller", *extra)
     target = f"{url}/tuf/targets/models/{MODEL}/1.0.0/{rel.sha256}.{MODEL}-1.0.0.gguf"
-    plain, curl, agent = [], [], []
+    out = tmp / "plain.bin"
+
+    def plain() -> None:
+        with httpx.Client(timeout=60) as c, c.stream("GET", target) as r, open(out, "wb") as f:
+            for chunk in r.iter_raw():
+                f.write(chunk)
+
+    def agent(i: int) -> Agent:
+        return Agent(
+            AgentConfig(
+                server=url,
+                models_dir=tmp / f"agent-{i}",
+                node=node_url,
+                model=MODEL,
+                root=repo.root_file(),
+                device_id="bench",
+                admin_token=TOKEN,
+            )
+        )
+
+    def stage(a: Agent) -> None:
+        updater, releases = a.refresh()
+        tf = updater.get_targetinfo(f"models/{MODEL}/1.0.0/{MODEL}-1.0.0.gguf")
+        assert tf is not None
+        a._fetch(tf, "a", releases[0])
+
+    def update(a: Agent) -> None:
+        a._cycle()  # one poll: refresh, choose, download, verify, stage, activate, check
+        assert a.state.active_info is not None, f"not activated: {a.status} {a.state.events}"
+
+    times: dict[str, list[float]] = {"plain": [], "curl": [], "stage": [], "update": []}
     try:
         for i in range(rounds):
-            out = tmp / f"plain-{i}"
-            t = time.perf_counter()
-            with httpx.Client(timeout=60) as c, c.stream("GET", target) as r, open(out, "wb") as f:
-                for chunk in r.iter_raw():
-                    f.write(chunk)
-            plain.append(time.perf_counter() - t)
+            times["plain"].append(_timed(plain))
             out.unlink()
-            t = time.perf_counter()
-            subprocess.run(["curl", "-s", "-o", str(out), target], check=True)
-            curl.append(time.perf_counter() - t)
-            out.unlink()
-            # the agent's own path, in process: TUF refresh, resumable download, verify, stage
-            from edgecloud.fleet.agent import Agent, AgentConfig
-
-            a = Agent(
-                AgentConfig(
-                    server=url,
-                    models_dir=tmp / f"agent-{i}",
-                    node="http://127.0.0.1:9",
-                    model=MODEL,
-                    root=repo.root_file(),
-                    device_id="bench",
-                )
+            times["curl"].append(
+                _timed(lambda: subprocess.run(["curl", "-s", "-o", str(out), target], check=True))
             )
-            t = time.perf_counter()
-            updater, releases = a.refresh()
-            tf = updater.get_targetinfo(f"models/{MODEL}/1.0.0/{MODEL}-1.0.0.gguf")
-            assert tf is not None
-            a._fetch(tf, "a", releases[0])
-            agent.append(time.perf_counter() - t)
-            shutil.rmtree(tmp / f"agent-{i}")
+            out.unlink()
+            a = agent(2 * i)
+            times["stage"].append(_timed(functools.partial(stage, a)))
+            b = agent(2 * i + 1)
+            times["update"].append(_timed(functools.partial(update, b)))
+            a.http.close(), b.http.close()
+            shutil.rmtree(tmp / f"agent-{2 * i}")
+            if i:  # the node has just left the previous round's file
+                shutil.rmtree(tmp / f"agent-{2 * i - 1}")
     finally:
         server.stop()
-    med = statistics.median
+    med = {k: statistics.median(v) for k, v in times.items()}
     return {
         "link": f"{rate / 1e6:g} MB/s" if rate else "loopback",
         "size_bytes": rel.size,
-        "plain_download_s": round(med(plain), 3),
-        "curl_download_s": round(med(curl), 3),
-        "agent_refresh_download_verify_stage_s": round(med(agent), 3),
-        "ratio_vs_plain": round(med(agent) / med(plain), 2),
-        "ratio_vs_curl": round(med(agent) / med(curl), 2),
+        "plain_download_s": round(med["plain"], 3),
+        "curl_download_s": round(med["curl"], 3),
+        "agent_refresh_download_verify_stage_s": round(med["stage"], 3),
+        "agent_update_with_activation_s": round(med["update"], 3),
+        "activation_s": round(med["update"] - med["stage"], 3),
+        "stage_ratio_vs_plain": round(med["stage"] / med["plain"], 2),
+        "update_ratio_vs_plain": round(med["update"] / med["plain"], 2),
+        "update_ratio_vs_curl": round(med["update"] / med["curl"], 2),
         "rounds": rounds,
+        "all_s": {k: [round(x, 3) for x in v] for k, v in times.items()},
     }
 
 
@@ -346,12 +390,13 @@ def poll_benchmark(tmp: Path, n_sim: int, seconds: float, procs: int) -> dict[st
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--agents", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument(
         "--link-mb-s",
         type=float,
-        default=50.0,
-        help="Also measure over an emulated link of this speed (0: skip).",
+        nargs="*",
+        default=[50.0, 100.0],
+        help="Also measure over emulated links of these speeds (none: skip).",
     )
     p.add_argument("--sim-agents", type=int, default=1000)
     p.add_argument("--sim-seconds", type=float, default=20)
@@ -365,11 +410,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ota-bench-") as d:
         tmp = Path(d)
         if "download" not in a.skip:
-            out["download"] = download_cost(tmp, model_path, a.rounds)
-            print("download:", out["download"], file=sys.stderr)
-            if a.link_mb_s:
-                out["download_link"] = download_cost(tmp, model_path, 2, a.link_mb_s * 1e6)
-                print("download over a link:", out["download_link"], file=sys.stderr)
+            node, node_url = _start_node(tmp, model_path, "dl-node")
+            try:
+                out["download"] = download_cost(tmp, model_path, node_url, a.rounds)
+                print("download:", out["download"], file=sys.stderr)
+                for mb_s in a.link_mb_s:
+                    key = f"download_link_{mb_s:g}MBps"
+                    out[key] = download_cost(tmp, model_path, node_url, 2, mb_s * 1e6)
+                    print(f"download over a {mb_s:g} MB/s link:", out[key], file=sys.stderr)
+            finally:
+                node.stop()
         if "rollout" not in a.skip:
             r = rollout_benchmark(tmp, model_path, a.agents)
             r.pop("_repo"), r.pop("url")

@@ -23,7 +23,7 @@ from edgecloud import __version__
 from edgecloud.fleet.download import download_resumable
 from edgecloud.fleet.errors import ActivationFailed, NodeUnreachable, UpdateRefused
 from edgecloud.fleet.logs import log_event
-from edgecloud.fleet.node_client import CanaryPrompt, CanaryResult, NodeClient
+from edgecloud.fleet.node_client import DEFAULT_CANARIES, CanaryPrompt, CanaryResult, NodeClient
 from edgecloud.fleet.rollout import ModelRelease, choose_release, target_path
 from edgecloud.fleet.slots import AgentState, Pending, SlotInfo, SlotStore
 from edgecloud.fleet.state import DeviceEvent, DeviceMetrics, DeviceReport
@@ -42,7 +42,7 @@ class AgentConfig:
     admin_token: str | None = None
     device_token: str | None = None
     interval_s: float = 30.0
-    canaries: list[CanaryPrompt] = field(default_factory=list)
+    canaries: list[CanaryPrompt] = field(default_factory=lambda: list(DEFAULT_CANARIES))
     canary_every_s: float = 300.0
     min_eval_score: float = 0.5
     ready_timeout_s: float = 120.0

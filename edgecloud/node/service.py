@@ -147,11 +147,19 @@ class NodeService:
         if self._swap_lock.locked():
             raise SwapInProgress("Another model swap is in progress.")
         async with self._swap_lock:
+            # The file's sha256 (which the OTA agent checks after a swap) is computed beside the
+            # load, on the other core, instead of after it.
+            digest = asyncio.ensure_future(asyncio.to_thread(file_sha256, path))
             try:
                 new = await self._load(path, version)
             except ModelLoadError as exc:
                 self.metrics.swaps.labels(result="failed").inc()
+                digest.add_done_callback(lambda f: f.exception())
                 raise ModelLoadFailed(str(exc)) from None
+            try:
+                new.info.sha256 = await digest
+            except OSError:
+                pass  # model_info() tries again when asked
             old, self.current = self.current, new
             self.load_error = None
             self.metrics.ready.set(1)
