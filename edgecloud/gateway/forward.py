@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgecloud.api.asgi import Receive, Send, send_error, sse_event
 from edgecloud.gateway.errors import NoAllowedEndpoint, UpstreamFailed
+from edgecloud.gateway.h1 import H1Response
 from edgecloud.gateway.metrics import GatewayMetrics
 from edgecloud.gateway.policy import PlacementDecision
 from edgecloud.gateway.request import RequestFacts, with_model
@@ -66,11 +67,7 @@ class Forwarder:
             state.in_flight += 1
             t_up = time.perf_counter()
             try:
-                if facts.stream:
-                    async with asyncio.timeout(state.config.timeout_s):
-                        resp = await up.post(path, body, True, trace_headers)
-                else:
-                    resp = await up.post(path, body, False, trace_headers)
+                resp = await up.post(path, body, trace_headers)
             except TRANSPORT_ERRORS as exc:
                 if span is not None:
                     span.end(None, type(exc).__name__)
@@ -117,7 +114,7 @@ class Forwarder:
         await send_error(send, err, [(b"x-edgecloud-reason", err.rule.encode())])
         record["total_ms"] = round((time.perf_counter() - t0) * 1000, 3)
 
-    async def _relay(self, send: Send, receive: Receive, resp: Any, state: Any, rule: str,
+    async def _relay(self, send: Send, receive: Receive, resp: H1Response, state: Any, rule: str,
                      facts: RequestFacts, record: dict[str, Any], t0: float,
                      t_up: float) -> None:
         tier = state.config.tier
@@ -140,9 +137,10 @@ class Forwarder:
         cut = False
         if not streaming:
             try:
-                data = await resp.read()  # bounded by the request's sock_read timeout
+                async with asyncio.timeout(state.config.timeout_s):
+                    data = await resp.read()
             except TRANSPORT_ERRORS as exc:
-                resp.release()
+                resp.close()
                 await self._upstream_cut(send, state, rule, exc, record, t0)
                 return
             t_done = time.perf_counter()
@@ -168,7 +166,7 @@ class Forwarder:
                 # at most twice per idle_s, not once per chunk.
                 async with asyncio.timeout_at(loop.time() + idle_s) as guard:
                     rearm_at = loop.time() + idle_s / 2
-                    async for chunk in resp.content.iter_any():
+                    async for chunk in resp.iter_any():
                         if first is None:
                             first = time.perf_counter()
                         tokens += chunk.count(b"data:")

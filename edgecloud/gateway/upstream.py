@@ -1,21 +1,20 @@
-"""The one seam to upstream servers: a pooled aiohttp session per endpoint, and health probes."""
+"""The one seam to upstream servers: a keep-alive HTTP/1.1 pool per endpoint, and health probes."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import ssl
 import time
-from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
-import yarl
 
+from edgecloud.gateway.h1 import H1Pool, H1Response
 from edgecloud.gateway.health import BreakerState, EndpointState
 
 # What counts as "the endpoint failed before answering": retry on the next allowed endpoint.
-TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+# (UpstreamError, ssl.SSLError and socket errors are all OSErrors.)
+TRANSPORT_ERRORS = (OSError, asyncio.TimeoutError)
 
 
 class Upstream:
@@ -26,66 +25,54 @@ class Upstream:
         cfg = state.config
         self.base = cfg.url
         self.root = cfg.url[:-3] if cfg.url.endswith("/v1") else cfg.url
-        self._urls: dict[str, yarl.URL] = {}
-        # Explicit values stop aiohttp adding its own per request (skip_auto_headers copies the
-        # headers every time); identity because answers are relayed without decompression.
+        u = urlsplit(cfg.url)
+        base_path = u.path.rstrip("/")
+        self._query = f"?{u.query}".encode() if u.query else b""
+        self._base_path = base_path.encode()
+        self._root_path = (base_path[:-3] if base_path.endswith("/v1") else base_path).encode()
+        self._targets: dict[str, bytes] = {}
+        # identity: answers are relayed as received, without decompression
         headers = {"content-type": "application/json", "user-agent": "edgecloud-gateway",
                    "accept-encoding": "identity"}
         if cfg.api_key_env:
             key = os.environ.get(cfg.api_key_env)
             if key:
                 headers["authorization"] = f"Bearer {key}"
-        self.headers = headers
+        self._headers = headers
         self._probe_path = cfg.health_path
         self._verify_tls = verify_tls
-        self.session: aiohttp.ClientSession | None = None
-        self._answer_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=cfg.connect_timeout_s, sock_read=cfg.timeout_s
-        )
+        self.pool: H1Pool | None = None
 
     async def start(self) -> None:
-        cfg = self.state.config
-        ctx: ssl.SSLContext | bool = True if self._verify_tls else False
-        connector = aiohttp.TCPConnector(
-            limit=0, keepalive_timeout=60, ttl_dns_cache=300, ssl=ctx
-        )
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            # No sock_read: aiohttp would re-arm a timer for every chunk it reads. The
-            # forwarder bounds the wait for headers and for each stretch of a stream instead.
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=cfg.connect_timeout_s, sock_read=None
-            ),
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            headers=self.headers,
-        )
+        self.pool = H1Pool(self.base, self._headers,
+                           connect_timeout_s=self.state.config.connect_timeout_s,
+                           verify_tls=self._verify_tls)
 
     async def close(self) -> None:
-        if self.session is not None:
-            await self.session.close()
-            self.session = None
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
 
-    def post(self, path: str, body: bytes, stream: bool,
-             headers: dict[str, str] | None = None) -> Any:
-        """Start a POST (an awaitable aiohttp response context); path like /chat/completions.
+    def _target(self, path: str) -> bytes:
+        t = self._targets.get(path)
+        if t is None:  # built once per route
+            t = self._targets[path] = self._base_path + path.encode() + self._query
+        return t
 
-        `headers` adds to the session's (trace context, when tracing is on). A non-streamed
-        answer arrives in one or two reads, so aiohttp's own read timeout is cheap there;
-        streams are bounded by the forwarder (see the session's timeout)."""
-        assert self.session is not None
-        url = self._urls.get(path)
-        if url is None:  # parsed once per route: aiohttp would parse the string every time
-            url = self._urls[path] = yarl.URL(self.base + path)
-        if stream:
-            return self.session.post(url, data=body, headers=headers)
-        return self.session.post(url, data=body, headers=headers, timeout=self._answer_timeout)
+    async def post(self, path: str, body: bytes,
+                   headers: dict[str, str] | None = None) -> H1Response:
+        """POST under the endpoint's base URL (path like /chat/completions); returns once the
+        answer's status and headers are in, within the endpoint's timeout.
 
-    async def _get(self, url: str, timeout_s: float) -> tuple[int, bytes]:
-        assert self.session is not None
-        async with self.session.get(
-            url, timeout=aiohttp.ClientTimeout(total=timeout_s)
-        ) as resp:
+        `headers` adds to the pool's (trace context, when tracing is on)."""
+        assert self.pool is not None
+        async with asyncio.timeout(self.state.config.timeout_s):
+            return await self.pool.request(b"POST", self._target(path), body, headers)
+
+    async def _get(self, target: bytes, timeout_s: float) -> tuple[int, bytes]:
+        assert self.pool is not None
+        async with asyncio.timeout(timeout_s):
+            resp = await self.pool.request(b"GET", target)
             return resp.status, await resp.read()
 
     async def probe(self, timeout_s: float = 2.0) -> bool:
@@ -94,15 +81,18 @@ class Upstream:
         t0 = time.perf_counter()
         try:
             if self._probe_path is None:
-                status, _ = await self._get(self.root + "/readyz", timeout_s)
+                status, _ = await self._get(self._root_path + b"/readyz", timeout_s)
                 if status == 404:
                     self._probe_path = "/models"
-                    status, _ = await self._get(self.base + "/models", timeout_s)
+                    status, _ = await self._get(self._target("/models"), timeout_s)
                 else:
                     self._probe_path = "/readyz"
             else:
-                url = (self.base if self._probe_path == "/models" else self.root) + self._probe_path
-                status, _ = await self._get(url, timeout_s)
+                if self._probe_path == "/models":
+                    target = self._target("/models")
+                else:
+                    target = self._root_path + self._probe_path.encode()
+                status, _ = await self._get(target, timeout_s)
             ok = status == 200
             if ok and st.model_id is None:
                 await self.discover_model(timeout_s)
@@ -127,7 +117,7 @@ class Upstream:
         if st.config.model is not None:
             st.model_id = st.config.model
             return
-        status, raw = await self._get(self.base + "/models", timeout_s)
+        status, raw = await self._get(self._target("/models"), timeout_s)
         if status == 200:
             try:
                 data = orjson.loads(raw).get("data") or []
