@@ -244,7 +244,7 @@ def download_cost(
         return Agent(
             AgentConfig(
                 server=url,
-                models_dir=tmp / f"agent-{i}",
+                models_dir=tmp / f"agent-{rate}-{i}",
                 node=node_url,
                 model=MODEL,
                 root=repo.root_file(),
@@ -277,9 +277,9 @@ def download_cost(
             b = agent(2 * i + 1)
             times["update"].append(_timed(functools.partial(update, b)))
             a.http.close(), b.http.close()
-            shutil.rmtree(tmp / f"agent-{2 * i}")
+            shutil.rmtree(tmp / f"agent-{rate}-{2 * i}")
             if i:  # the node has just left the previous round's file
-                shutil.rmtree(tmp / f"agent-{2 * i - 1}")
+                shutil.rmtree(tmp / f"agent-{rate}-{2 * i - 1}")
     finally:
         server.stop()
     med = {k: statistics.median(v) for k, v in times.items()}

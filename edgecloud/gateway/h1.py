@@ -76,7 +76,7 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks ----------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
         resp = self.resp
-        if resp is not None:
+        if resp is not None and not resp.complete:
             resp.raw_headers.append((name, value))
             if len(name) in (14, 17):  # content-length, transfer-encoding: not close-delimited
                 n = name.lower()
@@ -89,6 +89,9 @@ class _Connection(asyncio.Protocol):
         resp = self.resp
         if resp is None:
             return
+        if resp.complete:  # a second answer in the same read: a broken server, do not reuse
+            resp.keep_alive = False
+            return
         status = self.parser.get_status_code()
         if status < 200:  # 1xx interim answers: wait for the real one
             resp.raw_headers.clear()
@@ -100,7 +103,7 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         resp = self.resp
-        if resp is not None:
+        if resp is not None and not resp.complete:
             resp.feed(body)
             if resp.buffered > self.pool.high_water and not self._paused:
                 self._paused = True
@@ -108,8 +111,8 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         resp = self.resp
-        if resp is None or not resp.status:
-            return  # the end of a 1xx interim answer
+        if resp is None or not resp.status or resp.complete:
+            return  # the end of a 1xx interim answer (or of an answer nobody asked for)
         resp.keep_alive = self.parser.should_keep_alive()
         resp.finish()
 

@@ -281,3 +281,21 @@ def test_tls_upstream_verified_or_not(tmp_path: Path) -> None:
         lax.close()
 
     _serve(_keep_alive, test, tls=server_ctx)
+
+
+def test_an_answer_nobody_asked_for_is_ignored_and_the_connection_dropped() -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter,
+                      stats: dict[str, int]) -> None:
+        while await _request(r) is not None:
+            w.write(_ok() + _ok(b'{"ok":false}'))  # a broken server: two answers to one request
+            await w.drain()
+
+    async def test(url: str, stats: dict[str, int]) -> None:
+        pool = _pool(url)
+        for _ in range(2):
+            resp = await pool.request(b"POST", b"/v1/chat/completions", b"{}")
+            assert resp.status == 200 and await resp.read() == JSON
+        pool.close()
+        assert stats["connections"] == 2
+
+    _serve(handler, test)
