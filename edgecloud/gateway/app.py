@@ -38,7 +38,7 @@ from edgecloud.gateway.forward import Forwarder
 from edgecloud.gateway.health import CircuitBreaker, EndpointState
 from edgecloud.gateway.metrics import GatewayMetrics, RequestLog
 from edgecloud.gateway.policy import Hints, PlacementPolicy
-from edgecloud.gateway.request import RequestFacts, inspect_chat, inspect_completion, parse_json
+from edgecloud.gateway.request import RequestFacts, inspect_chat, inspect_completion, parse_body
 from edgecloud.gateway.tracing import resolve_tracing
 from edgecloud.gateway.upstream import Upstream
 
@@ -247,7 +247,9 @@ class GatewayApp:
                 if ctype is not None and b"json" not in ctype and not ctype.startswith(_FORM_TYPES):
                     raise UnsupportedMediaType("Send the body as application/json.")
                 raw = await read_body(receive, self.config.limits.max_body_bytes, scope)
-                facts = inspect(parse_json(raw))
+                body, elided = parse_body(raw)
+                facts = inspect(body)
+                facts.elided = elided
                 self._check_model(facts.model)
                 hints = self._hints(headers, key)
                 decision = self.policy.choose_endpoint(

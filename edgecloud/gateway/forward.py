@@ -15,7 +15,7 @@ from edgecloud.gateway.errors import NoAllowedEndpoint, UpstreamFailed
 from edgecloud.gateway.h1 import H1Response
 from edgecloud.gateway.metrics import GatewayMetrics
 from edgecloud.gateway.policy import PlacementDecision
-from edgecloud.gateway.request import RequestFacts, with_model
+from edgecloud.gateway.request import RequestFacts, with_model_parts
 from edgecloud.gateway.upstream import TRANSPORT_ERRORS, Upstream
 
 if TYPE_CHECKING:
@@ -58,11 +58,12 @@ class Forwarder:
                 failures.append(f"{state.name}: circuit open")
                 continue
             up = self.upstreams[state.name]
-            body = raw if state.model_id is None else with_model(raw, facts.body, state.model_id)
+            body = (raw,) if state.model_id is None else with_model_parts(
+                raw, facts.body, state.model_id, facts.elided)
             span = trace_headers = None
             if trace is not None:
                 span = trace.attempt(state.name, state.config.tier, up.base + path, attempt + 1,
-                                     len(body))
+                                     sum(len(p) for p in body))
                 trace_headers = span.headers
             state.in_flight += 1
             t_up = time.perf_counter()

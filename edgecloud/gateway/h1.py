@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -312,14 +312,20 @@ class H1Pool:
         return await self._connect()
 
     # -- requests ---------------------------------------------------------------------------
-    async def request(self, method: bytes, target: bytes, body: bytes | None = None,
+    async def request(self, method: bytes, target: bytes,
+                      body: bytes | Sequence[bytes | memoryview] | None = None,
                       headers: dict[str, str] | None = None) -> H1Response:
-        """Send one request; returns when the answer's status and headers are in."""
+        """Send one request; returns when the answer's status and headers are in.
+
+        `body` may come in pieces (a spliced body), written in order without joining."""
         head = [method, b" ", target, b" HTTP/1.1\r\n", self._head]
         if headers:
             head.append("".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1"))
+        parts: Sequence[bytes | memoryview] = (
+            () if body is None else (body,) if isinstance(body, bytes) else body
+        )
         if body is not None:
-            head.append(b"content-length: %d\r\n\r\n" % len(body))
+            head.append(b"content-length: %d\r\n\r\n" % sum(len(p) for p in parts))
         else:
             head.append(b"\r\n")
         data = b"".join(head)
@@ -328,8 +334,8 @@ class H1Pool:
             reused = conn.used
             resp = H1Response(conn, asyncio.get_running_loop())
             conn.resp = resp
-            if body:
-                conn.transport.writelines((data, body))
+            if parts:
+                conn.transport.writelines((data, *parts))
             else:
                 conn.transport.write(data)
             try:

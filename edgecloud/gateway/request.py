@@ -7,6 +7,8 @@ the top-level "model" value spliced when the upstream wants another id.
 from __future__ import annotations
 
 import re
+import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +35,7 @@ class RequestFacts:
     images: int = 0
     text_chars: int = 0
     max_output_tokens: int | None = None
+    elided: bool = False  # `body` holds placeholders for large images (see parse_body)
 
     @property
     def prompt_tokens_estimate(self) -> int:
@@ -51,9 +54,112 @@ def parse_json(raw: bytes) -> dict[str, Any]:
     return body
 
 
+class _ElidedURL(str):
+    """An image data URI that parse_body checked on the raw bytes and left out of the parse.
+
+    Only parse_body makes these (orjson never returns a str subclass)."""
+
+    __slots__ = ()
+
+
+# Bodies from this size up may have their large base64 images left out of the parse.
+_ELIDE_FROM = 1 << 16
+_ELIDE_MIN_PAYLOAD = 2 * _SAMPLE
+_DATA_URI_START = re.compile(rb'"data:image/[A-Za-z0-9.+-]{1,32};base64,')
+_B64_SAMPLE_B = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
+_NONCE = secrets.token_hex(8)  # per process: a client cannot forge a placeholder
+
+
+def parse_body(raw: bytes) -> tuple[dict[str, Any], bool]:
+    """Decode a request body like parse_json; returns (body, elided).
+
+    A phone agent's body is mostly one base64 screenshot that policy never reads. In a large
+    body each image data URI (a JSON string with no escapes, checked at both ends as
+    _check_image does) is swapped for a short placeholder before orjson parses the rest, which
+    saves decoding megabytes into a Python string. The swap is kept only if every placeholder
+    turns up as the image_url.url of a message part and nowhere else (not in a text, not in a
+    key); otherwise the whole body is parsed as it is. The original bytes are what is
+    forwarded either way."""
+    if len(raw) < _ELIDE_FROM:
+        return parse_json(raw), False
+    pieces: list[bytes] = []
+    kept = n = 0
+    nonce = _NONCE.encode()
+    i = raw.find(b'"data:image/')
+    while i >= 0:
+        m = _DATA_URI_START.match(raw, i)
+        if m is None:
+            i = raw.find(b'"data:image/', i + 1)
+            continue
+        start = m.end()
+        end = raw.find(b'"', start)
+        if end < 0:
+            break
+        size = end - start
+        if (
+            size >= _ELIDE_MIN_PAYLOAD
+            and size % 4 == 0
+            and raw.find(b"\\", start, end) < 0
+            and _B64_SAMPLE_B.fullmatch(raw, start, start + _SAMPLE) is not None
+            and _B64_SAMPLE_B.fullmatch(raw, end - _SAMPLE, end) is not None
+        ):
+            pieces += (raw[kept:start], b"~elided~%d~%s" % (n, nonce))
+            n += 1
+            kept = end
+        i = raw.find(b'"data:image/', end + 1)
+    if not n:
+        return parse_json(raw), False
+    reduced = b"".join(pieces) + raw[kept:]
+    try:
+        body = orjson.loads(reduced)
+    except orjson.JSONDecodeError:
+        return parse_json(raw), False  # the exact error comes from the whole body
+    if (
+        isinstance(body, dict)
+        and reduced.count(nonce) == n
+        and _mark_elided(body) == set(range(n))
+    ):
+        return body, True
+    return parse_json(raw), False
+
+
+def _mark_elided(body: dict[str, Any]) -> set[int]:
+    """Placeholders found at image_url.url of message parts (turned into _ElidedURL there)."""
+    found: set[int] = set()
+    tail = "~" + _NONCE
+    messages = body.get("messages")
+    for msg in messages if isinstance(messages, list) else ():
+        content = msg.get("content") if isinstance(msg, dict) else None
+        for part in content if isinstance(content, list) else ():
+            if not isinstance(part, dict) or part.get("type") != "image_url":
+                continue
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            if not isinstance(url, str) or not url.endswith(tail):
+                continue
+            k = url.rfind("~elided~")
+            if k < 0:
+                continue
+            try:
+                index = int(url[k + 8 : -len(tail)])
+            except ValueError:
+                continue
+            if index in found:
+                return set()  # a duplicate cannot come from us
+            found.add(index)
+            elided = _ElidedURL(url[:k])
+            if isinstance(image, dict):
+                image["url"] = elided
+            else:
+                part["image_url"] = elided
+    return found
+
+
 def _check_image(part: dict[str, Any], where: str) -> None:
     image = part.get("image_url")
     url = image.get("url") if isinstance(image, dict) else image
+    if type(url) is _ElidedURL:
+        return  # checked on the raw bytes by parse_body
     if not isinstance(url, str) or not url:
         raise BadRequest(f"{where}.image_url.url must be a non-empty string.", param=where)
     if url.startswith("data:"):
@@ -206,9 +312,17 @@ def _model_keys(raw: bytes) -> list[int]:
 
 def with_model(raw: bytes, body: dict[str, Any], model: str) -> bytes:
     """The body with its top-level "model" set to `model`, splicing bytes when it is safe."""
+    parts = with_model_parts(raw, body, model)
+    return raw if parts[0] is raw else b"".join(parts)
+
+
+def with_model_parts(
+    raw: bytes, body: dict[str, Any], model: str, elided: bool = False
+) -> Sequence[bytes | memoryview]:
+    """with_model as pieces written one after the other: a spliced body is not copied."""
     current = body.get("model")
     if current == model:
-        return raw
+        return (raw,)
     if isinstance(current, str):
         keys = _model_keys(raw)
         # Exactly one "model" key in the whole body, followed by the value we parsed: that must
@@ -217,5 +331,8 @@ def with_model(raw: bytes, body: dict[str, Any], model: str) -> bytes:
             key = keys[0]
             m = _MODEL_VALUE.match(raw, key + 7)
             if m is not None and m.group(1) == current.encode():
-                return raw[: m.start(1)] + orjson.dumps(model)[1:-1] + raw[m.end(1) :]
-    return orjson.dumps({**body, "model": model})
+                mv = memoryview(raw)
+                return (mv[: m.start(1)], orjson.dumps(model)[1:-1], mv[m.end(1) :])
+    if elided:  # the parsed body holds placeholders: re-encode from the whole body
+        body = parse_json(raw)
+    return (orjson.dumps({**body, "model": model}),)

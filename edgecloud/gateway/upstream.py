@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 import orjson
@@ -59,7 +60,7 @@ class Upstream:
             t = self._targets[path] = self._base_path + path.encode() + self._query
         return t
 
-    async def post(self, path: str, body: bytes,
+    async def post(self, path: str, body: bytes | Sequence[bytes | memoryview],
                    headers: dict[str, str] | None = None) -> H1Response:
         """POST under the endpoint's base URL (path like /chat/completions); returns once the
         answer's status and headers are in, within the endpoint's timeout.

@@ -6,7 +6,14 @@ import orjson
 import pytest
 
 from edgecloud.api.errors import BadRequest
-from edgecloud.gateway.request import inspect_chat, inspect_completion, parse_json, with_model
+from edgecloud.gateway.request import (
+    inspect_chat,
+    inspect_completion,
+    parse_body,
+    parse_json,
+    with_model,
+    with_model_parts,
+)
 
 
 def _rewrite(body: dict, model: str) -> tuple[bytes, bytes]:
@@ -60,3 +67,74 @@ def test_inspection_collects_texts_and_images() -> None:
 def test_parse_errors_are_bad_requests(raw: bytes) -> None:
     with pytest.raises(BadRequest):
         parse_json(raw)
+
+
+# -- parse_body: large images left out of the parse, never at the cost of a text -------------
+
+def _b64(n: int, seed: int = 3) -> str:
+    import base64
+    import random
+
+    return base64.b64encode(random.Random(seed).randbytes(n)).decode()
+
+
+def _uri(n: int = 300_000, seed: int = 3) -> str:
+    return "data:image/png;base64," + _b64(n, seed)
+
+
+def _same_facts(raw: bytes) -> bool:
+    """parse_body's facts equal those of a whole parse; returns whether it elided."""
+    body, elided = parse_body(raw)
+    fast, whole = inspect_chat(body), inspect_chat(parse_json(raw))
+    assert (fast.texts, fast.images, fast.text_chars, fast.model, fast.stream) == (
+        whole.texts, whole.images, whole.text_chars, whole.model, whole.stream)
+    for model in ("other-model", whole.model):
+        assert b"".join(with_model_parts(raw, body, model, elided)) == with_model(
+            raw, parse_json(raw), model)
+    return elided
+
+
+def _chat(*parts: object, extra: dict[str, object] | None = None) -> bytes:
+    return orjson.dumps({"model": "autoglm-phone-9b", "stream": True, **(extra or {}),
+                         "messages": [{"role": "system", "content": "You are a phone agent."},
+                                      {"role": "user", "content": list(parts)}]})
+
+
+def test_a_screenshot_is_left_out_of_the_parse_and_forwarded_whole() -> None:
+    raw = _chat({"type": "text", "text": "Call 13812345678 for me"},
+                {"type": "image_url", "image_url": {"url": _uri()}},
+                {"type": "image_url", "image_url": _uri(200_000, 4)},  # the string form
+                {"type": "image_url", "image_url": {"url": _uri(3_000, 5)}})  # small: parsed
+    assert _same_facts(raw)
+    body, _ = parse_body(raw)
+    assert inspect_chat(body).images == 3
+
+
+def test_a_data_uri_anywhere_but_an_image_part_is_parsed_whole() -> None:
+    uri = _uri()
+    cases = [
+        _chat({"type": "text", "text": uri}),  # a text that is a data URI
+        _chat({"type": "text", "text": 'said "' + uri + '"'}),  # escaped quotes around it
+        _chat({"type": "text", "text": "x"}, extra={uri: 1}),  # a key
+        _chat({"type": "text", "text": "x"}, extra={"metadata": {"shot": uri}}),
+        orjson.dumps({"model": "m", "messages": [{"role": "user", "content": uri}]}),
+    ]
+    for raw in cases:
+        assert not _same_facts(raw)
+
+
+def test_a_text_with_the_placeholder_marker_is_parsed_whole() -> None:
+    from edgecloud.gateway.request import _NONCE
+
+    raw = _chat({"type": "text", "text": f"~elided~0~{_NONCE}"},
+                {"type": "image_url", "image_url": {"url": _uri()}})
+    assert not _same_facts(raw)
+
+
+def test_broken_image_data_gets_the_same_400_as_before() -> None:
+    for bad in (_uri()[:-1], _uri() + "!", "data:image/png;base64,@" + _b64(300_000)[1:]):
+        raw = _chat({"type": "image_url", "image_url": {"url": bad}})
+        with pytest.raises(BadRequest, match="broken base64"):
+            inspect_chat(parse_body(raw)[0])
+    with pytest.raises(BadRequest):
+        parse_body(_chat({"type": "image_url", "image_url": {"url": _uri()}})[:-1])
