@@ -16,13 +16,16 @@ user's next turn.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
+import orjson
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from edgecloud.api.errors import BadRequest
 from edgecloud.api.openai import ChatMessage
+from edgecloud.node.tools import history_arguments
 
 PLAIN_STOPS = ("\nUser:",)
 _ROLE_NAMES = {"user": "User", "assistant": "Assistant", "tool": "Tool", "function": "Tool"}
@@ -62,15 +65,24 @@ def message_text(msg: ChatMessage, index: int) -> str:
     return "".join(texts)
 
 
-def render_plain(messages: list[ChatMessage]) -> str:
+def render_plain(messages: list[ChatMessage], tools: list[dict[str, Any]] | None = None) -> str:
     system: list[str] = []
     turns: list[str] = []
     for i, msg in enumerate(messages):
         text = message_text(msg, i)
         if msg.role in ("system", "developer"):
             system.append(text.strip())
-        else:
-            turns.append(f"{_ROLE_NAMES[msg.role]}: {text.strip()}")
+            continue
+        calls = [
+            orjson.dumps(
+                {"name": c.function.name, "arguments": history_arguments(c.function.arguments)}
+            ).decode()
+            for c in msg.tool_calls or ()
+        ]
+        text = "\n".join(x for x in (text.strip(), *calls) if x)
+        turns.append(f"{_ROLE_NAMES[msg.role]}: {text}")
+    if tools:
+        system.append(plain_tools_text(tools))
     head = "\n".join(s for s in system if s)
     body = "\n".join(turns)
     if messages[-1].role == "assistant":
@@ -100,18 +112,43 @@ class ChatTemplate:
     def default_stops(self) -> tuple[str, ...]:
         return PLAIN_STOPS if self.is_plain else ()
 
-    def render(self, messages: list[ChatMessage]) -> str:
+    @functools.cached_property
+    def supports_tools(self) -> bool:
+        """Whether the template renders `tools` (probed once, as llama.cpp does)."""
         if self._template is None:
-            return render_plain(messages)
-        plain: list[dict[str, Any]] = [
-            {"role": m.role, "content": message_text(m, i)} for i, m in enumerate(messages)
-        ]
+            return False
+        probe = {
+            "type": "function",
+            "function": {
+                "name": "edgecloud_probe_fn",
+                "description": "probe",
+                "parameters": {"type": "object", "properties": {}},
+            },
+        }
+        try:
+            text = self._template.render(
+                messages=[{"role": "user", "content": "hi"}],
+                tools=[probe],
+                add_generation_prompt=True,
+                bos_token=self.bos_text,
+                eos_token=self.eos_text,
+            )
+        except Exception:  # noqa: BLE001 - any template failure means "no tools"
+            return False
+        return "edgecloud_probe_fn" in text
+
+    def render(self, messages: list[ChatMessage], tools: list[dict[str, Any]] | None = None) -> str:
+        if self._template is None:
+            return render_plain(messages, tools)
+        plain = [_template_message(m, i) for i, m in enumerate(messages)]
+        extra: dict[str, Any] = {"tools": tools} if tools else {}
         try:
             text = self._template.render(
                 messages=plain,
                 add_generation_prompt=messages[-1].role != "assistant",
                 bos_token=self.bos_text,
                 eos_token=self.eos_text,
+                **extra,
             )
         except TemplateError as exc:
             raise BadRequest(f"The model's chat template refused these messages: {exc}") from None
@@ -119,6 +156,41 @@ class ChatTemplate:
         if self.bos_text and text.startswith(self.bos_text):
             text = text[len(self.bos_text) :]
         return text
+
+
+def _template_message(msg: ChatMessage, index: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": msg.role, "content": message_text(msg, index)}
+    if msg.tool_calls:
+        out["tool_calls"] = [
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {
+                    "name": c.function.name,
+                    "arguments": history_arguments(c.function.arguments),
+                },
+            }
+            for c in msg.tool_calls
+        ]
+    if msg.tool_call_id is not None:
+        out["tool_call_id"] = msg.tool_call_id
+    if msg.name is not None:
+        out["name"] = msg.name
+    return out
+
+
+def plain_tools_text(tools: list[dict[str, Any]]) -> str:
+    """The functions a base model may call, for the plain transcript's system block."""
+    lines = ["You can call these functions:"]
+    for t in tools:
+        fn = t.get("function", {})
+        lines.append(
+            orjson.dumps(
+                {k: fn[k] for k in ("name", "description", "parameters") if k in fn}
+            ).decode()
+        )
+    lines.append('To call one, answer with {"name": <function name>, "arguments": <object>}.')
+    return "\n".join(lines)
 
 
 def _raise_template_error(message: str) -> None:
