@@ -20,6 +20,7 @@ from typing import Any
 
 import llama_cpp as ll
 
+from edgecloud.node.logprobs import TokenLogprob
 from edgecloud.node.model import LoadedModel
 
 PENALTY_LAST_N = 64
@@ -35,6 +36,8 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     repeat_penalty: float = 1.0
+    grammar: str | None = None  # GBNF the output must match (structured output, forced calls)
+    logprobs: int | None = None  # report the chosen token's log-probability and this top-k
 
 
 @dataclass
@@ -45,6 +48,7 @@ class StreamEvent:
     finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
     error: str | None = None
     first_token_at: float | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import llama_cpp as ll
 
+from edgecloud.node.constrained import grammar_compiles
+
 _backend_lock = threading.Lock()
 _backend_ready = False
 
@@ -121,6 +123,7 @@ class LoadedModel:
         self.bos_text = self._piece_text(ll.llama_vocab_bos(self.vocab))
         self.eos_text = self._piece_text(ll.llama_vocab_eos(self.vocab))
         self._pieces: dict[int, bytes] = {}
+        self._grammars: dict[bytes, bool] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
         template = ll.llama_model_chat_template(self.model, None)
         desc = ctypes.create_string_buffer(256)
@@ -169,6 +172,17 @@ class LoadedModel:
         buf = ctypes.create_string_buffer(256)
         n = ll.llama_token_to_piece(self.vocab, token, buf, 256, 0, True)
         return buf.raw[: max(n, 0)].decode("utf-8", "replace")
+
+    def grammar_compiles(self, grammar: str) -> bool:
+        """Whether llama.cpp accepts `grammar` (checked before a request is queued)."""
+        key = hashlib.sha256(grammar.encode()).digest()
+        ok = self._grammars.get(key)
+        if ok is None:
+            ok = grammar_compiles(self.vocab, grammar)
+            if len(self._grammars) >= 256:
+                self._grammars.clear()
+            self._grammars[key] = ok
+        return ok
 
     def is_eog(self, token: int) -> bool:
         return bool(ll.llama_vocab_is_eog(self.vocab, token))

@@ -33,7 +33,9 @@ from edgecloud.logs import log_event
 from edgecloud.node.config import NodeConfig
 from edgecloud.node.engine import GenerationRequest, SamplingParams, StreamEvent
 from edgecloud.node.metrics import NodeMetrics
+from edgecloud.node.replies import ReplyBuilder
 from edgecloud.node.service import Loaded, NodeService
+from edgecloud.node.structured import OutputPlan, plan_output
 
 log = logging.getLogger("edgecloud.node")
 
@@ -46,7 +48,7 @@ class ServerShuttingDown(APIError):
     code = "shutting_down"
 
 
-def _sampling(body: ChatCompletionRequest | CompletionRequest) -> SamplingParams:
+def _sampling(body: ChatCompletionRequest | CompletionRequest, plan: OutputPlan) -> SamplingParams:
     return SamplingParams(
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
@@ -56,19 +58,27 @@ def _sampling(body: ChatCompletionRequest | CompletionRequest) -> SamplingParams
         frequency_penalty=body.frequency_penalty or 0.0,
         presence_penalty=body.presence_penalty or 0.0,
         repeat_penalty=body.repeat_penalty or 1.0,
+        grammar=plan.grammar,
+        logprobs=plan.logprobs,
     )
 
 
 def _reject_unsupported(body: ChatCompletionRequest | CompletionRequest) -> None:
     if body.n is not None and body.n > 1:
         raise BadRequest("n > 1 is not supported by this node; send separate requests.", param="n")
-    if isinstance(body, ChatCompletionRequest) and body.logprobs:
-        raise BadRequest("logprobs are not supported by this node.", param="logprobs")
-    if isinstance(body, CompletionRequest):
-        if body.logprobs:
-            raise BadRequest("logprobs are not supported by this node.", param="logprobs")
-        if body.suffix:
-            raise BadRequest("suffix (fill-in-the-middle) is not supported.", param="suffix")
+    if isinstance(body, CompletionRequest) and body.suffix:
+        raise BadRequest("suffix (fill-in-the-middle) is not supported.", param="suffix")
+
+
+def _output_plan(loaded: Loaded, body: ChatCompletionRequest | CompletionRequest) -> OutputPlan:
+    """The request's grammar, tools and logprobs, checked; a grammar llama.cpp refuses is a 400."""
+    plan = plan_output(body, loaded.template if isinstance(body, ChatCompletionRequest) else None)
+    if plan.grammar is not None and not loaded.model.grammar_compiles(plan.grammar):
+        raise BadRequest(
+            "The schema or tools produce a grammar llama.cpp cannot use.",
+            param="response_format" if plan.tools.mode != "forced" else "tools",
+        )
+    return plan
 
 
 class NodeApp:
@@ -268,14 +278,18 @@ class NodeApp:
         _reject_unsupported(body)
         self.service.check_model_name(body.model)
         loaded = await self.service.ensure_loaded()
-        prompt_text, tokens, stops = self._prompt(loaded, body)
+        plan = _output_plan(loaded, body)
+        prompt_text, tokens, stops = self._prompt(loaded, body, plan)
         max_tokens = self.service.plan_tokens(loaded, len(tokens), body.requested_max_tokens())
         req = GenerationRequest(
             prompt=tokens,
             max_tokens=max_tokens,
-            sampling=_sampling(body),
+            sampling=_sampling(body, plan),
             stop=stops,
             submitted_at=arrived,
+        )
+        reply = ReplyBuilder(
+            chat, plan, loaded.model.piece, len(prompt_text) if getattr(body, "echo", False) else 0
         )
         self.service.submit(loaded, req)
         self.service.begin()
@@ -283,9 +297,9 @@ class NodeApp:
         watcher = asyncio.ensure_future(self._watch_disconnect(receive, req))
         try:
             if body.stream:
-                status = await self._stream(send, body, req, chat, prompt_text)
+                status = await self._stream(send, body, req, reply, prompt_text)
             else:
-                status = await self._complete(send, body, req, chat, prompt_text)
+                status = await self._complete(send, body, req, reply, prompt_text)
         finally:
             watcher.cancel()
             self.service.end()
@@ -299,12 +313,12 @@ class NodeApp:
         return status
 
     def _prompt(
-        self, loaded: Loaded, body: ChatCompletionRequest | CompletionRequest
+        self, loaded: Loaded, body: ChatCompletionRequest | CompletionRequest, plan: OutputPlan
     ) -> tuple[str, list[int], tuple[str, ...]]:
         model = loaded.model
         stops = body.stop_list()
         if isinstance(body, ChatCompletionRequest):
-            text = loaded.template.render(body.messages)
+            text = loaded.template.render(body.messages, plan.tools.template_tools)
             stops = stops + tuple(s for s in loaded.template.default_stops if s not in stops)
             return text, model.tokenize(text), stops
         prompt = body.prompt
@@ -345,13 +359,11 @@ class NodeApp:
         return usage
 
     async def _complete(
-        self, send: Send, body: Any, req: GenerationRequest, chat: bool, prompt_text: str
+        self, send: Send, body: Any, req: GenerationRequest, reply: ReplyBuilder, prompt_text: str
     ) -> int:
-        parts: list[str] = []
         while True:
             event = await req.events.get()
-            if event.text:
-                parts.append(event.text)
+            reply.add(event.text, event.logprobs)
             if event.finish_reason is not None:
                 break
         if event.finish_reason == "cancelled":
@@ -360,25 +372,10 @@ class NodeApp:
             raise ServerShuttingDown("The node stopped before this request finished.")
         if event.finish_reason == "error":
             raise APIError(f"Generation failed: {event.error}")
-        text = "".join(parts)
-        rid, obj = self._ids(chat)
-        choice: dict[str, Any]
-        if chat:
-            choice = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": None,
-                "finish_reason": event.finish_reason,
-            }
-        else:
-            if getattr(body, "echo", False):
-                text = prompt_text + text
-            choice = {
-                "index": 0,
-                "text": text,
-                "logprobs": None,
-                "finish_reason": event.finish_reason,
-            }
+        rid, obj = self._ids(reply.chat)
+        choice = reply.choice(event.finish_reason)
+        if not reply.chat and getattr(body, "echo", False):
+            choice["text"] = prompt_text + choice["text"]
         await send_json(
             send,
             200,
@@ -398,8 +395,9 @@ class NodeApp:
         return body.model or self.config.name
 
     async def _stream(
-        self, send: Send, body: Any, req: GenerationRequest, chat: bool, prompt_text: str
+        self, send: Send, body: Any, req: GenerationRequest, reply: ReplyBuilder, prompt_text: str
     ) -> int:
+        chat = reply.chat
         rid, _ = self._ids(chat)
         obj = "chat.completion.chunk" if chat else "text_completion"
         created = int(time.time())
@@ -408,21 +406,13 @@ class NodeApp:
         usage_null = {"usage": None} if include_usage else {}
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
 
-        def chunk(delta_or_text: Any, finish: str | None) -> bytes:
-            if chat:
-                choice = {
-                    "index": 0,
-                    "delta": delta_or_text,
-                    "logprobs": None,
-                    "finish_reason": finish,
-                }
-            else:
-                choice = {
-                    "index": 0,
-                    "text": delta_or_text,
-                    "logprobs": None,
-                    "finish_reason": finish,
-                }
+        def chunk(delta_or_text: Any, finish: str | None, logprobs: Any = None) -> bytes:
+            choice = {
+                "index": 0,
+                "delta" if chat else "text": delta_or_text,
+                "logprobs": logprobs,
+                "finish_reason": finish,
+            }
             return sse_event(
                 {
                     "id": rid,
@@ -444,10 +434,9 @@ class NodeApp:
             event = await req.events.get()
             if event.finish_reason == "cancelled" and req.cancelled:
                 return 499
-            if event.text:
-                await send(
-                    {**more, "body": chunk({"content": event.text} if chat else event.text, None)}
-                )
+            piece = reply.delta(event.text, event.logprobs)
+            if piece is not None:
+                await send({**more, "body": chunk(piece[0], None, piece[1])})
             if event.finish_reason is not None:
                 break
         if event.finish_reason in ("cancelled", "error"):
@@ -461,7 +450,10 @@ class NodeApp:
             }
             await send({**more, "body": sse_event({"error": err})})
         else:
-            await send({**more, "body": chunk({} if chat else "", event.finish_reason)})
+            closing, finish = reply.final_deltas(event.finish_reason)
+            for delta, logprobs in closing:
+                await send({**more, "body": chunk(delta, None, logprobs)})
+            await send({**more, "body": chunk({} if chat else "", finish)})
             if include_usage:
                 await send(
                     {
