@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import math
-from concurrent.futures import ThreadPoolExecutor
-from enum import StrEnum
 from typing import Any
 
 import httpx
-import jsonschema
 import openai
 import pytest
-from pydantic import BaseModel
 
 pytestmark = pytest.mark.slow
 
