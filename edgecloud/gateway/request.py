@@ -254,15 +254,49 @@ def inspect_chat(body: dict[str, Any]) -> RequestFacts:
             raise BadRequest(f"{where}.role must be one of {sorted(_ROLES)}.", param=where)
         _content(facts, msg.get("content"), where)
         calls = msg.get("tool_calls")
-        if isinstance(calls, list):
-            for call in calls:
-                fn = call.get("function") if isinstance(call, dict) else None
-                args = fn.get("arguments") if isinstance(fn, dict) else None
-                if isinstance(args, str):
-                    facts.texts.append(args)
-                    facts.text_chars += len(args)
+        legacy = msg.get("function_call")
+        for call in [*(calls if isinstance(calls, list) else ()), {"function": legacy}]:
+            fn = call.get("function") if isinstance(call, dict) else None
+            if isinstance(fn, dict) and "arguments" in fn:
+                _text(facts, _as_text(fn["arguments"]))
+    # Tool definitions reach the model's prompt too: their descriptions, enums and defaults.
+    tools = body.get("tools")
+    for tool in [*(tools if isinstance(tools, list) else ()), *_list(body.get("functions"))]:
+        fn = tool.get("function", tool) if isinstance(tool, dict) else None
+        if isinstance(fn, dict):
+            for text in _strings([fn.get("description"), fn.get("parameters")]):
+                _text(facts, text)
     _common(facts, body)
     return facts
+
+
+def _text(facts: RequestFacts, text: str) -> None:
+    facts.texts.append(text)
+    facts.text_chars += len(text)
+
+
+def _as_text(value: Any) -> str:
+    """A call's arguments: a JSON string by the spec, but some clients send the object."""
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string inside a JSON value (keys excluded), depth first."""
+    out: list[str] = []
+    stack = [value]
+    while stack:
+        cur = stack.pop()
+        if isinstance(cur, str):
+            out.append(cur)
+        elif isinstance(cur, dict):
+            stack.extend(cur.values())
+        elif isinstance(cur, list):
+            stack.extend(cur)
+    return out
 
 
 def inspect_completion(body: dict[str, Any]) -> RequestFacts:

@@ -63,6 +63,28 @@ def test_inspection_collects_texts_and_images() -> None:
     assert inspect_completion({"prompt": ["a", "b"]}).texts == ["a", "b"]
 
 
+def test_tool_traffic_is_scanned_for_personal_data() -> None:
+    """Tool results, call arguments (string or object) and tool definitions all reach the
+    model's prompt, so the privacy scan sees them."""
+    from edgecloud.gateway.privacy import PrivacyDetector
+
+    facts = inspect_chat({"tools": [{"type": "function", "function": {
+        "name": "mail", "description": "Send mail as ops@corp.example",
+        "parameters": {"type": "object", "properties": {"to": {"enum": ["x@y.example"]}}}}}],
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "mail",
+                                                               "arguments": {"to": "a@b.io"}}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "sent; card 4111 1111 1111 1111"},
+        ]})
+    assert '{"to":"a@b.io"}' in facts.texts
+    assert "sent; card 4111 1111 1111 1111" in facts.texts
+    assert "Send mail as ops@corp.example" in facts.texts and "x@y.example" in facts.texts
+    detector = PrivacyDetector(["bank_card"])
+    assert detector.detect(facts.texts) == "bank_card"
+
+
 @pytest.mark.parametrize("raw", [b"{", b"[]", b'"x"', b'{"a": "\xff"}', b"[" * 2000 + b"]" * 2000])
 def test_parse_errors_are_bad_requests(raw: bytes) -> None:
     with pytest.raises(BadRequest):
