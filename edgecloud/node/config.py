@@ -38,6 +38,9 @@ class NodeConfig(BaseModel):
     preload: bool = Field(True, description="Load at start (False: on the first request)")
     warmup: bool = True
     default_max_tokens: int = Field(1024, ge=1, description="max_tokens when a request omits it")
+    max_request_s: float = Field(
+        600.0, gt=0, description="Generation time limit per request (then finish_reason length)"
+    )
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     drain_timeout_s: float = Field(30.0, ge=0)
     admin_token_env: str = Field(

@@ -20,7 +20,8 @@ from typing import Any
 
 import llama_cpp as ll
 
-from edgecloud.node.logprobs import TokenLogprob
+from edgecloud.node.constrained import GrammarSampler, logits_at
+from edgecloud.node.logprobs import TokenLogprob, token_logprob
 from edgecloud.node.model import LoadedModel
 
 PENALTY_LAST_N = 64
@@ -67,6 +68,7 @@ class GenerationRequest:
     cached_tokens: int = 0  # prompt tokens reused from the slot's KV cache
     first_token_at: float | None = None
     finished_at: float | None = None
+    deadline: float | None = None  # perf_counter time after which generation ends ("length")
 
     def cancel(self) -> None:
         """Called from the event loop when the client went away; the slot frees next step."""
@@ -83,6 +85,7 @@ class _Slot:
         "pending",
         "cached",
         "sampler",
+        "constrained",
         "decoder",
         "held",
         "n_out",
@@ -97,6 +100,7 @@ class _Slot:
         self.pending: list[int] = []  # prompt tokens not yet decoded
         self.cached: list[int] = []  # tokens whose KV is in this sequence's cache, in order
         self.sampler: ll.llama_sampler_p | None = None
+        self.constrained: GrammarSampler | None = None  # owns its own chain when set
         self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self.held = ""  # text held back because it may be the start of a stop string
         self.n_out = 0
@@ -250,7 +254,13 @@ class BatchEngine:
         slot.decoder.reset()
         slot.held = ""
         slot.n_out = 0
-        slot.sampler = self._make_sampler(req.sampling, req.prompt)
+        chain = self._make_sampler(req.sampling, req.prompt)
+        if req.sampling.grammar is not None:
+            slot.constrained = GrammarSampler(
+                self.model.vocab, req.sampling.grammar, chain, self.model.eog_ids
+            )
+        else:
+            slot.sampler = chain
         self._active += 1
 
     def _make_sampler(self, p: SamplingParams, prompt: list[int]) -> ll.llama_sampler_p:
@@ -261,7 +271,11 @@ class BatchEngine:
             p.frequency_penalty != 0.0 or p.presence_penalty != 0.0 or p.repeat_penalty != 1.0
         )
         greedy = p.temperature <= 0.0
-        if penalties or not greedy:
+        if p.grammar is not None:
+            # The grammar sampler hands over its own cut of the vocabulary (the top 64).
+            if p.top_k:
+                ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_k(p.top_k))
+        elif penalties or not greedy:
             # Penalties scan their window per candidate: cut the 262k vocabulary down first.
             ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_k(p.top_k or 64))
         if penalties:
@@ -293,6 +307,9 @@ class BatchEngine:
         if slot.sampler is not None:
             ll.llama_sampler_free(slot.sampler)
             slot.sampler = None
+        if slot.constrained is not None:
+            slot.constrained.free()
+            slot.constrained = None
         slot.req = None
         slot.pending = []
         # The KV cache of this sequence stays: the next request may share its prefix.
@@ -365,7 +382,20 @@ class BatchEngine:
             req = slot.req
             if req is None or slot.needs_logits_at < 0:
                 continue
-            tok = ll.llama_sampler_sample(slot.sampler, model.ctx, slot.needs_logits_at)
+            logits = None
+            if slot.constrained is not None or req.sampling.logprobs is not None:
+                logits = logits_at(model.ctx, slot.needs_logits_at, model.n_vocab)
+            if slot.constrained is not None:
+                assert logits is not None
+                tok = slot.constrained.sample(logits)
+                if tok < 0:
+                    req.finished_at = now
+                    why = "the grammar allows no next token"
+                    out.append((req, StreamEvent(finish_reason="error", error=why)))
+                    self._release(slot)
+                    continue
+            else:
+                tok = ll.llama_sampler_sample(slot.sampler, model.ctx, slot.needs_logits_at)
             slot.last_token = tok
             slot.n_out += 1
             produced += 1
@@ -375,8 +405,11 @@ class BatchEngine:
                 req.first_token_at = first = now
             event = self._text_event(slot, tok)
             event.first_token_at = first
+            if logits is not None and req.sampling.logprobs is not None:
+                event.logprobs.append(token_logprob(logits, tok, req.sampling.logprobs))
             if event.finish_reason is None:
-                if slot.n_out >= req.max_tokens or slot.pos + 1 >= model.n_ctx_seq:
+                late = req.deadline is not None and now > req.deadline
+                if late or slot.n_out >= req.max_tokens or slot.pos + 1 >= model.n_ctx_seq:
                     event.text += slot.held + slot.decoder.decode(b"", final=True)
                     slot.held = ""
                     event.finish_reason = "length"
@@ -384,7 +417,7 @@ class BatchEngine:
                 req.finished_at = now
                 out.append((req, event))
                 self._release(slot)
-            elif event.text or first is not None:
+            elif event.text or event.logprobs or first is not None:
                 out.append((req, event))
         self.stats.tokens_decoded += produced
         self.stats.recent.append((now, produced))

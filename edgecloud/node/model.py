@@ -7,6 +7,7 @@ are safe from any thread.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import threading
@@ -172,6 +173,11 @@ class LoadedModel:
         buf = ctypes.create_string_buffer(256)
         n = ll.llama_token_to_piece(self.vocab, token, buf, 256, 0, True)
         return buf.raw[: max(n, 0)].decode("utf-8", "replace")
+
+    @functools.cached_property
+    def eog_ids(self) -> tuple[int, ...]:
+        """Every end-of-generation token id (a finished grammar allows only these)."""
+        return tuple(t for t in range(self.n_vocab) if ll.llama_vocab_is_eog(self.vocab, t))
 
     def grammar_compiles(self, grammar: str) -> bool:
         """Whether llama.cpp accepts `grammar` (checked before a request is queued)."""

@@ -287,6 +287,7 @@ class NodeApp:
             sampling=_sampling(body, plan),
             stop=stops,
             submitted_at=arrived,
+            deadline=arrived + self.config.max_request_s,
         )
         reply = ReplyBuilder(
             chat, plan, loaded.model.piece, len(prompt_text) if getattr(body, "echo", False) else 0
