@@ -47,9 +47,7 @@ MAX_TOKENS = 64
 
 
 def default_llama_server() -> Path:
-    root = Path(
-        os.environ.get("LLAMA_SERVER_CACHE", Path.home() / ".cache/edgecloud/llama-server")
-    )
+    root = Path(os.environ.get("LLAMA_SERVER_CACHE", Path.home() / ".cache/edgecloud/llama-server"))
     return root / importlib.metadata.version("llama-cpp-python") / "bin" / "llama-server"
 
 
@@ -93,6 +91,26 @@ async def run_level(
         await asyncio.gather(*[worker() for _ in range(concurrency)])
         wall = time.perf_counter() - t0
     return {"tok_s": tokens / wall, "tokens": float(tokens), "wall_s": wall}
+
+
+async def compare_logprobs(ours: str, peer: str) -> tuple[int, float]:
+    """Greedy completions with logprobs on both, one at a time: (tokens compared, max |diff|).
+
+    llama-server reports the chosen token's probability from the raw logits, as the node does;
+    what differs is only the arithmetic of two separate evaluations of the same model.
+    """
+    req = {"prompt": "The capital of France is", "max_tokens": 16, "temperature": 0}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{ours}/v1/completions", json={**req, "logprobs": 1}) as r:
+            mine = (await r.json())["choices"][0]["logprobs"]
+        async with session.post(f"{peer}/v1/completions", json={**req, "logprobs": 1}) as r:
+            theirs = (await r.json())["choices"][0]["logprobs"]["content"]
+    pairs = [
+        (lp, entry["logprob"])
+        for tok, lp, entry in zip(mine["tokens"], mine["token_logprobs"], theirs, strict=False)
+        if entry["token"] == tok
+    ]
+    return len(pairs), max((abs(a - b) for a, b in pairs), default=float("nan"))
 
 
 def measure(
@@ -171,6 +189,8 @@ def main() -> None:
     ):
         peer.wait_ready(timeout_s=180)
         ours.wait_ready(timeout_s=180)
+        n, diff = asyncio.run(compare_logprobs(ours_base, peer_base))
+        print(f"chosen-token logprobs vs llama-server: {n} tokens, max |diff| {diff:.2e}")
         servers = {"edgecloud": ours_base, "llama-server": peer_base}
         res = measure(servers, args.requests_per_level, args.rounds)
     print(f"\nmedian output tokens/s over {args.rounds} rounds, max_tokens={MAX_TOKENS}:")
