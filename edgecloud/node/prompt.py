@@ -150,7 +150,8 @@ class ChatTemplate:
                 eos_token=self.eos_text,
                 **extra,
             )
-        except TemplateError as exc:
+        except (TemplateError, TypeError, ValueError, KeyError, AttributeError) as exc:
+            # The template is the model author's program: whatever it raises is a refusal.
             raise BadRequest(f"The model's chat template refused these messages: {exc}") from None
         # The tokenizer adds BOS itself; a template that writes it too would double it.
         if self.bos_text and text.startswith(self.bos_text):
