@@ -96,6 +96,13 @@ class Forwarder:
                         watch.guard = guard
                         if watch.gone:
                             raise TimeoutError  # left between the check above and now
+                        if state.model_id is None and not state.healthy:
+                            # Never probed up (panic mode): learn its model id first, as a
+                            # passing probe would have.
+                            await up.discover_model(state.config.connect_timeout_s)
+                            if state.model_id is not None:
+                                body = with_model_parts(raw, facts.body, state.model_id,
+                                                        facts.elided)
                         resp = await up.request(path, body, trace_headers)
                         span_status = status = resp.status
                         streaming = _is_stream(resp)

@@ -154,6 +154,8 @@ def test_client_that_leaves_frees_the_node_slot(node: str, tmp_path: Path) -> No
 
 
 def test_private_requests_reach_an_edge_that_came_up_before_its_probe(tmp_path: Path) -> None:
+    import time
+
     from edgecloud.supervise import edgecloud_command, free_port
 
     started: list[ManagedProcess] = []
@@ -186,7 +188,13 @@ def test_private_requests_reach_an_edge_that_came_up_before_its_probe(tmp_path: 
             r = c.post("/v1/chat/completions", json=body, headers=private)
             assert r.status_code == 200 and r.headers["x-edgecloud-placement"] == "edge"
         assert cloud.received() == []
-        records = [json.loads(line) for line in gw.log_lines() if '"event":"request"' in line]
+        deadline = time.monotonic() + 10
+        while True:  # the log is flushed every 0.2 s
+            records = [json.loads(line) for line in gw.log_lines()
+                       if '"event":"request"' in line]
+            if len(records) >= 3 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert [rec.get("panic", False) for rec in records] == [True, True, False]
     finally:
         for p in reversed(started):
