@@ -60,9 +60,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     tmp = tmp_path_factory.mktemp("gwfaults")
     started: list[ManagedProcess] = []
     try:
-        edge = launch_standin(tmp, started, "edge-box", "edge-model")
-        a = launch_standin(tmp, started, "cloud-a", "cloud-a-model")
-        b = launch_standin(tmp, started, "cloud-b", "cloud-b-model")
+        edge, a, b = (launch_standin(tmp, started, name, f"{name}-model")
+                      for name in ("edge-box", "cloud-a", "cloud-b"))
         gw = launch_gateway(tmp, started, _config(edge, a, b))
         # Probed once at start only: breaker trials are decided by requests alone.
         slow = launch_gateway(tmp, started, _config(edge, a, b, health_interval_s=3600,
