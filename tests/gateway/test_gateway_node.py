@@ -113,11 +113,11 @@ def test_cloud_down_runs_on_the_edge(node: str, tmp_path: Path) -> None:
             p.stop()
 
 
-def _active_slots(node_base: str) -> float:
+def _node_gauge(node_base: str, name: str) -> float:
     for line in httpx.get(node_base + "/metrics", timeout=5).text.splitlines():
-        if line.startswith("edgecloud_node_active_slots "):
+        if line.startswith(name + " "):
             return float(line.split()[1])
-    raise AssertionError("the node exports no active_slots gauge")
+    raise AssertionError(f"the node exports no {name}")
 
 
 def test_client_that_leaves_frees_the_node_slot(node: str, tmp_path: Path) -> None:
@@ -136,16 +136,22 @@ def test_client_that_leaves_frees_the_node_slot(node: str, tmp_path: Path) -> No
         sock = socket.create_connection((host, int(port)), timeout=30)
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: "
                      b"application/json\r\ncontent-length: %d\r\n\r\n" % len(raw) + raw)
+        cancelled = _node_gauge(node, "edgecloud_node_cancelled_requests_total")
         deadline = time.monotonic() + 60
-        while _active_slots(node) < 1:  # the node is generating a non-streamed answer
+        while _node_gauge(node, "edgecloud_node_active_slots") < 1:  # generating, not streamed
             assert time.monotonic() < deadline, "the node never started generating"
             time.sleep(0.02)
         sock.close()
-        # 1,500 tokens take the node many seconds; the slot is freed long before that.
+        # The gateway hangs up on the node at once, and the node cancels the generation (1,500
+        # tokens would take it many seconds more).
         deadline = time.monotonic() + 5
-        while _active_slots(node) > 0:
+        while _node_gauge(node, "edgecloud_node_cancelled_requests_total") <= cancelled:
             assert time.monotonic() < deadline, "the node kept generating for a gone client"
             time.sleep(0.02)
+        deadline = time.monotonic() + 60
+        while _node_gauge(node, "edgecloud_node_active_slots") > 0:  # its next step frees it
+            assert time.monotonic() < deadline, "the cancelled request kept its slot"
+            time.sleep(0.05)
         assert '"error":"client_gone"' in gw.wait_log('"error":"client_gone"')
         assert cloud.received() == []  # private (a phone number): never sent to the cloud
     finally:
