@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from edgecloud.bench.h1 import ConnectionPool, Done, _Connection, _Exchange
+from edgecloud.bench.h1 import Done, Exchange
 from edgecloud.bench.results import RequestRecord
+from edgecloud.http1 import Connection, H1Pool
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,8 @@ class RequestSender:
         # With a tokenizer and a server that gives no usage: id(record) -> generated text.
         self.texts: dict[int, str] | None = {} if collect_text else None
         self.t0 = t0
-        self.pool = ConnectionPool(target.url, limit, min(10.0, target.timeout_s))
+        self.pool = H1Pool(target.url, connect_timeout_s=min(10.0, target.timeout_s), limit=limit)
+        self.loop = asyncio.get_running_loop()
         parts = urlsplit(target.url)
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         host = parts.netloc
@@ -108,13 +110,13 @@ class RequestSender:
         )
 
     def _write(
-        self, conn: _Connection, body: bytes, level: float, scheduled: float | None, done: Done
+        self, conn: Connection, body: bytes, level: float, scheduled: float | None, done: Done
     ) -> None:
         wire = self._bytes(body)
         sent = time.perf_counter()
         origin = sent if scheduled is None or scheduled > sent else scheduled
-        ex = _Exchange(self._record(level, scheduled, sent), origin, done, self.texts)
-        conn.send(wire, ex, self.target.timeout_s)
+        ex = Exchange(self._record(level, scheduled, sent), origin, done, self.texts)
+        ex.send(conn, wire, self.target.timeout_s, self.loop)
 
     async def send(
         self,
