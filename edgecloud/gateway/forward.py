@@ -10,13 +10,14 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
-from edgecloud.api.asgi import Receive, Send, send_error, sse_event
-from edgecloud.gateway.errors import NoAllowedEndpoint, UpstreamFailed
-from edgecloud.gateway.h1 import H1Response
+from edgecloud.api.asgi import Receive, Send, send_error
+from edgecloud.api.replies import sse_error
+from edgecloud.gateway.errors import NoAllowedEndpoint, UpstreamCut, UpstreamFailed
 from edgecloud.gateway.metrics import GatewayMetrics
 from edgecloud.gateway.policy import PlacementDecision
 from edgecloud.gateway.request import RequestFacts, with_model_parts
 from edgecloud.gateway.upstream import TRANSPORT_ERRORS, Upstream
+from edgecloud.http1 import StreamedResponse as H1Response
 
 if TYPE_CHECKING:
     from edgecloud.gateway.otel import RequestTrace
@@ -190,10 +191,8 @@ class Forwarder:
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 state.breaker.failure(time.monotonic())
-                await send({"type": "http.response.body", "more_body": True, "body": sse_event(
-                    {"error": {"message": f"{state.name} failed mid-stream; the answer is cut.",
-                               "type": "upstream_error", "param": None,
-                               "code": "upstream_cut"}})})
+                await send({"type": "http.response.body", "more_body": True, "body": sse_error(
+                    UpstreamCut(f"{state.name} failed mid-stream; the answer is cut."))})
             finally:
                 if not gone.done():
                     gone.cancel()

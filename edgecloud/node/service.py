@@ -21,16 +21,12 @@ from edgecloud.node.prompt import ChatTemplate
 log = logging.getLogger("edgecloud.node")
 
 
-class SwapInProgress(APIError):
-    status = 409
-    type = "invalid_request_error"
-    code = "swap_in_progress"
+class SwapInProgress(APIError, status=409, type="invalid_request_error", code="swap_in_progress"):
+    """Another model swap is under way."""
 
 
-class ModelLoadFailed(APIError):
-    status = 400
-    type = "invalid_request_error"
-    code = "model_load_failed"
+class ModelLoadFailed(APIError, status=400, type="invalid_request_error", code="model_load_failed"):
+    """The model file given to a swap could not be loaded."""
 
 
 def embedded_model_path() -> str:
