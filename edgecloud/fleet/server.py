@@ -35,8 +35,9 @@ from edgecloud.api.asgi import (
     send_json,
 )
 from edgecloud.api.errors import APIError, BadRequest, NotFound, Unauthorized
+from edgecloud.api.guard import ServingLimits
 from edgecloud.fleet.controller import ControllerView, control_once
-from edgecloud.fleet.logs import log_event
+from edgecloud.fleet.events import log_event
 from edgecloud.fleet.metrics import FleetMetrics, FleetSnapshot, count_devices
 from edgecloud.fleet.repository import ModelRepository
 from edgecloud.fleet.rollout import ModelRelease
@@ -56,6 +57,7 @@ class ServerConfig:
     rate_limit_bps: float | None = None  # per target download; a fleet bandwidth cap
     device_token: str | None = None
     controller: bool = True
+    limits: ServingLimits = field(default_factory=ServingLimits)  # read deadlines, connections
 
 
 def _parse_range(value: bytes | None, size: int) -> tuple[int, int] | None:
@@ -343,18 +345,10 @@ class FleetServer:
 
 def serve(config: ServerConfig, host: str, port: int) -> None:
     """Run the fleet server until SIGINT/SIGTERM."""
-    import uvicorn
+    from edgecloud.api.serving import serve_forever
 
     app = FleetServer(config)
     log_event(
         "fleet.serve", host=host, port=port, repo=str(config.repo), db=masked_url(config.db_url)
     )
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=5,
-    )
+    serve_forever(app, host, port, limits=config.limits, drain_timeout_s=5)

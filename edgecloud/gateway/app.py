@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -36,11 +37,12 @@ from edgecloud.api.errors import (
 from edgecloud.gateway.config import ApiKeyConfig, GatewayConfig
 from edgecloud.gateway.forward import Forwarder
 from edgecloud.gateway.health import CircuitBreaker, EndpointState
-from edgecloud.gateway.metrics import GatewayMetrics, RequestLog
+from edgecloud.gateway.metrics import GatewayMetrics
 from edgecloud.gateway.policy import Hints, PlacementPolicy
 from edgecloud.gateway.request import RequestFacts, inspect_chat, inspect_completion, parse_body
 from edgecloud.gateway.tracing import resolve_tracing
 from edgecloud.gateway.upstream import Upstream
+from edgecloud.logs import AccessLog, log_event
 
 if TYPE_CHECKING:
     from edgecloud.gateway.otel import GatewayTracer
@@ -49,6 +51,8 @@ _ROUTES: dict[str, tuple[str, Callable[[dict[str, Any]], RequestFacts]]] = {
     "/v1/chat/completions": ("/chat/completions", inspect_chat),
     "/v1/completions": ("/completions", inspect_completion),
 }
+_LOGGER = "edgecloud.gateway"
+_events = logging.getLogger(_LOGGER)
 _PLACEMENTS = ("edge", "cloud")
 _SENSITIVITIES = ("public", "private")
 _FORM_TYPES = (b"application/x-www-form-urlencoded", b"text/plain")
@@ -57,7 +61,7 @@ _FORM_TYPES = (b"application/x-www-form-urlencoded", b"text/plain")
 class GatewayApp:
     """The ASGI callable; owns endpoint state, upstream clients, policy, metrics and log."""
 
-    def __init__(self, config: GatewayConfig, log: RequestLog | None = None,
+    def __init__(self, config: GatewayConfig, log: AccessLog | None = None,
                  verify_upstream_tls: bool = True) -> None:
         self.config = config
         lim = config.limits
@@ -69,7 +73,7 @@ class GatewayApp:
         self.upstreams = {s.name: Upstream(s, verify_tls=verify_upstream_tls) for s in self.states}
         self.policy = PlacementPolicy(config.policy)
         self.metrics = GatewayMetrics(self.states)
-        self.log = log or RequestLog()
+        self.log = log or AccessLog(_LOGGER)
         self.keys: dict[str, ApiKeyConfig] = {k.sha256: k for k in config.auth.keys}
         allow = config.models.allow
         self.accepted: frozenset[str] | None = (
@@ -145,19 +149,19 @@ class GatewayApp:
 
             self.tracer = GatewayTracer(self.tracing)
             for warning in self.tracing.warnings:
-                self.log.event("tracing.warning", [("message", warning)])
+                log_event(_events, "tracing.warning", logging.WARNING, message=warning)
         for up in self.upstreams.values():
             await up.start()
         await self._probe_all()
         self._tasks.append(asyncio.create_task(self._health_loop()))
         self._tasks.append(asyncio.create_task(self._flush_loop()))
-        self.log.event("gateway.started", [
-            ("endpoints",
-             {s.name: ("healthy" if s.healthy else s.last_error) for s in self.states}),
-            ("tracing", None if self.tracing is None else {
+        log_event(
+            _events, "gateway.started",
+            endpoints={s.name: ("healthy" if s.healthy else s.last_error) for s in self.states},
+            tracing=None if self.tracing is None else {
                 "endpoint": self.tracing.endpoint, "service": self.tracing.service_name,
-                "sample_ratio": self.tracing.sample_ratio}),
-        ])
+                "sample_ratio": self.tracing.sample_ratio},
+        )
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -168,7 +172,8 @@ class GatewayApp:
         if self.tracer is not None:
             await asyncio.to_thread(self.tracer.shutdown)  # exports what is still queued
             self.tracer = None
-        self.log.event("gateway.stopped")
+        self.log.flush()
+        log_event(_events, "gateway.stopped")
 
     async def _probe_all(self) -> None:
         await asyncio.gather(*(up.probe() for up in self.upstreams.values()))

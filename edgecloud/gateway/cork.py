@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from edgecloud.api.guard import GuardedHttpToolsProtocol
 
 
 class CorkedTransport:
@@ -57,8 +57,8 @@ class CorkedTransport:
         return getattr(self._transport, name)
 
 
-class CorkedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol over a CorkedTransport."""
+class CorkedHttpToolsProtocol(GuardedHttpToolsProtocol):
+    """Our guarded httptools protocol over a CorkedTransport."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CorkedTransport(transport, self.loop))  # type: ignore[arg-type]
