@@ -16,10 +16,14 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from edgecloud.api.asgi import (
+    POST,
     ClientDisconnected,
     Receive,
+    Routes,
     Scope,
     Send,
+    dispatch,
+    lifespan,
     read_body,
     send_bytes,
     send_error,
@@ -28,9 +32,7 @@ from edgecloud.api.asgi import (
 from edgecloud.api.errors import (
     APIError,
     BadRequest,
-    MethodNotAllowed,
     ModelNotFound,
-    NotFound,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -47,10 +49,6 @@ from edgecloud.logs import AccessLog, log_event
 if TYPE_CHECKING:
     from edgecloud.gateway.otel import GatewayTracer
 
-_ROUTES: dict[str, tuple[str, Callable[[dict[str, Any]], RequestFacts]]] = {
-    "/v1/chat/completions": ("/chat/completions", inspect_chat),
-    "/v1/completions": ("/completions", inspect_completion),
-}
 _LOGGER = "edgecloud.gateway"
 _events = logging.getLogger(_LOGGER)
 _PLACEMENTS = ("edge", "cloud")
@@ -86,43 +84,46 @@ class GatewayApp:
         self._tasks: list[asyncio.Task[None]] = []
         self._month = datetime.now(UTC).strftime("%Y-%m")
 
+        self.routes = Routes()
+        self.routes.add("/v1/chat/completions", self._chat, POST)
+        self.routes.add("/v1/completions", self._text, POST)
+        self.routes.add("/healthz", self._healthz, None)
+        self.routes.add("/readyz", self._readyz, None)
+        self.routes.add("/metrics", self._metrics, None)
+        self.routes.add("/v1/models", self._models, None)
+
     # -- ASGI entry ------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            path = scope["path"]
-            route = _ROUTES.get(path)
-            if route is not None:
-                if scope["method"] != "POST":
-                    await send_error(send, MethodNotAllowed(f"{path} takes POST."))
-                    return
-                await self._proxy(scope, receive, send, route[0], route[1])
-                return
-            await self._small_route(scope, send, path)
+            await dispatch(self.routes, scope, receive, send)
         elif kind == "lifespan":
-            await self._lifespan(receive, send)
+            await lifespan(receive, send, self.start, self.stop)
 
-    async def _small_route(self, scope: Scope, send: Send, path: str) -> None:
-        if path == "/healthz":
-            await send_json(send, 200, {"status": "ok"})
-        elif path == "/readyz":
-            now = time.monotonic()
-            ready = [s.name for s in self.states if s.available(now)]
-            await send_json(send, 200 if ready else 503,
-                            {"status": "ready" if ready else "no endpoint available",
-                             "available": ready})
-        elif path == "/metrics":
-            await send_bytes(send, 200, self.metrics.render(),
-                             [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")])
-        elif path == "/v1/models":
-            try:
-                self._authenticate(scope)
-            except APIError as err:
-                await send_error(send, err)
-                return
-            await send_json(send, 200, {"object": "list", "data": self._model_list()})
-        else:
-            await send_error(send, NotFound(f"No route {path}."))
+    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._proxy(scope, receive, send, "/chat/completions", inspect_chat)
+
+    async def _text(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._proxy(scope, receive, send, "/completions", inspect_completion)
+
+    async def _healthz(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_json(send, 200, {"status": "ok"})
+
+    async def _readyz(self, scope: Scope, receive: Receive, send: Send) -> int:
+        now = time.monotonic()
+        ready = [s.name for s in self.states if s.available(now)]
+        await send_json(send, 200 if ready else 503,
+                        {"status": "ready" if ready else "no endpoint available",
+                         "available": ready})
+        return 200 if ready else 503
+
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_bytes(send, 200, self.metrics.render(),
+                         [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")])
+
+    async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._authenticate(scope)
+        await send_json(send, 200, {"object": "list", "data": self._model_list()})
 
     def _model_list(self) -> list[dict[str, Any]]:
         if self.accepted is not None:
@@ -132,17 +133,6 @@ class GatewayApp:
         return [{"id": n, "object": "model", "created": 0, "owned_by": "edgecloud"} for n in names]
 
     # -- lifespan -----------------------------------------------------------------------------
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await self.start()
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.stop()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-
     async def start(self) -> None:
         if self.tracing is not None:
             from edgecloud.gateway.otel import GatewayTracer
