@@ -230,7 +230,7 @@ def fleet_serve(
     header_timeout: float = typer.Option(10.0, help="Seconds a client may take to send headers."),
     body_timeout: float = typer.Option(60.0, help="Seconds a client may take to send a body."),
     max_connections: int | None = typer.Option(
-        None, help="Open client connections [half the open-files limit]."
+        None, help="Open client connections (default: half the open-files limit)."
     ),
 ) -> None:
     """Serve the TUF repository and the device API; run the rollout controller.
