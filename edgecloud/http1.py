@@ -78,7 +78,8 @@ class Connection(asyncio.Protocol):
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.length_known = False
-        self.retry: Callable[[], None] | None = None  # set by `H1Pool.request` for a reuse
+        # (response, request bytes): set by `H1Pool.request` on a reused connection.
+        self.retry: tuple[StreamedResponse, bytes, Sequence[bytes | memoryview]] | None = None
         self._paused = False
 
     # -- the exchange -------------------------------------------------------------------------
@@ -159,7 +160,7 @@ class Connection(asyncio.Protocol):
         if retry is not None and not self.got_bytes:
             self.ended = True
             self.sink = None
-            retry()  # a reused connection the server had just closed: once more, fresh
+            self.pool.retry(*retry)  # a reused connection the server had just closed: again
         elif self.status and not self.length_known:
             self.on_message_complete()  # a body delimited by the connection's end
         elif self.status:
@@ -361,6 +362,7 @@ class H1Pool:
         self._idle: list[Connection] = []
         self._all: set[Connection] = set()
         self._waiters: deque[asyncio.Future[Connection | None]] = deque()
+        self._retries: set[asyncio.Task[None]] = set()
 
     # -- connections ----------------------------------------------------------------------------
     def take_idle(self) -> Connection | None:
@@ -453,40 +455,43 @@ class H1Pool:
 
         `body` may come in pieces (a spliced body), written in order without joining."""
         data, parts = self.encode(method, target, body, headers)
-        loop = asyncio.get_running_loop()
-        resp = StreamedResponse(loop, self.high_water)
-        retried: list[asyncio.Task[None]] = []
-
-        async def fresh() -> None:
-            try:
-                conn = await self._connect()
-            except BaseException as exc:  # noqa: BLE001 - handed to the waiting request
-                if not resp.head.done():
-                    resp.on_error(exc if isinstance(exc, UpstreamError)
-                                  else UpstreamError(str(exc) or type(exc).__name__))
-                return
-            resp.conn = conn
-            conn.start(resp, data, parts)
-
-        def again() -> None:
-            retried.append(loop.create_task(fresh()))
-
+        resp = StreamedResponse(asyncio.get_running_loop(), self.high_water)
         conn = await self.acquire()
         resp.conn = conn
         if conn.used:
-            conn.retry = again
+            conn.retry = (resp, data, parts)
         conn.start(resp, data, parts)
         try:
             await resp.head
         except BaseException:
             # Failed, cancelled or timed out: the connection is mid-exchange, drop it.
-            for task in retried:
-                task.cancel()
             resp.close()
             raise
         return resp
 
+    def retry(self, resp: StreamedResponse, data: bytes,
+              parts: Sequence[bytes | memoryview]) -> None:
+        """Send a request again on a fresh connection (its reused one had gone stale)."""
+        task = asyncio.get_running_loop().create_task(self._fresh(resp, data, parts))
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
+
+    async def _fresh(self, resp: StreamedResponse, data: bytes,
+                     parts: Sequence[bytes | memoryview]) -> None:
+        try:
+            conn = await self._connect()
+        except (TimeoutError, OSError) as exc:
+            resp.on_error(exc if isinstance(exc, UpstreamError) else UpstreamError(str(exc)))
+            return
+        if resp._released or resp.head.done():  # the caller gave up meanwhile
+            conn.release(True)
+            return
+        resp.conn = conn
+        conn.start(resp, data, parts)
+
     def close(self) -> None:
+        for task in list(self._retries):
+            task.cancel()
         for conn in list(self._all):
             conn.close()
         self._idle.clear()
