@@ -2,7 +2,7 @@
 
 Each request ends in a `RequestRecord`; nothing raises for a bad answer, the record says what
 went wrong (`error` kind). Times are `time.perf_counter()` seconds. `make_session` gives an
-aiohttp session for the few non-load requests (preflight, cold start).
+httpx client for the few non-load requests (preflight, cold start).
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit
+
+import httpx
 
 from edgecloud.bench.h1 import Done, Exchange
 from edgecloud.bench.results import RequestRecord
@@ -45,17 +46,13 @@ class Target:
         return h
 
 
-def make_session(limit: int, timeout_s: float) -> Any:
-    """An aiohttp session with keep-alive; `limit` 0 means as many connections as needed."""
-    import aiohttp
-
-    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=3600)
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(10.0, timeout_s)),
-        skip_auto_headers=("User-Agent",),
-        headers={"User-Agent": "edgecloud-bench"},
-        auto_decompress=False,
+def make_session(limit: int, timeout_s: float) -> httpx.AsyncClient:
+    """An httpx client with keep-alive for the few requests outside the load (preflight, cold
+    start); `limit` 0 means as many connections as needed."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
+        limits=httpx.Limits(max_connections=limit or None),
+        headers={"User-Agent": "edgecloud-bench", "Accept-Encoding": "identity"},
     )
 
 
