@@ -12,11 +12,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import time
 from typing import Any
 
 import orjson
 import uvicorn
+
+from edgecloud.api.asgi import SSE_DONE, read_body, send_error, send_json, sse_event
+from edgecloud.api.errors import APIError, NotFound
+from edgecloud.api.replies import Reply, usage
 
 STATE: dict[str, Any] = {
     "received": [],
@@ -60,18 +63,11 @@ def _summary(path: str, headers: dict[bytes, bytes], raw: bytes) -> dict[str, An
 
 
 async def _send_json(send: Any, status: int, obj: Any) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": orjson.dumps(obj)})
+    await send_json(send, status, obj)
 
 
 async def _read(receive: Any) -> bytes:
-    chunks = []
-    while True:
-        m = await receive()
-        chunks.append(m.get("body", b""))
-        if not m.get("more_body"):
-            return b"".join(chunks)
+    return await read_body(receive, 64 << 20)
 
 
 async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -96,8 +92,7 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
         STATE["received"].append(_summary(path, headers, raw))
         await _answer(send, path, orjson.loads(raw))
     else:
-        await _send_json(send, 404, {"error": {"message": "no route", "type": "x",
-                                               "param": None, "code": None}})
+        await send_error(send, NotFound("no route"))
 
 
 async def _answer(send: Any, path: str, body: dict[str, Any]) -> None:
@@ -105,36 +100,24 @@ async def _answer(send: Any, path: str, body: dict[str, Any]) -> None:
     if ctl["hang_s"]:
         await asyncio.sleep(ctl["hang_s"])
     if ctl["fail"]:
-        await _send_json(send, int(ctl["fail"]), {"error": {
-            "message": "stand-in failure", "type": "server_error", "param": None, "code": None}})
+        await send_error(send, APIError("stand-in failure", status=int(ctl["fail"])))
         return
     text = f"answer from {ARGS.name}"
-    chat = path.endswith("chat/completions")
+    reply = Reply(body.get("model") or "", chat=path.endswith("chat/completions"),
+                  reply_id="cmpl-standin", fingerprint=None)
     if not body.get("stream"):
-        choice: dict[str, Any] = (
-            {"index": 0, "message": {"role": "assistant", "content": text},
-             "finish_reason": "stop"} if chat else
-            {"index": 0, "text": text, "finish_reason": "stop"})
-        await _send_json(send, 200, {
-            "id": "cmpl-standin", "object": "chat.completion" if chat else "text_completion",
-            "created": int(time.time()), "model": body.get("model"), "choices": [choice],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}})
+        await _send_json(send, 200, reply.completion(text, "stop", usage(5, 4)))
         return
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"text/event-stream")]})
     for i in range(int(ctl["chunks"])):
         if ctl["cut_after"] is not None and i >= int(ctl["cut_after"]):
             raise RuntimeError("stand-in cuts the stream")  # uvicorn drops the connection
-        delta = {"content": f"tok{i} "} if chat else None
-        chunk = {"id": "cmpl-standin", "object": "chat.completion.chunk", "created": 0,
-                 "model": body.get("model"),
-                 "choices": [{"index": 0, "delta": delta, "finish_reason": None} if chat else
-                             {"index": 0, "text": f"tok{i} ", "finish_reason": None}]}
-        await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(chunk)
-                    + b"\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": sse_event(reply.chunk(f"tok{i} ")),
+                    "more_body": True})
         if ctl["delay_ms"]:
             await asyncio.sleep(ctl["delay_ms"] / 1000)
-    await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+    await send({"type": "http.response.body", "body": SSE_DONE})
 
 
 def main() -> None:
