@@ -58,22 +58,13 @@ def serve_forever(
               open_files=open_files, header_timeout_s=limits.header_timeout_s,
               body_timeout_s=limits.body_timeout_s)
     config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        loop="uvloop",
+        app, host=host, port=port, backlog=backlog, ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile, loop="uvloop", lifespan="on",
         http=functools.partial(protocol, guard=guard),  # type: ignore[arg-type]
+        timeout_graceful_shutdown=int(drain_timeout_s), timeout_keep_alive=30,
+        # No access log, Server or Date header, proxy headers: the apps log what they need.
+        access_log=False, log_level="warning", server_header=False, date_header=False,
         proxy_headers=False,
-        lifespan="on",
-        access_log=False,
-        log_level="warning",
-        timeout_graceful_shutdown=int(drain_timeout_s),
-        timeout_keep_alive=30,
-        ssl_certfile=ssl_certfile,
-        ssl_keyfile=ssl_keyfile,
-        backlog=backlog,
-        server_header=False,
-        date_header=False,
     )
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     _CleanExitServer(config).run()

@@ -23,20 +23,8 @@ from typing import Any
 import prometheus_client
 from pydantic import ValidationError
 
-from edgecloud.api.asgi import (
-    GET,
-    POST,
-    Receive,
-    Routes,
-    Scope,
-    Send,
-    dispatch,
-    header,
-    lifespan,
-    read_body,
-    send_bytes,
-    send_json,
-)
+from edgecloud.api import asgi
+from edgecloud.api.asgi import GET, POST, Receive, Scope, Send, send_bytes, send_json
 from edgecloud.api.errors import BadRequest, NotFound, Unauthorized
 from edgecloud.api.guard import ServingLimits
 from edgecloud.fleet.controller import ControllerView, control_once
@@ -101,12 +89,12 @@ class FleetServer:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            await dispatch(self.routes, scope, receive, send, self.metrics.request)
+            await asgi.dispatch(self.routes, scope, receive, send, self.metrics.request)
         elif scope["type"] == "lifespan":
-            await lifespan(receive, send, self._startup, self._shutdown)
+            await asgi.lifespan(receive, send, self._startup, self._shutdown)
 
-    def _routes(self) -> Routes:
-        routes = Routes()
+    def _routes(self) -> asgi.Routes:
+        routes = asgi.Routes()
         routes.add("/tuf/metadata/*", self._metadata, GET, "tuf_metadata")
         routes.add("/tuf/targets/*", self._target, GET, "tuf_targets")
         routes.add("/v1/devices/report", self._report, POST, "report")
@@ -161,7 +149,7 @@ class FleetServer:
         self.counts["targets"] += 1
         path = self._safe(self.targets_dir, rel)
         size = path.stat().st_size
-        rng = _parse_range(header(scope, b"range"), size)
+        rng = _parse_range(asgi.header(scope, b"range"), size)
         start, end, status = 0, size - 1, 200
         headers = [(b"content-type", b"application/octet-stream"), (b"accept-ranges", b"bytes")]
         if rng is not None:
@@ -203,9 +191,9 @@ class FleetServer:
     async def _report(self, scope: Scope, receive: Receive, send: Send) -> int:
         self.counts["reports"] += 1
         token = self.config.device_token
-        if token is not None and header(scope, b"authorization") != f"Bearer {token}".encode():
+        if token is not None and asgi.header(scope, b"authorization") != f"Bearer {token}".encode():
             raise Unauthorized("A valid device token is required (Bearer).", code="invalid_token")
-        body = await read_body(receive, REPORT_LIMIT, scope)
+        body = await asgi.read_body(receive, REPORT_LIMIT, scope)
         try:
             report = DeviceReport.model_validate_json(body)
         except ValidationError as exc:

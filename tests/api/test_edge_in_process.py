@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import httpx
+
 from edgecloud.fleet.repository import ModelRepository
 from edgecloud.fleet.server import FleetServer, ServerConfig
 from edgecloud.gateway.app import GatewayApp
@@ -15,10 +17,14 @@ from edgecloud.supervise import free_port
 from tests.asgi_client import in_process
 
 
-def _error(r: object) -> dict[str, object]:
-    body = r.json()  # type: ignore[attr-defined]
-    assert set(body["error"]) == {"message", "type", "param", "code"}
-    return body["error"]  # type: ignore[no-any-return]
+async def _expect_errors(client: httpx.AsyncClient,
+                         cases: list[tuple[str, str, bytes | None, int, str | None]]) -> None:
+    """Each (method, path, body, status, error code): an OpenAI error envelope with that code."""
+    for method, path, body, status, code in cases:
+        r = await client.request(method, path, content=body)
+        assert r.status_code == status, (path, r.text)
+        error = r.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"} and error["code"] == code
 
 
 def test_gateway_routes_and_errors_in_process(tmp_path: Path) -> None:
@@ -32,12 +38,13 @@ def test_gateway_routes_and_errors_in_process(tmp_path: Path) -> None:
                 assert (await client.get("/healthz")).json() == {"status": "ok"}
                 r = await client.get("/readyz")
                 assert r.status_code == 503 and r.json()["available"] == []
-                r = await client.get("/v1/chat/completions")
-                assert r.status_code == 405 and _error(r)["code"] == "method_not_allowed"
-                r = await client.get("/nowhere")
-                assert r.status_code == 404 and _error(r)["code"] == "not_found"
+                await _expect_errors(client, [
+                    ("GET", "/v1/chat/completions", None, 405, "method_not_allowed"),
+                    ("GET", "/nowhere", None, 404, "not_found"),
+                    ("POST", "/v1/chat/completions", b"[1]", 400, None),
+                ])
                 r = await client.post("/v1/chat/completions", content=b"{not json")
-                assert r.status_code == 400 and _error(r)["type"] == "invalid_request_error"
+                assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
                 r = await client.post("/v1/chat/completions",
                                       json={"model": "m", "messages": [
                                           {"role": "user", "content": "hi"}]})
@@ -59,12 +66,11 @@ def test_fleet_server_routes_and_errors_in_process(tmp_path: Path) -> None:
             assert (await client.get("/readyz")).json() == {"status": "ok"}
             r = await client.get("/tuf/metadata/1.root.json")
             assert r.status_code == 200 and r.json()["signed"]["_type"] == "root"
-            r = await client.get("/tuf/metadata/../../etc/passwd")
-            assert r.status_code == 404 and _error(r)["code"] == "not_found"
-            r = await client.get("/v1/devices/report")
-            assert r.status_code == 405 and _error(r)["code"] == "method_not_allowed"
-            r = await client.post("/v1/devices/report", content=b"{}")
-            assert r.status_code == 422 and _error(r)["code"] == "invalid_report"
+            await _expect_errors(client, [
+                ("GET", "/tuf/metadata/../../etc/passwd", None, 404, "not_found"),
+                ("GET", "/v1/devices/report", None, 405, "method_not_allowed"),
+                ("POST", "/v1/devices/report", b"{}", 422, "invalid_report"),
+            ])
             r = await client.get("/v1/fleet/status")
             assert r.status_code == 200 and r.json()["devices"] == []
             metrics = (await client.get("/metrics")).text
