@@ -9,8 +9,8 @@ import pytest
 
 from edgecloud.api.errors import BadRequest
 from edgecloud.api.openai import ChatCompletionRequest, parse_request
+from edgecloud.node.answer import Answer
 from edgecloud.node.prompt import ChatTemplate
-from edgecloud.node.replies import ReplyBuilder
 from edgecloud.node.structured import OutputPlan, plan_output
 from edgecloud.node.tools import GLM4, GLM45, HERMES, JSON, ToolCallParser, parse_calls
 
@@ -66,13 +66,15 @@ def test_template_tool_support_is_probed() -> None:
 def test_auto_with_a_tool_template_parses_hermes_calls() -> None:
     plan = _plan(HERMES_TEMPLATE, tools=[WEATHER, TIME])
     assert plan.tools.mode == "auto" and plan.tools.syntax == HERMES and plan.grammar is None
-    reply = ReplyBuilder(True, plan, lambda t: b"")
-    reply.add('Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}')
-    reply.add("\n</tool_call>")
-    choice = reply.choice("stop")
-    assert choice["finish_reason"] == "tool_calls"
-    assert choice["message"]["content"] == "Let me check.\n"
-    (call,) = choice["message"]["tool_calls"]
+    answer = Answer(True, plan, lambda t: b"")
+    answer.add(
+        'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}'
+    )
+    answer.add("\n</tool_call>")
+    whole = answer.whole("stop")
+    assert whole.finish_reason == "tool_calls"
+    assert whole.content == "Let me check.\n"
+    (call,) = whole.tool_calls or []
     assert call["type"] == "function" and call["id"].startswith("call_")
     assert call["function"]["name"] == "get_weather"
     assert json.loads(call["function"]["arguments"]) == {"city": "Paris"}
@@ -82,10 +84,10 @@ def test_auto_without_template_support_is_plain_text() -> None:
     for template in (None, NO_TOOLS_TEMPLATE):
         plan = _plan(template, tools=[WEATHER], tool_choice="auto")
         assert plan.tools.mode == "none" and plan.grammar is None
-        reply = ReplyBuilder(True, plan, lambda t: b"")
-        reply.add('{"name": "get_weather", "arguments": {"city": "Paris"}}')
-        choice = reply.choice("stop")
-        assert choice["finish_reason"] == "stop" and "tool_calls" not in choice["message"]
+        answer = Answer(True, plan, lambda t: b"")
+        answer.add('{"name": "get_weather", "arguments": {"city": "Paris"}}')
+        whole = answer.whole("stop")
+        assert whole.finish_reason == "stop" and whole.tool_calls is None
 
 
 def test_required_and_named_choices_force_a_grammar() -> None:
@@ -268,11 +270,11 @@ def test_streaming_parser_holds_back_only_what_may_be_a_call() -> None:
 
 def test_stream_deltas_for_tool_calls() -> None:
     plan = _plan(None, tools=[WEATHER], tool_choice="required")
-    reply = ReplyBuilder(True, plan, lambda t: b"")
-    assert reply.delta('{"name": "get_weather", ') is None
-    assert reply.delta('"arguments": {"city": "C"}}') is None
-    chunks, finish = reply.final_deltas("stop")
+    answer = Answer(True, plan, lambda t: b"")
+    assert answer.delta('{"name": "get_weather", ') is None
+    assert answer.delta('"arguments": {"city": "C"}}') is None
+    pieces, finish = answer.closing("stop")
     assert finish == "tool_calls"
-    head, args = chunks[0][0]["tool_calls"][0], chunks[1][0]["tool_calls"][0]
+    head, args = (p.tool_calls[0] for p in pieces if p.tool_calls)
     assert head["index"] == 0 and head["function"] == {"name": "get_weather", "arguments": ""}
     assert json.loads(args["function"]["arguments"]) == {"city": "C"}
