@@ -85,7 +85,8 @@ async def run_level(
         async def worker() -> None:
             nonlocal tokens
             while not queue.empty():
-                tokens += await one(queue.get_nowait())
+                n = await one(queue.get_nowait())  # read `tokens` only after the await
+                tokens += n
 
         t0 = time.perf_counter()
         await asyncio.gather(*[worker() for _ in range(concurrency)])
