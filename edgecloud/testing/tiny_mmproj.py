@@ -17,9 +17,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import struct
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -60,19 +62,69 @@ class TowerShape:
             raise ValueError("n_embd must divide by n_head, and n_ff must differ from n_embd")
 
 
-def text_embedding_length(model_path: str | Path) -> int:
-    """`<arch>.embedding_length` of a text GGUF: the width the projector must produce."""
-    from gguf import GGUFReader
+_SCALAR = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
 
-    reader = GGUFReader(str(model_path))
-    arch_field = reader.get_field("general.architecture")
-    if arch_field is None:
-        raise ValueError(f"{model_path}: no general.architecture")
-    arch = arch_field.contents()
-    field = reader.get_field(f"{arch}.embedding_length")
-    if field is None:
-        raise ValueError(f"{model_path}: no {arch}.embedding_length")
-    return int(field.contents())
+
+def text_embedding_length(model_path: str | Path) -> int:
+    """`<arch>.embedding_length` of a text GGUF: the width the projector must produce.
+
+    Reads the metadata only up to that key (a full GGUF reader would parse the whole
+    262k-entry vocabulary first).
+    """
+    with open(model_path, "rb") as fh:
+        if fh.read(4) != b"GGUF":
+            raise ValueError(f"{model_path}: not a GGUF file")
+        _version, _n_tensors, n_kv = struct.unpack("<IQQ", fh.read(20))
+        arch = None
+        for _ in range(n_kv):
+            key = _read_str(fh)
+            kind = struct.unpack("<I", fh.read(4))[0]
+            if key == "general.architecture" and kind == 8:
+                arch = _read_str(fh)
+            elif arch is not None and key == f"{arch}.embedding_length" and kind in _SCALAR:
+                return int(_read_scalar(fh, kind))
+            else:
+                _skip(fh, kind)
+    raise ValueError(f"{model_path}: no <architecture>.embedding_length in its metadata")
+
+
+def _read_str(fh: BinaryIO) -> str:
+    (n,) = struct.unpack("<Q", fh.read(8))
+    return fh.read(n).decode("utf-8", "replace")
+
+
+def _read_scalar(fh: BinaryIO, kind: int) -> float | int | bool:
+    fmt = _SCALAR[kind]
+    return struct.unpack(fmt, fh.read(struct.calcsize(fmt)))[0]  # type: ignore[no-any-return]
+
+
+def _skip(fh: BinaryIO, kind: int) -> None:
+    if kind in _SCALAR:
+        fh.seek(struct.calcsize(_SCALAR[kind]), os.SEEK_CUR)
+    elif kind == 8:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        fh.seek(n, os.SEEK_CUR)
+    elif kind == 9:
+        item, count = struct.unpack("<IQ", fh.read(12))
+        if item in _SCALAR:
+            fh.seek(struct.calcsize(_SCALAR[item]) * count, os.SEEK_CUR)
+        else:
+            for _ in range(count):
+                _skip(fh, item)
+    else:
+        raise ValueError(f"unknown GGUF value type {kind}")
 
 
 def embedded_model_path() -> Path:

@@ -15,6 +15,7 @@ from PIL import Image
 from edgecloud.api.errors import BadRequest
 from edgecloud.api.openai import ChatMessage
 from edgecloud.node.images import (
+    DecodedImage,
     ImageLimitExceeded,
     ImageLimits,
     ImageRef,
@@ -57,25 +58,26 @@ def png_claiming(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
-def load(url: str, limits: ImageLimits = LIMITS) -> object:
+def load(url: str, limits: ImageLimits = LIMITS) -> DecodedImage:
     r = ref(url)
     return decode_image(r, data_uri_bytes(r, limits), limits)
 
 
-@pytest.mark.parametrize(("fmt", "mime"), [("PNG", "image/png"), ("JPEG", "image/jpeg"),
-                                           ("WEBP", "image/webp")])
+@pytest.mark.parametrize(
+    ("fmt", "mime"), [("PNG", "image/png"), ("JPEG", "image/jpeg"), ("WEBP", "image/webp")]
+)
 def test_png_jpeg_webp_decode_to_rgb(fmt: str, mime: str) -> None:
     img = load(uri(encoded(fmt), mime))
-    assert (img.width, img.height, img.format) == (64, 48, fmt)  # type: ignore[attr-defined]
-    assert len(img.rgb) == 64 * 48 * 3  # type: ignore[attr-defined]
+    assert (img.width, img.height, img.format) == (64, 48, fmt)
+    assert len(img.rgb) == 64 * 48 * 3
 
 
 def test_grey_and_alpha_images_become_rgb() -> None:
     img = load(uri(encoded("PNG", mode="L")))
-    assert len(img.rgb) == 64 * 48 * 3  # type: ignore[attr-defined]
+    assert len(img.rgb) == 64 * 48 * 3
     buf = io.BytesIO()
     Image.new("RGBA", (8, 8), (1, 2, 3, 4)).save(buf, format="PNG")
-    assert len(load(uri(buf.getvalue())).rgb) == 8 * 8 * 3  # type: ignore[attr-defined]
+    assert len(load(uri(buf.getvalue())).rgb) == 8 * 8 * 3
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import llama_cpp as ll
 import pytest
 
 from edgecloud.bench.workloads import png_bytes
-from edgecloud.node.images import ImageLimits, ImageRef, decode_image
+from edgecloud.node.images import DecodedImage, ImageLimits, ImageRef, decode_image
 from edgecloud.node.model import LoadedModel
 from edgecloud.node.vision import (
     ImageChunk,
@@ -36,7 +36,7 @@ def projector(model: LoadedModel, tiny_mmproj_path: str) -> Iterator[VisionProje
 
 
 @pytest.fixture(scope="module")
-def screenshot() -> object:
+def screenshot() -> DecodedImage:
     data = png_bytes(7, 1080, 2400, target_bytes=300_000)
     return decode_image(ImageRef("img", "img", "data:"), data, ImageLimits())
 
@@ -63,17 +63,18 @@ def test_generator_matches_the_model_width(tiny_mmproj_path: str) -> None:
 
 
 def test_prompt_splits_into_text_image_text(
-    model: LoadedModel, projector: VisionProjector, screenshot: object
+    model: LoadedModel, projector: VisionProjector, screenshot: DecodedImage
 ) -> None:
     prompt = f"User: what is on screen? {projector.marker}\nAssistant:"
-    mp = projector.tokenize(prompt, [screenshot], add_special=True)  # type: ignore[list-item]
+    mp = projector.tokenize(prompt, [screenshot], add_special=True)
     try:
         kinds = [type(s).__name__ for s in mp.segments]
         assert kinds == ["list", "ImageChunk", "list"]
         image = mp.segments[1]
         assert isinstance(image, ImageChunk) and image.n_tokens == 64
         assert (mp.n_image_tokens, mp.n_images) == (64, 1)
-        assert mp.n_tokens == 64 + len(mp.segments[0]) + len(mp.segments[2])  # type: ignore[arg-type]
+        texts = [s for s in mp.segments if isinstance(s, list)]
+        assert mp.n_tokens == 64 + sum(len(t) for t in texts)
         # The text before the image tokenises as plain text would (what prefix reuse compares).
         head = model.tokenize("User: what is on screen? ")
         assert mp.text_prefix[: len(head)] == head
@@ -83,11 +84,9 @@ def test_prompt_splits_into_text_image_text(
 
 
 def test_encode_and_decode_then_generate(
-    model: LoadedModel, projector: VisionProjector, screenshot: object
+    model: LoadedModel, projector: VisionProjector, screenshot: DecodedImage
 ) -> None:
-    mp = projector.tokenize(
-        f"{projector.marker} describe:", [screenshot], add_special=True  # type: ignore[list-item]
-    )
+    mp = projector.tokenize(f"{projector.marker} describe:", [screenshot], add_special=True)
     seq = 1
     ll.llama_memory_seq_rm(model.memory, seq, -1, -1)
     try:
@@ -109,11 +108,11 @@ def test_encode_and_decode_then_generate(
         ll.llama_memory_seq_rm(model.memory, seq, -1, -1)
 
 
-def test_markers_must_pair_with_images(projector: VisionProjector, screenshot: object) -> None:
+def test_markers_must_pair_with_images(
+    projector: VisionProjector, screenshot: DecodedImage
+) -> None:
     with pytest.raises(MultimodalTokenizeError, match="2 image markers for 1 images"):
-        projector.tokenize(
-            projector.marker * 2, [screenshot], add_special=True  # type: ignore[list-item]
-        )
+        projector.tokenize(projector.marker * 2, [screenshot], add_special=True)
     # libmtmd's default marker in user text is just text.
     mp = projector.tokenize("<__media__> is text", [], add_special=True)
     assert mp.n_images == 0
@@ -132,10 +131,10 @@ def test_a_projector_of_the_wrong_width_is_refused(model: LoadedModel, tmp_path:
 
 
 def test_tokenize_after_free_says_closed(
-    model: LoadedModel, tiny_mmproj_path: str, screenshot: object
+    model: LoadedModel, tiny_mmproj_path: str, screenshot: DecodedImage
 ) -> None:
     p = VisionProjector(tiny_mmproj_path, model, n_threads=1)
     p.free()
     p.free()
     with pytest.raises(ProjectorClosed):
-        p.tokenize(p.marker, [screenshot], add_special=True)  # type: ignore[list-item]
+        p.tokenize(p.marker, [screenshot], add_special=True)
