@@ -33,14 +33,14 @@ def _init_backend() -> None:
 
 
 @ll.llama_log_callback
-def quiet_log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+def _drop_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     # llama.cpp logs every tensor at load; our own structured log says what matters.
     return None
 
 
 def _quiet_llama_logs() -> None:
     if os.environ.get("EDGECLOUD_LLAMA_LOG") != "1":
-        ll.llama_log_set(quiet_log_callback, ctypes.c_void_p(0))
+        ll.llama_log_set(_drop_log, ctypes.c_void_p(0))
 
 
 @dataclass
