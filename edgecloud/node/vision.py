@@ -19,6 +19,7 @@ from typing import Any
 
 import llama_cpp as ll
 
+from edgecloud.node.backend import MEDIA_TOKEN
 from edgecloud.node.images import DecodedImage
 from edgecloud.node.model import LoadedModel, ModelLoadError
 from edgecloud.node.model import _drop_log as quiet_log_callback  # one log sink for llama.cpp
@@ -67,6 +68,21 @@ class MultimodalPrompt:
     n_images: int
     _chunks: int | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def items(self) -> list[ImageChunk]:
+        """The images, in prompt order (the engine's `PromptMedia`)."""
+        return [s for s in self.segments if isinstance(s, ImageChunk)]
+
+    def flat_tokens(self) -> list[int]:
+        """The prompt as one token list, each image as `n_tokens` MEDIA_TOKEN entries."""
+        out: list[int] = []
+        for seg in self.segments:
+            if isinstance(seg, ImageChunk):
+                out.extend([MEDIA_TOKEN] * seg.n_tokens)
+            else:
+                out.extend(seg)
+        return out
 
     @property
     def text_prefix(self) -> list[int]:
@@ -249,6 +265,12 @@ class VisionProjector:
         if rc != 0:
             raise RuntimeError(f"image decode failed ({rc})")
         return int(new_pos.value)
+
+    def evaluate(self, item: object, seq: int, pos: int, n_batch: int) -> int:
+        """Encode one image chunk and decode it into `seq` at `pos`; the next position."""
+        if not isinstance(item, ImageChunk):
+            raise TypeError(f"not an image chunk: {type(item).__name__}")
+        return self.decode(item, self.encode(item), pos, seq, n_batch)
 
     def free(self) -> None:
         """Free the libmtmd context once no request thread is tokenising with it."""
