@@ -225,3 +225,16 @@ def test_stop_cancels_waiting_and_running_requests_and_frees_the_model_once() ->
     results = run(backend, body)
     assert [r[2] for r in results] == ["cancelled", "cancelled"]
     assert backend.freed == 1
+
+
+def test_an_empty_prompt_is_an_error_not_a_stuck_slot() -> None:
+    backend = ScriptedBackend(n_seq=1)
+
+    async def body(engine: BatchEngine):  # type: ignore[no-untyped-def]
+        empty = GenerationRequest([], 8)
+        assert engine.submit(empty)
+        return await collect(empty), await collect(generate(engine, "next"))
+
+    (events, _, why), after = run(backend, body)
+    assert why == "error" and events[-1].error == "empty prompt"
+    assert after[1:] == ("ok", "stop")
