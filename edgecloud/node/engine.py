@@ -68,6 +68,8 @@ class GenerationRequest:
     first_token_at: float | None = None
     finished_at: float | None = None
     media: PromptMedia | None = None  # the items behind the MEDIA_TOKEN entries of `prompt`
+    media_read: int = 0  # items evaluated so far
+    media_seconds: float = 0.0  # engine time they took
 
     def cancel(self) -> None:
         """Called from the event loop when the client went away; the slot frees next step."""
@@ -393,8 +395,11 @@ class BatchEngine:
             slot.cached.clear()
             self._release(slot)
             return False
+        took = time.perf_counter() - t0
         self.stats.media_items += 1
-        self.stats.media_seconds += time.perf_counter() - t0
+        self.stats.media_seconds += took
+        req.media_read += 1
+        req.media_seconds += took
         slot.media_next += 1
         del slot.pending[: item.n_tokens]
         slot.cached.extend([MEDIA_TOKEN] * item.n_tokens)

@@ -314,6 +314,9 @@ class NodeApp:
             watcher.cancel()
             self.service.end()
             self.metrics.output_tokens.inc(req.output_tokens)
+            if req.media_read:
+                self.metrics.images.inc(req.media_read)
+                self.metrics.image_seconds.inc(req.media_seconds)
             if req.admitted_at is not None:
                 self.metrics.queue_wait.observe(req.admitted_at - arrived)
             if req.first_token_at is not None:
