@@ -151,6 +151,7 @@ class ScriptedModel(ScriptedBackend):
 
     opened = threading.Event()
     instances: list[ScriptedModel] = []
+    projector = None  # no vision
 
     def __init__(self, path: str, *, model_id: str, n_seq: int, n_batch: int, **_: object) -> None:
         if not ScriptedModel.opened.wait(20):
