@@ -54,11 +54,13 @@ def message_text(msg: ChatMessage, index: int, image_marker: str | None = None) 
         elif part.type in ("image_url", "input_image") and image_marker is not None:
             texts.append(image_marker)
         elif part.type in ("image_url", "input_image", "input_audio", "file"):
-            reads = "text and images" if image_marker is not None else "text"
+            if image_marker is None:
+                reads, where = "text only", "Send images to a vision endpoint"
+            else:
+                reads, where = "text and images only", "Send it to an endpoint that reads it"
             raise NoVision(
                 f"messages[{index}].content[{j}] is an '{part.type}' part, but this model reads "
-                f"{reads} only. Send it to an endpoint that reads it (the gateway routes "
-                "requests by what they hold).",
+                f"{reads}. {where} (the gateway routes them there).",
                 param=f"messages.{index}.content.{j}",
             )
         else:
