@@ -29,9 +29,10 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.interleave import measure_interleaved, print_ratios, servers_up  # noqa: E402
 from benchmarks.llama_server_build import build, installed_version  # noqa: E402
 from edgecloud.bench.workloads import png_bytes  # noqa: E402
-from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port  # noqa: E402
+from edgecloud.supervise import edgecloud_command, free_port  # noqa: E402
 from edgecloud.testing.tiny_mmproj import cached_tiny_mmproj  # noqa: E402
 
 OUTPUT_TOKENS = 16
@@ -123,33 +124,19 @@ async def run_level(base: str, concurrency: int, bodies: list[bytes]) -> dict[st
 def measure(
     servers: dict[str, str], pngs: list[bytes], per_level: int, rounds: int
 ) -> dict[str, dict[int, dict[str, float]]]:
-    """Alternate the servers level by level (both stay up; an idle server costs nothing)."""
-    runs: dict[str, dict[int, list[dict[str, float]]]] = {n: {1: [], 4: []} for n in servers}
-    names = list(servers)
+    """Each level sends the same screenshots to both servers, new ones each level and round."""
     bodies = [request_body(p) for p in pngs]
-    for name in names:  # each server's first image request pays one-off costs
-        asyncio.run(run_level(servers[name], 1, bodies[:1]))
-    k = 1
-    for r in range(rounds):
-        for conc in (1, 4):
-            n = per_level * conc
-            batch = [bodies[(k + i) % len(bodies)] for i in range(n)]
-            k += n
-            for name in names if r % 2 == 0 else list(reversed(names)):
-                res = asyncio.run(run_level(servers[name], conc, batch))
-                runs[name][conc].append(res)
-                print(
-                    f"  round {r + 1} {name:>12} c={conc}: "
-                    + ", ".join(f"{key}={v:.1f}" for key, v in res.items()),
-                    flush=True,
-                )
-    return {
-        name: {
-            conc: {key: float(np.median([x[key] for x in rs])) for key in rs[0]}
-            for conc, rs in levels.items()
-        }
-        for name, levels in runs.items()
-    }
+    for base in servers.values():  # each server's first image request pays one-off costs
+        asyncio.run(run_level(base, 1, bodies[:1]))
+
+    def level(_name: str, base: str, conc: int, round_: int) -> dict[str, float]:
+        n = per_level * conc
+        first = 1 + round_ * per_level * 5 + (0 if conc == 1 else per_level)
+        return asyncio.run(
+            run_level(base, conc, [bodies[(first + i) % len(bodies)] for i in range(n)])
+        )
+
+    return measure_interleaved(servers, rounds, level)
 
 
 def main() -> None:
@@ -205,35 +192,19 @@ def main() -> None:
     print(f"peer: llama-server {installed_version()} (vendored llama.cpp), -np {args.parallel}")
     print(f"ours: edgecloud serve --mmproj, --parallel {args.parallel}")
     peer_base, ours_base = f"http://127.0.0.1:{peer_port}", f"http://127.0.0.1:{ours_port}"
-    with (
-        ManagedProcess(
-            peer_cmd, f"{peer_base}/health", log_path=str(logdir / "vision-peer.log"), name="peer"
-        ) as peer_proc,
-        ManagedProcess(
-            ours_cmd,
-            f"{ours_base}/readyz",
-            log_path=str(logdir / "vision-ours.log"),
-            name="edgecloud",
-        ) as ours_proc,
+    with servers_up(
+        (peer_cmd, f"{peer_base}/health"), (ours_cmd, f"{ours_base}/readyz"), logdir, "vision"
     ):
-        peer_proc.wait_ready(300)
-        ours_proc.wait_ready(300)
         medians = measure(
             {"llama-server": peer_base, "edgecloud": ours_base},
             pngs,
             args.requests_per_level,
             args.rounds,
         )
-    peer, ours = medians["llama-server"], medians["edgecloud"]
     print()
     print(f"medians of {args.rounds} round(s); {OUTPUT_TOKENS} output tokens asked")
-    print(f"{'concurrency':>11} | {'metric':>13} | {'llama-server':>12} | {'edgecloud':>9} | ratio")
-    for conc in (1, 4):
-        for key in ("req_s", "ttft_p50_ms", "ttft_p95_ms", "out_tokens", "prompt_tokens"):
-            p, o = peer[conc][key], ours[conc][key]
-            ratio = o / p if p else float("nan")
-            note = "  (lower is better)" if key.startswith("ttft") else ""
-            print(f"{conc:>11} | {key:>13} | {p:12.2f} | {o:9.2f} | {ratio:.2f}x{note}")
+    keys = ("req_s", "ttft_p50_ms", "ttft_p95_ms", "out_tokens", "prompt_tokens")
+    print_ratios("llama-server", medians["llama-server"], medians["edgecloud"], keys)
     print()
     print("targets: req_s ratio >= 0.95 at c=1 and c=4; TTFT p50 at c=4 <= 1.05x llama-server")
 
