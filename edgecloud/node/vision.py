@@ -97,7 +97,10 @@ class MultimodalPrompt:
             _mtmd().mtmd_input_chunks_free(chunks)
 
     def __del__(self) -> None:  # a backstop: the engine frees prompts explicitly
-        self.free()
+        try:
+            self.free()
+        except Exception:  # noqa: BLE001 - at interpreter exit the library may be gone
+            pass
 
 
 @dataclass(eq=False)

@@ -13,6 +13,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +46,21 @@ def image_message(url: str, text: str = "What is on this screen?") -> dict[str, 
     }
 
 
+LIMITS_YAML = """\
+max_image_bytes: 1000000
+max_request_image_bytes: 1500000
+image_url_hosts: [127.0.0.1]
+image_fetch_timeout_s: 5
+"""
+
+
 @pytest.fixture(scope="module")
 def vision_node(tmp_path_factory: pytest.TempPathFactory, tiny_mmproj_path: str) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("vision-node")
+    config = tmp / "node.yaml"
+    config.write_text(LIMITS_YAML)
     proc, base = start_node(
-        tmp_path_factory.mktemp("vision-node"),
+        tmp, "--config", str(config),
         "--mmproj", tiny_mmproj_path, "--parallel", "4", "--ctx", "1024",
         name="vision-node",
     )  # fmt: skip
@@ -300,3 +312,59 @@ def test_gateway_learns_vision_from_the_node(vision_node: str, tmp_path: Path) -
     finally:
         for p in reversed(started):
             p.stop()
+
+
+def test_image_byte_limits(vision_node: str) -> None:
+    big = png_uri(61, size=1_200_000)
+    r = httpx.post(vision_node + CHAT, json={"messages": [image_message(big)]}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "image_too_large"
+    two = png_uri(62, size=900_000)
+    body = {"messages": [image_message(two), image_message(two)], "max_tokens": 1}
+    r = httpx.post(vision_node + CHAT, json=body, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "image_too_large"
+    assert "per request" in r.json()["error"]["message"]
+
+
+class _ImageHost(BaseHTTPRequestHandler):
+    """A stand-in for a remote image host the node's config allows."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        routes = {
+            "/screen.png": (200, _encoded("PNG")),
+            "/huge.png": (200, b"\x89PNG" + b"\x00" * 1_100_000),
+            "/moved.png": (302, b""),
+        }
+        status, data = routes.get(self.path, (404, b"no such image"))
+        self.send_response(status)
+        if status == 302:
+            self.send_header("location", "http://169.254.169.254/latest/meta-data")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_allowed_remote_host_is_fetched_within_limits(vision_node: str) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ImageHost)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    host = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+
+        def ask(path: str) -> httpx.Response:
+            body = {"messages": [image_message(host + path)], "max_tokens": 1}
+            return httpx.post(vision_node + CHAT, json=body, timeout=120)
+
+        assert ask("/screen.png").status_code == 200
+        for path, code in (
+            ("/huge.png", "image_too_large"),
+            ("/moved.png", "image_fetch_failed"),  # redirects are not followed
+            ("/missing.png", "image_fetch_failed"),
+        ):
+            r = ask(path)
+            assert r.status_code == 400 and r.json()["error"]["code"] == code, r.text
+    finally:
+        server.shutdown()
+        thread.join(10)
