@@ -100,7 +100,10 @@ async def run_level(base: str, concurrency: int, bodies: list[bytes]) -> dict[st
     ttfts: list[float] = []
     outs: list[int] = []
     prompts: list[int] = []
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+    # A new connection per request: llama-server closes keep-alive connections idle for 5 s.
+    connector = aiohttp.TCPConnector(force_close=True)
+    timeout = aiohttp.ClientTimeout(total=600)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
 
         async def worker() -> None:
             while not queue.empty():
