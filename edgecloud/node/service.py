@@ -168,8 +168,11 @@ class NodeService:
             )
         projector: str | None
         if mmproj is KEEP_PROJECTOR:
-            cur = self.current.projector if self.current is not None else None
-            projector = cur.path if cur is not None else None
+            if self.current is None:  # nothing loaded yet: the configured projector
+                projector = self.config.mmproj
+            else:
+                cur = self.current.projector
+                projector = cur.path if cur is not None else None
         elif mmproj is None:
             projector = None
         else:
