@@ -36,7 +36,7 @@ def measure_interleaved(
                 runs[name][conc].append(res)
                 print(
                     f"  round {r + 1} {name:>12} c={conc}: "
-                    + ", ".join(f"{k}={v:.1f}" for k, v in res.items()),
+                    + ", ".join(f"{k}={v:.4g}" for k, v in res.items()),
                     flush=True,
                 )
     return {
