@@ -82,4 +82,4 @@ def print_ratios(
             p, o = peer[conc][key], ours[conc][key]
             ratio = o / p if p else float("nan")
             note = "  (lower is better)" if key.startswith("ttft") else ""
-            print(f"{conc:>11} | {key:>13} | {p:12.2f} | {o:9.2f} | {ratio:.2f}x{note}")
+            print(f"{conc:>11} | {key:>13} | {p:12.4g} | {o:9.4g} | {ratio:.2f}x{note}")
