@@ -14,12 +14,56 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from edgecloud.fleet.errors import UpdateRefused
+from edgecloud.fleet.errors import TransferTooSlow, UpdateRefused
 from edgecloud.fleet.logs import log_event
+
+
+@dataclass(frozen=True)
+class TransferLimits:
+    """How long one download may take, and the slowest rate it may keep up.
+
+    A deadline bounds a download that keeps trickling; the minimum rate, checked over each
+    `window_s`, cuts a link that delivers a byte now and then (which no read timeout
+    notices). A cut target download resumes from its bytes on the next poll.
+    """
+
+    deadline_s: float = 3600.0
+    min_bps: float = 1024.0
+    window_s: float = 30.0
+
+    def timeout(self) -> httpx.Timeout:
+        """Per-operation timeouts: a silent link is cut within one window."""
+        return httpx.Timeout(self.window_s, connect=min(10.0, self.window_s))
+
+
+class TransferGuard:
+    """Checks one transfer against its `TransferLimits` as bytes arrive (pure: the clock is
+    passed in)."""
+
+    def __init__(self, limits: TransferLimits, now: float) -> None:
+        self.limits = limits
+        self.started = now
+        self.window_started = now
+        self.window_bytes = 0
+
+    def feed(self, n: int, now: float) -> None:
+        """Count `n` bytes received at `now`; raises TransferTooSlow past a limit."""
+        lim = self.limits
+        if now - self.started > lim.deadline_s:
+            raise TransferTooSlow("download_deadline", f"not done within {lim.deadline_s:g} s")
+        self.window_bytes += n
+        if now - self.window_started >= lim.window_s:
+            rate = self.window_bytes / (now - self.window_started)
+            if rate < lim.min_bps:
+                raise TransferTooSlow(
+                    "download_too_slow", f"{rate:.0f} B/s is below the minimum {lim.min_bps:g} B/s"
+                )
+            self.window_started, self.window_bytes = now, 0
 
 
 class _Worker:
@@ -142,12 +186,21 @@ class _Sink:
             self.f.close()
 
 
-def download_resumable(client: httpx.Client, url: str, part: Path, length: int) -> str:
+def download_resumable(
+    client: httpx.Client,
+    url: str,
+    part: Path,
+    length: int,
+    limits: TransferLimits | None = None,
+) -> str:
     """Fetch `url` into `part` until it holds `length` bytes; returns the file's sha256.
 
     Raises UpdateRefused("target_too_long") as soon as the server sends more than `length`
-    bytes (an endless-data attack), and UpdateRefused("download_failed") on HTTP errors.
+    bytes (an endless-data attack), UpdateRefused("download_failed") on HTTP and transport
+    errors, and UpdateRefused("download_too_slow" | "download_deadline") past `limits`.
     """
+    limits = limits or TransferLimits()
+    guard = TransferGuard(limits, time.monotonic())
     have = part.stat().st_size if part.exists() else 0
     if have > length:
         part.unlink()
@@ -159,7 +212,7 @@ def download_resumable(client: httpx.Client, url: str, part: Path, length: int) 
         log_event("download.resume", url=url, offset=have, length=length)
     sink: _Sink | None = None
     try:
-        with client.stream("GET", url, headers=headers) as resp:
+        with client.stream("GET", url, headers=headers, timeout=limits.timeout()) as resp:
             if resp.status_code == 200:
                 have = 0  # the server ignored the range: start over
             elif resp.status_code == 206:
@@ -173,6 +226,7 @@ def download_resumable(client: httpx.Client, url: str, part: Path, length: int) 
                 raise UpdateRefused("download_failed", f"HTTP {resp.status_code} for {url}")
             sink = _Sink(part, have)
             for chunk in resp.iter_raw():
+                guard.feed(len(chunk), time.monotonic())
                 have += len(chunk)
                 if have > length:
                     sink.close()
@@ -183,6 +237,10 @@ def download_resumable(client: httpx.Client, url: str, part: Path, length: int) 
                 sink.write(chunk)
     except httpx.HTTPError as exc:
         raise UpdateRefused("download_failed", f"{type(exc).__name__}: {exc}") from None
+    except TransferTooSlow as exc:
+        raise UpdateRefused(
+            exc.reason, f"{exc.detail}; {have} of {length} bytes, will resume"
+        ) from None
     finally:
         if sink is not None and have < length:
             sink.close()
