@@ -252,6 +252,7 @@ class Agent:
             except NodeBusy:
                 if time.monotonic() + delay > t_end:
                     raise
+                log_event("agent.node_busy_retry", device=self.state.device_id, slot=slot)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
         self.node.wait_ready(max(1.0, t_end - time.monotonic()))
@@ -478,6 +479,14 @@ class Agent:
         while True:
             self.cycle()
             wait = backoff_s(self.config.interval_s, self.failures, self.config.max_backoff_s)
+            if self.failures:
+                log_event(
+                    "agent.backoff",
+                    device=self.state.device_id,
+                    status=self.status,
+                    failures=self.failures,
+                    wait_s=round(wait, 2),
+                )
             if once or stop.wait(wait):
                 break
         self.http.close()
