@@ -207,7 +207,7 @@ class FleetServer:
                     task.cancel()
                 await asyncio.gather(*self._tasks, return_exceptions=True)
                 try:
-                    await self._flush()
+                    await self.flush()
                 except Exception as exc:  # the reports stay unwritten; say so, then stop
                     log_event("db.flush_failed", error=str(exc), pending=len(self._dirty))
                 self.store.close()
@@ -372,7 +372,7 @@ class FleetServer:
         self._dirty[report.device_id] = report
         await send_bytes(send, 204, b"", [])
 
-    async def _flush(self) -> None:
+    async def flush(self) -> None:
         """Write the pending reports; they leave memory only once the write succeeded.
 
         Reports that arrive during the write replace their device's pending one and carry its
@@ -395,7 +395,7 @@ class FleetServer:
         while True:
             await asyncio.sleep(self.config.flush_s)
             try:
-                await self._flush()
+                await self.flush()
             except Exception as exc:  # keep serving; the next batch retries the write
                 self.metrics.flush_errors.inc()
                 log_event("db.flush_failed", error=str(exc), pending=len(self._dirty))
