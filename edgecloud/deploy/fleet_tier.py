@@ -20,7 +20,6 @@ from edgecloud.deploy.workloads import (
     tracing_env,
 )
 
-
 TLS_DIR = "/etc/edgecloud/fleet-tls"
 
 

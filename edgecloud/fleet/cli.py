@@ -249,6 +249,7 @@ def fleet_serve(
     ),
     report_rate: float = typer.Option(1.0, help="Reports per second per device, sustained."),
     report_burst: float = typer.Option(10.0, help="Reports a device may send in a burst."),
+    enrol_rate: float = typer.Option(20.0, help="Enrolments per second, fleet-wide."),
     max_devices: int = typer.Option(100_000, help="Most devices that may enrol."),
     no_controller: bool = typer.Option(False, help="Serve only; never advance or abort."),
 ) -> None:
@@ -282,6 +283,7 @@ def fleet_serve(
             insecure=insecure_dev,
             report_rate=report_rate,
             report_burst=report_burst,
+            enrol_rate=enrol_rate,
             max_devices=max_devices,
             controller=not no_controller,
         )

@@ -54,7 +54,6 @@ from edgecloud.fleet.state import DeviceReport, FleetStore, masked_url
 
 CHUNK = 1 << 20
 REPORT_LIMIT = 64 * 1024
-ENROL_RATE = (20.0, 100.0)  # enrolments per second, burst: bounds the database writes
 
 
 class Forbidden(APIError):
@@ -88,6 +87,7 @@ class ServerConfig:
     insecure: bool = False  # no credentials at all: a developer's laptop only
     report_rate: float = 1.0  # reports per second per device, sustained
     report_burst: float = 10.0
+    enrol_rate: float = 20.0  # enrolments per second (burst 5 s of it): bounds database writes
     max_devices: int = 100_000
     controller: bool = True
 
@@ -132,7 +132,7 @@ class FleetServer:
         self.devices = DeviceRegistry(self.store, config.max_devices)
         self.operator = OperatorToken(config.operator_token) if config.operator_token else None
         self.report_limit = RateLimiter(config.report_rate, config.report_burst)
-        self.enrol_limit = RateLimiter(*ENROL_RATE)
+        self.enrol_limit = RateLimiter(config.enrol_rate, 5 * config.enrol_rate)
         self.reports: dict[str, DeviceReport] = self.store.load_reports()
         self._dirty: dict[str, DeviceReport] = {}
         self._meta_cache: dict[str, tuple[int, bytes]] = {}
