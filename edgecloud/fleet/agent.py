@@ -28,13 +28,14 @@ from tuf.ngclient import Updater
 
 from edgecloud import __version__
 from edgecloud.fleet.credentials import is_loopback
-from edgecloud.fleet.download import TransferLimits, download_resumable
+from edgecloud.fleet.download import download_resumable
 from edgecloud.fleet.errors import (
     ActivationFailed,
     FleetError,
     NodeAdminRefused,
     NodeBusy,
     NodeUnreachable,
+    TransferTooSlow,
     UpdateRefused,
 )
 from edgecloud.fleet.fetcher import HttpxFetcher
@@ -43,6 +44,7 @@ from edgecloud.fleet.node_client import DEFAULT_CANARIES, CanaryPrompt, CanaryRe
 from edgecloud.fleet.rollout import ModelRelease, choose_release, target_path
 from edgecloud.fleet.slots import AgentState, Pending, SlotInfo, SlotStore
 from edgecloud.fleet.state import DeviceEvent, DeviceMetrics, DeviceReport
+from edgecloud.fleet.transport import TransferLimits, agent_client, within
 
 AGENT_VERSION = __version__
 T = TypeVar("T")
@@ -128,7 +130,7 @@ class Agent:
         verify: ssl.SSLContext | bool = True
         if config.ca_file is not None:
             verify = ssl.create_default_context(cafile=str(config.ca_file))
-        self.http = httpx.Client(timeout=config.limits.timeout(), verify=verify)
+        self.http = agent_client(config.limits, verify)
         self.metrics = DeviceMetrics()
         self._last_canary = 0.0
         self._said: set[tuple[str, str]] = set()  # refusals already reported this run
@@ -163,13 +165,14 @@ class Agent:
         if self.credential is not None or token is None:
             return
         try:
-            r = self.http.post(
-                f"{self.base}/v1/devices/enrol",
-                json={"device_id": self.state.device_id},
-                headers={"authorization": f"Bearer {token}"},
-            )
+            with within(self.config.limits):
+                r = self.http.post(
+                    f"{self.base}/v1/devices/enrol",
+                    json={"device_id": self.state.device_id},
+                    headers={"authorization": f"Bearer {token}"},
+                )
             credential = r.json().get("credential") if r.status_code == 200 else None
-        except (httpx.HTTPError, ValueError, AttributeError) as exc:
+        except (httpx.HTTPError, TransferTooSlow, ValueError, AttributeError) as exc:
             log_event("agent.enrol_failed", error=type(exc).__name__)
             return
         if not isinstance(credential, str):
@@ -195,10 +198,13 @@ class Agent:
         if self.credential is not None:
             headers["authorization"] = f"Bearer {self.credential}"
         try:
-            r = self.http.post(
-                f"{self.base}/v1/devices/report", content=rep.model_dump_json(), headers=headers
-            )
-        except httpx.HTTPError as exc:
+            with within(self.config.limits):
+                r = self.http.post(
+                    f"{self.base}/v1/devices/report",
+                    content=rep.model_dump_json(),
+                    headers=headers,
+                )
+        except (httpx.HTTPError, TransferTooSlow) as exc:
             log_event("agent.report_failed", error=type(exc).__name__)
             return False
         if r.status_code >= 300:  # the events stay on disk for the next report

@@ -417,10 +417,10 @@ def agent(
     --root root.json
     """
     from edgecloud.fleet.agent import Agent, AgentConfig
-    from edgecloud.fleet.download import TransferLimits
     from edgecloud.fleet.errors import FleetError
     from edgecloud.fleet.logs import setup_json_logging
     from edgecloud.fleet.node_client import load_canaries
+    from edgecloud.fleet.transport import TransferLimits
 
     setup_json_logging()
     try:

@@ -14,56 +14,13 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from edgecloud.fleet.errors import TransferTooSlow, UpdateRefused
 from edgecloud.fleet.logs import log_event
-
-
-@dataclass(frozen=True)
-class TransferLimits:
-    """How long one download may take, and the slowest rate it may keep up.
-
-    A deadline bounds a download that keeps trickling; the minimum rate, checked over each
-    `window_s`, cuts a link that delivers a byte now and then (which no read timeout
-    notices). A cut target download resumes from its bytes on the next poll.
-    """
-
-    deadline_s: float = 3600.0
-    min_bps: float = 1024.0
-    window_s: float = 30.0
-
-    def timeout(self) -> httpx.Timeout:
-        """Per-operation timeouts: a silent link is cut within one window."""
-        return httpx.Timeout(self.window_s, connect=min(10.0, self.window_s))
-
-
-class TransferGuard:
-    """Checks one transfer against its `TransferLimits` as bytes arrive (pure: the clock is
-    passed in)."""
-
-    def __init__(self, limits: TransferLimits, now: float) -> None:
-        self.limits = limits
-        self.started = now
-        self.window_started = now
-        self.window_bytes = 0
-
-    def feed(self, n: int, now: float) -> None:
-        """Count `n` bytes received at `now`; raises TransferTooSlow past a limit."""
-        lim = self.limits
-        if now - self.started > lim.deadline_s:
-            raise TransferTooSlow("download_deadline", f"not done within {lim.deadline_s:g} s")
-        self.window_bytes += n
-        if now - self.window_started >= lim.window_s:
-            rate = self.window_bytes / (now - self.window_started)
-            if rate < lim.min_bps:
-                raise TransferTooSlow(
-                    "download_too_slow", f"{rate:.0f} B/s is below the minimum {lim.min_bps:g} B/s"
-                )
-            self.window_started, self.window_bytes = now, 0
+from edgecloud.fleet.transport import TransferLimits, within
 
 
 class _Worker:
@@ -200,7 +157,6 @@ def download_resumable(
     errors, and UpdateRefused("download_too_slow" | "download_deadline") past `limits`.
     """
     limits = limits or TransferLimits()
-    guard = TransferGuard(limits, time.monotonic())
     have = part.stat().st_size if part.exists() else 0
     if have > length:
         part.unlink()
@@ -212,7 +168,10 @@ def download_resumable(
         log_event("download.resume", url=url, offset=have, length=length)
     sink: _Sink | None = None
     try:
-        with client.stream("GET", url, headers=headers, timeout=limits.timeout()) as resp:
+        with (
+            within(limits),
+            client.stream("GET", url, headers=headers, timeout=limits.timeout()) as resp,
+        ):
             if resp.status_code == 200:
                 have = 0  # the server ignored the range: start over
             elif resp.status_code == 206:
@@ -226,7 +185,6 @@ def download_resumable(
                 raise UpdateRefused("download_failed", f"HTTP {resp.status_code} for {url}")
             sink = _Sink(part, have)
             for chunk in resp.iter_raw():
-                guard.feed(len(chunk), time.monotonic())
                 have += len(chunk)
                 if have > length:
                     sink.close()

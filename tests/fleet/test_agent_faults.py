@@ -12,8 +12,8 @@ import httpx
 import pytest
 from tuf.api import exceptions as tuf_exc
 
-from edgecloud.fleet.download import TransferLimits
 from edgecloud.fleet.fetcher import HttpxFetcher
+from edgecloud.fleet.transport import TransferLimits, agent_client
 from tests.fleet.conftest import TOKEN, Device, Rig, wait_for
 from tests.fleet.faulty_link import FaultyLink
 from tests.fleet.standin_node import dummy_model
@@ -44,16 +44,20 @@ def _count(d: Device, event: str, reason: str = "") -> int:
 
 def test_the_fetcher_turns_every_link_fault_into_a_tuf_download_error(rig: Rig) -> None:
     url = "/tuf/metadata/1.root.json"
-    with FaultyLink(rig.port) as link, httpx.Client() as client:
-        fetcher = HttpxFetcher(client, TransferLimits(deadline_s=30, min_bps=2000, window_s=0.5))
+    limits = TransferLimits(deadline_s=30, min_bps=2000, window_s=0.5)
+    with FaultyLink(rig.port) as link, agent_client(limits) as client:
+        fetcher = HttpxFetcher(client, limits)
         assert b"signed" in fetcher.download_bytes(link.url + url, 1 << 20)
         for mode, after in (("drop", 0), ("drop", 300), ("garble", 0), ("garble", 300)):
             link.set(mode, after=after)  # type: ignore[arg-type]
             with pytest.raises(tuf_exc.DownloadError):
                 fetcher.download_bytes(link.url + url, 1 << 20)
-        link.set("trickle", after=300, trickle_s=0.01)
+        link.set("trickle", after=300, trickle_s=0.01)  # in the body
         with pytest.raises(tuf_exc.SlowRetrievalError):
             fetcher.download_bytes(link.url + url, 1 << 20)
+        link.set("trickle", trickle_s=0.01)  # in the headers of a 404
+        with pytest.raises(tuf_exc.SlowRetrievalError):
+            fetcher.download_bytes(link.url + "/tuf/metadata/9.root.json", 1 << 20)
 
 
 def test_a_dropped_or_garbled_link_is_a_failed_poll_and_the_agent_keeps_polling(

@@ -16,8 +16,8 @@ from edgecloud.fleet.credentials import (
     same_secret,
     split_token,
 )
-from edgecloud.fleet.download import TransferGuard, TransferLimits
 from edgecloud.fleet.errors import TransferTooSlow
+from edgecloud.fleet.transport import TransferGuard, TransferLimits
 
 
 def test_tokens_split_and_verify_against_their_stored_hash() -> None:
