@@ -43,6 +43,19 @@ def wait_for(fn: Callable[[], T | None], timeout_s: float = 20.0, what: str = ""
         time.sleep(0.05)
 
 
+def enrol_device(url: str, device_id: str) -> str:
+    """Enrol `device_id` with a token bound to it, as an agent does; its credential."""
+    token = request_enrolment_token(url, OPERATOR, device_id=device_id)
+    r = httpx.post(
+        f"{url}/v1/devices/enrol",
+        json={"device_id": device_id},
+        headers={"authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    return str(r.json()["credential"])
+
+
 def device_ids(percent: float, n: int, inside: bool) -> list[str]:
     """Device ids inside (or outside) the `percent` cohort of MODEL."""
     out = []
@@ -223,14 +236,7 @@ class Rig:
 
     def credential(self, device_id: str) -> str:
         """Enrol `device_id` and return its credential (for tests that post reports)."""
-        r = httpx.post(
-            f"{self.url}/v1/devices/enrol",
-            json={"device_id": device_id},
-            headers={"authorization": f"Bearer {self.enrol_token(device_id)}"},
-            timeout=10,
-        )
-        assert r.status_code == 200, r.text
-        return str(r.json()["credential"])
+        return enrol_device(self.url, device_id)
 
     def device(self, device_id: str, **kw: Any) -> Device:
         d = Device(self, device_id, **kw)

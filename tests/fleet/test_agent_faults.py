@@ -23,14 +23,8 @@ FAST = ("--max-backoff", "0.5")
 
 
 def _log_events(d: Device) -> list[dict[str, object]]:
-    out = []
-    for line in (d.dir / "agent.log").read_text().splitlines():
-        if line.startswith("{"):
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                pass
-    return out
+    lines = (d.dir / "agent.log").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.startswith('{"ts"')]
 
 
 def _count(d: Device, event: str, reason: str = "") -> int:

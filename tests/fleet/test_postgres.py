@@ -15,11 +15,17 @@ from typing import Any
 import httpx
 import pytest
 
-from edgecloud.fleet.enrolment import request_enrolment_token
 from edgecloud.fleet.repository import ModelRepository
 from edgecloud.fleet.rollout import Gates, RolloutPlan
 from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port
-from tests.fleet.conftest import MODEL, OPERATOR, OPERATOR_AUTH, device_ids, wait_for
+from tests.fleet.conftest import (
+    MODEL,
+    OPERATOR,
+    OPERATOR_AUTH,
+    device_ids,
+    enrol_device,
+    wait_for,
+)
 from tests.fleet.postgres import PASSWORD, PostgresServer, postgres_server
 from tests.fleet.standin_node import dummy_model
 
@@ -88,15 +94,7 @@ class FleetServer:
     def auth(self, device_id: str) -> dict[str, str]:
         key = (self.repo, device_id)
         if key not in self.credentials:
-            token = request_enrolment_token(self.url, OPERATOR, device_id=device_id)
-            r = httpx.post(
-                f"{self.url}/v1/devices/enrol",
-                json={"device_id": device_id},
-                headers={"authorization": f"Bearer {token}"},
-                timeout=10,
-            )
-            assert r.status_code == 200, r.text
-            self.credentials[key] = r.json()["credential"]
+            self.credentials[key] = enrol_device(self.url, device_id)
         return {"authorization": f"Bearer {self.credentials[key]}"}
 
 
