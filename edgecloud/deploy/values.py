@@ -162,8 +162,12 @@ class Fleet(_Strict):
     database: Database = Field(default_factory=Database)
     # Secret with the online signing keys (files), mounted read-only; empty: REPO/keys.
     keys_secret: str = ""
-    # Secret (key "token") that devices must present; empty: no device token.
-    device_token_secret: str = ""
+    # Secret (key "token") with the operator token: status, metrics and enrolment tokens.
+    # Devices enrol with tokens issued by `edgecloud fleet enrol-token`, never this one.
+    operator_token_secret: str = "edgecloud-fleet-operator"
+    # kubernetes.io/tls Secret (tls.crt, tls.key) to serve https; empty: plain http inside
+    # the cluster (--allow-plain-http), with TLS ended by the Ingress in front of it.
+    tls_secret: str = ""
     resources: Resources = Field(default_factory=Resources)
 
 

@@ -12,7 +12,8 @@ from edgecloud.deploy.values import parse_values
 from edgecloud.supervise import edgecloud_command
 
 VALUES = ("node: {admin_token_secret: node-admin}\n"
-          "fleet: {keys_secret: fleet-keys, device_token_secret: devices}")
+          "fleet: {keys_secret: fleet-keys, operator_token_secret: fleet-op,"
+          " tls_secret: fleet-tls}")
 
 
 def _args(component: str) -> list[str]:

@@ -133,12 +133,15 @@ def test_fleet_server_exports_every_fleet_metric_the_files_use(tmp_path: Path) -
                           capture_output=True, text=True, timeout=120)
     assert init.returncode == 0, init.stderr
     port = free_port()
+    token = "deploy-test-operator-token"
     with ManagedProcess(
         edgecloud_command("fleet", "serve", "--repo", str(repo), "--port", str(port),
                           "--db", f"sqlite:///{tmp_path / 'fleet.db'}"),
         f"http://127.0.0.1:{port}/healthz", log_path=str(tmp_path / "fleet.log"), name="fleet",
+        env={"EDGECLOUD_FLEET_TOKEN": token},
     ):
-        resp = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+        resp = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10,
+                         headers={"authorization": f"Bearer {token}"})
     assert resp.status_code == 200
     assert not _missing("fleet", resp.text)
 
