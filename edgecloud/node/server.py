@@ -31,6 +31,7 @@ from edgecloud.api.errors import APIError, BadRequest, MethodNotAllowed, NotFoun
 from edgecloud.api.openai import ChatCompletionRequest, CompletionRequest, parse_request
 from edgecloud.logs import log_event
 from edgecloud.node.config import NodeConfig
+from edgecloud.node.errors import ServerShuttingDown
 from edgecloud.node.engine import GenerationRequest, SamplingParams, StreamEvent
 from edgecloud.node.metrics import NodeMetrics
 from edgecloud.node.service import Loaded, NodeService
@@ -38,12 +39,6 @@ from edgecloud.node.service import Loaded, NodeService
 log = logging.getLogger("edgecloud.node")
 
 PROMETHEUS_HEADERS = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
-
-
-class ServerShuttingDown(APIError):
-    status = 503
-    type = "service_unavailable"
-    code = "shutting_down"
 
 
 def _sampling(body: ChatCompletionRequest | CompletionRequest) -> SamplingParams:

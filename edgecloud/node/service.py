@@ -13,24 +13,13 @@ from dataclasses import dataclass
 from edgecloud.api.errors import APIError, BadRequest, ModelNotFound, NotReady, QueueFull
 from edgecloud.logs import log_event
 from edgecloud.node.config import NodeConfig
+from edgecloud.node.errors import ModelLoadFailed, SwapInProgress
 from edgecloud.node.engine import BatchEngine, GenerationRequest, SamplingParams
 from edgecloud.node.metrics import NodeMetrics
 from edgecloud.node.model import LoadedModel, ModelInfo, ModelLoadError, file_sha256
 from edgecloud.node.prompt import ChatTemplate
 
 log = logging.getLogger("edgecloud.node")
-
-
-class SwapInProgress(APIError):
-    status = 409
-    type = "invalid_request_error"
-    code = "swap_in_progress"
-
-
-class ModelLoadFailed(APIError):
-    status = 400
-    type = "invalid_request_error"
-    code = "model_load_failed"
 
 
 def embedded_model_path() -> str:
