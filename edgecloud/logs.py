@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from typing import Any
 
 import orjson
@@ -40,7 +39,3 @@ def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **f
     """Log one structured event with its fields."""
     if logger.isEnabledFor(level):
         logger.log(level, event, extra={"fields": fields})
-
-
-def now_ms() -> float:
-    return time.perf_counter() * 1000.0
