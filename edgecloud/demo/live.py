@@ -1,0 +1,68 @@
+"""The demo's live view: a rolling table of the last requests that reads well at 80 columns."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich import box
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from edgecloud.demo.driver import Outcome
+
+_COLORS = {"edge": "green", "cloud": "cyan", "refused": "yellow"}
+
+
+def live_table(outcomes: Sequence[Outcome], phase: str, rows: int = 14) -> Table:
+    """The last `rows` outcomes, one line each: where a request ran (the endpoint, coloured by
+    tier, or the refusal) and why. Long cells are cut with an ellipsis, never wrapped."""
+    t = Table(
+        title=f"edgecloud demo — {phase}",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    t.add_column("#", justify="right", no_wrap=True)
+    t.add_column("phase", no_wrap=True, overflow="ellipsis", max_width=13)
+    t.add_column("kind", no_wrap=True, overflow="ellipsis", max_width=12)
+    t.add_column("ran on", no_wrap=True, overflow="ellipsis", max_width=12)
+    t.add_column("reason", no_wrap=True, overflow="ellipsis", ratio=1)
+    t.add_column("status", justify="right", no_wrap=True)
+    t.add_column("ms", justify="right", no_wrap=True)
+    start = max(0, len(outcomes) - rows)
+    for i, o in enumerate(outcomes[start:], start=start + 1):
+        color = _COLORS.get(o.placement, "red")
+        where = o.endpoint if o.placement in ("edge", "cloud") else o.placement or "error"
+        t.add_row(
+            str(i),
+            o.phase,
+            o.kind + (" 🔒" if o.private else ""),
+            f"[{color}]{where}[/]",
+            o.reason,
+            str(o.status),
+            f"{o.e2e_ms:,.0f}",
+        )
+    return t
+
+
+class LiveView:
+    """The rolling table of the last requests, with the current phase in the title."""
+
+    def __init__(self, console: Console, rows: int = 14) -> None:
+        self.rows = rows
+        self.outcomes: list[Outcome] = []
+        self.phase = ""
+        self.live = Live(self._table(), console=console, refresh_per_second=8, transient=False)
+
+    def _table(self) -> Table:
+        return live_table(self.outcomes, self.phase, self.rows)
+
+    def add(self, o: Outcome) -> None:
+        self.outcomes.append(o)
+        self.live.update(self._table())
+
+    def set_phase(self, phase: str) -> None:
+        self.phase = phase
+        self.live.update(self._table())
