@@ -6,17 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgecloud.demo.wan import LinkProfile, MarkerTap, WanLink
-from edgecloud.gateway.config import (
-    DEFAULT_DETECT,
-    EndpointConfig,
-    GatewayConfig,
-    LimitsConfig,
-    OffloadConfig,
-    PolicyConfig,
-    Price,
-    PrivacyConfig,
-    config_yaml,
-)
+from edgecloud.gateway.config import DEFAULT_DETECT, GatewayConfig, config_yaml
 from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port
 
 
@@ -33,31 +23,40 @@ class StackOptions:
 def gateway_config(edge_url: str, cloud_url: str, edge_parallel: int) -> GatewayConfig:
     """The policy the demo runs: personal data and screenshots stay on the edge, EU data in EU
     regions, CN data on the device, overflow to the cloud."""
-    edge = EndpointConfig(
-        name="edge-local",
-        tier="edge",
-        url=edge_url,
-        region="device",
-        capabilities=["text"],
-        max_concurrency=edge_parallel,
-        price=Price(input_per_mtok=0.0, output_per_mtok=0.0),
+    return GatewayConfig.model_validate(
+        {
+            "endpoints": [
+                {
+                    "name": "edge-local",
+                    "tier": "edge",
+                    "url": edge_url,
+                    "region": "device",
+                    "capabilities": ["text"],
+                    "max_concurrency": edge_parallel,
+                    "price": {"input_per_mtok": 0.0, "output_per_mtok": 0.0},
+                },
+                {
+                    "name": "cloud-eu",
+                    "tier": "cloud",
+                    "url": cloud_url,
+                    "region": "eu-central-1",
+                    "capabilities": ["text"],
+                    "max_concurrency": 8,
+                    "price": {"input_per_mtok": 0.5, "output_per_mtok": 1.5},
+                },
+            ],
+            "policy": {
+                "residency": {"eu": ["eu-central-1", "device"], "cn": ["device"]},
+                "privacy": {
+                    "detect": list(DEFAULT_DETECT),
+                    "action": "edge_only",
+                    "images": "edge_only",
+                },
+                "offload": {"edge_queue_above": 1},
+            },
+            "limits": {"health_interval_s": 0.5, "breaker_failures": 2, "breaker_open_s": 2.0},
+        }
     )
-    cloud = EndpointConfig(
-        name="cloud-eu",
-        tier="cloud",
-        url=cloud_url,
-        region="eu-central-1",
-        capabilities=["text"],
-        max_concurrency=8,
-        price=Price(input_per_mtok=0.5, output_per_mtok=1.5),
-    )
-    policy = PolicyConfig(
-        residency={"eu": ["eu-central-1", "device"], "cn": ["device"]},
-        privacy=PrivacyConfig(detect=list(DEFAULT_DETECT), action="edge_only", images="edge_only"),
-        offload=OffloadConfig(edge_queue_above=1),
-    )
-    limits = LimitsConfig(health_interval_s=0.5, breaker_failures=2, breaker_open_s=2.0)
-    return GatewayConfig(endpoints=[edge, cloud], policy=policy, limits=limits)
 
 
 class DemoStack:

@@ -7,6 +7,7 @@ loader in `edgecloud.api.yamlconfig`; each package raises its own subclass of it
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +23,8 @@ from edgecloud.gateway import errors as gateway_errors
 from edgecloud.gateway.config import load_config
 from edgecloud.node import errors as node_errors
 from edgecloud.node.config import build_config
+from tests.decide.test_loading import GOOD as WORKLOAD
 
-WORKLOAD = """\
-requests_per_day: 1000
-tokens:
-  input_per_request: 100
-  output_per_request: 10
-slo:
-  ttft_ms: 500
-  e2e_ms: 4000
-"""
 GATEWAY = """\
 endpoints:
   - name: edge-local
@@ -50,66 +43,74 @@ def _decide(path: Path) -> object:
     return load_yaml(path, Workload)
 
 
-# name, loader, the package's own error type, a good file, (old, new) making line 4 bad, field.
-CASES: list[tuple[str, Callable[[Path], Any], type[Exception], str, tuple[str, str], str]] = [
-    ("node", _node, node_errors.ConfigError, "host: 127.0.0.1\nport: 9000\nctx: 4096\nparallel: 2\n",
-     ("parallel: 2", "parallel: 0"), "parallel"),
-    ("gateway", load_config, gateway_errors.ConfigError, GATEWAY,
-     ("url: http://127.0.0.1:8081/v1", "url: ftp://x"), "endpoints.0.url"),
-    ("decide", _decide, DecideError, WORKLOAD,
-     ("output_per_request: 10", "output_per_request: -3"), "tokens.output_per_request"),
-    ("deploy", load_values, DeployError, "namespace: edge\nnode:\n  autoscaling:\n"
-     "    min_replicas: 2\n", ("min_replicas: 2", "min_replicas: zero"),
-     "node.autoscaling.min_replicas"),
+@dataclass(frozen=True)
+class Case:
+    """One configuration: its loader, its package's error type, a good file, an edit that makes
+    line 4 bad, and the field that edit breaks."""
+
+    name: str
+    load: Callable[[Path], Any]
+    own: type[Exception]
+    good: str
+    edit: tuple[str, str]
+    field: str
+
+
+CASES = [
+    Case("node", _node, node_errors.ConfigError,
+         "host: 127.0.0.1\nport: 9000\nctx: 4096\nparallel: 2\n",
+         ("parallel: 2", "parallel: 0"), "parallel"),
+    Case("gateway", load_config, gateway_errors.ConfigError, GATEWAY,
+         ("url: http://127.0.0.1:8081/v1", "url: ftp://x"), "endpoints.0.url"),
+    Case("decide", _decide, DecideError, WORKLOAD,
+         ("output_per_request: 10", "output_per_request: -3"), "tokens.output_per_request"),
+    Case("deploy", load_values, DeployError,
+         "namespace: edge\nnode:\n  autoscaling:\n    min_replicas: 2\n",
+         ("min_replicas: 2", "min_replicas: zero"), "node.autoscaling.min_replicas"),
 ]
-IDS = [c[0] for c in CASES]
 
 
-@pytest.mark.parametrize(("name", "load", "own", "good", "edit", "field"), CASES, ids=IDS)
-def test_a_bad_value_names_file_line_and_field(
-    tmp_path: Path, name: str, load: Callable[[Path], Any], own: type[Exception], good: str,
-    edit: tuple[str, str], field: str,
-) -> None:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(good)
-    load(path)  # the good file loads
-    assert edit[0] in good
-    path.write_text(good.replace(*edit))
+@pytest.fixture(params=CASES, ids=[c.name for c in CASES])
+def case(request: pytest.FixtureRequest) -> Case:
+    c: Case = request.param
+    return c
+
+
+def test_a_bad_value_names_file_line_and_field(tmp_path: Path, case: Case) -> None:
+    path = tmp_path / f"{case.name}.yaml"
+    path.write_text(case.good)
+    case.load(path)  # the good file loads
+    assert case.edit[0] in case.good
+    path.write_text(case.good.replace(*case.edit))
     with pytest.raises(ConfigError) as exc:
-        load(path)
-    assert isinstance(exc.value, own)
-    assert (exc.value.file, exc.value.line, exc.value.field) == (str(path), 4, field)
-    assert str(exc.value).startswith(f"{path}:4: {field}: "), str(exc.value)
+        case.load(path)
+    assert isinstance(exc.value, case.own)
+    assert (exc.value.file, exc.value.line, exc.value.field) == (str(path), 4, case.field)
+    assert str(exc.value).startswith(f"{path}:4: {case.field}: "), str(exc.value)
 
 
-@pytest.mark.parametrize(("name", "load", "own", "good", "edit", "field"), CASES, ids=IDS)
-def test_an_unknown_key_is_refused_at_its_line(
-    tmp_path: Path, name: str, load: Callable[[Path], Any], own: type[Exception], good: str,
-    edit: tuple[str, str], field: str,
-) -> None:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(good + "colour: red\n")
-    line = good.count("\n") + 1
-    with pytest.raises(own) as exc:
-        load(path)
+def test_an_unknown_key_is_refused_at_its_line(tmp_path: Path, case: Case) -> None:
+    path = tmp_path / f"{case.name}.yaml"
+    path.write_text(case.good + "colour: red\n")
+    line = case.good.count("\n") + 1
+    with pytest.raises(case.own) as exc:
+        case.load(path)
     assert str(exc.value) == f"{path}:{line}: colour: unknown field (check its spelling)"
 
 
-@pytest.mark.parametrize(("name", "load", "own", "good", "edit", "field"), CASES, ids=IDS)
 def test_broken_yaml_missing_files_and_lists_are_reported_alike(
-    tmp_path: Path, name: str, load: Callable[[Path], Any], own: type[Exception], good: str,
-    edit: tuple[str, str], field: str,
+    tmp_path: Path, case: Case
 ) -> None:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(good + "x: [unclosed\n")
-    with pytest.raises(own) as exc:
-        load(path)
-    assert str(exc.value).startswith(f"{path}:{good.count(chr(10)) + 2}: not valid YAML: ")
+    path = tmp_path / f"{case.name}.yaml"
+    path.write_text(case.good + "x: [unclosed\n")
+    with pytest.raises(case.own) as exc:
+        case.load(path)
+    assert str(exc.value).startswith(f"{path}:{case.good.count(chr(10)) + 2}: not valid YAML: ")
     path.write_text("- a\n- b\n")
-    with pytest.raises(own, match=r"\.yaml:1: expected a mapping of settings at the top level$"):
-        load(path)
-    with pytest.raises(own) as exc:
-        load(tmp_path / "missing.yaml")
+    with pytest.raises(case.own, match=r"\.yaml:1: expected a mapping of settings at the top"):
+        case.load(path)
+    with pytest.raises(case.own) as exc:
+        case.load(tmp_path / "missing.yaml")
     assert str(exc.value) == f"{tmp_path / 'missing.yaml'}: file not found"
 
 
