@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 import orjson
 
 from edgecloud.bench import loadgen
-from edgecloud.bench.errors import TargetError, TokenizerError
 from edgecloud.bench.client import RequestSender, Target, make_session
+from edgecloud.bench.errors import TargetError, TokenizerError
 from edgecloud.bench.results import BenchResults, LevelSummary, RequestRecord
 from edgecloud.bench.stats import find_knee, summarize, summarize_level
 

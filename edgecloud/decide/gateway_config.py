@@ -104,7 +104,9 @@ def _build(inputs: DecisionInputs, option: Option, plan: YearPlan) -> GatewayCon
         else PrivacyConfig(detect=[], action="edge_only", images="allow")
     )
     # Hybrid: public requests use the edge while it has room and go to the cloud once it queues.
-    offload: dict[str, Any] = {"offload": OffloadConfig(edge_queue_above=0)} if option == "hybrid" else {}
+    offload: dict[str, Any] = {}
+    if option == "hybrid":
+        offload["offload"] = OffloadConfig(edge_queue_above=0)
     policy = PolicyConfig(
         residency={rule.region: list(rule.allowed) for rule in comp.residency},
         privacy=privacy,

@@ -21,16 +21,18 @@ def live_table(outcomes: Sequence[Outcome], phase: str, rows: int = 14) -> Table
         title=f"edgecloud demo — {phase}",
         title_justify="left",
         box=box.SIMPLE_HEAD,
-        pad_edge=False,
-        collapse_padding=True,
+        expand=True,
+        show_edge=False,
+        padding=0,  # the box's column separator is the one space between columns
     )
-    t.add_column("#", justify="right", no_wrap=True)
-    t.add_column("phase", no_wrap=True, overflow="ellipsis", max_width=13)
-    t.add_column("kind", no_wrap=True, overflow="ellipsis", max_width=12)
-    t.add_column("ran on", no_wrap=True, overflow="ellipsis", max_width=12)
-    t.add_column("reason", no_wrap=True, overflow="ellipsis", ratio=1)
-    t.add_column("status", justify="right", no_wrap=True)
-    t.add_column("ms", justify="right", no_wrap=True)
+    # Fixed widths add up to 56 with the gaps, so the reason keeps 24 columns of 80.
+    t.add_column("#", justify="right", width=3, no_wrap=True)
+    t.add_column("phase", width=13, no_wrap=True, overflow="ellipsis")
+    t.add_column("kind", width=12, no_wrap=True, overflow="ellipsis")
+    t.add_column("ran on", width=10, no_wrap=True, overflow="ellipsis")
+    t.add_column("reason", ratio=1, no_wrap=True, overflow="ellipsis")
+    t.add_column("status", justify="right", width=6, no_wrap=True)
+    t.add_column("ms", justify="right", width=6, no_wrap=True)
     start = max(0, len(outcomes) - rows)
     for i, o in enumerate(outcomes[start:], start=start + 1):
         color = _COLORS.get(o.placement, "red")

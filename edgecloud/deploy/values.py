@@ -14,8 +14,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgecloud.api.yamlconfig import load_model, parse_model
-from edgecloud.gateway.config import GatewayConfig
 from edgecloud.deploy.errors import ValuesError
+from edgecloud.gateway.config import GatewayConfig
 
 DEFAULT_VALUES_FILE = Path(__file__).with_name("default-values.yaml")
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-import yaml
-
 from edgecloud.deploy.errors import ValuesError
 from edgecloud.deploy.values import Image, Resources, Values
 from edgecloud.gateway.config import (

@@ -31,8 +31,8 @@ from edgecloud.api.errors import APIError, BadRequest, MethodNotAllowed, NotFoun
 from edgecloud.api.openai import ChatCompletionRequest, CompletionRequest, parse_request
 from edgecloud.logs import log_event
 from edgecloud.node.config import NodeConfig
-from edgecloud.node.errors import ServerShuttingDown
 from edgecloud.node.engine import GenerationRequest, SamplingParams, StreamEvent
+from edgecloud.node.errors import ServerShuttingDown
 from edgecloud.node.metrics import NodeMetrics
 from edgecloud.node.service import Loaded, NodeService
 

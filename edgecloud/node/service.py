@@ -10,11 +10,11 @@ import logging
 import time
 from dataclasses import dataclass
 
-from edgecloud.api.errors import APIError, BadRequest, ModelNotFound, NotReady, QueueFull
+from edgecloud.api.errors import BadRequest, ModelNotFound, NotReady, QueueFull
 from edgecloud.logs import log_event
 from edgecloud.node.config import NodeConfig
-from edgecloud.node.errors import ModelLoadFailed, SwapInProgress
 from edgecloud.node.engine import BatchEngine, GenerationRequest, SamplingParams
+from edgecloud.node.errors import ModelLoadFailed, SwapInProgress
 from edgecloud.node.metrics import NodeMetrics
 from edgecloud.node.model import LoadedModel, ModelInfo, ModelLoadError, file_sha256
 from edgecloud.node.prompt import ChatTemplate

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -20,9 +19,7 @@ from edgecloud.bench.runner import RunSettings, run_bench
 from edgecloud.bench.stats import percentile
 from edgecloud.bench.workloads import encode_bodies, load_workload
 from edgecloud.supervise import free_port
-
-REPO = Path(__file__).resolve().parents[2]
-
+from tests.bench.benchcli import run_bench_cli, start_bench_cli
 
 pytestmark = pytest.mark.slow
 
@@ -38,14 +35,19 @@ def _run(url: str, settings: RunSettings, **kw: object) -> BenchResults:
 
 
 def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "edgecloud", "bench", *args, "--quiet"],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=REPO,
+    return run_bench_cli(*args, "--quiet", timeout=timeout)
+
+
+def _single(**settings: Any) -> RunSettings:
+    """One level of three short requests, no resource sampling."""
+    return RunSettings(
+        scenario="single",
+        levels=[1],
+        bodies=_bodies(8),
+        workload="short-chat",
+        requests=3,
+        sample_resources=False,
+        **settings,
     )
 
 
@@ -182,27 +184,8 @@ def test_bad_targets_give_a_message_and_a_partial_file(
 def test_ctrl_c_writes_what_was_measured(standin: Callable[..., str], tmp_path: Path) -> None:
     base = standin("--ttft-ms", "50", "--tokens", "2")
     out = tmp_path / "partial.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    bench = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "edgecloud",
-            "bench",
-            base,
-            "--concurrency",
-            "2",
-            "--duration",
-            "60",
-            "--out",
-            str(out),
-            "--quiet",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=REPO,
+    bench = start_bench_cli(
+        base, "--concurrency", "2", "--duration", "60", "--out", str(out), "--quiet"
     )
     try:
         deadline = time.monotonic() + 60
@@ -226,35 +209,14 @@ def test_token_counts_without_usage_come_from_a_tokenizer_or_chunks(
     standin: Callable[..., str], embedded_model_path: str
 ) -> None:
     base = standin("--tokens", "6", "--no-usage")
-    plain = _run(
-        base,
-        RunSettings(
-            scenario="single",
-            levels=[1],
-            bodies=_bodies(8),
-            workload="short-chat",
-            requests=3,
-            sample_resources=False,
-        ),
-    )
+    plain = _run(base, _single())
     assert plain.complete and plain.token_count_source == "chunks"
     assert all(r.output_tokens == 6 and r.token_source == "chunks" for r in plain.records)
 
     from edgecloud.bench.tokens import load_counter
 
     expected = load_counter(embedded_model_path)(" tok" * 6)  # what the stand-in streams
-    counted = _run(
-        base,
-        RunSettings(
-            scenario="single",
-            levels=[1],
-            bodies=_bodies(8),
-            workload="short-chat",
-            requests=3,
-            sample_resources=False,
-            tokenizer=embedded_model_path,
-        ),
-    )
+    counted = _run(base, _single(tokenizer=embedded_model_path))
     assert counted.complete and counted.token_count_source == "tokenizer"
     assert all(
         r.output_tokens == expected and r.token_source == "tokenizer" for r in counted.records

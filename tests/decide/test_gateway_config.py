@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from edgecloud.decide.decision import evaluate_options
+from edgecloud.decide.errors import InputError
 from edgecloud.decide.gateway_config import gateway_config, render_gateway_yaml
 from edgecloud.decide.tco import OPTIONS, Option
-from edgecloud.decide.errors import InputError
 from edgecloud.gateway.config import DEFAULT_DETECT, GatewayConfig, parse_config
 from tests.decide.decide_samples import inputs, prices, workload
 
