@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from edgecloud.bench.results import BenchResults
-from edgecloud.bench.runner import RunSettings, run_bench
+from edgecloud.bench.runner import RunSettings, Scenario, run_bench
 from edgecloud.bench.stats import percentile
 from edgecloud.bench.workloads import encode_bodies, load_workload
 from edgecloud.supervise import free_port
@@ -38,16 +38,18 @@ def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return run_bench_cli(*args, "--quiet", timeout=timeout)
 
 
-def _single(**settings: Any) -> RunSettings:
-    """One level of three short requests, no resource sampling."""
+def _settings(
+    scenario: Scenario, levels: list[float], requests: int, max_tokens: int = 4, **more: Any
+) -> RunSettings:
+    """A run of short-chat requests without resource sampling."""
     return RunSettings(
-        scenario="single",
-        levels=[1],
-        bodies=_bodies(8),
+        scenario=scenario,
+        levels=levels,
+        bodies=_bodies(max_tokens),
         workload="short-chat",
-        requests=3,
+        requests=requests,
         sample_resources=False,
-        **settings,
+        **more,
     )
 
 
@@ -66,15 +68,7 @@ def test_percentiles_match_injected_latency(standin: Callable[..., str]) -> None
     )
     res = _run(
         base,
-        RunSettings(
-            scenario="concurrency",
-            levels=[20],
-            bodies=_bodies(),
-            workload="short-chat",
-            requests=n,
-            warmup=0,
-            sample_resources=False,
-        ),
+        _settings("concurrency", [20], n, warmup=0),
     )
     assert res.complete, res.note
     (level,) = res.levels
@@ -99,16 +93,7 @@ def test_stall_shows_in_open_loop_latencies(standin: Callable[..., str]) -> None
     base = standin("--tokens", "2", "--stall-after-s", str(stall_after), "--stall-s", str(stall))
     res = _run(
         base,
-        RunSettings(
-            scenario="rate",
-            levels=[40],
-            bodies=_bodies(),
-            workload="short-chat",
-            requests=120,
-            warmup=0,
-            seed=2,
-            sample_resources=False,
-        ),
+        _settings("rate", [40], 120, warmup=0, seed=2),
     )
     assert res.complete, res.note
     recs = sorted(res.records, key=lambda r: r.scheduled_s or 0.0)
@@ -138,14 +123,7 @@ def test_knee_found_on_server_with_known_capacity(standin: Callable[..., str]) -
     base = standin("--capacity", "4", "--service-ms", "100", "--tokens", "1")
     res = _run(
         base,
-        RunSettings(
-            scenario="concurrency",
-            levels=[1, 2, 4, 8, 16],
-            bodies=_bodies(1),
-            workload="short-chat",
-            requests=32,
-            sample_resources=False,
-        ),
+        _settings("concurrency", [1, 2, 4, 8, 16], 32, max_tokens=1),
     )
     assert res.complete, res.note
     assert res.knee is not None and res.knee.level == 4
@@ -209,14 +187,16 @@ def test_token_counts_without_usage_come_from_a_tokenizer_or_chunks(
     standin: Callable[..., str], embedded_model_path: str
 ) -> None:
     base = standin("--tokens", "6", "--no-usage")
-    plain = _run(base, _single())
+    plain = _run(base, _settings("single", [1], 3, max_tokens=8))
     assert plain.complete and plain.token_count_source == "chunks"
     assert all(r.output_tokens == 6 and r.token_source == "chunks" for r in plain.records)
 
     from edgecloud.bench.tokens import load_counter
 
     expected = load_counter(embedded_model_path)(" tok" * 6)  # what the stand-in streams
-    counted = _run(base, _single(tokenizer=embedded_model_path))
+    counted = _run(
+        base, _settings("single", [1], 3, max_tokens=8, tokenizer=embedded_model_path)
+    )
     assert counted.complete and counted.token_count_source == "tokenizer"
     assert all(
         r.output_tokens == expected and r.token_source == "tokenizer" for r in counted.records
