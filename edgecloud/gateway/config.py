@@ -47,7 +47,8 @@ class EndpointConfig(_Strict):
     timeout_s: float = Field(default=120.0, gt=0, description="upstream read timeout")
     connect_timeout_s: float = Field(default=2.0, gt=0)
     health_path: str | None = Field(
-        default=None, description="probe path under the server root; default /readyz, else /v1/models"
+        default=None,
+        description="probe path under the server root; default /readyz, else /v1/models",
     )
 
     @field_validator("url")
