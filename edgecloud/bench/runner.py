@@ -17,12 +17,12 @@ import orjson
 from edgecloud.bench import loadgen
 from edgecloud.bench.client import RequestSender, Target, make_session
 from edgecloud.bench.errors import TargetError, TokenizerError
+from edgecloud.bench.options import Scenario
 from edgecloud.bench.results import BenchResults, LevelSummary, RequestRecord
 from edgecloud.bench.stats import find_knee, summarize, summarize_level
 
 log = logging.getLogger("edgecloud.bench")
 
-Scenario = Literal["single", "concurrency", "rate", "burst"]
 TokenSource = Literal["server_usage", "tokenizer", "chunks"]
 Progress = Callable[[float, int, int | None], None]  # level, done, total (None: by time)
 

@@ -14,8 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
+from edgecloud.bench.options import Scenario
 from edgecloud.bench.results import BenchResults
-from edgecloud.bench.runner import RunSettings, Scenario, run_bench
+from edgecloud.bench.runner import RunSettings, run_bench
 from edgecloud.bench.stats import percentile
 from edgecloud.bench.workloads import encode_bodies, load_workload
 from edgecloud.supervise import free_port
