@@ -32,3 +32,11 @@ class ModelLoadFailed(APIError):
     status = 400
     type = "invalid_request_error"
     code = "model_load_failed"
+
+
+class ModelPathNotAllowed(APIError):
+    """The admin swap named a file outside the configured model directories."""
+
+    status = 403
+    type = "permission_error"
+    code = "model_path_not_allowed"
