@@ -7,9 +7,15 @@ from __future__ import annotations
 
 import os
 import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
+
+if TYPE_CHECKING:
+    from edgecloud.fleet.repository import ModelRepository
 
 release_app = typer.Typer(
     help="Publish signed model versions (a TUF repository) and steer their rollout.",
@@ -29,9 +35,24 @@ def _seconds(text: str) -> float:
     return float(text)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     typer.secho(f"error: {message}", fg="red", err=True)
     raise typer.Exit(1)
+
+
+@contextmanager
+def _locked_repository(repo: Path, *also: type[Exception]) -> Iterator[ModelRepository]:
+    """The repository at `repo` under its lock; a FleetError (or one of `also`) ends the
+    command with its message."""
+    from edgecloud.fleet.errors import FleetError
+    from edgecloud.fleet.repository import ModelRepository, repo_lock
+
+    caught: tuple[type[Exception], ...] = (FleetError, *also)
+    try:
+        with repo_lock(repo):
+            yield ModelRepository(repo)
+    except caught as exc:
+        _fail(str(exc))
 
 
 @release_app.command("init")
@@ -85,22 +106,16 @@ def release_add(
 
     Example: edgecloud release add ./repo model.gguf --name gemma-3-270m --version 1.1.0
     """
-    from edgecloud.fleet.errors import FleetError
-    from edgecloud.fleet.repository import ModelRepository, repo_lock
-
-    try:
-        with repo_lock(repo):
-            rel = ModelRepository(repo).add_model(
-                model_file,
-                name,
-                version,
-                notes=notes,
-                min_agent_version=min_agent_version,
-                stable=stable,
-                link=link,
-            )
-    except (FleetError, ValueError) as exc:
-        _fail(str(exc))
+    with _locked_repository(repo, ValueError) as r:
+        rel = r.add_model(
+            model_file,
+            name,
+            version,
+            notes=notes,
+            min_agent_version=min_agent_version,
+            stable=stable,
+            link=link,
+        )
     typer.echo(f"added {rel.model} {rel.version} ({rel.size} bytes, sha256 {rel.sha256[:12]})")
 
 
@@ -125,8 +140,6 @@ def release_rollout(
 
     Example: edgecloud release rollout ./repo gemma-3-270m 1.1.0 --percent 5 --max-p95-ms 800
     """
-    from edgecloud.fleet.errors import FleetError
-    from edgecloud.fleet.repository import ModelRepository, repo_lock
     from edgecloud.fleet.rollout import Gates, RolloutPlan
 
     try:
@@ -142,10 +155,10 @@ def release_rollout(
             min_reports=min_reports,
             auto=not manual,
         )
-        with repo_lock(repo):
-            rel = ModelRepository(repo).start_rollout(name, version, percent, plan)
-    except (FleetError, ValueError) as exc:
+    except ValueError as exc:
         _fail(str(exc))
+    with _locked_repository(repo, ValueError) as r:
+        rel = r.start_rollout(name, version, percent, plan)
     typer.echo(f"{rel.model} {rel.version}: {rel.rollout.stage} at {rel.rollout.percent:g}%")
 
 
@@ -156,14 +169,8 @@ def release_rollback(
     reason: str = typer.Option("rolled back by the operator"),
 ) -> None:
     """Abort the version being rolled out (or the newest stable one): devices go back."""
-    from edgecloud.fleet.errors import FleetError
-    from edgecloud.fleet.repository import ModelRepository, repo_lock
-
-    try:
-        with repo_lock(repo):
-            rel = ModelRepository(repo).rollback(name, reason)
-    except FleetError as exc:
-        _fail(str(exc))
+    with _locked_repository(repo) as r:
+        rel = r.rollback(name, reason)
     typer.echo(f"{rel.model} {rel.version}: aborted")
 
 
@@ -173,14 +180,8 @@ def release_rotate_key(
     role: str = typer.Argument(..., help="root, targets, snapshot or timestamp"),
 ) -> None:
     """Replace a role's keys; devices that were offline follow the signed root chain."""
-    from edgecloud.fleet.errors import FleetError
-    from edgecloud.fleet.repository import ModelRepository, repo_lock
-
-    try:
-        with repo_lock(repo):
-            keyid = ModelRepository(repo).rotate_key(role)
-    except FleetError as exc:
-        _fail(str(exc))
+    with _locked_repository(repo) as r:
+        keyid = r.rotate_key(role)
     typer.echo(f"{role} key rotated; new key id {keyid[:16]}")
 
 
