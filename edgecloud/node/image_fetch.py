@@ -11,11 +11,8 @@ import asyncio
 
 import httpx
 
-from edgecloud.node.images import ImageLimitExceeded, ImageRef, InvalidImage, RemoteImagePolicy
-
-
-class ImageFetchFailed(InvalidImage):
-    code = "image_fetch_failed"
+from edgecloud.node.errors import ImageFetchFailed, ImageLimitExceeded
+from edgecloud.node.images import ImageRef, RemoteImagePolicy
 
 
 async def fetch_image(ref: ImageRef, policy: RemoteImagePolicy) -> bytes:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 
-from edgecloud.api.errors import APIError, BadRequest
+from edgecloud.api.errors import BadRequest
 from edgecloud.api.openai import ChatMessage
 from edgecloud.node.config import NodeConfig
+from edgecloud.node.errors import ModelSwapped
 from edgecloud.node.image_fetch import fetch_image
 from edgecloud.node.images import (
     DecodedImage,
@@ -35,12 +36,6 @@ from edgecloud.node.vision import (
 )
 
 DECODE_AT_ONCE = 2
-
-
-class ModelSwapped(APIError):
-    status = 503
-    type = "service_unavailable"
-    code = "model_swapped"
 
 
 def has_images(messages: list[ChatMessage]) -> bool:

@@ -16,25 +16,31 @@ import warnings
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from edgecloud.api.errors import BadRequest
 from edgecloud.api.openai import ChatMessage, ContentPart
+from edgecloud.node.errors import ImageLimitExceeded, InvalidImage, RemoteImageRefused
+
+__all__ = [
+    "DecodedImage",
+    "ImageLimitExceeded",
+    "ImageLimits",
+    "ImageRef",
+    "InvalidImage",
+    "RemoteImagePolicy",
+    "RemoteImageRefused",
+    "check_total_bytes",
+    "data_uri_bytes",
+    "decode_image",
+    "image_parts",
+    "image_refs",
+    "is_remote",
+    "refuse_remote",
+    "remote_host",
+]
 
 # Pillow's format names for the types a data URI may declare.
 FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 _DECLARED = {"image/png", "image/jpeg", "image/jpg", "image/webp"}
 _DATA_URI = re.compile(r"data:([A-Za-z0-9.+/-]{1,64})((?:;[^;,]{1,64}){0,4}),", re.ASCII)
-
-
-class InvalidImage(BadRequest):
-    code = "invalid_image"
-
-
-class ImageLimitExceeded(BadRequest):
-    code = "image_too_large"
-
-
-class RemoteImageRefused(BadRequest):
-    code = "image_url_not_allowed"
 
 
 @dataclass(frozen=True)
