@@ -38,7 +38,14 @@ from edgecloud.gateway.forward import Forwarder
 from edgecloud.gateway.health import CircuitBreaker, EndpointState
 from edgecloud.gateway.metrics import GatewayMetrics, RequestLog
 from edgecloud.gateway.policy import Hints, PlacementPolicy
-from edgecloud.gateway.request import RequestFacts, inspect_chat, inspect_completion, parse_body
+from edgecloud.gateway.pseudonymize import Rewritten
+from edgecloud.gateway.request import (
+    RequestFacts,
+    inspect_chat,
+    inspect_completion,
+    parse_body,
+    parse_json,
+)
 from edgecloud.gateway.tracing import resolve_tracing
 from edgecloud.gateway.upstream import Upstream
 
@@ -255,6 +262,11 @@ class GatewayApp:
                 decision = self.policy.choose_endpoint(
                     facts, hints, self.states, time.monotonic(), self._cloud_spend()
                 )
+                rewritten: Rewritten | None = None
+                if decision.without_surrogates is not None:
+                    # The parse left large images out: rewrite from the whole body.
+                    whole = parse_json(raw) if facts.elided else facts.body
+                    decision, rewritten = self.policy.with_surrogates(decision, whole)
             except ClientDisconnected:
                 return
             except APIError as err:
@@ -271,8 +283,11 @@ class GatewayApp:
                           body_bytes=len(raw), rule=decision.rule)
             if hints.region:
                 record["region"] = hints.region
+            if rewritten is not None:  # the kinds replaced, never the values
+                record["pseudonymized"] = rewritten.surrogates.kinds
+                self.metrics.pseudonymized(rewritten.surrogates.kinds)
             await self.forwarder.forward(send, receive, upstream_path, raw, facts, decision,
-                                         record, t0, trace)
+                                         record, t0, trace, rewritten)
             if "cost_usd" in record:
                 self._add_spend(record)
             self.log.write(record)

@@ -15,7 +15,9 @@ from edgecloud.gateway.errors import NoAllowedEndpoint, UpstreamFailed
 from edgecloud.gateway.h1 import H1Response
 from edgecloud.gateway.metrics import GatewayMetrics
 from edgecloud.gateway.policy import PlacementDecision
+from edgecloud.gateway.pseudonymize import Rewritten, Surrogates, restore_answer
 from edgecloud.gateway.request import RequestFacts, with_model_parts
+from edgecloud.gateway.restore_stream import RestoredStream
 from edgecloud.gateway.upstream import TRANSPORT_ERRORS, Upstream
 
 if TYPE_CHECKING:
@@ -49,7 +51,8 @@ class Forwarder:
 
     async def forward(self, send: Send, receive: Receive, path: str, raw: bytes,
                       facts: RequestFacts, decision: PlacementDecision, record: dict[str, Any],
-                      t0: float, trace: RequestTrace | None = None) -> None:
+                      t0: float, trace: RequestTrace | None = None,
+                      rewritten: Rewritten | None = None) -> None:
         failures: list[str] = []
         rule = decision.rule
         for attempt, state in enumerate(decision.order):
@@ -58,8 +61,15 @@ class Forwarder:
                 failures.append(f"{state.name}: circuit open")
                 continue
             up = self.upstreams[state.name]
-            body = (raw,) if state.model_id is None else with_model_parts(
-                raw, facts.body, state.model_id, facts.elided)
+            # A pseudonymised request: cloud endpoints get the surrogates, edge ones the original.
+            surrogates = None
+            if rewritten is not None and state.config.tier == "cloud":
+                surrogates = rewritten.surrogates
+                body = (rewritten.raw,) if state.model_id is None else with_model_parts(
+                    rewritten.raw, rewritten.body, state.model_id)
+            else:
+                body = (raw,) if state.model_id is None else with_model_parts(
+                    raw, facts.body, state.model_id, facts.elided)
             span = trace_headers = None
             if trace is not None:
                 span = trace.attempt(state.name, state.config.tier, up.base + path, attempt + 1,
@@ -95,7 +105,8 @@ class Forwarder:
                 rule = "fallback"
             record["fallbacks"] = attempt
             try:
-                await self._relay(send, receive, resp, state, rule, facts, record, t0, t_up)
+                await self._relay(send, receive, resp, state, rule, facts, record, t0, t_up,
+                                  surrogates)
             finally:
                 state.in_flight -= 1
                 if span is not None:
@@ -117,7 +128,7 @@ class Forwarder:
 
     async def _relay(self, send: Send, receive: Receive, resp: H1Response, state: Any, rule: str,
                      facts: RequestFacts, record: dict[str, Any], t0: float,
-                     t_up: float) -> None:
+                     t_up: float, surrogates: Surrogates | None = None) -> None:
         tier = state.config.tier
         headers = []
         streaming = False
@@ -144,6 +155,8 @@ class Forwarder:
                 resp.close()
                 await self._upstream_cut(send, state, rule, exc, record, t0)
                 return
+            if surrogates is not None and status < 400:
+                data = restore_answer(data, surrogates)
             t_done = time.perf_counter()
             headers.append((b"content-length", str(len(data)).encode()))
             sent = len(data)
@@ -167,7 +180,9 @@ class Forwarder:
                 # at most twice per idle_s, not once per chunk.
                 async with asyncio.timeout_at(loop.time() + idle_s) as guard:
                     rearm_at = loop.time() + idle_s / 2
-                    async for chunk in resp.iter_any():
+                    chunks = (resp.iter_any() if surrogates is None
+                              else RestoredStream(resp.iter_any(), surrogates))
+                    async for chunk in chunks:
                         if first is None:
                             first = time.perf_counter()
                         tokens += chunk.count(b"data:")
