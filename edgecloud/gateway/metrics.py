@@ -94,7 +94,11 @@ class GatewayMetrics:
 
     def pseudonymized(self, kinds: Iterable[str]) -> None:
         for kind in kinds:
-            self._pseudonymized.labels(kind).inc()
+            key = ("pseudonymized", kind)
+            child = self._children.get(key)
+            if child is None:
+                child = self._children[key] = self._pseudonymized.labels(kind)
+            child.inc()
 
     def added_latency(self, seconds: float) -> None:
         self._added.observe(seconds)

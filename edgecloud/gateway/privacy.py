@@ -123,15 +123,8 @@ class PrivacyDetector:
             for m in _IPV6.finditer(text):
                 if _valid_ip(m.group()):
                     return "ip"
-        if "secret" in kinds:
-            low = text.lower()
-            # An unrolled chain of substring checks: ~1 us, where any() or a regex costs 3-20.
-            if (
-                "key" in low or "secret" in low or "passw" in low or "token" in low
-                or "k-" in low or "akia" in low or "_" in low or "xox" in low or "aiza" in low
-                or "-----" in low or "eyj" in low or "密码" in low or "口令" in low
-            ) and _SECRET.search(text):
-                return "secret"
+        if "secret" in kinds and _maybe_secret(text) and _SECRET.search(text):
+            return "secret"
         return None
 
     def _digitish(self, text: str) -> str | None:
@@ -174,7 +167,7 @@ class PrivacyDetector:
         if "ip" in kinds and ("::" in text or text.count(":") >= 2):
             found += ((m.start(), m.end(), "ip") for m in _IPV6.finditer(text)
                       if _valid_ip(m.group()))
-        if "secret" in kinds:
+        if "secret" in kinds and _maybe_secret(text):
             found += ((m.start(), m.end(), "secret") for m in _SECRET.finditer(text))
         found.sort()
         return found
@@ -202,6 +195,17 @@ class PrivacyDetector:
                 if n:
                     out.append((start, start + n, "iban"))
         return out
+
+
+def _maybe_secret(text: str) -> bool:
+    """The cheap gate before the secret patterns: one of their fixed pieces occurs."""
+    low = text.lower()
+    # An unrolled chain of substring checks: ~1 us, where any() or a regex costs 3-20.
+    return (
+        "key" in low or "secret" in low or "passw" in low or "token" in low
+        or "k-" in low or "akia" in low or "gh" in low or "xox" in low or "aiza" in low
+        or "-----" in low or "eyj" in low or "密码" in low or "口令" in low
+    )
 
 
 def _ipv4_inside(value: str) -> list[tuple[int, int]]:

@@ -35,6 +35,17 @@ SURROGATE = re.compile(r"\[[A-Z][A-Z0-9_]*_[0-9]+\]", re.ASCII)
 # string, or an escape (which could spell either). The JSON around answer text (`"choices":[{`)
 # and the `[DONE]` line do not match.
 MAYBE_SURROGATE = re.compile(rb'\[(?!DONE\])[A-Z"]|\\u')
+# The request fields of the OpenAI API: as keys they hold no personal data. Other keys (in
+# metadata, tool schemas, extra fields) are scanned.
+_KNOWN_KEYS = frozenset({
+    "model", "messages", "role", "content", "name", "type", "text", "image_url", "url",
+    "detail", "tool_calls", "tool_call_id", "id", "function", "arguments", "tools",
+    "tool_choice", "stream", "stream_options", "include_usage", "max_tokens",
+    "max_completion_tokens", "temperature", "top_p", "n", "stop", "seed", "user",
+    "frequency_penalty", "presence_penalty", "logprobs", "top_logprobs", "logit_bias",
+    "response_format", "prompt", "suffix", "echo", "best_of", "parallel_tool_calls",
+    "description", "parameters", "strict", "refusal", "input_audio", "file", "metadata",
+})
 # Values in these subtrees are not text (image, audio and file payloads): never rewritten.
 _OPAQUE_KEYS = frozenset({"image_url", "input_audio", "file"})
 
@@ -47,8 +58,9 @@ class Surrogates:
     def __init__(self, originals: dict[str, str], kinds: Iterable[str]) -> None:
         self._originals = originals
         self.kinds: tuple[str, ...] = tuple(sorted(set(kinds)))
-        # Every proper prefix of a surrogate: what a stream may hold back at a text's end.
-        self._prefixes = frozenset(s[:k] for s in originals for k in range(1, len(s)))
+        # Every proper prefix of a surrogate: what a stream may hold back at a text's end
+        # (made on first use: plain answers never need it).
+        self._prefixes: frozenset[str] | None = None
         self._longest = max((len(s) for s in originals), default=0)
 
     def __repr__(self) -> str:  # never the values
@@ -71,7 +83,11 @@ class Surrogates:
         the longest surrogate's length can begin one."""
         n = len(text)
         i = text.rfind("[", max(0, n - self._longest + 1))
-        return i if i >= 0 and text[i:] in self._prefixes else n
+        if i < 0:
+            return n
+        if self._prefixes is None:
+            self._prefixes = frozenset(s[:k] for s in self._originals for k in range(1, len(s)))
+        return i if text[i:] in self._prefixes else n
 
 
 @dataclass(slots=True)
@@ -97,7 +113,13 @@ class Pseudonymizer:
         Raises NoAllowedEndpoint (503, naming the rule) when the rewritten body still holds
         something a detector finds: it is not sent."""
         strings: list[str] = []
-        _walk(body, strings.append, top=True)
+        keys: set[str] = set()
+        _strings(body, strings, keys, True)
+        detect = self.detector.detect
+        # The re-scan, part one: keys are never rewritten, so nothing may be found in them.
+        unknown = keys - _KNOWN_KEYS
+        if unknown:
+            self._refuse(detect(list(unknown)))
         corpus = "".join(strings)
         table: dict[str, str] = {}  # original value -> surrogate
         counters: dict[str, int] = {}
@@ -115,25 +137,27 @@ class Pseudonymizer:
                 table[value] = s
             return s
 
-        rewritten: dict[str, str] = {}
+        # Every string of the body is scanned by every detector; the rewritten ones again
+        # after rewriting (in _replace), so every string of the new body has been scanned.
+        changed: dict[str, str] = {}
         for text in strings:
-            if text not in rewritten:
+            if text not in changed and detect([text]) is not None:
                 new = self._replace(text, surrogate)
                 if new is None:
                     return None
-                rewritten[text] = new
-        new_body = _map(body, rewritten.__getitem__, top=True)
-        self.rescan(new_body)
+                changed[text] = new
+        new_body = _map(body, changed, top=True)
         surrogates = Surrogates({s: v for v, s in table.items()},
                                 (s[1 : s.rindex("_")].lower() for s in table.values()))
         return Rewritten(new_body, orjson.dumps(new_body), surrogates)
 
     def _replace(self, text: str, surrogate: Callable[[str, str], str]) -> str | None:
         """One text with its finds replaced, or None if a kind that may not leave is found.
+        Raises NoAllowedEndpoint if a detector still finds something in the result.
 
         A candidate can hide a second value (the detector's digit-run candidates are capped in
         length, a run can swallow an IPv4 address): the rewritten text is searched again, a few
-        times at most, for finds that do not touch a surrogate; the re-scan decides the rest."""
+        times at most, for finds that do not touch a surrogate."""
         for round_ in range(3):
             finds = self.detector.spans(text)
             if round_ and finds:
@@ -153,15 +177,14 @@ class Pseudonymizer:
             out.append(text[at:])
             text = "".join(out)
             if self.detector.detect([text]) is None:
-                break
+                return text
+        # Something is left that could not be replaced (the caller only asks for texts in
+        # which a detector found something).
+        self._refuse(self.detector.detect([text]) or "unknown")
         return text
 
-    def rescan(self, body: dict[str, Any]) -> None:
-        """Raise NoAllowedEndpoint if any detector still finds something in the body's strings
-        (and its keys), rewritten parts or not."""
-        strings: list[str] = []
-        _walk(body, strings.append, top=True, keys=True)
-        kind = self.detector.detect(strings)
+    @staticmethod
+    def _refuse(kind: str | None) -> None:
         if kind is not None:
             raise NoAllowedEndpoint(
                 f"privacy.pii.{kind}",
@@ -182,33 +205,57 @@ def _merged(spans: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
     return out
 
 
-def _walk(obj: Any, visit: Callable[[str], object], top: bool = False,
-          keys: bool = False) -> None:
-    """Call `visit` on every text string of a JSON value (not the top-level model, not the
-    payloads of image, audio and file parts)."""
-    if isinstance(obj, str):
-        visit(obj)
-    elif isinstance(obj, dict):
+def _strings(obj: Any, out: list[str], keys: set[str] | None, top: bool = False) -> None:
+    """Collect the text strings of a JSON value (not the top-level model, not the payloads of
+    image, audio and file parts, not message roles), and its keys when `keys` is given."""
+    t = type(obj)
+    if t is dict:
         for k, v in obj.items():
             if k in _OPAQUE_KEYS or (top and k == "model"):
                 continue
-            if keys:
-                visit(k)
-            _walk(v, visit, keys=keys)
-    elif isinstance(obj, list):
+            if keys is not None:
+                keys.add(k)
+            tv = type(v)
+            if tv is dict or tv is list:
+                _strings(v, out, keys)
+            elif isinstance(v, str) and k != "role":  # roles: checked by inspect_chat
+                out.append(v)
+    elif t is list:
         for v in obj:
-            _walk(v, visit, keys=keys)
+            _strings(v, out, keys)
+    elif isinstance(obj, str):
+        out.append(obj)
 
 
-def _map(obj: Any, fn: Callable[[str], str], top: bool = False) -> Any:
-    """A copy of a JSON value with `fn` applied to its text strings (as _walk visits them)."""
-    if isinstance(obj, str):
-        return fn(obj)
-    if isinstance(obj, dict):
-        return {k: v if k in _OPAQUE_KEYS or (top and k == "model") else _map(v, fn)
-                for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_map(v, fn) for v in obj]
+def _map(obj: Any, changed: dict[str, str], top: bool = False) -> Any:
+    """A JSON value with the strings in `changed` replaced; parts without one are shared."""
+    t = type(obj)
+    if t is str:
+        return changed.get(obj, obj)
+    if t is dict:
+        out = None
+        for k, v in obj.items():
+            tv = type(v)
+            if tv is str:
+                new = changed.get(v, v)
+            elif tv is dict or tv is list:
+                if k in _OPAQUE_KEYS:
+                    continue
+                new = _map(v, changed)
+            elif isinstance(v, str):
+                new = changed.get(v, v)
+            else:
+                continue
+            if new is not v and not (top and k == "model"):
+                if out is None:
+                    out = dict(obj)
+                out[k] = new
+        return obj if out is None else out
+    if t is list:
+        items = [_map(v, changed) for v in obj]
+        return obj if all(a is b for a, b in zip(items, obj, strict=True)) else items
+    if isinstance(obj, str):  # a str subclass: checked as text all the same
+        return changed.get(obj, obj)
     return obj
 
 
@@ -224,5 +271,16 @@ def restore_answer(data: bytes, surrogates: Surrogates) -> bytes:
         return data
     if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
         return data
-    answer["choices"] = _map(answer["choices"], surrogates.restore)
+    _restore_in(answer["choices"], surrogates)
     return orjson.dumps(answer)
+
+
+def _restore_in(obj: dict[str, Any] | list[Any], surrogates: Surrogates) -> None:
+    """Restore every string inside `obj`, in place."""
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj)
+    for k, v in items:
+        if isinstance(v, str):
+            if "[" in v:
+                obj[k] = surrogates.restore(v)  # type: ignore[index]
+        elif isinstance(v, dict | list):
+            _restore_in(v, surrogates)
