@@ -88,6 +88,8 @@ def rollout_benchmark(tmp: Path, model_path: str, n_agents: int) -> dict[str, An
                     "512",
                     "--threads",
                     "1",
+                    "--model-dir",
+                    str(tmp / f"models-{i}"),
                 ),
                 f"http://127.0.0.1:{port}/readyz",
                 env=env,
@@ -199,7 +201,8 @@ def _start_node(tmp: Path, model_path: str, name: str) -> tuple[ManagedProcess, 
     port = free_port()
     node = ManagedProcess(
         edgecloud_command(
-            "serve", "--model", model_path, "--port", str(port), "--preload", "--ctx", "512"
+            "serve", "--model", model_path, "--port", str(port), "--preload", "--ctx", "512",
+            "--model-dir", str(tmp),
         ),
         f"http://127.0.0.1:{port}/readyz",
         env={"EDGECLOUD_ADMIN_TOKEN": TOKEN},

@@ -35,6 +35,15 @@ def serve(
     ctx: int | None = typer.Option(None, help="Context tokens per request [default: 4096]."),
     parallel: int | None = typer.Option(None, help="Slots decoded together [default: 4]."),
     max_queue: int | None = typer.Option(None, help="Waiting requests before 429 [default: 16]."),
+    batch: int | None = typer.Option(
+        None, help="Tokens per decode call, at least --parallel [default: 512]."
+    ),
+    model_dir: list[Path] = typer.Option(
+        [],
+        "--model-dir",
+        help="Directory the admin swap may load models from (repeat) [default: the startup "
+        "model's directory].",
+    ),
     preload: bool | None = typer.Option(
         None, "--preload/--lazy", help="Load at start, or on the first request [default: preload]."
     ),
@@ -59,6 +68,8 @@ def serve(
         "ctx": ctx,
         "parallel": parallel,
         "max_queue": max_queue,
+        "batch": batch,
+        "model_dirs": [str(d) for d in model_dir] or None,
         "preload": preload,
         "version": version,
         "admin_token_env": admin_token_env,

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from edgecloud.api.yamlconfig import compose, yaml_line
 
@@ -30,11 +30,14 @@ class NodeConfig(BaseModel):
     accept_any_model: bool = Field(False, description="Serve any requested model name")
     host: str = "127.0.0.1"
     port: int = Field(8081, ge=0, le=65535)
-    threads: int = Field(default_factory=default_threads, ge=1)
-    ctx: int = Field(4096, ge=128, description="Context per request (per slot), tokens")
+    # Upper bounds keep every accepted value one llama.cpp can run (ggml: at most 512 threads).
+    threads: int = Field(default_factory=default_threads, ge=1, le=512)
+    ctx: int = Field(4096, ge=128, le=1 << 20, description="Context per request (per slot), tokens")
     parallel: int = Field(4, ge=1, le=64, description="Slots decoded together in one batch")
     max_queue: int = Field(16, ge=0, description="Requests waiting beyond the slots; then 429")
-    batch: int = Field(512, ge=32, description="Tokens per llama_decode call (prompt chunking)")
+    batch: int = Field(
+        512, ge=32, le=4096, description="Tokens per llama_decode call (prompt chunking)"
+    )
     preload: bool = Field(True, description="Load at start (False: on the first request)")
     warmup: bool = True
     default_max_tokens: int = Field(1024, ge=1, description="max_tokens when a request omits it")
@@ -44,7 +47,26 @@ class NodeConfig(BaseModel):
         "EDGECLOUD_ADMIN_TOKEN", description="Env var holding the admin API bearer token"
     )
     version: str | None = Field(None, description="Version label of the model file")
+    model_dirs: list[str] = Field(
+        default_factory=list,
+        description="Directories the admin swap may load from; default: the startup model's",
+    )
     log_level: str = "info"
+
+    @field_validator("batch")
+    @classmethod
+    def _batch_holds_every_slot(cls, batch: int, info: ValidationInfo) -> int:
+        # Every step puts one token per generating slot into one batch (llama.cpp aborts the
+        # process when it cannot): refused here rather than raised silently, so the operator
+        # sees the memory the batch size costs.
+        parallel = info.data.get("parallel")
+        if isinstance(parallel, int) and parallel > batch:
+            raise ValueError(
+                f"parallel ({parallel}) is above batch ({batch}); each step decodes one token "
+                f"of every slot in one batch, so set batch to at least {parallel} or lower "
+                "parallel"
+            )
+        return batch
 
 
 def load_config_file(path: str | Path) -> dict[str, object]:

@@ -1,9 +1,19 @@
-"""Continuous batching over llama.cpp's multi-sequence batch API.
+"""Continuous batching over a multi-sequence model (llama.cpp behind `EngineBackend`).
 
-One engine thread owns the llama.cpp context. Each step it builds one batch holding the next
-token of every generating sequence plus a chunk of any prompt still being read, decodes it
-once, samples every sequence on the C side, and hands the new text to the event loop in one
-call. Requests join and leave between steps, so total tokens/s grows with concurrency.
+One engine thread owns the backend. Each step it builds one batch holding the next token of
+every generating sequence plus a chunk of any prompt still being read, decodes it once, samples
+every sequence, and hands the new text to the event loop in one call. Requests join and leave
+between steps, so total tokens/s grows with concurrency.
+
+A slot moves IDLE -> READING_PROMPT -> GENERATING -> IDLE (as llama.cpp's server slots do). The
+step is three parts: `_build_batch` (cancelled slots out, waiting requests in, one token per
+generating slot, then prompt chunks, never more than `n_batch` entries), `backend.decode`, and
+`_sample_and_emit` (one token per slot that has logits, stop strings, end of generation).
+
+A prompt is token ids today. Prompt items that are not tokens (an image's embeddings through
+libmtmd) belong in `_Slot.pending` as segments of their own: `_feed_prompts` is where a slot in
+READING_PROMPT whose next segment is an image would have it evaluated by the backend for its
+sequence alone, ending that step; the other slots' tokens then go into the next step's batch.
 """
 
 from __future__ import annotations
@@ -11,30 +21,22 @@ from __future__ import annotations
 import asyncio
 import codecs
 import collections
-import random
+import enum
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-import llama_cpp as ll
+from edgecloud.node.backend import EngineBackend, Sampler, SamplingParams
 
-from edgecloud.node.model import LoadedModel
-
-PENALTY_LAST_N = 64
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    seed: int | None = None
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    repeat_penalty: float = 1.0
+__all__ = [
+    "BatchEngine",
+    "EngineStats",
+    "GenerationRequest",
+    "SamplingParams",
+    "SlotState",
+    "StreamEvent",
+]
 
 
 @dataclass
@@ -69,11 +71,18 @@ class GenerationRequest:
         self.cancelled = True
 
 
+class SlotState(enum.Enum):
+    IDLE = "idle"  # no request; the KV cache of its sequence is kept for prefix reuse
+    READING_PROMPT = "reading_prompt"  # prompt tokens go into the batch in chunks
+    GENERATING = "generating"  # one token per step: the last sampled one
+
+
 class _Slot:
     """One sequence of the context, serving one request at a time."""
 
     __slots__ = (
         "seq",
+        "state",
         "req",
         "pos",
         "pending",
@@ -83,21 +92,22 @@ class _Slot:
         "held",
         "n_out",
         "last_token",
-        "needs_logits_at",
+        "logits_at",
     )
 
     def __init__(self, seq: int) -> None:
         self.seq = seq
+        self.state = SlotState.IDLE
         self.req: GenerationRequest | None = None
         self.pos = 0  # tokens already in the KV cache for this sequence
         self.pending: list[int] = []  # prompt tokens not yet decoded
         self.cached: list[int] = []  # tokens whose KV is in this sequence's cache, in order
-        self.sampler: ll.llama_sampler_p | None = None
+        self.sampler: Sampler | None = None
         self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self.held = ""  # text held back because it may be the start of a stop string
         self.n_out = 0
         self.last_token = 0
-        self.needs_logits_at = -1  # batch index of this slot's logits in the current step
+        self.logits_at = -1  # batch index of this slot's logits in the current step
 
 
 class EngineStats:
@@ -114,21 +124,25 @@ class EngineStats:
         return total / window_s
 
 
-class BatchEngine:
-    """Runs generation for many requests at once on one LoadedModel."""
+_Out = list[tuple[GenerationRequest, StreamEvent]]
 
-    def __init__(self, model: LoadedModel, loop: asyncio.AbstractEventLoop, max_queue: int) -> None:
-        self.model = model
+
+class BatchEngine:
+    """Runs generation for many requests at once on one `EngineBackend`."""
+
+    def __init__(
+        self, backend: EngineBackend, loop: asyncio.AbstractEventLoop, max_queue: int
+    ) -> None:
+        self.backend = backend
         self.loop = loop
         self.max_queue = max_queue
-        self.slots = [_Slot(i) for i in range(model.n_seq)]
+        self.slots = [_Slot(i) for i in range(backend.n_seq)]
         self.waiting: collections.deque[GenerationRequest] = collections.deque()
         self.stats = EngineStats()
         self._cv = threading.Condition()
         self._stopping = False
         self._draining = False
         self._active = 0
-        self._batch = ll.llama_batch_init(model.n_batch, 0, 1)
         self._thread = threading.Thread(target=self._run, name="edgecloud-engine", daemon=True)
         self._on_idle: Callable[[], None] | None = None
 
@@ -143,9 +157,6 @@ class BatchEngine:
     @property
     def active_slots(self) -> int:
         return self._active
-
-    def has_room(self) -> bool:
-        return self._active + len(self.waiting) < len(self.slots) + self.max_queue
 
     def submit(self, req: GenerationRequest) -> bool:
         """Queue a request; False when slots and queue are full (the caller answers 429)."""
@@ -170,10 +181,13 @@ class BatchEngine:
         with self._cv:
             self._stopping = True
             self._cv.notify()
-        self._thread.join(timeout_s)
+        if self._thread.ident is None:  # never started: free the model here
+            self._shutdown()
+        else:
+            self._thread.join(timeout_s)
 
     # -- engine thread ------------------------------------------------------------------
-    def _emit(self, batch: list[tuple[GenerationRequest, StreamEvent]]) -> None:
+    def _emit(self, batch: _Out) -> None:
         if batch:
             try:
                 self.loop.call_soon_threadsafe(_deliver, batch)
@@ -214,94 +228,65 @@ class BatchEngine:
             if req.cancelled:
                 self._emit([(req, StreamEvent(finish_reason="cancelled"))])
                 continue
+            if not req.prompt:  # nothing to read: no logits to start from
+                self._emit([(req, StreamEvent(finish_reason="error", error="empty prompt"))])
+                continue
             best = max(free, key=lambda s: _common_prefix(s.cached, req.prompt))
             self._attach(best, req)
 
-    def _reusable_prefix(self, slot: _Slot, prompt: list[int]) -> int:
-        """How many cached tokens of `slot` the prompt can keep (0: read it all again)."""
-        n_keep = min(_common_prefix(slot.cached, prompt), len(prompt) - 1)
-        if n_keep <= 0:
-            return 0
-        n_swa = self.model.n_swa
-        if n_swa > 0:
-            # Sliding-window layers keep only the last n_swa positions: the new tokens need
-            # the window before n_keep, which may already be gone.
-            pos_min = ll.llama_memory_seq_pos_min(self.model.memory, slot.seq)
-            if pos_min > max(0, n_keep - n_swa):
-                return 0
-        if not ll.llama_memory_seq_rm(self.model.memory, slot.seq, n_keep, -1):
-            return 0
-        return n_keep
-
     def _attach(self, slot: _Slot, req: GenerationRequest) -> None:
-        n_keep = self._reusable_prefix(slot, req.prompt) if slot.cached else 0
+        n_keep = 0
+        if slot.cached:
+            # Keep at least the last prompt token to decode: its logits start the generation.
+            n_keep = min(_common_prefix(slot.cached, req.prompt), len(req.prompt) - 1)
+            n_keep = self.backend.keep_prefix(slot.seq, n_keep) if n_keep > 0 else 0
         if n_keep == 0:
-            ll.llama_memory_seq_rm(self.model.memory, slot.seq, -1, -1)
+            self.backend.clear_seq(slot.seq)
         del slot.cached[n_keep:]
         req.cached_tokens = n_keep
         req.admitted_at = time.perf_counter()
         slot.req = req
+        slot.state = SlotState.READING_PROMPT
         slot.pos = n_keep
         slot.pending = req.prompt[n_keep:]
         slot.decoder.reset()
         slot.held = ""
         slot.n_out = 0
-        slot.sampler = self._make_sampler(req.sampling, req.prompt)
+        slot.sampler = self.backend.new_sampler(req.sampling, req.prompt)
         self._active += 1
-
-    def _make_sampler(self, p: SamplingParams, prompt: list[int]) -> ll.llama_sampler_p:
-        params = ll.llama_sampler_chain_default_params()
-        params.no_perf = True
-        chain = ll.llama_sampler_chain_init(params)
-        penalties = (
-            p.frequency_penalty != 0.0 or p.presence_penalty != 0.0 or p.repeat_penalty != 1.0
-        )
-        greedy = p.temperature <= 0.0
-        if penalties or not greedy:
-            # Penalties scan their window per candidate: cut the 262k vocabulary down first.
-            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_k(p.top_k or 64))
-        if penalties:
-            ll.llama_sampler_chain_add(
-                chain,
-                ll.llama_sampler_init_penalties(
-                    self.model.n_vocab,
-                    PENALTY_LAST_N,
-                    p.repeat_penalty,
-                    p.frequency_penalty,
-                    p.presence_penalty,
-                ),
-            )
-            for tok in prompt[-PENALTY_LAST_N:]:
-                ll.llama_sampler_accept(chain, tok)
-        if greedy:
-            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
-            return chain
-        if p.top_p < 1.0:
-            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_p(p.top_p, 1))
-        if p.min_p > 0.0:
-            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_min_p(p.min_p, 1))
-        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_temp(p.temperature))
-        seed = p.seed if p.seed is not None else random.getrandbits(32)
-        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(seed & 0xFFFFFFFF))
-        return chain
 
     def _release(self, slot: _Slot) -> None:
         if slot.sampler is not None:
-            ll.llama_sampler_free(slot.sampler)
+            slot.sampler.free()
             slot.sampler = None
         slot.req = None
+        slot.state = SlotState.IDLE
         slot.pending = []
         # The KV cache of this sequence stays: the next request may share its prefix.
         with self._cv:
             self._active -= 1
 
+    # -- one step: build the batch, decode it, sample and emit ----------------------------
     def _step(self) -> None:
-        model = self.model
-        batch = self._batch
-        out: list[tuple[GenerationRequest, StreamEvent]] = []
-        n = 0
-        budget = model.n_batch
-        # Drop cancelled requests first: their slot is free for this very step.
+        out: _Out = []
+        self._drop_cancelled(out)
+        n, ready = self._build_batch()
+        if n == 0:
+            self._emit(out)
+            return
+        rc = self.backend.decode(n)
+        if rc != 0:
+            self._fail_all(rc, out)
+            self._emit(out)
+            return
+        self.stats.steps += 1
+        self._sample_and_emit(ready, out)
+        if self.waiting and any(s.req is None for s in self.slots):
+            with self._cv:
+                self._admit()
+
+    def _drop_cancelled(self, out: _Out) -> None:
+        """Free the slots of cancelled requests; waiting requests take them this very step."""
         for slot in self.slots:
             if slot.req is not None and slot.req.cancelled:
                 out.append((slot.req, StreamEvent(finish_reason="cancelled")))
@@ -309,59 +294,78 @@ class BatchEngine:
         if out:
             with self._cv:
                 self._admit()
-        # 1) one token for every generating sequence, 2) prompt chunks with what is left.
-        gen: list[_Slot] = []
+
+    def _build_batch(self) -> tuple[int, list[_Slot]]:
+        """Fill the batch: the last token of every generating slot, then prompt chunks.
+
+        Returns the number of entries and the slots whose logits this batch produces. Never
+        more than `n_batch` entries: a generating slot that does not fit waits one step (and
+        goes first in the next), which only happens when there are more slots than `n_batch`.
+        """
+        put = self.backend.put
+        budget = self.backend.n_batch
+        generating = SlotState.GENERATING
+        ready: list[_Slot] = []
+        n = 0
+        skipped: list[_Slot] | None = None
         for slot in self.slots:
-            slot.needs_logits_at = -1
-            if slot.req is not None and not slot.pending and slot.n_out > 0:
-                self._put(batch, n, slot.last_token, slot.pos, slot.seq, True)
+            slot.logits_at = -1
+            if slot.state is generating:
+                if n == budget:
+                    skipped = [slot] if skipped is None else [*skipped, slot]
+                    continue
+                put(n, slot.last_token, slot.pos, slot.seq, True)
                 slot.cached.append(slot.last_token)
-                slot.needs_logits_at = n
+                slot.logits_at = n
                 slot.pos += 1
                 n += 1
-                gen.append(slot)
-        budget -= n
+                ready.append(slot)
+        if skipped is not None:
+            self.slots = skipped + [s for s in self.slots if s not in skipped]
+            return n, ready
+        return self._feed_prompts(n, budget - n, ready), ready
+
+    def _feed_prompts(self, n: int, budget: int, ready: list[_Slot]) -> int:
+        """Add chunks of prompts being read, within `budget` entries; the new batch size."""
         for slot in self.slots:
-            if slot.req is None or not slot.pending or budget <= 0:
+            if budget <= 0:
+                break
+            if slot.state is not SlotState.READING_PROMPT:
                 continue
             chunk = slot.pending[:budget]
             del slot.pending[: len(chunk)]
             slot.cached.extend(chunk)
-            last = len(chunk) - 1
-            for i, tok in enumerate(chunk):
-                is_last = i == last and not slot.pending
-                self._put(batch, n, tok, slot.pos, slot.seq, is_last)
-                if is_last:
-                    slot.needs_logits_at = n
-                slot.pos += 1
-                n += 1
+            done = not slot.pending
+            self.backend.put_run(n, chunk, slot.pos, slot.seq, done)
+            slot.pos += len(chunk)
+            n += len(chunk)
             budget -= len(chunk)
-            if not slot.pending:
-                gen.append(slot)
-        if n == 0:
-            self._emit(out)
-            return
-        batch.n_tokens = n
-        rc = ll.llama_decode(model.ctx, batch)
+            if done:
+                slot.logits_at = n - 1
+                slot.state = SlotState.GENERATING
+                ready.append(slot)
+        return n
+
+    def _fail_all(self, rc: int, out: _Out) -> None:
+        """A failed decode: the cache may hold part of the batch, so fail every request in it
+        (and every other in a slot) and start from an empty cache; the engine keeps serving."""
+        for slot in self.slots:
+            if slot.req is not None:
+                err = StreamEvent(finish_reason="error", error=f"llama_decode failed ({rc})")
+                out.append((slot.req, err))
+                self._release(slot)
+            slot.cached.clear()
+        self.backend.clear_memory()
+
+    def _sample_and_emit(self, ready: list[_Slot], out: _Out) -> None:
         now = time.perf_counter()
-        if rc != 0:
-            # The cache may hold part of this batch: fail what was in it and start clean.
-            for slot in self.slots:
-                if slot.req is not None:
-                    err = StreamEvent(finish_reason="error", error=f"llama_decode failed ({rc})")
-                    out.append((slot.req, err))
-                    self._release(slot)
-                slot.cached.clear()
-            ll.llama_memory_clear(model.memory, True)
-            self._emit(out)
-            return
-        self.stats.steps += 1
+        n_ctx_seq = self.backend.n_ctx_seq
         produced = 0
-        for slot in gen:
+        for slot in ready:
             req = slot.req
-            if req is None or slot.needs_logits_at < 0:
+            if req is None or slot.sampler is None:
                 continue
-            tok = ll.llama_sampler_sample(slot.sampler, model.ctx, slot.needs_logits_at)
+            tok = slot.sampler.sample(slot.logits_at)
             slot.last_token = tok
             slot.n_out += 1
             produced += 1
@@ -372,7 +376,7 @@ class BatchEngine:
             event = self._text_event(slot, tok)
             event.first_token_at = first
             if event.finish_reason is None:
-                if slot.n_out >= req.max_tokens or slot.pos + 1 >= model.n_ctx_seq:
+                if slot.n_out >= req.max_tokens or slot.pos + 1 >= n_ctx_seq:
                     event.text += slot.held + slot.decoder.decode(b"", final=True)
                     slot.held = ""
                     event.finish_reason = "length"
@@ -385,20 +389,17 @@ class BatchEngine:
         self.stats.tokens_decoded += produced
         self.stats.recent.append((now, produced))
         self._emit(out)
-        if any(s.req is None for s in self.slots) and self.waiting:
-            with self._cv:
-                self._admit()
 
     def _text_event(self, slot: _Slot, tok: int) -> StreamEvent:
         """Turn a sampled token into text, honouring end-of-generation and stop strings."""
-        model = self.model
+        backend = self.backend
         req = slot.req
         assert req is not None
-        if model.is_eog(tok):
+        if backend.is_eog(tok):
             text = slot.held + slot.decoder.decode(b"", final=True)
             slot.held = ""
             return StreamEvent(text=text, finish_reason="stop")
-        new = slot.decoder.decode(model.piece(tok))
+        new = slot.decoder.decode(backend.piece(tok))
         if not req.stop:
             return StreamEvent(text=new)
         # Any suffix of emitted text that could start a stop string is held back, so a stop
@@ -412,16 +413,8 @@ class BatchEngine:
         slot.held = window[len(window) - keep :] if keep else ""
         return StreamEvent(text=window[: len(window) - keep] if keep else window)
 
-    @staticmethod
-    def _put(batch: Any, i: int, tok: int, pos: int, seq: int, logits: bool) -> None:
-        batch.token[i] = tok
-        batch.pos[i] = pos
-        batch.n_seq_id[i] = 1
-        batch.seq_id[i][0] = seq
-        batch.logits[i] = logits
-
     def _shutdown(self) -> None:
-        out: list[tuple[GenerationRequest, StreamEvent]] = []
+        out: _Out = []
         for slot in self.slots:
             if slot.req is not None:
                 out.append((slot.req, StreamEvent(finish_reason="cancelled")))
@@ -430,10 +423,12 @@ class BatchEngine:
             while self.waiting:
                 out.append((self.waiting.popleft(), StreamEvent(finish_reason="cancelled")))
         self._emit(out)
-        ll.llama_batch_free(self._batch)
-        self.model.free()
+        self.backend.free()
         if self._on_idle is not None:
-            self.loop.call_soon_threadsafe(self._on_idle)
+            try:
+                self.loop.call_soon_threadsafe(self._on_idle)
+            except RuntimeError:
+                pass
 
 
 def _deliver(batch: list[tuple[GenerationRequest, StreamEvent]]) -> None:

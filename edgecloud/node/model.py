@@ -1,7 +1,8 @@
 """One GGUF model loaded into llama.cpp: weights, a multi-sequence context, tokenizer, template.
 
-Only the engine thread decodes; tokenisation and detokenisation only read the vocabulary and
-are safe from any thread.
+`LoadedModel` is the llama.cpp implementation of the engine's `EngineBackend` (node/backend.py):
+every llama.cpp call the engine makes is a method here. Only the engine thread decodes;
+tokenisation and detokenisation only read the vocabulary and are safe from any thread.
 """
 
 from __future__ import annotations
@@ -9,11 +10,16 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import random
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import llama_cpp as ll
+
+from edgecloud.node.backend import PENALTY_LAST_N, SamplingParams
 
 _backend_lock = threading.Lock()
 _backend_ready = False
@@ -83,6 +89,9 @@ class LoadedModel:
         n_batch: int = 512,
         version: str | None = None,
     ) -> None:
+        if n_seq > n_batch:
+            # llama.cpp aborts the process on this (a batch must hold one token per sequence).
+            raise ModelLoadError(f"parallel ({n_seq}) must not exceed batch ({n_batch})")
         if not os.path.isfile(path):
             raise ModelLoadError(f"model file not found: {path}")
         with open(path, "rb") as fh:
@@ -120,6 +129,7 @@ class LoadedModel:
         self.add_bos = bool(ll.llama_vocab_get_add_bos(self.vocab))
         self.bos_text = self._piece_text(ll.llama_vocab_bos(self.vocab))
         self.eos_text = self._piece_text(ll.llama_vocab_eos(self.vocab))
+        self._batch: Any = ll.llama_batch_init(n_batch, 0, 1)
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
         template = ll.llama_model_chat_template(self.model, None)
@@ -173,10 +183,123 @@ class LoadedModel:
     def is_eog(self, token: int) -> bool:
         return bool(ll.llama_vocab_is_eog(self.vocab, token))
 
+    # -- the engine's backend (EngineBackend) ---------------------------------------------
+    def keep_prefix(self, seq: int, n_keep: int) -> int:
+        if self.n_swa > 0:
+            # Sliding-window layers keep only the last n_swa positions: the new tokens need
+            # the window before n_keep, which may already be gone.
+            pos_min = ll.llama_memory_seq_pos_min(self.memory, seq)
+            if pos_min > max(0, n_keep - self.n_swa):
+                return 0
+        if not ll.llama_memory_seq_rm(self.memory, seq, n_keep, -1):
+            return 0
+        return n_keep
+
+    def clear_seq(self, seq: int) -> None:
+        ll.llama_memory_seq_rm(self.memory, seq, -1, -1)
+
+    def clear_memory(self) -> None:
+        ll.llama_memory_clear(self.memory, True)
+
+    def put(self, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
+        batch = self._batch
+        batch.token[i] = token
+        batch.pos[i] = pos
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = seq
+        batch.logits[i] = logits
+
+    def put_run(self, i: int, tokens: Sequence[int], pos: int, seq: int, logits_last: bool) -> None:
+        batch = self._batch
+        b_token, b_pos, b_nseq, b_seq, b_logits = (
+            batch.token,
+            batch.pos,
+            batch.n_seq_id,
+            batch.seq_id,
+            batch.logits,
+        )
+        for tok in tokens:
+            b_token[i] = tok
+            b_pos[i] = pos
+            b_nseq[i] = 1
+            b_seq[i][0] = seq
+            b_logits[i] = False
+            i += 1
+            pos += 1
+        if logits_last and tokens:
+            b_logits[i - 1] = True
+
+    def decode(self, n_tokens: int) -> int:
+        if not 0 < n_tokens <= self.n_batch:  # never write or read past the batch
+            raise ValueError(f"batch of {n_tokens} tokens; the limit is {self.n_batch}")
+        self._batch.n_tokens = n_tokens
+        return int(ll.llama_decode(self.ctx, self._batch))
+
+    def new_sampler(self, spec: SamplingParams, prompt: Sequence[int]) -> LlamaSampler:
+        return LlamaSampler(self, spec, prompt)
+
     def free(self) -> None:
+        if getattr(self, "_batch", None) is not None:
+            ll.llama_batch_free(self._batch)
+            self._batch = None
         if getattr(self, "ctx", None):
             ll.llama_free(self.ctx)
             self.ctx = None
         if getattr(self, "model", None):
             ll.llama_model_free(self.model)
             self.model = None
+
+
+class LlamaSampler:
+    """One request's llama.cpp sampler chain, built from its `SamplingParams`.
+
+    Per-request extras (a grammar sampler, log-probabilities of the chosen position) are added
+    here: the chain is built in one place from the request's spec.
+    """
+
+    __slots__ = ("chain", "ctx")
+
+    def __init__(self, model: LoadedModel, p: SamplingParams, prompt: Sequence[int]) -> None:
+        self.ctx = model.ctx
+        params = ll.llama_sampler_chain_default_params()
+        params.no_perf = True
+        chain = ll.llama_sampler_chain_init(params)
+        self.chain = chain
+        penalties = (
+            p.frequency_penalty != 0.0 or p.presence_penalty != 0.0 or p.repeat_penalty != 1.0
+        )
+        greedy = p.temperature <= 0.0
+        if penalties or not greedy:
+            # Penalties scan their window per candidate: cut the 262k vocabulary down first.
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_k(p.top_k or 64))
+        if penalties:
+            ll.llama_sampler_chain_add(
+                chain,
+                ll.llama_sampler_init_penalties(
+                    model.n_vocab,
+                    PENALTY_LAST_N,
+                    p.repeat_penalty,
+                    p.frequency_penalty,
+                    p.presence_penalty,
+                ),
+            )
+            for tok in prompt[-PENALTY_LAST_N:]:
+                ll.llama_sampler_accept(chain, tok)
+        if greedy:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
+            return
+        if p.top_p < 1.0:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_p(p.top_p, 1))
+        if p.min_p > 0.0:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_min_p(p.min_p, 1))
+        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_temp(p.temperature))
+        seed = p.seed if p.seed is not None else random.getrandbits(32)
+        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+
+    def sample(self, batch_index: int) -> int:
+        return ll.llama_sampler_sample(self.chain, self.ctx, batch_index)  # type: ignore[no-any-return]
+
+    def free(self) -> None:
+        if self.chain is not None:
+            ll.llama_sampler_free(self.chain)
+            self.chain = None

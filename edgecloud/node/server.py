@@ -30,8 +30,9 @@ from edgecloud.api.asgi import (
 from edgecloud.api.errors import APIError, BadRequest, MethodNotAllowed, NotFound, Unauthorized
 from edgecloud.api.openai import ChatCompletionRequest, CompletionRequest, parse_request
 from edgecloud.logs import log_event
+from edgecloud.node.backend import SamplingParams
 from edgecloud.node.config import NodeConfig
-from edgecloud.node.engine import GenerationRequest, SamplingParams, StreamEvent
+from edgecloud.node.engine import GenerationRequest, StreamEvent
 from edgecloud.node.metrics import NodeMetrics
 from edgecloud.node.service import Loaded, NodeService
 
@@ -102,7 +103,7 @@ class NodeApp:
                 self._stopping = True
                 if self._load_task is not None and not self._load_task.done():
                     self._load_task.cancel()
-                await asyncio.to_thread(self.service.shutdown)
+                await self.service.shutdown()
                 log_event(log, "node_stopped")
                 await send({"type": "lifespan.shutdown.complete"})
                 return

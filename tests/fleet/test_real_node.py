@@ -32,9 +32,11 @@ def test_agent_updates_and_rolls_back_a_real_node(tmp_path: Path, embedded_model
         f"{url}/readyz",
         log_path=str(tmp_path / "server.log"),
     )
-    node, node_url = start_node(tmp_path, "--preload", "--ctx", "512", env=env)
-    auth = {"authorization": f"Bearer {TOKEN}"}
     models = tmp_path / "models"
+    node, node_url = start_node(
+        tmp_path, "--preload", "--ctx", "512", "--model-dir", str(models), env=env
+    )
+    auth = {"authorization": f"Bearer {TOKEN}"}
     args = edgecloud_command(
         "agent",
         "--server",

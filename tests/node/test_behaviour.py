@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from edgecloud.node.model import file_sha256
 from tests.conftest import start_node
 
 pytestmark = pytest.mark.slow
@@ -152,18 +153,37 @@ def test_sigterm_drains_and_exits_zero(tmp_path: Path) -> None:
 
 
 def test_admin_hot_swap(tmp_path: Path, embedded_model_path: str) -> None:
-    copy = tmp_path / "model-v2.gguf"
+    models = tmp_path / "models"
+    models.mkdir()
+    copy = models / "model-v2.gguf"
     shutil.copyfile(embedded_model_path, copy)
-    bad = tmp_path / "bad.gguf"
+    bad = models / "bad.gguf"
     bad.write_bytes(b"GGUF" + os.urandom(4096))
+    outside = tmp_path / "outside.gguf"
+    shutil.copyfile(embedded_model_path, outside)
+    (models / "link.gguf").symlink_to(outside)
     env = {"EDGECLOUD_ADMIN_TOKEN": "s3cret-token"}
-    proc, base = start_node(tmp_path, "--preload", "--version", "1.0.0", name="admin", env=env)
+    proc, base = start_node(
+        tmp_path,
+        "--preload",
+        "--version",
+        "1.0.0",
+        "--model-dir",
+        str(models),
+        name="admin",
+        env=env,
+    )
     auth = {"authorization": "Bearer s3cret-token"}
     with proc:
         proc.wait_ready(timeout_s=120)
         assert httpx.get(f"{base}/admin/model").status_code == 401
         info = httpx.get(f"{base}/admin/model", headers=auth, timeout=30).json()
-        assert info["version"] == "1.0.0" and len(info["sha256"]) == 64
+        assert info["version"] == "1.0.0" and info["sha256"] == file_sha256(embedded_model_path)
+        # Only files under --model-dir, after resolving `..` and symlinks.
+        for path in (outside, models / ".." / "outside.gguf", models / "link.gguf", "/etc/passwd"):
+            r = httpx.post(f"{base}/admin/model", headers=auth, json={"path": str(path)})
+            assert r.status_code == 403, r.text
+            assert r.json()["error"]["code"] == "model_path_not_allowed"
         r = httpx.post(f"{base}/admin/model", headers=auth, json={"path": str(bad)}, timeout=60)
         assert r.status_code == 400 and r.json()["error"]["code"] == "model_load_failed"
         r = httpx.post(
@@ -173,7 +193,9 @@ def test_admin_hot_swap(tmp_path: Path, embedded_model_path: str) -> None:
             timeout=120,
         )
         assert r.status_code == 200, r.text
-        assert r.json()["version"] == "2.0.0" and r.json()["path"] == str(copy)
+        # The identity is the sha256 the node computed; the version is the caller's label.
+        assert r.json()["sha256"] == file_sha256(str(copy))
+        assert r.json()["version"] == "2.0.0" and r.json()["path"] == os.path.realpath(copy)
         ok = httpx.post(
             f"{base}/v1/completions", json={"prompt": "Hi", "max_tokens": 3}, timeout=60
         )

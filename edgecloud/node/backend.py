@@ -1,0 +1,110 @@
+"""The engine's one seam to the inference library: what the batch engine asks of a model.
+
+`LoadedModel` (llama.cpp) implements `EngineBackend`; the engine never calls llama.cpp itself,
+so it can be driven in-process by a scripted backend in the tests.
+
+The engine calls these once per step, from its own thread:
+
+- `put` / `put_run` write tokens into the backend's decode batch (at most `n_batch` of them),
+  then `decode(n)` evaluates them in one call;
+- `Sampler.sample(i)` picks the next token of one sequence from the logits at batch index `i`;
+- `piece` / `is_eog` turn a sampled token into bytes or an end of generation;
+- `keep_prefix` / `clear_seq` / `clear_memory` manage each sequence's KV cache.
+
+Where later work plugs in:
+
+- **Per-request sampler extras** (a grammar constraint, top-k log-probabilities of the chosen
+  position): add fields to `SamplingParams` (the request's sampling spec) and build them in
+  `EngineBackend.new_sampler`, the one place a request's sampler is made. A grammar sampler joins
+  the chain there; log-probabilities are read by a `Sampler` method beside `sample` (same batch
+  index, before the next `decode`), returned to the engine with the token.
+- **Prompt items that are not tokens** (an image's embeddings evaluated through libmtmd): the
+  engine reads a prompt as segments (see `engine.PromptSegment`); a non-token segment is
+  evaluated for one sequence by a backend method of its own (e.g. `eval_media(seq, pos, item)
+  -> positions used`) outside the shared batch: it may take a whole step, and the other slots'
+  tokens go into the next step's batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+PENALTY_LAST_N = 64  # tokens of history the repetition penalties look at
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """A request's sampling spec; `EngineBackend.new_sampler` turns it into a `Sampler`."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    seed: int | None = None
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repeat_penalty: float = 1.0
+
+
+class Sampler(Protocol):
+    """One request's sampler (its chain and state); freed when the request leaves its slot."""
+
+    def sample(self, batch_index: int) -> int:
+        """The next token from the logits at `batch_index` of the last decode."""
+        ...
+
+    def free(self) -> None: ...
+
+
+class EngineBackend(Protocol):
+    """A model with `n_seq` independent sequences that decodes batches of up to `n_batch`."""
+
+    n_seq: int
+    n_batch: int
+    n_ctx_seq: int
+
+    def piece(self, token: int) -> bytes:
+        """The bytes of one token (control tokens render as nothing)."""
+        ...
+
+    def is_eog(self, token: int) -> bool:
+        """True for an end-of-generation token."""
+        ...
+
+    def keep_prefix(self, seq: int, n_keep: int) -> int:
+        """Drop the cache of `seq` after its first `n_keep` positions; how many were kept.
+
+        Returns 0 (and the caller clears the sequence) when the prefix cannot be reused, e.g.
+        sliding-window layers no longer hold the positions the new tokens need.
+        """
+        ...
+
+    def clear_seq(self, seq: int) -> None:
+        """Forget every cached position of `seq`."""
+        ...
+
+    def clear_memory(self) -> None:
+        """Forget the cache of every sequence (after a failed decode)."""
+        ...
+
+    def put(self, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
+        """Write one token at batch index `i` (0 <= i < n_batch)."""
+        ...
+
+    def put_run(self, i: int, tokens: Sequence[int], pos: int, seq: int, logits_last: bool) -> None:
+        """Write consecutive tokens of `seq` from batch index `i`; logits for the last if asked."""
+        ...
+
+    def decode(self, n_tokens: int) -> int:
+        """Evaluate the first `n_tokens` batch entries; 0 on success, llama.cpp's code otherwise."""
+        ...
+
+    def new_sampler(self, spec: SamplingParams, prompt: Sequence[int]) -> Sampler:
+        """The sampler for one request (`prompt` seeds the penalties' history)."""
+        ...
+
+    def free(self) -> None:
+        """Release the model, its context and its batch."""
+        ...
