@@ -76,6 +76,8 @@ def gateway_config(inputs: DecisionInputs, option: Option, plan: YearPlan) -> di
         "slo_ms": w.slo.e2e_ms,
         "default_output_tokens": max(1, round(w.tokens.output_per_request)),
     }
+    if comp.strict and comp.pseudonymize:
+        privacy["pseudonymize"] = list(comp.pseudonymize)
     if option == "hybrid":
         # Public requests use the edge while it has room and go to the cloud once it queues.
         policy["offload"] = {"edge_queue_above": 0}
