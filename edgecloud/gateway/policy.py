@@ -8,8 +8,9 @@ docs/gateway.md and are stable: dashboards and clients match on them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from edgecloud.api.errors import APIError
@@ -89,8 +90,8 @@ class PlacementPolicy:
             and private.startswith("privacy.pii.")
             and private[12:] in self.pseudonymizer.allowed
         ):
-            return self._edge_or_surrogates(facts, hints, endpoints, now, cloud_spend_usd,
-                                            private)
+            place = partial(self._place, facts, hints, endpoints, now, cloud_spend_usd)
+            return self._edge_or_surrogates(facts, hints, private, place)
         return self._place(facts, hints, endpoints, now, cloud_spend_usd, private)
 
     def _place(
@@ -156,23 +157,22 @@ class PlacementPolicy:
         self,
         facts: RequestFacts,
         hints: Hints,
-        endpoints: Sequence[EndpointState],
-        now: float,
-        cloud_spend_usd: float,
         private: str,
+        place: Callable[[str | None], PlacementDecision],
     ) -> PlacementDecision:
         """The edge when it can take the request now; else cloud endpoints, to be sent
-        surrogates (privacy.pseudonymized), with the edge decision as the last resort."""
+        surrogates (privacy.pseudonymized), with the edge decision as the last resort.
+        `place(private_rule)` runs the rest of the chain."""
         edge: PlacementDecision | None = None
         refusal: APIError | None = None
         try:
-            edge = self._place(facts, hints, endpoints, now, cloud_spend_usd, private)
+            edge = place(private)
         except (NoAllowedEndpoint, CapabilityMissing) as exc:
             refusal = exc
         if edge is not None and not self._edge_strained(edge.primary, facts, hints):
             return edge
         try:
-            public = self._place(facts, hints, endpoints, now, cloud_spend_usd, None)
+            public = place(None)
         except (NoAllowedEndpoint, CapabilityMissing):
             public = None
         clouds = tuple(e for e in public.order if e.config.tier == "cloud") if public else ()

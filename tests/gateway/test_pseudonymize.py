@@ -267,6 +267,17 @@ def test_error_events_and_usage_pass() -> None:
     assert _run(StreamRestorer(SURR), [err, usage]) == err + usage
 
 
+def _split(seq: Any, rng: random.Random, most: int) -> list[Any]:
+    """`seq` in consecutive pieces of 1 to `most` items."""
+    out = []
+    i = 0
+    while i < len(seq):
+        n = rng.randint(1, most)
+        out.append(seq[i : i + n])
+        i += n
+    return out
+
+
 # -- the round trip, as a property -----------------------------------------------------------
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -287,19 +298,9 @@ def test_round_trip_through_an_echo(samples: list[tuple[str, list[str]]], rng: r
     out = orjson.loads(restore_answer(orjson.dumps(answer), rw.surrogates))
     assert out["choices"][0]["message"]["content"] == original
     # Streamed, 1 to 7 characters an event, events cut at random bytes.
-    pieces = []
-    i = 0
-    while i < len(sent):
-        n = rng.randint(1, 7)
-        pieces.append(sent[i : i + n])
-        i += n
+    pieces = _split(sent, rng, 7)
     raw = b"".join(_chat_events(pieces, field)) + b"data: [DONE]\n\n"
-    chunks = []
-    i = 0
-    while i < len(raw):
-        n = rng.randint(1, 300)
-        chunks.append(raw[i : i + n])
-        i += n
+    chunks = _split(raw, rng, 300)
     text, n_events = _read_stream(_run(StreamRestorer(rw.surrogates), chunks))
     assert text == original
     assert n_events >= len(pieces)
