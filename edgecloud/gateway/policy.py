@@ -168,7 +168,7 @@ class PlacementPolicy:
         try:
             edge = place(private)
         except (NoAllowedEndpoint, CapabilityMissing) as exc:
-            refusal = exc
+            refusal = exc.with_traceback(None)
         if edge is not None and not self._edge_strained(edge.primary, facts, hints):
             return edge
         try:

@@ -56,8 +56,9 @@ class Surrogates:
     __slots__ = ("_originals", "_prefixes", "_longest", "kinds")
 
     def __init__(self, originals: dict[str, str], kinds: Iterable[str]) -> None:
+        """`kinds`: the distinct kinds replaced."""
         self._originals = originals
-        self.kinds: tuple[str, ...] = tuple(sorted(set(kinds)))
+        self.kinds: tuple[str, ...] = tuple(sorted(kinds))
         # Every proper prefix of a surrogate: what a stream may hold back at a text's end
         # (made on first use: plain answers never need it).
         self._prefixes: frozenset[str] | None = None
@@ -122,7 +123,7 @@ class Pseudonymizer:
             self._refuse(detect(list(unknown)))
         corpus = "".join(strings)
         table: dict[str, str] = {}  # original value -> surrogate
-        counters: dict[str, int] = {}
+        counters: dict[str, int] = {}  # kind -> surrogates made
 
         def surrogate(value: str, kind: str) -> str:
             s = table.get(value)
@@ -147,8 +148,7 @@ class Pseudonymizer:
                     return None
                 changed[text] = new
         new_body = _map(body, changed, top=True)
-        surrogates = Surrogates({s: v for v, s in table.items()},
-                                (s[1 : s.rindex("_")].lower() for s in table.values()))
+        surrogates = Surrogates({s: v for v, s in table.items()}, counters)
         return Rewritten(new_body, orjson.dumps(new_body), surrogates)
 
     def _replace(self, text: str, surrogate: Callable[[str, str], str]) -> str | None:
