@@ -13,6 +13,7 @@ written again); public requests get the same chunks untouched.
    (from /proc). Target: a private request at most 1.3x a public one.
 
     python benchmarks/gateway_pseudonymize.py [--streams 100] [--rounds 2] [--requests 3000]
+                                              [--content "tok "]  (chunks without a surrogate)
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=2, help="public/private stream rounds")
     ap.add_argument("--requests", type=int, default=3000, help="per CPU measurement")
+    ap.add_argument("--content", default="[EMAIL_1] ", help="the text of every streamed chunk")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     try:
@@ -110,7 +112,7 @@ def main() -> None:
     cpu: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="gw-pseudo-") as tmp_s, peers(Path(tmp_s)) as p:
         tmp = Path(tmp_s)
-        up = p.upstream(CHUNKS, PACE_MS, content="[EMAIL_1] ")
+        up = p.upstream(CHUNKS, PACE_MS, content=args.content)
         gw, url = start_gateway(tmp, up)
         p.callback(gw.stop)
         assert gw.proc is not None

@@ -35,6 +35,9 @@ SURROGATE = re.compile(r"\[[A-Z][A-Z0-9_]*_[0-9]+\]", re.ASCII)
 # string, or an escape (which could spell either). The JSON around answer text (`"choices":[{`)
 # and the `[DONE]` line do not match.
 MAYBE_SURROGATE = re.compile(rb'\[(?!DONE\])[A-Z"]|\\u')
+_SURROGATE_B = re.compile(rb"\[[A-Z][A-Z0-9_]*_[0-9]+\]")
+# A JSON string that ends with what could be the start of a surrogate (`"...[EMA"`).
+PREFIX_AT_STRING_END = re.compile(rb'\[[A-Z0-9_]*"')
 # The request fields of the OpenAI API: as keys they hold no personal data. Other keys (in
 # metadata, tool schemas, extra fields) are scanned.
 _KNOWN_KEYS = frozenset({
@@ -53,7 +56,7 @@ _OPAQUE_KEYS = frozenset({"image_url", "input_audio", "file"})
 class Surrogates:
     """One request's mapping from surrogate to original value, and the kinds replaced."""
 
-    __slots__ = ("_originals", "_prefixes", "_longest", "kinds")
+    __slots__ = ("_originals", "_prefixes", "_longest", "_json", "kinds")
 
     def __init__(self, originals: dict[str, str], kinds: Iterable[str]) -> None:
         """`kinds`: the distinct kinds replaced."""
@@ -62,6 +65,7 @@ class Surrogates:
         # Every proper prefix of a surrogate: what a stream may hold back at a text's end
         # (made on first use: plain answers never need it).
         self._prefixes: frozenset[str] | None = None
+        self._json: dict[bytes, bytes] | None = None
         self._longest = max((len(s) for s in originals), default=0)
 
     def __repr__(self) -> str:  # never the values
@@ -76,6 +80,16 @@ class Surrogates:
             return text
         get = self._originals.get
         return SURROGATE.sub(lambda m: get(m.group(), m.group()), text)
+
+    def restore_json(self, data: bytes) -> bytes:
+        """JSON text (without `\\u` escapes) with every known surrogate replaced by its original,
+        JSON-escaped: a surrogate has no character that JSON escapes, so it is found as bytes."""
+        table = self._json
+        if table is None:
+            table = self._json = {s.encode(): orjson.dumps(v)[1:-1]
+                                  for s, v in self._originals.items()}
+        get = table.get
+        return _SURROGATE_B.sub(lambda m: get(m.group(), m.group()), data)
 
     def held_back(self, text: str) -> int:
         """Where the tail of `text` that could be the start of a surrogate begins (len if none).
@@ -262,9 +276,12 @@ def _map(obj: Any, changed: dict[str, str], top: bool = False) -> Any:
 # -- the way back ------------------------------------------------------------------------------
 
 def restore_answer(data: bytes, surrogates: Surrogates) -> bytes:
-    """A whole (non-streamed) JSON answer with its surrogates restored in `choices`."""
+    """A whole (non-streamed) JSON answer with its surrogates restored (in `choices` when the
+    answer has escapes and is decoded, anywhere as bytes when it has none)."""
     if MAYBE_SURROGATE.search(data) is None:
         return data
+    if b"\\u" not in data:
+        return surrogates.restore_json(data)
     try:
         answer = orjson.loads(data)
     except orjson.JSONDecodeError:

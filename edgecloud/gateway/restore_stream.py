@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from edgecloud.api.asgi import sse_event
-from edgecloud.gateway.pseudonymize import MAYBE_SURROGATE, Surrogates
+from edgecloud.gateway.pseudonymize import MAYBE_SURROGATE, PREFIX_AT_STRING_END, Surrogates
 
 _INCREMENTAL = frozenset({"content", "text", "arguments", "refusal", "reasoning_content",
                           "reasoning"})
@@ -46,8 +46,12 @@ class StreamRestorer:
         end += 2
         self._buf = data[end:]
         head = data[:end] if self._buf else data
-        if not self._pending and MAYBE_SURROGATE.search(head) is None:
-            return head
+        if not self._pending:
+            if MAYBE_SURROGATE.search(head) is None:
+                return head
+            if b"\\u" not in head and PREFIX_AT_STRING_END.search(head) is None:
+                # Only whole surrogates, no escapes: restored as bytes, no parse needed.
+                return self.surrogates.restore_json(head)
         return b"".join(self._event(e) for e in head[:-2].split(b"\n\n"))
 
     def end(self) -> bytes:
@@ -59,11 +63,14 @@ class StreamRestorer:
     def _event(self, event: bytes) -> bytes:
         if not self._pending and MAYBE_SURROGATE.search(event) is None:
             return event + b"\n\n"
-        lines = event.split(b"\n")
-        data_at = [i for i, line in enumerate(lines) if line.startswith(b"data:")]
-        if len(data_at) != 1:  # a comment, a keep-alive, a multi-line payload: as it is
-            return event + b"\n\n"
-        i = data_at[0]
+        if event.startswith(b"data:") and b"\n" not in event:  # the usual one-line event
+            lines, i = [event], 0
+        else:
+            lines = event.split(b"\n")
+            data_at = [i for i, line in enumerate(lines) if line.startswith(b"data:")]
+            if len(data_at) != 1:  # a comment, a keep-alive, a multi-line payload: as it is
+                return event + b"\n\n"
+            i = data_at[0]
         payload = lines[i][5:].lstrip(b" ")
         if payload == b"[DONE]":
             return self._flush() + event + b"\n\n"
@@ -71,12 +78,12 @@ class StreamRestorer:
             obj = orjson.loads(payload)
         except orjson.JSONDecodeError:
             return event + b"\n\n"
-        choices = obj.get("choices") if isinstance(obj, dict) else None
-        if not isinstance(choices, list):
+        choices = obj.get("choices") if type(obj) is dict else None
+        if type(choices) is not list:
             return event + b"\n\n"
-        self._envelope = {k: v for k, v in obj.items() if k not in ("choices", "usage")}
+        self._envelope = obj
         for pos, choice in enumerate(choices):
-            if isinstance(choice, dict):
+            if type(choice) is dict:
                 index = choice.get("index", pos)
                 final = choice.get("finish_reason") is not None
                 self._restore(choice, (index,), final)
@@ -84,18 +91,19 @@ class StreamRestorer:
                     for path in [p for p in self._pending if p[0] == index]:
                         _inject(choice, path[1:], self._pending.pop(path))
         lines[i] = b"data: " + orjson.dumps(obj)
-        return b"\n".join(lines) + b"\n\n"
+        return b"\n".join(lines) + b"\n\n" if len(lines) > 1 else lines[0] + b"\n\n"
 
     def _restore(self, obj: Any, path: Path, final: bool) -> None:
-        items = obj.items() if isinstance(obj, dict) else enumerate(obj)
-        for k, v in items:
-            if isinstance(v, str):
-                if isinstance(k, str) and k in _INCREMENTAL:
+        in_list = type(obj) is list
+        for k, v in enumerate(obj) if in_list else obj.items():
+            t = type(v)
+            if t is str:
+                if k in _INCREMENTAL:
                     obj[k] = self._text(path + (k,), v, final)
                 elif "[" in v:
                     obj[k] = self.surrogates.restore(v)
-            elif isinstance(v, dict | list) and k != "logprobs":
-                key = v.get("index", k) if isinstance(v, dict) and isinstance(obj, list) else k
+            elif (t is dict or t is list) and k != "logprobs":
+                key = v.get("index", k) if in_list and t is dict else k
                 self._restore(v, path + (key,), final)
 
     def _text(self, path: Path, text: str, final: bool) -> str:
@@ -118,7 +126,8 @@ class StreamRestorer:
             choice: dict[str, Any] = {"index": path[0]}
             _inject(choice, path[1:], text)
             choice["finish_reason"] = None
-            out.append(sse_event({**self._envelope, "choices": [choice]}))
+            envelope = {k: v for k, v in self._envelope.items() if k not in ("choices", "usage")}
+            out.append(sse_event({**envelope, "choices": [choice]}))
         return b"".join(out)
 
 

@@ -264,7 +264,10 @@ def test_a_stream_without_surrogate_text_passes_byte_for_byte() -> None:
 def test_error_events_and_usage_pass() -> None:
     err = b'data: {"error": {"message": "[EMAIL_1] broke"}}\n\n'
     usage = b'data: {"id":"s","choices":[],"usage":{"completion_tokens":2}}\n\n'
-    assert _run(StreamRestorer(SURR), [err, usage]) == err + usage
+    assert _run(StreamRestorer(SURR), [err, usage]) == err.replace(
+        b"[EMAIL_1]", b"bob@example.com") + usage
+    escaped = b'data: {"error": {"message": "\\u005bEMAIL_1] broke"}}\n\n'
+    assert _run(StreamRestorer(SURR), [escaped]) == escaped  # decoded only within choices
 
 
 def _split(seq: Any, rng: random.Random, most: int) -> list[Any]:
