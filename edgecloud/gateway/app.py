@@ -33,6 +33,7 @@ from edgecloud.api.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from edgecloud.gateway.clientwatch import follow
 from edgecloud.gateway.config import ApiKeyConfig, GatewayConfig
 from edgecloud.gateway.forward import Forwarder
 from edgecloud.gateway.health import CircuitBreaker, EndpointState
@@ -69,8 +70,8 @@ class GatewayApp:
         self.config = config
         lim = config.limits
         self.states = [
-            EndpointState(cfg, CircuitBreaker(lim.breaker_failures, lim.breaker_open_s),
-                          model_id=cfg.model)
+            EndpointState(cfg, CircuitBreaker(lim.breaker_failures, lim.breaker_open_s,
+                                              lim.breaker_trial_s), model_id=cfg.model)
             for cfg in config.endpoints
         ]
         self.upstreams = {s.name: Upstream(s, verify_tls=verify_upstream_tls) for s in self.states}
@@ -244,6 +245,7 @@ class GatewayApp:
         t0 = time.perf_counter()
         record: dict[str, Any] = {"event": "request", "route": scope["path"]}
         trace = None if self.tracer is None else self.tracer.begin(scope)
+        watch = None
         try:
             headers = {k: v for k, v in scope["headers"] if k in _WANTED}
             try:
@@ -267,33 +269,51 @@ class GatewayApp:
                     # The parse left large images out: rewrite from the whole body.
                     whole = parse_json(raw) if facts.elided else facts.body
                     decision, rewritten = self.policy.with_surrogates(decision, whole)
+                record.update(model=facts.model, stream=facts.stream, images=facts.images,
+                              body_bytes=len(raw), rule=decision.rule)
+                if hints.region:
+                    record["region"] = hints.region
+                if decision.panic:
+                    record["panic"] = True
+                if rewritten is not None:  # the kinds replaced, never the values
+                    record["pseudonymized"] = rewritten.surrogates.kinds
+                    self.metrics.pseudonymized(rewritten.surrogates.kinds)
+                watch = follow(scope, receive)
+                await self.forwarder.forward(send, watch, upstream_path, raw, facts, decision,
+                                             record, t0, trace, rewritten)
             except ClientDisconnected:
                 return
-            except APIError as err:
-                reason = getattr(err, "rule", None) or f"request.{err.code or err.type}"
-                self.metrics.refusal(reason)
-                self.metrics.request("none", "none", reason, err.status)
-                record.update(status=err.status, reason=reason, error=err.code)
-                extra = [(b"x-edgecloud-reason", reason.encode())]
-                await send_error(send, err, extra)
-                record["total_ms"] = round((time.perf_counter() - t0) * 1000, 3)
-                self.log.write(record)
+            except APIError as err:  # raised before anything was sent
+                await self._refuse(send, err, record, t0)
                 return
-            record.update(model=facts.model, stream=facts.stream, images=facts.images,
-                          body_bytes=len(raw), rule=decision.rule)
-            if hints.region:
-                record["region"] = hints.region
-            if rewritten is not None:  # the kinds replaced, never the values
-                record["pseudonymized"] = rewritten.surrogates.kinds
-                self.metrics.pseudonymized(rewritten.surrogates.kinds)
-            await self.forwarder.forward(send, receive, upstream_path, raw, facts, decision,
-                                         record, t0, trace, rewritten)
+            except Exception as exc:
+                # A defect, never an answer to a bad body: an OpenAI-style 500 if nothing was
+                # sent yet (the log names the exception, never the body).
+                self.log.event("gateway.error", [("route", scope["path"]),
+                                                 ("exception", type(exc).__name__)])
+                if "status" in record:
+                    raise
+                await self._refuse(send, APIError("The gateway failed on this request.",
+                                                  code="internal_error"), record, t0)
+                return
             if "cost_usd" in record:
                 self._add_spend(record)
             self.log.write(record)
         finally:
+            if watch is not None:
+                watch.stop()
             if trace is not None:
                 trace.finish(record)
+
+    async def _refuse(self, send: Send, err: APIError, record: dict[str, Any],
+                      t0: float) -> None:
+        reason = getattr(err, "rule", None) or f"request.{err.code or err.type}"
+        self.metrics.refusal(reason)
+        self.metrics.request("none", "none", reason, err.status)
+        record.update(status=err.status, reason=reason, error=err.code)
+        await send_error(send, err, [(b"x-edgecloud-reason", reason.encode())])
+        record["total_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+        self.log.write(record)
 
     def _check_model(self, model: str) -> None:
         if self.accepted is not None and model not in self.accepted:

@@ -41,7 +41,11 @@ class EndpointConfig(_Strict):
     model: str | None = None
     api_key_env: str | None = None
     price: Price = Price()
-    timeout_s: float = Field(default=120.0, gt=0, description="upstream read timeout")
+    timeout_s: float = Field(
+        default=120.0, gt=0,
+        description="per-response read deadline: a whole non-streamed answer, or a stream's "
+        "headers and each gap between its chunks",
+    )
     connect_timeout_s: float = Field(default=2.0, gt=0)
     health_path: str | None = Field(
         None, description="probe path under the server root; default /readyz, else /v1/models"
@@ -157,6 +161,9 @@ class LimitsConfig(_Strict):
     health_interval_s: float = Field(default=2.0, gt=0)
     breaker_failures: int = Field(default=3, ge=1)
     breaker_open_s: float = Field(default=5.0, gt=0)
+    breaker_trial_s: float = Field(
+        default=30.0, gt=0, description="a half-open trial without a verdict by then is void"
+    )
 
 
 class TracingConfig(_Strict):

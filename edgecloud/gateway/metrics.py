@@ -63,6 +63,11 @@ class GatewayMetrics:
             _PREFIX + "fallbacks", "Endpoint failures that moved a request to the next endpoint",
             ["endpoint", "cause"], registry=r,
         )
+        self._upstream_failures = Counter(
+            _PREFIX + "upstream_failures",
+            "Endpoint failures counted by the circuit breaker (relayed or fallen back from)",
+            ["endpoint", "cause"], registry=r,
+        )
         self._refusals = Counter(
             _PREFIX + "refusals", "Requests refused by policy (fail closed) or as bad input",
             ["reason"], registry=r,
@@ -88,6 +93,9 @@ class GatewayMetrics:
 
     def fallback(self, endpoint: str, cause: str) -> None:
         self._fallbacks.labels(endpoint, cause).inc()
+
+    def upstream_failure(self, endpoint: str, cause: str) -> None:
+        self._upstream_failures.labels(endpoint, cause).inc()
 
     def refusal(self, reason: str) -> None:
         self._refusals.labels(reason).inc()

@@ -35,12 +35,15 @@ class Hints:
 
 @dataclass(slots=True)
 class PlacementDecision:
-    """Where to send a request: endpoints to try in order, the rule that decided, and why."""
+    """Where to send a request: endpoints to try in order, the rule that decided, and why.
+
+    `panic`: every allowed endpoint was marked down, and they are tried anyway."""
 
     order: tuple[EndpointState, ...]
     rule: str
     explanation: str
     restricted: bool
+    panic: bool = False
     # Set on a privacy.pseudonymized decision: what happens instead when the request cannot be
     # rewritten (a kind that may not leave was found): the edge decision, or the refusal.
     without_surrogates: PlacementDecision | APIError | None = None
@@ -130,6 +133,13 @@ class PlacementPolicy:
         restricted = rule is not None
 
         live = [e for e in cands if e.available(now)]
+        panic = False
+        if not live:
+            # Panic mode (Envoy's panic threshold): every allowed endpoint is marked down by its
+            # last probe, which may be stale (an edge that just came up). Try them anyway, once
+            # each; their breakers still hold back the ones that keep failing.
+            live = [e for e in cands if e.breaker.allows(now)]
+            panic = True
         if not live:
             down = _names(cands)
             if restricted and rule is not None:
@@ -149,8 +159,10 @@ class PlacementPolicy:
                 pin = None  # the pinned tier is unavailable or not allowed: policy decides
             elif rule is None and len(pinned) < len(live):
                 rule, why = "pinned", f"the client pinned the request to {pin}"
-        return self._ordered(live, pin, facts, hints, out_tokens, rule, why, restricted,
-                             cloud_spend_usd)
+        decision = self._ordered(live, pin, facts, hints, out_tokens, rule, why, restricted,
+                                 cloud_spend_usd)
+        decision.panic = panic
+        return decision
 
     # -- private requests that may leave as surrogates -------------------------------------
     def _edge_or_surrogates(
@@ -185,7 +197,8 @@ class PlacementPolicy:
         why = (f"{private}: the edge cannot take it now; personal data replaced by surrogates "
                "for the cloud")
         return PlacementDecision(clouds + (edge.order if edge is not None else ()),
-                                 "privacy.pseudonymized", why, True, edge or refusal)
+                                 "privacy.pseudonymized", why, True,
+                                 without_surrogates=edge or refusal)
 
     def _edge_strained(self, e: EndpointState, facts: RequestFacts, hints: Hints) -> bool:
         """Queueing past the offload threshold, or predicted to miss the deadline."""

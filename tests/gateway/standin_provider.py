@@ -3,9 +3,15 @@
 Run: python tests/gateway/standin_provider.py --port P [--name NAME] [--model-id ID]
 Besides the OpenAI routes it has test-only controls:
   GET /_received          -> the requests it received (summaries, no bodies)
-  DELETE /_received       -> forget them
+  DELETE /_received       -> forget them (and the disconnect count)
   POST /_control {"fail": 503|null, "hang_s": 0, "cut_after": null, "chunks": 8, "delay_ms": 0,
-                  "echo": false}
+                  "fault": null, "echo": false}
+  GET /_stats             -> {"held": answers in progress, "disconnects": callers that left}
+"fault" plays a broken provider on non-streamed answers: "hang_after_headers" (headers and a
+first piece of the body, then nothing), "truncate_chunked" (a chunked body cut off),
+"short_length" (fewer bytes than its Content-Length), "invalid_json" (a 200 that is not JSON).
+Every wait (hang_s, delay_ms, a hang after the headers) ends early when the caller disconnects,
+and is then counted in "disconnects".
 With "echo" on, it answers with the texts it received (joined by newlines) as content, tool-call
 arguments (when the request has tools) or completion text; streamed in events of 1 to 7
 characters, some JSON-escaped to ASCII, written in random byte pieces; and it records each body.
@@ -25,7 +31,9 @@ import uvicorn
 STATE: dict[str, Any] = {
     "received": [],
     "control": {"fail": None, "hang_s": 0.0, "cut_after": None, "chunks": 8, "delay_ms": 0,
-                "echo": False},
+                "fault": None, "echo": False},
+    "held": 0,
+    "disconnects": 0,
 }
 ARGS = argparse.Namespace()
 
@@ -91,7 +99,10 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
     elif path == "/_received":
         if method == "DELETE":
             STATE["received"].clear()
+            STATE["disconnects"] = 0
         await _send_json(send, 200, STATE["received"])
+    elif path == "/_stats":
+        await _send_json(send, 200, {"held": STATE["held"], "disconnects": STATE["disconnects"]})
     elif path == "/_control":
         STATE["control"].update(orjson.loads(await _read(receive)))
         await _send_json(send, 200, STATE["control"])
@@ -103,16 +114,52 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
             STATE["received"][-1]["raw"] = raw.decode()
             await _echo(send, path, orjson.loads(raw), len(STATE["received"]))
             return
-        await _answer(send, path, orjson.loads(raw))
+        STATE["held"] += 1
+        try:
+            await _answer(send, receive, path, orjson.loads(raw))
+        finally:
+            STATE["held"] -= 1
     else:
         await _send_json(send, 404, {"error": {"message": "no route", "type": "x",
                                                "param": None, "code": None}})
 
 
-async def _answer(send: Any, path: str, body: dict[str, Any]) -> None:
+async def _hold(receive: Any, seconds: float) -> bool:
+    """Wait `seconds`; True (and counted) if the caller disconnects first."""
+    left = asyncio.ensure_future(receive())
+    try:
+        done, _ = await asyncio.wait({left}, timeout=seconds)
+    finally:
+        if not left.done():
+            left.cancel()
+    if done and left.result()["type"] == "http.disconnect":
+        STATE["disconnects"] += 1
+        return True
+    return False
+
+
+async def _fault(send: Any, receive: Any, fault: str, answer: bytes) -> None:
+    if fault == "invalid_json":
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": answer[: len(answer) // 2]})
+        return
+    headers = [(b"content-type", b"application/json")]
+    if fault == "short_length":
+        headers.append((b"content-length", str(len(answer)).encode()))
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": answer[:10], "more_body": True})
+    if fault == "hang_after_headers":
+        await _hold(receive, 60.0)
+        return
+    # short_length / truncate_chunked: uvicorn drops the connection mid-answer
+    raise RuntimeError(f"stand-in fault {fault}")
+
+
+async def _answer(send: Any, receive: Any, path: str, body: dict[str, Any]) -> None:
     ctl = STATE["control"]
-    if ctl["hang_s"]:
-        await asyncio.sleep(ctl["hang_s"])
+    if ctl["hang_s"] and await _hold(receive, ctl["hang_s"]):
+        return
     if ctl["fail"]:
         await _send_json(send, int(ctl["fail"]), {"error": {
             "message": "stand-in failure", "type": "server_error", "param": None, "code": None}})
@@ -124,10 +171,14 @@ async def _answer(send: Any, path: str, body: dict[str, Any]) -> None:
             {"index": 0, "message": {"role": "assistant", "content": text},
              "finish_reason": "stop"} if chat else
             {"index": 0, "text": text, "finish_reason": "stop"})
-        await _send_json(send, 200, {
+        answer = {
             "id": "cmpl-standin", "object": "chat.completion" if chat else "text_completion",
             "created": int(time.time()), "model": body.get("model"), "choices": [choice],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}})
+            "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}}
+        if ctl["fault"]:
+            await _fault(send, receive, ctl["fault"], orjson.dumps(answer))
+            return
+        await _send_json(send, 200, answer)
         return
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"text/event-stream")]})
@@ -141,8 +192,8 @@ async def _answer(send: Any, path: str, body: dict[str, Any]) -> None:
                              {"index": 0, "text": f"tok{i} ", "finish_reason": None}]}
         await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(chunk)
                     + b"\n\n", "more_body": True})
-        if ctl["delay_ms"]:
-            await asyncio.sleep(ctl["delay_ms"] / 1000)
+        if ctl["delay_ms"] and await _hold(receive, ctl["delay_ms"] / 1000):
+            return
     await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
 
 
