@@ -181,7 +181,9 @@ class PlacementPolicy:
             edge = place(private)
         except (NoAllowedEndpoint, CapabilityMissing) as exc:
             refusal = exc.with_traceback(None)
-        if edge is not None and not self._edge_strained(edge.primary, facts, hints):
+        # In panic mode every edge endpoint is marked down: they are the last resort below.
+        if edge is not None and not edge.panic and not self._edge_strained(edge.primary, facts,
+                                                                             hints):
             return edge
         try:
             public = place(None)

@@ -16,6 +16,13 @@ LISTED = ["email", "phone", "id_card", "bank_card", "iban", "ip"]
 POLICY = PlacementPolicy(PolicyConfig(privacy={"pseudonymize": LISTED}))  # type: ignore[arg-type]
 
 
+def _down(e: Any) -> None:
+    """Marked down by its probe and its breaker open: not even tried in panic mode."""
+    e.healthy = False
+    e.breaker.failure(0.0)
+    e.breaker.failure(0.0)
+
+
 def _place(facts: Any, fleet: list[Any], hints: Hints | None = None) -> Any:
     """The decision and the rewritten body, as the gateway takes them."""
     d = _choose(facts, hints, fleet, policy=POLICY)
@@ -35,8 +42,11 @@ def test_edge_down_sends_surrogates_to_the_cloud() -> None:
     fleet[0].healthy = False
     d, rw = _place(_chat("mail bob@example.com"), fleet)
     assert d.rule == "privacy.pseudonymized" and d.restricted
-    assert {e.config.tier for e in d.order} == {"cloud"}
+    assert [e.config.tier for e in d.order] == ["cloud", "cloud", "edge"]  # edge: panic mode
     assert rw.body["messages"][0]["content"] == "mail [EMAIL_1]"
+    _down(fleet[0])  # its breaker open too: the cloud only
+    d, rw = _place(_chat("mail bob@example.com"), fleet)
+    assert {e.config.tier for e in d.order} == {"cloud"}
 
 
 def test_a_saturated_edge_offloads_with_surrogates_and_stays_the_last_resort() -> None:
@@ -78,7 +88,7 @@ def test_a_secret_keeps_it_on_the_edge_or_refused(text: str) -> None:
     fleet[0].in_flight = 5
     d, rw = _place(_chat(text), fleet)
     assert [e.name for e in d.order] == ["edge"] and rw is None  # queued on the edge
-    fleet[0].healthy = False
+    _down(fleet[0])
     with pytest.raises(NoAllowedEndpoint) as err:
         _place(_chat(text), fleet)
     assert err.value.rule.startswith("privacy.pii.")
@@ -93,7 +103,7 @@ def test_a_secret_keeps_it_on_the_edge_or_refused(text: str) -> None:
 ])
 def test_what_is_not_listed_never_leaves(facts: Any, hints: Hints, rule: str) -> None:
     fleet = _fleet()
-    fleet[0].healthy = False
+    _down(fleet[0])
     with pytest.raises(NoAllowedEndpoint) as err:
         _place(facts, fleet, hints)
     assert err.value.rule == rule
@@ -101,7 +111,7 @@ def test_what_is_not_listed_never_leaves(facts: Any, hints: Hints, rule: str) ->
 
 def test_unlisted_kinds_and_an_empty_list_keep_todays_behaviour() -> None:
     fleet = _fleet()
-    fleet[0].healthy = False
+    _down(fleet[0])
     only_email = PlacementPolicy(PolicyConfig(privacy={"pseudonymize": ["email"]}))  # type: ignore[arg-type]
     with pytest.raises(NoAllowedEndpoint):
         _choose(_chat("call 13812345678"), fleet=fleet, policy=only_email)
@@ -118,7 +128,7 @@ def test_unlisted_kinds_and_an_empty_list_keep_todays_behaviour() -> None:
 
 def test_residency_still_limits_the_cloud_endpoints() -> None:
     fleet = _fleet()
-    fleet[0].healthy = False
+    _down(fleet[0])
     policy = PlacementPolicy(PolicyConfig(residency={"eu": ["eu-central-1", "device"]},  # type: ignore[arg-type]
                                           privacy={"pseudonymize": LISTED}))
     d = _choose(_chat("bob@example.com"), Hints(region="eu"), fleet, policy=policy)
