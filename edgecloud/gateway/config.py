@@ -83,6 +83,11 @@ class PrivacyConfig(_Strict):
     patterns: dict[str, str] = Field(
         default_factory=dict, description="extra detectors: name -> regular expression"
     )
+    pseudonymize: list[str] = Field(
+        default_factory=list,
+        description="kinds (or pattern names) that may leave the edge as surrogates when the "
+        "edge cannot take the request",
+    )
 
     @field_validator("patterns")
     @classmethod
@@ -97,6 +102,19 @@ class PrivacyConfig(_Strict):
                     f"pattern {name!r} is not a valid regular expression: {exc}"
                 ) from None
         return v
+
+    @model_validator(mode="after")
+    def _pseudonymize(self) -> PrivacyConfig:
+        for kind in self.pseudonymize:
+            if kind == "secret":
+                raise ValueError("pseudonymize: secrets and keys never leave the edge; remove "
+                                 "'secret'")
+            if kind not in PII_KINDS and kind not in self.patterns:
+                raise ValueError(
+                    f"pseudonymize: {kind!r} is neither a personal-data kind "
+                    f"({', '.join(k for k in PII_KINDS if k != 'secret')}) nor a name in patterns"
+                )
+        return self
 
 
 class OffloadConfig(_Strict):
