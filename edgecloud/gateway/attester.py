@@ -94,6 +94,12 @@ class Attester:
             raise ConfidentialRefused(f"{self.name} presented a TLS key other than the attested "
                                       "one; un-attested")
 
+    def admit(self) -> None:
+        """Called before each request is written: refuse unless attested right now (a token may
+        lapse between placement and sending)."""
+        if not self.status.attested(time.monotonic()):
+            raise ConfidentialRefused(f"{self.name} is not attested; nothing is sent to it")
+
     def on_change(self, fn: Callable[[], None]) -> None:
         """Call `fn` whenever trust changes (attested, re-keyed, revoked): e.g. drop pooled
         connections."""

@@ -17,6 +17,8 @@ from edgecloud.gateway.health import EndpointState
 from edgecloud.gateway.privacy import PrivacyDetector
 from edgecloud.gateway.request import RequestFacts
 
+UNATTESTED = "privacy.confidential.unattested"
+
 
 @dataclass(slots=True)
 class Hints:
@@ -79,10 +81,16 @@ class PlacementPolicy:
         cands = list(endpoints)
 
         private = self.privacy_rule(facts, hints)
+        unattested: str | None = None  # the rule to name if only unattested endpoints remain
         if private is not None:
-            cands = [e for e in cands if e.config.tier == "edge"]
+            cands, unattested = self._private_candidates(cands, now)
             rule, why = private, "private data stays on edge endpoints"
+            if any(e.config.tier == "cloud" for e in cands):
+                why = "private data stays on edge or attested confidential endpoints"
             if not cands:
+                if unattested is not None:
+                    raise NoAllowedEndpoint(unattested, "private request, no edge endpoint, and "
+                                            "no confidential endpoint is attested now")
                 raise NoAllowedEndpoint(private, "private request, and no edge endpoint exists")
 
         if hints.region:
@@ -104,6 +112,9 @@ class PlacementPolicy:
         live = [e for e in cands if e.available(now)]
         if not live:
             down = _names(cands)
+            if unattested is not None:
+                raise NoAllowedEndpoint(unattested, f"no edge endpoint is available ({down}) "
+                                        "and no confidential endpoint is attested now")
             if restricted and rule is not None:
                 raise NoAllowedEndpoint(
                     rule, f"no healthy endpoint may take this request ({down} unavailable); "
@@ -112,7 +123,15 @@ class PlacementPolicy:
             raise NoAllowedEndpoint("fallback", f"no endpoint is healthy ({down} unavailable)")
 
         out_tokens = facts.max_output_tokens or self.config.default_output_tokens
-        live, rule, why = self._capabilities(facts, cands, live, out_tokens, rule, why)
+        try:
+            live, rule, why = self._capabilities(facts, cands, live, out_tokens, rule, why)
+        except CapabilityMissing as exc:
+            if unattested is None:
+                raise
+            # What the edge cannot do, an attested confidential endpoint could: a 503 (retry
+            # later) naming the lapsed attestation, not a 400.
+            raise NoAllowedEndpoint(unattested, f"{exc.message.split(': ', 1)[-1]}; no "
+                                    "confidential endpoint is attested now") from None
 
         pin = hints.pinned if hints.pinned in ("edge", "cloud") else None
         if pin is not None:
@@ -123,6 +142,19 @@ class PlacementPolicy:
                 rule, why = "pinned", f"the client pinned the request to {pin}"
         return self._ordered(live, pin, facts, hints, out_tokens, rule, why, restricted,
                              cloud_spend_usd)
+
+    def _private_candidates(
+        self, cands: list[EndpointState], now: float
+    ) -> tuple[list[EndpointState], str | None]:
+        """Edge endpoints, plus attested confidential ones when `privacy.confidential: allow`.
+        The second value names the rule for a refusal when confidential ones exist but none is
+        attested (their attestation lapsed or failed)."""
+        edge = [e for e in cands if e.config.tier == "edge"]
+        if self.config.privacy.confidential != "allow":
+            return edge, None
+        conf = [e for e in cands if e.attestation is not None and e.config.tier == "cloud"]
+        attested = [e for e in conf if e.attestation is not None and e.attestation.attested(now)]
+        return edge + attested, (UNATTESTED if conf and not attested else None)
 
     def _capabilities(
         self,

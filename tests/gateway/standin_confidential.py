@@ -115,7 +115,8 @@ def main() -> None:
     (tmp / "cert.pem").write_bytes(self_signed(key))
     (tmp / "key.pem").write_bytes(ARGS.key_file.read_bytes())
     uvicorn.run(app, host="127.0.0.1", port=ARGS.port, access_log=False, log_level="warning",
-                lifespan="off", ssl_certfile=str(tmp / "cert.pem"), ssl_keyfile=str(tmp / "key.pem"))
+                lifespan="off", ssl_certfile=str(tmp / "cert.pem"),
+                ssl_keyfile=str(tmp / "key.pem"))
 
 
 if __name__ == "__main__":
