@@ -153,9 +153,9 @@ def verify_token(token: str, keys: KeySet, expect: Expectations, nonce_hex: str,
             claims["iss"].encode(), expect.issuer.encode()):
         raise AttestationFailure(ISSUER_MISMATCH, f"iss is {claims.get('iss')!r}, expected "
                                  f"{expect.issuer!r}")
-    iat, exp = claims.get("iat"), claims.get("exp")
-    if not _is_time(iat) or not _is_time(exp):
+    if not _is_time(claims.get("iat")) or not _is_time(claims.get("exp")):
         raise AttestationFailure(TOKEN_MALFORMED, "iat and exp must both be numeric dates")
+    iat, exp = float(claims["iat"]), float(claims["exp"])
     leeway = expect.leeway_s
     if now >= exp + leeway:
         raise AttestationFailure(EXPIRED, f"expired {now - exp:.0f} s ago")
@@ -177,8 +177,7 @@ def verify_token(token: str, keys: KeySet, expect: Expectations, nonce_hex: str,
     if observed_key_sha256 is not None and not _hex_equal(bound, observed_key_sha256.lower()):
         raise AttestationFailure(TLS_KEY_MISMATCH, f"the token binds key {bound[:16]}..., the "
                                  f"endpoint's TLS key is {observed_key_sha256[:16]}...")
-    valid_until = min(float(exp), float(iat) + expect.max_age_s)
-    return Verified(bound, float(iat), valid_until, claims)
+    return Verified(bound, iat, min(exp, iat + expect.max_age_s), claims)
 
 
 def _is_time(v: Any) -> bool:

@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 from edgecloud.gateway import attestation as at
 from edgecloud.gateway.attestation import AttestationFailure, AttestationStatus, Expectations
 from edgecloud.gateway.config import ConfidentialConfig
+from edgecloud.gateway.health import EndpointState
 
 _JWKS_CACHE_S = 600.0  # refetch the issuer's keys this often (and at once for an unknown kid)
 _RETRY_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # after a failure, while un-attested
@@ -79,14 +80,14 @@ class Attester:
         self.attempts = 0
 
     # -- read on the request path ---------------------------------------------------------------
-    def check_peer(self, ssl_object: Any) -> None:
+    def check_peer(self, transport: asyncio.BaseTransport) -> None:
         """Called on each new connection after the TLS handshake, before any byte is sent:
         refuse unless attested and the peer's key is the bound key (else un-attest)."""
         now = time.monotonic()
         bound = self.status.bound_key(now)
         if bound is None:
             raise ConfidentialRefused(f"{self.name} is not attested; nothing is sent to it")
-        seen = peer_key_sha256(ssl_object)
+        seen = peer_key_sha256(transport.get_extra_info("ssl_object"))
         if seen != bound:
             self._fail(AttestationFailure(
                 at.TLS_KEY_CHANGED, f"a new connection showed TLS key {(seen or 'none')[:16]}..., "
@@ -126,7 +127,9 @@ class Attester:
             # Renew with a quarter of the token's life left (at least 2 s), so that a slow
             # verifier never lets a healthy endpoint lapse.
             return max(remaining - max(span / 4, 2.0), 0.05)
-        return _RETRY_S[min(failures_in_a_row, len(_RETRY_S) - 1)]
+        # Un-attested: retry with backoff, never slower than a tenth of the token's life.
+        cap = max(1.0, self.cfg.max_age_s / 10)
+        return min(_RETRY_S[min(failures_in_a_row, len(_RETRY_S) - 1)], cap)
 
     async def _loop(self) -> None:
         in_a_row = 0 if self.status.attested(time.monotonic()) else 1
@@ -275,3 +278,15 @@ class AttestationCollector(Collector):
             for reason, n in sorted(st.failures.items()):
                 failures.add_metric([a.name, reason], float(n))
         yield from (state, age, left, failures)
+
+
+def attesters_for(states: Sequence[EndpointState], log: LogFn | None = None
+                  ) -> dict[str, Attester]:
+    """An attester per confidential endpoint, wired into its state (read by policy)."""
+    out: dict[str, Attester] = {}
+    for st in states:
+        cc = st.config.confidential
+        if cc is not None:
+            att = out[st.name] = Attester(st.name, st.config.url, cc, log)
+            st.attestation = att.status
+    return out

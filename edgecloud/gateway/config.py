@@ -48,18 +48,18 @@ class ConfidentialConfig(_Strict):
 
     evidence_url: str = Field(description="GET ?nonce=HEX -> {\"token\": JWT}")
     issuer: str = Field(min_length=1, description="the token's iss (the attestation service)")
-    jwks_url: str | None = Field(None, description="the issuer's public keys (JWKS)")
-    jwks_file: str | None = Field(None, description="or the JWKS as a local file")
+    jwks_url: str | None = Field(default=None, description="the issuer's public keys (JWKS)")
+    jwks_file: str | None = Field(default=None, description="or the JWKS as a local file")
     claims: dict[str, Any] = Field(
         default_factory=dict, description="required claim values (measurements, debug off, TCB)"
     )
     max_age_s: float = Field(default=300.0, ge=5, le=86400,
                              description="trust a token at most this long after it was issued")
-    ca_file: str | None = Field(None, description="verify the endpoint's certificate too")
+    ca_file: str | None = Field(default=None, description="verify the endpoint's certificate too")
     timeout_s: float = Field(default=5.0, gt=0, le=120,
                              description="for the evidence, JWKS and handshake fetches")
-    nonce_claim: str = Field("nonce", pattern=r"^[A-Za-z0-9_.-]{1,128}$")
-    key_claim: str = Field("tls_key_sha256", pattern=r"^[A-Za-z0-9_.-]{1,128}$")
+    nonce_claim: str = Field(default="nonce", pattern=r"^[A-Za-z0-9_.-]{1,128}$")
+    key_claim: str = Field(default="tls_key_sha256", pattern=r"^[A-Za-z0-9_.-]{1,128}$")
 
     @field_validator("evidence_url")
     @classmethod
@@ -147,7 +147,7 @@ class PrivacyConfig(_Strict):
     action: Literal["edge_only"] = "edge_only"
     images: Literal["edge_only", "allow"] = "edge_only"
     confidential: Literal["allow", "deny"] = Field(
-        "deny", description="allow: private requests may use attested confidential endpoints"
+        default="deny", description="allow: private requests may use attested confidential endpoints"
     )
     patterns: dict[str, str] = Field(
         default_factory=dict, description="extra detectors: name -> regular expression"

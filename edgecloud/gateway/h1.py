@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -261,7 +261,8 @@ class H1Pool:
     high_water = 1 << 20  # bytes buffered from a stream before reading pauses
 
     def __init__(self, origin_url: str, headers: dict[str, str], *, connect_timeout_s: float,
-                 verify_tls: bool = True) -> None:
+                 verify_tls: bool = True, ssl_context: ssl.SSLContext | None = None,
+                 check_peer: Callable[[asyncio.BaseTransport], None] | None = None) -> None:
         u = urlsplit(origin_url)
         if u.scheme not in ("http", "https") or not u.hostname:
             raise ValueError(f"not an http(s) URL: {origin_url}")
@@ -274,7 +275,9 @@ class H1Pool:
             host_header += f":{self.port}"
         lines = [f"host: {host_header}", *(f"{k}: {v}" for k, v in headers.items())]
         self._head = ("\r\n".join(lines) + "\r\n").encode("latin-1")
-        self._ssl = client_ssl_context(verify_tls) if self.tls else None
+        self._ssl = (ssl_context or client_ssl_context(verify_tls)) if self.tls else None
+        # Runs on each new connection after its handshake; raising refuses it (key pinning).
+        self.check_peer = check_peer
         self.connect_timeout_s = connect_timeout_s
         self._idle: list[_Connection] = []
         self._all: set[_Connection] = set()
@@ -300,6 +303,12 @@ class H1Pool:
                 )
         except TimeoutError:
             raise UpstreamError(f"connect to {self.host}:{self.port} timed out") from None
+        if self.check_peer is not None:
+            try:
+                self.check_peer(conn.transport)
+            except BaseException:
+                conn.close()
+                raise
         self._all.add(conn)
         return conn
 

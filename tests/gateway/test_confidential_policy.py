@@ -42,10 +42,13 @@ GOOD_KEY = spki_sha256(GOOD_CERT)
 
 
 class FakeTLS:
-    """What a TLS connection shows: the peer certificate (as ssl.SSLObject does)."""
+    """What a TLS transport shows: its ssl object and the peer certificate (as asyncio's do)."""
 
     def __init__(self, der: bytes) -> None:
         self.der = der
+
+    def get_extra_info(self, name: str) -> Any:
+        return self if name == "ssl_object" else None
 
     def getpeercert(self, binary_form: bool = False) -> bytes:
         return self.der
