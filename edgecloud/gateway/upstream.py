@@ -98,6 +98,8 @@ class Upstream:
     async def probe(self, timeout_s: float = 2.0) -> bool:
         """One health probe: /readyz under the server root, else /v1/models. Updates state."""
         st = self.state
+        if self.attester is not None and not self.attester.status.attested(time.monotonic()):
+            return st.healthy  # nothing may connect while un-attested; health stays as known
         t0 = time.perf_counter()
         try:
             if self._probe_path is None:

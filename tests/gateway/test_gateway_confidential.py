@@ -44,13 +44,18 @@ def _config(*endpoints: dict[str, Any]) -> dict[str, Any]:
             "policy": {"privacy": {"confidential": "allow"}}}
 
 
-def _ask(gw: Gateway, text: str, *, private: bool = True, image: bool = False) -> httpx.Response:
+IMAGE = png_data_uri(2000)
+
+
+def _ask(gw: Gateway, text: str, *, private: bool = True, image: bool = False,
+         client: httpx.Client | None = None) -> httpx.Response:
     content: Any = text
     if image:
         content = [{"type": "text", "text": text},
-                   {"type": "image_url", "image_url": {"url": png_data_uri(2000)}}]
+                   {"type": "image_url", "image_url": {"url": IMAGE}}]
     headers = {"x-edgecloud-sensitivity": "private"} if private else {}
-    return httpx.post(gw.v1 + "/chat/completions", headers=headers, timeout=60, json={
+    post = client.post if client is not None else httpx.post
+    return post(gw.v1 + "/chat/completions", headers=headers, timeout=60, json={
         "model": "auto", "max_tokens": 2, "messages": [{"role": "user", "content": content}]})
 
 
@@ -165,3 +170,72 @@ def test_lapse_mid_run_moves_private_traffic_back_to_the_edge_at_once(
     verifier.control(mode="ok")  # a good token again: trusted again
     wait_metric(gw.base, ATTESTED, lambda v: v == 1, endpoint="cloud-cc")
     assert _ask(gw, "SECRET-image-2", image=True).headers["x-edgecloud-endpoint"] == "cloud-cc"
+
+
+FAULTS: dict[str, tuple[str | None, Callable[[Verifier, CCEndpoint], None]]] = {
+    "ok": (None, lambda v, c: None),
+    "signed_by_another_key": ("signature_invalid", lambda v, c: v.control(mode="other_key")),
+    "expired": ("expired", lambda v, c: v.control(mode="expired")),
+    "wrong_measurement": ("claim_mismatch", lambda v, c: v.control(mode="wrong_claim")),
+    "replayed": ("nonce_mismatch", lambda v, c: c.control(evidence="replay")),
+    "bound_to_another_key": ("tls_key_mismatch", lambda v, c: c.control(evidence="other_key")),
+    "evidence_route_hangs": ("evidence_timeout", lambda v, c: c.control(evidence="hang")),
+}
+
+
+PER_PHASE = 15
+
+
+@pytest.mark.slow
+def test_random_requests_under_random_attestation_faults_real_processes(
+        tmp_path: Path, procs: list[ManagedProcess], node: str) -> None:
+    """The real-process version of the property (tests/gateway/test_confidential_policy.py has
+    the large in-process one): phases of random faults, 15 random requests each; no request
+    sent while a fault stood ever reaches the confidential endpoint."""
+    import random
+
+    rng = random.Random(19)
+    verifier = start_verifier(tmp_path, procs)
+    cc = start_cc(tmp_path, procs, verifier)
+    gw = launch_gateway(tmp_path, procs, _config(
+        endpoint("edge", "edge", node + "/v1"),
+        cc_endpoint("cloud-cc", cc.v1, verifier, max_age_s=8, timeout_s=1)))
+    wait_metric(gw.base, ATTESTED, lambda v: v == 1, endpoint="cloud-cc")
+    httpx.get(cc.base + "/attestation", params={"nonce": "00" * 32}, verify=False, timeout=10)
+    phases = ["ok", *rng.sample(sorted(set(FAULTS) - {"ok"}), 4), "ok"]
+    rng.shuffle(phases)
+    client = httpx.Client()
+    forbidden: list[str] = []
+    sent = 0
+    for i, fault in enumerate(phases):
+        reason, arrange = FAULTS[fault]
+        verifier.control(mode="ok")
+        cc.control(evidence="ok")
+        if reason is None:
+            wait_metric(gw.base, ATTESTED, lambda v: v == 1, endpoint="cloud-cc")
+        else:
+            text = httpx.get(gw.base + "/metrics", timeout=5).text
+            seen = metric(text, FAILURES, endpoint="cloud-cc", reason=reason) or 0
+            arrange(verifier, cc)
+            text = wait_metric(gw.base, FAILURES, lambda v, s=seen: v > s, endpoint="cloud-cc",
+                               reason=reason)
+            assert metric(text, ATTESTED, endpoint="cloud-cc") == 0, fault
+        for j in range(PER_PHASE):
+            kind = rng.choice(["header", "pii", "image", "public"])
+            marker = f"SECRET-{i}-{j}-{kind}"
+            text_in = f"{marker} mail me at a.b@example.org" if kind == "pii" else marker
+            r = _ask(gw, text_in, private=kind == "header", image=kind == "image", client=client)
+            sent += 1
+            if reason is not None:
+                forbidden.append(marker)
+                if kind == "image":
+                    assert r.status_code == 503 and r.headers["x-edgecloud-reason"] == UNATTESTED
+                else:
+                    assert r.status_code == 200 and r.headers["x-edgecloud-endpoint"] == "edge"
+            else:
+                assert r.status_code == 200, r.text
+    reached = {t.split(" ")[0] for t in private_texts(cc.received())}
+    client.close()
+    assert sent == PER_PHASE * len(phases) and forbidden
+    assert not reached & set(forbidden)
+    assert reached  # private requests did use the endpoint while it was attested
