@@ -147,7 +147,8 @@ class PrivacyConfig(_Strict):
     action: Literal["edge_only"] = "edge_only"
     images: Literal["edge_only", "allow"] = "edge_only"
     confidential: Literal["allow", "deny"] = Field(
-        default="deny", description="allow: private requests may use attested confidential endpoints"
+        default="deny",
+        description="allow: private requests may use attested confidential endpoints",
     )
     patterns: dict[str, str] = Field(
         default_factory=dict, description="extra detectors: name -> regular expression"

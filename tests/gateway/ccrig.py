@@ -51,8 +51,8 @@ def start_verifier(tmp: Path, started: list[ManagedProcess]) -> Verifier:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = ManagedProcess([sys.executable, str(HERE / "standin_attestation.py"), "--port",
-                           str(port)], f"{base}/healthz", log_path=str(tmp / f"verifier-{port}.log"),
-                          name="standin-verifier")
+                           str(port)], f"{base}/healthz",
+                          log_path=str(tmp / f"verifier-{port}.log"), name="standin-verifier")
     started.append(proc)
     proc.start()
     proc.wait_ready(timeout_s=30)
