@@ -9,6 +9,7 @@ reads.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import ssl
 import time
@@ -27,12 +28,13 @@ from edgecloud.gateway import attestation as at
 from edgecloud.gateway.attestation import AttestationFailure, AttestationStatus, Expectations
 from edgecloud.gateway.config import ConfidentialConfig
 from edgecloud.gateway.health import EndpointState
+from edgecloud.logs import log_event
 
 _JWKS_CACHE_S = 600.0  # refetch the issuer's keys this often (and at once for an unknown kid)
 _RETRY_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # after a failure, while un-attested
 _MAX_TOKEN_BYTES = 64 * 1024
 
-LogFn = Callable[[str, list[tuple[str, Any]]], None]
+_events = logging.getLogger("edgecloud.gateway")
 
 
 class ConfidentialRefused(OSError):
@@ -61,8 +63,7 @@ def peer_key_sha256(ssl_object: Any) -> str | None:
 class Attester:
     """Attestation of one endpoint; `status` is what policy and connections read."""
 
-    def __init__(self, name: str, url: str, cfg: ConfidentialConfig,
-                 log: LogFn | None = None) -> None:
+    def __init__(self, name: str, url: str, cfg: ConfidentialConfig) -> None:
         self.name = name
         self.cfg = cfg
         self.status = AttestationStatus(name)
@@ -72,7 +73,6 @@ class Attester:
         self.expect = Expectations(cfg.issuer, cfg.claims, cfg.max_age_s, cfg.nonce_claim,
                                    cfg.key_claim)
         self.ssl_context = endpoint_ssl_context(cfg.ca_file)
-        self._log = log
         self._keys: KeySet | None = None
         self._keys_at = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -166,26 +166,22 @@ class Attester:
         self.status.accept(verified, time.monotonic(), time.time())
         if changed:
             self._notify()
-        self._emit("attestation.ok", [
-            ("endpoint", self.name), ("tls_key_sha256", verified.key_sha256),
-            ("valid_s", round(self.status.attested_until - time.monotonic(), 1))])
+        # (spki_sha256: a public key's hash; a field named *key* would be redacted as a secret)
+        log_event(_events, "attestation.ok", endpoint=self.name,
+                  spki_sha256=verified.key_sha256,
+                  valid_s=round(self.status.attested_until - time.monotonic(), 1))
         return True
 
     def _fail(self, exc: AttestationFailure) -> None:
         was = self.status.attested(time.monotonic())
         self.status.revoke(exc.reason, exc.detail)
         self._notify()
-        self._emit("attestation.failed", [
-            ("endpoint", self.name), ("check", exc.reason), ("detail", exc.detail),
-            ("was_attested", was)])
+        log_event(_events, "attestation.failed", logging.WARNING, endpoint=self.name,
+                  check=exc.reason, detail=exc.detail, was_attested=was)
 
     def _notify(self) -> None:
         for fn in self._listeners:
             fn()
-
-    def _emit(self, event: str, fields: list[tuple[str, Any]]) -> None:
-        if self._log is not None:
-            self._log(event, fields)
 
     async def _observe_key(self) -> str:
         """The SPKI hash the endpoint's URL shows in a TLS handshake right now."""
@@ -280,13 +276,12 @@ class AttestationCollector(Collector):
         yield from (state, age, left, failures)
 
 
-def attesters_for(states: Sequence[EndpointState], log: LogFn | None = None
-                  ) -> dict[str, Attester]:
+def attesters_for(states: Sequence[EndpointState]) -> dict[str, Attester]:
     """An attester per confidential endpoint, wired into its state (read by policy)."""
     out: dict[str, Attester] = {}
     for st in states:
         cc = st.config.confidential
         if cc is not None:
-            att = out[st.name] = Attester(st.name, st.config.url, cc, log)
+            att = out[st.name] = Attester(st.name, st.config.url, cc)
             st.attestation = att.status
     return out

@@ -74,6 +74,9 @@ def gateway(
             for line in _confidential_summary(cfg):
                 err.print(line, highlight=False)
             return
+        from edgecloud.logs import configure_logging
+
+        configure_logging()
         serve(cfg, host, port, tls_cert, tls_key, verify_upstream_tls=not insecure_upstream_tls)
     except ConfigError as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False)

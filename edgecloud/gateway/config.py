@@ -9,6 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from edgecloud.api.guard import ServingLimits
 from edgecloud.api.yamlconfig import yaml_line
 from edgecloud.gateway.errors import ConfigError
 
@@ -108,7 +109,11 @@ class EndpointConfig(_Strict):
     model: str | None = None
     api_key_env: str | None = None
     price: Price = Price()
-    timeout_s: float = Field(default=120.0, gt=0, description="upstream read timeout")
+    timeout_s: float = Field(
+        default=120.0, gt=0,
+        description="per-response read deadline: a whole non-streamed answer, or a stream's "
+        "headers and each gap between its chunks",
+    )
     connect_timeout_s: float = Field(default=2.0, gt=0)
     health_path: str | None = Field(
         None, description="probe path under the server root; default /readyz, else /v1/models"
@@ -216,11 +221,16 @@ class AuthConfig(_Strict):
     keys: list[ApiKeyConfig] = Field(default_factory=list)
 
 
-class LimitsConfig(_Strict):
+class LimitsConfig(ServingLimits):
+    """Request limits, the breaker, health probes, and the read deadlines of every server."""
+
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     health_interval_s: float = Field(default=2.0, gt=0)
     breaker_failures: int = Field(default=3, ge=1)
     breaker_open_s: float = Field(default=5.0, gt=0)
+    breaker_trial_s: float = Field(
+        default=30.0, gt=0, description="a half-open trial without a verdict by then is void"
+    )
 
 
 class TracingConfig(_Strict):

@@ -7,9 +7,11 @@ leaves in one segment, as nginx sends it. Body writes (stream chunks) pass strai
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from edgecloud.api.guard import GuardedHttpToolsProtocol
+from edgecloud.gateway.clientwatch import SCOPE_KEY, ClientWatch
 
 
 class CorkedTransport:
@@ -57,8 +59,31 @@ class CorkedTransport:
         return getattr(self._transport, name)
 
 
-class CorkedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol over a CorkedTransport."""
+class CorkedHttpToolsProtocol(GuardedHttpToolsProtocol):
+    """Our guarded httptools protocol over a CorkedTransport, telling requests when their
+    client leaves (a ClientWatch in the scope; see clientwatch.py)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        # Requests whose answer is not complete yet, oldest first (more than one only when the
+        # client pipelines).
+        self._watches: deque[ClientWatch] = deque()
         super().connection_made(CorkedTransport(transport, self.loop))  # type: ignore[arg-type]
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        scope = self.scope
+        if scope is not None and "path" in scope:  # not an upgrade
+            watch = ClientWatch()
+            scope[SCOPE_KEY] = watch  # type: ignore[literal-required]  # our server's own key
+            self._watches.append(watch)
+
+    def on_response_complete(self) -> None:
+        if self._watches:
+            self._watches.popleft()
+        super().on_response_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        watches = self._watches
+        while watches:
+            watches.popleft().client_left()

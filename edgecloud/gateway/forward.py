@@ -1,7 +1,10 @@
 """Forwarding one placed request: try the decision's endpoints in order, stream the answer back.
 
 Fallback happens only before the first byte reaches the client, and only along the decision's
-order, which policy built from allowed endpoints alone.
+order, which policy built from allowed endpoints alone. A non-streamed answer is read whole
+before anything is sent, so a failure while reading it falls back too. Each attempt releases its
+in-flight count and any breaker trial it took in `finally`, on every path; a client that leaves
+ends the upstream exchange at once (clientwatch.py), in every phase.
 """
 
 from __future__ import annotations
@@ -10,13 +13,18 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
-from edgecloud.api.asgi import Receive, Send, send_error, sse_event
-from edgecloud.gateway.errors import NoAllowedEndpoint, UpstreamFailed
-from edgecloud.gateway.h1 import H1Response
+import orjson
+
+from edgecloud.api.asgi import Send, send_error
+from edgecloud.api.replies import sse_error
+from edgecloud.gateway.clientwatch import ClientWatch
+from edgecloud.gateway.errors import NoAllowedEndpoint, UpstreamCut, UpstreamFailed
+from edgecloud.gateway.health import EndpointState
 from edgecloud.gateway.metrics import GatewayMetrics
 from edgecloud.gateway.policy import PlacementDecision
 from edgecloud.gateway.request import RequestFacts, with_model_parts
 from edgecloud.gateway.upstream import TRANSPORT_ERRORS, Upstream
+from edgecloud.http1 import StreamedResponse
 
 if TYPE_CHECKING:
     from edgecloud.gateway.otel import RequestTrace
@@ -47,60 +55,111 @@ class Forwarder:
         self.upstreams = upstreams
         self.metrics = metrics
 
-    async def forward(self, send: Send, receive: Receive, path: str, raw: bytes,
+    async def forward(self, send: Send, watch: ClientWatch, path: str, raw: bytes,
                       facts: RequestFacts, decision: PlacementDecision, record: dict[str, Any],
                       t0: float, trace: RequestTrace | None = None) -> None:
+        """Try the decision's endpoints in order and relay the first usable answer.
+
+        Raises BadRequest (nothing sent) for a body that cannot be re-encoded for an endpoint
+        that needs another model id."""
         failures: list[str] = []
         rule = decision.rule
-        for attempt, state in enumerate(decision.order):
-            now = time.monotonic()
-            if not state.breaker.acquire(now):
+        order = decision.order
+        loop = asyncio.get_running_loop()
+        for attempt, state in enumerate(order):
+            if watch.gone:
+                self._client_gone(state, rule, record, t0)
+                return
+            # Built before anything is taken, so that a refusal here leaves no state behind.
+            body = (raw,) if state.model_id is None else with_model_parts(
+                raw, facts.body, state.model_id, facts.elided)
+            ticket = state.breaker.acquire(time.monotonic())
+            if not ticket:
                 failures.append(f"{state.name}: circuit open")
                 continue
             up = self.upstreams[state.name]
-            body = (raw,) if state.model_id is None else with_model_parts(
-                raw, facts.body, state.model_id, facts.elided)
             span = trace_headers = None
             if trace is not None:
                 span = trace.attempt(state.name, state.config.tier, up.base + path, attempt + 1,
                                      sum(len(p) for p in body))
                 trace_headers = span.headers
             state.in_flight += 1
+            resp: StreamedResponse | None = None
+            data: bytes | None = None
+            streaming = False
+            span_status: int | None = None
+            span_error: str | None = None
             t_up = time.perf_counter()
             try:
-                resp = await up.post(path, body, trace_headers)
-            except TRANSPORT_ERRORS as exc:
-                if span is not None:
-                    span.end(None, type(exc).__name__)
-                state.in_flight -= 1
-                state.breaker.failure(time.monotonic())
-                state.last_error = type(exc).__name__
-                self.metrics.fallback(state.name, "connect")
-                failures.append(f"{state.name}: {type(exc).__name__}")
-                continue
-            last = attempt + 1 == len(decision.order)
-            if resp.status >= 500 or (resp.status == 429 and not last):
-                resp.release()
-                if span is not None:
-                    span.end(resp.status)
-                state.in_flight -= 1
-                if resp.status >= 500:
-                    state.breaker.failure(time.monotonic())
+                try:
+                    # One read deadline for the answer: its headers, and a non-streamed body.
+                    async with asyncio.timeout_at(loop.time() + state.config.timeout_s) as guard:
+                        watch.guard = guard
+                        if watch.gone:
+                            raise TimeoutError  # left between the check above and now
+                        if state.model_id is None and not state.healthy:
+                            # Never probed up (panic mode): learn its model id first, as a
+                            # passing probe would have.
+                            await up.discover_model(state.config.connect_timeout_s)
+                            if state.model_id is not None:
+                                body = with_model_parts(raw, facts.body, state.model_id,
+                                                        facts.elided)
+                        resp = await up.request(path, body, trace_headers)
+                        span_status = status = resp.status
+                        streaming = _is_stream(resp)
+                        if not streaming and status < 500:
+                            data = await resp.read()
+                except TRANSPORT_ERRORS as exc:
+                    if resp is not None:
+                        resp.close()
+                    if watch.gone:
+                        span_error = "client_gone"
+                        self._client_gone(state, rule, record, t0)
+                        return
+                    span_status, span_error = None, type(exc).__name__
+                    phase = "connect" if resp is None else "read"
+                    self._failed(state, phase, exc)
+                    failures.append(f"{state.name}: {type(exc).__name__}"
+                                    + (" while reading the answer" if resp is not None else ""))
+                    continue
+                except BaseException:  # cancelled (shutdown): the exchange is mid-way
+                    if resp is not None:
+                        resp.close()
+                    raise
+                finally:
+                    watch.guard = None
+                assert resp is not None
+                last = attempt + 1 == len(order)
+                if status >= 500 or (status == 429 and not last):
+                    resp.release()
+                    if status >= 500:
+                        state.breaker.failure(time.monotonic())
+                        self.metrics.upstream_failure(state.name, f"status_{status}")
+                    else:
+                        state.breaker.success()  # 429: alive, just full
+                        state.healthy = True
+                    self.metrics.fallback(state.name, f"status_{status}")
+                    failures.append(f"{state.name}: HTTP {status}")
+                    continue
+                # It answered: up, whatever the last probe said (ends a panic-mode wait at once).
+                state.healthy = True
+                if attempt > 0:
+                    rule = "fallback"
+                record["fallbacks"] = attempt
+                if data is not None:
+                    self._judge(state, status, data)
+                    await self._relay_body(send, resp, data, state, rule, facts, record, t0, t_up)
                 else:
-                    state.breaker.success()  # 429: alive, just full
-                self.metrics.fallback(state.name, f"status_{resp.status}")
-                failures.append(f"{state.name}: HTTP {resp.status}")
-                continue
-            if attempt > 0:
-                rule = "fallback"
-            record["fallbacks"] = attempt
-            try:
-                await self._relay(send, receive, resp, state, rule, facts, record, t0, t_up)
+                    state.breaker.success()  # a stream started: the trial is over
+                    await self._relay_stream(send, watch, resp, state, rule, facts, record, t0,
+                                             t_up)
+                span_status, span_error = record.get("status"), record.get("error")
+                return
             finally:
                 state.in_flight -= 1
+                state.breaker.release(ticket)
                 if span is not None:
-                    span.end(record.get("status"), record.get("error"))
-            return
+                    span.end(span_status, span_error)
         # Nothing answered. Fail closed with the rule that restricted the request, if any.
         detail = "; ".join(failures) or "no endpoint was tried"
         err: NoAllowedEndpoint | UpstreamFailed
@@ -115,112 +174,134 @@ class Forwarder:
         await send_error(send, err, [(b"x-edgecloud-reason", err.rule.encode())])
         record["total_ms"] = round((time.perf_counter() - t0) * 1000, 3)
 
-    async def _relay(self, send: Send, receive: Receive, resp: H1Response, state: Any, rule: str,
-                     facts: RequestFacts, record: dict[str, Any], t0: float,
-                     t_up: float) -> None:
-        tier = state.config.tier
+    def _failed(self, state: EndpointState, cause: str, exc: BaseException) -> None:
+        state.breaker.failure(time.monotonic())
+        state.last_error = type(exc).__name__
+        self.metrics.upstream_failure(state.name, cause)
+        self.metrics.fallback(state.name, cause)
+
+    def _judge(self, state: EndpointState, status: int, data: bytes) -> None:
+        """The breaker's verdict on a whole non-streamed answer: a 2xx must be JSON."""
+        if status < 300:
+            try:
+                orjson.loads(data)
+            except orjson.JSONDecodeError:
+                state.breaker.failure(time.monotonic())
+                state.last_error = "invalid JSON answer"
+                self.metrics.upstream_failure(state.name, "invalid_json")
+                return
+        state.breaker.success()
+
+    def _client_gone(self, state: EndpointState, rule: str, record: dict[str, Any],
+                     t0: float) -> None:
+        """The client left before an answer was sent: nothing to send, no verdict on the
+        endpoint (its trial slot is released by the caller)."""
+        self.metrics.request(state.config.tier, state.name, rule, 499)
+        record.update(status=499, endpoint=state.name, reason=rule, error="client_gone",
+                      total_ms=round((time.perf_counter() - t0) * 1000, 3))
+
+    def _headers(self, resp: StreamedResponse, state: EndpointState, rule: str
+                 ) -> list[tuple[bytes, bytes]]:
         headers = []
-        streaming = False
         for k, v in resp.raw_headers:
             name = k.lower()
             if name in _PASS_HEADERS:
                 headers.append((name, v))
-                if name == b"content-type":
-                    streaming = v.startswith(b"text/event-stream")
         headers += [
-            (b"x-edgecloud-placement", tier.encode()),
+            (b"x-edgecloud-placement", state.config.tier.encode()),
             (b"x-edgecloud-endpoint", state.name.encode()),
             (b"x-edgecloud-reason", rule.encode()),
         ]
+        return headers
+
+    async def _relay_body(self, send: Send, resp: StreamedResponse, data: bytes,
+                          state: EndpointState, rule: str, facts: RequestFacts,
+                          record: dict[str, Any], t0: float, t_up: float) -> None:
+        t_done = time.perf_counter()
         status = resp.status
+        headers = self._headers(resp, state, rule)
+        headers.append((b"content-length", str(len(data)).encode()))
+        record["status"] = status
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": data})
+        t_end = time.perf_counter()
+        added = (t_end - t0) - (t_done - t_up)
         tokens = 0
-        sent = 0
+        if status < 400:
+            tokens = _completion_tokens(data)
+            state.latency.observe_total(t_done - t_up, tokens)
+        self._account(state, rule, status, facts, record, len(data), tokens, t0, t_up, t_end,
+                      added)
+
+    async def _relay_stream(self, send: Send, watch: ClientWatch, resp: StreamedResponse,
+                            state: EndpointState, rule: str, facts: RequestFacts,
+                            record: dict[str, Any], t0: float, t_up: float) -> None:
+        status = resp.status
+        record["status"] = status
+        await send({"type": "http.response.start", "status": status,
+                    "headers": self._headers(resp, state, rule)})
+        first: float | None = None
+        loop = asyncio.get_running_loop()
+        idle_s = state.config.timeout_s
+        tokens = sent = 0
         cut = False
-        if not streaming:
-            try:
-                async with asyncio.timeout(state.config.timeout_s):
-                    data = await resp.read()
-            except TRANSPORT_ERRORS as exc:
-                resp.close()
-                await self._upstream_cut(send, state, rule, exc, record, t0)
-                return
-            t_done = time.perf_counter()
-            headers.append((b"content-length", str(len(data)).encode()))
-            sent = len(data)
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": data})
-            t_end = time.perf_counter()
-            added = (t_end - t0) - (t_done - t_up)
-            if status < 400:
-                tokens = _completion_tokens(data)
-                state.latency.observe_total(t_done - t_up, tokens)
-        else:
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            first: float | None = None
-            # The next receive() completes when the client goes away: then stop the upstream
-            # (a model server stops generating when its connection closes).
-            gone = asyncio.ensure_future(receive())
-            loop = asyncio.get_running_loop()
-            idle_s = state.config.timeout_s
-            try:
-                # A stream that stalls for idle_s (give or take half) is cut; the timer is moved
-                # at most twice per idle_s, not once per chunk.
-                async with asyncio.timeout_at(loop.time() + idle_s) as guard:
-                    rearm_at = loop.time() + idle_s / 2
-                    async for chunk in resp.iter_any():
-                        if first is None:
-                            first = time.perf_counter()
-                        tokens += chunk.count(b"data:")
-                        sent += len(chunk)
-                        await send({"type": "http.response.body", "body": chunk,
-                                    "more_body": True})
-                        if gone.done():
-                            cut = True
-                            record["error"] = "client_gone"
-                            state.breaker.success()  # the endpoint was fine
-                            resp.close()
-                            break
-                        now = loop.time()
-                        if now > rearm_at:
-                            guard.reschedule(now + idle_s)
-                            rearm_at = now + idle_s / 2
-            except (*TRANSPORT_ERRORS, asyncio.CancelledError) as exc:
-                cut = True
-                resp.close()
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
+        try:
+            # A stream that stalls for idle_s (give or take half) is cut; the timer is moved
+            # at most twice per idle_s, not once per chunk. A client that leaves moves it to now.
+            async with asyncio.timeout_at(loop.time() + idle_s) as guard:
+                watch.guard = guard
+                if watch.gone:
+                    raise TimeoutError
+                rearm_at = loop.time() + idle_s / 2
+                async for chunk in resp.iter_any():
+                    if first is None:
+                        first = time.perf_counter()
+                    tokens += chunk.count(b"data:")
+                    sent += len(chunk)
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    now = loop.time()
+                    if now > rearm_at:
+                        guard.reschedule(now + idle_s)
+                        rearm_at = now + idle_s / 2
+        except TRANSPORT_ERRORS as exc:
+            cut = True
+            if watch.gone:
+                record["error"] = "client_gone"  # the endpoint was fine
+            else:
                 state.breaker.failure(time.monotonic())
-                await send({"type": "http.response.body", "more_body": True, "body": sse_event(
-                    {"error": {"message": f"{state.name} failed mid-stream; the answer is cut.",
-                               "type": "upstream_error", "param": None,
-                               "code": "upstream_cut"}})})
-            finally:
-                if not gone.done():
-                    gone.cancel()
-            await send({"type": "http.response.body", "body": b""})
-            t_end = time.perf_counter()
-            added = t_up - t0
-            if first is not None and status < 400 and not cut:
-                state.latency.observe_stream(first - t_up, t_end - t_up, max(tokens - 2, 1))
-        if status < 500 and not cut:
-            state.breaker.success()
-        self.metrics.request(tier, state.name, rule, status)
-        self.metrics.added_latency(added)
-        record.update(status=status, placement=tier, endpoint=state.name, reason=rule,
-                      resp_bytes=sent, upstream_ms=round((t_end - t_up) * 1000, 3),
-                      added_ms=round(added * 1000, 3), total_ms=round((t_end - t0) * 1000, 3))
+                state.last_error = type(exc).__name__
+                self.metrics.upstream_failure(state.name, "cut")
+                await send({"type": "http.response.body", "more_body": True, "body": sse_error(
+                    UpstreamCut(f"{state.name} failed mid-stream; the answer is cut."))})
+        finally:
+            watch.guard = None
+            resp.close()  # a no-op after a clean end (the connection went back to the pool)
+        await send({"type": "http.response.body", "body": b""})
+        t_end = time.perf_counter()
+        if first is not None and status < 400 and not cut:
+            state.latency.observe_stream(first - t_up, t_end - t_up, max(tokens - 2, 1))
         if cut:
             record.setdefault("error", "upstream_cut")
+        self._account(state, rule, status, facts, record, sent, tokens, t0, t_up, t_end,
+                      t_up - t0)
+
+    def _account(self, state: EndpointState, rule: str, status: int, facts: RequestFacts,
+                 record: dict[str, Any], sent: int, tokens: int, t0: float, t_up: float,
+                 t_end: float, added: float) -> None:
+        tier = state.config.tier
+        self.metrics.request(tier, state.name, rule, status)
+        self.metrics.added_latency(added)
+        record.update(placement=tier, endpoint=state.name, reason=rule,
+                      resp_bytes=sent, upstream_ms=round((t_end - t_up) * 1000, 3),
+                      added_ms=round(added * 1000, 3), total_ms=round((t_end - t0) * 1000, 3))
         price = state.config.price
         if price.input_per_mtok or price.output_per_mtok:
             record["cost_usd"] = (price.input_per_mtok * facts.prompt_tokens_estimate
                                   + price.output_per_mtok * tokens) / 1e6
 
-    async def _upstream_cut(self, send: Send, state: Any, rule: str, exc: BaseException,
-                            record: dict[str, Any], t0: float) -> None:
-        state.breaker.failure(time.monotonic())
-        err = UpstreamFailed(rule, f"{state.name} failed while answering ({type(exc).__name__})")
-        self.metrics.request(state.config.tier, state.name, rule, err.status)
-        record.update(status=err.status, endpoint=state.name, reason=rule, error=err.code,
-                      total_ms=round((time.perf_counter() - t0) * 1000, 3))
-        await send_error(send, err, [(b"x-edgecloud-reason", rule.encode())])
+
+def _is_stream(resp: StreamedResponse) -> bool:
+    for k, v in resp.raw_headers:
+        if len(k) == 12 and k.lower() == b"content-type":
+            return v.startswith(b"text/event-stream")
+    return False

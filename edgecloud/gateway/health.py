@@ -16,16 +16,30 @@ class BreakerState(StrEnum):
     HALF_OPEN = "half_open"
 
 
+# What acquire() hands out: refused (falsy), a plain pass, or a ticket for the half-open trial
+# (greater than PASS, one per trial).
+REFUSED = 0
+PASS = 1
+
+
 @dataclass(slots=True)
 class CircuitBreaker:
-    """Opens after `failures` consecutive failures; after `open_s` lets one trial through."""
+    """Opens after `failures` consecutive failures; after `open_s` lets one trial through.
+
+    A trial that gives no verdict within `trial_s` (it hung, or its holder vanished without
+    releasing it) no longer blocks: the next request becomes the trial, and a passing health
+    probe closes the breaker. Each trial has its own ticket, so a late release of an old trial
+    cannot free a newer one."""
 
     failures: int = 3
     open_s: float = 5.0
+    trial_s: float = 30.0
     state: BreakerState = BreakerState.CLOSED
     consecutive: int = 0
     opened_at: float = 0.0
     trial_in_flight: bool = False
+    trial_started: float = 0.0
+    trial_ticket: int = PASS
 
     def allows(self, now: float) -> bool:
         """Whether a request may be sent now (does not take the half-open trial slot)."""
@@ -33,19 +47,30 @@ class CircuitBreaker:
             return True
         if self.state is BreakerState.OPEN:
             return now - self.opened_at >= self.open_s
-        return not self.trial_in_flight
+        return not self.trial_in_flight or now - self.trial_started >= self.trial_s
 
-    def acquire(self, now: float) -> bool:
-        """Take permission to send one request; an open breaker past its wait goes half-open."""
+    def acquire(self, now: float) -> int:
+        """Take permission to send one request: REFUSED, PASS, or the half-open trial's ticket
+        (hand it back with release() when the request ends without a verdict)."""
         if self.state is BreakerState.CLOSED:
-            return True
-        if self.state is BreakerState.OPEN and now - self.opened_at >= self.open_s:
+            return PASS
+        if self.state is BreakerState.OPEN:
+            if now - self.opened_at < self.open_s:
+                return REFUSED
             self.state = BreakerState.HALF_OPEN
             self.trial_in_flight = False
-        if self.state is BreakerState.HALF_OPEN and not self.trial_in_flight:
-            self.trial_in_flight = True
-            return True
-        return False
+        if self.trial_in_flight and now - self.trial_started < self.trial_s:
+            return REFUSED
+        self.trial_in_flight = True
+        self.trial_started = now
+        self.trial_ticket += 1
+        return self.trial_ticket
+
+    def release(self, ticket: int) -> None:
+        """A request ends without a verdict (its client left, or the gateway failed): free the
+        trial slot it held, if it still holds it. Safe to call on every path."""
+        if ticket > PASS and ticket == self.trial_ticket:
+            self.trial_in_flight = False
 
     def success(self) -> None:
         self.state = BreakerState.CLOSED
@@ -58,6 +83,12 @@ class CircuitBreaker:
         if self.state is BreakerState.HALF_OPEN or self.consecutive >= self.failures:
             self.state = BreakerState.OPEN
             self.opened_at = now
+
+    def probe_passed(self, now: float) -> None:
+        """A passing health probe stands in for the trial once the breaker's wait is over, and
+        ends a trial that outlived its deadline."""
+        if self.state is not BreakerState.CLOSED and self.allows(now):
+            self.success()
 
 
 @dataclass(slots=True)

@@ -33,12 +33,15 @@ class Hints:
 
 @dataclass(slots=True)
 class PlacementDecision:
-    """Where to send a request: endpoints to try in order, the rule that decided, and why."""
+    """Where to send a request: endpoints to try in order, the rule that decided, and why.
+
+    `panic`: every allowed endpoint was marked down, and they are tried anyway."""
 
     order: tuple[EndpointState, ...]
     rule: str
     explanation: str
     restricted: bool
+    panic: bool = False
 
     @property
     def primary(self) -> EndpointState:
@@ -110,6 +113,13 @@ class PlacementPolicy:
         restricted = rule is not None
 
         live = [e for e in cands if e.available(now)]
+        panic = False
+        if not live:
+            # Panic mode (Envoy's panic threshold): every allowed endpoint is marked down by its
+            # last probe, which may be stale (an edge that just came up). Try them anyway, once
+            # each; their breakers still hold back the ones that keep failing.
+            live = [e for e in cands if e.breaker.allows(now)]
+            panic = True
         if not live:
             down = _names(cands)
             if unattested is not None:
@@ -140,8 +150,10 @@ class PlacementPolicy:
                 pin = None  # the pinned tier is unavailable or not allowed: policy decides
             elif rule is None and len(pinned) < len(live):
                 rule, why = "pinned", f"the client pinned the request to {pin}"
-        return self._ordered(live, pin, facts, hints, out_tokens, rule, why, restricted,
-                             cloud_spend_usd)
+        decision = self._ordered(live, pin, facts, hints, out_tokens, rule, why, restricted,
+                                 cloud_spend_usd)
+        decision.panic = panic
+        return decision
 
     def _private_candidates(
         self, cands: list[EndpointState], now: float

@@ -335,4 +335,13 @@ def with_model_parts(
                 return (mv[: m.start(1)], orjson.dumps(model)[1:-1], mv[m.end(1) :])
     if elided:  # the parsed body holds placeholders: re-encode from the whole body
         body = parse_json(raw)
-    return (orjson.dumps({**body, "model": model}),)
+    try:
+        return (orjson.dumps({**body, "model": model}),)
+    except orjson.JSONEncodeError:
+        # orjson reads 1024 levels but writes 254: a deeper body whose "model" cannot be
+        # spliced in place (escaped, or repeated) cannot be re-encoded.
+        raise BadRequest(
+            "The request body is nested too deeply to forward with another model id (at most "
+            "254 levels); flatten it, or write the top-level \"model\" key once, unescaped.",
+            code="body_too_deep",
+        ) from None

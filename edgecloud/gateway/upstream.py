@@ -11,8 +11,8 @@ from urllib.parse import urlsplit
 import orjson
 
 from edgecloud.gateway.attester import Attester
-from edgecloud.gateway.h1 import H1Pool, H1Response
-from edgecloud.gateway.health import BreakerState, EndpointState
+from edgecloud.gateway.health import EndpointState
+from edgecloud.http1 import H1Pool, StreamedResponse
 
 # What counts as "the endpoint failed before answering": retry on the next allowed endpoint.
 # (UpstreamError, ssl.SSLError and socket errors are all OSErrors.)
@@ -75,17 +75,16 @@ class Upstream:
             t = self._targets[path] = self._base_path + path.encode() + self._query
         return t
 
-    async def post(self, path: str, body: bytes | Sequence[bytes | memoryview],
-                   headers: dict[str, str] | None = None) -> H1Response:
+    async def request(self, path: str, body: bytes | Sequence[bytes | memoryview],
+                      headers: dict[str, str] | None = None) -> StreamedResponse:
         """POST under the endpoint's base URL (path like /chat/completions); returns once the
-        answer's status and headers are in, within the endpoint's timeout.
+        answer's status and headers are in. The caller bounds the wait (its read deadline).
 
         `headers` adds to the pool's (trace context, when tracing is on)."""
         assert self.pool is not None
         if self.attester is not None:
             self.attester.admit()
-        async with asyncio.timeout(self.state.config.timeout_s):
-            return await self.pool.request(b"POST", self._target(path), body, headers)
+        return await self.pool.request(b"POST", self._target(path), body, headers)
 
     async def _get(self, target: bytes, timeout_s: float) -> tuple[int, bytes]:
         assert self.pool is not None
@@ -127,9 +126,7 @@ class Upstream:
         now = time.monotonic()
         if ok:
             st.latency.observe_rtt(time.perf_counter() - t0)
-            # A successful probe after the breaker's wait is its half-open trial.
-            if st.breaker.state is not BreakerState.CLOSED and st.breaker.allows(now):
-                st.breaker.success()
+            st.breaker.probe_passed(now)
         st.healthy = ok
         return ok
 

@@ -3,8 +3,15 @@
 Run: python tests/gateway/standin_provider.py --port P [--name NAME] [--model-id ID]
 Besides the OpenAI routes it has test-only controls:
   GET /_received          -> the requests it received (summaries, no bodies)
-  DELETE /_received       -> forget them
-  POST /_control {"fail": 503|null, "hang_s": 0, "cut_after": null, "chunks": 8, "delay_ms": 0}
+  DELETE /_received       -> forget them (and the disconnect count)
+  POST /_control {"fail": 503|null, "hang_s": 0, "cut_after": null, "chunks": 8, "delay_ms": 0,
+                  "fault": null}
+  GET /_stats             -> {"held": answers in progress, "disconnects": callers that left}
+"fault" plays a broken provider on non-streamed answers: "hang_after_headers" (headers and a
+first piece of the body, then nothing), "truncate_chunked" (a chunked body cut off),
+"short_length" (fewer bytes than its Content-Length), "invalid_json" (a 200 that is not JSON).
+Every wait (hang_s, delay_ms, a hang after the headers) ends early when the caller disconnects,
+and is then counted in "disconnects".
 """
 
 from __future__ import annotations
@@ -12,15 +19,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import time
 from typing import Any
 
 import orjson
 import uvicorn
 
+from edgecloud.api.asgi import SSE_DONE, read_body, send_error, send_json, sse_event
+from edgecloud.api.errors import APIError, NotFound
+from edgecloud.api.replies import Reply, usage
+
 STATE: dict[str, Any] = {
     "received": [],
-    "control": {"fail": None, "hang_s": 0.0, "cut_after": None, "chunks": 8, "delay_ms": 0},
+    "control": {"fail": None, "hang_s": 0.0, "cut_after": None, "chunks": 8, "delay_ms": 0,
+                "fault": None},
+    "held": 0,
+    "disconnects": 0,
 }
 ARGS = argparse.Namespace()
 
@@ -60,18 +73,11 @@ def _summary(path: str, headers: dict[bytes, bytes], raw: bytes) -> dict[str, An
 
 
 async def _send_json(send: Any, status: int, obj: Any) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": orjson.dumps(obj)})
+    await send_json(send, status, obj)
 
 
 async def _read(receive: Any) -> bytes:
-    chunks = []
-    while True:
-        m = await receive()
-        chunks.append(m.get("body", b""))
-        if not m.get("more_body"):
-            return b"".join(chunks)
+    return await read_body(receive, 64 << 20)
 
 
 async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -86,7 +92,10 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
     elif path == "/_received":
         if method == "DELETE":
             STATE["received"].clear()
+            STATE["disconnects"] = 0
         await _send_json(send, 200, STATE["received"])
+    elif path == "/_stats":
+        await _send_json(send, 200, {"held": STATE["held"], "disconnects": STATE["disconnects"]})
     elif path == "/_control":
         STATE["control"].update(orjson.loads(await _read(receive)))
         await _send_json(send, 200, STATE["control"])
@@ -94,47 +103,74 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
         raw = await _read(receive)
         headers = dict(scope["headers"])
         STATE["received"].append(_summary(path, headers, raw))
-        await _answer(send, path, orjson.loads(raw))
+        STATE["held"] += 1
+        try:
+            await _answer(send, receive, path, orjson.loads(raw))
+        finally:
+            STATE["held"] -= 1
     else:
-        await _send_json(send, 404, {"error": {"message": "no route", "type": "x",
-                                               "param": None, "code": None}})
+        await send_error(send, NotFound("no route"))
 
 
-async def _answer(send: Any, path: str, body: dict[str, Any]) -> None:
+async def _hold(receive: Any, seconds: float) -> bool:
+    """Wait `seconds`; True (and counted) if the caller disconnects first."""
+    left = asyncio.ensure_future(receive())
+    try:
+        done, _ = await asyncio.wait({left}, timeout=seconds)
+    finally:
+        if not left.done():
+            left.cancel()
+    if done and left.result()["type"] == "http.disconnect":
+        STATE["disconnects"] += 1
+        return True
+    return False
+
+
+async def _fault(send: Any, receive: Any, fault: str, answer: bytes) -> None:
+    if fault == "invalid_json":
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": answer[: len(answer) // 2]})
+        return
+    headers = [(b"content-type", b"application/json")]
+    if fault == "short_length":
+        headers.append((b"content-length", str(len(answer)).encode()))
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": answer[:10], "more_body": True})
+    if fault == "hang_after_headers":
+        await _hold(receive, 60.0)
+        return
+    # short_length / truncate_chunked: uvicorn drops the connection mid-answer
+    raise RuntimeError(f"stand-in fault {fault}")
+
+
+async def _answer(send: Any, receive: Any, path: str, body: dict[str, Any]) -> None:
     ctl = STATE["control"]
-    if ctl["hang_s"]:
-        await asyncio.sleep(ctl["hang_s"])
+    if ctl["hang_s"] and await _hold(receive, ctl["hang_s"]):
+        return
     if ctl["fail"]:
-        await _send_json(send, int(ctl["fail"]), {"error": {
-            "message": "stand-in failure", "type": "server_error", "param": None, "code": None}})
+        await send_error(send, APIError("stand-in failure", status=int(ctl["fail"])))
         return
     text = f"answer from {ARGS.name}"
-    chat = path.endswith("chat/completions")
+    reply = Reply(body.get("model") or "", chat=path.endswith("chat/completions"),
+                  reply_id="cmpl-standin", fingerprint=None)
     if not body.get("stream"):
-        choice: dict[str, Any] = (
-            {"index": 0, "message": {"role": "assistant", "content": text},
-             "finish_reason": "stop"} if chat else
-            {"index": 0, "text": text, "finish_reason": "stop"})
-        await _send_json(send, 200, {
-            "id": "cmpl-standin", "object": "chat.completion" if chat else "text_completion",
-            "created": int(time.time()), "model": body.get("model"), "choices": [choice],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}})
+        answer = reply.completion(text, "stop", usage(5, 4))
+        if ctl["fault"]:
+            await _fault(send, receive, ctl["fault"], orjson.dumps(answer))
+            return
+        await _send_json(send, 200, answer)
         return
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"text/event-stream")]})
     for i in range(int(ctl["chunks"])):
         if ctl["cut_after"] is not None and i >= int(ctl["cut_after"]):
             raise RuntimeError("stand-in cuts the stream")  # uvicorn drops the connection
-        delta = {"content": f"tok{i} "} if chat else None
-        chunk = {"id": "cmpl-standin", "object": "chat.completion.chunk", "created": 0,
-                 "model": body.get("model"),
-                 "choices": [{"index": 0, "delta": delta, "finish_reason": None} if chat else
-                             {"index": 0, "text": f"tok{i} ", "finish_reason": None}]}
-        await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(chunk)
-                    + b"\n\n", "more_body": True})
-        if ctl["delay_ms"]:
-            await asyncio.sleep(ctl["delay_ms"] / 1000)
-    await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+        await send({"type": "http.response.body", "body": sse_event(reply.chunk(f"tok{i} ")),
+                    "more_body": True})
+        if ctl["delay_ms"] and await _hold(receive, ctl["delay_ms"] / 1000):
+            return
+    await send({"type": "http.response.body", "body": SSE_DONE})
 
 
 def main() -> None:

@@ -10,7 +10,14 @@ from hypothesis import strategies as st
 
 from edgecloud.gateway.config import EndpointConfig, GatewayConfig, PolicyConfig
 from edgecloud.gateway.errors import CapabilityMissing, NoAllowedEndpoint
-from edgecloud.gateway.health import BreakerState, CircuitBreaker, EndpointState, LatencyEstimator
+from edgecloud.gateway.health import (
+    PASS,
+    REFUSED,
+    BreakerState,
+    CircuitBreaker,
+    EndpointState,
+    LatencyEstimator,
+)
 from edgecloud.gateway.policy import Hints, PlacementPolicy
 from edgecloud.gateway.request import inspect_chat
 
@@ -91,10 +98,11 @@ def test_residency_limits_regions_and_fails_closed() -> None:
     d = _choose(_chat(), Hints(region="eu"))
     assert {e.name for e in d.order} == {"edge", "cloud-eu"}
     fleet = _fleet()
-    fleet[0].healthy = False
-    fleet[1].healthy = False
+    for e in fleet[:2]:
+        e.breaker.failure(0.0)
+        e.breaker.failure(0.0)
     with pytest.raises(NoAllowedEndpoint) as exc:
-        _choose(_chat(), Hints(region="eu"), fleet)
+        _choose(_chat(), Hints(region="eu"), fleet, now=0.5)
     assert exc.value.rule == "residency.eu" and exc.value.status == 503
 
 
@@ -107,11 +115,13 @@ def test_unknown_region_tag_allows_only_its_own_region() -> None:
 def test_private_request_with_edge_down_is_refused_not_sent_to_cloud() -> None:
     fleet = _fleet()
     fleet[0].healthy = False
+    fleet[0].breaker.failure(0.0)
+    fleet[0].breaker.failure(0.0)
     with pytest.raises(NoAllowedEndpoint) as exc:
-        _choose(_chat("my mail is a@b.io"), fleet=fleet)
+        _choose(_chat("my mail is a@b.io"), fleet=fleet, now=0.5)
     assert exc.value.rule == "privacy.pii.email" and "not sent anywhere else" in exc.value.message
     # A public request in the same state moves to the cloud.
-    assert _choose(_chat("hello"), fleet=fleet).primary.tier == "cloud"
+    assert _choose(_chat("hello"), fleet=fleet, now=0.5).primary.tier == "cloud"
 
 
 def test_context_capability() -> None:
@@ -182,6 +192,64 @@ def test_breaker_state_machine() -> None:
     assert b.state is BreakerState.CLOSED and b.acquire(2.5)
 
 
+def test_breaker_trial_is_released_without_a_verdict() -> None:
+    b = CircuitBreaker(failures=1, open_s=1.0, trial_s=10.0)
+    b.failure(0.0)
+    ticket = b.acquire(1.0)
+    assert ticket > PASS and b.state is BreakerState.HALF_OPEN and b.acquire(1.1) == REFUSED
+    b.release(ticket)  # the trial's client left, or the gateway failed: no verdict
+    assert b.allows(1.2) and b.state is BreakerState.HALF_OPEN
+    again = b.acquire(1.2)
+    assert again > ticket
+    b.release(ticket)  # a stale release frees nothing
+    assert not b.allows(1.3)
+    b.success()
+    b.release(again)  # a release after the verdict changes nothing
+    assert b.state is BreakerState.CLOSED and b.acquire(1.4) == PASS
+
+
+def test_breaker_trial_has_a_deadline() -> None:
+    b = CircuitBreaker(failures=1, open_s=1.0, trial_s=5.0)
+    b.failure(0.0)
+    first = b.acquire(1.0)
+    assert first > PASS and not b.allows(5.9) and b.acquire(5.9) == REFUSED
+    assert b.allows(6.0)  # the trial outlived its deadline: the next request takes over
+    second = b.acquire(6.0)
+    assert second > first
+    b.release(first)  # the old trial ending late does not free the new one
+    assert b.acquire(6.1) == REFUSED
+    b.failure(6.2)  # the new trial failed: open again
+    assert b.state is BreakerState.OPEN and not b.allows(6.5)
+
+
+def test_a_passing_probe_ends_a_stale_trial_but_not_a_live_one() -> None:
+    b = CircuitBreaker(failures=1, open_s=1.0, trial_s=5.0)
+    b.failure(0.0)
+    b.probe_passed(0.5)  # still within the breaker's wait
+    assert b.state is BreakerState.OPEN
+    assert b.acquire(1.0) > PASS
+    b.probe_passed(2.0)  # a trial is in flight and within its deadline: it decides
+    assert b.state is BreakerState.HALF_OPEN
+    b.probe_passed(6.5)
+    assert b.state is BreakerState.CLOSED and b.acquire(6.5) == PASS
+
+
+def test_panic_mode_tries_allowed_endpoints_marked_down_and_only_them() -> None:
+    fleet = _fleet()
+    fleet[0].healthy = False  # the edge's last probe failed (it was still starting)
+    d = _choose(_chat("my mail is a@b.io"), fleet=fleet)
+    assert d.panic and [e.name for e in d.order] == ["edge"] and d.rule == "privacy.pii.email"
+    fleet[1].healthy = False
+    d = _choose(_chat(), Hints(region="eu"), fleet)
+    assert d.panic and {e.name for e in d.order} == {"edge", "cloud-eu"}
+    assert not _choose(_chat("hello"), fleet=fleet).panic  # cloud-us is up: no panic
+    fleet[0].breaker.failure(0.0)
+    fleet[0].breaker.failure(0.0)  # an open breaker still holds the edge back
+    with pytest.raises(NoAllowedEndpoint) as exc:
+        _choose(_chat("my mail is a@b.io"), fleet=fleet, now=0.5)
+    assert exc.value.rule == "privacy.pii.email" and "not sent anywhere else" in exc.value.message
+
+
 def test_latency_estimator() -> None:
     est = LatencyEstimator(alpha=0.5)
     est.observe_stream(ttft_s=0.1, total_s=1.1, tokens=11)
@@ -231,8 +299,9 @@ def test_property_never_to_a_disallowed_endpoint(
                                    fleet, 0.0)
     except (NoAllowedEndpoint, CapabilityMissing):
         return
+    assert d.panic == (not any(e.healthy for e in d.order))
     for e in d.order:
-        assert e.healthy
+        assert e.healthy or d.panic
         if private:
             assert e.config.tier == "edge", (pieces, d.rule)
         if allowed_regions is not None:
