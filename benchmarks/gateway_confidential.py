@@ -40,12 +40,11 @@ def serve_upstream(port: int, key_file: Path, verifier: str) -> None:
     import uvicorn
 
     from benchmarks import gateway_upstream as fast
-    from tests.gateway.standin_confidential import ensure_key, key_sha256, self_signed
+    from tests.gateway.tlskeys import ensure_key, key_sha256, write_self_signed
 
-    key = ensure_key(key_file)
-    bound = key_sha256(key)
+    bound = key_sha256(ensure_key(key_file))
     cert = key_file.with_suffix(".crt")
-    cert.write_bytes(self_signed(key))
+    write_self_signed(key_file, cert)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == "/attestation":

@@ -14,13 +14,18 @@ The helpers (`make_signer`, `sign`, `GOOD_CLAIMS`) are imported by in-process te
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
 import uvicorn
 from joserfc import jwt
 from joserfc.jwk import ECKey
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from edgecloud.api.asgi import read_body, send_json  # noqa: E402
 
 ISSUER = "https://standin-verifier.test"
 # The measurement claims a good TD reports (the gateway's config requires these values).
@@ -57,21 +62,6 @@ ROGUE = make_signer("standin-verifier-1")  # same kid, another key: a forged tok
 STATE: dict[str, Any] = {"mode": "ok", "jwks": "ok", "ttl_s": 60.0, "issued": 0}
 
 
-async def _send_json(send: Any, status: int, obj: Any) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": orjson.dumps(obj)})
-
-
-async def _read(receive: Any) -> bytes:
-    chunks = []
-    while True:
-        m = await receive()
-        chunks.append(m.get("body", b""))
-        if not m.get("more_body"):
-            return b"".join(chunks)
-
-
 def _token(req: dict[str, Any]) -> str:
     mode = STATE["mode"]
     ttl = float(STATE["ttl_s"])
@@ -90,19 +80,20 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
         return
     path = scope["path"]
     if path == "/healthz":
-        await _send_json(send, 200, {"status": "ok"})
+        await send_json(send, 200, {"status": "ok"})
     elif path == "/certs":
         if STATE["jwks"] == "down":
-            await _send_json(send, 503, {"error": "keys unavailable"})
+            await send_json(send, 503, {"error": "keys unavailable"})
         else:
-            await _send_json(send, 200, jwks_of(KEY))
+            await send_json(send, 200, jwks_of(KEY))
     elif path == "/attest":
-        await _send_json(send, 200, {"token": _token(orjson.loads(await _read(receive)))})
+        req = orjson.loads(await read_body(receive, 1 << 20))
+        await send_json(send, 200, {"token": _token(req)})
     elif path == "/_control":
-        STATE.update(orjson.loads(await _read(receive)))
-        await _send_json(send, 200, STATE)
+        STATE.update(orjson.loads(await read_body(receive, 1 << 20)))
+        await send_json(send, 200, STATE)
     else:
-        await _send_json(send, 404, {"error": "no route"})
+        await send_json(send, 404, {"error": "no route"})
 
 
 def main() -> None:

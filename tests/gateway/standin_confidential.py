@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
-import hashlib
 import sys
 import tempfile
 from pathlib import Path
@@ -25,47 +23,14 @@ from urllib.parse import parse_qs
 
 import httpx
 import uvicorn
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from edgecloud.api.asgi import send_json  # noqa: E402
 from tests.gateway import standin_provider as provider  # noqa: E402
+from tests.gateway.tlskeys import ensure_key, key_sha256, write_self_signed  # noqa: E402
 
 ARGS = argparse.Namespace()
 EVIDENCE: dict[str, Any] = {"first": None, "served": 0}
-
-
-def ensure_key(key_file: Path) -> ec.EllipticCurvePrivateKey:
-    """The server's TLS key, kept in `key_file` so a restart can keep (or change) it."""
-    if key_file.exists():
-        key = serialization.load_pem_private_key(key_file.read_bytes(), None)
-        assert isinstance(key, ec.EllipticCurvePrivateKey)
-        return key
-    key = ec.generate_private_key(ec.SECP256R1())
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return key
-
-
-def self_signed(key: ec.EllipticCurvePrivateKey) -> bytes:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "standin-confidential")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
-            .sign(key, hashes.SHA256()))
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def key_sha256(key: ec.EllipticCurvePrivateKey) -> str:
-    spki = key.public_key().public_bytes(serialization.Encoding.DER,
-                                         serialization.PublicFormat.SubjectPublicKeyInfo)
-    return hashlib.sha256(spki).hexdigest()
 
 
 async def _evidence(scope: Any, send: Any) -> None:
@@ -76,7 +41,7 @@ async def _evidence(scope: Any, send: Any) -> None:
     async with httpx.AsyncClient(verify=False, timeout=10) as client:
         if ARGS.mitm:
             r = await client.get(ARGS.mitm + "/attestation", params={"nonce": nonce})
-            await provider._send_json(send, r.status_code, r.json())
+            await send_json(send, r.status_code, r.json())
             return
         bound = "ab" * 32 if mode == "other_key" else ARGS.key_sha256
         r = await client.post(ARGS.verifier + "/attest",
@@ -87,14 +52,14 @@ async def _evidence(scope: Any, send: Any) -> None:
     if mode == "replay":
         token = EVIDENCE["first"]
     EVIDENCE["served"] += 1
-    await provider._send_json(send, 200, {"token": token})
+    await send_json(send, 200, {"token": token})
 
 
 async def app(scope: Any, receive: Any, send: Any) -> None:
     if scope["type"] == "http" and scope["path"] == "/attestation":
         await _evidence(scope, send)
     elif scope["type"] == "http" and scope["path"] == "/_evidence_served":
-        await provider._send_json(send, 200, EVIDENCE["served"])
+        await send_json(send, 200, EVIDENCE["served"])
     else:
         await provider.app(scope, receive, send)
 
@@ -109,14 +74,11 @@ def main() -> None:
     parser.add_argument("--mitm", default="")
     parser.parse_args(namespace=ARGS)
     provider.ARGS.name, provider.ARGS.model_id = ARGS.name, ARGS.model_id
-    key = ensure_key(ARGS.key_file)
-    ARGS.key_sha256 = key_sha256(key)
-    tmp = Path(tempfile.mkdtemp(prefix="standin-cc-"))
-    (tmp / "cert.pem").write_bytes(self_signed(key))
-    (tmp / "key.pem").write_bytes(ARGS.key_file.read_bytes())
+    ARGS.key_sha256 = key_sha256(ensure_key(ARGS.key_file))
+    cert = Path(tempfile.mkdtemp(prefix="standin-cc-")) / "cert.pem"
+    write_self_signed(ARGS.key_file, cert)
     uvicorn.run(app, host="127.0.0.1", port=ARGS.port, access_log=False, log_level="warning",
-                lifespan="off", ssl_certfile=str(tmp / "cert.pem"),
-                ssl_keyfile=str(tmp / "key.pem"))
+                lifespan="off", ssl_certfile=str(cert), ssl_keyfile=str(ARGS.key_file))
 
 
 if __name__ == "__main__":

@@ -4,14 +4,11 @@ attestation faults: no private request ever reaches an unattested endpoint."""
 
 from __future__ import annotations
 
-import datetime
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,18 +19,14 @@ from edgecloud.gateway.errors import CapabilityMissing, NoAllowedEndpoint
 from edgecloud.gateway.health import CircuitBreaker, EndpointState
 from edgecloud.gateway.policy import UNATTESTED, Hints, PlacementPolicy
 from edgecloud.gateway.request import inspect_chat
+from tests.gateway.tlskeys import self_signed
 
 CC = ConfidentialConfig(evidence_url="https://127.0.0.1:1/attestation", issuer="https://v.test",
                         jwks_url="https://v.test/certs", claims={"tdx_is_debuggable": False})
 
 
 def _cert(key: ec.EllipticCurvePrivateKey) -> bytes:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "t")])
-    now = datetime.datetime.now(datetime.UTC)
-    return (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(1).not_valid_before(now)
-            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256())
-            .public_bytes(serialization.Encoding.DER))
+    return self_signed(key).public_bytes(serialization.Encoding.DER)
 
 
 GOOD_CERT = _cert(ec.generate_private_key(ec.SECP256R1()))
