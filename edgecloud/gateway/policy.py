@@ -118,7 +118,9 @@ class PlacementPolicy:
             # Panic mode (Envoy's panic threshold): every allowed endpoint is marked down by its
             # last probe, which may be stale (an edge that just came up). Try them anyway, once
             # each; their breakers still hold back the ones that keep failing.
-            live = [e for e in cands if e.breaker.allows(now)]
+            # (Attestation is trust, not health: an un-attested endpoint is never tried.)
+            live = [e for e in cands if e.breaker.allows(now)
+                    and (e.attestation is None or e.attestation.attested(now))]
             panic = True
         if not live:
             down = _names(cands)
