@@ -57,7 +57,10 @@ def endpoint_ssl_context(ca_file: str | None) -> ssl.SSLContext:
 def peer_key_sha256(ssl_object: Any) -> str | None:
     """The SPKI hash of the peer certificate of a TLS connection (ssl.SSLObject), or None."""
     der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-    return at.spki_sha256(der) if der else None
+    try:
+        return at.spki_sha256(der) if der else None
+    except ValueError:  # a certificate we cannot parse binds nothing
+        return None
 
 
 class Attester:
