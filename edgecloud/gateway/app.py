@@ -36,6 +36,7 @@ from edgecloud.api.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from edgecloud.gateway.attester import AttestationCollector, attesters_for
 from edgecloud.gateway.clientwatch import follow
 from edgecloud.gateway.config import ApiKeyConfig, GatewayConfig
 from edgecloud.gateway.forward import Forwarder
@@ -76,9 +77,14 @@ class GatewayApp:
                                               lim.breaker_trial_s), model_id=cfg.model)
             for cfg in config.endpoints
         ]
-        self.upstreams = {s.name: Upstream(s, verify_tls=verify_upstream_tls) for s in self.states}
+        self.attesters = attesters_for(self.states)
+        self.upstreams = {s.name: Upstream(s, verify_tls=verify_upstream_tls,
+                                           attester=self.attesters.get(s.name))
+                          for s in self.states}
         self.policy = PlacementPolicy(config.policy)
         self.metrics = GatewayMetrics(self.states)
+        if self.attesters:
+            self.metrics.registry.register(AttestationCollector(list(self.attesters.values())))
         self.log = log or AccessLog(_LOGGER)
         self.keys: dict[str, ApiKeyConfig] = {k.sha256: k for k in config.auth.keys}
         allow = config.models.allow
@@ -150,12 +156,15 @@ class GatewayApp:
                 log_event(_events, "tracing.warning", logging.WARNING, message=warning)
         for up in self.upstreams.values():
             await up.start()
+        # Attest before the first probe: a confidential endpoint is unreachable until then.
+        await asyncio.gather(*(a.start() for a in self.attesters.values()))
         await self._probe_all()
         self._tasks.append(asyncio.create_task(self._health_loop()))
         self._tasks.append(asyncio.create_task(self._flush_loop()))
         log_event(
             _events, "gateway.started",
             endpoints={s.name: ("healthy" if s.healthy else s.last_error) for s in self.states},
+            attested={n: a.status.attested(time.monotonic()) for n, a in self.attesters.items()},
             tracing=None if self.tracing is None else {
                 "endpoint": self.tracing.endpoint, "service": self.tracing.service_name,
                 "sample_ratio": self.tracing.sample_ratio},
@@ -165,6 +174,7 @@ class GatewayApp:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(a.stop() for a in self.attesters.values()))
         for up in self.upstreams.values():
             await up.close()
         if self.tracer is not None:
