@@ -277,7 +277,7 @@ class GatewayApp:
                     # The edge failed before a byte reached the client (it died before a probe
                     # or the breaker noticed): the cloud, with surrogates, if the policy allows.
                     fallback = self.policy.surrogate_fallback(
-                        facts, hints, self.states, time.monotonic(), self._cloud_spend(), failed)
+                        failed, facts, hints, self.states, time.monotonic(), self._cloud_spend())
                     if fallback is not None:
                         fallback, rewritten = self._with_surrogates(fallback, raw, facts, record)
                         if fallback.panic:

@@ -197,7 +197,7 @@ class Forwarder:
                 state.breaker.failure(time.monotonic())
                 state.last_error = "invalid JSON answer"
                 self.metrics.upstream_failure(state.name, "invalid_json")
-                return None
+                return
         state.breaker.success()
 
     def _client_gone(self, state: EndpointState, rule: str, record: dict[str, Any],

@@ -209,12 +209,12 @@ class PlacementPolicy:
 
     def surrogate_fallback(
         self,
+        failed: RuleError,
         facts: RequestFacts,
         hints: Hints,
         endpoints: Sequence[EndpointState],
         now: float,
         cloud_spend_usd: float,
-        failed: RuleError,
     ) -> PlacementDecision | None:
         """For an edge decision marked `surrogates_if_failed` whose every endpoint failed before
         anything reached the client (`failed`: the refusal that would follow): the cloud

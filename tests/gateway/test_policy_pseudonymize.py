@@ -156,7 +156,7 @@ FAILED = NoAllowedEndpoint("privacy.pii.email",
 
 def _fallback(facts: Any, fleet: list[Any], hints: Hints | None = None,
               policy: PlacementPolicy = POLICY) -> Any:
-    return policy.surrogate_fallback(facts, hints or Hints(), fleet, 0.0, 0.0, FAILED)
+    return policy.surrogate_fallback(FAILED, facts, hints or Hints(), fleet, 0.0, 0.0)
 
 
 def test_an_edge_decision_may_fall_back_to_surrogates_in_the_cloud() -> None:
