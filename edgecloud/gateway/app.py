@@ -42,7 +42,7 @@ from edgecloud.gateway.config import ApiKeyConfig, GatewayConfig
 from edgecloud.gateway.forward import Forwarder
 from edgecloud.gateway.health import CircuitBreaker, EndpointState
 from edgecloud.gateway.metrics import GatewayMetrics
-from edgecloud.gateway.policy import Hints, PlacementPolicy
+from edgecloud.gateway.policy import Hints, PlacementDecision, PlacementPolicy
 from edgecloud.gateway.pseudonymize import Rewritten
 from edgecloud.gateway.request import (
     RequestFacts,
@@ -271,21 +271,32 @@ class GatewayApp:
                 )
                 rewritten: Rewritten | None = None
                 if decision.without_surrogates is not None:
-                    # The parse left large images out: rewrite from the whole body.
-                    whole = parse_json(raw) if facts.elided else facts.body
-                    decision, rewritten = self.policy.with_surrogates(decision, whole)
+                    decision, rewritten = self._with_surrogates(decision, raw, facts, record)
                 record.update(model=facts.model, stream=facts.stream, images=facts.images,
                               body_bytes=len(raw), rule=decision.rule)
                 if hints.region:
                     record["region"] = hints.region
                 if decision.panic:
                     record["panic"] = True
-                if rewritten is not None:  # the kinds replaced, never the values
-                    record["pseudonymized"] = rewritten.surrogates.kinds
-                    self.metrics.pseudonymized(rewritten.surrogates.kinds)
                 watch = follow(scope, receive)
-                await self.forwarder.forward(send, watch, upstream_path, raw, facts, decision,
-                                             record, t0, trace, rewritten)
+                failures: list[str] = []
+                failed = await self.forwarder.forward(send, watch, upstream_path, raw, facts,
+                                                      decision, record, t0, trace, rewritten,
+                                                      failures)
+                if failed is not None and decision.surrogates_if_failed and not watch.gone:
+                    # The edge failed before a byte reached the client (it died before a probe
+                    # or the breaker noticed): the cloud, with surrogates, if the policy allows.
+                    fallback = self.policy.surrogate_fallback(
+                        failed, facts, hints, self.states, time.monotonic(), self._cloud_spend())
+                    if fallback is not None:
+                        fallback, rewritten = self._with_surrogates(fallback, raw, facts, record)
+                        if fallback.panic:
+                            record["panic"] = True
+                        failed = await self.forwarder.forward(
+                            send, watch, upstream_path, raw, facts, fallback, record, t0, trace,
+                            rewritten, failures)
+                if failed is not None:
+                    raise failed
             except ClientDisconnected:
                 return
             except APIError as err:  # raised before anything was sent
@@ -309,6 +320,18 @@ class GatewayApp:
                 watch.stop()
             if trace is not None:
                 trace.finish(record)
+
+    def _with_surrogates(self, decision: PlacementDecision, raw: bytes, facts: RequestFacts,
+                         record: dict[str, Any]) -> tuple[PlacementDecision, Rewritten | None]:
+        """policy.with_surrogates on the whole body, and the kinds replaced (never the values)
+        counted and logged. Raises what it raises (nothing was sent)."""
+        # The parse left large images out: rewrite from the whole body.
+        whole = parse_json(raw) if facts.elided else facts.body
+        decision, rewritten = self.policy.with_surrogates(decision, whole)
+        if rewritten is not None:
+            record["pseudonymized"] = rewritten.surrogates.kinds
+            self.metrics.pseudonymized(rewritten.surrogates.kinds)
+        return decision, rewritten
 
     async def _refuse(self, send: Send, err: APIError, record: dict[str, Any],
                       t0: float) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from edgecloud.api.errors import APIError
 from edgecloud.gateway.config import PolicyConfig
-from edgecloud.gateway.errors import CapabilityMissing, NoAllowedEndpoint
+from edgecloud.gateway.errors import CapabilityMissing, NoAllowedEndpoint, RuleError
 from edgecloud.gateway.health import EndpointState
 from edgecloud.gateway.privacy import PrivacyDetector
 from edgecloud.gateway.pseudonymize import Pseudonymizer, Rewritten
@@ -49,6 +49,9 @@ class PlacementDecision:
     # Set on a privacy.pseudonymized decision: what happens instead when the request cannot be
     # rewritten (a kind that may not leave was found): the edge decision, or the refusal.
     without_surrogates: PlacementDecision | APIError | None = None
+    # Set on an edge decision for a request that may leave as surrogates: when every endpoint
+    # of the order fails before anything reaches the client, see surrogate_fallback.
+    surrogates_if_failed: bool = False
 
     @property
     def primary(self) -> EndpointState:
@@ -218,6 +221,7 @@ class PlacementPolicy:
         # In panic mode every edge endpoint is marked down: they are the last resort below.
         if edge is not None and not edge.panic and not self._edge_strained(edge.primary, facts,
                                                                              hints):
+            edge.surrogates_if_failed = True
             return edge
         try:
             public = place(None)
@@ -227,6 +231,7 @@ class PlacementPolicy:
         if public is None or not clouds or (edge is not None and public.primary.config.tier
                                              == "edge"):
             if edge is not None:
+                edge.surrogates_if_failed = True
                 return edge
             assert refusal is not None
             raise refusal
@@ -235,6 +240,32 @@ class PlacementPolicy:
         return PlacementDecision(clouds + (edge.order if edge is not None else ()),
                                  "privacy.pseudonymized", why, True,
                                  without_surrogates=edge or refusal)
+
+    def surrogate_fallback(
+        self,
+        failed: RuleError,
+        facts: RequestFacts,
+        hints: Hints,
+        endpoints: Sequence[EndpointState],
+        now: float,
+        cloud_spend_usd: float,
+    ) -> PlacementDecision | None:
+        """For an edge decision marked `surrogates_if_failed` whose every endpoint failed before
+        anything reached the client (`failed`: the refusal that would follow): the cloud
+        endpoints the rest of the chain allows (residency, health, capability, deadline, cost),
+        to be sent surrogates, or None when there are none (then `failed` stands). With
+        with_surrogates, a request the rewrite must keep private gets `failed`."""
+        clouds = [e for e in endpoints if e.config.tier == "cloud"]
+        if not clouds:
+            return None
+        try:
+            public = self._place(facts, hints, clouds, now, cloud_spend_usd, None)
+        except (NoAllowedEndpoint, CapabilityMissing):
+            return None
+        why = (f"{failed.rule}: every allowed edge endpoint failed; personal data replaced by "
+               "surrogates for the cloud")
+        return PlacementDecision(public.order, "privacy.pseudonymized", why, True,
+                                 panic=public.panic, without_surrogates=failed)
 
     def _edge_strained(self, e: EndpointState, facts: RequestFacts, hints: Hints) -> bool:
         """Queueing past the offload threshold, or predicted to miss the deadline."""
