@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
+from edgecloud.demo.types import DemoOptions, DemoResult
 from edgecloud.report import Section, escape, figure_svg, new_figure, render_page, table_html
-
-if TYPE_CHECKING:
-    from edgecloud.demo.runner import DemoOptions, DemoResult
 
 LANES = {"edge": 2, "cloud": 1, "refused": 0, "error": 0}
 COLORS = [
@@ -101,6 +99,8 @@ def write_report(opts: DemoOptions, result: DemoResult) -> Path:
     guarantee_rows = [
         ["private requests sent", g["private_requests"]],
         ["private requests placed in the cloud", g["private_placed_in_cloud"]],
+        ["private requests sent to the cloud as surrogates (edge down)",
+         g["private_sent_as_surrogates"]],
         ["private markers seen on the cloud link (byte scan)", g["cloud_link_private_marker_hits"]],
         ["bytes that crossed the cloud link", g["cloud_link_bytes"]],
     ]

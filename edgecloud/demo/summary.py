@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from rich.console import Console
 from rich.table import Table
 
-if TYPE_CHECKING:
-    from edgecloud.demo.runner import DemoOptions, DemoResult
+from edgecloud.demo.types import DemoOptions, DemoResult
 
 
 def _fmt(v: float | None) -> str:
-    return "–" if v is None else f"{v:.0f}"
+    return "–" if v is None else f"{v:,.0f}"
 
 
 def print_summary(console: Console, opts: DemoOptions, result: DemoResult) -> None:
@@ -37,6 +34,8 @@ def print_summary(console: Console, opts: DemoOptions, result: DemoResult) -> No
         f"of {g['private_requests']}; private data seen on the cloud link: "
         f"{g['cloud_link_private_marker_hits']} (byte scan of {g['cloud_link_bytes']:,} bytes)[/]"
     )
+    console.print(f"private requests answered from the cloud with surrogates (edge down): "
+                  f"{g['private_sent_as_surrogates']}")
     if "decision_json" in result.files:
         console.print(f"decision: {result.files['decision_json']}")
     console.print(f"[bold]report: {result.files['report']}[/]")

@@ -7,14 +7,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgecloud.api.guard import ServingLimits
-from edgecloud.api.yamlconfig import yaml_line
+from edgecloud.api.yamlconfig import load_model, parse_model
 from edgecloud.gateway.errors import ConfigError
 
 PiiKind = Literal["email", "phone", "id_card", "bank_card", "iban", "ip", "secret"]
+# Every kind of personal data the gateway detects; also the default `policy.privacy.detect`
+# (and `decide`'s and `deploy`'s, which emit gateway configs): the one list of it.
 PII_KINDS: tuple[PiiKind, ...] = ("email", "phone", "id_card", "bank_card", "iban", "ip", "secret")
+DEFAULT_DETECT: tuple[PiiKind, ...] = PII_KINDS
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
@@ -29,6 +32,73 @@ class Price(_Strict):
     output_per_mtok: float = Field(default=0.0, ge=0)
 
 
+_LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
+def _https_or_local(v: str, example: str) -> str:
+    m = re.match(r"^(https?)://([^/\s@]+)(/\S*)?$", v)
+    if not m:
+        raise ValueError(f"must be an https:// URL such as {example}")
+    host = m.group(2).rsplit(":", 1)[0] if not m.group(2).startswith("[") else \
+        m.group(2).split("]")[0] + "]"
+    if m.group(1) == "http" and host not in _LOCAL_HOSTS:
+        raise ValueError(f"must be https:// (plain http only to this machine): {example}")
+    return v
+
+
+class ConfidentialConfig(_Strict):
+    """A cloud endpoint that proves it runs in a TEE with an attestation token (generic profile:
+    claims `nonce` and `tls_key_sha256`, hex), verified against the issuer's keys."""
+
+    evidence_url: str = Field(description="GET ?nonce=HEX -> {\"token\": JWT}")
+    issuer: str = Field(min_length=1, description="the token's iss (the attestation service)")
+    jwks_url: str | None = Field(default=None, description="the issuer's public keys (JWKS)")
+    jwks_file: str | None = Field(default=None, description="or the JWKS as a local file")
+    claims: dict[str, Any] = Field(
+        default_factory=dict, description="required claim values (measurements, debug off, TCB)"
+    )
+    max_age_s: float = Field(default=300.0, ge=5, le=86400,
+                             description="trust a token at most this long after it was issued")
+    ca_file: str | None = Field(default=None, description="verify the endpoint's certificate too")
+    timeout_s: float = Field(default=5.0, gt=0, le=120,
+                             description="for the evidence, JWKS and handshake fetches")
+    nonce_claim: str = Field(default="nonce", pattern=r"^[A-Za-z0-9_.-]{1,128}$")
+    key_claim: str = Field(default="tls_key_sha256", pattern=r"^[A-Za-z0-9_.-]{1,128}$")
+
+    @field_validator("evidence_url")
+    @classmethod
+    def _evidence(cls, v: str) -> str:
+        return _https_or_local(v, "https://cc.example/attestation")
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _jwks_url(cls, v: str | None) -> str | None:
+        return None if v is None else _https_or_local(v, "https://verifier.example/certs")
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> ConfidentialConfig:
+        if (self.jwks_url is None) == (self.jwks_file is None):
+            raise ValueError("give exactly one of jwks_url and jwks_file (the issuer's keys)")
+        if self.jwks_file is not None:
+            _check_jwks_file(self.jwks_file)
+        if self.ca_file is not None and not Path(self.ca_file).is_file():
+            raise ValueError(f"ca_file {self.ca_file!r} is not a readable file")
+        return self
+
+
+def _check_jwks_file(path: str) -> None:
+    from edgecloud.gateway.attestation import load_jwks
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))  # JSON is YAML
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"jwks_file {path!r} cannot be read as JSON: {exc}") from None
+    try:
+        load_jwks(data)
+    except ValueError as exc:
+        raise ValueError(f"jwks_file {path!r}: {exc}") from None
+
+
 class EndpointConfig(_Strict):
     """One upstream: our node or any OpenAI-compatible server."""
 
@@ -36,7 +106,10 @@ class EndpointConfig(_Strict):
     tier: Literal["edge", "cloud"]
     url: str
     region: str = "device"
-    capabilities: list[str] = Field(default_factory=lambda: ["text"])
+    capabilities: list[str] | None = Field(
+        None,
+        description="what it reads (text, vision); unset: what its /v1/models says, else text",
+    )
     max_concurrency: int = Field(default=4, ge=1)
     context: int | None = Field(default=None, ge=1, description="context window in tokens")
     model: str | None = None
@@ -49,8 +122,10 @@ class EndpointConfig(_Strict):
     )
     connect_timeout_s: float = Field(default=2.0, gt=0)
     health_path: str | None = Field(
-        None, description="probe path under the server root; default /readyz, else /v1/models"
+        default=None,
+        description="probe path under the server root; default /readyz, else /v1/models",
     )
+    confidential: ConfidentialConfig | None = None
 
     @field_validator("url")
     @classmethod
@@ -61,20 +136,39 @@ class EndpointConfig(_Strict):
 
     @field_validator("capabilities")
     @classmethod
-    def _caps(cls, v: list[str]) -> list[str]:
-        if not v:
+    def _caps(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
             raise ValueError("list at least one capability (text, vision)")
         return v
+
+    @model_validator(mode="after")
+    def _confidential_https(self) -> EndpointConfig:
+        if self.confidential is not None:
+            if self.tier != "cloud":
+                raise ValueError("confidential applies to cloud endpoints (tier: cloud)")
+            if not self.url.startswith("https://"):
+                raise ValueError("a confidential endpoint's url must be https:// (the token "
+                                 "binds its TLS key)")
+        return self
 
 
 class PrivacyConfig(_Strict):
     """What counts as personal data and what happens to it."""
 
-    detect: list[PiiKind] = Field(default_factory=lambda: list(PII_KINDS))
+    detect: list[PiiKind] = Field(default_factory=lambda: list(DEFAULT_DETECT))
     action: Literal["edge_only"] = "edge_only"
     images: Literal["edge_only", "allow"] = "edge_only"
+    confidential: Literal["allow", "deny"] = Field(
+        default="deny",
+        description="allow: private requests may use attested confidential endpoints",
+    )
     patterns: dict[str, str] = Field(
         default_factory=dict, description="extra detectors: name -> regular expression"
+    )
+    pseudonymize: list[str] = Field(
+        default_factory=list,
+        description="kinds (or pattern names) that may leave the edge as surrogates when the "
+        "edge cannot take the request",
     )
 
     @field_validator("patterns")
@@ -90,6 +184,19 @@ class PrivacyConfig(_Strict):
                     f"pattern {name!r} is not a valid regular expression: {exc}"
                 ) from None
         return v
+
+    @model_validator(mode="after")
+    def _pseudonymize(self) -> PrivacyConfig:
+        for kind in self.pseudonymize:
+            if kind == "secret":
+                raise ValueError("pseudonymize: secrets and keys never leave the edge; remove "
+                                 "'secret'")
+            if kind not in PII_KINDS and kind not in self.patterns:
+                raise ValueError(
+                    f"pseudonymize: {kind!r} is neither a personal-data kind "
+                    f"({', '.join(k for k in PII_KINDS if k != 'secret')}) nor a name in patterns"
+                )
+        return self
 
 
 class OffloadConfig(_Strict):
@@ -194,35 +301,20 @@ class GatewayConfig(_Strict):
 
 
 def parse_config(text: str, source: str = "<config>") -> GatewayConfig:
-    """Validate YAML text; raise ConfigError naming the field and the line."""
-    try:
-        root = yaml.compose(text)
-        data: Any = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark is not None else source
-        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}:1: the file must be a mapping with an 'endpoints' list")
-    try:
-        return GatewayConfig.model_validate(data)
-    except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
-            field = ".".join(str(p) for p in loc) or "(top level)"
-            line = yaml_line(root, loc)
-            where = f"{source}:{line}" if line else source
-            msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"{where}: {field}: {msg}")
-        raise ConfigError("invalid gateway configuration:\n  " + "\n  ".join(lines)) from None
+    """Validate YAML text; raise ConfigError naming the file, line and field."""
+    return parse_model(text, GatewayConfig, source, error=ConfigError)
 
 
 def load_config(path: str | Path) -> GatewayConfig:
     """Read and validate a gateway YAML file."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read {p}: {exc.strerror}") from None
-    return parse_config(text, str(p))
+    return load_model(path, GatewayConfig, error=ConfigError)
+
+
+def config_yaml(config: GatewayConfig) -> str:
+    """The settings of `config` that were set explicitly, as the YAML `load_config` reads.
+
+    `decide` and `deploy` build a `GatewayConfig` and write it with this, so what they emit is
+    validated by the model that loads it.
+    """
+    data = config.model_dump(mode="json", exclude_unset=True)
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)

@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from edgecloud.api.asgi import Send, send_error
+from edgecloud.api.asgi import Send
 from edgecloud.api.replies import sse_error
 from edgecloud.gateway.clientwatch import ClientWatch
-from edgecloud.gateway.errors import NoAllowedEndpoint, UpstreamCut, UpstreamFailed
+from edgecloud.gateway.errors import NoAllowedEndpoint, RuleError, UpstreamCut, UpstreamFailed
 from edgecloud.gateway.health import EndpointState
 from edgecloud.gateway.metrics import GatewayMetrics
 from edgecloud.gateway.policy import PlacementDecision
+from edgecloud.gateway.pseudonymize import Rewritten, Surrogates, restore_answer
 from edgecloud.gateway.request import RequestFacts, with_model_parts
+from edgecloud.gateway.restore_stream import RestoredStream
 from edgecloud.gateway.upstream import TRANSPORT_ERRORS, Upstream
 from edgecloud.http1 import StreamedResponse
 
@@ -57,22 +60,33 @@ class Forwarder:
 
     async def forward(self, send: Send, watch: ClientWatch, path: str, raw: bytes,
                       facts: RequestFacts, decision: PlacementDecision, record: dict[str, Any],
-                      t0: float, trace: RequestTrace | None = None) -> None:
+                      t0: float, trace: RequestTrace | None = None,
+                      rewritten: Rewritten | None = None, failures: list[str] | None = None
+                      ) -> RuleError | None:
         """Try the decision's endpoints in order and relay the first usable answer.
 
-        Raises BadRequest (nothing sent) for a body that cannot be re-encoded for an endpoint
-        that needs another model id."""
-        failures: list[str] = []
+        Returns the refusal, sent to no one yet, when every endpoint failed before anything
+        reached the client: the caller sends it or tries elsewhere. `failures` collects what
+        failed across such passes: an earlier pass's count as fallbacks and are named in a
+        later pass's refusal. Raises BadRequest (nothing sent) for a body that cannot be
+        re-encoded for an endpoint that needs another model id. With `rewritten` (a
+        pseudonymised request), cloud endpoints get the surrogates and their answers are
+        restored; edge ones the original."""
+        if failures is None:
+            failures = []
+        earlier = len(failures)
         rule = decision.rule
         order = decision.order
         loop = asyncio.get_running_loop()
         for attempt, state in enumerate(order):
             if watch.gone:
                 self._client_gone(state, rule, record, t0)
-                return
+                return None
             # Built before anything is taken, so that a refusal here leaves no state behind.
-            body = (raw,) if state.model_id is None else with_model_parts(
-                raw, facts.body, state.model_id, facts.elided)
+            # A pseudonymised request: cloud endpoints get the surrogates, edge ones the original.
+            sent_as = rewritten if state.config.tier == "cloud" else None
+            surrogates = sent_as.surrogates if sent_as is not None else None
+            body = _body(raw, facts, state, sent_as)
             ticket = state.breaker.acquire(time.monotonic())
             if not ticket:
                 failures.append(f"{state.name}: circuit open")
@@ -102,8 +116,7 @@ class Forwarder:
                             # passing probe would have.
                             await up.discover_model(state.config.connect_timeout_s)
                             if state.model_id is not None:
-                                body = with_model_parts(raw, facts.body, state.model_id,
-                                                        facts.elided)
+                                body = _body(raw, facts, state, sent_as)
                         resp = await up.request(path, body, trace_headers)
                         span_status = status = resp.status
                         streaming = _is_stream(resp)
@@ -115,7 +128,7 @@ class Forwarder:
                     if watch.gone:
                         span_error = "client_gone"
                         self._client_gone(state, rule, record, t0)
-                        return
+                        return None
                     span_status, span_error = None, type(exc).__name__
                     phase = "connect" if resp is None else "read"
                     self._failed(state, phase, exc)
@@ -145,16 +158,18 @@ class Forwarder:
                 state.healthy = True
                 if attempt > 0:
                     rule = "fallback"
-                record["fallbacks"] = attempt
+                record["fallbacks"] = attempt + earlier
                 if data is not None:
                     self._judge(state, status, data)
+                    if surrogates is not None and status < 400:
+                        data = restore_answer(data, surrogates)
                     await self._relay_body(send, resp, data, state, rule, facts, record, t0, t_up)
                 else:
                     state.breaker.success()  # a stream started: the trial is over
                     await self._relay_stream(send, watch, resp, state, rule, facts, record, t0,
-                                             t_up)
+                                             t_up, surrogates)
                 span_status, span_error = record.get("status"), record.get("error")
-                return
+                return None
             finally:
                 state.in_flight -= 1
                 state.breaker.release(ticket)
@@ -162,17 +177,10 @@ class Forwarder:
                     span.end(span_status, span_error)
         # Nothing answered. Fail closed with the rule that restricted the request, if any.
         detail = "; ".join(failures) or "no endpoint was tried"
-        err: NoAllowedEndpoint | UpstreamFailed
         if decision.restricted:
-            err = NoAllowedEndpoint(decision.rule, f"every allowed endpoint failed ({detail}); "
-                                    "the request was not sent anywhere else")
-        else:
-            err = UpstreamFailed("fallback", f"every endpoint failed ({detail})")
-        self.metrics.refusal(err.rule)
-        self.metrics.request("none", "none", err.rule, err.status)
-        record.update(status=err.status, reason=err.rule, error=err.code)
-        await send_error(send, err, [(b"x-edgecloud-reason", err.rule.encode())])
-        record["total_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+            return NoAllowedEndpoint(decision.rule, f"every allowed endpoint failed ({detail}); "
+                                     "the request was not sent anywhere else")
+        return UpstreamFailed("fallback", f"every endpoint failed ({detail})")
 
     def _failed(self, state: EndpointState, cause: str, exc: BaseException) -> None:
         state.breaker.failure(time.monotonic())
@@ -235,7 +243,8 @@ class Forwarder:
 
     async def _relay_stream(self, send: Send, watch: ClientWatch, resp: StreamedResponse,
                             state: EndpointState, rule: str, facts: RequestFacts,
-                            record: dict[str, Any], t0: float, t_up: float) -> None:
+                            record: dict[str, Any], t0: float, t_up: float,
+                            surrogates: Surrogates | None = None) -> None:
         status = resp.status
         record["status"] = status
         await send({"type": "http.response.start", "status": status,
@@ -253,7 +262,9 @@ class Forwarder:
                 if watch.gone:
                     raise TimeoutError
                 rearm_at = loop.time() + idle_s / 2
-                async for chunk in resp.iter_any():
+                chunks = (resp.iter_any() if surrogates is None
+                          else RestoredStream(resp.iter_any(), surrogates))
+                async for chunk in chunks:
                     if first is None:
                         first = time.perf_counter()
                     tokens += chunk.count(b"data:")
@@ -305,3 +316,15 @@ def _is_stream(resp: StreamedResponse) -> bool:
         if len(k) == 12 and k.lower() == b"content-type":
             return v.startswith(b"text/event-stream")
     return False
+
+
+def _body(raw: bytes, facts: RequestFacts, state: EndpointState,
+          rewritten: Rewritten | None) -> Sequence[bytes | memoryview]:
+    """The body for one endpoint: the client's bytes or the surrogates' (`rewritten`), with the
+    endpoint's model id."""
+    if rewritten is not None:
+        raw, parsed, elided = rewritten.raw, rewritten.body, False
+    else:
+        parsed, elided = facts.body, facts.elided
+    return (raw,) if state.model_id is None else with_model_parts(raw, parsed, state.model_id,
+                                                                  elided)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from edgecloud.gateway.attestation import AttestationStatus
 from edgecloud.gateway.config import EndpointConfig
 
 
@@ -142,18 +143,35 @@ class EndpointState:
     in_flight: int = 0
     model_id: str | None = None
     last_error: str | None = None
+    discovered_capabilities: tuple[str, ...] | None = None  # from the endpoint's /v1/models
+    attestation: AttestationStatus | None = None  # confidential endpoints only
 
     @property
     def name(self) -> str:
         return self.config.name
 
     @property
+    def capabilities(self) -> tuple[str, ...]:
+        """What the endpoint reads: its configured list, else what it reported, else text."""
+        if self.config.capabilities is not None:
+            return tuple(self.config.capabilities)
+        return self.discovered_capabilities or ("text",)
+
+    @property
+    def needs_discovery(self) -> bool:
+        return self.model_id is None or (
+            self.config.capabilities is None and self.discovered_capabilities is None
+        )
+
+    @property
     def tier(self) -> str:
         return self.config.tier
 
     def available(self, now: float) -> bool:
-        """Healthy by the last probe and not held off by an open breaker."""
-        return self.healthy and self.breaker.allows(now)
+        """Healthy by the last probe, not held off by an open breaker, and attested if it is a
+        confidential endpoint (its certificate is trusted only through the token)."""
+        return (self.healthy and self.breaker.allows(now)
+                and (self.attestation is None or self.attestation.attested(now)))
 
     def queued(self) -> int:
         return max(self.in_flight - self.config.max_concurrency + 1, 0)

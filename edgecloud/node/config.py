@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import yaml
-from pydantic import ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
 from edgecloud.api.guard import ServingLimits
-from edgecloud.api.yamlconfig import compose, yaml_line
+from edgecloud.api.yamlconfig import COMMAND_LINE, load_model, parse_model
+from edgecloud.node.errors import ConfigError
+from edgecloud.node.images import ImageLimits, RemoteImagePolicy
 
-
-class ConfigError(Exception):
-    """The configuration file is unreadable or has an invalid field."""
+__all__ = ["ConfigError", "NodeConfig", "build_config", "default_threads"]
 
 
 def default_threads() -> int:
@@ -59,6 +57,48 @@ class NodeConfig(ServingLimits):
         description="Directories the admin swap may load from; default: the startup model's",
     )
     log_level: str = "info"
+    # Vision: a projector for the model, and what one request may send.
+    mmproj: str | None = Field(
+        None, description="Vision projector GGUF (mmproj) for the model: image parts are read"
+    )
+    max_images: int = Field(8, ge=1, le=64, description="Images per request")
+    max_image_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Bytes of one image file (after base64)"
+    )
+    max_request_image_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Bytes of all image files of one request"
+    )
+    max_image_pixels: int = Field(
+        4096 * 4096, ge=64 * 64, description="Pixels of one image (checked before decoding)"
+    )
+    image_url_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts remote image URLs may be fetched from; empty: data URIs only",
+    )
+    image_fetch_timeout_s: float = Field(5.0, gt=0, le=60, description="Per remote image")
+
+    @field_validator("image_url_hosts")
+    @classmethod
+    def _hosts(cls, hosts: list[str]) -> list[str]:
+        for h in hosts:
+            if not h or "/" in h or ":" in h or "@" in h or h != h.strip():
+                raise ValueError(f"{h!r} is not a host name (write images.example.com)")
+        return [h.lower() for h in hosts]
+
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(
+            max_images=self.max_images,
+            max_image_bytes=self.max_image_bytes,
+            max_request_bytes=self.max_request_image_bytes,
+            max_pixels=self.max_image_pixels,
+        )
+
+    def remote_images(self) -> RemoteImagePolicy:
+        return RemoteImagePolicy(
+            hosts=frozenset(self.image_url_hosts),
+            max_bytes=self.max_image_bytes,
+            timeout_s=self.image_fetch_timeout_s,
+        )
 
     @field_validator("batch")
     @classmethod
@@ -76,35 +116,8 @@ class NodeConfig(ServingLimits):
         return batch
 
 
-def load_config_file(path: str | Path) -> dict[str, object]:
-    """Read a YAML mapping; errors name the file and line."""
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{where}: not valid YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
-    return data
-
-
 def build_config(file: str | None, overrides: dict[str, object]) -> NodeConfig:
     """File values, then flags that were given on the command line."""
-    data: dict[str, object] = load_config_file(file) if file else {}
-    given = {k: v for k, v in overrides.items() if v is not None}
-    data.update(given)
-    try:
-        return NodeConfig.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        where = ""
-        if file and err["loc"] and err["loc"][0] not in given:
-            line = yaml_line(compose(Path(file).read_text()), tuple(err["loc"]))
-            where = f"{file}:{line}: " if line else f"{file}: "
-        raise ConfigError(f"{where}invalid setting '{loc}': {err['msg']}") from None
+    if file is None:
+        return parse_model("", NodeConfig, COMMAND_LINE, overrides=overrides, error=ConfigError)
+    return load_model(file, NodeConfig, overrides=overrides, error=ConfigError)

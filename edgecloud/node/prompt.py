@@ -35,8 +35,11 @@ class NoVision(BadRequest):
     code = "model_not_vision"
 
 
-def message_text(msg: ChatMessage, index: int) -> str:
-    """The text of one message; image or audio parts are refused (this node has no vision)."""
+def message_text(msg: ChatMessage, index: int, image_marker: str | None = None) -> str:
+    """The text of one message, each image part written as `image_marker` where it stands.
+
+    Without a marker (a node with no projector) image parts are refused; audio and files always.
+    """
     content = msg.content
     if content is None:
         return ""
@@ -51,10 +54,16 @@ def message_text(msg: ChatMessage, index: int) -> str:
                     param=f"messages.{index}.content.{j}.text",
                 )
             texts.append(part.text)
+        elif part.type in ("image_url", "input_image") and image_marker is not None:
+            texts.append(image_marker)
         elif part.type in ("image_url", "input_image", "input_audio", "file"):
+            if image_marker is None:
+                reads, where = "text only", "Send images to a vision endpoint"
+            else:
+                reads, where = "text and images only", "Send it to an endpoint that reads it"
             raise NoVision(
                 f"messages[{index}].content[{j}] is an '{part.type}' part, but this model reads "
-                "text only. Send images to a vision endpoint (the gateway routes them there).",
+                f"{reads}. {where} (the gateway routes them there).",
                 param=f"messages.{index}.content.{j}",
             )
         else:
@@ -65,11 +74,15 @@ def message_text(msg: ChatMessage, index: int) -> str:
     return "".join(texts)
 
 
-def render_plain(messages: list[ChatMessage], tools: list[dict[str, Any]] | None = None) -> str:
+def render_plain(
+    messages: list[ChatMessage],
+    tools: list[dict[str, Any]] | None = None,
+    image_marker: str | None = None,
+) -> str:
     system: list[str] = []
     turns: list[str] = []
     for i, msg in enumerate(messages):
-        text = message_text(msg, i)
+        text = message_text(msg, i, image_marker)
         if msg.role in ("system", "developer"):
             system.append(text.strip())
             continue
@@ -137,10 +150,16 @@ class ChatTemplate:
             return False
         return "edgecloud_probe_fn" in text
 
-    def render(self, messages: list[ChatMessage], tools: list[dict[str, Any]] | None = None) -> str:
+    def render(
+        self,
+        messages: list[ChatMessage],
+        tools: list[dict[str, Any]] | None = None,
+        image_marker: str | None = None,
+    ) -> str:
+        """The prompt text; image parts become `image_marker` (None: images are refused)."""
         if self._template is None:
-            return render_plain(messages, tools)
-        plain = [_template_message(m, i) for i, m in enumerate(messages)]
+            return render_plain(messages, tools, image_marker)
+        plain = [_template_message(m, i, image_marker) for i, m in enumerate(messages)]
         extra: dict[str, Any] = {"tools": tools} if tools else {}
         try:
             text = self._template.render(
@@ -159,8 +178,10 @@ class ChatTemplate:
         return text
 
 
-def _template_message(msg: ChatMessage, index: int) -> dict[str, Any]:
-    out: dict[str, Any] = {"role": msg.role, "content": message_text(msg, index)}
+def _template_message(
+    msg: ChatMessage, index: int, image_marker: str | None = None
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": msg.role, "content": message_text(msg, index, image_marker)}
     if msg.tool_calls:
         out["tool_calls"] = [
             {
