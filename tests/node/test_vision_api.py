@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from PIL import Image
 
@@ -368,3 +369,78 @@ def test_allowed_remote_host_is_fetched_within_limits(vision_node: str) -> None:
     finally:
         server.shutdown()
         thread.join(10)
+
+
+def test_image_with_schema_logprobs_and_a_forced_tool_call(vision_node: str) -> None:
+    """The grammar and log-probabilities apply to the tokens sampled after the image."""
+    schema = {
+        "type": "object",
+        "properties": {"button": {"type": "string", "maxLength": 12}, "x": {"type": "integer"}},
+        "required": ["button", "x"],
+        "additionalProperties": False,
+    }
+    body = {
+        "messages": [image_message(png_uri(51), "Which button? Answer in JSON.")],
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "tap", "schema": schema, "strict": True},
+        },
+        "logprobs": True,
+        "top_logprobs": 2,
+        "max_tokens": 48,
+        "temperature": 0,
+    }
+    r = httpx.post(vision_node + CHAT, json=body, timeout=300)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    choice = out["choices"][0]
+    assert out["usage"]["prompt_tokens"] > 64  # the image was read
+    if choice["finish_reason"] == "stop":
+        answer = orjson.loads(choice["message"]["content"])
+        assert set(answer) == {"button", "x"} and isinstance(answer["x"], int)
+    entries = choice["logprobs"]["content"]
+    # One entry per content token (the end-of-generation token counts as usage, not content).
+    assert 1 <= len(entries) <= out["usage"]["completion_tokens"]
+    assert "".join(e["token"] for e in entries) == choice["message"]["content"]
+    for e in entries:
+        assert e["logprob"] <= 0.0 and len(e["top_logprobs"]) == 2
+        assert e["top_logprobs"][0]["logprob"] >= e["top_logprobs"][1]["logprob"]
+
+    tap = {
+        "type": "function",
+        "function": {
+            "name": "tap",
+            "parameters": {
+                "type": "object",
+                "properties": {"x": {"type": "integer"}, "y": {"type": "integer"}},
+                "required": ["x", "y"],
+                "additionalProperties": False,
+            },
+        },
+    }
+    body = {
+        "messages": [image_message(png_uri(52), "Tap the send button.")],
+        "tools": [tap],
+        "tool_choice": "required",
+        "max_tokens": 48,
+        "temperature": 0,
+        "stream": True,
+    }
+    names, arguments, finish = [], "", None
+    with httpx.stream("POST", vision_node + CHAT, json=body, timeout=300) as s:
+        assert s.status_code == 200
+        for line in s.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = orjson.loads(line[len("data: ") :])
+            for c in chunk["choices"]:
+                finish = c["finish_reason"] or finish
+                for call in c["delta"].get("tool_calls") or ():
+                    fn = call.get("function") or {}
+                    if fn.get("name"):
+                        names.append(fn["name"])
+                    arguments += fn.get("arguments") or ""
+    assert finish in ("tool_calls", "length")
+    if finish == "tool_calls":
+        assert names == ["tap"]
+        assert set(orjson.loads(arguments)) == {"x", "y"}
