@@ -39,7 +39,10 @@ class EndpointConfig(_Strict):
     tier: Literal["edge", "cloud"]
     url: str
     region: str = "device"
-    capabilities: list[str] = Field(default_factory=lambda: ["text"])
+    capabilities: list[str] | None = Field(
+        None,
+        description="what it reads (text, vision); unset: what its /v1/models says, else text",
+    )
     max_concurrency: int = Field(default=4, ge=1)
     context: int | None = Field(default=None, ge=1, description="context window in tokens")
     model: str | None = None
@@ -65,8 +68,8 @@ class EndpointConfig(_Strict):
 
     @field_validator("capabilities")
     @classmethod
-    def _caps(cls, v: list[str]) -> list[str]:
-        if not v:
+    def _caps(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
             raise ValueError("list at least one capability (text, vision)")
         return v
 

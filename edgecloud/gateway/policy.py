@@ -238,9 +238,9 @@ class PlacementPolicy:
         why: str,
     ) -> tuple[list[EndpointState], str | None, str]:
         if facts.images:
-            vision = [e for e in live if "vision" in e.config.capabilities]
+            vision = [e for e in live if "vision" in e.capabilities]
             if not vision:
-                if any("vision" in e.config.capabilities for e in cands):
+                if any("vision" in e.capabilities for e in cands):
                     raise NoAllowedEndpoint(
                         rule or "capability.vision",
                         "the allowed endpoints that read images are unavailable",
