@@ -16,6 +16,7 @@ from edgecloud.bench.server_metrics import image_ms_per_image, metrics_url, pars
 from edgecloud.bench.workloads import PHONE_AGENT_MAX_TOKENS, encode_bodies, load_workload
 from tests.bench.benchcli import run_bench_cli
 from tests.bench.standin_openai import IMAGE_TOKENS, TEXT_TOKENS
+from tests.conftest import start_node
 
 
 def test_phone_agent_requests_carry_a_phone_screenshot() -> None:
@@ -90,3 +91,28 @@ def test_phone_agent_bench_says_when_the_server_reports_no_image_time(
     assert res.images is not None and res.images.image_time_source == "none"
     assert all(lv.image_ms is None and lv.server_images == 0 for lv in res.levels)
     assert all(r.output_tokens == 4 for r in res.records if r.ok)
+
+
+@pytest.mark.slow
+def test_phone_agent_bench_against_the_real_vision_node(
+    tmp_path: Path, tiny_mmproj_path: str
+) -> None:
+    """The real node with the generated projector: screenshots read end to end, and the image
+    time taken from the node's own counters."""
+    proc, base = start_node(
+        tmp_path, "--mmproj", tiny_mmproj_path, "--parallel", "2", "--ctx", "1024", "--preload",
+        name="vision-node",
+    )
+    try:
+        proc.wait_ready(timeout_s=180)
+        res = _bench(base, tmp_path / "node.json", "--concurrency", "1", "--requests", "2")
+    finally:
+        proc.stop()
+    assert res.complete, res.note
+    assert res.images is not None and res.images.image_time_source == "server_metrics"
+    (lv,) = res.levels
+    assert lv.ok == 2 and lv.server_images == 2
+    assert lv.image_ms is not None and lv.image_ms > 0
+    ok = [r for r in res.records if r.ok]
+    # The tiny projector turns an image into 64 tokens, counted in the prompt.
+    assert all(r.prompt_tokens > 64 and 0 < r.output_tokens <= 16 for r in ok)
