@@ -23,6 +23,7 @@ from edgecloud.bench.results import ImageSet
 BUILTIN = ("short-chat", "long-context", "phone-agent")
 # A phone agent answers each screenshot with one short action.
 PHONE_AGENT_MAX_TOKENS = 16
+PHONE_AGENT_BODIES = 21  # distinct request bodies, replayed in turn (about 70 MB encoded)
 SCREEN_WIDTH, SCREEN_HEIGHT = 1080, 2400
 
 _TOPICS = (
@@ -89,7 +90,9 @@ def load_workload(name_or_path: str, *, seed: int = 0, size: int = 64) -> Worklo
             return Workload(name_or_path, "chat", [_short_chat(rng) for _ in range(size)])
         if name_or_path == "long-context":
             return Workload(name_or_path, "chat", [_long_context(rng) for _ in range(size)])
-        # Screenshots are 1-3 MB each: a handful of distinct ones is enough.
+        # Screenshots are 1-3 MB each: a handful of distinct ones is enough, and a few dozen
+        # bodies (each carries its screenshot) bound the memory the encoded bodies take.
+        size = min(size, PHONE_AGENT_BODIES)
         pngs = [png_bytes(seed * 100 + i) for i in range(min(size, 3))]
         shots = [_data_uri(p) for p in pngs]
         items = [_agent_turn(rng, shots, i) for i in range(size)]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,8 +14,8 @@ from edgecloud.decide.decision import evaluate_options
 from edgecloud.decide.gateway_config import gateway_config
 from edgecloud.decide.loading import load_bench, load_inputs
 from edgecloud.decide.measurements import from_bench
-from edgecloud.supervise import edgecloud_command
 from tests.decide.decide_samples import bench, inputs, level, perf, prices, workload
+from tests.decide.test_cli import _run as run_decide
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "decide"
 SAMPLE = EXAMPLES / "bench-edge-phone-agent.json"
@@ -96,15 +94,7 @@ def test_emitted_gateway_config_marks_a_benched_vision_edge() -> None:
 
 def test_cli_shows_the_screenshot_sizing(tmp_path: Path) -> None:
     out = tmp_path / "d.json"
-    proc = subprocess.run(
-        edgecloud_command(
-            "decide", "--workload", str(PHONE), "--bench", f"edge={SAMPLE}", "--json", str(out)
-        ),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "COLUMNS": "120"},
-    )
+    proc = run_decide("--workload", str(PHONE), "--bench", f"edge={SAMPLE}", "--json", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "screenshots on the edge" in proc.stdout
     assert "boxes for the screenshots: 6" in proc.stdout
