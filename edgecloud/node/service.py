@@ -120,7 +120,8 @@ class NodeService:
     # -- lifecycle --------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
-        return self.current is not None
+        """A model is loaded and its engine works (a broken one makes the node unready)."""
+        return self.current is not None and self.current.engine.broken is None
 
     @property
     def model_ids(self) -> list[str]:
@@ -349,6 +350,8 @@ class NodeService:
         return requested
 
     def submit(self, loaded: Loaded, req: GenerationRequest) -> None:
+        if loaded.engine.broken is not None:
+            raise NotReady("The model backend failed; the node is unready until restarted.")
         if not loaded.engine.submit(req):
             self.metrics.rejected.inc()
             raise QueueFull(

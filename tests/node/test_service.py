@@ -123,3 +123,26 @@ def test_configured_model_dirs_replace_the_startup_models_directory(
         await svc.shutdown()
 
     asyncio.run(main())
+
+
+def test_a_broken_engine_makes_the_node_unready_and_refuses_with_503(models: Path) -> None:
+    from edgecloud.node.engine import GenerationRequest
+
+    async def main() -> None:
+        svc = service(models)
+        loaded = await svc.ensure_loaded()
+        assert svc.ready
+        model = ScriptedModel.instances[0]
+        model.on_decode = lambda call: (_ for _ in ()).throw(RuntimeError("decode fault"))
+        model.clear_memory = lambda: (_ for _ in ()).throw(RuntimeError("clear"))  # type: ignore[method-assign]
+        req = GenerationRequest(list(b"hi"), 4)
+        svc.submit(loaded, req)
+        while (await asyncio.wait_for(req.events.get(), SAFETY_S)).finish_reason is None:
+            pass
+        await until(lambda: not svc.ready)
+        with pytest.raises(APIError) as refused:
+            svc.submit(loaded, GenerationRequest(list(b"again"), 4))
+        assert refused.value.status == 503
+        await svc.shutdown()
+
+    asyncio.run(main())
