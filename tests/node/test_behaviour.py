@@ -135,15 +135,26 @@ def test_sigterm_drains_and_exits_zero(tmp_path: Path) -> None:
     proc, base = start_node(tmp_path, "--preload", "--parallel", "2", name="sigterm")
     proc.wait_ready(timeout_s=120)
     result: dict[str, object] = {}
+    started = threading.Event()
 
     def stream() -> None:
         body = {"prompt": "Once", "max_tokens": 30, "temperature": 0, "stream": True}
-        with httpx.stream("POST", f"{base}/v1/completions", json=body, timeout=60) as s:
-            result["lines"] = [ln for ln in s.iter_lines() if ln]
+        lines = []
+        try:
+            with httpx.stream("POST", f"{base}/v1/completions", json=body, timeout=60) as s:
+                for ln in s.iter_lines():
+                    if ln:
+                        lines.append(ln)
+                        started.set()
+        finally:
+            result["lines"] = lines
+            started.set()
 
     t = threading.Thread(target=stream)
     t.start()
-    time.sleep(0.3)  # let the stream start before the signal (not a readiness wait)
+    # The signal comes once the stream is under way: under load a fixed sleep let it arrive
+    # before the client had even connected, and the test then saw "connection refused".
+    assert started.wait(60)
     proc.kill(signal.SIGTERM)
     t.join(60)
     assert proc.proc is not None
