@@ -144,13 +144,15 @@ def _disconnects(stack: ChaosStack, window_s: float) -> Iterator[list[str]]:
         stack.standin_control(delay_ms=0)
 
 
-def _slowloris(count: int) -> Fault:
+def slowloris_fault(count: int, samples: int = 12) -> Fault:
+    """`count` half-open connections at the gateway; the note compares the p99 latency of
+    `samples` normal requests before and while they are open."""
     @contextlib.contextmanager
     def run(stack: ChaosStack, window_s: float) -> Iterator[list[str]]:
         note: list[str] = []
-        base = p99_latency(stack, 12)
+        base = p99_latency(stack, samples)
         with faults.slowloris(stack.ports["gateway"], count) as socks:
-            loaded = p99_latency(stack, 12)
+            loaded = p99_latency(stack, samples)
             note.append(f"{len(socks)} open; p99 {_ms(base)}->{_ms(loaded)} ms"
                         + (f" (x{loaded / base:.1f})" if base and loaded else ""))
             yield note
@@ -233,7 +235,7 @@ def all_faults() -> dict[str, Fault]:
     out["upstream:truncate_chunked"] = _upstream(fault="truncate_chunked")
     out["upstream:cut_mid_stream"] = _upstream(cut_after=2)
     out["upstream:500_then_200"] = _fail_then_ok
-    out["slowloris:1000"] = _slowloris(1000)
+    out["slowloris:1000"] = slowloris_fault(1000)
     out["bodies:64x2MB+60MB"] = _bodies
     for mode in ("drop", "corrupt", "trickle"):
         out[f"fleet_link:{mode}"] = _fleet_link(mode)

@@ -16,6 +16,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,6 +214,19 @@ class ChaosStack:
         self.fleet_link = FaultLink(self.ports["fleet"], trickle_interval_s=1.0)
         self.fleet_link.start()
         self._add("agent", self._agent, 0)
+        self.wait_agent_event("agent.activated", 240)
+
+    def wait_agent_event(self, event: str, timeout_s: float) -> None:
+        """Wait until the agent's log shows `event` (its first install swaps the edge node's
+        model: faults start after it, so that swap is not taken for a slow recovery)."""
+        log = Path(self._log("agent"))
+        deadline = time.monotonic() + timeout_s
+        while f'"{event}"' not in (log.read_text(errors="replace") if log.exists() else ""):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the agent did not log {event} within {timeout_s:.0f} s")
+            if not self.parts["agent"].proc.alive():
+                raise RuntimeError(f"the agent exited; see {log}")
+            time.sleep(0.2)
 
     @property
     def db_path(self) -> Path:
