@@ -8,13 +8,27 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Generator
+import math
+import socket
+from collections.abc import Callable, Generator
 from typing import Any
 
 import uvicorn
 
 
 class _CleanExitServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config,
+                 on_drain: Callable[[float], None] | None = None) -> None:
+        super().__init__(config)
+        self.on_drain = on_drain
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # The drain starts: the app hears of it now, not only once every connection has closed
+        # (its lifespan shutdown), so it can end what is still running before the deadline.
+        if self.on_drain is not None:
+            self.on_drain(float(self.config.timeout_graceful_shutdown or 0))
+        await super().shutdown(sockets)
+
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         with super().capture_signals():
@@ -29,13 +43,16 @@ def serve_forever(
     port: int,
     *,
     drain_timeout_s: float = 30.0,
+    on_drain: Callable[[float], None] | None = None,
     ssl_certfile: str | None = None,
     ssl_keyfile: str | None = None,
     limit_concurrency: int | None = None,
     backlog: int = 2048,
     http: Any = "httptools",
 ) -> None:
-    """Serve until SIGINT/SIGTERM, let in-flight requests finish (up to the drain timeout)."""
+    """Serve until SIGINT/SIGTERM, let in-flight requests finish (up to the drain timeout).
+
+    `on_drain(timeout_s)` is called in the event loop when the drain begins."""
     config = uvicorn.Config(
         app,
         host=host,
@@ -46,7 +63,7 @@ def serve_forever(
         lifespan="on",
         access_log=False,
         log_level="warning",
-        timeout_graceful_shutdown=int(drain_timeout_s),
+        timeout_graceful_shutdown=math.ceil(drain_timeout_s),  # int(0.5) would be no drain
         timeout_keep_alive=30,
         ssl_certfile=ssl_certfile,
         ssl_keyfile=ssl_keyfile,
@@ -56,4 +73,4 @@ def serve_forever(
         date_header=False,
     )
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
-    _CleanExitServer(config).run()
+    _CleanExitServer(config, on_drain).run()

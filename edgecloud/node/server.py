@@ -83,6 +83,7 @@ class NodeApp:
         self._stopping = False
         self.fatal_error: str | None = None
         self._load_task: asyncio.Task[Any] | None = None
+        self._drain_cut: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -247,6 +248,20 @@ class NodeApp:
         }
 
     # -- generation ---------------------------------------------------------------------------
+    def begin_drain(self, timeout_s: float) -> None:
+        """SIGTERM: refuse new work (/readyz 503) and let running requests finish; any still
+        running shortly before the server's drain deadline is ended by the engine, so its
+        stream closes with an error event and [DONE] instead of being dropped mid-way."""
+        self._stopping = True
+        margin = min(max(2.0, timeout_s / 10), timeout_s / 2)
+        loop = asyncio.get_running_loop()
+
+        def cut() -> None:
+            log_event(log, "drain_deadline", logging.WARNING, in_flight=self.service.in_flight)
+            self._drain_cut = loop.create_task(self.service.shutdown())
+
+        loop.call_later(timeout_s - margin, cut)
+
     @staticmethod
     def _decode(raw: bytes) -> Any:
         if not raw:

@@ -360,6 +360,10 @@ class NodeService:
                 retry_after_s=1,
             )
 
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
     def begin(self) -> None:
         self._in_flight += 1
 
