@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import httpx
 import psutil
 
-from benchmarks.chaoslib.stack import ChaosStack
+from benchmarks.chaoslib.stack import ADMIN_TOKEN, ChaosStack
 from benchmarks.chaoslib.traffic import EDGE, FORBIDDEN_AT, Outcome
 
 
@@ -61,6 +61,7 @@ def stuck_states(stack: ChaosStack) -> list[str]:
                 out.append(f"{name} not ready")
         except httpx.HTTPError as exc:
             out.append(f"{name} metrics: {type(exc).__name__}")
+    out.extend(unverified_model(stack))
     agent = stack.parts.get("agent")
     if agent is not None and not agent.proc.alive():
         out.append(f"agent exited ({agent.proc.proc.returncode if agent.proc.proc else '?'})")
@@ -68,6 +69,19 @@ def stuck_states(stack: ChaosStack) -> list[str]:
         if name != "agent" and not part.proc.alive():
             out.append(f"{name} exited")
     return out
+
+
+def unverified_model(stack: ChaosStack) -> list[str]:
+    """The edge node must serve the published model (the sha256 it computed itself)."""
+    try:
+        r = httpx.get(f"{stack.edge}/admin/model", timeout=5,
+                      headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
+        sha = r.json().get("sha256") if r.status_code == 200 else None
+    except (httpx.HTTPError, ValueError) as exc:
+        return [f"edge model: {type(exc).__name__}"]
+    if sha != stack.model_sha256:
+        return [f"edge serves sha256 {str(sha)[:12]}, published {stack.model_sha256[:12]}"]
+    return []
 
 
 def settle(check: Callable[[], list[str]], timeout_s: float, interval_s: float = 0.1

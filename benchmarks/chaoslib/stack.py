@@ -183,7 +183,10 @@ class ChaosStack:
         return part
 
     def start(self) -> None:
+        from edgecloud.node.model import file_sha256
+
         cfg = self.cfg
+        self.model_sha256 = file_sha256(cfg.model_path)
         cfg.out_dir.mkdir(parents=True, exist_ok=True)
         for name in (EDGE, CLOUD_EU, CLOUD_US, "gateway", "fleet"):
             self.ports[name] = free_port()
