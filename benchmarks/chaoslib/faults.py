@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from edgecloud.supervise import ManagedProcess
 
@@ -239,3 +240,15 @@ def sqlite_removed(path: Path) -> Iterator[None]:
             if p.exists():  # the server made a new, empty one meanwhile: the old one wins
                 p.unlink()
             os.replace(away, p)
+
+
+@contextlib.contextmanager
+def postgres_stopped(server: Any) -> Iterator[None]:
+    """Stop a PostgreSQL server at once (`pg_ctl -m immediate`: no checkpoint, connections cut)
+    for the body, then start it again (a `tests.fleet.postgres.PostgresServer`)."""
+    server._run("pg_ctl", "-D", str(server.data), "-m", "immediate", "-w", "stop")
+    server.started = False
+    try:
+        yield
+    finally:
+        server.start()

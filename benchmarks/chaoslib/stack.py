@@ -76,6 +76,7 @@ class StackConfig:
     edge_parallel: int = 2
     ctx: int = 1024
     with_fleet: bool = True
+    fleet_db: str = "sqlite"  # or "postgres": a throwaway server from the distribution's binaries
     rtt_ms: float = 20.0
 
 
@@ -86,6 +87,7 @@ class ChaosStack:
     tap: RecordingTap = field(default_factory=RecordingTap)
     wan: WanLink | None = None
     fleet_link: FaultLink | None = None
+    postgres: Any = None  # a tests.fleet.postgres.PostgresServer when cfg.fleet_db is "postgres"
     ports: dict[str, int] = field(default_factory=dict)
 
     # -- urls ----------------------------------------------------------------------------------
@@ -161,10 +163,15 @@ class ChaosStack:
 
     def _fleet(self) -> ManagedProcess:
         port = self.ports["fleet"]
+        db: tuple[str, ...] = ()
+        env = {}
+        if self.postgres is not None:
+            db, env = ("--db-env", "CHAOS_FLEET_DB"), {"CHAOS_FLEET_DB": self.postgres.url("fleet")}
         return ManagedProcess(
             edgecloud_command("fleet", "serve", "--repo", str(self.repo), "--port", str(port),
-                              "--tick", "0.5"),
-            f"http://127.0.0.1:{port}/readyz", log_path=self._log("fleet"), name="fleet")
+                              "--tick", "0.5", *db),
+            f"http://127.0.0.1:{port}/readyz", log_path=self._log("fleet"), name="fleet",
+            env=env)
 
     def _agent(self) -> ManagedProcess:
         assert self.fleet_link is not None
@@ -212,6 +219,14 @@ class ChaosStack:
         repo = ModelRepository.init(self.repo)
         repo.add_model(self.cfg.model_path, MODEL, "1.0.0", stable=True, link=True)
         self.root_file = repo.root_file()
+        if self.cfg.fleet_db == "postgres":
+            from tests.fleet.postgres import PostgresServer, find_bin_dir
+
+            bin_dir = find_bin_dir()
+            if bin_dir is None:
+                raise RuntimeError("PostgreSQL binaries (initdb, pg_ctl) not found")
+            self.postgres = PostgresServer(bin_dir).start()
+            self.postgres.create_database("fleet")
         fleet = self._add("fleet", self._fleet, 60)
         fleet.proc.wait_ready(60)
         self.fleet_link = FaultLink(self.ports["fleet"], trickle_interval_s=1.0)
@@ -245,6 +260,8 @@ class ChaosStack:
             self.wan.stop()
         if self.fleet_link is not None:
             self.fleet_link.stop()
+        if self.postgres is not None:
+            self.postgres.stop()
 
     # -- what the cloud side received ------------------------------------------------------------
     def received_markers(self) -> dict[str, set[str]]:
