@@ -24,7 +24,14 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from benchmarks.chaoslib.campaign import Skip, all_faults, render, run_fault, soak
+from benchmarks.chaoslib.campaign import (
+    Skip,
+    all_faults,
+    render,
+    render_soak,
+    run_fault,
+    soak,
+)
 from benchmarks.chaoslib.stack import ChaosStack, StackConfig
 
 
@@ -60,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stack up in {time.monotonic() - t0:.0f} s; logs in {out}", file=sys.stderr)
         if args.soak is not None:
             report = soak(stack, args.soak, args.workers)
-            print(json.dumps(report, indent=2))
+            print(render_soak(report))
+            print(json.dumps(report, indent=1))
             return 0 if not report["leaks"] and not report["stuck_after"] else 1
         rows = []
         for name in chosen:

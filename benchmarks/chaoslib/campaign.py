@@ -320,6 +320,20 @@ def run_fault(stack: ChaosStack, name: str, fault: Fault, window_s: float, worke
     return row
 
 
+def render_soak(report: dict[str, Any]) -> str:
+    """The soak's figures, one row per part."""
+    head = ["part", "RSS MB first", "RSS MB last", "growth %", "fds first", "fds last"]
+    rows = [head] + [[name, f"{p['rss_mb'][0]:.1f}", f"{p['rss_mb'][1]:.1f}",
+                      f"{p['rss_growth_pct']}", str(p["fds"][0]), str(p["fds"][1])]
+                     for name, p in report["parts"].items()]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join([f"soak {report['minutes']} min: {report['requests']} requests, "
+                      f"{report['served']} served, {report['failed']} failed, "
+                      f"{len(report['leaks'])} leaks, stuck after: {report['stuck_after']}",
+                      *lines])
+
+
 def soak(stack: ChaosStack, minutes: float, workers: int, sample_s: float = 15.0
          ) -> dict[str, Any]:
     """Steady mixed load; resident memory and open files of every part, first vs last sample
