@@ -185,22 +185,24 @@ def p99_latency(stack: ChaosStack, n: int) -> float | None:
 
 @contextlib.contextmanager
 def _bodies(stack: ChaosStack, window_s: float) -> Iterator[list[str]]:
-    """64 concurrent 2 MB bodies, then one of 60 MB, at the gateway."""
+    """64 concurrent 2 MB bodies (every fourth private, so the edge node reads it), then one
+    of 60 MB, at the gateway."""
     url = f"{stack.gateway}/v1/chat/completions"
     filler = "x" * (2 * 2**20)
 
-    def post(size_text: str) -> str:
+    def post(text: str, private: bool = False) -> str:
         body = orjson.dumps({"model": MODEL, "max_tokens": 1,
-                             "messages": [{"role": "user", "content": size_text}]})
+                             "messages": [{"role": "user", "content": text}]})
+        headers = {"content-type": "application/json"}
+        if private:
+            headers["x-edgecloud-sensitivity"] = "private"
         try:
-            r = httpx.post(url, content=body, timeout=60,
-                           headers={"content-type": "application/json"})
-            return str(r.status_code)
+            return str(httpx.post(url, content=body, timeout=60, headers=headers).status_code)
         except httpx.HTTPError as exc:
             return type(exc).__name__
 
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        small = list(pool.map(post, [filler] * 64))
+        small = list(pool.map(post, [filler] * 64, [i % 4 == 0 for i in range(64)]))
     big = post("y" * (60 * 2**20))
     counts = {s: small.count(s) for s in sorted(set(small))}
     yield [f"2MB x64: {counts}; 60MB: {big}"]
