@@ -63,10 +63,11 @@ async def _one(app: Any, scope: dict[str, Any]) -> int:
 
 async def _run(mode: str, upstream: str, collector: str, n: int) -> tuple[float, float]:
     from edgecloud.gateway.app import GatewayApp
-    from edgecloud.gateway.metrics import RequestLog
+    from edgecloud.logs import AccessLog
 
     with open(os.devnull, "wb") as devnull:
-        app = GatewayApp(_config(mode, upstream, collector), log=RequestLog(devnull))
+        app = GatewayApp(_config(mode, upstream, collector),
+                         log=AccessLog("edgecloud.gateway", devnull))
         await app.start()
         scope = {
             "type": "http",

@@ -1,17 +1,20 @@
-"""A minimal raw-ASGI toolkit: bounded body reading, JSON and SSE responses.
+"""The ASGI edge every server shares (node, gateway, fleet server): the lifespan loop, a route
+table with one error mapping, bounded body reading, JSON and SSE responses.
 
-Node and gateway sit on uvicorn (uvloop + httptools) without a framework: on a 2-core edge box
-a router and middleware stack cost more than the work the gateway does per request.
+They sit on uvicorn (uvloop + httptools) without a framework: on a 2-core edge box a router and
+middleware stack cost more than the work the gateway does per request. A route here is one dict
+lookup (or a prefix scan for the few prefix routes) and one await.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from edgecloud.api.errors import APIError, PayloadTooLarge
+from edgecloud.api.errors import APIError, MethodNotAllowed, NotFound, PayloadTooLarge
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -26,8 +29,93 @@ SSE_HEADERS = [
 ]
 
 
+Handler = Callable[[Scope, Receive, Send], Awaitable[int | None]]
+"""Answers one request; returns the status it sent (None: 200), for metrics."""
+
+GET = frozenset({"GET", "HEAD"})
+POST = frozenset({"POST"})
+
+
 class ClientDisconnected(Exception):
     """The client went away while we were reading its request."""
+
+
+async def lifespan(receive: Receive, send: Send, startup: Callable[[], Awaitable[None]],
+                   shutdown: Callable[[], Awaitable[None]]) -> None:
+    """The ASGI lifespan protocol: `startup` before the first request, `shutdown` after the
+    last; a startup that raises fails the server's start with its message."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            try:
+                await startup()
+            except Exception as exc:  # noqa: BLE001 - reported to the server, which exits
+                await send({"type": "lifespan.startup.failed", "message": repr(exc)})
+                return
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await shutdown()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A path's handler, the methods it takes (None: any) and its name in metrics."""
+
+    name: str
+    handler: Handler
+    methods: frozenset[str] | None = GET
+
+
+class Routes:
+    """Exact paths (a dict lookup) and path prefixes (scanned in order, for `/x/{rest}`)."""
+
+    def __init__(self) -> None:
+        self.exact: dict[str, Route] = {}
+        self.prefixes: list[tuple[str, Route]] = []
+
+    def add(self, path: str, handler: Handler, methods: frozenset[str] | None = GET,
+            name: str | None = None) -> None:
+        """Route `path` (a prefix when it ends in `/*`) to `handler`."""
+        if path.endswith("/*"):
+            self.prefixes.append((path[:-1], Route(name or path, handler, methods)))
+        else:
+            self.exact[path] = Route(name or path, handler, methods)
+
+    def match(self, method: str, path: str) -> Route:
+        """The route for a request; NotFound or MethodNotAllowed (both OpenAI errors)."""
+        route = self.exact.get(path)
+        if route is None:
+            for prefix, candidate in self.prefixes:
+                if path.startswith(prefix):
+                    route = candidate
+                    break
+            else:
+                raise NotFound(f"No route {method} {path}.")
+        if route.methods is not None and method not in route.methods:
+            allowed = " or ".join(sorted(route.methods - {"HEAD"}))
+            raise MethodNotAllowed(f"Use {allowed} for {path}.")
+        return route
+
+
+async def dispatch(routes: Routes, scope: Scope, receive: Receive, send: Send,
+                   observe: Callable[[str, int], None] | None = None) -> None:
+    """Answer one request through `routes`: an APIError becomes the OpenAI error envelope, a
+    client gone while we read becomes 499; `observe(route name, status)` runs after each."""
+    name, status = "other", 500
+    try:
+        route = routes.match(scope["method"], scope["path"])
+        name = route.name
+        status = await route.handler(scope, receive, send) or 200
+    except APIError as err:
+        status = err.status
+        await send_error(send, err)
+    except ClientDisconnected:
+        status = 499  # nginx's code for a client that went away
+    finally:
+        if observe is not None:
+            observe(name, status)
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:

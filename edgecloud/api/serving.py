@@ -1,5 +1,7 @@
 """Run an ASGI app on uvicorn (uvloop + httptools) and exit 0 after a clean drain.
 
+Every server of ours (node, gateway, fleet server) starts here, so each gets the same read
+deadlines and connection limit (`edgecloud.api.guard`) and the same open-files limit.
 uvicorn re-raises the SIGINT/SIGTERM it caught once it has shut down, which turns a clean drain
 into "killed by signal"; `serve_forever` keeps uvicorn's drain and exits normally instead.
 """
@@ -7,6 +9,7 @@ into "killed by signal"; `serve_forever` keeps uvicorn's drain and exits normall
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import socket
@@ -14,6 +17,17 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 import uvicorn
+
+from edgecloud.api.guard import (
+    ConnectionGuard,
+    GuardedHttpToolsProtocol,
+    ServingLimits,
+    default_max_connections,
+    raise_open_files_limit,
+)
+from edgecloud.logs import log_event
+
+log = logging.getLogger("edgecloud.serving")
 
 
 class _CleanExitServer(uvicorn.Server):
@@ -42,35 +56,33 @@ def serve_forever(
     host: str,
     port: int,
     *,
+    limits: ServingLimits | None = None,
     drain_timeout_s: float = 30.0,
     on_drain: Callable[[float], None] | None = None,
     ssl_certfile: str | None = None,
     ssl_keyfile: str | None = None,
-    limit_concurrency: int | None = None,
     backlog: int = 2048,
-    http: Any = "httptools",
+    protocol: type[GuardedHttpToolsProtocol] = GuardedHttpToolsProtocol,
 ) -> None:
     """Serve until SIGINT/SIGTERM, let in-flight requests finish (up to the drain timeout).
 
     `on_drain(timeout_s)` is called in the event loop when the drain begins."""
+    limits = limits or ServingLimits()
+    open_files = raise_open_files_limit()
+    max_connections = limits.max_connections or default_max_connections(open_files)
+    guard = ConnectionGuard(limits, max_connections)
+    log_event(log, "serving", host=host, port=port, max_connections=max_connections,
+              open_files=open_files, header_timeout_s=limits.header_timeout_s,
+              body_timeout_s=limits.body_timeout_s)
     config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        loop="uvloop",
-        http=http,
-        proxy_headers=False,
-        lifespan="on",
-        access_log=False,
-        log_level="warning",
+        app, host=host, port=port, backlog=backlog, ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile, loop="uvloop", lifespan="on",
+        http=functools.partial(protocol, guard=guard),  # type: ignore[arg-type]
         timeout_graceful_shutdown=math.ceil(drain_timeout_s),  # int(0.5) would be no drain
         timeout_keep_alive=30,
-        ssl_certfile=ssl_certfile,
-        ssl_keyfile=ssl_keyfile,
-        limit_concurrency=limit_concurrency,
-        backlog=backlog,
-        server_header=False,
-        date_header=False,
+        # No access log, Server or Date header, proxy headers: the apps log what they need.
+        access_log=False, log_level="warning", server_header=False, date_header=False,
+        proxy_headers=False,
     )
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     _CleanExitServer(config, on_drain).run()

@@ -241,7 +241,7 @@ async def _first_model(base: str, api_key: str | None) -> str:
     except TargetError:
         return ""  # run_bench repeats the check and records the message
     finally:
-        await session.close()
+        await session.aclose()
 
 
 class _Bar:

@@ -2,7 +2,7 @@
 
 Each request ends in a `RequestRecord`; nothing raises for a bad answer, the record says what
 went wrong (`error` kind). Times are `time.perf_counter()` seconds. `make_session` gives an
-aiohttp session for the few non-load requests (preflight, cold start).
+httpx client for the few non-load requests (preflight, cold start).
 """
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit
 
-from edgecloud.bench.h1 import ConnectionPool, Done, _Connection, _Exchange
+import httpx
+
+from edgecloud.bench.h1 import Done, Exchange
 from edgecloud.bench.results import RequestRecord
+from edgecloud.http1 import Connection, H1Pool
 
 
 @dataclass(frozen=True)
@@ -44,17 +46,13 @@ class Target:
         return h
 
 
-def make_session(limit: int, timeout_s: float) -> Any:
-    """An aiohttp session with keep-alive; `limit` 0 means as many connections as needed."""
-    import aiohttp
-
-    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=3600)
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(10.0, timeout_s)),
-        skip_auto_headers=("User-Agent",),
-        headers={"User-Agent": "edgecloud-bench"},
-        auto_decompress=False,
+def make_session(limit: int, timeout_s: float) -> httpx.AsyncClient:
+    """An httpx client with keep-alive for the few requests outside the load (preflight, cold
+    start); `limit` 0 means as many connections as needed."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
+        limits=httpx.Limits(max_connections=limit or None),
+        headers={"User-Agent": "edgecloud-bench", "Accept-Encoding": "identity"},
     )
 
 
@@ -72,7 +70,8 @@ class RequestSender:
         # With a tokenizer and a server that gives no usage: id(record) -> generated text.
         self.texts: dict[int, str] | None = {} if collect_text else None
         self.t0 = t0
-        self.pool = ConnectionPool(target.url, limit, min(10.0, target.timeout_s))
+        self.pool = H1Pool(target.url, connect_timeout_s=min(10.0, target.timeout_s), limit=limit)
+        self.loop = asyncio.get_running_loop()
         parts = urlsplit(target.url)
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         host = parts.netloc
@@ -108,13 +107,13 @@ class RequestSender:
         )
 
     def _write(
-        self, conn: _Connection, body: bytes, level: float, scheduled: float | None, done: Done
+        self, conn: Connection, body: bytes, level: float, scheduled: float | None, done: Done
     ) -> None:
         wire = self._bytes(body)
         sent = time.perf_counter()
         origin = sent if scheduled is None or scheduled > sent else scheduled
-        ex = _Exchange(self._record(level, scheduled, sent), origin, done, self.texts)
-        conn.send(wire, ex, self.target.timeout_s)
+        ex = Exchange(self._record(level, scheduled, sent), origin, done, self.texts)
+        ex.send(conn, wire, self.target.timeout_s, self.loop)
 
     async def send(
         self,

@@ -7,6 +7,7 @@ import shlex
 import time
 from collections.abc import Sequence
 
+import httpx
 import orjson
 
 from edgecloud.bench.client import Target, make_session
@@ -31,8 +32,6 @@ async def cold_start_once(
     log_path: str | None = None,
 ) -> tuple[dict[str, float], ManagedProcess]:
     """One launch; returns the timings (seconds from launch) and the running process."""
-    import aiohttp
-
     t0 = time.perf_counter()
     proc = ManagedProcess(command, None, log_path=log_path, name="cold-start").start()
     timings: dict[str, float] = {}
@@ -43,12 +42,12 @@ async def cold_start_once(
         async def poll_ready() -> None:
             while time.perf_counter() < deadline:
                 try:
-                    async with session.get(root_url + "/readyz") as resp:
-                        timings.setdefault("process_start_s", time.perf_counter() - t0)
-                        if resp.status == 200:
-                            timings["ready_s"] = time.perf_counter() - t0
-                            return
-                except aiohttp.ClientError:
+                    resp = await session.get(root_url + "/readyz")
+                    timings.setdefault("process_start_s", time.perf_counter() - t0)
+                    if resp.status_code == 200:
+                        timings["ready_s"] = time.perf_counter() - t0
+                        return
+                except httpx.HTTPError:
                     pass
                 if not proc.alive():
                     return
@@ -58,11 +57,11 @@ async def cold_start_once(
             """The model to ask for: the given one, else the first the server lists."""
             while target.model == "" and time.perf_counter() < deadline and proc.alive():
                 try:
-                    async with session.get(target.base_url.rstrip("/") + "/models") as resp:
-                        timings.setdefault("process_start_s", time.perf_counter() - t0)
-                        if resp.status == 200:
-                            return str(orjson.loads(await resp.read())["data"][0]["id"])
-                except (aiohttp.ClientError, ValueError, KeyError, IndexError):
+                    resp = await session.get(target.base_url.rstrip("/") + "/models")
+                    timings.setdefault("process_start_s", time.perf_counter() - t0)
+                    if resp.status_code == 200:
+                        return str(orjson.loads(resp.content)["data"][0]["id"])
+                except (httpx.HTTPError, ValueError, KeyError, IndexError):
                     pass
                 await asyncio.sleep(_POLL_S)
             return target.model
@@ -72,26 +71,26 @@ async def cold_start_once(
             request = orjson.dumps({**orjson.loads(body), "model": model})
             while time.perf_counter() < deadline and proc.alive():
                 try:
-                    async with session.post(
-                        target.url, data=request, headers=target.headers()
+                    async with session.stream(
+                        "POST", target.url, content=request, headers=target.headers()
                     ) as resp:
                         timings.setdefault("process_start_s", time.perf_counter() - t0)
-                        if resp.status == 200:
+                        if resp.status_code == 200:
                             scan = StreamScanner()
-                            async for data in resp.content.iter_any():
+                            async for data in resp.aiter_raw():
                                 scan.feed(data, time.perf_counter())
                                 if scan.token_times:
                                     timings["first_token_s"] = scan.token_times[0] - t0
                                     return
                         else:
-                            await resp.read()
-                except aiohttp.ClientError:
+                            await resp.aread()
+                except httpx.HTTPError:
                     pass
                 await asyncio.sleep(_POLL_S)
 
         await asyncio.gather(poll_ready(), first_token())
     finally:
-        await session.close()
+        await session.aclose()
     if "first_token_s" not in timings:
         code = proc.proc.poll() if proc.proc else None
         proc.stop()

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Literal
 from urllib.parse import urlsplit
 
+import httpx
 import orjson
 
 from edgecloud.bench import loadgen
@@ -73,28 +74,25 @@ def _describe(exc: BaseException) -> str:
 
 
 async def preflight(
-    session: object, base_url: str, api_key: str | None, model: str | None, timeout_s: float
+    session: httpx.AsyncClient, base_url: str, api_key: str | None, model: str | None,
+    timeout_s: float,
 ) -> str:
     """GET /models: check that this is an OpenAI-compatible endpoint; return the model id."""
-    import aiohttp
-
-    assert isinstance(session, aiohttp.ClientSession)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     url = base_url.rstrip("/") + "/models"
     try:
-        async with session.get(
-            url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)
-        ) as resp:
-            raw = await resp.read()
-            status = resp.status
-    except TimeoutError:
+        resp = await session.get(url, headers=headers, timeout=timeout_s)
+        raw = resp.content
+        status = resp.status_code
+    except httpx.TimeoutException:
         raise TargetError(
             f"{url} did not answer within {timeout_s:g} s: the server hangs or is overloaded"
         ) from None
-    except aiohttp.ClientConnectorError as exc:
-        why = exc.os_error.strerror if exc.os_error and exc.os_error.strerror else _describe(exc)
+    except httpx.ConnectError as exc:
+        cause = exc.__cause__ or exc.__context__
+        why = getattr(cause, "strerror", None) or _describe(exc)
         raise TargetError(f"cannot connect to {base_url}: {why.lower()}; is it running?") from None
-    except aiohttp.ClientError as exc:
+    except httpx.HTTPError as exc:
         raise TargetError(f"{url} failed: {_describe(exc)}") from None
     if status in (401, 403):
         raise TargetError(
@@ -189,7 +187,7 @@ async def run_bench(
         try:
             results.model = await preflight(session, base, api_key, model, min(timeout_s, 10.0))
         finally:
-            await session.close()
+            await session.aclose()
         target = Target(base, results.model, api_key, route, stream, timeout_s)
         counter = None
         if settings.tokenizer:

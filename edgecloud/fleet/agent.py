@@ -22,7 +22,7 @@ from tuf.ngclient import Updater
 from edgecloud import __version__
 from edgecloud.fleet.download import download_resumable
 from edgecloud.fleet.errors import ActivationFailed, NodeUnreachable, UpdateRefused
-from edgecloud.fleet.logs import log_event
+from edgecloud.fleet.events import log_event
 from edgecloud.fleet.node_client import DEFAULT_CANARIES, CanaryPrompt, CanaryResult, NodeClient
 from edgecloud.fleet.rollout import ModelRelease, choose_release, target_path
 from edgecloud.fleet.slots import AgentState, Pending, SlotInfo, SlotStore

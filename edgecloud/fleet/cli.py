@@ -227,6 +227,11 @@ def fleet_serve(
     rate_limit: float | None = typer.Option(None, help="Bytes/s per model download."),
     device_token_env: str | None = typer.Option(None, help="Env var with the device token."),
     no_controller: bool = typer.Option(False, help="Serve only; never advance or abort."),
+    header_timeout: float = typer.Option(10.0, help="Seconds a client may take to send headers."),
+    body_timeout: float = typer.Option(60.0, help="Seconds a client may take to send a body."),
+    max_connections: int | None = typer.Option(
+        None, help="Open client connections (default: half the open-files limit)."
+    ),
 ) -> None:
     """Serve the TUF repository and the device API; run the rollout controller.
 
@@ -235,12 +240,13 @@ def fleet_serve(
     """
     from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+    from edgecloud.api.guard import ServingLimits
     from edgecloud.fleet.errors import FleetError
-    from edgecloud.fleet.logs import setup_json_logging
     from edgecloud.fleet.server import ServerConfig, serve
     from edgecloud.fleet.state import masked_url
+    from edgecloud.logs import configure_logging
 
-    setup_json_logging()
+    configure_logging()
     url = _db_url(repo, db, db_env)
     token = os.environ.get(device_token_env) if device_token_env else None
     try:
@@ -254,6 +260,11 @@ def fleet_serve(
                 rate_limit_bps=rate_limit,
                 device_token=token,
                 controller=not no_controller,
+                limits=ServingLimits(
+                    header_timeout_s=header_timeout,
+                    body_timeout_s=body_timeout,
+                    max_connections=max_connections,
+                ),
             ),
             host,
             port,
@@ -330,10 +341,10 @@ def agent(
     """
     from edgecloud.fleet.agent import Agent, AgentConfig
     from edgecloud.fleet.errors import FleetError
-    from edgecloud.fleet.logs import setup_json_logging
     from edgecloud.fleet.node_client import load_canaries
+    from edgecloud.logs import configure_logging
 
-    setup_json_logging()
+    configure_logging()
     try:
         a = Agent(
             AgentConfig(

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgecloud.fleet.logs import log_event
+from edgecloud.fleet.events import log_event
 from edgecloud.fleet.repository import ModelRepository, repo_lock
 from edgecloud.fleet.rollout import RolloutPlan, evaluate_gates, next_step
 from edgecloud.fleet.state import DeviceReport, readings_for

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 
 from edgecloud.fleet.errors import UpdateRefused
-from edgecloud.fleet.logs import log_event
+from edgecloud.fleet.events import log_event
 
 
 class _Worker:

@@ -23,20 +23,12 @@ from typing import Any
 import prometheus_client
 from pydantic import ValidationError
 
-from edgecloud.api.asgi import (
-    ClientDisconnected,
-    Receive,
-    Scope,
-    Send,
-    header,
-    read_body,
-    send_bytes,
-    send_error,
-    send_json,
-)
-from edgecloud.api.errors import APIError, BadRequest, NotFound, Unauthorized
+from edgecloud.api import asgi
+from edgecloud.api.asgi import GET, POST, Receive, Scope, Send, send_bytes, send_json
+from edgecloud.api.errors import BadRequest, NotFound, Unauthorized
+from edgecloud.api.guard import ServingLimits
 from edgecloud.fleet.controller import ControllerView, control_once
-from edgecloud.fleet.logs import log_event
+from edgecloud.fleet.events import log_event
 from edgecloud.fleet.metrics import FleetMetrics, FleetSnapshot, count_devices
 from edgecloud.fleet.repository import ModelRepository
 from edgecloud.fleet.rollout import ModelRelease
@@ -56,6 +48,7 @@ class ServerConfig:
     rate_limit_bps: float | None = None  # per target download; a fleet bandwidth cap
     device_token: str | None = None
     controller: bool = True
+    limits: ServingLimits = field(default_factory=ServingLimits)  # read deadlines, connections
 
 
 def _parse_range(value: bytes | None, size: int) -> tuple[int, int] | None:
@@ -90,62 +83,44 @@ class FleetServer:
         self.metrics = FleetMetrics()
         self._releases: tuple[tuple[str, int], list[ModelRelease]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.routes = self._routes()
 
     # -- ASGI ------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
-        path: str = scope["path"]
-        method: str = scope["method"]
-        route, status = "other", 200
-        try:
-            if method in ("GET", "HEAD") and path.startswith("/tuf/metadata/"):
-                route = "tuf_metadata"
-                await self._metadata(path[len("/tuf/metadata/") :], send)
-            elif method in ("GET", "HEAD") and path.startswith("/tuf/targets/"):
-                route = "tuf_targets"
-                status = await self._target(scope, path[len("/tuf/targets/") :], send)
-            elif path == "/v1/devices/report" and method == "POST":
-                route, status = "report", 204
-                await self._report(scope, receive, send)
-            elif path == "/v1/fleet/status" and method == "GET":
-                route = "status"
-                await send_json(send, 200, await self.status())
-            elif path in ("/healthz", "/readyz"):
-                route = "health"
-                await send_json(send, 200, {"status": "ok"})
-            elif path == "/metrics" and method == "GET":
-                route = "metrics"
-                await self._metrics(send)
-            else:
-                raise NotFound(f"No route for {method} {path}.")
-        except APIError as err:
-            status = err.status
-            await send_error(send, err)
-        except ClientDisconnected:
-            status = 499  # the client went away (nginx's code for it)
-        self.metrics.request(route, status)
+        if scope["type"] == "http":
+            await asgi.dispatch(self.routes, scope, receive, send, self.metrics.request)
+        elif scope["type"] == "lifespan":
+            await asgi.lifespan(receive, send, self._startup, self._shutdown)
 
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                self._tasks.append(asyncio.create_task(self._flush_loop()))
-                if self.config.controller:
-                    self._tasks.append(asyncio.create_task(self._control_loop()))
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                for task in self._tasks:
-                    task.cancel()
-                await asyncio.gather(*self._tasks, return_exceptions=True)
-                await asyncio.to_thread(self._flush)
-                self.store.close()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+    def _routes(self) -> asgi.Routes:
+        routes = asgi.Routes()
+        routes.add("/tuf/metadata/*", self._metadata, GET, "tuf_metadata")
+        routes.add("/tuf/targets/*", self._target, GET, "tuf_targets")
+        routes.add("/v1/devices/report", self._report, POST, "report")
+        routes.add("/v1/fleet/status", self._status, frozenset({"GET"}), "status")
+        routes.add("/healthz", self._health, None, "health")
+        routes.add("/readyz", self._health, None, "health")
+        routes.add("/metrics", self._metrics, frozenset({"GET"}), "metrics")
+        return routes
+
+    async def _startup(self) -> None:
+        self._tasks.append(asyncio.create_task(self._flush_loop()))
+        if self.config.controller:
+            self._tasks.append(asyncio.create_task(self._control_loop()))
+
+    async def _shutdown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.to_thread(self._flush)
+        self.store.close()
+
+    async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_json(send, 200, {"status": "ok"})
+
+    async def _status(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_json(send, 200, await self.status())
 
     # -- repository files ------------------------------------------------------------------
 
@@ -155,7 +130,8 @@ class FleetServer:
             raise NotFound(f"{rel} is not in the repository.")
         return p
 
-    async def _metadata(self, name: str, send: Send) -> None:
+    async def _metadata(self, scope: Scope, receive: Receive, send: Send) -> None:
+        name = scope["path"][len("/tuf/metadata/") :]
         self.counts["metadata"] += 1
         try:
             st = os.stat(self.metadata_dir / name)
@@ -168,11 +144,12 @@ class FleetServer:
             self._meta_cache[name] = cached
         await send_bytes(send, 200, cached[1])
 
-    async def _target(self, scope: Scope, rel: str, send: Send) -> int:
+    async def _target(self, scope: Scope, receive: Receive, send: Send) -> int:
+        rel = scope["path"][len("/tuf/targets/") :]
         self.counts["targets"] += 1
         path = self._safe(self.targets_dir, rel)
         size = path.stat().st_size
-        rng = _parse_range(header(scope, b"range"), size)
+        rng = _parse_range(asgi.header(scope, b"range"), size)
         start, end, status = 0, size - 1, 200
         headers = [(b"content-type", b"application/octet-stream"), (b"accept-ranges", b"bytes")]
         if rng is not None:
@@ -211,12 +188,12 @@ class FleetServer:
 
     # -- device API ------------------------------------------------------------------------
 
-    async def _report(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _report(self, scope: Scope, receive: Receive, send: Send) -> int:
         self.counts["reports"] += 1
         token = self.config.device_token
-        if token is not None and header(scope, b"authorization") != f"Bearer {token}".encode():
+        if token is not None and asgi.header(scope, b"authorization") != f"Bearer {token}".encode():
             raise Unauthorized("A valid device token is required (Bearer).", code="invalid_token")
-        body = await read_body(receive, REPORT_LIMIT, scope)
+        body = await asgi.read_body(receive, REPORT_LIMIT, scope)
         try:
             report = DeviceReport.model_validate_json(body)
         except ValidationError as exc:
@@ -243,6 +220,7 @@ class FleetServer:
             report = report.model_copy(update={"events": [*pending.events, *report.events]})
         self._dirty[report.device_id] = report
         await send_bytes(send, 204, b"", [])
+        return 204
 
     def _flush(self) -> None:
         if not self._dirty:
@@ -293,7 +271,7 @@ class FleetServer:
             self._releases = (key, repo.releases())
         return self._releases[1]
 
-    async def _metrics(self, send: Send) -> None:
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
         releases = await asyncio.to_thread(self._current_releases)
         snapshot = FleetSnapshot(
             devices=count_devices(list(self.reports.values())),
@@ -343,18 +321,10 @@ class FleetServer:
 
 def serve(config: ServerConfig, host: str, port: int) -> None:
     """Run the fleet server until SIGINT/SIGTERM."""
-    import uvicorn
+    from edgecloud.api.serving import serve_forever
 
     app = FleetServer(config)
     log_event(
         "fleet.serve", host=host, port=port, repo=str(config.repo), db=masked_url(config.db_url)
     )
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=5,
-    )
+    serve_forever(app, host, port, limits=config.limits, drain_timeout_s=5)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -15,10 +16,14 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from edgecloud.api.asgi import (
+    POST,
     ClientDisconnected,
     Receive,
+    Routes,
     Scope,
     Send,
+    dispatch,
+    lifespan,
     read_body,
     send_bytes,
     send_error,
@@ -27,9 +32,7 @@ from edgecloud.api.asgi import (
 from edgecloud.api.errors import (
     APIError,
     BadRequest,
-    MethodNotAllowed,
     ModelNotFound,
-    NotFound,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -37,19 +40,18 @@ from edgecloud.gateway.clientwatch import follow
 from edgecloud.gateway.config import ApiKeyConfig, GatewayConfig
 from edgecloud.gateway.forward import Forwarder
 from edgecloud.gateway.health import CircuitBreaker, EndpointState
-from edgecloud.gateway.metrics import GatewayMetrics, RequestLog
+from edgecloud.gateway.metrics import GatewayMetrics
 from edgecloud.gateway.policy import Hints, PlacementPolicy
 from edgecloud.gateway.request import RequestFacts, inspect_chat, inspect_completion, parse_body
 from edgecloud.gateway.tracing import resolve_tracing
 from edgecloud.gateway.upstream import Upstream
+from edgecloud.logs import AccessLog, log_event
 
 if TYPE_CHECKING:
     from edgecloud.gateway.otel import GatewayTracer
 
-_ROUTES: dict[str, tuple[str, Callable[[dict[str, Any]], RequestFacts]]] = {
-    "/v1/chat/completions": ("/chat/completions", inspect_chat),
-    "/v1/completions": ("/completions", inspect_completion),
-}
+_LOGGER = "edgecloud.gateway"
+_events = logging.getLogger(_LOGGER)
 _PLACEMENTS = ("edge", "cloud")
 _SENSITIVITIES = ("public", "private")
 _FORM_TYPES = (b"application/x-www-form-urlencoded", b"text/plain")
@@ -58,7 +60,7 @@ _FORM_TYPES = (b"application/x-www-form-urlencoded", b"text/plain")
 class GatewayApp:
     """The ASGI callable; owns endpoint state, upstream clients, policy, metrics and log."""
 
-    def __init__(self, config: GatewayConfig, log: RequestLog | None = None,
+    def __init__(self, config: GatewayConfig, log: AccessLog | None = None,
                  verify_upstream_tls: bool = True) -> None:
         self.config = config
         lim = config.limits
@@ -70,7 +72,7 @@ class GatewayApp:
         self.upstreams = {s.name: Upstream(s, verify_tls=verify_upstream_tls) for s in self.states}
         self.policy = PlacementPolicy(config.policy)
         self.metrics = GatewayMetrics(self.states)
-        self.log = log or RequestLog()
+        self.log = log or AccessLog(_LOGGER)
         self.keys: dict[str, ApiKeyConfig] = {k.sha256: k for k in config.auth.keys}
         allow = config.models.allow
         self.accepted: frozenset[str] | None = (
@@ -83,43 +85,46 @@ class GatewayApp:
         self._tasks: list[asyncio.Task[None]] = []
         self._month = datetime.now(UTC).strftime("%Y-%m")
 
+        self.routes = Routes()
+        self.routes.add("/v1/chat/completions", self._chat, POST)
+        self.routes.add("/v1/completions", self._text, POST)
+        self.routes.add("/healthz", self._healthz, None)
+        self.routes.add("/readyz", self._readyz, None)
+        self.routes.add("/metrics", self._metrics, None)
+        self.routes.add("/v1/models", self._models, None)
+
     # -- ASGI entry ------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            path = scope["path"]
-            route = _ROUTES.get(path)
-            if route is not None:
-                if scope["method"] != "POST":
-                    await send_error(send, MethodNotAllowed(f"{path} takes POST."))
-                    return
-                await self._proxy(scope, receive, send, route[0], route[1])
-                return
-            await self._small_route(scope, send, path)
+            await dispatch(self.routes, scope, receive, send)
         elif kind == "lifespan":
-            await self._lifespan(receive, send)
+            await lifespan(receive, send, self.start, self.stop)
 
-    async def _small_route(self, scope: Scope, send: Send, path: str) -> None:
-        if path == "/healthz":
-            await send_json(send, 200, {"status": "ok"})
-        elif path == "/readyz":
-            now = time.monotonic()
-            ready = [s.name for s in self.states if s.available(now)]
-            await send_json(send, 200 if ready else 503,
-                            {"status": "ready" if ready else "no endpoint available",
-                             "available": ready})
-        elif path == "/metrics":
-            await send_bytes(send, 200, self.metrics.render(),
-                             [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")])
-        elif path == "/v1/models":
-            try:
-                self._authenticate(scope)
-            except APIError as err:
-                await send_error(send, err)
-                return
-            await send_json(send, 200, {"object": "list", "data": self._model_list()})
-        else:
-            await send_error(send, NotFound(f"No route {path}."))
+    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._proxy(scope, receive, send, "/chat/completions", inspect_chat)
+
+    async def _text(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._proxy(scope, receive, send, "/completions", inspect_completion)
+
+    async def _healthz(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_json(send, 200, {"status": "ok"})
+
+    async def _readyz(self, scope: Scope, receive: Receive, send: Send) -> int:
+        now = time.monotonic()
+        ready = [s.name for s in self.states if s.available(now)]
+        await send_json(send, 200 if ready else 503,
+                        {"status": "ready" if ready else "no endpoint available",
+                         "available": ready})
+        return 200 if ready else 503
+
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_bytes(send, 200, self.metrics.render(),
+                         [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")])
+
+    async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._authenticate(scope)
+        await send_json(send, 200, {"object": "list", "data": self._model_list()})
 
     def _model_list(self) -> list[dict[str, Any]]:
         if self.accepted is not None:
@@ -129,36 +134,25 @@ class GatewayApp:
         return [{"id": n, "object": "model", "created": 0, "owned_by": "edgecloud"} for n in names]
 
     # -- lifespan -----------------------------------------------------------------------------
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await self.start()
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.stop()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-
     async def start(self) -> None:
         if self.tracing is not None:
             from edgecloud.gateway.otel import GatewayTracer
 
             self.tracer = GatewayTracer(self.tracing)
             for warning in self.tracing.warnings:
-                self.log.event("tracing.warning", [("message", warning)])
+                log_event(_events, "tracing.warning", logging.WARNING, message=warning)
         for up in self.upstreams.values():
             await up.start()
         await self._probe_all()
         self._tasks.append(asyncio.create_task(self._health_loop()))
         self._tasks.append(asyncio.create_task(self._flush_loop()))
-        self.log.event("gateway.started", [
-            ("endpoints",
-             {s.name: ("healthy" if s.healthy else s.last_error) for s in self.states}),
-            ("tracing", None if self.tracing is None else {
+        log_event(
+            _events, "gateway.started",
+            endpoints={s.name: ("healthy" if s.healthy else s.last_error) for s in self.states},
+            tracing=None if self.tracing is None else {
                 "endpoint": self.tracing.endpoint, "service": self.tracing.service_name,
-                "sample_ratio": self.tracing.sample_ratio}),
-        ])
+                "sample_ratio": self.tracing.sample_ratio},
+        )
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -169,7 +163,8 @@ class GatewayApp:
         if self.tracer is not None:
             await asyncio.to_thread(self.tracer.shutdown)  # exports what is still queued
             self.tracer = None
-        self.log.event("gateway.stopped")
+        self.log.flush()
+        log_event(_events, "gateway.stopped")
 
     async def _probe_all(self) -> None:
         await asyncio.gather(*(up.probe() for up in self.upstreams.values()))
@@ -274,8 +269,8 @@ class GatewayApp:
             except Exception as exc:
                 # A defect, never an answer to a bad body: an OpenAI-style 500 if nothing was
                 # sent yet (the log names the exception, never the body).
-                self.log.event("gateway.error", [("route", scope["path"]),
-                                                 ("exception", type(exc).__name__)])
+                log_event(_events, "gateway.error", logging.ERROR, route=scope["path"],
+                          exception=type(exc).__name__)
                 if "status" in record:
                     raise
                 await self._refuse(send, APIError("The gateway failed on this request.",

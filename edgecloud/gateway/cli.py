@@ -68,6 +68,9 @@ def gateway(
             for warning in tracing.warnings if tracing is not None else ():
                 err.print(f"[yellow]warning:[/] {warning}", highlight=False)
             return
+        from edgecloud.logs import configure_logging
+
+        configure_logging()
         serve(cfg, host, port, tls_cert, tls_key, verify_upstream_tls=not insecure_upstream_tls)
     except ConfigError as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False)

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from edgecloud.api.guard import ServingLimits
 from edgecloud.api.yamlconfig import yaml_line
 from edgecloud.gateway.errors import ConfigError
 
@@ -138,7 +139,9 @@ class AuthConfig(_Strict):
     keys: list[ApiKeyConfig] = Field(default_factory=list)
 
 
-class LimitsConfig(_Strict):
+class LimitsConfig(ServingLimits):
+    """Request limits, the breaker, health probes, and the read deadlines of every server."""
+
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     health_interval_s: float = Field(default=2.0, gt=0)
     breaker_failures: int = Field(default=3, ge=1)

@@ -10,8 +10,7 @@ import asyncio
 from collections import deque
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
+from edgecloud.api.guard import GuardedHttpToolsProtocol
 from edgecloud.gateway.clientwatch import SCOPE_KEY, ClientWatch
 
 
@@ -60,9 +59,9 @@ class CorkedTransport:
         return getattr(self._transport, name)
 
 
-class CorkedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol over a CorkedTransport, telling requests when their client
-    leaves (a ClientWatch in the scope; see clientwatch.py)."""
+class CorkedHttpToolsProtocol(GuardedHttpToolsProtocol):
+    """Our guarded httptools protocol over a CorkedTransport, telling requests when their
+    client leaves (a ClientWatch in the scope; see clientwatch.py)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         # Requests whose answer is not complete yet, oldest first (more than one only when the

@@ -9,36 +9,31 @@ class ConfigError(Exception):
     """The gateway configuration is invalid; the message names the field and the line."""
 
 
-class NoAllowedEndpoint(APIError):
+class RuleError(APIError):
+    """An error that names the policy rule behind it; a 5xx one says when to retry."""
+
+    def __init__(self, rule: str, message: str, code: str | None = None) -> None:
+        super().__init__(f"{rule}: {message}", code=code,
+                         headers={"retry-after": "1"} if self.status >= 500 else None)
+        self.rule = rule
+
+
+class NoAllowedEndpoint(
+    RuleError, status=503, type="service_unavailable", code="no_allowed_endpoint"
+):
     """Policy left no endpoint that may take the request (fail closed)."""
 
-    status = 503
-    type = "service_unavailable"
-    code = "no_allowed_endpoint"
 
-    def __init__(self, rule: str, message: str) -> None:
-        super().__init__(f"{rule}: {message}", headers={"retry-after": "1"})
-        self.rule = rule
-
-
-class CapabilityMissing(APIError):
+class CapabilityMissing(RuleError, status=400, type="invalid_request_error"):
     """No allowed endpoint can serve what the request needs (images, a long context)."""
 
-    status = 400
-    type = "invalid_request_error"
-
     def __init__(self, rule: str, message: str, code: str) -> None:
-        super().__init__(f"{rule}: {message}", code=code)
-        self.rule = rule
+        super().__init__(rule, message, code)
 
 
-class UpstreamFailed(APIError):
+class UpstreamFailed(RuleError, status=502, type="upstream_error", code="upstream_failed"):
     """Every allowed endpoint failed before the first byte reached the client."""
 
-    status = 502
-    type = "upstream_error"
-    code = "upstream_failed"
 
-    def __init__(self, rule: str, message: str) -> None:
-        super().__init__(f"{rule}: {message}", headers={"retry-after": "1"})
-        self.rule = rule
+class UpstreamCut(APIError, status=502, type="upstream_error", code="upstream_cut"):
+    """The endpoint failed after the stream began: the event that ends the client's stream."""

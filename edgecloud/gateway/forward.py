@@ -15,15 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from edgecloud.api.asgi import Send, send_error, sse_event
+from edgecloud.api.asgi import Send, send_error
+from edgecloud.api.replies import sse_error
 from edgecloud.gateway.clientwatch import ClientWatch
-from edgecloud.gateway.errors import NoAllowedEndpoint, UpstreamFailed
-from edgecloud.gateway.h1 import H1Response
+from edgecloud.gateway.errors import NoAllowedEndpoint, UpstreamCut, UpstreamFailed
 from edgecloud.gateway.health import EndpointState
 from edgecloud.gateway.metrics import GatewayMetrics
 from edgecloud.gateway.policy import PlacementDecision
 from edgecloud.gateway.request import RequestFacts, with_model_parts
 from edgecloud.gateway.upstream import TRANSPORT_ERRORS, Upstream
+from edgecloud.http1 import StreamedResponse
 
 if TYPE_CHECKING:
     from edgecloud.gateway.otel import RequestTrace
@@ -83,7 +84,7 @@ class Forwarder:
                                      sum(len(p) for p in body))
                 trace_headers = span.headers
             state.in_flight += 1
-            resp: H1Response | None = None
+            resp: StreamedResponse | None = None
             data: bytes | None = None
             streaming = False
             span_status: int | None = None
@@ -199,7 +200,7 @@ class Forwarder:
         record.update(status=499, endpoint=state.name, reason=rule, error="client_gone",
                       total_ms=round((time.perf_counter() - t0) * 1000, 3))
 
-    def _headers(self, resp: H1Response, state: EndpointState, rule: str
+    def _headers(self, resp: StreamedResponse, state: EndpointState, rule: str
                  ) -> list[tuple[bytes, bytes]]:
         headers = []
         for k, v in resp.raw_headers:
@@ -213,9 +214,9 @@ class Forwarder:
         ]
         return headers
 
-    async def _relay_body(self, send: Send, resp: H1Response, data: bytes, state: EndpointState,
-                          rule: str, facts: RequestFacts, record: dict[str, Any], t0: float,
-                          t_up: float) -> None:
+    async def _relay_body(self, send: Send, resp: StreamedResponse, data: bytes,
+                          state: EndpointState, rule: str, facts: RequestFacts,
+                          record: dict[str, Any], t0: float, t_up: float) -> None:
         t_done = time.perf_counter()
         status = resp.status
         headers = self._headers(resp, state, rule)
@@ -232,7 +233,7 @@ class Forwarder:
         self._account(state, rule, status, facts, record, len(data), tokens, t0, t_up, t_end,
                       added)
 
-    async def _relay_stream(self, send: Send, watch: ClientWatch, resp: H1Response,
+    async def _relay_stream(self, send: Send, watch: ClientWatch, resp: StreamedResponse,
                             state: EndpointState, rule: str, facts: RequestFacts,
                             record: dict[str, Any], t0: float, t_up: float) -> None:
         status = resp.status
@@ -270,10 +271,8 @@ class Forwarder:
                 state.breaker.failure(time.monotonic())
                 state.last_error = type(exc).__name__
                 self.metrics.upstream_failure(state.name, "cut")
-                await send({"type": "http.response.body", "more_body": True, "body": sse_event(
-                    {"error": {"message": f"{state.name} failed mid-stream; the answer is cut.",
-                               "type": "upstream_error", "param": None,
-                               "code": "upstream_cut"}})})
+                await send({"type": "http.response.body", "more_body": True, "body": sse_error(
+                    UpstreamCut(f"{state.name} failed mid-stream; the answer is cut."))})
         finally:
             watch.guard = None
             resp.close()  # a no-op after a clean end (the connection went back to the pool)
@@ -301,7 +300,7 @@ class Forwarder:
                                   + price.output_per_mtok * tokens) / 1e6
 
 
-def _is_stream(resp: H1Response) -> bool:
+def _is_stream(resp: StreamedResponse) -> bool:
     for k, v in resp.raw_headers:
         if len(k) == 12 and k.lower() == b"content-type":
             return v.startswith(b"text/event-stream")

@@ -1,13 +1,10 @@
-"""Prometheus metrics of the gateway (prefix edgecloud_gateway_) and the per-request JSON log."""
+"""Prometheus metrics of the gateway (prefix edgecloud_gateway_)."""
 
 from __future__ import annotations
 
-import sys
-import time
-from collections.abc import Iterable, Iterator, Sequence
-from typing import IO, Any
+from collections.abc import Iterator, Sequence
+from typing import Any
 
-import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -101,29 +98,3 @@ class GatewayMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-class RequestLog:
-    """One JSON object per request on a stream, buffered and flushed by the server loop."""
-
-    def __init__(self, stream: IO[bytes] | None = None) -> None:
-        if stream is None:
-            # Our own large buffer over stdout: one write syscall per flush (every 0.2 s from
-            # the server loop), not one per few dozen requests as with sys.stdout's 8 KiB.
-            sys.stdout.flush()
-            stream = open(sys.stdout.fileno(), "wb", buffering=1 << 20, closefd=False)  # noqa: SIM115
-        self.stream = stream
-
-    def write(self, record: dict[str, Any]) -> None:
-        record["ts"] = round(time.time(), 3)
-        self.stream.write(orjson.dumps(record) + b"\n")
-
-    def flush(self) -> None:
-        try:
-            self.stream.flush()
-        except (OSError, ValueError):
-            pass
-
-    def event(self, event: str, fields: Iterable[tuple[str, Any]] = ()) -> None:
-        self.write({"event": event, **dict(fields)})
-        self.flush()

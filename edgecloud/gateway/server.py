@@ -55,9 +55,10 @@ def serve(
         app,
         host,
         port,
+        limits=config.limits,
         drain_timeout_s=30,
         backlog=4096,
-        http=CorkedHttpToolsProtocol,
+        protocol=CorkedHttpToolsProtocol,
         ssl_certfile=str(tls_cert) if tls_cert else None,
         ssl_keyfile=str(tls_key) if tls_key else None,
     )

@@ -10,8 +10,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from edgecloud.gateway.h1 import H1Pool, H1Response
 from edgecloud.gateway.health import EndpointState
+from edgecloud.http1 import H1Pool, StreamedResponse
 
 # What counts as "the endpoint failed before answering": retry on the next allowed endpoint.
 # (UpstreamError, ssl.SSLError and socket errors are all OSErrors.)
@@ -61,7 +61,7 @@ class Upstream:
         return t
 
     async def request(self, path: str, body: bytes | Sequence[bytes | memoryview],
-                      headers: dict[str, str] | None = None) -> H1Response:
+                      headers: dict[str, str] | None = None) -> StreamedResponse:
         """POST under the endpoint's base URL (path like /chat/completions); returns once the
         answer's status and headers are in. The caller bounds the wait (its read deadline).
 

@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from edgecloud.api.guard import ServingLimits
 from edgecloud.api.yamlconfig import compose, yaml_line
 
 
@@ -19,8 +20,11 @@ def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
 
 
-class NodeConfig(BaseModel):
-    """Everything `edgecloud serve` can be told. Defaults are safe: loopback, limits on."""
+class NodeConfig(ServingLimits):
+    """Everything `edgecloud serve` can be told. Defaults are safe: loopback, limits on.
+
+    The read deadlines and connection limit (`header_timeout_s`, `body_timeout_s`,
+    `max_connections`) come from `ServingLimits`."""
 
     model_config = ConfigDict(extra="forbid")
 

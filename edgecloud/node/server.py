@@ -8,27 +8,31 @@ import logging
 import os
 import signal
 import time
-import uuid
 from typing import Any
 
 import orjson
 
+from edgecloud.api import replies
 from edgecloud.api.asgi import (
+    GET,
+    POST,
     SSE_DONE,
     SSE_HEADERS,
-    ClientDisconnected,
     Receive,
+    Routes,
     Scope,
     Send,
+    dispatch,
     header,
+    lifespan,
     read_body,
     send_bytes,
-    send_error,
     send_json,
     sse_event,
 )
-from edgecloud.api.errors import APIError, BadRequest, MethodNotAllowed, NotFound, Unauthorized
+from edgecloud.api.errors import APIError, BadRequest, NotFound, ShuttingDown, Unauthorized
 from edgecloud.api.openai import ChatCompletionRequest, CompletionRequest, parse_request
+from edgecloud.api.replies import Reply, sse_error
 from edgecloud.logs import log_event
 from edgecloud.node.backend import SamplingParams
 from edgecloud.node.config import NodeConfig
@@ -39,12 +43,6 @@ from edgecloud.node.service import Loaded, NodeService
 log = logging.getLogger("edgecloud.node")
 
 PROMETHEUS_HEADERS = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
-
-
-class ServerShuttingDown(APIError):
-    status = 503
-    type = "service_unavailable"
-    code = "shutting_down"
 
 
 def _sampling(body: ChatCompletionRequest | CompletionRequest) -> SamplingParams:
@@ -84,30 +82,42 @@ class NodeApp:
         self.fatal_error: str | None = None
         self._load_task: asyncio.Task[Any] | None = None
         self._drain_cut: asyncio.Task[None] | None = None
+        self.routes = self._routes()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self._http(scope, receive, send)
+            await dispatch(self.routes, scope, receive, send, self._observe)
         elif kind == "lifespan":
-            await self._lifespan(receive, send)
+            await lifespan(receive, send, self._startup, self._shutdown)
+
+    def _observe(self, route: str, status: int) -> None:
+        self.metrics.requests.labels(route=route, status=str(status)).inc()
+
+    def _routes(self) -> Routes:
+        routes = Routes()
+        for prefix in ("", "/v1"):  # the OpenAI routes answer with and without /v1
+            routes.add(prefix + "/chat/completions", self._chat, POST, "/v1/chat/completions")
+            routes.add(prefix + "/completions", self._text, POST, "/v1/completions")
+            routes.add(prefix + "/models", self._model_list, GET, "/v1/models")
+            routes.add(prefix + "/models/*", self._model_one, GET, "/v1/models/{id}")
+        routes.add("/healthz", self._healthz, GET, "/healthz")
+        routes.add("/readyz", self._readyz, GET, "/readyz")
+        routes.add("/metrics", self._metrics, GET, "/metrics")
+        routes.add("/admin/model", self._admin, frozenset({"GET", "HEAD", "POST"}), "/admin/model")
+        return routes
 
     # -- lifespan -----------------------------------------------------------------------------
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                if self.config.preload:
-                    self._load_task = asyncio.create_task(self._preload())
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                self._stopping = True
-                if self._load_task is not None and not self._load_task.done():
-                    self._load_task.cancel()
-                await self.service.shutdown()
-                log_event(log, "node_stopped")
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+    async def _startup(self) -> None:
+        if self.config.preload:
+            self._load_task = asyncio.create_task(self._preload())
+
+    async def _shutdown(self) -> None:
+        self._stopping = True
+        if self._load_task is not None and not self._load_task.done():
+            self._load_task.cancel()
+        await self.service.shutdown()
+        log_event(log, "node_stopped")
 
     async def _preload(self) -> None:
         try:
@@ -120,57 +130,37 @@ class NodeApp:
             self.fatal_error = repr(exc)
             os.kill(os.getpid(), signal.SIGTERM)
 
-    # -- routing ------------------------------------------------------------------------------
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope["path"]
-        if path.startswith("/v1/"):
-            path = path[3:]
-        method: str = scope["method"]
-        route = path
-        status = 500
-        try:
-            if path in ("/chat/completions", "/completions"):
-                route = "/v1" + path
-                if method != "POST":
-                    raise MethodNotAllowed(f"Use POST for {route}.")
-                status = await self._generate(
-                    scope, receive, send, chat=path == "/chat/completions"
-                )
-                return
-            if method not in ("GET", "HEAD") and path != "/admin/model":
-                raise MethodNotAllowed(f"Use GET for {scope['path']}.")
-            if path == "/healthz":
-                status = 200
-                await send_json(send, 200, {"status": "ok"})
-            elif path == "/readyz":
-                status = 200 if self.service.ready and not self._stopping else 503
-                await send_json(send, status, self._readiness())
-            elif path == "/metrics":
-                status = 200
-                await send_bytes(send, 200, self.metrics.render(), PROMETHEUS_HEADERS)
-            elif path == "/models":
-                route, status = "/v1/models", 200
-                await send_json(send, 200, {"object": "list", "data": self._models()})
-            elif path.startswith("/models/"):
-                route = "/v1/models/{id}"
-                name = path[len("/models/") :]
-                found = [m for m in self._models() if m["id"] == name]
-                if not found:
-                    raise NotFound(f"The model '{name}' does not exist.", param="model")
-                status = 200
-                await send_json(send, 200, found[0])
-            elif path == "/admin/model":
-                status = await self._admin(scope, receive, send, method)
-            else:
-                route = "other"
-                raise NotFound(f"No route {method} {scope['path']}.")
-        except APIError as err:
-            status = err.status
-            await send_error(send, err)
-        except ClientDisconnected:
-            status = 499
-        finally:
-            self.metrics.requests.labels(route=route, status=str(status)).inc()
+    # -- routes -------------------------------------------------------------------------------
+    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> int:
+        return await self._generate(scope, receive, send, chat=True)
+
+    async def _text(self, scope: Scope, receive: Receive, send: Send) -> int:
+        return await self._generate(scope, receive, send, chat=False)
+
+    async def _healthz(self, scope: Scope, receive: Receive, send: Send) -> int:
+        await send_json(send, 200, {"status": "ok"})
+        return 200
+
+    async def _readyz(self, scope: Scope, receive: Receive, send: Send) -> int:
+        status = 200 if self.service.ready and not self._stopping else 503
+        await send_json(send, status, self._readiness())
+        return status
+
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> int:
+        await send_bytes(send, 200, self.metrics.render(), PROMETHEUS_HEADERS)
+        return 200
+
+    async def _model_list(self, scope: Scope, receive: Receive, send: Send) -> int:
+        await send_json(send, 200, {"object": "list", "data": self._models()})
+        return 200
+
+    async def _model_one(self, scope: Scope, receive: Receive, send: Send) -> int:
+        name = scope["path"].split("/models/", 1)[1]
+        found = [m for m in self._models() if m["id"] == name]
+        if not found:
+            raise NotFound(f"The model '{name}' does not exist.", param="model")
+        await send_json(send, 200, found[0])
+        return 200
 
     def _readiness(self) -> dict[str, Any]:
         cur = self.service.current
@@ -209,19 +199,18 @@ class NodeApp:
         ]
 
     # -- admin --------------------------------------------------------------------------------
-    async def _admin(self, scope: Scope, receive: Receive, send: Send, method: str) -> int:
+    async def _admin(self, scope: Scope, receive: Receive, send: Send) -> int:
+        method = scope["method"]
         if self.admin_token is None:
             raise NotFound(f"The admin API is off; set {self.config.admin_token_env} to enable it.")
         auth = header(scope, b"authorization") or b""
         given = auth[7:] if auth[:7].lower() == b"bearer " else b""
         if not hmac.compare_digest(given, self.admin_token.encode()):
             raise Unauthorized("A valid admin bearer token is required.")
-        if method == "GET":
+        if method != "POST":
             info = await self.service.model_info()
             await send_json(send, 200, self._info_json(info))
             return 200
-        if method != "POST":
-            raise MethodNotAllowed("Use GET or POST for /admin/model.")
         data = self._decode(await read_body(receive, 64 * 1024, scope))
         path = data.get("path") if isinstance(data, dict) else None
         version = data.get("version") if isinstance(data, dict) else None
@@ -274,7 +263,7 @@ class NodeApp:
     async def _generate(self, scope: Scope, receive: Receive, send: Send, chat: bool) -> int:
         arrived = time.perf_counter()
         if self._stopping:
-            raise ServerShuttingDown("This node is shutting down.")
+            raise ShuttingDown("This node is shutting down.")
         data = self._decode(await read_body(receive, self.config.max_body_bytes, scope))
         body: ChatCompletionRequest | CompletionRequest
         if chat:
@@ -347,18 +336,8 @@ class NodeApp:
                 req.events.put_nowait(StreamEvent(finish_reason="cancelled"))
                 return
 
-    @staticmethod
-    def _ids(chat: bool) -> tuple[str, str]:
-        if chat:
-            return "chatcmpl-" + uuid.uuid4().hex[:24], "chat.completion"
-        return "cmpl-" + uuid.uuid4().hex[:24], "text_completion"
-
     def _usage(self, req: GenerationRequest) -> dict[str, Any]:
-        p, c = len(req.prompt), req.output_tokens
-        usage: dict[str, Any] = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
-        if req.cached_tokens:
-            usage["prompt_tokens_details"] = {"cached_tokens": req.cached_tokens}
-        return usage
+        return replies.usage(len(req.prompt), req.output_tokens, req.cached_tokens)
 
     async def _complete(
         self, send: Send, body: Any, req: GenerationRequest, chat: bool, prompt_text: str
@@ -373,41 +352,14 @@ class NodeApp:
         if event.finish_reason == "cancelled":
             if req.cancelled:
                 return 499
-            raise ServerShuttingDown("The node stopped before this request finished.")
+            raise ShuttingDown("The node stopped before this request finished.")
         if event.finish_reason == "error":
             raise APIError(f"Generation failed: {event.error}")
         text = "".join(parts)
-        rid, obj = self._ids(chat)
-        choice: dict[str, Any]
-        if chat:
-            choice = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": None,
-                "finish_reason": event.finish_reason,
-            }
-        else:
-            if getattr(body, "echo", False):
-                text = prompt_text + text
-            choice = {
-                "index": 0,
-                "text": text,
-                "logprobs": None,
-                "finish_reason": event.finish_reason,
-            }
-        await send_json(
-            send,
-            200,
-            {
-                "id": rid,
-                "object": obj,
-                "created": int(time.time()),
-                "model": self._served(body),
-                "choices": [choice],
-                "usage": self._usage(req),
-                "system_fingerprint": "edgecloud",
-            },
-        )
+        if not chat and getattr(body, "echo", False):
+            text = prompt_text + text
+        reply = Reply(self._served(body), chat=chat)
+        await send_json(send, 200, reply.completion(text, event.finish_reason, self._usage(req)))
         return 200
 
     def _served(self, body: Any) -> str:
@@ -416,84 +368,32 @@ class NodeApp:
     async def _stream(
         self, send: Send, body: Any, req: GenerationRequest, chat: bool, prompt_text: str
     ) -> int:
-        rid, _ = self._ids(chat)
-        obj = "chat.completion.chunk" if chat else "text_completion"
-        created = int(time.time())
-        model = self._served(body)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        usage_null = {"usage": None} if include_usage else {}
+        reply = Reply(self._served(body), chat=chat, include_usage=include_usage)
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-
-        def chunk(delta_or_text: Any, finish: str | None) -> bytes:
-            if chat:
-                choice = {
-                    "index": 0,
-                    "delta": delta_or_text,
-                    "logprobs": None,
-                    "finish_reason": finish,
-                }
-            else:
-                choice = {
-                    "index": 0,
-                    "text": delta_or_text,
-                    "logprobs": None,
-                    "finish_reason": finish,
-                }
-            return sse_event(
-                {
-                    "id": rid,
-                    "object": obj,
-                    "created": created,
-                    "model": model,
-                    "system_fingerprint": "edgecloud",
-                    "choices": [choice],
-                    **usage_null,
-                }
-            )
 
         more = {"type": "http.response.body", "more_body": True}
         if chat:
-            await send({**more, "body": chunk({"role": "assistant", "content": ""}, None)})
+            await send({**more, "body": sse_event(reply.chunk(role=True))})
         elif getattr(body, "echo", False) and prompt_text:
-            await send({**more, "body": chunk(prompt_text, None)})
+            await send({**more, "body": sse_event(reply.chunk(prompt_text))})
         while True:
             event = await req.events.get()
             if event.finish_reason == "cancelled" and req.cancelled:
                 return 499
             if event.text:
-                await send(
-                    {**more, "body": chunk({"content": event.text} if chat else event.text, None)}
-                )
+                await send({**more, "body": sse_event(reply.chunk(event.text))})
             if event.finish_reason is not None:
                 break
         if event.finish_reason in ("cancelled", "error"):
-            err = {
-                "message": "The node stopped before this request finished."
-                if event.finish_reason == "cancelled"
-                else f"Generation failed: {event.error}",
-                "type": "server_error",
-                "param": None,
-                "code": event.finish_reason,
-            }
-            await send({**more, "body": sse_event({"error": err})})
+            if event.finish_reason == "cancelled":
+                err = APIError("The node stopped before this request finished.", code="cancelled")
+            else:
+                err = APIError(f"Generation failed: {event.error}", code="error")
+            await send({**more, "body": sse_error(err)})
         else:
-            await send({**more, "body": chunk({} if chat else "", event.finish_reason)})
+            await send({**more, "body": sse_event(reply.chunk(None, event.finish_reason))})
             if include_usage:
-                await send(
-                    {
-                        **more,
-                        "body": sse_event(
-                            {
-                                "id": rid,
-                                "object": obj,
-                                "created": created,
-                                "model": model,
-                                "system_fingerprint": "edgecloud",
-                                "choices": [],
-                                "usage": self._usage(req),
-                            }
-                        ),
-                    }
-                )
+                await send({**more, "body": sse_event(reply.usage_chunk(self._usage(req)))})
         await send({"type": "http.response.body", "body": SSE_DONE, "more_body": False})
         return 200

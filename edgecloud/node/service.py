@@ -26,22 +26,18 @@ from edgecloud.node.prompt import ChatTemplate
 log = logging.getLogger("edgecloud.node")
 
 
-class SwapInProgress(APIError):
-    status = 409
-    type = "invalid_request_error"
-    code = "swap_in_progress"
+class SwapInProgress(APIError, status=409, type="invalid_request_error", code="swap_in_progress"):
+    """Another model swap is under way."""
 
 
-class ModelLoadFailed(APIError):
-    status = 400
-    type = "invalid_request_error"
-    code = "model_load_failed"
+class ModelLoadFailed(APIError, status=400, type="invalid_request_error", code="model_load_failed"):
+    """The model file given to a swap could not be loaded."""
 
 
-class ModelPathNotAllowed(APIError):
-    status = 403
-    type = "permission_error"
-    code = "model_path_not_allowed"
+class ModelPathNotAllowed(
+    APIError, status=403, type="permission_error", code="model_path_not_allowed"
+):
+    """A swap named a file outside the node's model directory."""
 
 
 def _retrieve(task: asyncio.Task[Loaded]) -> None:

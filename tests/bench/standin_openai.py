@@ -23,7 +23,10 @@ from typing import Any
 
 import orjson
 
-from edgecloud.api.asgi import read_body
+from edgecloud.api import replies
+from edgecloud.api.asgi import SSE_DONE, lifespan, read_body, send_error, sse_event
+from edgecloud.api.errors import NotFound, Unauthorized
+from edgecloud.api.replies import Reply
 
 MODEL = "standin-model"
 
@@ -48,13 +51,8 @@ class StandIn:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                msg = await receive()
-                if msg["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif msg["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await lifespan(receive, send, _nothing, _nothing)
+            return
         path = scope["path"]
         if path == "/healthz":  # the test fixture's readiness probe works in every mode
             await _send(send, 200, b'{"status":"ok"}')
@@ -65,15 +63,7 @@ class StandIn:
             await _send(send, 200, b"<html><body>Welcome to nginx!</body></html>", b"text/html")
             return
         if self.mode == "unauthorized":
-            err = {
-                "error": {
-                    "message": "Invalid API key",
-                    "type": "invalid_request_error",
-                    "param": None,
-                    "code": "invalid_api_key",
-                }
-            }
-            await _send(send, 401, orjson.dumps(err))
+            await send_error(send, Unauthorized("Invalid API key"))
             return
         if path in ("/healthz", "/readyz"):
             await _send(send, 200, b'{"status":"ok"}')
@@ -104,7 +94,7 @@ class StandIn:
             body = orjson.loads(await read_body(receive, 64 << 20))
             await self.complete(body, send, chat=path.endswith("chat/completions"))
         else:
-            await _send(send, 404, b'{"error":{"message":"not found","type":"not_found"}}')
+            await send_error(send, NotFound("not found"))
 
     async def complete(self, body: dict[str, Any], send: Any, *, chat: bool) -> None:
         now = time.perf_counter()
@@ -125,22 +115,10 @@ class StandIn:
             self.tokens,
             int(body.get("max_tokens") or body.get("max_completion_tokens") or self.tokens),
         )
-        usage = {"prompt_tokens": 7, "completion_tokens": n, "total_tokens": 7 + n}
+        usage = replies.usage(7, n) if self.usage else None
+        reply = Reply(MODEL, chat=chat, reply_id="x", created=0, fingerprint=None)
         if not body.get("stream"):
-            text = " tok" * n
-            choice: dict[str, Any] = (
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": "length",
-                }
-                if chat
-                else {"index": 0, "text": text, "finish_reason": "length"}
-            )
-            answer = {"id": "x", "object": "chat.completion", "model": MODEL, "choices": [choice]}
-            if self.usage:
-                answer["usage"] = usage
-            await _send(send, 200, orjson.dumps(answer))
+            await _send(send, 200, orjson.dumps(reply.completion(" tok" * n, "length", usage)))
             return
         await send(
             {
@@ -149,36 +127,25 @@ class StandIn:
                 "headers": [(b"content-type", b"text/event-stream")],
             }
         )
-        obj = "chat.completion.chunk" if chat else "text_completion"
         first = time.perf_counter()
         self.seen_ttft_ms.append((first - now) * 1000.0)
         for i in range(n):
             if i and self.itl:
                 # Absolute deadlines: timer overshoot does not add up over the tokens.
                 await _sleep_until(first + i * self.itl)
-            piece = {"delta": {"content": " tok"}} if chat else {"text": " tok"}
-            chunk = {
-                "id": "x",
-                "object": obj,
-                "model": MODEL,
-                "choices": [{"index": 0, **piece, "finish_reason": None}],
-            }
             await send(
-                {
-                    "type": "http.response.body",
-                    "body": b"data: " + orjson.dumps(chunk) + b"\n\n",
-                    "more_body": True,
-                }
+                {"type": "http.response.body", "body": sse_event(reply.chunk(" tok")),
+                 "more_body": True}
             )
         tail = b""
-        if self.usage and (body.get("stream_options") or {}).get("include_usage"):
-            tail = (
-                b"data: "
-                + orjson.dumps({"id": "x", "object": obj, "choices": [], "usage": usage})
-                + b"\n\n"
-            )
-        await send({"type": "http.response.body", "body": tail + b"data: [DONE]\n\n"})
+        if usage is not None and (body.get("stream_options") or {}).get("include_usage"):
+            tail = sse_event(reply.usage_chunk(usage))
+        await send({"type": "http.response.body", "body": tail + SSE_DONE})
         self.seen_e2e_ms.append((time.perf_counter() - now) * 1000.0)
+
+
+async def _nothing() -> None:
+    pass
 
 
 async def _sleep_until(deadline: float) -> None:

@@ -29,7 +29,7 @@ def test_kill_during_download_then_resume(rig_factory: Callable[..., Rig]) -> No
     d.run_once()
     assert d.active_version() == "1.1.0"
     log = (d.dir / "agent.log").read_text()
-    assert '"event": "download.resume"' in log
+    assert '"event":"download.resume"' in log
 
 
 def test_kill_during_activation_leaves_a_verified_model(rig: Rig) -> None:

@@ -19,11 +19,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import time
 from typing import Any
 
 import orjson
 import uvicorn
+
+from edgecloud.api.asgi import SSE_DONE, read_body, send_error, send_json, sse_event
+from edgecloud.api.errors import APIError, NotFound
+from edgecloud.api.replies import Reply, usage
 
 STATE: dict[str, Any] = {
     "received": [],
@@ -70,18 +73,11 @@ def _summary(path: str, headers: dict[bytes, bytes], raw: bytes) -> dict[str, An
 
 
 async def _send_json(send: Any, status: int, obj: Any) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": orjson.dumps(obj)})
+    await send_json(send, status, obj)
 
 
 async def _read(receive: Any) -> bytes:
-    chunks = []
-    while True:
-        m = await receive()
-        chunks.append(m.get("body", b""))
-        if not m.get("more_body"):
-            return b"".join(chunks)
+    return await read_body(receive, 64 << 20)
 
 
 async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -113,8 +109,7 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
         finally:
             STATE["held"] -= 1
     else:
-        await _send_json(send, 404, {"error": {"message": "no route", "type": "x",
-                                               "param": None, "code": None}})
+        await send_error(send, NotFound("no route"))
 
 
 async def _hold(receive: Any, seconds: float) -> bool:
@@ -154,20 +149,13 @@ async def _answer(send: Any, receive: Any, path: str, body: dict[str, Any]) -> N
     if ctl["hang_s"] and await _hold(receive, ctl["hang_s"]):
         return
     if ctl["fail"]:
-        await _send_json(send, int(ctl["fail"]), {"error": {
-            "message": "stand-in failure", "type": "server_error", "param": None, "code": None}})
+        await send_error(send, APIError("stand-in failure", status=int(ctl["fail"])))
         return
     text = f"answer from {ARGS.name}"
-    chat = path.endswith("chat/completions")
+    reply = Reply(body.get("model") or "", chat=path.endswith("chat/completions"),
+                  reply_id="cmpl-standin", fingerprint=None)
     if not body.get("stream"):
-        choice: dict[str, Any] = (
-            {"index": 0, "message": {"role": "assistant", "content": text},
-             "finish_reason": "stop"} if chat else
-            {"index": 0, "text": text, "finish_reason": "stop"})
-        answer = {
-            "id": "cmpl-standin", "object": "chat.completion" if chat else "text_completion",
-            "created": int(time.time()), "model": body.get("model"), "choices": [choice],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}}
+        answer = reply.completion(text, "stop", usage(5, 4))
         if ctl["fault"]:
             await _fault(send, receive, ctl["fault"], orjson.dumps(answer))
             return
@@ -178,16 +166,11 @@ async def _answer(send: Any, receive: Any, path: str, body: dict[str, Any]) -> N
     for i in range(int(ctl["chunks"])):
         if ctl["cut_after"] is not None and i >= int(ctl["cut_after"]):
             raise RuntimeError("stand-in cuts the stream")  # uvicorn drops the connection
-        delta = {"content": f"tok{i} "} if chat else None
-        chunk = {"id": "cmpl-standin", "object": "chat.completion.chunk", "created": 0,
-                 "model": body.get("model"),
-                 "choices": [{"index": 0, "delta": delta, "finish_reason": None} if chat else
-                             {"index": 0, "text": f"tok{i} ", "finish_reason": None}]}
-        await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(chunk)
-                    + b"\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": sse_event(reply.chunk(f"tok{i} ")),
+                    "more_body": True})
         if ctl["delay_ms"] and await _hold(receive, ctl["delay_ms"] / 1000):
             return
-    await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+    await send({"type": "http.response.body", "body": SSE_DONE})
 
 
 def main() -> None:

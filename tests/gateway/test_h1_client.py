@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from edgecloud.gateway.h1 import H1Pool, UpstreamError
+from edgecloud.http1 import H1Pool, UpstreamError
 from tests.gateway.test_gateway_config import _self_signed
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, dict[str, int]], Awaitable[None]]

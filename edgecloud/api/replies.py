@@ -1,0 +1,101 @@
+"""OpenAI reply bodies built in one place: completions, stream chunks, usage, SSE errors.
+
+The node builds its answers here, the gateway its mid-stream error event, and the test stand-ins
+that play an OpenAI server use the same builders, so every part speaks the same wire format.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from edgecloud.api.errors import APIError
+
+FINGERPRINT = "edgecloud"
+
+
+def sse_error(err: APIError) -> bytes:
+    """The event that ends a stream that failed after it began (status already 200)."""
+    return b"data: " + err.body() + b"\n\n"
+
+
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
+    """The `usage` object; `prompt_tokens_details` only when some prompt tokens were cached."""
+    out: dict[str, Any] = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+    if cached_tokens:
+        out["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
+    return out
+
+
+class Reply:
+    """The answer to one chat or text completion request, whole or as stream chunks."""
+
+    __slots__ = ("chat", "id", "model", "created", "fingerprint", "_usage_null")
+
+    def __init__(self, model: str, *, chat: bool, reply_id: str | None = None,
+                 created: int | None = None, fingerprint: str | None = FINGERPRINT,
+                 include_usage: bool = False) -> None:
+        self.chat = chat
+        self.id = reply_id or (("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24])
+        self.model = model
+        self.created = int(time.time()) if created is None else created
+        self.fingerprint = fingerprint
+        # With stream_options.include_usage, every chunk carries "usage": null until the last.
+        self._usage_null = include_usage
+
+    def _head(self, obj: str) -> dict[str, Any]:
+        head: dict[str, Any] = {"id": self.id, "object": obj, "created": self.created,
+                                "model": self.model}
+        if self.fingerprint is not None:
+            head["system_fingerprint"] = self.fingerprint
+        return head
+
+    def completion(self, text: str, finish_reason: str | None,
+                   usage: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A whole (non-streamed) answer."""
+        choice: dict[str, Any] = {"index": 0}
+        if self.chat:
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice["text"] = text
+        choice["logprobs"] = None
+        choice["finish_reason"] = finish_reason
+        body = self._head("chat.completion" if self.chat else "text_completion")
+        body["choices"] = [choice]
+        if usage is not None:
+            body["usage"] = usage
+        return body
+
+    def chunk(self, text: str | None = None, finish_reason: str | None = None, *,
+              role: bool = False) -> dict[str, Any]:
+        """One stream chunk: a piece of text, the opening role (chat), or the finish reason."""
+        choice: dict[str, Any] = {"index": 0}
+        if self.chat:
+            delta: dict[str, Any] = {}
+            if role:
+                delta["role"] = "assistant"
+                delta["content"] = text or ""
+            elif text is not None:
+                delta["content"] = text
+            choice["delta"] = delta
+        else:
+            choice["text"] = text or ""
+        choice["logprobs"] = None
+        choice["finish_reason"] = finish_reason
+        body = self._head("chat.completion.chunk" if self.chat else "text_completion")
+        body["choices"] = [choice]
+        if self._usage_null:
+            body["usage"] = None
+        return body
+
+    def usage_chunk(self, usage: dict[str, Any]) -> dict[str, Any]:
+        """The last chunk of a stream that asked for usage: no choices, the usage."""
+        body = self._head("chat.completion.chunk" if self.chat else "text_completion")
+        body["choices"] = []
+        body["usage"] = usage
+        return body
