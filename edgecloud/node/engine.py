@@ -149,6 +149,7 @@ class BatchEngine:
         self._thread = threading.Thread(target=self._run, name="edgecloud-engine", daemon=True)
         self._on_idle: Callable[[], None] | None = None
         self.broken: str | None = None  # set when the backend failed beyond recovery
+        self._leases = 0  # users of the model outside the engine thread (see `lease`)
 
     # -- event-loop side ----------------------------------------------------------------
     def start(self) -> None:
@@ -172,6 +173,21 @@ class BatchEngine:
             self.waiting.append(req)
             self._cv.notify()
         return True
+
+    def lease(self) -> bool:
+        """Keep the model from being freed while the caller uses it outside the engine (a
+        prompt tokenised on a worker thread); False once it is stopping or draining. Pair
+        with `unlease`."""
+        with self._cv:
+            if self._stopping or self._draining:
+                return False
+            self._leases += 1
+        return True
+
+    def unlease(self) -> None:
+        with self._cv:
+            self._leases -= 1
+            self._cv.notify()
 
     def drain_and_free(self, on_done: Callable[[], None] | None = None) -> None:
         """Stop taking requests; finish in-flight ones, then free the model (hot swap)."""
@@ -209,9 +225,13 @@ class BatchEngine:
                         and not self._draining
                     ):
                         self._cv.wait()
-                    if self._stopping:
-                        break
-                    if self._draining and not self.waiting and self._active == 0:
+                    if self._stopping or (
+                        self._draining and not self.waiting and self._active == 0
+                    ):
+                        # The model is freed on the way out: wait for its leases (bounded:
+                        # a lease is one tokenisation).
+                        while self._leases:
+                            self._cv.wait()
                         break
                     out: _Out = []
                     try:

@@ -273,7 +273,7 @@ class NodeApp:
         _reject_unsupported(body)
         self.service.check_model_name(body.model)
         loaded = await self.service.ensure_loaded()
-        prompt_text, tokens, stops = self._prompt(loaded, body)
+        prompt_text, tokens, stops = await self._prompt(loaded, body)
         max_tokens = self.service.plan_tokens(loaded, len(tokens), body.requested_max_tokens())
         req = GenerationRequest(
             prompt=tokens,
@@ -303,7 +303,7 @@ class NodeApp:
                 self.metrics.e2e.observe(req.finished_at - arrived)
         return status
 
-    def _prompt(
+    async def _prompt(
         self, loaded: Loaded, body: ChatCompletionRequest | CompletionRequest
     ) -> tuple[str, list[int], tuple[str, ...]]:
         model = loaded.model
@@ -311,7 +311,7 @@ class NodeApp:
         if isinstance(body, ChatCompletionRequest):
             text = loaded.template.render(body.messages)
             stops = stops + tuple(s for s in loaded.template.default_stops if s not in stops)
-            return text, model.tokenize(text), stops
+            return text, await self.service.tokenize(loaded, text), stops
         prompt = body.prompt
         if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
             ids = [int(t) for t in prompt]
@@ -325,7 +325,7 @@ class NodeApp:
                     param="prompt",
                 )
             prompt = str(prompt[0])
-        return str(prompt), model.tokenize(str(prompt)), stops
+        return str(prompt), await self.service.tokenize(loaded, str(prompt)), stops
 
     async def _watch_disconnect(self, receive: Receive, req: GenerationRequest) -> None:
         while True:

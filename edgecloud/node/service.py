@@ -20,7 +20,13 @@ from edgecloud.node.backend import SamplingParams
 from edgecloud.node.config import NodeConfig
 from edgecloud.node.engine import BatchEngine, GenerationRequest
 from edgecloud.node.metrics import NodeMetrics
-from edgecloud.node.model import LoadedModel, ModelInfo, ModelLoadError, file_sha256
+from edgecloud.node.model import (
+    MAX_PIECE_BYTES,
+    LoadedModel,
+    ModelInfo,
+    ModelLoadError,
+    file_sha256,
+)
 from edgecloud.node.prompt import ChatTemplate
 
 log = logging.getLogger("edgecloud.node")
@@ -315,6 +321,26 @@ class NodeService:
                 f"{', '.join(repr(m) for m in self.model_ids)}.",
                 param="model",
             )
+
+    async def tokenize(self, loaded: Loaded, text: str) -> list[int]:
+        """Prompt text to token ids on a worker thread: a long prompt takes seconds to
+        tokenise, which on the event loop would stall every stream and health check. A text
+        that cannot fit the context even at MAX_PIECE_BYTES per token is refused unread."""
+        n_ctx = loaded.model.n_ctx_seq
+        at_least = len(text.encode("utf-8", "replace")) // MAX_PIECE_BYTES
+        if at_least >= n_ctx:
+            raise BadRequest(
+                f"The prompt is at least {at_least} tokens, but this node's context is {n_ctx} "
+                f"tokens per request. Shorten the prompt (or start the node with a larger --ctx).",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        if not loaded.engine.lease():
+            raise NotReady("The model is being replaced; retry shortly.")
+        try:
+            return await asyncio.to_thread(loaded.model.tokenize, text)
+        finally:
+            loaded.engine.unlease()
 
     def plan_tokens(self, loaded: Loaded, prompt_tokens: int, requested: int | None) -> int:
         """How many tokens to generate; 400 when the prompt or max_tokens do not fit."""

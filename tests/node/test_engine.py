@@ -295,3 +295,24 @@ def test_an_engine_that_cannot_recover_cancels_everything_and_says_it_is_broken(
     assert [e[2] for e in ends] == ["error", "cancelled"]
     assert engine.broken is not None and not accepted
     assert backend.freed == 1
+
+
+def test_a_lease_keeps_the_model_until_it_ends_and_none_is_given_while_draining() -> None:
+    backend = ScriptedBackend(n_seq=1)
+
+    async def body(engine: BatchEngine):  # type: ignore[no-untyped-def]
+        assert engine.lease()
+        engine.drain_and_free()
+        await asyncio.sleep(0.05)
+        held = backend.freed
+        refused = not engine.lease()
+        engine.unlease()
+        for _ in range(400):
+            if backend.freed:
+                break
+            await asyncio.sleep(0.005)
+        return held, refused
+
+    held, refused = run(backend, body)
+    assert held == 0 and refused
+    assert backend.freed == 1

@@ -146,3 +146,34 @@ def test_a_broken_engine_makes_the_node_unready_and_refuses_with_503(models: Pat
         await svc.shutdown()
 
     asyncio.run(main())
+
+
+def test_prompts_are_tokenised_off_the_event_loop_and_impossible_ones_refused_unread(
+    models: Path,
+) -> None:
+    import threading
+
+    async def main() -> None:
+        svc = service(models)
+        loaded = await svc.ensure_loaded()
+        model = ScriptedModel.instances[0]
+        gate, seen = threading.Event(), []
+        real = model.tokenize
+
+        def slow(text: str) -> list[int]:
+            seen.append(len(text))
+            assert gate.wait(SAFETY_S)
+            return real(text)
+
+        model.tokenize = slow  # type: ignore[method-assign]
+        task = asyncio.ensure_future(svc.tokenize(loaded, "hello"))
+        await until(lambda: seen == [5])  # the loop runs while the tokeniser works
+        assert not task.done()
+        gate.set()
+        assert await task == list(b"hello")
+        with pytest.raises(APIError) as refused:
+            await svc.tokenize(loaded, "x" * (model.n_ctx_seq * 256))
+        assert refused.value.code == "context_length_exceeded" and seen == [5]
+        await svc.shutdown()
+
+    asyncio.run(main())
