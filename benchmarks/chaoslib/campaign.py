@@ -324,9 +324,12 @@ def run_fault(stack: ChaosStack, name: str, fault: Fault, window_s: float, worke
 
 def render_soak(report: dict[str, Any]) -> str:
     """The soak's figures, one row per part."""
-    head = ["part", "RSS MB first", "RSS MB last", "growth %", "fds first", "fds last"]
+    head = ["part", "RSS MB first", "RSS MB last", "growth %", "fds first", "fds last",
+            "tasks first", "tasks last"]
     rows = [head] + [[name, f"{p['rss_mb'][0]:.1f}", f"{p['rss_mb'][1]:.1f}",
-                      f"{p['rss_growth_pct']}", str(p["fds"][0]), str(p["fds"][1])]
+                      f"{p['rss_growth_pct']}", str(p["fds"][0]), str(p["fds"][1]),
+                      str(p["tasks"][0] if p["tasks"][0] is not None else "-"),
+                      str(p["tasks"][1] if p["tasks"][1] is not None else "-")]
                      for name, p in report["parts"].items()]
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
@@ -336,19 +339,39 @@ def render_soak(report: dict[str, Any]) -> str:
                       *lines])
 
 
+_TASK_GAUGES = {"gateway": "edgecloud_gateway_asyncio_tasks",
+                EDGE: "edgecloud_node_asyncio_tasks", CLOUD_EU: "edgecloud_node_asyncio_tasks"}
+
+
+def asyncio_tasks(stack: ChaosStack, part: str) -> int | None:
+    """Tasks on a part's event loop, from its /metrics (None where it has no such gauge)."""
+    gauge = _TASK_GAUGES.get(part)
+    if gauge is None:
+        return None
+    try:
+        text = httpx.get(f"http://127.0.0.1:{stack.ports[part]}/metrics", timeout=3).text
+    except httpx.HTTPError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(gauge + " "):
+            return int(float(line.rsplit(" ", 1)[1]))
+    return None
+
+
 def soak(stack: ChaosStack, minutes: float, workers: int, sample_s: float = 15.0
          ) -> dict[str, Any]:
     """Steady mixed load; resident memory and open files of every part, first vs last sample
     (the first is taken after one sample period of warm-up)."""
     traffic = MixedTraffic(f"{stack.gateway}/v1", MODEL, workers=workers)
-    samples: list[dict[str, tuple[float, int]]] = []
+    samples: list[dict[str, tuple[float, int, int | None]]] = []
     traffic.start()
     end = time.monotonic() + minutes * 60
     try:
         time.sleep(min(sample_s, minutes * 60 / 4))
         while True:
             samples.append({n: (process_rss_mb(p.proc.proc.pid if p.proc.proc else None),
-                                process_fds(p.proc.proc.pid if p.proc.proc else None))
+                                process_fds(p.proc.proc.pid if p.proc.proc else None),
+                                asyncio_tasks(stack, n))
                             for n, p in stack.parts.items()})
             if time.monotonic() >= end:
                 break
@@ -360,7 +383,7 @@ def soak(stack: ChaosStack, minutes: float, workers: int, sample_s: float = 15.0
     parts = {n: {"rss_mb": [round(first[n][0], 1), round(last[n][0], 1)],
                  "rss_growth_pct": round(100 * (last[n][0] - first[n][0]) / first[n][0], 1)
                  if first[n][0] else None,
-                 "fds": [first[n][1], last[n][1]]}
+                 "fds": [first[n][1], last[n][1]], "tasks": [first[n][2], last[n][2]]}
              for n in first if n in last}
     return {"minutes": minutes, "requests": len(outs),
             "served": sum(o.result == "served" for o in outs),

@@ -395,6 +395,7 @@ class NodeService:
     def _refresh_gauges(self) -> None:
         m = self.metrics
         m.in_flight.set(self._in_flight)
+        m.asyncio_tasks.set(len(asyncio.all_tasks()))
         cur = self.current
         if cur is None:
             m.queue_depth.set(0)
