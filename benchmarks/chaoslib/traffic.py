@@ -11,7 +11,7 @@ import itertools
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,22 +133,20 @@ class TrafficStats:
         return out
 
 
+@dataclass
 class MixedTraffic:
     """`workers` threads sending a rotating mix of kinds, streamed and not, until stopped."""
 
-    def __init__(self, base_url: str, model: str, workers: int = 3, timeout_s: float = 30.0,
-                 pause_s: float = 0.05,
-                 kinds: tuple[str, ...] = tuple(KINDS)) -> None:
-        self.base_url = base_url
-        self.model = model
-        self.workers = workers
-        self.timeout_s = timeout_s
-        self.pause_s = pause_s
-        self.kinds = kinds
-        self.stats = TrafficStats()
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._counter = itertools.count()
+    base_url: str
+    model: str
+    workers: int = 3
+    timeout_s: float = 30.0
+    pause_s: float = 0.05
+    kinds: tuple[str, ...] = tuple(KINDS)
+    stats: TrafficStats = field(default_factory=TrafficStats)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _counter: Iterator[int] = field(default_factory=itertools.count)
 
     def client(self) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.base_url, api_key="chaos", max_retries=0,
