@@ -12,6 +12,8 @@ from typing import Any
 import aiohttp
 import uvicorn
 
+from edgecloud.api.asgi import read_body
+
 ARGS = argparse.Namespace()
 SESSION: dict[str, aiohttp.ClientSession] = {}
 
@@ -29,13 +31,7 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
                 await SESSION["s"].close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-    parts = []
-    more = True
-    while more:
-        message = await receive()
-        parts.append(message.get("body", b""))
-        more = message.get("more_body", False)
-    body = b"".join(parts)
+    body = await read_body(receive, 1 << 30)
     async with SESSION["s"].post(ARGS.upstream + scope["path"], data=body,
                                  headers={"content-type": "application/json"}) as resp:
         headers = [(b"content-type", resp.headers.get("content-type", "").encode())]

@@ -15,6 +15,8 @@ from typing import Any
 import orjson
 import uvicorn
 
+from edgecloud.api.asgi import read_body
+
 ANSWER = orjson.dumps({
     "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "standin",
     "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
@@ -35,13 +37,7 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
         return
     path = scope["path"]
     if path in ("/v1/chat/completions", "/v1/completions"):
-        parts = []
-        more = True
-        while more:
-            message = await receive()
-            parts.append(message.get("body", b""))
-            more = message.get("more_body", False)
-        head = parts[0][:200]
+        head = (await read_body(receive, 1 << 30))[:200]
         if b'"stream":true' in head or b'"stream": true' in head:
             await _stream(send)
             return

@@ -25,12 +25,15 @@ import httpx
 import psutil
 
 from edgecloud.fleet.cohort import in_cohort
+from edgecloud.fleet.enrolment import request_enrolment_token
 from edgecloud.fleet.repository import ModelRepository, repo_lock
 from edgecloud.fleet.rollout import Gates, RolloutPlan
 from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port
 
 MODEL = "gemma-3-270m"
 TOKEN = "bench-admin-token"
+OPERATOR = "bench-operator-token-0123456789"
+OPERATOR_AUTH = {"authorization": f"Bearer {OPERATOR}"}
 
 
 def _ids(n: int) -> list[str]:
@@ -57,6 +60,7 @@ def _server(tmp: Path, repo: Path, *extra: str) -> tuple[ManagedProcess, str]:
     proc = ManagedProcess(
         edgecloud_command("fleet", "serve", "--repo", str(repo), "--port", str(port), *extra),
         f"{url}/readyz",
+        env={"EDGECLOUD_FLEET_TOKEN": OPERATOR},
         log_path=str(tmp / f"server-{port}.log"),
         name="fleet",
     )
@@ -70,7 +74,8 @@ def rollout_benchmark(tmp: Path, model_path: str, n_agents: int) -> dict[str, An
     repo = ModelRepository.init(repo_path)
     repo.add_model(model_path, MODEL, "1.0.0", stable=True)
     server, url = _server(tmp, repo_path, "--tick", "0.5")
-    env = {"EDGECLOUD_ADMIN_TOKEN": TOKEN}
+    enrol = request_enrolment_token(url, OPERATOR, uses=n_agents)
+    env = {"EDGECLOUD_ADMIN_TOKEN": TOKEN, "EDGECLOUD_ENROL_TOKEN": enrol}
     procs: list[ManagedProcess] = [server]
     devices = []
     try:
@@ -153,7 +158,9 @@ def rollout_benchmark(tmp: Path, model_path: str, n_agents: int) -> dict[str, An
         while True:
             rel = next(
                 x
-                for x in httpx.get(f"{url}/v1/fleet/status").json()["releases"]
+                for x in httpx.get(f"{url}/v1/fleet/status", headers=OPERATOR_AUTH).json()[
+                    "releases"
+                ]
                 if x["version"] == "1.1.0"
             )
             if rel["stage"] in ("stable", "aborted"):
@@ -201,8 +208,16 @@ def _start_node(tmp: Path, model_path: str, name: str) -> tuple[ManagedProcess, 
     port = free_port()
     node = ManagedProcess(
         edgecloud_command(
-            "serve", "--model", model_path, "--port", str(port), "--preload", "--ctx", "512",
-            "--model-dir", str(tmp),
+            "serve",
+            "--model",
+            model_path,
+            "--port",
+            str(port),
+            "--preload",
+            "--ctx",
+            "512",
+            "--model-dir",
+            str(tmp),
         ),
         f"http://127.0.0.1:{port}/readyz",
         env={"EDGECLOUD_ADMIN_TOKEN": TOKEN},
@@ -310,12 +325,18 @@ try:
 except ImportError:
     pass
 url, n, seconds, offset = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+enrol_token = sys.argv[5]
 lat = []; errors = 0; done = 0
-async def agent(s, i, t_end):
+async def enrol(s, dev):
+    async with s.post(url + "/v1/devices/enrol", json={"device_id": dev},
+                      headers={"authorization": "Bearer " + enrol_token}) as r:
+        return (await r.json())["credential"]
+async def agent(s, i, t_end, credential):
     global errors, done
     dev = f"sim-{offset + i}"
     body = json.dumps({"device_id": dev, "model": "m", "version": "1.0.0",
                        "metrics": {"error_rate": 0.0, "p95_ms": 120.0, "eval_score": 1.0}})
+    report_headers = {"content-type": "application/json", "authorization": "Bearer " + credential}
     await asyncio.sleep(random.random())
     nxt = time.monotonic()
     while True:
@@ -328,7 +349,7 @@ async def agent(s, i, t_end):
             t = time.perf_counter()
             try:
                 async with s.request(method, url + path, data=data,
-                        headers={"content-type": "application/json"} if data else None) as r:
+                        headers=report_headers if data else None) as r:
                     await r.read()
                     if r.status not in (200, 204, 404):
                         errors += 1
@@ -341,8 +362,9 @@ async def agent(s, i, t_end):
 async def main():
     conn = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=30)) as s:
+        creds = await asyncio.gather(*(enrol(s, f"sim-{offset + i}") for i in range(n)))
         t_end = time.monotonic() + seconds + 1
-        await asyncio.gather(*(agent(s, i, t_end) for i in range(n)))
+        await asyncio.gather(*(agent(s, i, t_end, creds[i]) for i in range(n)))
     print(json.dumps({"lat": lat, "errors": errors, "done": done}))
 asyncio.run(main())
 """
@@ -353,15 +375,17 @@ def poll_benchmark(tmp: Path, n_sim: int, seconds: float, procs: int) -> dict[st
     ngclient refresh plus a report costs)."""
     repo_path = tmp / "poll-repo"
     ModelRepository.init(repo_path)
-    server, url = _server(tmp, repo_path)
+    # every simulated agent enrols at once and reports each second
+    server, url = _server(tmp, repo_path, "--enrol-rate", "100000", "--report-rate", "5")
     try:
+        enrol = request_enrolment_token(url, OPERATOR, uses=max(1, n_sim))
         per = n_sim // procs
         server_ps = psutil.Process(server.pid)
         cpu0 = sum(server_ps.cpu_times()[:2])
         t0 = time.monotonic()
         runners = [
             subprocess.Popen(
-                [sys.executable, "-c", SIM, url, str(per), str(seconds), str(k * per)],
+                [sys.executable, "-c", SIM, url, str(per), str(seconds), str(k * per), enrol],
                 stdout=subprocess.PIPE,
             )
             for k in range(procs)
@@ -369,7 +393,7 @@ def poll_benchmark(tmp: Path, n_sim: int, seconds: float, procs: int) -> dict[st
         results = [json.loads(r.communicate(timeout=seconds + 120)[0]) for r in runners]
         wall = time.monotonic() - t0
         server_cpu = sum(server_ps.cpu_times()[:2]) - cpu0
-        status = httpx.get(f"{url}/v1/fleet/status", timeout=30).json()
+        status = httpx.get(f"{url}/v1/fleet/status", headers=OPERATOR_AUTH, timeout=30).json()
     finally:
         server.stop()
     lat = sorted(x for r in results for x in r["lat"])

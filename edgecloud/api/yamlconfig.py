@@ -1,15 +1,71 @@
-"""Where a configuration error is: the YAML line of a pydantic error location.
+"""Every YAML input, loaded one way: YAML -> pydantic, each error naming file, line and field.
 
-Every YAML input (gateway config, node config, decide workload and prices, deploy values)
-names the file, the line and the field of a bad setting; this is the one place that finds
-the line.
+The gateway config, the node config, decide's workload and prices and deploy's values all go
+through `load_model` (or `parse_model` for text in hand). A problem is reported as one line,
+`FILE:LINE: FIELD: MESSAGE`, the way compilers do, so editors and CI logs can jump to it;
+several problems give several lines. Packages raise their own subclass of `ConfigError` (pass
+it as `error`) so that callers catch what they mean.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
 import yaml
+from pydantic import BaseModel, ValidationError
 
 Location = tuple[int | str, ...]
+M = TypeVar("M", bound=BaseModel)
+
+# Where values given on the command line are reported (they have no file line).
+COMMAND_LINE = "command line"
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One thing wrong with a configuration: where it is and what to do about it."""
+
+    file: str
+    message: str
+    line: int | None = None
+    field: str = ""
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.file and self.line else self.file
+        if not where and self.line:
+            where = f"line {self.line}"
+        return ": ".join(p for p in (where, self.field, self.message) if p)
+
+
+class ConfigError(Exception):
+    """A configuration input that cannot be read or does not validate.
+
+    `problems` holds every problem found; `file`, `line`, `field` and `message` are those of
+    the first. str() is one `FILE:LINE: FIELD: MESSAGE` line per problem.
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        file: str = "",
+        field: str = "",
+        line: int | None = None,
+        problems: Sequence[ConfigProblem] = (),
+    ) -> None:
+        found = tuple(problems) or (ConfigProblem(file, message, line, field),)
+        self.problems = found
+        first = found[0]
+        self.file, self.line, self.field, self.message = (
+            first.file,
+            first.line,
+            first.field,
+            first.message,
+        )
+        super().__init__("\n".join(str(p) for p in found))
 
 
 def yaml_line(node: yaml.Node | None, loc: Location) -> int | None:
@@ -28,6 +84,88 @@ def yaml_line(node: yaml.Node | None, loc: Location) -> int | None:
     return line
 
 
-def compose(text: str) -> yaml.Node | None:
-    """The YAML node tree of `text` (for yaml_line); raises yaml.YAMLError like safe_load."""
-    return yaml.compose(text, Loader=yaml.SafeLoader)
+def load_model(
+    path: str | Path,
+    model: type[M],
+    *,
+    base: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    error: type[ConfigError] = ConfigError,
+) -> M:
+    """Read the YAML file at `path` and validate it as `model` (see `parse_model`)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error("file not found", file=str(p)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise error(f"cannot read it ({reason})", file=str(p)) from None
+    return parse_model(text, model, str(p), base=base, overrides=overrides, error=error)
+
+
+def parse_model(
+    text: str,
+    model: type[M],
+    source: str = "<config>",
+    *,
+    base: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    error: type[ConfigError] = ConfigError,
+) -> M:
+    """Validate YAML `text` as `model`; raise `error` naming file, line and field of each problem.
+
+    `base` is a mapping the document is laid over (nested mappings merge); `overrides` are
+    top-level values from the command line, applied last and reported as such.
+    """
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data: Any = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise error(f"not valid YAML: {problem}", file=source, line=line) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise error("expected a mapping of settings at the top level", file=source, line=1)
+    merged = _deep_merge(dict(base), data) if base is not None else data
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    merged.update(given)
+    try:
+        return model.model_validate(merged)
+    except ValidationError as exc:
+        problems = [_problem(err, root, source, given) for err in exc.errors()]
+        raise error(problems=problems) from None
+
+
+def _problem(
+    err: Any, root: yaml.Node | None, source: str, given: Mapping[str, Any]
+) -> ConfigProblem:
+    # Drop pydantic's validator and union-member labels ("function-after[...]"): they are not
+    # keys of the file.
+    loc = tuple(
+        p
+        for p in err["loc"]
+        if not (isinstance(p, str) and ("[" in p or p.startswith("function-")))
+    )
+    field = ".".join(str(p) for p in loc) or "(top level)"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "missing":
+        msg = "this field is required"
+    elif err["type"] == "extra_forbidden":
+        msg = "unknown field (check its spelling)"
+    if loc and loc[0] in given:
+        return ConfigProblem(COMMAND_LINE, msg, None, field)
+    return ConfigProblem(source, msg, yaml_line(root, loc), field)
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out

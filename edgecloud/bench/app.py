@@ -8,12 +8,14 @@ import signal
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from rich.console import Console
 from rich.table import Table
 
+from edgecloud.bench.errors import ColdStartError, TargetError, WorkloadError
+from edgecloud.bench.options import BenchOptions
 from edgecloud.bench.results import BenchResults
+from edgecloud.report import human_number
 
 EXIT_TARGET = 2
 EXIT_INTERRUPTED = 130
@@ -31,25 +33,11 @@ def read_results(path: str | Path) -> BenchResults:
 
 
 def _fmt(v: object) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+    return "-" if v is None else human_number(v)
 
 
-_TERMINAL_COLUMNS = (
-    "level",
-    "requests",
-    "errors",
-    "req/s",
-    "out tok/s",
-    "TTFT p50",
-    "e2e p50",
-    "e2e p95",
-    "ITL p50",
-    "goodput %",
-)
+# The terminal gets the essential columns; the HTML report has them all.
+_REPORT_ONLY = ("TTFT p95", "e2e p99", "TPOT p50", "bench CPU %")
 
 
 def print_summary(console: Console, results: BenchResults) -> None:
@@ -61,8 +49,7 @@ def print_summary(console: Console, results: BenchResults) -> None:
         title=f"{results.label or results.endpoint} - {results.scenario} "
         f"({results.workload}, tokens from {results.token_count_source}); ms"
     )
-    # The terminal gets the essential columns; the HTML report has them all.
-    cols = [LEVEL_HEADERS.index(h) for h in _TERMINAL_COLUMNS]
+    cols = [i for i, h in enumerate(LEVEL_HEADERS) if h not in _REPORT_ONLY]
     for i in cols:
         table.add_column(LEVEL_HEADERS[i], justify="right")
     for row in level_rows(results.levels):
@@ -82,19 +69,19 @@ def print_summary(console: Console, results: BenchResults) -> None:
         )
 
 
-def run_command(target: str, o: dict[str, Any]) -> int:
+def run_command(target: str, o: BenchOptions) -> int:
     """Run a bench from CLI options; returns the exit code."""
-    from edgecloud.bench.workloads import WorkloadError, encode_bodies, load_workload
+    from edgecloud.bench.workloads import encode_bodies, load_workload
 
     console = Console(stderr=True, soft_wrap=True)  # messages stay whole lines (greppable)
     api_key = None
-    if o["api_key_env"]:
-        api_key = os.environ.get(o["api_key_env"])
+    if o.api_key_env:
+        api_key = os.environ.get(o.api_key_env)
         if not api_key:
-            console.print(f"[red]env var {o['api_key_env']} is not set (it should hold the key)")
+            console.print(f"[red]env var {o.api_key_env} is not set (it should hold the key)")
             return EXIT_TARGET
     try:
-        wl = load_workload(o["workload"], seed=o["seed"])
+        wl = load_workload(o.workload, seed=o.seed)
     except WorkloadError as exc:
         console.print(f"[red]{exc}")
         return EXIT_TARGET
@@ -106,13 +93,13 @@ def run_command(target: str, o: dict[str, Any]) -> int:
         runner = asyncio.Runner()
     with runner:
         results = runner.run(_main(target, o, wl, api_key, console, encode_bodies))
-    write_results(results, o["out"])
-    if o["report"]:
+    write_results(results, o.out)
+    if o.report:
         from edgecloud.bench.render import render_run
 
-        o["report"].write_text(render_run(results), encoding="utf-8")
+        o.report.write_text(render_run(results), encoding="utf-8")
     print_summary(console, results)
-    where = f"results: {o['out']}" + (f", report: {o['report']}" if o["report"] else "")
+    where = f"results: {o.out}" + (f", report: {o.report}" if o.report else "")
     if not results.complete:
         console.print(f"[yellow]partial run: {results.note}[/]\n{where}")
         return EXIT_INTERRUPTED if "interrupted" in results.note else EXIT_TARGET
@@ -122,14 +109,14 @@ def run_command(target: str, o: dict[str, Any]) -> int:
 
 async def _main(
     target: str,
-    o: dict[str, Any],
+    o: BenchOptions,
     wl: Any,
     api_key: str | None,
     console: Console,
     encode_bodies: Any,
 ) -> BenchResults:
     from edgecloud.bench.client import Target
-    from edgecloud.bench.coldstart import ColdStartError, measure_cold_start
+    from edgecloud.bench.coldstart import measure_cold_start
     from edgecloud.bench.runner import RunSettings, api_root, run_bench
 
     loop = asyncio.get_running_loop()
@@ -145,34 +132,34 @@ async def _main(
         loop.add_signal_handler(sig, on_signal)
 
     # The model id is needed before the bodies; preflight confirms it during the run.
-    model = o["model"] or ""
+    model = o.model or ""
     bodies = encode_bodies(
-        wl, model=model or "default", max_tokens=o["max_tokens"], stream=o["stream"]
+        wl, model=model or "default", max_tokens=o.max_tokens, stream=o.stream
     )
     base = api_root(target)
     kept = None
     cold = None
-    server_pid = o["server_pid"]
-    if o["cold_start"]:
+    server_pid = o.server_pid
+    if o.cold_start:
         root = base[: -len("/v1")] if base.endswith("/v1") else base
-        tgt = Target(base, model, api_key, wl.route, True, o["timeout"])
+        tgt = Target(base, model, api_key, wl.route, True, o.timeout)
         try:
             cold, kept = await measure_cold_start(
-                o["cold_start"],
+                o.cold_start,
                 tgt,
                 root,
                 bodies[0],
-                runs=o["cold_start_runs"],
-                timeout_s=max(o["timeout"], 300.0),
-                keep_last=not o["cold_start_only"],
+                runs=o.cold_start_runs,
+                timeout_s=max(o.timeout, 300.0),
+                keep_last=not o.cold_start_only,
             )
         except ColdStartError as exc:
             return BenchResults(
                 endpoint=base,
                 model=model,
-                scenario=o["scenario"],
+                scenario=o.scenario,
                 workload=wl.name,
-                label=o["label"],
+                label=o.label,
                 complete=False,
                 note=str(exc),
             )
@@ -183,30 +170,30 @@ async def _main(
             model = await _first_model(base, api_key)
             if model:
                 bodies = encode_bodies(
-                    wl, model=model, max_tokens=o["max_tokens"], stream=o["stream"]
+                    wl, model=model, max_tokens=o.max_tokens, stream=o.stream
                 )
         settings = RunSettings(
-            scenario=o["scenario"],
-            levels=o["levels"],
+            scenario=o.scenario,
+            levels=o.levels,
             bodies=bodies,
             workload=wl.name,
-            requests=o["requests"],
-            duration_s=o["duration"],
-            slo=o["slo"],
-            seed=o["seed"],
-            warmup=o["warmup"],
-            label=o["label"],
+            requests=o.requests,
+            duration_s=o.duration,
+            slo=dict(o.slo),
+            seed=o.seed,
+            warmup=o.warmup,
+            label=o.label,
             server_pid=server_pid,
-            watts_per_core=o["watts_per_core"],
-            tokenizer=o["tokenizer"],
+            watts_per_core=o.watts_per_core,
+            tokenizer=o.tokenizer,
         )
-        if o["cold_start_only"]:
+        if o.cold_start_only:
             results = BenchResults(
                 endpoint=base,
                 model=model,
-                scenario=o["scenario"],
+                scenario=o.scenario,
                 workload=wl.name,
-                label=o["label"],
+                label=o.label,
             )
         else:
             results = await _with_progress(
@@ -215,13 +202,13 @@ async def _main(
                     settings,
                     model=model or None,
                     api_key=api_key,
-                    stream=o["stream"],
+                    stream=o.stream,
                     route=wl.route,
-                    timeout_s=o["timeout"],
+                    timeout_s=o.timeout,
                     stop=stop,
-                    progress=None if o["quiet"] else _Bar.update,
+                    progress=None if o.quiet else _Bar.update,
                 ),
-                quiet=o["quiet"],
+                quiet=o.quiet,
                 console=console,
             )
     finally:
@@ -233,7 +220,7 @@ async def _main(
 
 async def _first_model(base: str, api_key: str | None) -> str:
     from edgecloud.bench.client import make_session
-    from edgecloud.bench.runner import TargetError, preflight
+    from edgecloud.bench.runner import preflight
 
     session = make_session(1, 10.0)
     try:
@@ -301,7 +288,3 @@ def compare_command(files: list[str], report: Path | None) -> int:
         report.write_text(render_compare(runs), encoding="utf-8")
         console.print(f"report: {report}")
     return 0
-
-
-def host_of(url: str) -> str:
-    return urlsplit(url).netloc

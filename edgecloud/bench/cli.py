@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -108,13 +107,15 @@ def bench(
     )
     if scenario in ("concurrency", "burst") and any(v != int(v) for v in levels):
         raise typer.BadParameter("--concurrency wants whole numbers")
+    from edgecloud.bench.options import BenchOptions
+
     slo = {k: v for k, v in (("ttft_ms", slo_ttft_ms), ("e2e_ms", slo_e2e_ms)) if v}
-    opts: dict[str, Any] = dict(
+    opts = BenchOptions(
         model=model,
         api_key_env=api_key_env,
         workload=workload,
-        scenario=scenario,
-        levels=levels,
+        scenario=scenario,  # type: ignore[arg-type]  # checked above
+        levels=tuple(levels),
         requests=requests,
         duration=duration,
         max_tokens=max_tokens,
@@ -131,7 +132,7 @@ def bench(
         cold_start=cold_start,
         cold_start_runs=cold_start_runs,
         cold_start_only=cold_start_only,
-        quiet=quiet,
         tokenizer=tokenizer,
+        quiet=quiet,
     )
     raise typer.Exit(bench_app.run_command(target, opts))

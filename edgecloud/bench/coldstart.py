@@ -11,16 +11,13 @@ import httpx
 import orjson
 
 from edgecloud.bench.client import Target, make_session
+from edgecloud.bench.errors import ColdStartError
 from edgecloud.bench.results import ColdStart
 from edgecloud.bench.sse import StreamScanner
 from edgecloud.bench.stats import summarize
 from edgecloud.supervise import ManagedProcess
 
 _POLL_S = 0.02
-
-
-class ColdStartError(Exception):
-    """The server command exited or never produced a first token."""
 
 
 async def cold_start_once(

@@ -10,7 +10,7 @@ import asyncio
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +79,19 @@ async def _run_until_stopped(work: asyncio.Future[Any], stop: asyncio.Event) -> 
         await asyncio.gather(work, stopper, return_exceptions=True)
 
 
+async def _run_level(
+    out: LevelOutcome, col: _Collector, work: Callable[[], Awaitable[None]], stop: asyncio.Event
+) -> LevelOutcome:
+    """Run one level's `work` until it ends or `stop` is set; record its span and CPU time."""
+    cpu0 = time.process_time()
+    out.started = time.perf_counter()
+    await _run_until_stopped(asyncio.ensure_future(work()), stop)
+    col.closed = True
+    out.ended = time.perf_counter()
+    out.cpu_s = time.process_time() - cpu0
+    return out
+
+
 async def closed_loop(
     sender: RequestSender,
     bodies: Sequence[bytes],
@@ -93,11 +106,8 @@ async def closed_loop(
     out = LevelOutcome(level=float(concurrency))
     col = _Collector(out, stop, tick)
     next_index = 0
-    cpu0 = time.process_time()
-    out.started = time.perf_counter()
-    deadline = out.started + duration_s if duration_s else None
 
-    async def worker() -> None:
+    async def worker(deadline: float | None) -> None:
         nonlocal next_index
         while not stop.is_set():
             if count is not None and next_index >= count:
@@ -108,12 +118,11 @@ async def closed_loop(
             next_index += 1
             col.add(await sender.send(bodies[i % len(bodies)], out.level))
 
-    work = asyncio.ensure_future(asyncio.gather(*(worker() for _ in range(concurrency))))
-    await _run_until_stopped(work, stop)
-    col.closed = True
-    out.ended = time.perf_counter()
-    out.cpu_s = time.process_time() - cpu0
-    return out
+    async def workers() -> None:
+        deadline = out.started + duration_s if duration_s else None
+        await asyncio.gather(*(worker(deadline) for _ in range(concurrency)))
+
+    return await _run_level(out, col, workers, stop)
 
 
 async def open_loop(
@@ -189,13 +198,7 @@ async def open_loop(
             quit_pacer.set()
             sys.setswitchinterval(switch)
 
-    cpu0 = time.process_time()
-    out.started = time.perf_counter()
-    await _run_until_stopped(asyncio.ensure_future(dispatch()), stop)
-    col.closed = True
-    out.ended = time.perf_counter()
-    out.cpu_s = time.process_time() - cpu0
-    return out
+    return await _run_level(out, col, dispatch, stop)
 
 
 async def bursts(
@@ -224,10 +227,4 @@ async def bursts(
             if sent < count:
                 await asyncio.sleep(gap_s)
 
-    cpu0 = time.process_time()
-    out.started = time.perf_counter()
-    await _run_until_stopped(asyncio.ensure_future(rounds()), stop)
-    col.closed = True
-    out.ended = time.perf_counter()
-    out.cpu_s = time.process_time() - cpu0
-    return out
+    return await _run_level(out, col, rounds, stop)

@@ -10,7 +10,7 @@ import platform
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from edgecloud.bench.results import Energy
 from edgecloud.bench.stats import counter_delta, energy_ratios, estimate_joules
@@ -223,31 +223,32 @@ class ResourceSampler:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
+
+        def energy(
+            source: Literal["nvml", "rapl", "estimate"],
+            joules: float,
+            note: str,
+            measured: bool = True,
+        ) -> Energy:
+            per_req, per_j = energy_ratios(joules, requests, output_tokens)
+            return Energy(
+                source=source,
+                measured=measured,
+                joules=joules,
+                joules_per_request=per_req,
+                tokens_per_joule=per_j,
+                note=note,
+            )
+
         try:
             if self._nvml is not None and self._nvml0 is not None:
                 end = self._nvml.energy_mj()
                 if end is not None:
                     joules = (end - self._nvml0) / 1000.0
-                    per_req, per_j = energy_ratios(joules, requests, output_tokens)
-                    return Energy(
-                        source="nvml",
-                        measured=True,
-                        joules=joules,
-                        joules_per_request=per_req,
-                        tokens_per_joule=per_j,
-                        note="GPU energy counter (NVML), all GPUs",
-                    )
+                    return energy("nvml", joules, "GPU energy counter (NVML), all GPUs")
             if self._rapl is not None:
                 joules = self._rapl.joules(self._rapl0, self._rapl.read())
-                per_req, per_j = energy_ratios(joules, requests, output_tokens)
-                return Energy(
-                    source="rapl",
-                    measured=True,
-                    joules=joules,
-                    joules_per_request=per_req,
-                    tokens_per_joule=per_j,
-                    note="Intel RAPL package counters (whole machine)",
-                )
+                return energy("rapl", joules, "Intel RAPL package counters (whole machine)")
             if self._server is not None:
                 cpu_s = self._server_cpu() - self._server_cpu0
                 scope = f"server process {self.server_pid}"
@@ -255,17 +256,11 @@ class ResourceSampler:
                 t1 = psutil.cpu_times()
                 cpu_s = _busy(t1) - _busy(self._cpu_times0)
                 scope = "whole machine (no server pid: includes the bench itself)"
-            joules = estimate_joules(cpu_s, watts_per_core)
-            per_req, per_j = energy_ratios(joules, requests, output_tokens)
-            return Energy(
-                source="estimate",
-                measured=False,
-                joules=joules,
-                joules_per_request=per_req,
-                tokens_per_joule=per_j,
-                note=f"estimate: {cpu_s:.2f} CPU-s of the {scope} x "
-                f"{watts_per_core:g} W per busy core; no RAPL/NVML counter",
+            note = (
+                f"estimate: {cpu_s:.2f} CPU-s of the {scope} x "
+                f"{watts_per_core:g} W per busy core; no RAPL/NVML counter"
             )
+            return energy("estimate", estimate_joules(cpu_s, watts_per_core), note, False)
         finally:
             if self._nvml is not None:
                 self._nvml.close()

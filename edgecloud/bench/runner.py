@@ -17,22 +17,15 @@ import orjson
 
 from edgecloud.bench import loadgen
 from edgecloud.bench.client import RequestSender, Target, make_session
+from edgecloud.bench.errors import TargetError, TokenizerError
+from edgecloud.bench.options import Scenario
 from edgecloud.bench.results import BenchResults, LevelSummary, RequestRecord
 from edgecloud.bench.stats import find_knee, summarize, summarize_level
 
 log = logging.getLogger("edgecloud.bench")
 
-Scenario = Literal["single", "concurrency", "rate", "burst"]
 TokenSource = Literal["server_usage", "tokenizer", "chunks"]
 Progress = Callable[[float, int, int | None], None]  # level, done, total (None: by time)
-
-
-class BenchError(Exception):
-    """Base of the bench's own errors."""
-
-
-class TargetError(BenchError):
-    """The endpoint cannot be benchmarked (refused, unauthorized, not OpenAI, hangs)."""
 
 
 @dataclass
@@ -191,7 +184,7 @@ async def run_bench(
         target = Target(base, results.model, api_key, route, stream, timeout_s)
         counter = None
         if settings.tokenizer:
-            from edgecloud.bench.tokens import TokenizerError, load_counter
+            from edgecloud.bench.tokens import load_counter
 
             try:
                 counter = await asyncio.to_thread(load_counter, settings.tokenizer)

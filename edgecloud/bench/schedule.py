@@ -26,16 +26,3 @@ def poisson_schedule(
         out.append(t)
     return out
 
-
-def burst_schedule(size: int, count: int, gap_s: float) -> list[tuple[float, int]]:
-    """Rounds of `size` simultaneous requests until `count` are sent: (offset hint, n).
-
-    The offset is a lower bound: a round starts `gap_s` after the previous one finished.
-    """
-    rounds = []
-    left = count
-    while left > 0:
-        n = min(size, left)
-        rounds.append((gap_s, n))
-        left -= n
-    return rounds

@@ -9,9 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-
-class TokenizerError(ValueError):
-    """The tokenizer file cannot be used; the message says why."""
+from edgecloud.bench.errors import TokenizerError
 
 
 def load_counter(path: str) -> Callable[[str], int]:

@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 
+from edgecloud.bench.errors import WorkloadError
+
 BUILTIN = ("short-chat", "long-context", "phone-agent")
 
 _TOPICS = (
@@ -62,10 +64,6 @@ _WORDS = (
     "model",
     "budget",
 )
-
-
-class WorkloadError(ValueError):
-    """A workload name or file that cannot be used; the message says which line and why."""
 
 
 @dataclass(frozen=True)

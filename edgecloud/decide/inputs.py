@@ -10,11 +10,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from edgecloud.gateway.config import PiiKind
+from edgecloud.gateway.config import DEFAULT_DETECT, PiiKind
 
 Percentile = Literal["p50", "p90", "p95", "p99"]
-# What the gateway can detect (its policy.privacy.detect); the design's default set.
-DEFAULT_DETECT: list[PiiKind] = ["email", "phone", "id_card", "bank_card", "ip", "secret"]
 
 
 class _Strict(BaseModel):

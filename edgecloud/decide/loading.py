@@ -9,10 +9,9 @@ import json
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
-from edgecloud.api.yamlconfig import yaml_line
+from edgecloud.api.yamlconfig import load_model, parse_model
 from edgecloud.bench.results import SCHEMA_VERSION, BenchResults
 from edgecloud.decide.decision import DecisionInputs
 from edgecloud.decide.errors import BenchMismatch, InputError
@@ -26,49 +25,16 @@ from edgecloud.decide.measurements import (
 )
 
 M = TypeVar("M", bound=BaseModel)
-_Path = tuple[str | int, ...]
 
 
 def parse_yaml(text: str, model: type[M], file: str = "") -> M:
-    """Validate YAML text against `model`; errors name the field and its line."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        raise InputError(
-            f"not valid YAML ({getattr(exc, 'problem', exc)})", file=file, line=line
-        ) from None
-    if not isinstance(data, dict):
-        raise InputError("expected a mapping of fields at the top level", file=file, line=1)
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
-        field = ".".join(str(p) for p in loc)
-        msg = err["msg"]
-        if err["type"] == "missing":
-            msg = "this field is required"
-        elif err["type"] == "extra_forbidden":
-            msg = "unknown field (check its spelling in docs/decide.md)"
-        more = len(exc.errors()) - 1
-        if more:
-            msg += f" (and {more} more problem{'s' if more > 1 else ''})"
-        raise InputError(msg, file=file, field=field, line=yaml_line(node, loc)) from None
+    """Validate YAML text against `model`; errors name the file, the field and its line."""
+    return parse_model(text, model, file, error=InputError)
 
 
 def load_yaml(path: str | Path, model: type[M]) -> M:
     """Read and validate one YAML input file."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError("file not found", file=str(p)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read it ({exc})", file=str(p)) from None
-    return parse_yaml(text, model, file=str(p))
+    return load_model(path, model, error=InputError)
 
 
 def load_bench(path: str | Path) -> BenchResults:

@@ -34,8 +34,9 @@ def demo(
 ) -> None:
     from rich.console import Console
 
-    from edgecloud.demo.runner import DemoOptions, run_demo
+    from edgecloud.demo.runner import run_demo
     from edgecloud.demo.summary import print_summary
+    from edgecloud.demo.types import DemoOptions
     from edgecloud.demo.wan import LinkProfile
 
     console = Console()

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
+from edgecloud.demo.types import DemoOptions, DemoResult
 from edgecloud.report import Section, escape, figure_svg, new_figure, render_page, table_html
-
-if TYPE_CHECKING:
-    from edgecloud.demo.runner import DemoOptions, DemoResult
 
 LANES = {"edge": 2, "cloud": 1, "refused": 0, "error": 0}
 COLORS = [

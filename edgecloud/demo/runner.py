@@ -13,78 +13,22 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 from rich.console import Console
-from rich.live import Live
-from rich.table import Table
 
 from edgecloud.demo.driver import Outcome, send
+from edgecloud.demo.live import LiveView
+from edgecloud.demo.report import write_report
 from edgecloud.demo.scenario import DemoRequest, build_phases
 from edgecloud.demo.stack import DemoStack, StackOptions
-from edgecloud.demo.wan import LinkProfile
+from edgecloud.demo.types import DemoOptions, DemoResult
 from edgecloud.supervise import edgecloud_command
 
-
-@dataclass
-class DemoOptions:
-    out_dir: Path
-    quick: bool = False
-    link: LinkProfile = field(default_factory=LinkProfile)
-    max_tokens: int = 24
-    bench: bool = True
-    decide: bool = True
-
-
-@dataclass
-class DemoResult:
-    outcomes: list[Outcome]
-    guarantees: dict[str, Any]
-    files: dict[str, str]
-    pids: list[int]
-    gateway_metrics: dict[str, float]
-
-
-class LiveView:
-    """The rolling table of the last requests, with the current phase in the title."""
-
-    def __init__(self, console: Console, rows: int = 14) -> None:
-        self.console = console
-        self.rows = rows
-        self.outcomes: list[Outcome] = []
-        self.phase = ""
-        self.live = Live(self._table(), console=console, refresh_per_second=8, transient=False)
-
-    def _table(self) -> Table:
-        t = Table(title=f"edgecloud demo — {self.phase}", expand=True, title_justify="left")
-        for col in ("#", "phase", "kind", "placed", "reason", "status", "ms"):
-            t.add_column(col, no_wrap=col != "reason", overflow="fold")
-        start = max(0, len(self.outcomes) - self.rows)
-        for i, o in enumerate(self.outcomes[start:], start=start + 1):
-            color = {"edge": "green", "cloud": "cyan", "refused": "yellow"}.get(o.placement, "red")
-            t.add_row(
-                str(i),
-                o.phase,
-                o.kind + (" 🔒" if o.private else ""),
-                f"[{color}]{o.placement}[/]",
-                o.endpoint,
-                o.reason,
-                str(o.status),
-                f"{o.e2e_ms:.0f}",
-            )
-        return t
-
-    def add(self, o: Outcome) -> None:
-        self.outcomes.append(o)
-        self.live.update(self._table())
-
-    def set_phase(self, phase: str) -> None:
-        self.phase = phase
-        self.live.update(self._table())
+__all__ = ["DemoOptions", "DemoResult", "pid_alive", "run_demo", "summarise"]
 
 
 def _scrape(url: str) -> dict[str, float]:
@@ -294,8 +238,6 @@ def run_demo(opts: DemoOptions, console: Console) -> DemoResult:
     guarantees["cloud_link_private_marker_hits"] = sum(stack.tap.hits.values())
     guarantees["cloud_link_bytes"] = stack.tap.bytes_seen
     result = DemoResult(view.outcomes, guarantees, files, stack.pids, metrics)
-    from edgecloud.demo.report import write_report
-
     files["report"] = str(write_report(opts, result))
     files["summary"] = str(_write_summary(opts, result))
     return result

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from edgecloud.demo.wan import LinkProfile, MarkerTap, WanLink
+from edgecloud.gateway.config import DEFAULT_DETECT, GatewayConfig, config_yaml
 from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port
 
 
@@ -21,41 +20,43 @@ class StackOptions:
     gateway_port: int = 0
 
 
-def gateway_config(edge_url: str, cloud_url: str, edge_parallel: int) -> dict[str, object]:
+def gateway_config(edge_url: str, cloud_url: str, edge_parallel: int) -> GatewayConfig:
     """The policy the demo runs: personal data and screenshots stay on the edge, EU data in EU
     regions, CN data on the device, overflow to the cloud."""
-    return {
-        "endpoints": [
-            {
-                "name": "edge-local",
-                "tier": "edge",
-                "url": edge_url,
-                "region": "device",
-                "capabilities": ["text"],
-                "max_concurrency": edge_parallel,
-                "price": {"input_per_mtok": 0.0, "output_per_mtok": 0.0},
+    return GatewayConfig.model_validate(
+        {
+            "endpoints": [
+                {
+                    "name": "edge-local",
+                    "tier": "edge",
+                    "url": edge_url,
+                    "region": "device",
+                    "capabilities": ["text"],
+                    "max_concurrency": edge_parallel,
+                    "price": {"input_per_mtok": 0.0, "output_per_mtok": 0.0},
+                },
+                {
+                    "name": "cloud-eu",
+                    "tier": "cloud",
+                    "url": cloud_url,
+                    "region": "eu-central-1",
+                    "capabilities": ["text"],
+                    "max_concurrency": 8,
+                    "price": {"input_per_mtok": 0.5, "output_per_mtok": 1.5},
+                },
+            ],
+            "policy": {
+                "residency": {"eu": ["eu-central-1", "device"], "cn": ["device"]},
+                "privacy": {
+                    "detect": list(DEFAULT_DETECT),
+                    "action": "edge_only",
+                    "images": "edge_only",
+                },
+                "offload": {"edge_queue_above": 1},
             },
-            {
-                "name": "cloud-eu",
-                "tier": "cloud",
-                "url": cloud_url,
-                "region": "eu-central-1",
-                "capabilities": ["text"],
-                "max_concurrency": 8,
-                "price": {"input_per_mtok": 0.5, "output_per_mtok": 1.5},
-            },
-        ],
-        "policy": {
-            "residency": {"eu": ["eu-central-1", "device"], "cn": ["device"]},
-            "privacy": {
-                "detect": ["email", "phone", "id_card", "bank_card", "iban", "ip", "secret"],
-                "action": "edge_only",
-                "images": "edge_only",
-            },
-            "offload": {"edge_queue_above": 1},
-        },
-        "limits": {"health_interval_s": 0.5, "breaker_failures": 2, "breaker_open_s": 2.0},
-    }
+            "limits": {"health_interval_s": 0.5, "breaker_failures": 2, "breaker_open_s": 2.0},
+        }
+    )
 
 
 class DemoStack:
@@ -76,10 +77,6 @@ class DemoStack:
     @property
     def edge_url(self) -> str:
         return f"http://127.0.0.1:{self.edge_port}"
-
-    @property
-    def cloud_direct_url(self) -> str:
-        return f"http://127.0.0.1:{self.cloud_port}"
 
     @property
     def cloud_url(self) -> str:
@@ -130,7 +127,7 @@ class DemoStack:
         cfg = gateway_config(f"{self.edge_url}/v1", f"{self.cloud_url}/v1", o.edge_parallel)
         cfg_path.write_text(
             "# Written by `edgecloud demo`: the cloud endpoint sits behind an emulated WAN link.\n"
-            + yaml.safe_dump(cfg, sort_keys=False)
+            + config_yaml(cfg)
         )
         port = o.gateway_port or free_port()
         self.gateway_url = f"http://127.0.0.1:{port}"

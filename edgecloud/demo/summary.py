@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from rich.console import Console
 from rich.table import Table
 
-if TYPE_CHECKING:
-    from edgecloud.demo.runner import DemoOptions, DemoResult
+from edgecloud.demo.types import DemoOptions, DemoResult
 
 
 def _fmt(v: float | None) -> str:
-    return "–" if v is None else f"{v:.0f}"
+    return "–" if v is None else f"{v:,.0f}"
 
 
 def print_summary(console: Console, opts: DemoOptions, result: DemoResult) -> None:

@@ -86,28 +86,37 @@ def keda_scaled_object(values: Values) -> Obj:
     }
 
 
-def node_hpa(values: Values) -> Obj:
-    a = values.node.autoscaling
+def hpa(
+    values: Values, component: str, min_replicas: int, max_replicas: int, metric: Obj,
+    behavior_: Obj,
+) -> Obj:
+    """A HorizontalPodAutoscaler (autoscaling/v2) of the component's Deployment."""
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
-        "metadata": meta(values, "node"),
+        "metadata": meta(values, component),
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
-                               "name": name(values, "node")},
-            "minReplicas": a.min_replicas,
-            "maxReplicas": a.max_replicas,
-            "metrics": [{
-                "type": "Pods",
-                "pods": {
-                    "metric": {"name": ADAPTER_METRIC},
-                    "target": {"type": "AverageValue",
-                               "averageValue": quantity(a.target_inflight_per_pod)},
-                },
-            }],
-            "behavior": behavior(values),
+                               "name": name(values, component)},
+            "minReplicas": min_replicas,
+            "maxReplicas": max_replicas,
+            "metrics": [metric],
+            "behavior": behavior_,
         },
     }
+
+
+def node_hpa(values: Values) -> Obj:
+    a = values.node.autoscaling
+    metric = {
+        "type": "Pods",
+        "pods": {
+            "metric": {"name": ADAPTER_METRIC},
+            "target": {"type": "AverageValue",
+                       "averageValue": quantity(a.target_inflight_per_pod)},
+        },
+    }
+    return hpa(values, "node", a.min_replicas, a.max_replicas, metric, behavior(values))
 
 
 def adapter_rules(values: Values) -> Obj:
@@ -131,29 +140,18 @@ def adapter_rules(values: Values) -> Obj:
 
 def gateway_hpa(values: Values) -> Obj:
     g = values.gateway.autoscaling
-    return {
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
-        "metadata": meta(values, "gateway"),
-        "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
-                               "name": name(values, "gateway")},
-            "minReplicas": g.min_replicas,
-            "maxReplicas": g.max_replicas,
-            "metrics": [{
-                "type": "Resource",
-                "resource": {"name": "cpu",
-                             "target": {"type": "Utilization",
-                                        "averageUtilization": g.target_cpu_percent}},
-            }],
-            "behavior": {
-                "scaleUp": {"stabilizationWindowSeconds": 0, "selectPolicy": "Max",
-                            "policies": [{"type": "Percent", "value": 100, "periodSeconds": 15}]},
-                "scaleDown": {"stabilizationWindowSeconds": 300, "selectPolicy": "Max",
-                              "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}]},
-            },
-        },
+    metric = {
+        "type": "Resource",
+        "resource": {"name": "cpu",
+                     "target": {"type": "Utilization", "averageUtilization": g.target_cpu_percent}},
     }
+    gateway_behavior = {
+        "scaleUp": {"stabilizationWindowSeconds": 0, "selectPolicy": "Max",
+                    "policies": [{"type": "Percent", "value": 100, "periodSeconds": 15}]},
+        "scaleDown": {"stabilizationWindowSeconds": 300, "selectPolicy": "Max",
+                      "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}]},
+    }
+    return hpa(values, "gateway", g.min_replicas, g.max_replicas, metric, gateway_behavior)
 
 
 def autoscaling_objects(values: Values) -> list[Obj]:

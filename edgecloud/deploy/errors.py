@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from edgecloud.api.yamlconfig import ConfigError
+
 
 class DeployError(Exception):
     """Base of every error raised while rendering deployment files."""
 
 
-class ValuesError(DeployError):
-    """A values file is unreadable or invalid; the message names the field and the line."""
+class ValuesError(DeployError, ConfigError):
+    """A values file is unreadable or invalid; the message names the file, line and field."""
 
 
 class CapacityError(DeployError):

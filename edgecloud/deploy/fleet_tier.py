@@ -20,6 +20,8 @@ from edgecloud.deploy.workloads import (
     tracing_env,
 )
 
+TLS_DIR = "/etc/edgecloud/fleet-tls"
+
 
 def fleet_objects(values: Values) -> list[Obj]:
     f = values.fleet
@@ -39,16 +41,22 @@ def fleet_objects(values: Values) -> list[Obj]:
     ]
     args = ["fleet", "serve", "--host", "0.0.0.0", "--port", str(f.port),
             "--repo", "/data/repo", "--db", "$(EDGECLOUD_FLEET_DB)"]
-    if f.device_token_secret:
-        env.append({"name": "EDGECLOUD_FLEET_DEVICE_TOKEN", "valueFrom": {"secretKeyRef": {
-            "name": f.device_token_secret, "key": "token"}}})
-        args += ["--device-token-env", "EDGECLOUD_FLEET_DEVICE_TOKEN"]
+    env.append({"name": "EDGECLOUD_FLEET_TOKEN", "valueFrom": {"secretKeyRef": {
+        "name": f.operator_token_secret, "key": "token"}}})
+    args += ["--operator-token-env", "EDGECLOUD_FLEET_TOKEN"]
+    if f.tls_secret:
+        args += ["--tls-cert", f"{TLS_DIR}/tls.crt", "--tls-key", f"{TLS_DIR}/tls.key"]
+    else:
+        args += ["--allow-plain-http"]  # in-cluster; the Ingress ends TLS
     if f.keys_secret:
         args += ["--keys-dir", "/etc/edgecloud/fleet-keys"]
+    ready, live = probe("/healthz", "http", 5, 2), probe("/healthz", "http", 10, 3)
+    if f.tls_secret:
+        for p in (ready, live):
+            p["httpGet"]["scheme"] = "HTTPS"
     main = container(
         f.image, "fleet", args, f.port, env=env, resources=resources(f.resources),
-        readinessProbe=probe("/healthz", "http", 5, 2),
-        livenessProbe=probe("/healthz", "http", 10, 3),
+        readinessProbe=ready, livenessProbe=live,
     )
     main["volumeMounts"].append({"name": "repo", "mountPath": "/data"})
     volumes: list[Obj] = [
@@ -59,6 +67,10 @@ def fleet_objects(values: Values) -> list[Obj]:
             {"name": "keys", "mountPath": "/etc/edgecloud/fleet-keys", "readOnly": True})
         volumes.append({"name": "keys", "secret": {"secretName": f.keys_secret,
                                                    "defaultMode": 0o400}})
+    if f.tls_secret:
+        main["volumeMounts"].append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
+        volumes.append({"name": "tls", "secret": {"secretName": f.tls_secret,
+                                                  "defaultMode": 0o400}})
     dep = deployment(
         values, "fleet", 1, pod_spec([main], volumes), scrape_annotations(f.port)
     )

@@ -30,30 +30,57 @@ def _snake(relabel: Obj) -> Obj:
     return {keys.get(k, k): v for k, v in relabel.items()}
 
 
+FLEET_SECRETS = "/etc/prometheus/secrets"  # where Prometheus mounts the fleet's Secrets
+
+
+def _fleet_scrape(values: Values) -> Obj:
+    """How Prometheus reaches the fleet server's /metrics: with the operator token (https when
+    the server has a certificate)."""
+    f = values.fleet
+    out: Obj = {"authorization": {
+        "type": "Bearer",
+        "credentials_file": f"{FLEET_SECRETS}/{f.operator_token_secret}/token",
+    }}
+    if f.tls_secret:
+        out["scheme"] = "https"
+        out["tls_config"] = {"ca_file": f"{FLEET_SECRETS}/{f.tls_secret}/tls.crt"}
+    return out
+
+
 def scrape_config(values: Values) -> Obj:
-    """prometheus.yml: pods of the namespace that carry the prometheus.io annotations."""
+    """prometheus.yml: pods of the namespace that carry the prometheus.io annotations; the
+    fleet server in a job of its own, which sends the operator token its /metrics needs."""
     interval = f"{values.observability.scrape_interval_s}s"
-    relabels: list[Obj] = [
-        {"source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_part_of"],
-         "action": "keep", "regex": "edgecloud"},
-        {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"],
-         "action": "keep", "regex": "true"},
-        {"source_labels": ["__address__", "__meta_kubernetes_pod_annotation_prometheus_io_port"],
-         "action": "replace", "regex": r"([^:]+)(?::\d+)?;(\d+)", "replacement": "$1:$2",
-         "target_label": "__address__"},
-        {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_path"],
-         "action": "replace", "regex": "(.+)", "target_label": "__metrics_path__"},
-        *(_snake(r) for r in _relabel_common()),
+    component = "__meta_kubernetes_pod_label_app_kubernetes_io_component"
+
+    def relabels(fleet: bool) -> list[Obj]:
+        return [
+            {"source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_part_of"],
+             "action": "keep", "regex": "edgecloud"},
+            {"source_labels": [component], "action": "keep" if fleet else "drop",
+             "regex": "fleet"},
+            {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"],
+             "action": "keep", "regex": "true"},
+            {"source_labels": ["__address__",
+                               "__meta_kubernetes_pod_annotation_prometheus_io_port"],
+             "action": "replace", "regex": r"([^:]+)(?::\d+)?;(\d+)", "replacement": "$1:$2",
+             "target_label": "__address__"},
+            {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_path"],
+             "action": "replace", "regex": "(.+)", "target_label": "__metrics_path__"},
+            *(_snake(r) for r in _relabel_common()),
+        ]
+
+    sd = [{"role": "pod", "namespaces": {"names": [values.namespace]}}]
+    jobs: list[Obj] = [
+        {"job_name": "edgecloud", "kubernetes_sd_configs": sd, "relabel_configs": relabels(False)}
     ]
+    if values.fleet.enabled:
+        jobs.append({"job_name": "edgecloud-fleet", "kubernetes_sd_configs": sd,
+                     **_fleet_scrape(values), "relabel_configs": relabels(True)})
     return {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "rule_files": [RULES_FILE],
-        "scrape_configs": [{
-            "job_name": "edgecloud",
-            "kubernetes_sd_configs": [{"role": "pod",
-                                       "namespaces": {"names": [values.namespace]}}],
-            "relabel_configs": relabels,
-        }],
+        "scrape_configs": jobs,
     }
 
 
@@ -140,20 +167,33 @@ def alert_rules(values: Values) -> Obj:
     ]}
 
 
-def pod_monitor(values: Values) -> Obj:
+def pod_monitor(values: Values, fleet: bool = False) -> Obj:
+    """A PodMonitor for every part but the fleet server, or (fleet) for the fleet server with
+    the operator token its /metrics needs."""
+    endpoint: Obj = {
+        "port": "http",
+        "path": "/metrics",
+        "interval": f"{values.observability.scrape_interval_s}s",
+        "relabelings": _relabel_common(),
+    }
+    f = values.fleet
+    if fleet:
+        endpoint["bearerTokenSecret"] = {"name": f.operator_token_secret, "key": "token"}
+        if f.tls_secret:
+            endpoint["scheme"] = "https"
+            endpoint["tlsConfig"] = {"ca": {"secret": {"name": f.tls_secret, "key": "tls.crt"}}}
+    match = {"key": "app.kubernetes.io/component", "operator": "In" if fleet else "NotIn",
+             "values": ["fleet"]}
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PodMonitor",
-        "metadata": {**meta(values, "monitoring"), "name": values.name_prefix},
+        "metadata": {**meta(values, "monitoring"),
+                     "name": values.name_prefix + ("-fleet" if fleet else "")},
         "spec": {
-            "selector": {"matchLabels": {"app.kubernetes.io/part-of": "edgecloud"}},
+            "selector": {"matchLabels": {"app.kubernetes.io/part-of": "edgecloud"},
+                         "matchExpressions": [match]},
             "namespaceSelector": {"matchNames": [values.namespace]},
-            "podMetricsEndpoints": [{
-                "port": "http",
-                "path": "/metrics",
-                "interval": f"{values.observability.scrape_interval_s}s",
-                "relabelings": _relabel_common(),
-            }],
+            "podMetricsEndpoints": [endpoint],
         },
     }
 
@@ -168,5 +208,7 @@ def prometheus_rule(values: Values) -> Obj:
 
 
 def operator_objects(values: Values) -> list[Obj]:
-    return [pod_monitor(values), prometheus_rule(values)] if (
-        values.observability.prometheus_operator) else []
+    if not values.observability.prometheus_operator:
+        return []
+    fleet = [pod_monitor(values, fleet=True)] if values.fleet.enabled else []
+    return [pod_monitor(values), *fleet, prometheus_rule(values)]

@@ -9,13 +9,13 @@ defaults written out for users to copy (a test keeps the two equal).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from edgecloud.api.yamlconfig import yaml_line
+from edgecloud.api.yamlconfig import load_model, parse_model
 from edgecloud.deploy.errors import ValuesError
+from edgecloud.gateway.config import GatewayConfig
 
 DEFAULT_VALUES_FILE = Path(__file__).with_name("default-values.yaml")
 
@@ -141,9 +141,14 @@ class Gateway(_Strict):
     pdb_max_unavailable: int = Field(default=1, ge=1)
     # Secret whose keys become env vars (upstream API keys named by the config's api_key_env).
     env_secret: str = ""
-    # The gateway's YAML configuration (shared/DESIGN.md shape); empty: one cloud endpoint,
-    # the in-cluster node Service.
-    config: dict[str, Any] = Field(default_factory=dict)
+    # The gateway's YAML configuration (shared/DESIGN.md shape), checked by the gateway's own
+    # model; empty: one cloud endpoint, the in-cluster node Service.
+    config: GatewayConfig | None = None
+
+    @field_validator("config", mode="before")
+    @classmethod
+    def _empty_is_default(cls, v: object) -> object:
+        return None if v == {} else v
 
 
 class Database(_Strict):
@@ -162,8 +167,12 @@ class Fleet(_Strict):
     database: Database = Field(default_factory=Database)
     # Secret with the online signing keys (files), mounted read-only; empty: REPO/keys.
     keys_secret: str = ""
-    # Secret (key "token") that devices must present; empty: no device token.
-    device_token_secret: str = ""
+    # Secret (key "token") with the operator token: status, metrics and enrolment tokens.
+    # Devices enrol with tokens issued by `edgecloud fleet enrol-token`, never this one.
+    operator_token_secret: str = "edgecloud-fleet-operator"
+    # kubernetes.io/tls Secret (tls.crt, tls.key) to serve https; empty: plain http inside
+    # the cluster (--allow-plain-http), with TLS ended by the Ingress in front of it.
+    tls_secret: str = ""
     resources: Resources = Field(default_factory=Resources)
 
 
@@ -220,45 +229,13 @@ class Values(_Strict):
     observability: Observability = Field(default_factory=Observability)
 
 
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def parse_values(text: str, source: str = "<values>") -> Values:
     """Validate a values document laid over the defaults; raises ValuesError."""
-    try:
-        data = yaml.safe_load(text) or {}
-        tree = yaml.compose(text)
-    except yaml.YAMLError as exc:
-        raise ValuesError(f"{source}: not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValuesError(f"{source}: the top level must be a mapping of settings")
-    try:
-        return Values.model_validate(_deep_merge(Values().model_dump(), data))
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if not str(p).startswith("function-"))
-            line = yaml_line(tree, loc)
-            where = f"{source}:{line}" if line else source
-            field = ".".join(str(p) for p in loc) or "(top level)"
-            problems.append(f"{where}: {field}: {err['msg']}")
-        raise ValuesError("invalid values:\n  " + "\n  ".join(problems)) from None
+    return parse_model(text, Values, source, base=Values().model_dump(), error=ValuesError)
 
 
 def load_values(path: str | Path | None = None) -> Values:
     """The defaults, or the defaults overlaid with the YAML file at `path`."""
     if path is None:
         return Values()
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ValuesError(f"cannot read values file {p}: {exc.strerror}") from exc
-    return parse_values(text, str(p))
+    return load_model(path, Values, base=Values().model_dump(), error=ValuesError)

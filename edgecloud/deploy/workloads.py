@@ -9,10 +9,16 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-import yaml
-
 from edgecloud.deploy.errors import ValuesError
 from edgecloud.deploy.values import Image, Resources, Values
+from edgecloud.gateway.config import (
+    DEFAULT_DETECT,
+    EndpointConfig,
+    GatewayConfig,
+    PolicyConfig,
+    PrivacyConfig,
+    config_yaml,
+)
 
 Obj = dict[str, Any]
 
@@ -181,37 +187,29 @@ def namespace(values: Values) -> Obj:
 
 # --- gateway ---
 
-def default_gateway_config(values: Values) -> Obj:
+def default_gateway_config(values: Values) -> GatewayConfig:
     """One cloud endpoint: the in-cluster node Service. Private requests fail closed (503)."""
     node_url = (
         f"http://{name(values, 'node')}.{values.namespace}.svc:{values.node.port}/v1"
     )
-    return {
-        "endpoints": [
-            {
-                "name": "cloud-node",
-                "tier": "cloud",
-                "url": node_url,
-                "region": "cloud",
-                "capabilities": ["text"],
-                "max_concurrency": values.node.parallel * values.node.autoscaling.max_replicas,
-            }
-        ],
-        "policy": {
-            "privacy": {
-                "detect": ["email", "phone", "id_card", "bank_card", "ip", "secret"],
-                "action": "edge_only",
-                "images": "edge_only",
-            },
-        },
-    }
+    node = EndpointConfig(
+        name="cloud-node",
+        tier="cloud",
+        url=node_url,
+        region="cloud",
+        capabilities=["text"],
+        max_concurrency=values.node.parallel * values.node.autoscaling.max_replicas,
+    )
+    privacy = PrivacyConfig(detect=list(DEFAULT_DETECT), action="edge_only", images="edge_only")
+    return GatewayConfig(endpoints=[node], policy=PolicyConfig(privacy=privacy))
 
 
 def gateway_config_text(values: Values) -> str:
+    """The gateway's YAML: `gateway.config` (validated at load by the gateway's own model) or
+    the default."""
     if not (values.gateway.config or values.node.enabled):
         raise ValuesError("node.enabled is false: give the gateway's endpoints in gateway.config")
-    config = values.gateway.config or default_gateway_config(values)
-    return yaml.safe_dump(config, sort_keys=False)
+    return config_yaml(values.gateway.config or default_gateway_config(values))
 
 
 def gateway_objects(values: Values) -> list[Obj]:

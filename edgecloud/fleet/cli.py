@@ -6,9 +6,16 @@ Thin: parse, call the library, render. Heavy imports stay inside the commands.
 from __future__ import annotations
 
 import os
+import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
+
+if TYPE_CHECKING:
+    from edgecloud.fleet.repository import ModelRepository
 
 release_app = typer.Typer(
     help="Publish signed model versions (a TUF repository) and steer their rollout.",
@@ -28,9 +35,24 @@ def _seconds(text: str) -> float:
     return float(text)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     typer.secho(f"error: {message}", fg="red", err=True)
     raise typer.Exit(1)
+
+
+@contextmanager
+def _locked_repository(repo: Path, *also: type[Exception]) -> Iterator[ModelRepository]:
+    """The repository at `repo` under its lock; a FleetError (or one of `also`) ends the
+    command with its message."""
+    from edgecloud.fleet.errors import FleetError
+    from edgecloud.fleet.repository import ModelRepository, repo_lock
+
+    caught: tuple[type[Exception], ...] = (FleetError, *also)
+    try:
+        with repo_lock(repo):
+            yield ModelRepository(repo)
+    except caught as exc:
+        _fail(str(exc))
 
 
 @release_app.command("init")
@@ -84,22 +106,16 @@ def release_add(
 
     Example: edgecloud release add ./repo model.gguf --name gemma-3-270m --version 1.1.0
     """
-    from edgecloud.fleet.errors import FleetError
-    from edgecloud.fleet.repository import ModelRepository, repo_lock
-
-    try:
-        with repo_lock(repo):
-            rel = ModelRepository(repo).add_model(
-                model_file,
-                name,
-                version,
-                notes=notes,
-                min_agent_version=min_agent_version,
-                stable=stable,
-                link=link,
-            )
-    except (FleetError, ValueError) as exc:
-        _fail(str(exc))
+    with _locked_repository(repo, ValueError) as r:
+        rel = r.add_model(
+            model_file,
+            name,
+            version,
+            notes=notes,
+            min_agent_version=min_agent_version,
+            stable=stable,
+            link=link,
+        )
     typer.echo(f"added {rel.model} {rel.version} ({rel.size} bytes, sha256 {rel.sha256[:12]})")
 
 
@@ -111,7 +127,9 @@ def release_rollout(
     percent: float = typer.Option(5.0, help="Start at this percentage of the fleet."),
     stages: str = typer.Option("5,25,100", help="Stages the controller walks through."),
     soak: str = typer.Option("60s", help="Time at each stage before the next."),
-    min_reports: int = typer.Option(1, help="Reports from the new version needed to advance."),
+    min_reports: int = typer.Option(
+        3, help="Quorum: distinct enrolled devices on the new version before gates judge it."
+    ),
     max_error_rate: float = typer.Option(0.05),
     max_p95_ms: float | None = typer.Option(None),
     min_eval_score: float | None = typer.Option(0.5),
@@ -122,8 +140,6 @@ def release_rollout(
 
     Example: edgecloud release rollout ./repo gemma-3-270m 1.1.0 --percent 5 --max-p95-ms 800
     """
-    from edgecloud.fleet.errors import FleetError
-    from edgecloud.fleet.repository import ModelRepository, repo_lock
     from edgecloud.fleet.rollout import Gates, RolloutPlan
 
     try:
@@ -139,10 +155,10 @@ def release_rollout(
             min_reports=min_reports,
             auto=not manual,
         )
-        with repo_lock(repo):
-            rel = ModelRepository(repo).start_rollout(name, version, percent, plan)
-    except (FleetError, ValueError) as exc:
+    except ValueError as exc:
         _fail(str(exc))
+    with _locked_repository(repo, ValueError) as r:
+        rel = r.start_rollout(name, version, percent, plan)
     typer.echo(f"{rel.model} {rel.version}: {rel.rollout.stage} at {rel.rollout.percent:g}%")
 
 
@@ -153,14 +169,8 @@ def release_rollback(
     reason: str = typer.Option("rolled back by the operator"),
 ) -> None:
     """Abort the version being rolled out (or the newest stable one): devices go back."""
-    from edgecloud.fleet.errors import FleetError
-    from edgecloud.fleet.repository import ModelRepository, repo_lock
-
-    try:
-        with repo_lock(repo):
-            rel = ModelRepository(repo).rollback(name, reason)
-    except FleetError as exc:
-        _fail(str(exc))
+    with _locked_repository(repo) as r:
+        rel = r.rollback(name, reason)
     typer.echo(f"{rel.model} {rel.version}: aborted")
 
 
@@ -170,14 +180,8 @@ def release_rotate_key(
     role: str = typer.Argument(..., help="root, targets, snapshot or timestamp"),
 ) -> None:
     """Replace a role's keys; devices that were offline follow the signed root chain."""
-    from edgecloud.fleet.errors import FleetError
-    from edgecloud.fleet.repository import ModelRepository, repo_lock
-
-    try:
-        with repo_lock(repo):
-            keyid = ModelRepository(repo).rotate_key(role)
-    except FleetError as exc:
-        _fail(str(exc))
+    with _locked_repository(repo) as r:
+        keyid = r.rotate_key(role)
     typer.echo(f"{role} key rotated; new key id {keyid[:16]}")
 
 
@@ -213,6 +217,14 @@ def _db_url(repo: Path, db: str, db_env: str | None) -> str:
     return db or f"sqlite:///{repo.resolve() / 'fleet.db'}"
 
 
+OPERATOR_TOKEN_ENV = "EDGECLOUD_FLEET_TOKEN"
+ENROL_TOKEN_ENV = "EDGECLOUD_ENROL_TOKEN"
+
+
+def _verify(ca_file: Path | None) -> ssl.SSLContext | bool:
+    return ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
+
+
 @fleet_app.command("serve")
 def fleet_serve(
     repo: Path = typer.Option(..., help="The release repository to serve."),
@@ -225,7 +237,21 @@ def fleet_serve(
     keys_dir: Path | None = typer.Option(None, help="Online keys [REPO/keys]."),
     tick: float = typer.Option(2.0, help="Seconds between rollout controller passes."),
     rate_limit: float | None = typer.Option(None, help="Bytes/s per model download."),
-    device_token_env: str | None = typer.Option(None, help="Env var with the device token."),
+    operator_token_env: str = typer.Option(
+        OPERATOR_TOKEN_ENV, help="Env var with the operator token (status, metrics, enrolment)."
+    ),
+    insecure_dev: bool = typer.Option(
+        False, help="No tokens at all: anyone may report and read status. Never on a network."
+    ),
+    tls_cert: Path | None = typer.Option(None, help="Certificate (PEM) to serve https."),
+    tls_key: Path | None = typer.Option(None, help="Private key (PEM) of --tls-cert."),
+    allow_plain_http: bool = typer.Option(
+        False, help="Serve http on a non-loopback --host (only behind a TLS proxy)."
+    ),
+    report_rate: float = typer.Option(1.0, help="Reports per second per device, sustained."),
+    report_burst: float = typer.Option(10.0, help="Reports a device may send in a burst."),
+    enrol_rate: float = typer.Option(20.0, help="Enrolments per second, fleet-wide."),
+    max_devices: int = typer.Option(100_000, help="Most devices that may enrol."),
     no_controller: bool = typer.Option(False, help="Serve only; never advance or abort."),
     header_timeout: float = typer.Option(10.0, help="Seconds a client may take to send headers."),
     body_timeout: float = typer.Option(60.0, help="Seconds a client may take to send a body."),
@@ -235,8 +261,9 @@ def fleet_serve(
 ) -> None:
     """Serve the TUF repository and the device API; run the rollout controller.
 
-    Example: FLEET_DB=postgresql://fleet:PASSWORD@db/fleet edgecloud fleet serve --repo ./repo
-    --db-env FLEET_DB
+    Example: EDGECLOUD_FLEET_TOKEN=... FLEET_DB=postgresql://fleet:PASSWORD@db/fleet
+    edgecloud fleet serve --repo ./repo --db-env FLEET_DB --host 0.0.0.0
+    --tls-cert fleet.pem --tls-key fleet-key.pem
     """
     from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
@@ -248,38 +275,76 @@ def fleet_serve(
 
     configure_logging()
     url = _db_url(repo, db, db_env)
-    token = os.environ.get(device_token_env) if device_token_env else None
+    token = os.environ.get(operator_token_env) or None
+    if token is not None and insecure_dev:
+        _fail(f"--insecure-dev ignores tokens: unset {operator_token_env} or drop the flag")
     try:
         shown = masked_url(url)
-        serve(
-            ServerConfig(
-                repo=repo,
-                db_url=url,
-                keys_dir=keys_dir,
-                tick_s=tick,
-                rate_limit_bps=rate_limit,
-                device_token=token,
-                controller=not no_controller,
-                limits=ServingLimits(
-                    header_timeout_s=header_timeout,
-                    body_timeout_s=body_timeout,
-                    max_connections=max_connections,
-                ),
+        config = ServerConfig(
+            repo=repo,
+            db_url=url,
+            keys_dir=keys_dir,
+            tick_s=tick,
+            rate_limit_bps=rate_limit,
+            operator_token=token,
+            insecure=insecure_dev,
+            report_rate=report_rate,
+            report_burst=report_burst,
+            enrol_rate=enrol_rate,
+            max_devices=max_devices,
+            controller=not no_controller,
+            limits=ServingLimits(
+                header_timeout_s=header_timeout,
+                body_timeout_s=body_timeout,
+                max_connections=max_connections,
             ),
-            host,
-            port,
         )
+        serve(config, host, port, tls_cert, tls_key, allow_plain_http)
     except FleetError as exc:
         _fail(str(exc))
+    except ValueError as exc:  # a too short operator token
+        _fail(f"{operator_token_env}: {exc}")
     except SQLAlchemyError as exc:  # the driver's message names host and user, not the password
         reason = exc.orig if isinstance(exc, DBAPIError) else exc
         _fail(f"cannot use the fleet database {shown}: {str(reason).strip()}")
+
+
+@fleet_app.command("enrol-token")
+def fleet_enrol_token(
+    server: str = typer.Option("http://127.0.0.1:8700", help="Fleet server URL."),
+    device_id: str | None = typer.Option(None, help="Bind the token to this device id."),
+    uses: int = typer.Option(1, help="Devices the token may enrol."),
+    ttl: str = typer.Option("1d", help="Time the token stays valid, e.g. 1h, 7d."),
+    operator_token_env: str = typer.Option(OPERATOR_TOKEN_ENV, help="Env var: operator token."),
+    ca_file: Path | None = typer.Option(None, help="CA bundle of the fleet server's certificate."),
+) -> None:
+    """Issue an enrolment token; give it to devices as EDGECLOUD_ENROL_TOKEN.
+
+    Example: edgecloud fleet enrol-token --server https://fleet:8700 --uses 50 --ttl 7d
+    """
+    from edgecloud.fleet.enrolment import request_enrolment_token
+    from edgecloud.fleet.errors import FleetError
+
+    try:
+        token = request_enrolment_token(
+            server,
+            os.environ.get(operator_token_env),
+            device_id=device_id,
+            uses=uses,
+            ttl_s=_seconds(ttl),
+            verify=_verify(ca_file),
+        )
+    except FleetError as exc:
+        _fail(str(exc))
+    typer.echo(token)
 
 
 @fleet_app.command("status")
 def fleet_status(
     server: str = typer.Option("http://127.0.0.1:8700", help="Fleet server URL."),
     as_json: bool = typer.Option(False, "--json", help="Print the raw JSON."),
+    operator_token_env: str = typer.Option(OPERATOR_TOKEN_ENV, help="Env var: operator token."),
+    ca_file: Path | None = typer.Option(None, help="CA bundle of the fleet server's certificate."),
 ) -> None:
     """Print the fleet: who runs what, rollouts, gate values, recent failures."""
     import httpx
@@ -287,7 +352,20 @@ def fleet_status(
     from rich.console import Console
     from rich.table import Table
 
-    data = httpx.get(f"{server.rstrip('/')}/v1/fleet/status", timeout=10).json()
+    token = os.environ.get(operator_token_env)
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    try:
+        r = httpx.get(
+            f"{server.rstrip('/')}/v1/fleet/status",
+            headers=headers,
+            timeout=10,
+            verify=_verify(ca_file),
+        )
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach the fleet server {server}: {exc}")
+    if r.status_code != 200:
+        _fail(f"the fleet server refused (HTTP {r.status_code}); set {operator_token_env}")
+    data = r.json()
     if as_json:
         typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
         return
@@ -320,28 +398,40 @@ def fleet_status(
 
 
 def agent(
-    server: str = typer.Option(..., help="Fleet server URL."),
+    server: str = typer.Option(..., help="Fleet server URL (https unless on this machine)."),
     models_dir: Path = typer.Option(..., help="Slots, state and TUF metadata live here."),
     node: str = typer.Option(..., help="The local node's base URL, e.g. http://127.0.0.1:8080"),
     model: str = typer.Option(..., help="The model name this box runs."),
     root: Path | None = typer.Option(None, help="Trusted root.json for a new device."),
     device_id: str | None = typer.Option(None, help="Stable device id [generated once]."),
     interval: float = typer.Option(30.0, help="Seconds between polls."),
+    max_backoff: float = typer.Option(300.0, help="Longest wait between polls that fail."),
     canary: Path | None = typer.Option(None, help="YAML list of {prompt, expect, max_tokens}."),
     canary_every: float = typer.Option(300.0, help="Seconds between health canaries."),
     min_eval_score: float = typer.Option(0.5, help="Local canary pass rate to keep a version."),
     admin_token_env: str = typer.Option("EDGECLOUD_ADMIN_TOKEN", help="Env var: node token."),
-    device_token_env: str | None = typer.Option(None, help="Env var: fleet device token."),
+    enrol_token_env: str = typer.Option(
+        ENROL_TOKEN_ENV, help="Env var: enrolment token, spent once for this device's credential."
+    ),
+    ca_file: Path | None = typer.Option(None, help="CA bundle of the fleet server's certificate."),
+    allow_plain_http: bool = typer.Option(
+        False, help="Allow http to a remote fleet server (only behind a trusted TLS proxy)."
+    ),
+    download_deadline: float = typer.Option(3600.0, help="Seconds one download may take."),
+    min_rate: float = typer.Option(1024.0, help="Slowest download rate kept up (bytes/s)."),
+    rate_window: float = typer.Option(30.0, help="Seconds over which --min-rate is measured."),
     once: bool = typer.Option(False, help="One poll, then exit."),
 ) -> None:
     """Keep this edge box on the right signed model version, with automatic rollback.
 
-    Example: edgecloud agent --server http://fleet:8700 --models-dir /var/lib/edgecloud
-    --node http://127.0.0.1:8080 --model gemma-3-270m --root root.json
+    Example: EDGECLOUD_ENROL_TOKEN=... edgecloud agent --server https://fleet:8700
+    --models-dir /var/lib/edgecloud --node http://127.0.0.1:8080 --model gemma-3-270m
+    --root root.json
     """
     from edgecloud.fleet.agent import Agent, AgentConfig
     from edgecloud.fleet.errors import FleetError
     from edgecloud.fleet.node_client import load_canaries
+    from edgecloud.fleet.transport import TransferLimits
     from edgecloud.logs import configure_logging
 
     configure_logging()
@@ -355,8 +445,12 @@ def agent(
                 root=root,
                 device_id=device_id,
                 admin_token=os.environ.get(admin_token_env),
-                device_token=os.environ.get(device_token_env) if device_token_env else None,
+                enrol_token=os.environ.get(enrol_token_env) or None,
+                ca_file=ca_file,
+                allow_plain_http=allow_plain_http,
                 interval_s=interval,
+                max_backoff_s=max_backoff,
+                limits=TransferLimits(download_deadline, min_rate, rate_window),
                 canaries=load_canaries(canary),
                 canary_every_s=canary_every,
                 min_eval_score=min_eval_score,

@@ -47,6 +47,7 @@ def control_once(
                 plan.gates,
                 release.version,
                 readings_for(snapshot, release.model, release.version),
+                quorum=plan.min_reports,
             )
             step = next_step(release.rollout, gates, now)
             key = f"{release.model} {release.version}"

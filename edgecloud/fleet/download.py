@@ -18,8 +18,9 @@ from pathlib import Path
 
 import httpx
 
-from edgecloud.fleet.errors import UpdateRefused
+from edgecloud.fleet.errors import TransferTooSlow, UpdateRefused
 from edgecloud.fleet.events import log_event
+from edgecloud.fleet.transport import TransferLimits, within
 
 
 class _Worker:
@@ -142,12 +143,20 @@ class _Sink:
             self.f.close()
 
 
-def download_resumable(client: httpx.Client, url: str, part: Path, length: int) -> str:
+def download_resumable(
+    client: httpx.Client,
+    url: str,
+    part: Path,
+    length: int,
+    limits: TransferLimits | None = None,
+) -> str:
     """Fetch `url` into `part` until it holds `length` bytes; returns the file's sha256.
 
     Raises UpdateRefused("target_too_long") as soon as the server sends more than `length`
-    bytes (an endless-data attack), and UpdateRefused("download_failed") on HTTP errors.
+    bytes (an endless-data attack), UpdateRefused("download_failed") on HTTP and transport
+    errors, and UpdateRefused("download_too_slow" | "download_deadline") past `limits`.
     """
+    limits = limits or TransferLimits()
     have = part.stat().st_size if part.exists() else 0
     if have > length:
         part.unlink()
@@ -159,7 +168,10 @@ def download_resumable(client: httpx.Client, url: str, part: Path, length: int) 
         log_event("download.resume", url=url, offset=have, length=length)
     sink: _Sink | None = None
     try:
-        with client.stream("GET", url, headers=headers) as resp:
+        with (
+            within(limits),
+            client.stream("GET", url, headers=headers, timeout=limits.timeout()) as resp,
+        ):
             if resp.status_code == 200:
                 have = 0  # the server ignored the range: start over
             elif resp.status_code == 206:
@@ -183,6 +195,10 @@ def download_resumable(client: httpx.Client, url: str, part: Path, length: int) 
                 sink.write(chunk)
     except httpx.HTTPError as exc:
         raise UpdateRefused("download_failed", f"{type(exc).__name__}: {exc}") from None
+    except TransferTooSlow as exc:
+        raise UpdateRefused(
+            exc.reason, f"{exc.detail}; {have} of {length} bytes, will resume"
+        ) from None
     finally:
         if sink is not None and have < length:
             sink.close()

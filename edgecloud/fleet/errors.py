@@ -40,3 +40,30 @@ class ActivationFailed(AgentError):
 
 class NodeUnreachable(AgentError):
     """The node's admin API did not answer."""
+
+
+class NodeBusy(AgentError):
+    """The node is in the middle of another model swap (HTTP 409): try again later."""
+
+
+class NodeAdminRefused(AgentError):
+    """The node's admin API refused the agent itself (token, allowed model folders): a setup
+    problem of this box, not a fault of the version being installed."""
+
+
+class TransferTooSlow(AgentError):
+    """A download ran past its deadline or below the minimum rate; `reason` says which."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class CredentialError(FleetError):
+    """The fleet server refused a token or an enrolment; `status` and `code` for the reply."""
+
+    def __init__(self, message: str, status: int, code: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code

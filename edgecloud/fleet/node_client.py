@@ -12,7 +12,13 @@ import httpx
 import yaml
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from edgecloud.fleet.errors import ActivationFailed, FleetError, NodeUnreachable
+from edgecloud.fleet.errors import (
+    ActivationFailed,
+    FleetError,
+    NodeAdminRefused,
+    NodeBusy,
+    NodeUnreachable,
+)
 
 
 class CanaryPrompt(BaseModel):
@@ -57,6 +63,13 @@ def p95(values: list[float]) -> float | None:
     return ordered[max(0, -(-95 * len(ordered) // 100) - 1)]
 
 
+def _message(r: httpx.Response) -> str:
+    try:
+        return str(r.json()["error"]["message"])[:300]
+    except Exception:
+        return r.text[:200]
+
+
 class NodeClient:
     """Talks to `edgecloud serve` (or any node with the same admin API)."""
 
@@ -69,27 +82,51 @@ class NodeClient:
         self.client.close()
 
     def current(self) -> dict[str, Any] | None:
-        """The node's current model (GET /admin/model), or None when it cannot say."""
+        """The node's current model (GET /admin/model); None when it has none loaded."""
         try:
-            r = self.client.get(f"{self.base}/admin/model", timeout=10)
+            r = self.client.get(f"{self.base}/admin/model", timeout=60)
         except httpx.HTTPError as exc:
             raise NodeUnreachable(f"node {self.base}: {exc}") from None
-        return dict(r.json()) if r.status_code == 200 else None
+        if r.status_code != 200:
+            self._refused(r)
+            raise NodeUnreachable(f"node {self.base}: GET /admin/model: HTTP {r.status_code}")
+        try:
+            info = r.json()
+        except ValueError:
+            raise NodeUnreachable(f"node {self.base}: /admin/model is not JSON") from None
+        if not isinstance(info, dict) or info.get("loaded") is False:
+            return None
+        return info
 
-    def swap(self, path: Path, version: str) -> None:
-        """Ask the node to load, warm and swap in the model at `path`."""
+    def swap(self, path: Path, version: str) -> dict[str, Any]:
+        """Ask the node to load, warm and swap in the model at `path`; what it then serves.
+
+        NodeBusy for a 409 (another swap is running: try again), NodeAdminRefused when the
+        node refuses the agent itself, ActivationFailed when it refuses the model.
+        """
         try:
             r = self.client.post(
                 f"{self.base}/admin/model", json={"path": str(path), "version": version}
             )
         except httpx.HTTPError as exc:
             raise NodeUnreachable(f"node {self.base}: {exc}") from None
+        if r.status_code == 409:
+            raise NodeBusy(f"node {self.base}: {_message(r)}")
         if r.status_code != 200:
-            try:
-                message = r.json()["error"]["message"]
-            except Exception:
-                message = r.text[:200]
-            raise ActivationFailed("node_refused_model", f"HTTP {r.status_code}: {message}")
+            self._refused(r)
+            raise ActivationFailed("node_refused_model", f"HTTP {r.status_code}: {_message(r)}")
+        try:
+            info = r.json()
+        except ValueError:
+            info = None
+        return info if isinstance(info, dict) else {}
+
+    def _refused(self, r: httpx.Response) -> None:
+        # 401: wrong admin token; 403: a path outside the node's model folders; 404: admin off
+        if r.status_code in (401, 403, 404):
+            raise NodeAdminRefused(
+                f"node {self.base} refused the agent (HTTP {r.status_code}): {_message(r)}"
+            )
 
     def wait_ready(self, deadline_s: float = 60.0) -> None:
         t_end = time.monotonic() + deadline_s

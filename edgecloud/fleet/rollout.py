@@ -47,7 +47,7 @@ class RolloutPlan(BaseModel):
     stages: list[float] = Field(default_factory=lambda: [5.0, 25.0, 100.0])
     gates: Gates = Field(default_factory=lambda: Gates())
     soak_s: float = Field(default=60.0, ge=0)
-    min_reports: int = Field(default=1, ge=0)
+    min_reports: int = Field(default=1, ge=0)  # quorum: distinct enrolled devices reporting
     auto: bool = True
 
     @field_validator("stages")
@@ -155,7 +155,7 @@ def choose_release(
     """Pick the version `device_id` should run from signed release metadata.
 
     A staged version goes to devices inside its cohort; everyone else (and devices where that
-    version already failed its checks) runs the newest stable one.
+    version already failed its checks) runs the newest stable one that has not failed here.
     """
     failed = set(failed_versions)
     refused: list[tuple[str, str]] = []
@@ -174,7 +174,11 @@ def choose_release(
         elif compatible(staged):
             return Choice(staged, f"in the {staged.rollout.percent:g}% cohort", refused)
     for r in releases_of(releases, model):
-        if r.rollout.stage == "stable" and compatible(r):
+        if r.rollout.stage != "stable":
+            continue
+        if r.version in failed:  # never again on this device, until a newer one is published
+            refused.append((r.version, "failed its checks on this device before"))
+        elif compatible(r):
             return Choice(r, "stable", refused)
     return Choice(None, "no stable release for this device", refused)
 
@@ -199,16 +203,23 @@ class GateResult:
     reports: int
 
 
-def evaluate_gates(gates: Gates, version: str, readings: Iterable[DeviceReading]) -> GateResult:
-    """Aggregate the readings of devices on `version` and check them against the gates."""
-    on = [r for r in readings if r.version == version]
+def evaluate_gates(
+    gates: Gates, version: str, readings: Iterable[DeviceReading], quorum: int = 1
+) -> GateResult:
+    """Aggregate the readings of devices on `version` and check them against the gates.
+
+    Metric gates judge only once `quorum` distinct devices report healthy on the version, so
+    one device cannot abort (or, with `next_step`, promote) a rollout by its numbers alone;
+    devices that rolled the version back count against `max_failures` at once (fail safe).
+    """
+    on = list({r.device_id: r for r in readings if r.version == version}.values())
     healthy = [r for r in on if not r.failed]
     failures_n = sum(1 for r in on if r.failed)
     values: dict[str, float | int | None] = {"failures": failures_n, "reports": len(healthy)}
     failures: list[str] = []
     if failures_n > gates.max_failures:
         failures.append(f"failures {failures_n} > {gates.max_failures}")
-    if healthy:
+    if healthy and len(healthy) >= max(1, quorum):
         err = sum(r.error_rate for r in healthy) / len(healthy)
         values["error_rate"] = round(err, 4)
         if err > gates.max_error_rate:
@@ -246,7 +257,7 @@ def next_step(state: RolloutState, gates: GateResult, now: float) -> Step:
     if not plan.auto:
         return Step("hold", state.percent, "manual rollout")
     if gates.reports < plan.min_reports:
-        return Step("hold", state.percent, f"waiting for {plan.min_reports} reports")
+        return Step("hold", state.percent, f"waiting for a quorum of {plan.min_reports} devices")
     if now - state.stage_started_at < plan.soak_s:
         return Step("hold", state.percent, "soaking")
     if state.percent >= 100:

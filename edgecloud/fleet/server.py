@@ -3,16 +3,22 @@
 Routes:
   GET  /tuf/metadata/FILE     signed metadata (small; cached in memory by mtime)
   GET  /tuf/targets/PATH      model files, with HTTP Range for resumable downloads
-  POST /v1/devices/report     a device's version, health, metrics and events
+  POST /v1/devices/enrol      an enrolment token + a device id -> that device's credential
+  POST /v1/devices/report     a device's version, health, metrics and events (its credential)
+  POST /v1/fleet/enrolment-tokens   issue an enrolment token (operator)
   GET  /v1/fleet/status       who runs what, rollouts and their gate values, recent failures
-  GET  /metrics               Prometheus metrics (edgecloud/fleet/metrics.py)
+                              (operator)
+  GET  /metrics               Prometheus metrics (edgecloud/fleet/metrics.py) (operator)
   GET  /healthz, /readyz
-Reports are kept in memory (latest per device) and written to SQL in batches.
+Reports are kept in memory (latest per device) and written to SQL in batches; a batch leaves
+memory only once it is written. The TUF routes need no credential: metadata and targets are
+signed, and the agent trusts nothing else.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from collections import Counter
@@ -20,14 +26,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import prometheus_client
 from pydantic import ValidationError
 
 from edgecloud.api import asgi
-from edgecloud.api.asgi import GET, POST, Receive, Scope, Send, send_bytes, send_json
-from edgecloud.api.errors import BadRequest, NotFound, Unauthorized
+from edgecloud.api.asgi import (
+    GET,
+    POST,
+    Receive,
+    Scope,
+    Send,
+    header,
+    read_body,
+    send_bytes,
+    send_json,
+)
+from edgecloud.api.errors import APIError, BadRequest, NotFound, Unauthorized
 from edgecloud.api.guard import ServingLimits
 from edgecloud.fleet.controller import ControllerView, control_once
+from edgecloud.fleet.credentials import OperatorToken, RateLimiter, bearer, is_loopback
+from edgecloud.fleet.enrolment import DeviceRegistry
+from edgecloud.fleet.errors import CredentialError, FleetError
 from edgecloud.fleet.events import log_event
 from edgecloud.fleet.metrics import FleetMetrics, FleetSnapshot, count_devices
 from edgecloud.fleet.repository import ModelRepository
@@ -38,6 +58,25 @@ CHUNK = 1 << 20
 REPORT_LIMIT = 64 * 1024
 
 
+class Forbidden(APIError):
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+
+
+class RateLimited(APIError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message, headers={"retry-after": str(max(1, math.ceil(retry_after_s)))})
+
+
+class RangeNotSatisfiable(Exception):
+    """A Range header that no byte of the file satisfies (an HTTP 416)."""
+
+
 @dataclass
 class ServerConfig:
     repo: Path
@@ -46,23 +85,41 @@ class ServerConfig:
     tick_s: float = 2.0
     flush_s: float = 0.5
     rate_limit_bps: float | None = None  # per target download; a fleet bandwidth cap
-    device_token: str | None = None
+    operator_token: str | None = field(default=None, repr=False)
+    insecure: bool = False  # no credentials at all: a developer's laptop only
+    report_rate: float = 1.0  # reports per second per device, sustained
+    report_burst: float = 10.0
+    enrol_rate: float = 20.0  # enrolments per second (burst 5 s of it): bounds database writes
+    max_devices: int = 100_000
     controller: bool = True
     limits: ServingLimits = field(default_factory=ServingLimits)  # read deadlines, connections
 
+    def __post_init__(self) -> None:
+        if self.operator_token is None and not self.insecure:
+            raise FleetError(
+                "The fleet server needs an operator token (set the variable named by "
+                "--operator-token-env); only a developer's test fleet may run without one "
+                "(--insecure-dev)."
+            )
+
 
 def _parse_range(value: bytes | None, size: int) -> tuple[int, int] | None:
-    """(start, end inclusive) from a `bytes=N-[M]` header; None for no/unsupported range."""
+    """(start, end inclusive) from a `bytes=N-[M]` header; None for no/unsupported range.
+
+    Raises RangeNotSatisfiable for a range past the end or an inverted one (`bytes=9-3`).
+    """
     if value is None or not value.startswith(b"bytes="):
         return None
     spec = value[6:].decode("latin-1").strip()
     if "," in spec or "-" not in spec:
         return None
     first, _, last = spec.partition("-")
-    if not first.isdigit():
+    if not first.isdigit() or not (last.isdigit() or not last):
         return None
     start = int(first)
-    end = int(last) if last.isdigit() else size - 1
+    end = int(last) if last else size - 1
+    if start >= size or end < start:
+        raise RangeNotSatisfiable
     return start, min(end, size - 1)
 
 
@@ -75,6 +132,10 @@ class FleetServer:
         self.targets_dir = (config.repo / "targets").resolve()
         ModelRepository(config.repo, config.keys_dir)  # fail early when it is not a repository
         self.store = FleetStore(config.db_url)
+        self.devices = DeviceRegistry(self.store, config.max_devices)
+        self.operator = OperatorToken(config.operator_token) if config.operator_token else None
+        self.report_limit = RateLimiter(config.report_rate, config.report_burst)
+        self.enrol_limit = RateLimiter(config.enrol_rate, 5 * config.enrol_rate)
         self.reports: dict[str, DeviceReport] = self.store.load_reports()
         self._dirty: dict[str, DeviceReport] = {}
         self._meta_cache: dict[str, tuple[int, bytes]] = {}
@@ -98,6 +159,8 @@ class FleetServer:
         routes.add("/tuf/metadata/*", self._metadata, GET, "tuf_metadata")
         routes.add("/tuf/targets/*", self._target, GET, "tuf_targets")
         routes.add("/v1/devices/report", self._report, POST, "report")
+        routes.add("/v1/devices/enrol", self._enrol, POST, "enrol")
+        routes.add("/v1/fleet/enrolment-tokens", self._issue_token, POST, "enrolment_token")
         routes.add("/v1/fleet/status", self._status, frozenset({"GET"}), "status")
         routes.add("/healthz", self._health, None, "health")
         routes.add("/readyz", self._health, None, "health")
@@ -113,13 +176,17 @@ class FleetServer:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await asyncio.to_thread(self._flush)
+        try:
+            await self.flush()
+        except Exception as exc:  # the reports stay unwritten; say so, then stop
+            log_event("db.flush_failed", error=str(exc), pending=len(self._dirty))
         self.store.close()
 
     async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send_json(send, 200, {"status": "ok"})
 
     async def _status(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._operator(scope)
         await send_json(send, 200, await self.status())
 
     # -- repository files ------------------------------------------------------------------
@@ -149,15 +216,16 @@ class FleetServer:
         self.counts["targets"] += 1
         path = self._safe(self.targets_dir, rel)
         size = path.stat().st_size
-        rng = _parse_range(asgi.header(scope, b"range"), size)
         start, end, status = 0, size - 1, 200
         headers = [(b"content-type", b"application/octet-stream"), (b"accept-ranges", b"bytes")]
+        try:
+            rng = _parse_range(header(scope, b"range"), size)
+        except RangeNotSatisfiable:
+            headers.append((b"content-range", f"bytes */{size}".encode()))
+            await send_bytes(send, 416, b"", headers)
+            return 416
         if rng is not None:
             start, end = rng
-            if start >= size:
-                headers.append((b"content-range", f"bytes */{size}".encode()))
-                await send_bytes(send, 416, b"", headers)
-                return 416
             status = 206
             headers.append((b"content-range", f"bytes {start}-{end}/{size}".encode()))
             self.counts["range"] += 1
@@ -188,12 +256,77 @@ class FleetServer:
 
     # -- device API ------------------------------------------------------------------------
 
+    def _operator(self, scope: Scope) -> None:
+        if self.operator is None:  # --insecure-dev
+            return
+        if not self.operator.matches(bearer(header(scope, b"authorization"))):
+            raise Unauthorized("A valid operator token is required (Bearer).", code="invalid_token")
+
+    async def _json_body(self, scope: Scope, receive: Receive, code: str) -> dict[str, Any]:
+        body = await read_body(receive, REPORT_LIMIT, scope)
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            data = None
+        if not isinstance(data, dict):
+            raise BadRequest("The body must be a JSON object.", status=422, code=code)
+        return data
+
+    async def _issue_token(self, scope: Scope, receive: Receive, send: Send) -> int:
+        self._operator(scope)
+        data = await self._json_body(scope, receive, "invalid_request")
+        device_id = data.get("device_id")
+        uses, ttl_s = data.get("uses", 1), data.get("ttl_s", 86400)
+        if device_id is not None and (
+            not isinstance(device_id, str) or not 0 < len(device_id) <= 128
+        ):
+            raise BadRequest("device_id must be a string of 1..128 characters.", status=422)
+        if not isinstance(uses, int) or not isinstance(ttl_s, (int, float)):
+            raise BadRequest("uses must be an integer and ttl_s a number.", status=422)
+        try:
+            token = await asyncio.to_thread(
+                self.devices.issue_token, device_id, uses, float(ttl_s)
+            )
+        except CredentialError as exc:
+            raise _refusal(exc) from None
+        log_event("enrolment.token_issued", device=device_id, uses=uses, ttl_s=ttl_s)
+        await send_json(
+            send, 201, {"token": token, "device_id": device_id, "uses": uses, "ttl_s": ttl_s}
+        )
+        return 201
+
+    async def _enrol(self, scope: Scope, receive: Receive, send: Send) -> None:
+        wait = self.enrol_limit.take("", time.monotonic())
+        if wait:
+            raise RateLimited("Too many enrolments; try again later.", wait)
+        token = bearer(header(scope, b"authorization"))
+        if token is None:
+            raise Unauthorized("An enrolment token is required (Bearer).", code="invalid_token")
+        data = await self._json_body(scope, receive, "invalid_request")
+        device_id = data.get("device_id")
+        if not isinstance(device_id, str) or not 0 < len(device_id) <= 128:
+            raise BadRequest("device_id must be a string of 1..128 characters.", status=422)
+        try:
+            credential = await asyncio.to_thread(self.devices.enrol, token, device_id)
+        except CredentialError as exc:
+            raise _refusal(exc) from None
+        log_event("device.enrolled", device=device_id)
+        await send_json(send, 200, {"device_id": device_id, "credential": credential})
+
     async def _report(self, scope: Scope, receive: Receive, send: Send) -> int:
         self.counts["reports"] += 1
-        token = self.config.device_token
-        if token is not None and asgi.header(scope, b"authorization") != f"Bearer {token}".encode():
-            raise Unauthorized("A valid device token is required (Bearer).", code="invalid_token")
-        body = await asgi.read_body(receive, REPORT_LIMIT, scope)
+        device: str | None = None
+        if not self.config.insecure:
+            device = self.devices.device_of(bearer(header(scope, b"authorization")))
+            if device is None:
+                raise Unauthorized(
+                    "A valid device credential is required (Bearer); enrol the device first.",
+                    code="invalid_token",
+                )
+            wait = self.report_limit.take(device, time.monotonic())
+            if wait:
+                raise RateLimited(f"Too many reports from {device}.", wait)
+        body = await read_body(receive, REPORT_LIMIT, scope)
         try:
             report = DeviceReport.model_validate_json(body)
         except ValidationError as exc:
@@ -202,6 +335,11 @@ class FleetServer:
             raise BadRequest(
                 f"Invalid report at {loc}: {first['msg']}", status=422, code="invalid_report"
             ) from None
+        if device is not None and report.device_id != device:
+            raise Forbidden(
+                f"This credential belongs to {device}, not {report.device_id}.",
+                code="device_mismatch",
+            )
         report.received_at = time.time()
         self.metrics.reports.inc()
         if report.events:
@@ -222,20 +360,39 @@ class FleetServer:
         await send_bytes(send, 204, b"", [])
         return 204
 
-    def _flush(self) -> None:
+    async def flush(self) -> None:
+        """Write the pending reports; they leave memory only once the write succeeded.
+
+        Reports that arrive during the write replace their device's pending one and carry its
+        events first (see `_report`), so the events just written are cut from their front.
+        """
         if not self._dirty:
             return
-        batch, self._dirty = self._dirty, {}
-        self.store.save(batch.values())
+        batch = dict(self._dirty)
+        await asyncio.to_thread(self.store.save, batch.values())
+        for device, written in batch.items():
+            now = self._dirty.get(device)
+            if now is written:
+                del self._dirty[device]
+            elif now is not None and written.events:
+                self._dirty[device] = now.model_copy(
+                    update={"events": now.events[len(written.events) :]}
+                )
 
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.flush_s)
             try:
-                await asyncio.to_thread(self._flush)
+                await self.flush()
             except Exception as exc:  # keep serving; the next batch retries the write
                 self.metrics.flush_errors.inc()
-                log_event("db.flush_failed", error=str(exc))
+                log_event("db.flush_failed", error=str(exc), pending=len(self._dirty))
+
+    def _gate_reports(self) -> list[DeviceReport]:
+        """The reports the rollout gates may count: enrolled devices only (one each)."""
+        if self.config.insecure:
+            return list(self.reports.values())
+        return [r for r in self.reports.values() if self.devices.enrolled(r.device_id)]
 
     async def _control_loop(self) -> None:
         while True:
@@ -244,7 +401,7 @@ class FleetServer:
                     control_once,
                     self.config.repo,
                     self.config.keys_dir,
-                    list(self.reports.values()),
+                    self._gate_reports(),
                     self.view,
                 )
                 for step in taken:
@@ -272,6 +429,7 @@ class FleetServer:
         return self._releases[1]
 
     async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._operator(scope)
         releases = await asyncio.to_thread(self._current_releases)
         snapshot = FleetSnapshot(
             devices=count_devices(list(self.reports.values())),
@@ -319,12 +477,53 @@ class FleetServer:
         }
 
 
-def serve(config: ServerConfig, host: str, port: int) -> None:
-    """Run the fleet server until SIGINT/SIGTERM."""
+def _refusal(exc: CredentialError) -> APIError:
+    """The API error a refused token or enrolment answers with."""
+    kind = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+    err = APIError(str(exc), code=exc.code, status=exc.status)
+    err.type = kind.get(exc.status, "invalid_request_error")
+    return err
+
+
+def check_listen(host: str, tls: bool, allow_plain_http: bool) -> None:
+    """Refuse to serve device credentials in clear to the network (FleetError)."""
+    if not tls and not allow_plain_http and not is_loopback(host):
+        raise FleetError(
+            f"--host {host} is reachable from the network: give --tls-cert and --tls-key so "
+            "devices talk https, or --allow-plain-http behind a TLS-terminating proxy."
+        )
+
+
+def serve(
+    config: ServerConfig,
+    host: str,
+    port: int,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    allow_plain_http: bool = False,
+) -> None:
+    """Run the fleet server until SIGINT/SIGTERM (https when given a certificate and key)."""
     from edgecloud.api.serving import serve_forever
 
+    if (tls_cert is None) != (tls_key is None):
+        raise FleetError("give both --tls-cert and --tls-key, or neither")
+    check_listen(host, tls_cert is not None, allow_plain_http)
     app = FleetServer(config)
     log_event(
-        "fleet.serve", host=host, port=port, repo=str(config.repo), db=masked_url(config.db_url)
+        "fleet.serve",
+        host=host,
+        port=port,
+        https=tls_cert is not None,
+        insecure_dev=config.insecure,
+        repo=str(config.repo),
+        db=masked_url(config.db_url),
     )
-    serve_forever(app, host, port, limits=config.limits, drain_timeout_s=5)
+    serve_forever(
+        app,
+        host,
+        port,
+        limits=config.limits,
+        drain_timeout_s=5,
+        ssl_certfile=str(tls_cert) if tls_cert else None,
+        ssl_keyfile=str(tls_key) if tls_key else None,
+    )

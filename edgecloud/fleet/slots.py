@@ -7,6 +7,7 @@ write + fsync + rename, so after a crash it is either the old or the new state, 
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from pathlib import Path
@@ -79,6 +80,7 @@ class SlotStore:
         for name in ("a", "b"):
             (self.root / f"slot-{name}").mkdir(exist_ok=True)
         self.state_file = self.root / "agent-state.json"
+        self.credential_file = self.root / "device-credential.json"
         self.tuf_dir = self.root / ".tuf"
         self.tuf_dir.mkdir(exist_ok=True)
 
@@ -103,6 +105,28 @@ class SlotStore:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.state_file)
+        fsync_dir(self.root)
+
+    def load_credential(self, device_id: str) -> str | None:
+        """This device's fleet credential, or None before enrolment (or for another id)."""
+        try:
+            data = json.loads(self.credential_file.read_bytes())
+        except (FileNotFoundError, ValueError):
+            return None
+        if not isinstance(data, dict) or data.get("device_id") != device_id:
+            return None
+        cred = data.get("credential")
+        return cred if isinstance(cred, str) else None
+
+    def save_credential(self, device_id: str, credential: str) -> None:
+        """Keep the credential readable by this user only (write, fsync, rename)."""
+        tmp = self.credential_file.with_name(".device-credential.json.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(json.dumps({"device_id": device_id, "credential": credential}).encode())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.credential_file)
         fsync_dir(self.root)
 
     def install(self, part: Path, slot: str) -> Path:

@@ -7,15 +7,27 @@ them in batches; this module only does the batched writes and the initial load.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel, Field
-from sqlalchemy import Float, Integer, String, Text, create_engine, delete, insert, select
+from sqlalchemy import (
+    Float,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    delete,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from edgecloud.fleet.credentials import DeviceCredential, EnrolmentToken
 from edgecloud.fleet.errors import FleetError
 from edgecloud.fleet.rollout import DeviceReading
 
@@ -41,6 +53,26 @@ class EventRow(Base):
     kind: Mapped[str] = mapped_column(String(32))
     version: Mapped[str] = mapped_column(String(64))
     reason: Mapped[str] = mapped_column(Text)
+
+
+class EnrolmentRow(Base):
+    __tablename__ = "fleet_enrolment_tokens"
+
+    token_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    hash: Mapped[str] = mapped_column(String(64))  # sha256 of the secret, never the token
+    device_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    uses_left: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class CredentialRow(Base):
+    __tablename__ = "fleet_device_credentials"
+
+    token_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    hash: Mapped[str] = mapped_column(String(64))
+    device_id: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[float] = mapped_column(Float)
 
 
 class DeviceEvent(BaseModel):
@@ -113,6 +145,10 @@ def masked_url(url: str | URL) -> str:
     return database_url(url).render_as_string(hide_password=True)
 
 
+class _NotEnrolled(Exception):
+    """Rolls back an enrolment transaction."""
+
+
 class FleetStore:
     """Batched writes of device reports and events to any SQLAlchemy database."""
 
@@ -180,6 +216,66 @@ class FleetStore:
                 }
                 for r in rows
             ]
+
+    # -- credentials -------------------------------------------------------------------------
+
+    def add_enrolment_token(self, token: EnrolmentToken) -> None:
+        with Session(self.engine) as s, s.begin():
+            s.add(
+                EnrolmentRow(
+                    token_id=token.token_id,
+                    hash=token.hash,
+                    device_id=token.device_id,
+                    uses_left=token.uses_left,
+                    expires_at=token.expires_at,
+                    created_at=time.time(),
+                )
+            )
+
+    def enrolment_token(self, token_id: str) -> EnrolmentToken | None:
+        with Session(self.engine) as s:
+            row = s.get(EnrolmentRow, token_id)
+            if row is None:
+                return None
+            return EnrolmentToken(
+                row.token_id, row.hash, row.uses_left, row.expires_at, row.device_id
+            )
+
+    def enrol(self, token_id: str, credential: DeviceCredential, replace: bool) -> bool:
+        """Spend one use of the enrolment token and store the device's credential, in one
+        transaction. False when the token has no use left (a concurrent enrolment took it)
+        or the device is enrolled already and `replace` is off."""
+        try:
+            with Session(self.engine) as s, s.begin():
+                spent = s.execute(
+                    update(EnrolmentRow)
+                    .where(EnrolmentRow.token_id == token_id, EnrolmentRow.uses_left > 0)
+                    .values(uses_left=EnrolmentRow.uses_left - 1)
+                )
+                if spent.rowcount != 1:  # type: ignore[attr-defined]
+                    raise _NotEnrolled
+                device = credential.device_id
+                known = select(CredentialRow).where(CredentialRow.device_id == device)
+                if s.scalars(known).first() is not None:
+                    if not replace:
+                        raise _NotEnrolled
+                    s.execute(delete(CredentialRow).where(CredentialRow.device_id == device))
+                s.add(
+                    CredentialRow(
+                        token_id=credential.token_id,
+                        hash=credential.hash,
+                        device_id=device,
+                        created_at=time.time(),
+                    )
+                )
+        except _NotEnrolled:  # rolled back: the use is not spent
+            return False
+        return True
+
+    def credentials(self) -> list[DeviceCredential]:
+        with Session(self.engine) as s:
+            rows = s.scalars(select(CredentialRow)).all()
+            return [DeviceCredential(r.token_id, r.hash, r.device_id) for r in rows]
 
     def close(self) -> None:
         self.engine.dispose()

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgecloud.api.guard import ServingLimits
-from edgecloud.api.yamlconfig import yaml_line
+from edgecloud.api.yamlconfig import load_model, parse_model
 from edgecloud.gateway.errors import ConfigError
 
 PiiKind = Literal["email", "phone", "id_card", "bank_card", "iban", "ip", "secret"]
+# Every kind of personal data the gateway detects; also the default `policy.privacy.detect`
+# (and `decide`'s and `deploy`'s, which emit gateway configs): the one list of it.
 PII_KINDS: tuple[PiiKind, ...] = ("email", "phone", "id_card", "bank_card", "iban", "ip", "secret")
+DEFAULT_DETECT: tuple[PiiKind, ...] = PII_KINDS
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
@@ -49,7 +52,8 @@ class EndpointConfig(_Strict):
     )
     connect_timeout_s: float = Field(default=2.0, gt=0)
     health_path: str | None = Field(
-        None, description="probe path under the server root; default /readyz, else /v1/models"
+        default=None,
+        description="probe path under the server root; default /readyz, else /v1/models",
     )
 
     @field_validator("url")
@@ -70,7 +74,7 @@ class EndpointConfig(_Strict):
 class PrivacyConfig(_Strict):
     """What counts as personal data and what happens to it."""
 
-    detect: list[PiiKind] = Field(default_factory=lambda: list(PII_KINDS))
+    detect: list[PiiKind] = Field(default_factory=lambda: list(DEFAULT_DETECT))
     action: Literal["edge_only"] = "edge_only"
     images: Literal["edge_only", "allow"] = "edge_only"
     patterns: dict[str, str] = Field(
@@ -194,35 +198,20 @@ class GatewayConfig(_Strict):
 
 
 def parse_config(text: str, source: str = "<config>") -> GatewayConfig:
-    """Validate YAML text; raise ConfigError naming the field and the line."""
-    try:
-        root = yaml.compose(text)
-        data: Any = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark is not None else source
-        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}:1: the file must be a mapping with an 'endpoints' list")
-    try:
-        return GatewayConfig.model_validate(data)
-    except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
-            field = ".".join(str(p) for p in loc) or "(top level)"
-            line = yaml_line(root, loc)
-            where = f"{source}:{line}" if line else source
-            msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"{where}: {field}: {msg}")
-        raise ConfigError("invalid gateway configuration:\n  " + "\n  ".join(lines)) from None
+    """Validate YAML text; raise ConfigError naming the file, line and field."""
+    return parse_model(text, GatewayConfig, source, error=ConfigError)
 
 
 def load_config(path: str | Path) -> GatewayConfig:
     """Read and validate a gateway YAML file."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read {p}: {exc.strerror}") from None
-    return parse_config(text, str(p))
+    return load_model(path, GatewayConfig, error=ConfigError)
+
+
+def config_yaml(config: GatewayConfig) -> str:
+    """The settings of `config` that were set explicitly, as the YAML `load_config` reads.
+
+    `decide` and `deploy` build a `GatewayConfig` and write it with this, so what they emit is
+    validated by the model that loads it.
+    """
+    data = config.model_dump(mode="json", exclude_unset=True)
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from edgecloud.api.errors import APIError
+from edgecloud.api.yamlconfig import ConfigError as _ConfigFileError
 
 
-class ConfigError(Exception):
-    """The gateway configuration is invalid; the message names the field and the line."""
+class ConfigError(_ConfigFileError):
+    """The gateway configuration is invalid; the message names the file, line and field."""
 
 
 class RuleError(APIError):

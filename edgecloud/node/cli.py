@@ -56,7 +56,8 @@ def serve(
 ) -> None:
     from edgecloud.api.serving import serve_forever
     from edgecloud.logs import configure_logging, log_event
-    from edgecloud.node.config import ConfigError, build_config
+    from edgecloud.node.config import build_config
+    from edgecloud.node.errors import ConfigError
 
     overrides: dict[str, object] = {
         "model": str(model) if model else None,

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import yaml
-from pydantic import ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
 from edgecloud.api.guard import ServingLimits
-from edgecloud.api.yamlconfig import compose, yaml_line
+from edgecloud.api.yamlconfig import COMMAND_LINE, load_model, parse_model
+from edgecloud.node.errors import ConfigError
 
-
-class ConfigError(Exception):
-    """The configuration file is unreadable or has an invalid field."""
+__all__ = ["ConfigError", "NodeConfig", "build_config", "default_threads"]
 
 
 def default_threads() -> int:
@@ -73,35 +70,8 @@ class NodeConfig(ServingLimits):
         return batch
 
 
-def load_config_file(path: str | Path) -> dict[str, object]:
-    """Read a YAML mapping; errors name the file and line."""
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{where}: not valid YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
-    return data
-
-
 def build_config(file: str | None, overrides: dict[str, object]) -> NodeConfig:
     """File values, then flags that were given on the command line."""
-    data: dict[str, object] = load_config_file(file) if file else {}
-    given = {k: v for k, v in overrides.items() if v is not None}
-    data.update(given)
-    try:
-        return NodeConfig.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        where = ""
-        if file and err["loc"] and err["loc"][0] not in given:
-            line = yaml_line(compose(Path(file).read_text()), tuple(err["loc"]))
-            where = f"{file}:{line}: " if line else f"{file}: "
-        raise ConfigError(f"{where}invalid setting '{loc}': {err['msg']}") from None
+    if file is None:
+        return parse_model("", NodeConfig, COMMAND_LINE, overrides=overrides, error=ConfigError)
+    return load_model(file, NodeConfig, overrides=overrides, error=ConfigError)

@@ -14,11 +14,12 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from edgecloud.api.errors import APIError, BadRequest, ModelNotFound, NotReady, QueueFull
+from edgecloud.api.errors import BadRequest, ModelNotFound, NotReady, QueueFull
 from edgecloud.logs import log_event
 from edgecloud.node.backend import SamplingParams
 from edgecloud.node.config import NodeConfig
 from edgecloud.node.engine import BatchEngine, GenerationRequest
+from edgecloud.node.errors import ModelLoadFailed, ModelPathNotAllowed, SwapInProgress
 from edgecloud.node.metrics import NodeMetrics
 from edgecloud.node.model import (
     MAX_PIECE_BYTES,
@@ -30,20 +31,6 @@ from edgecloud.node.model import (
 from edgecloud.node.prompt import ChatTemplate
 
 log = logging.getLogger("edgecloud.node")
-
-
-class SwapInProgress(APIError, status=409, type="invalid_request_error", code="swap_in_progress"):
-    """Another model swap is under way."""
-
-
-class ModelLoadFailed(APIError, status=400, type="invalid_request_error", code="model_load_failed"):
-    """The model file given to a swap could not be loaded."""
-
-
-class ModelPathNotAllowed(
-    APIError, status=403, type="permission_error", code="model_path_not_allowed"
-):
-    """A swap named a file outside the node's model directory."""
 
 
 def _retrieve(task: asyncio.Task[Loaded]) -> None:

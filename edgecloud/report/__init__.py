@@ -12,7 +12,15 @@ matplotlib is imported lazily (inside `new_figure`/`figure_svg`), so importing t
 is cheap.
 """
 
-from edgecloud.report.page import Section, escape, render_page, table_html
+from edgecloud.report.page import Section, escape, human_number, render_page, table_html
 from edgecloud.report.svg import figure_svg, new_figure
 
-__all__ = ["Section", "escape", "figure_svg", "new_figure", "render_page", "table_html"]
+__all__ = [
+    "Section",
+    "escape",
+    "figure_svg",
+    "human_number",
+    "new_figure",
+    "render_page",
+    "table_html",
+]

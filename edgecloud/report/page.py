@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -51,7 +52,7 @@ def table_html(
     *,
     row_classes: Sequence[str] | None = None,
 ) -> str:
-    """A plain HTML table; cells are escaped, `None` shows as an en dash, floats get 4 digits.
+    """A plain HTML table; cells are escaped, `None` shows as an en dash, numbers as `human_number`.
 
     With no non-empty header the table has no header row (a key/value table).
     """
@@ -66,11 +67,25 @@ def table_html(
 
 
 def _cell(value: object) -> str:
-    if value is None:
-        return "\u2013"
-    if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
-    return str(value)
+    return "\u2013" if value is None else human_number(value)
+
+
+def human_number(value: object) -> str:
+    """A number as people read it: 10,000 (never 1e+04), 12.35, 0.0012; other values as str().
+
+    Whole numbers from 10,000 up get thousands separators (years and ports stay plain).
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}" if abs(value) >= 10_000 else str(value)
+    if not math.isfinite(value):
+        return str(value)
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if value == 0 or abs(value) >= 1e-4:
+        return f"{value:.4g}"  # no exponent in this range
+    return f"{value:.2e}"
 
 
 def render_page(

@@ -58,8 +58,9 @@ def test_gateway_routes_and_errors_in_process(tmp_path: Path) -> None:
 
 def test_fleet_server_routes_and_errors_in_process(tmp_path: Path) -> None:
     ModelRepository.init(tmp_path / "repo")
+    operator = {"authorization": "Bearer operator-token-for-tests"}
     cfg = ServerConfig(repo=tmp_path / "repo", db_url=f"sqlite:///{tmp_path / 'fleet.db'}",
-                       controller=False)
+                       controller=False, operator_token="operator-token-for-tests")
 
     async def main() -> None:
         async with in_process(FleetServer(cfg)) as client:
@@ -69,11 +70,13 @@ def test_fleet_server_routes_and_errors_in_process(tmp_path: Path) -> None:
             await _expect_errors(client, [
                 ("GET", "/tuf/metadata/../../etc/passwd", None, 404, "not_found"),
                 ("GET", "/v1/devices/report", None, 405, "method_not_allowed"),
-                ("POST", "/v1/devices/report", b"{}", 422, "invalid_report"),
+                ("POST", "/v1/devices/report", b"{}", 401, "invalid_token"),
+                ("GET", "/v1/fleet/status", None, 401, "invalid_token"),
+                ("GET", "/metrics", None, 401, "invalid_token"),
             ])
-            r = await client.get("/v1/fleet/status")
+            r = await client.get("/v1/fleet/status", headers=operator)
             assert r.status_code == 200 and r.json()["devices"] == []
-            metrics = (await client.get("/metrics")).text
-            assert 'route="report",status="422"' in metrics
+            metrics = (await client.get("/metrics", headers=operator)).text
+            assert 'route="report",status="401"' in metrics
 
     asyncio.run(main())

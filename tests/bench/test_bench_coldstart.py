@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from edgecloud.bench.results import BenchResults
 from edgecloud.supervise import edgecloud_command, free_port
+from tests.bench.benchcli import run_bench_cli
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
@@ -34,33 +31,22 @@ def test_cold_start_of_a_lazy_node(embedded_model_path: str, tmp_path: Path) -> 
         )
     )
     out = tmp_path / "cold.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "edgecloud",
-            "bench",
-            f"http://127.0.0.1:{port}",
-            "--cold-start",
-            serve,
-            "--cold-start-runs",
-            "2",
-            "--concurrency",
-            "2",
-            "--requests",
-            "4",
-            "--max-tokens",
-            "8",
-            "--out",
-            str(out),
-            "-q",
-        ],
-        capture_output=True,
-        text=True,
+    done = run_bench_cli(
+        f"http://127.0.0.1:{port}",
+        "--cold-start",
+        serve,
+        "--cold-start-runs",
+        "2",
+        "--concurrency",
+        "2",
+        "--requests",
+        "4",
+        "--max-tokens",
+        "8",
+        "--out",
+        str(out),
+        "-q",
         timeout=600,
-        env=env,
-        cwd=REPO,
     )
     assert done.returncode == 0, done.stderr
     res = BenchResults.model_validate_json(out.read_text())

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,21 +10,13 @@ import pytest
 
 from edgecloud.bench.results import BenchResults
 from edgecloud.report.screenshot import find_chromium, screenshot_html
+from tests.bench.benchcli import run_bench_cli
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "edgecloud", "bench", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=env,
-    )
+    return run_bench_cli(*args, timeout=180)
 
 
 def test_run_and_compare_reports_render(standin: Callable[..., str], tmp_path: Path) -> None:

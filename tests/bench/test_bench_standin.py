@@ -3,26 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from edgecloud.bench.options import Scenario
 from edgecloud.bench.results import BenchResults
 from edgecloud.bench.runner import RunSettings, run_bench
 from edgecloud.bench.stats import percentile
 from edgecloud.bench.workloads import encode_bodies, load_workload
 from edgecloud.supervise import free_port
-
-REPO = Path(__file__).resolve().parents[2]
-
+from tests.bench.benchcli import run_bench_cli, start_bench_cli
 
 pytestmark = pytest.mark.slow
 
@@ -38,14 +36,21 @@ def _run(url: str, settings: RunSettings, **kw: object) -> BenchResults:
 
 
 def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "edgecloud", "bench", *args, "--quiet"],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=REPO,
+    return run_bench_cli(*args, "--quiet", timeout=timeout)
+
+
+def _settings(
+    scenario: Scenario, levels: list[float], requests: int, max_tokens: int = 4, **more: Any
+) -> RunSettings:
+    """A run of short-chat requests without resource sampling."""
+    return RunSettings(
+        scenario=scenario,
+        levels=levels,
+        bodies=_bodies(max_tokens),
+        workload="short-chat",
+        requests=requests,
+        sample_resources=False,
+        **more,
     )
 
 
@@ -64,15 +69,7 @@ def test_percentiles_match_injected_latency(standin: Callable[..., str]) -> None
     )
     res = _run(
         base,
-        RunSettings(
-            scenario="concurrency",
-            levels=[20],
-            bodies=_bodies(),
-            workload="short-chat",
-            requests=n,
-            warmup=0,
-            sample_resources=False,
-        ),
+        _settings("concurrency", [20], n, warmup=0),
     )
     assert res.complete, res.note
     (level,) = res.levels
@@ -97,16 +94,7 @@ def test_stall_shows_in_open_loop_latencies(standin: Callable[..., str]) -> None
     base = standin("--tokens", "2", "--stall-after-s", str(stall_after), "--stall-s", str(stall))
     res = _run(
         base,
-        RunSettings(
-            scenario="rate",
-            levels=[40],
-            bodies=_bodies(),
-            workload="short-chat",
-            requests=120,
-            warmup=0,
-            seed=2,
-            sample_resources=False,
-        ),
+        _settings("rate", [40], 120, warmup=0, seed=2),
     )
     assert res.complete, res.note
     recs = sorted(res.records, key=lambda r: r.scheduled_s or 0.0)
@@ -136,14 +124,7 @@ def test_knee_found_on_server_with_known_capacity(standin: Callable[..., str]) -
     base = standin("--capacity", "4", "--service-ms", "100", "--tokens", "1")
     res = _run(
         base,
-        RunSettings(
-            scenario="concurrency",
-            levels=[1, 2, 4, 8, 16],
-            bodies=_bodies(1),
-            workload="short-chat",
-            requests=32,
-            sample_resources=False,
-        ),
+        _settings("concurrency", [1, 2, 4, 8, 16], 32, max_tokens=1),
     )
     assert res.complete, res.note
     assert res.knee is not None and res.knee.level == 4
@@ -182,27 +163,8 @@ def test_bad_targets_give_a_message_and_a_partial_file(
 def test_ctrl_c_writes_what_was_measured(standin: Callable[..., str], tmp_path: Path) -> None:
     base = standin("--ttft-ms", "50", "--tokens", "2")
     out = tmp_path / "partial.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    bench = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "edgecloud",
-            "bench",
-            base,
-            "--concurrency",
-            "2",
-            "--duration",
-            "60",
-            "--out",
-            str(out),
-            "--quiet",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=REPO,
+    bench = start_bench_cli(
+        base, "--concurrency", "2", "--duration", "60", "--out", str(out), "--quiet"
     )
     try:
         deadline = time.monotonic() + 60
@@ -226,17 +188,7 @@ def test_token_counts_without_usage_come_from_a_tokenizer_or_chunks(
     standin: Callable[..., str], embedded_model_path: str
 ) -> None:
     base = standin("--tokens", "6", "--no-usage")
-    plain = _run(
-        base,
-        RunSettings(
-            scenario="single",
-            levels=[1],
-            bodies=_bodies(8),
-            workload="short-chat",
-            requests=3,
-            sample_resources=False,
-        ),
-    )
+    plain = _run(base, _settings("single", [1], 3, max_tokens=8))
     assert plain.complete and plain.token_count_source == "chunks"
     assert all(r.output_tokens == 6 and r.token_source == "chunks" for r in plain.records)
 
@@ -244,16 +196,7 @@ def test_token_counts_without_usage_come_from_a_tokenizer_or_chunks(
 
     expected = load_counter(embedded_model_path)(" tok" * 6)  # what the stand-in streams
     counted = _run(
-        base,
-        RunSettings(
-            scenario="single",
-            levels=[1],
-            bodies=_bodies(8),
-            workload="short-chat",
-            requests=3,
-            sample_resources=False,
-            tokenizer=embedded_model_path,
-        ),
+        base, _settings("single", [1], 3, max_tokens=8, tokenizer=embedded_model_path)
     )
     assert counted.complete and counted.token_count_source == "tokenizer"
     assert all(

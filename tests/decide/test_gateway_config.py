@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from edgecloud.decide.decision import evaluate_options
+from edgecloud.decide.errors import InputError
 from edgecloud.decide.gateway_config import gateway_config, render_gateway_yaml
 from edgecloud.decide.tco import OPTIONS, Option
-from edgecloud.gateway.config import GatewayConfig, parse_config
-from tests.decide.decide_samples import inputs, workload
+from edgecloud.gateway.config import DEFAULT_DETECT, GatewayConfig, parse_config
+from tests.decide.decide_samples import inputs, prices, workload
 
 RULE = {"region": "eu", "share": 0.2, "allowed": ["eu-central-1", "device"]}
 
@@ -17,8 +18,12 @@ def _emit(option: Option, **compliance: object) -> tuple[GatewayConfig, int]:
     comp = {"personal_data_share": 0.3, "residency": [RULE], **compliance}
     i = inputs(workload(compliance=comp, users={"regions": {"eu west": 0.6, "us": 0.4}}))
     plan = evaluate_options(i)[option].cost.years[0]
-    text = render_gateway_yaml(gateway_config(i, option, plan), option, "w")
-    return parse_config(text, "gateway.yaml"), plan.boxes
+    built = gateway_config(i, option, plan)
+    text = render_gateway_yaml(built, option, "w")
+    loaded = parse_config(text, "gateway.yaml")
+    # What decide built is what the gateway loads: the same model on both sides.
+    assert loaded == built
+    return loaded, plan.boxes
 
 
 @pytest.mark.parametrize("option", OPTIONS)
@@ -48,3 +53,16 @@ def test_endpoints_follow_the_sizing_and_the_prices() -> None:
     (cloud,) = [e for e in cfg.endpoints if e.tier == "cloud"]
     assert cloud.region == "eu-central-1" and cloud.api_key_env == "CLOUD_API_KEY"
     assert (cloud.price.input_per_mtok, cloud.price.output_per_mtok) == (1.0, 10.0)
+
+
+def test_the_default_detection_set_is_the_gateway_s_own() -> None:
+    cfg, _ = _emit("edge")
+    assert cfg.policy.privacy.detect == list(DEFAULT_DETECT)
+    assert "iban" in cfg.policy.privacy.detect
+
+
+def test_an_edge_url_the_gateway_would_refuse_is_an_input_error() -> None:
+    i = inputs(p=prices(edge__url_template="edge-{site}-{index}:8080"))
+    plan = evaluate_options(i)["edge"].cost.years[0]
+    with pytest.raises(InputError, match="url_template"):
+        gateway_config(i, "edge", plan)

@@ -59,9 +59,11 @@ def exported_series(text: str) -> set[str]:
     return out
 
 
-def _has_command(*words: str) -> bool:
-    proc = subprocess.run(edgecloud_command(*words, "--help"), capture_output=True, timeout=60)
-    return proc.returncode == 0
+def _require_command(*words: str) -> None:
+    """The command imports and answers --help; a CLI that fails to import fails the test."""
+    proc = subprocess.run(edgecloud_command(*words, "--help"), capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, f"`edgecloud {' '.join(words)} --help` failed: {proc.stderr}"
 
 
 def _missing(component: m.Component, text: str) -> list[str]:
@@ -71,8 +73,7 @@ def _missing(component: m.Component, text: str) -> list[str]:
 
 @pytest.mark.slow
 def test_node_exports_every_node_metric_the_files_use(request: pytest.FixtureRequest) -> None:
-    if not _has_command("serve"):
-        pytest.skip("`edgecloud serve` is not on this branch yet")
+    _require_command("serve")
     base = request.getfixturevalue("node")
     httpx.post(f"{base}/v1/completions", json={"prompt": "Hi", "max_tokens": 2}, timeout=60)
     text = httpx.get(f"{base}/metrics", timeout=10).text
@@ -82,8 +83,8 @@ def test_node_exports_every_node_metric_the_files_use(request: pytest.FixtureReq
 @pytest.fixture(scope="module")
 def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[str]:
-    if not (_has_command("serve") and _has_command("gateway")):
-        pytest.skip("`edgecloud gateway` or `edgecloud serve` is not on this branch yet")
+    _require_command("serve")
+    _require_command("gateway")
     node = request.getfixturevalue("node")
     tmp = tmp_path_factory.mktemp("gw")
     config = tmp / "gateway.yaml"
@@ -113,8 +114,7 @@ def test_gateway_exports_every_gateway_metric_the_files_use(gateway: str) -> Non
 @pytest.mark.slow
 @pytest.mark.parametrize("extra", ["", "node: {port: 9000, autoscaling: {max_replicas: 4}}"])
 def test_rendered_gateway_config_passes_the_gateway_own_check(tmp_path: Path, extra: str) -> None:
-    if not _has_command("gateway"):
-        pytest.skip("`edgecloud gateway` is not on this branch yet")
+    _require_command("gateway")
     from edgecloud.deploy.workloads import gateway_config_text
 
     config = tmp_path / "gateway.yaml"
@@ -126,19 +126,22 @@ def test_rendered_gateway_config_passes_the_gateway_own_check(tmp_path: Path, ex
 
 @pytest.mark.slow
 def test_fleet_server_exports_every_fleet_metric_the_files_use(tmp_path: Path) -> None:
-    if not (_has_command("fleet", "serve") and _has_command("release", "init")):
-        pytest.skip("`edgecloud fleet serve` or `edgecloud release` is not on this branch yet")
+    _require_command("fleet", "serve")
+    _require_command("release", "init")
     repo = tmp_path / "repo"
     init = subprocess.run(edgecloud_command("release", "init", str(repo)),
                           capture_output=True, text=True, timeout=120)
     assert init.returncode == 0, init.stderr
     port = free_port()
+    token = "deploy-test-operator-token"
     with ManagedProcess(
         edgecloud_command("fleet", "serve", "--repo", str(repo), "--port", str(port),
                           "--db", f"sqlite:///{tmp_path / 'fleet.db'}"),
         f"http://127.0.0.1:{port}/healthz", log_path=str(tmp_path / "fleet.log"), name="fleet",
+        env={"EDGECLOUD_FLEET_TOKEN": token},
     ):
-        resp = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+        resp = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10,
+                         headers={"authorization": f"Bearer {token}"})
     assert resp.status_code == 200
     assert not _missing("fleet", resp.text)
 

@@ -28,7 +28,8 @@ VARIANTS = {
     "no-autoscaling": "node: {autoscaling: {mode: none}}\ngateway: {autoscaling: {enabled: false}}",
     "no-fleet": "fleet: {enabled: false}",
     "secrets": "gateway: {env_secret: upstream-keys}\nnode: {admin_token_secret: node-admin}\n"
-               "fleet: {keys_secret: fleet-keys, device_token_secret: devices}",
+               "fleet: {keys_secret: fleet-keys, operator_token_secret: fleet-op,"
+               " tls_secret: fleet-tls}",
     "hosted-api": "node: {enabled: false}\ngateway: {env_secret: keys, config: {endpoints: "
                   "[{name: hosted, tier: cloud, url: 'https://api.example/v1', "
                   "api_key_env: CLOUD_API_KEY, region: eu-central-1}]}}",

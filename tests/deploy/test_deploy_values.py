@@ -9,6 +9,8 @@ import yaml
 
 from edgecloud.deploy.errors import ValuesError
 from edgecloud.deploy.values import DEFAULT_VALUES_FILE, Values, load_values, parse_values
+from edgecloud.deploy.workloads import default_gateway_config, gateway_config_text
+from edgecloud.gateway.config import DEFAULT_DETECT, parse_config
 
 
 def test_shipped_default_file_equals_the_model_defaults() -> None:
@@ -44,9 +46,32 @@ def test_unknown_keys_and_crossed_bounds_are_refused() -> None:
 
 
 def test_unreadable_and_non_mapping_files_get_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(ValuesError, match="cannot read values file"):
+    with pytest.raises(ValuesError, match="missing.yaml: file not found"):
         load_values(tmp_path / "missing.yaml")
-    with pytest.raises(ValuesError, match="must be a mapping"):
+    with pytest.raises(ValuesError, match="expected a mapping"):
         parse_values("- a\n- b\n")
     with pytest.raises(ValuesError, match="not valid YAML"):
         parse_values("a: [\n")
+
+
+def test_the_rendered_gateway_config_loads_back_as_built() -> None:
+    for values in (Values(), parse_values("node: {port: 9000, autoscaling: {max_replicas: 4}}")):
+        built = default_gateway_config(values)
+        assert parse_config(gateway_config_text(values), "gateway.yaml") == built
+        assert built.policy.privacy.detect == list(DEFAULT_DETECT)
+    given = "gateway:\n  config:\n    endpoints: [{name: hosted, tier: cloud, url: 'https://x/v1'}]\n"
+    values = parse_values(given)
+    assert parse_config(gateway_config_text(values)) == values.gateway.config
+
+
+def test_a_gateway_config_the_gateway_would_refuse_is_refused_at_its_line() -> None:
+    text = (
+        "node: {enabled: false}\n"
+        "gateway:\n"
+        "  config:\n"
+        "    endpoints:\n"
+        "      - {name: hosted, tier: sky, url: 'https://x/v1'}\n"
+    )
+    with pytest.raises(ValuesError) as exc:
+        parse_values(text, "v.yaml")
+    assert str(exc.value).startswith("v.yaml:5: gateway.config.endpoints.0.tier: "), exc.value

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from edgecloud.fleet.cohort import in_cohort
+from edgecloud.fleet.enrolment import request_enrolment_token
 from edgecloud.fleet.repository import ModelRepository, repo_lock
 from edgecloud.fleet.rollout import Gates, RolloutPlan
 from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port
@@ -23,6 +24,10 @@ from tests.fleet.standin_node import dummy_model
 
 MODEL = "tiny"
 TOKEN = "test-admin-token"
+OPERATOR = "test-operator-token-0123456789"
+OPERATOR_AUTH = {"authorization": f"Bearer {OPERATOR}"}
+# agents here poll every 0.2 s: well inside the server's report rate
+FAST_REPORTS = ("--report-rate", "100", "--report-burst", "100")
 T = TypeVar("T")
 
 
@@ -36,6 +41,19 @@ def wait_for(fn: Callable[[], T | None], timeout_s: float = 20.0, what: str = ""
         if time.monotonic() > end:
             raise AssertionError(f"timed out waiting for {what or fn}")
         time.sleep(0.05)
+
+
+def enrol_device(url: str, device_id: str) -> str:
+    """Enrol `device_id` with a token bound to it, as an agent does; its credential."""
+    token = request_enrolment_token(url, OPERATOR, device_id=device_id)
+    r = httpx.post(
+        f"{url}/v1/devices/enrol",
+        json={"device_id": device_id},
+        headers={"authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    return str(r.json()["credential"])
 
 
 def device_ids(percent: float, n: int, inside: bool) -> list[str]:
@@ -53,9 +71,13 @@ def device_ids(percent: float, n: int, inside: bool) -> list[str]:
 class Device:
     """One edge box: a stand-in node and the agent's models folder."""
 
-    def __init__(self, rig: Rig, device_id: str, load_delay: float = 0.0) -> None:
+    def __init__(
+        self, rig: Rig, device_id: str, load_delay: float = 0.0, server_url: str | None = None
+    ) -> None:
         self.rig = rig
         self.id = device_id
+        self.server_url = server_url or rig.url
+        self.enrol_token = rig.enrol_token(device_id)
         self.dir = rig.tmp / device_id
         self.models = self.dir / "models"
         self.dir.mkdir()
@@ -84,11 +106,15 @@ class Device:
         self.node.wait_ready(30)
         self.agent_proc: ManagedProcess | None = None
 
-    def agent_args(self, interval: float = 0.2) -> list[str]:
+    @property
+    def env(self) -> dict[str, str]:
+        return {"EDGECLOUD_ADMIN_TOKEN": TOKEN, "EDGECLOUD_ENROL_TOKEN": self.enrol_token}
+
+    def agent_args(self, interval: float = 0.2, *extra: str) -> list[str]:
         return edgecloud_command(
             "agent",
             "--server",
-            self.rig.url,
+            self.server_url,
             "--models-dir",
             str(self.models),
             "--node",
@@ -103,23 +129,27 @@ class Device:
             str(interval),
             "--canary-every",
             "3600",
+            *extra,
         )
 
-    def run_once(self) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "EDGECLOUD_ADMIN_TOKEN": TOKEN}
+    def run_once(self, *extra: str) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
-            [*self.agent_args(), "--once"], env=env, capture_output=True, text=True, timeout=60
+            [*self.agent_args(0.2, *extra), "--once"],
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         with open(self.dir / "agent.log", "a") as f:
             f.write(proc.stderr)
         assert proc.returncode == 0, proc.stderr[-2000:]
         return proc
 
-    def start_agent(self, interval: float = 0.2) -> ManagedProcess:
+    def start_agent(self, interval: float = 0.2, *extra: str) -> ManagedProcess:
         self.agent_proc = ManagedProcess(
-            self.agent_args(interval),
+            self.agent_args(interval, *extra),
             None,
-            env={"EDGECLOUD_ADMIN_TOKEN": TOKEN},
+            env=self.env,
             log_path=str(self.dir / "agent.log"),
             name=f"agent-{self.id}",
         ).start()
@@ -169,9 +199,11 @@ class Rig:
                 str(self.port),
                 "--tick",
                 "0.2",
+                *FAST_REPORTS,
                 *server_args,
             ),
             f"{self.url}/readyz",
+            env={"EDGECLOUD_FLEET_TOKEN": OPERATOR},
             log_path=str(tmp / "server.log"),
             name="fleet",
         )
@@ -198,13 +230,23 @@ class Rig:
         with repo_lock(self.repo_path):
             self.edit().start_rollout(MODEL, version, percent, RolloutPlan(gates=gates, **plan))
 
+    def enrol_token(self, device_id: str) -> str:
+        """An enrolment token bound to `device_id` (what the operator hands a new box)."""
+        return request_enrolment_token(self.url, OPERATOR, device_id=device_id)
+
+    def credential(self, device_id: str) -> str:
+        """Enrol `device_id` and return its credential (for tests that post reports)."""
+        return enrol_device(self.url, device_id)
+
     def device(self, device_id: str, **kw: Any) -> Device:
         d = Device(self, device_id, **kw)
         self.devices.append(d)
         return d
 
     def status(self) -> dict[str, Any]:
-        return dict(httpx.get(f"{self.url}/v1/fleet/status", timeout=10).json())
+        r = httpx.get(f"{self.url}/v1/fleet/status", headers=OPERATOR_AUTH, timeout=10)
+        assert r.status_code == 200, r.text
+        return dict(r.json())
 
     def events(self, device_id: str, kind: str | None = None) -> list[dict[str, Any]]:
         return [

@@ -1,10 +1,12 @@
 """A STAND-IN for the model node (`edgecloud serve`) in agent tests: not a model server.
 
 It implements only what the agent uses: `/readyz`, `GET|POST /admin/model` (Bearer token from
-EDGECLOUD_ADMIN_TOKEN) and `/v1/completions`. Its "model files" are small text files: a file
-that does not start with `STANDIN-MODEL` is refused like a corrupt GGUF, and words in the file
-choose how the model behaves (`behaviour=slow` answers in 300 ms, `behaviour=wrong` answers
-nonsense), so tests can publish good and bad versions that are a few KB.
+EDGECLOUD_ADMIN_TOKEN; 409 while another swap runs, as the real node answers) and
+`/v1/completions`; `POST /test/busy {"seconds": S}` makes it busy with a swap for S seconds.
+Its "model files" are small text files: a file that does not start with `STANDIN-MODEL` is
+refused like a corrupt GGUF, and words in the file choose how the model behaves
+(`behaviour=slow` answers in 300 ms, `behaviour=wrong` answers nonsense), so tests can publish
+good and bad versions that are a few KB.
 
 Run: python -m tests.fleet.standin_node --port P --model FILE [--load-delay S]
 """
@@ -37,6 +39,7 @@ class StandInNode:
         self.token = token
         self.current: dict[str, Any] = {}
         self.behaviour = "ok"
+        self.busy_until = 0.0
         self._load(model, "initial")
 
     def _load(self, path: Path, version: str) -> None:
@@ -71,13 +74,22 @@ class StandInNode:
                 return await self._send(send, 401, {"error": {"message": "bad token"}})
             if method == "GET":
                 return await self._send(send, 200, self.current)
+            if time.monotonic() < self.busy_until:
+                busy = {"message": "Another model swap is in progress.", "code": "swap_in_progress"}
+                return await self._send(send, 409, {"error": busy})
             req = orjson.loads(body)
+            self.busy_until = time.monotonic() + self.load_delay
             await asyncio.sleep(self.load_delay)
             try:
                 self._load(Path(req["path"]), req.get("version", ""))
             except (OSError, ValueError) as exc:
                 return await self._send(send, 400, {"error": {"message": str(exc)}})
+            finally:
+                self.busy_until = 0.0
             return await self._send(send, 200, self.current)
+        if path == "/test/busy":
+            self.busy_until = time.monotonic() + float(orjson.loads(body)["seconds"])
+            return await self._send(send, 200, {})
         if path == "/v1/completions":
             if self.behaviour == "slow":
                 await asyncio.sleep(0.3)

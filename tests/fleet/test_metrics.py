@@ -9,13 +9,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edgecloud.fleet.metrics import count_devices, refusal_reason
 from edgecloud.fleet.state import DeviceReport
-from tests.fleet.conftest import MODEL, Rig, device_ids, wait_for
+from tests.fleet.conftest import MODEL, OPERATOR_AUTH, Rig, device_ids, wait_for
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def scrape(url: str) -> Samples:
-    r = httpx.get(f"{url}/metrics", timeout=10)
+    r = httpx.get(f"{url}/metrics", headers=OPERATOR_AUTH, timeout=10)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     return {
         (s.name, frozenset(s.labels.items())): s.value
@@ -28,9 +28,20 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
     return samples.get((name, frozenset(labels.items())))
 
 
-def report(url: str, device: str, version: str, **extra: object) -> None:
+_credentials: dict[tuple[str, str], str] = {}
+
+
+def auth(rig: Rig, device: str) -> dict[str, str]:
+    key = (rig.url, device)
+    if key not in _credentials:
+        _credentials[key] = rig.credential(device)
+    return {"authorization": f"Bearer {_credentials[key]}"}
+
+
+def report(rig: Rig, device: str, version: str, **extra: object) -> None:
     body = {"device_id": device, "model": MODEL, "version": version, **extra}
-    assert httpx.post(f"{url}/v1/devices/report", json=body, timeout=10).status_code == 204
+    r = httpx.post(f"{rig.url}/v1/devices/report", json=body, headers=auth(rig, device), timeout=10)
+    assert r.status_code == 204, r.text
 
 
 def test_refusal_reasons_are_bounded_codes() -> None:
@@ -65,9 +76,9 @@ def test_metrics_follow_reports_and_an_aborted_rollout(rig: Rig) -> None:
     canary = device_ids(50, 1, True)[0]
     others = device_ids(50, 2, False)
     for d in [canary, *others]:
-        report(url, d, "1.0.0")
+        report(rig, d, "1.0.0")
     refused = {"kind": "refused", "version": "1.1.0", "reason": "metadata_expired: too old"}
-    report(url, others[0], "1.0.0", events=[refused])
+    report(rig, others[0], "1.0.0", events=[refused])
     s = scrape(url)
     assert value(s, "edgecloud_fleet_reports_total") == 4
     assert value(s, "edgecloud_fleet_devices", model=MODEL, version="1.0.0") == 3
@@ -75,7 +86,10 @@ def test_metrics_follow_reports_and_an_aborted_rollout(rig: Rig) -> None:
     assert value(s, "edgecloud_fleet_device_events_total", kind="refused") == 1
     assert value(s, "edgecloud_fleet_requests_total", route="report", status="204") == 4
     assert httpx.get(f"{url}/nowhere", timeout=10).status_code == 404
-    bad = httpx.post(f"{url}/v1/devices/report", content=b"{", timeout=10)
+    assert httpx.get(f"{url}/metrics", timeout=10).status_code == 401  # operator only
+    bad = httpx.post(
+        f"{url}/v1/devices/report", content=b"{", headers=auth(rig, canary), timeout=10
+    )
     assert bad.status_code == 422
     s = scrape(url)
     assert value(s, "edgecloud_fleet_requests_total", route="other", status="404") == 1
@@ -85,7 +99,7 @@ def test_metrics_follow_reports_and_an_aborted_rollout(rig: Rig) -> None:
     # a staged version: percent and gate values while it holds, then an abort
     rig.publish("1.1.0")
     rig.rollout("1.1.0", 50, stages=[50, 100], soak_s=3600, gates={"max_error_rate": 0.1})
-    report(url, canary, "1.1.0", metrics={"error_rate": 0.0})
+    report(rig, canary, "1.1.0", metrics={"error_rate": 0.0})
     s = wait_for(
         lambda: (
             (s := scrape(url))
@@ -103,7 +117,7 @@ def test_metrics_follow_reports_and_an_aborted_rollout(rig: Rig) -> None:
     assert value(s, "edgecloud_fleet_devices", model=MODEL, version="1.0.0") == 2
     assert (value(s, "edgecloud_fleet_controller_last_run_timestamp_seconds") or 0) > 0
 
-    report(url, canary, "1.1.0", metrics={"error_rate": 0.9})
+    report(rig, canary, "1.1.0", metrics={"error_rate": 0.9})
     s = wait_for(
         lambda: (
             (s := scrape(url))

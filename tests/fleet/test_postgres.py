@@ -18,7 +18,14 @@ import pytest
 from edgecloud.fleet.repository import ModelRepository
 from edgecloud.fleet.rollout import Gates, RolloutPlan
 from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port
-from tests.fleet.conftest import MODEL, device_ids, wait_for
+from tests.fleet.conftest import (
+    MODEL,
+    OPERATOR,
+    OPERATOR_AUTH,
+    device_ids,
+    enrol_device,
+    wait_for,
+)
 from tests.fleet.postgres import PASSWORD, PostgresServer, postgres_server
 from tests.fleet.standin_node import dummy_model
 
@@ -29,10 +36,14 @@ def pg() -> Iterator[PostgresServer]:
 
 
 class FleetServer:
-    """`edgecloud fleet serve` as a real process on a free port."""
+    """`edgecloud fleet serve` as a real process on a free port. Device credentials live in
+    the database, so they are kept per repository (one database each) across servers."""
+
+    credentials: dict[tuple[Path, str], str] = {}
 
     def __init__(self, repo: Path, log: Path, *args: str, env: dict[str, str] | None = None):
         self.url = f"http://127.0.0.1:{free_port()}"
+        self.repo = repo
         self.log = log
         self.proc = ManagedProcess(
             edgecloud_command(
@@ -47,7 +58,7 @@ class FleetServer:
                 *args,
             ),
             f"{self.url}/readyz",
-            env=env,
+            env={"EDGECLOUD_FLEET_TOKEN": OPERATOR, **(env or {})},
             log_path=str(log),
             name="fleet",
         )
@@ -61,7 +72,7 @@ class FleetServer:
         self.proc.stop()  # SIGTERM: the server flushes pending reports before it exits
 
     def status(self) -> dict[str, Any]:
-        return dict(httpx.get(f"{self.url}/v1/fleet/status", timeout=10).json())
+        return dict(httpx.get(f"{self.url}/v1/fleet/status", headers=OPERATOR_AUTH).json())
 
     def release(self, version: str) -> dict[str, Any]:
         return next(r for r in self.status()["releases"] if r["version"] == version)
@@ -75,8 +86,16 @@ class FleetServer:
         }
         if event:
             body["events"] = [{"kind": event, "version": version, "reason": "test"}]
-        r = httpx.post(f"{self.url}/v1/devices/report", json=body, timeout=10)
+        r = httpx.post(
+            f"{self.url}/v1/devices/report", json=body, headers=self.auth(device_id), timeout=10
+        )
         assert r.status_code == 204, r.text
+
+    def auth(self, device_id: str) -> dict[str, str]:
+        key = (self.repo, device_id)
+        if key not in self.credentials:
+            self.credentials[key] = enrol_device(self.url, device_id)
+        return {"authorization": f"Bearer {self.credentials[key]}"}
 
 
 def _repo(tmp: Path) -> Path:
@@ -180,9 +199,8 @@ def test_db_env_keeps_the_password_out_of_argv_and_logs(pg: PostgresServer, tmp_
 
 def _serve_once(repo: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     cmd = edgecloud_command("fleet", "serve", "--repo", str(repo), "--port", str(free_port()))
-    return subprocess.run(
-        [*cmd, *args], env={**os.environ, **env}, capture_output=True, text=True, timeout=60
-    )
+    env = {**os.environ, "EDGECLOUD_FLEET_TOKEN": OPERATOR, **env}
+    return subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, timeout=60)
 
 
 def test_db_flag_errors_never_echo_the_url(tmp_path: Path) -> None:

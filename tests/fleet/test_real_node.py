@@ -12,10 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from edgecloud.fleet.enrolment import request_enrolment_token
 from edgecloud.fleet.repository import ModelRepository, repo_lock
 from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port
 from tests.conftest import start_node
-from tests.fleet.conftest import TOKEN, wait_for
+from tests.fleet.conftest import OPERATOR, OPERATOR_AUTH, TOKEN, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -30,6 +31,7 @@ def test_agent_updates_and_rolls_back_a_real_node(tmp_path: Path, embedded_model
     server = ManagedProcess(
         edgecloud_command("fleet", "serve", "--repo", str(repo_path), "--port", str(port)),
         f"{url}/readyz",
+        env={"EDGECLOUD_FLEET_TOKEN": OPERATOR},
         log_path=str(tmp_path / "server.log"),
     )
     models = tmp_path / "models"
@@ -55,8 +57,9 @@ def test_agent_updates_and_rolls_back_a_real_node(tmp_path: Path, embedded_model
     )
 
     def agent_once() -> None:
+        enrol = {"EDGECLOUD_ENROL_TOKEN": enrol_token}
         p = subprocess.run(
-            args, env={**os.environ, **env}, capture_output=True, text=True, timeout=240
+            args, env={**os.environ, **env, **enrol}, capture_output=True, text=True, timeout=240
         )
         (tmp_path / "agent.log").open("a").write(p.stderr)
         assert p.returncode == 0, p.stderr[-2000:]
@@ -67,6 +70,7 @@ def test_agent_updates_and_rolls_back_a_real_node(tmp_path: Path, embedded_model
     try:
         server.start()
         server.wait_ready(30)
+        enrol_token = request_enrolment_token(url, OPERATOR, device_id="box-1")
         node.wait_ready(timeout_s=180)
         agent_once()
         assert node_model()["version"] == "1.0.0"
@@ -91,12 +95,12 @@ def test_agent_updates_and_rolls_back_a_real_node(tmp_path: Path, embedded_model
         agent_once()
         assert node_model()["version"] == "1.1.0"
         assert httpx.get(f"{node_url}/readyz", timeout=10).status_code == 200
-        status = httpx.get(f"{url}/v1/fleet/status", timeout=10).json()
+        status = httpx.get(f"{url}/v1/fleet/status", headers=OPERATOR_AUTH, timeout=10).json()
         assert status["devices"][0]["failed_versions"] == ["1.2.0"]
         wait_for(
             lambda: [
                 e
-                for e in httpx.get(f"{url}/v1/fleet/status").json()["events"]
+                for e in httpx.get(f"{url}/v1/fleet/status", headers=OPERATOR_AUTH).json()["events"]
                 if e["kind"] == "rolled_back" and e["version"] == "1.2.0"
             ],
             what="rolled_back event",

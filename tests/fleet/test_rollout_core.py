@@ -104,3 +104,32 @@ def test_plans_are_validated() -> None:
         RolloutPlan(stages=[25, 5])
     with pytest.raises(ValueError):
         _rel("not-a-version")
+
+
+def test_metric_gates_wait_for_a_quorum_of_distinct_devices() -> None:
+    gates = Gates(max_error_rate=0.1)
+    bad = [DeviceReading("d1", "1.1.0", error_rate=0.9)]
+    # one device (reporting twice) cannot abort, nor promote, a rollout needing three
+    held = evaluate_gates(gates, "1.1.0", bad + bad, quorum=3)
+    assert held.ok and held.reports == 1
+    state = RolloutState(stage="staged", percent=5, plan=RolloutPlan(min_reports=3, soak_s=0))
+    assert next_step(state, held, now=100).action == "hold"
+    good = [DeviceReading(f"d{i}", "1.1.0", error_rate=0.0) for i in (2, 3)]
+    judged = evaluate_gates(gates, "1.1.0", bad + good, quorum=3)
+    assert not judged.ok and next_step(state, judged, now=100).action == "abort"
+    # a device that rolled the version back aborts at once (fail safe)
+    failed = evaluate_gates(gates, "1.1.0", [DeviceReading("d1", "1.1.0", failed=True)], 3)
+    assert not failed.ok
+
+
+def test_a_stable_version_that_failed_here_is_skipped_for_the_older_one() -> None:
+    releases = [
+        _rel("1.0.0"),
+        _rel("1.1.0"),
+    ]
+    choice = choose_release(releases, "m", "dev-1", "9.9.9", failed_versions=["1.1.0"])
+    assert choice.release is not None and choice.release.version == "1.0.0"
+    assert ("1.1.0", "failed its checks on this device before") in choice.refused
+    releases.append(_rel("1.2.0"))
+    newer = choose_release(releases, "m", "dev-1", "9.9.9", failed_versions=["1.1.0"])
+    assert newer.release is not None and newer.release.version == "1.2.0"

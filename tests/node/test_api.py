@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import openai
 import pytest
@@ -12,6 +14,13 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def client(node: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{node}/v1", api_key="unused", max_retries=0)
+
+
+def _ask(client: openai.OpenAI, content: object, **kw: Any) -> Any:
+    """One user message to the served model (kw: the other request fields)."""
+    return client.chat.completions.create(
+        model="gemma-3-270m", messages=[{"role": "user", "content": content}], **kw
+    )
 
 
 def test_models_lists_the_served_model(client: openai.OpenAI) -> None:
@@ -74,9 +83,9 @@ def test_stop_sequence_ends_the_text(client: openai.OpenAI) -> None:
 
 
 def test_chat_streaming_with_usage(client: openai.OpenAI) -> None:
-    stream = client.chat.completions.create(
-        model="gemma-3-270m",
-        messages=[{"role": "user", "content": "Count: one, two, three,"}],
+    stream = _ask(
+        client,
+        "Count: one, two, three,",
         max_tokens=10,
         temperature=0,
         stream=True,
@@ -103,19 +112,14 @@ def test_completion_streaming_matches_non_streaming(client: openai.OpenAI) -> No
 
 
 def test_max_completion_tokens_is_honoured(client: openai.OpenAI) -> None:
-    resp = client.chat.completions.create(
-        model="gemma-3-270m",
-        messages=[{"role": "user", "content": "Tell me a long story."}],
-        max_completion_tokens=5,
-        temperature=0,
-    )
+    resp = _ask(client, "Tell me a long story.", max_completion_tokens=5, temperature=0)
     assert resp.usage is not None and resp.usage.completion_tokens <= 5
 
 
 def test_extra_body_fields_are_accepted(client: openai.OpenAI) -> None:
-    resp = client.chat.completions.create(
-        model="gemma-3-270m",
-        messages=[{"role": "user", "content": [{"type": "text", "text": "Hello"}]}],
+    resp = _ask(
+        client,
+        [{"type": "text", "text": "Hello"}],
         max_tokens=4,
         extra_body={"skip_special_tokens": False, "top_k": 20},
     )

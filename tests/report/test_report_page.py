@@ -56,3 +56,14 @@ def test_page_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert header.mean() < 0.4
     red = (pixels[..., 0] > 0.6) & (pixels[..., 1] < 0.35) & (pixels[..., 2] < 0.35)
     assert red.sum() > 200
+
+
+def test_numbers_are_written_for_people() -> None:
+    from edgecloud.report import human_number
+
+    cases = {10000.0: "10,000", 123456.7: "123,457", 12.3456: "12.35", 0.00123: "0.00123",
+             0.0: "0", 42: "42", 2026: "2026", 1_500_000: "1,500,000", True: "True",
+             "x": "x", 0.00001234: "1.23e-05"}
+    for value, text in cases.items():
+        assert human_number(value) == text, value
+    assert "1e+04" not in table_html(["capex"], [[10000.0]])

@@ -1,0 +1,145 @@
+"""Device enrolment on the fleet server: enrolment tokens in, per-device credentials out.
+
+The operator issues an enrolment token (limited uses, an expiry, optionally bound to one
+device id); a device spends one use to get its own credential, bound to its device id. Reports
+are then accepted only with that credential and only for that device id. Tokens and credentials
+are stored as hashes; the in-memory map of credentials makes each report's check a dict lookup
+and one constant-time comparison.
+"""
+
+from __future__ import annotations
+
+import ssl
+import threading
+import time
+
+import httpx
+
+from edgecloud.fleet.credentials import (
+    DEVICE_PREFIX,
+    ENROLMENT_PREFIX,
+    DeviceCredential,
+    EnrolmentToken,
+    issue,
+    same_secret,
+    split_token,
+)
+from edgecloud.fleet.errors import CredentialError, FleetError
+from edgecloud.fleet.state import FleetStore
+
+MAX_TOKEN_USES = 100_000
+MAX_TOKEN_TTL_S = 365 * 86400.0
+
+
+class DeviceRegistry:
+    """Enrolled devices and their credentials (blocking calls: run `issue`/`enrol` in a thread)."""
+
+    def __init__(self, store: FleetStore, max_devices: int) -> None:
+        self.store = store
+        self.max_devices = max_devices
+        self._lock = threading.Lock()
+        self._by_id: dict[str, DeviceCredential] = {c.token_id: c for c in store.credentials()}
+        self._devices = {c.device_id for c in self._by_id.values()}
+
+    def __len__(self) -> int:
+        return len(self._devices)
+
+    def enrolled(self, device_id: str) -> bool:
+        return device_id in self._devices
+
+    def issue_token(self, device_id: str | None, uses: int, ttl_s: float) -> str:
+        """A new enrolment token (shown once; only its hash is kept)."""
+        if not 1 <= uses <= MAX_TOKEN_USES:
+            raise CredentialError(f"uses must be 1..{MAX_TOKEN_USES}", 422, "invalid_uses")
+        if not 0 < ttl_s <= MAX_TOKEN_TTL_S:
+            raise CredentialError("ttl_s must be positive and at most a year", 422, "invalid_ttl")
+        new = issue(ENROLMENT_PREFIX)
+        self.store.add_enrolment_token(
+            EnrolmentToken(new.token_id, new.hash, uses, time.time() + ttl_s, device_id)
+        )
+        return new.token
+
+    def enrol(self, token: str, device_id: str) -> str:
+        """Spend one use of an enrolment token; the device's new credential (shown once)."""
+        parts = split_token(token, ENROLMENT_PREFIX)
+        stored = self.store.enrolment_token(parts[0]) if parts else None
+        if parts is None or stored is None or not same_secret(parts[1], stored.hash):
+            raise CredentialError("A valid enrolment token is required.", 401, "invalid_token")
+        if not stored.usable():
+            raise CredentialError("The enrolment token is used up or expired.", 401, "token_spent")
+        if stored.device_id is not None and stored.device_id != device_id:
+            raise CredentialError(
+                f"This enrolment token is for another device, not {device_id}.",
+                403,
+                "device_mismatch",
+            )
+        # an open token may enrol new ids only; re-enrolling needs a token bound to the device
+        replace = stored.device_id == device_id
+        with self._lock:
+            if device_id not in self._devices and len(self._devices) >= self.max_devices:
+                raise CredentialError(
+                    f"The fleet is full ({self.max_devices} devices); raise --max-devices.",
+                    403,
+                    "fleet_full",
+                )
+            if device_id in self._devices and not replace:
+                raise CredentialError(
+                    f"{device_id} is enrolled already; re-enrol it with a token bound to it.",
+                    409,
+                    "device_already_enrolled",
+                )
+            new = issue(DEVICE_PREFIX)
+            cred = DeviceCredential(new.token_id, new.hash, device_id)
+            if not self.store.enrol(stored.token_id, cred, replace):
+                raise CredentialError(
+                    "The enrolment token is used up, or the device is enrolled already.",
+                    409,
+                    "token_spent",
+                )
+            for tid, old in list(self._by_id.items()):
+                if old.device_id == device_id:
+                    del self._by_id[tid]
+            self._by_id[cred.token_id] = cred
+            self._devices.add(device_id)
+        return new.token
+
+    def device_of(self, credential: str | None) -> str | None:
+        """The device id a credential belongs to, or None when it is not a valid one."""
+        parts = split_token(credential, DEVICE_PREFIX) if credential else None
+        if parts is None:
+            return None
+        cred = self._by_id.get(parts[0])
+        if cred is None or not same_secret(parts[1], cred.hash):
+            return None
+        return cred.device_id
+
+
+def request_enrolment_token(
+    server: str,
+    operator_token: str | None,
+    *,
+    device_id: str | None = None,
+    uses: int = 1,
+    ttl_s: float = 86400.0,
+    verify: ssl.SSLContext | bool = True,
+) -> str:
+    """Ask a running fleet server for an enrolment token (the operator's call)."""
+    headers = {"authorization": f"Bearer {operator_token}"} if operator_token else {}
+    body = {"device_id": device_id, "uses": uses, "ttl_s": ttl_s}
+    try:
+        r = httpx.post(
+            f"{server.rstrip('/')}/v1/fleet/enrolment-tokens",
+            json=body,
+            headers=headers,
+            timeout=30,
+            verify=verify,
+        )
+    except httpx.HTTPError as exc:
+        raise FleetError(f"cannot reach the fleet server {server}: {exc}") from None
+    if r.status_code != 201:
+        try:
+            message = r.json()["error"]["message"]
+        except Exception:
+            message = r.text[:200]
+        raise FleetError(f"the fleet server refused (HTTP {r.status_code}): {message}")
+    return str(r.json()["token"])
