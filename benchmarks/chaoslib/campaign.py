@@ -212,11 +212,12 @@ def _fleet_link(mode: str) -> Fault:
     @contextlib.contextmanager
     def run(stack: ChaosStack, window_s: float) -> Iterator[list[str]]:
         assert stack.fleet_link is not None
-        stack.fleet_link.set_mode(mode)
+        # Trickle: one byte a second, as a link that has all but died.
+        stack.fleet_link.set(mode, **({"trickle_s": 1.0} if mode == "trickle" else {}))
         try:
             yield []
         finally:
-            stack.fleet_link.set_mode("pass")
+            stack.fleet_link.set("pass")
     return run
 
 
@@ -251,7 +252,7 @@ def all_faults() -> dict[str, Fault]:
     out["upstream:500_then_200"] = _fail_then_ok
     out["slowloris:1000"] = slowloris_fault(1000)
     out["bodies:64x2MB+60MB"] = _bodies
-    for mode in ("drop", "corrupt", "trickle"):
+    for mode in ("drop", "garble", "trickle"):
         out[f"fleet_link:{mode}"] = _fleet_link(mode)
     out["fleet_db:locked"] = _fleet_db("locked")
     out["fleet_db:removed"] = _fleet_db("removed")

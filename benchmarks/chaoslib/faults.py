@@ -1,15 +1,16 @@
 """Fault drivers: things that go wrong on purpose, each started and ended by the campaign.
 
+The link to the fleet server that drops, garbles or trickles is the fleet tests' stand-in
+(tests/fleet/faulty_link.py).
+
 Every driver is a context manager or a bounded function: it undoes what it did when it ends, and
 none runs for longer than it is told. They talk to real processes and sockets on 127.0.0.1 only.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
-import random
 import signal
 import socket
 import sqlite3
@@ -40,96 +41,6 @@ def frozen(proc: ManagedProcess) -> Iterator[None]:
         yield
     finally:
         proc.kill(signal.SIGCONT)
-
-
-# -- a TCP link that can drop, corrupt or trickle ----------------------------------------------
-
-
-class FaultLink:
-    """A TCP proxy on 127.0.0.1 in front of `target`; `mode` says what it does to the bytes.
-
-    "pass" forwards; "drop" closes every connection and refuses new ones; "corrupt" flips
-    bytes in what comes back from the target; "trickle" sends what comes back one byte per
-    `trickle_interval_s`. Runs its own event loop on a thread.
-    """
-
-    def __init__(self, target_port: int, trickle_interval_s: float = 1.0, seed: int = 7) -> None:
-        self.target_port = target_port
-        self.mode = "pass"
-        self.trickle_interval_s = trickle_interval_s
-        self.rng = random.Random(seed)
-        self.port = 0
-        self.connections = 0
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="fault-link",
-                                        daemon=True)
-        self._server: asyncio.AbstractServer | None = None
-
-    def start(self) -> int:
-        self._thread.start()
-        self.port = asyncio.run_coroutine_threadsafe(self._listen(0), self._loop).result(10)
-        return self.port
-
-    def set_mode(self, mode: str) -> None:
-        assert mode in ("pass", "drop", "corrupt", "trickle"), mode
-        self.mode = mode
-        if mode == "drop":
-            asyncio.run_coroutine_threadsafe(self._cut(), self._loop).result(10)
-
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            asyncio.run_coroutine_threadsafe(self._cut(close_listener=True), self._loop).result(10)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(5)
-
-    async def _listen(self, port: int) -> int:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", port)
-        return int(self._server.sockets[0].getsockname()[1])
-
-    async def _cut(self, close_listener: bool = False) -> None:
-        for w in list(self._writers):
-            w.transport.abort()
-        self._writers.clear()
-        if close_listener and self._server is not None:
-            self._server.close()
-
-    async def _handle(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        if self.mode == "drop":
-            cw.transport.abort()
-            return
-        try:
-            ur, uw = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            cw.transport.abort()
-            return
-        self._writers.update((cw, uw))
-        await asyncio.gather(self._pipe(cr, uw, back=False), self._pipe(ur, cw, back=True),
-                             return_exceptions=True)
-        self._writers.difference_update((cw, uw))
-        for w in (cw, uw):
-            w.transport.abort()
-
-    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter, back: bool) -> None:
-        while data := await r.read(65536):
-            if back and self.mode == "corrupt":
-                buf = bytearray(data)
-                for _ in range(max(1, len(buf) // 64)):
-                    buf[self.rng.randrange(len(buf))] ^= 0xFF
-                data = bytes(buf)
-            if back and self.mode == "trickle":
-                for i in range(len(data)):
-                    if self.mode != "trickle":
-                        w.write(data[i:])
-                        break
-                    w.write(data[i:i + 1])
-                    await w.drain()
-                    await asyncio.sleep(self.trickle_interval_s)
-            else:
-                w.write(data)
-            await w.drain()
-        w.close()
 
 
 # -- clients that misbehave ------------------------------------------------------------------

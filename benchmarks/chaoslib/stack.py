@@ -7,7 +7,8 @@ an agent, a stand-in cloud provider, and the links in between.
 - cloud-us: the stand-in cloud provider of the gateway tests (it records what it receives and
   can misbehave on command), in a region EU data may not go to.
 - fleet: `edgecloud fleet serve` on a repository holding the embedded model as 1.0.0 (stable);
-  the agent reaches it through a `FaultLink` that can drop, corrupt or trickle.
+  the agent (enrolled with a one-use token) reaches it through the fleet tests' `FaultyLink`,
+  which can drop, garble or trickle.
 """
 
 from __future__ import annotations
@@ -25,15 +26,17 @@ from typing import Any
 import httpx
 import yaml
 
-from benchmarks.chaoslib.faults import FaultLink
 from benchmarks.chaoslib.traffic import CLOUD_EU, CLOUD_US, EDGE, MARKER_RE
 from edgecloud.demo.wan import LinkProfile, WanLink
 from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port
+from tests.fleet.faulty_link import FaultyLink
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STANDIN = REPO_ROOT / "tests" / "gateway" / "standin_provider.py"
 MODEL = "gemma-3-270m"
 ADMIN_TOKEN = "chaos-admin-token"  # the node's admin token (agent -> node swaps)
+OPERATOR_TOKEN = "chaos-operator-token-0123456789abcdef"  # the fleet server's operator token
+DEVICE_ID = "chaos-box-1"
 
 
 class RecordingTap:
@@ -86,7 +89,7 @@ class ChaosStack:
     parts: dict[str, Part] = field(default_factory=dict)
     tap: RecordingTap = field(default_factory=RecordingTap)
     wan: WanLink | None = None
-    fleet_link: FaultLink | None = None
+    fleet_link: FaultyLink | None = None
     postgres: Any = None  # a tests.fleet.postgres.PostgresServer when cfg.fleet_db is "postgres"
     ports: dict[str, int] = field(default_factory=dict)
 
@@ -164,9 +167,10 @@ class ChaosStack:
     def _fleet(self) -> ManagedProcess:
         port = self.ports["fleet"]
         db: tuple[str, ...] = ()
-        env = {}
+        env = {"EDGECLOUD_FLEET_TOKEN": OPERATOR_TOKEN}
         if self.postgres is not None:
-            db, env = ("--db-env", "CHAOS_FLEET_DB"), {"CHAOS_FLEET_DB": self.postgres.url("fleet")}
+            db = ("--db-env", "CHAOS_FLEET_DB")
+            env["CHAOS_FLEET_DB"] = self.postgres.url("fleet")
         return ManagedProcess(
             edgecloud_command("fleet", "serve", "--repo", str(self.repo), "--port", str(port),
                               "--tick", "0.5", *db),
@@ -177,12 +181,13 @@ class ChaosStack:
         assert self.fleet_link is not None
         return ManagedProcess(
             edgecloud_command(
-                "agent", "--server", f"http://127.0.0.1:{self.fleet_link.port}",
+                "agent", "--server", self.fleet_link.url,
                 "--models-dir", str(self.cfg.out_dir / "agent-models"), "--node", self.edge,
-                "--model", MODEL, "--root", str(self.root_file), "--device-id", "chaos-box-1",
-                "--interval", "1", "--canary-every", "3600"),
+                "--model", MODEL, "--root", str(self.root_file), "--device-id", DEVICE_ID,
+                "--interval", "1", "--max-backoff", "2", "--canary-every", "3600",
+                "--rate-window", "5", "--min-rate", "4096"),
             None, log_path=self._log("agent"), name="agent",
-            env={"EDGECLOUD_ADMIN_TOKEN": ADMIN_TOKEN})
+            env={"EDGECLOUD_ADMIN_TOKEN": ADMIN_TOKEN, "EDGECLOUD_ENROL_TOKEN": self.enrol_token})
 
     def _add(self, name: str, make: Callable[[], ManagedProcess], timeout_s: float = 180) -> Part:
         part = Part(name, make().start(), make, timeout_s)
@@ -229,8 +234,12 @@ class ChaosStack:
             self.postgres.create_database("fleet")
         fleet = self._add("fleet", self._fleet, 60)
         fleet.proc.wait_ready(60)
-        self.fleet_link = FaultLink(self.ports["fleet"], trickle_interval_s=1.0)
-        self.fleet_link.start()
+        from edgecloud.fleet.enrolment import request_enrolment_token
+
+        # One use: the agent keeps the credential it gets for it, and uses that after restarts.
+        self.enrol_token = request_enrolment_token(
+            f"http://127.0.0.1:{self.ports['fleet']}", OPERATOR_TOKEN, device_id=DEVICE_ID)
+        self.fleet_link = FaultyLink(self.ports["fleet"]).__enter__()
         self._add("agent", self._agent, 0)
         self.wait_agent_event("agent.activated", 240)
 
@@ -259,7 +268,7 @@ class ChaosStack:
         if self.wan is not None:
             self.wan.stop()
         if self.fleet_link is not None:
-            self.fleet_link.stop()
+            self.fleet_link.__exit__(None, None, None)
         if self.postgres is not None:
             self.postgres.stop()
 

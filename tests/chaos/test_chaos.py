@@ -19,7 +19,7 @@ from benchmarks.chaoslib.stack import ChaosStack, StackConfig
 HEALTH_INTERVAL_S = 1.0
 WINDOW_S = 2.0
 SHORT = ("kill9:edge-local", "sigstop:cloud-us", "disconnects", "upstream:hang_after_headers",
-         "upstream:500_then_200", "slowloris:1000", "fleet_link:corrupt", "fleet_db:locked")
+         "upstream:500_then_200", "slowloris:1000", "fleet_link:garble", "fleet_db:locked")
 
 pytestmark = pytest.mark.slow
 
