@@ -110,14 +110,24 @@ class ChaosStack:
     def _log(self, name: str) -> str:
         return str(self.cfg.out_dir / f"{name}.log")
 
+    def committed_model(self) -> str:
+        """The model a box's supervisor starts its node on: the agent's committed slot once it
+        has one (as a deployment points the node at it), else the shipped model."""
+        from edgecloud.fleet.slots import SlotStore
+
+        store = SlotStore(self.cfg.out_dir / "agent-models")
+        state = store.load()
+        return str(store.model_path(state.active)) if state.active else self.cfg.model_path
+
     def _node(self, name: str, parallel: int, *extra: str) -> Callable[[], ManagedProcess]:
         port = self.ports[name]
         cfg = self.cfg
 
         def make() -> ManagedProcess:
+            model = self.committed_model() if name == EDGE else cfg.model_path
             return ManagedProcess(
                 edgecloud_command(
-                    "serve", "--model", cfg.model_path, "--port", str(port), "--preload",
+                    "serve", "--model", model, "--port", str(port), "--preload",
                     "--parallel", str(parallel), "--ctx", str(cfg.ctx), "--threads", "1",
                     "--max-queue", "8", *extra),
                 f"http://127.0.0.1:{port}/readyz", log_path=self._log(name), name=name,
