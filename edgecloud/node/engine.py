@@ -225,13 +225,9 @@ class BatchEngine:
                         and not self._draining
                     ):
                         self._cv.wait()
-                    if self._stopping or (
-                        self._draining and not self.waiting and self._active == 0
-                    ):
-                        # The model is freed on the way out: wait for its leases (bounded:
-                        # a lease is one tokenisation).
-                        while self._leases:
-                            self._cv.wait()
+                    if self._stopping:
+                        break
+                    if self._draining and not self.waiting and self._active == 0:
                         break
                     out: _Out = []
                     try:
@@ -473,6 +469,10 @@ class BatchEngine:
             while self.waiting:
                 out.append((self.waiting.popleft(), StreamEvent(finish_reason="cancelled")))
         self._emit(out)
+        with self._cv:
+            self._stopping = True  # no new lease from here on
+            while self._leases:  # bounded: a lease is one tokenisation
+                self._cv.wait()
         self.backend.free()
         if self._on_idle is not None:
             try:
