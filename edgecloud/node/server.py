@@ -222,10 +222,9 @@ class NodeApp:
         await send_json(send, 200, self._info_json(await self.service.model_info()))
         return 200
 
-    @staticmethod
-    def _info_json(info: Any) -> dict[str, Any]:
-        if info is None:
-            return {"id": None, "loaded": False}
+    def _info_json(self, info: Any) -> dict[str, Any]:
+        if info is None:  # "state" says whether its configured model is still loading
+            return {"id": None, "loaded": False, "state": self.service.state.value}
         return {
             "id": info.id,
             "path": info.path,
