@@ -59,10 +59,10 @@ class Peers(contextlib.ExitStack):
         self.callback(proc.stop)
         proc.wait_ready(timeout_s=timeout_s)
 
-    def upstream(self, chunks: int = 64, pace_ms: float = 20.0) -> str:
+    def upstream(self, chunks: int = 64, pace_ms: float = 20.0, content: str = "tok ") -> str:
         port = free_port()
         self._run([sys.executable, str(HERE / "gateway_upstream.py"), "--port", str(port),
-                   "--chunks", str(chunks), "--pace-ms", str(pace_ms)],
+                   "--chunks", str(chunks), "--pace-ms", str(pace_ms), "--content", content],
                   f"http://127.0.0.1:{port}/readyz", "upstream")
         return f"http://127.0.0.1:{port}"
 

@@ -33,15 +33,15 @@ BODY = json.dumps({"model": "gpt-4o-mini", "stream": True, "max_tokens": CHUNKS,
                    "messages": [{"role": "user", "content": "Tell me a story."}]}).encode()
 
 
-async def one_stream(session: aiohttp.ClientSession, url: str, delay_s: float
-                     ) -> tuple[float | None, list[float], bool]:
+async def one_stream(session: aiohttp.ClientSession, url: str, delay_s: float,
+                     body: bytes = BODY) -> tuple[float | None, list[float], bool]:
     """(ttft_ms, per-chunk delays in ms, complete) for one stream."""
     await asyncio.sleep(delay_s)
     start = time.perf_counter()
     arrivals: list[float] = []
     done = False
     try:
-        async with session.post(url, data=BODY,
+        async with session.post(url, data=body,
                                 headers={"content-type": "application/json"}) as resp:
             if resp.status != 200:
                 return None, [], False
@@ -72,7 +72,7 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q / 100 * len(s)))]
 
 
-async def run(url: str, n: int, burst: bool) -> dict[str, float]:
+async def run(url: str, n: int, burst: bool, body: bytes = BODY) -> dict[str, float]:
     conn = aiohttp.TCPConnector(limit=0, force_close=False)
     timeout = aiohttp.ClientTimeout(total=120)
     span_s = CHUNKS * PACE_MS / 1000
@@ -80,7 +80,7 @@ async def run(url: str, n: int, burst: bool) -> dict[str, float]:
         for warm in (True, False):  # the first round opens the connections on every hop
             results = await asyncio.gather(*(
                 one_stream(session, url + "/v1/chat/completions",
-                           0.0 if burst else i * span_s / n) for i in range(n)))
+                           0.0 if burst else i * span_s / n, body) for i in range(n)))
             if warm:
                 await asyncio.sleep(0.2)
     ttfts = [r[0] for r in results if r[0] is not None]

@@ -3,7 +3,7 @@
 Non-streaming requests get a fixed small chat completion at once. Streaming requests get
 `--chunks` SSE chunks `--pace-ms` apart (a 50 tokens/s model by default).
 
-Run: python benchmarks/gateway_upstream.py --port P [--chunks 64 --pace-ms 20]
+Run: python benchmarks/gateway_upstream.py --port P [--chunks 64 --pace-ms 20] [--content TEXT]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ MODELS = orjson.dumps({"object": "list", "data": [{"id": "standin", "object": "m
 CHUNK = (b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":0,'
          b'"model":"standin","choices":[{"index":0,"delta":{"content":"tok "},'
          b'"finish_reason":null}]}\n\n')
-ARGS = argparse.Namespace(chunks=64, pace_ms=20.0)
+ARGS = argparse.Namespace(chunks=64, pace_ms=20.0, content="tok ")
 
 
 async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -72,7 +72,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--chunks", type=int, default=64)
     parser.add_argument("--pace-ms", type=float, default=20.0)
+    parser.add_argument("--content", default="tok ", help="the text of every streamed chunk")
     parser.parse_args(namespace=ARGS)
+    global CHUNK
+    CHUNK = CHUNK.replace(b'"tok "', orjson.dumps(ARGS.content))
     uvicorn.run(app, host="127.0.0.1", port=ARGS.port, loop="uvloop", http="httptools",
                 access_log=False, log_level="warning", lifespan="off", backlog=4096,
                 server_header=False, date_header=False)

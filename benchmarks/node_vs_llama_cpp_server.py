@@ -28,7 +28,8 @@ PEER_VENV = ROOT / ".venv-peer"
 WHEELS = Path(os.environ.get("WHEEL_CACHE", Path.home() / ".cache/edgecloud/wheels"))
 sys.path.insert(0, str(ROOT))
 
-from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port  # noqa: E402
+from benchmarks.interleave import measure_interleaved, print_ratios, servers_up  # noqa: E402
+from edgecloud.supervise import edgecloud_command, free_port  # noqa: E402
 
 
 def ensure_peer_venv() -> Path:
@@ -114,35 +115,6 @@ async def run_level(base: str, concurrency: int, total: int) -> dict[str, float]
     }
 
 
-def measure_interleaved(
-    servers: dict[str, str], per_level: int, rounds: int
-) -> dict[str, dict[int, dict[str, float]]]:
-    """Alternate the servers level by level, round by round, and keep each one's median.
-
-    Both servers stay up (an idle server costs nothing), so a burst of load from elsewhere on
-    a shared machine hits both alike instead of whichever happened to run at that moment.
-    """
-    runs: dict[str, dict[int, list[dict[str, float]]]] = {n: {1: [], 4: []} for n in servers}
-    names = list(servers)
-    for r in range(rounds):
-        for conc in (1, 4):
-            for name in names if r % 2 == 0 else reversed(names):
-                res = asyncio.run(run_level(servers[name], conc, per_level * conc))
-                runs[name][conc].append(res)
-                print(
-                    f"  round {r + 1} {name:>10} c={conc}: "
-                    + ", ".join(f"{k}={v:.1f}" for k, v in res.items()),
-                    flush=True,
-                )
-    return {
-        name: {
-            conc: {k: float(np.median([x[k] for x in rs])) for k in rs[0]}
-            for conc, rs in levels.items()
-        }
-        for name, levels in runs.items()
-    }
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -197,33 +169,21 @@ def main() -> None:
     print("peer: python -m llama_cpp.server (interrupt_requests off, so concurrent streams finish)")
     print("ours: edgecloud serve --parallel 4")
     peer_base, ours_base = f"http://127.0.0.1:{peer_port}", f"http://127.0.0.1:{ours_port}"
-    with (
-        ManagedProcess(
-            peer_cmd, f"{peer_base}/v1/models", log_path=str(logdir / "bench-peer.log"), name="peer"
-        ) as peer_proc,
-        ManagedProcess(
-            ours_cmd,
-            f"{ours_base}/readyz",
-            log_path=str(logdir / "bench-ours.log"),
-            name="edgecloud",
-        ) as ours_proc,
-    ):
-        peer_proc.wait_ready(180)
-        ours_proc.wait_ready(180)
+    with servers_up(
+        (peer_cmd, f"{peer_base}/v1/models"), (ours_cmd, f"{ours_base}/readyz"), logdir, "bench",
+        timeout_s=180,
+    ):  # fmt: skip
         medians = measure_interleaved(
-            {"peer": peer_base, "edgecloud": ours_base}, args.requests_per_level, args.rounds
+            {"peer": peer_base, "edgecloud": ours_base},
+            args.rounds,
+            lambda _name, base, conc, _round: asyncio.run(
+                run_level(base, conc, args.requests_per_level * conc)
+            ),
         )
-    peer, ours = medians["peer"], medians["edgecloud"]
-
     print()
     print(f"medians of {args.rounds} alternating rounds")
-    print(f"{'concurrency':>11} | {'metric':>12} | {'peer':>9} | {'edgecloud':>9} | ratio")
-    for conc in (1, 4):
-        for key in ("tok_s", "req_s", "ttft_p50_ms", "ttft_p95_ms"):
-            p, o = peer[conc][key], ours[conc][key]
-            ratio = o / p if p else float("nan")
-            note = "  (lower is better)" if key.startswith("ttft") else ""
-            print(f"{conc:>11} | {key:>12} | {p:9.1f} | {o:9.1f} | {ratio:.2f}x{note}")
+    print_ratios("peer", medians["peer"], medians["edgecloud"],
+                 ("tok_s", "req_s", "ttft_p50_ms", "ttft_p95_ms"))  # fmt: skip
     print()
     print("targets: tok_s ratio >= 1.0 at c=1, >= 2.0 at c=4; TTFT p95 at c=4 no worse than peer")
 

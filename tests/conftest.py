@@ -49,3 +49,12 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield base
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_mmproj_path() -> str:
+    """A gemma3-type projector with random weights for the embedded model, made once and cached
+    (under ~/.cache/edgecloud, or EDGECLOUD_TEST_CACHE)."""
+    from edgecloud.testing.tiny_mmproj import cached_tiny_mmproj
+
+    return str(cached_tiny_mmproj())

@@ -5,9 +5,12 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from edgecloud.decide.decision import (
+    LABEL,
     DecisionInputs,
     OptionResult,
     Reason,
+    _money,
+    _pct,
     choose,
     evaluate_options,
     explain,
@@ -42,10 +45,15 @@ def decide(inputs: DecisionInputs) -> Decision:
     options = evaluate_options(inputs)
     chosen = choose(options)
     be = break_even_volume(inputs)
+    reasons = explain(inputs, options, chosen, be)
+    effect = pseudonymization_effect(inputs, options, chosen)
+    if effect is not None:
+        reasons.append(Reason(rank=len(reasons) + 1, kind="compliance", favours="cloud",
+                              text=effect))
     return Decision(
         recommended=chosen,
         meets_all_checks=chosen is not None and options[chosen].feasible,
-        reasons=explain(inputs, options, chosen, be),
+        reasons=reasons,
         options=options,
         break_even_requests_per_day=be,
         flips=flip_volumes(inputs),
@@ -53,3 +61,28 @@ def decide(inputs: DecisionInputs) -> Decision:
         cost_curve=cost_per_1k_curve(inputs),
         inputs=inputs,
     )
+
+
+def pseudonymization_effect(
+    inputs: DecisionInputs, options: dict[Option, OptionResult], chosen: Option | None
+) -> str | None:
+    """What the gateway's pseudonymisation changes: the share of requests it lets go to the
+    cloud, and the recommended option's cost with it against the best option without it."""
+    c = inputs.workload.compliance
+    moved = c.personal_data_share * c.pseudonymizable_share
+    if not (c.strict and c.pseudonymize and moved > 0):
+        return None
+    w = inputs.workload
+    plain = inputs.model_copy(update={"workload": w.model_copy(update={
+        "compliance": c.model_copy(update={"pseudonymize": []})})})
+    before = evaluate_options(plain)
+    before_choice = choose(before)
+    cur = inputs.prices.currency
+    head = (f"pseudonymisation ({', '.join(c.pseudonymize)}) lets {_pct(moved)} of requests "
+            "go to the cloud as surrogates when the edge cannot take them")
+    if chosen is None or before_choice is None:
+        return head
+    mine, theirs = options[chosen].cost.tco, before[before_choice].cost.tco
+    return (f"{head}: {LABEL[chosen]} costs {_money(mine, cur)}, against "
+            f"{_money(theirs, cur)} for {LABEL[before_choice]} without it "
+            f"({_money(mine - theirs, cur)})")

@@ -71,9 +71,10 @@ def _money(x: float, currency: str) -> str:
 def _compliance(option: Option, w: Workload, p: Prices) -> Check:
     c = w.compliance
     problems = []
-    if option == "cloud" and c.strict and c.personal_data_share > 0:
+    bound = c.edge_bound_personal_share()
+    if option == "cloud" and bound > 0:
         problems.append(
-            f"{_pct(c.personal_data_share)} of requests carry personal data and "
+            f"{_pct(bound)} of requests carry personal data and "
             "strict compliance keeps them on the edge"
         )
     for rule in c.residency:

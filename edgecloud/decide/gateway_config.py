@@ -99,7 +99,8 @@ def _build(inputs: DecisionInputs, option: Option, plan: YearPlan) -> GatewayCon
     # Strict: detected personal data and screenshots stay on the edge. Not strict: detect
     # nothing, so personal data may go wherever the rest of the policy sends it.
     privacy = (
-        PrivacyConfig(detect=list(comp.detect), action="edge_only", images="edge_only")
+        PrivacyConfig(detect=list(comp.detect), action="edge_only", images="edge_only",
+                      pseudonymize=list(comp.pseudonymize))
         if comp.strict
         else PrivacyConfig(detect=[], action="edge_only", images="allow")
     )

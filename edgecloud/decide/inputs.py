@@ -59,12 +59,27 @@ class Compliance(_Strict):
     strict: bool = True
     detect: list[PiiKind] = Field(default_factory=lambda: list(DEFAULT_DETECT))
     residency: list[ResidencyRule] = Field(default_factory=list)
+    # Kinds the gateway may send to the cloud as surrogates when the edge cannot take the
+    # request (its policy.privacy.pseudonymize), and the share of the personal-data requests
+    # whose personal data is only of those kinds.
+    pseudonymize: list[PiiKind] = Field(default_factory=list)
+    pseudonymizable_share: float = Field(0.0, ge=0, le=1)
 
     @model_validator(mode="after")
     def _shares_fit(self) -> Compliance:
         if sum(r.share for r in self.residency) > 1 + 1e-9:
             raise ValueError("residency shares add up to more than 1")
+        if "secret" in self.pseudonymize:
+            raise ValueError("pseudonymize: secrets and keys never leave the edge")
         return self
+
+    def edge_bound_personal_share(self) -> float:
+        """Share of requests whose personal data keeps them on the edge (strict compliance),
+        after the pseudonymisable ones, which the cloud may take as surrogates."""
+        if not self.strict:
+            return 0.0
+        kept = 1.0 - self.pseudonymizable_share if self.pseudonymize else 1.0
+        return self.personal_data_share * kept
 
 
 class Users(_Strict):

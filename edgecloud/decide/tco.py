@@ -95,13 +95,14 @@ def _months_in_year(year: int, months: int) -> int:
 
 
 def bound_share(workload: Workload, prices: Prices) -> float:
-    """Share of requests that must stay at the edge: private (strict) or residency-bound.
+    """Share of requests that must stay at the edge: private (strict, not pseudonymisable) or
+    residency-bound.
 
     The two are taken as independent: b = 1 - (1 - p)(1 - r), where r sums the residency
     rules that allow the edge region but not the cloud region.
     """
     c = workload.compliance
-    p = c.personal_data_share if c.strict else 0.0
+    p = c.edge_bound_personal_share()
     r = sum(
         rule.share
         for rule in c.residency

@@ -99,6 +99,8 @@ def write_report(opts: DemoOptions, result: DemoResult) -> Path:
     guarantee_rows = [
         ["private requests sent", g["private_requests"]],
         ["private requests placed in the cloud", g["private_placed_in_cloud"]],
+        ["private requests sent to the cloud as surrogates (edge down)",
+         g["private_sent_as_surrogates"]],
         ["private markers seen on the cloud link (byte scan)", g["cloud_link_private_marker_hits"]],
         ["bytes that crossed the cloud link", g["cloud_link_bytes"]],
     ]

@@ -74,7 +74,8 @@ async def _drive(
         for name, reqs in phases.items():
             view.set_phase(name)
             await _run_phase(view, client, base, reqs, t0, concurrent=name == "burst")
-        # An edge outage: public requests move to the cloud, private ones are refused.
+        # An edge outage: public requests move to the cloud, private ones are refused, except
+        # the one whose only personal data is an e-mail address: it goes as a surrogate.
         view.set_phase("edge outage (edge node killed)")
         assert stack.edge is not None
         stack.edge.kill()
@@ -134,7 +135,13 @@ def summarise(outcomes: list[Outcome]) -> dict[str, Any]:
         "fallbacks": sum(1 for o in outcomes if o.reason.startswith("fallback")),
         "refusals": sum(1 for o in outcomes if o.placement == "refused"),
         "private_requests": sum(1 for o in outcomes if o.private),
-        "private_placed_in_cloud": sum(1 for o in outcomes if o.private and o.placement == "cloud"),
+        "private_placed_in_cloud": sum(
+            1 for o in outcomes
+            if o.private and o.placement == "cloud" and o.reason != "privacy.pseudonymized"
+        ),
+        "private_sent_as_surrogates": sum(
+            1 for o in outcomes if o.private and o.reason == "privacy.pseudonymized"
+        ),
     }
 
 

@@ -34,6 +34,8 @@ def print_summary(console: Console, opts: DemoOptions, result: DemoResult) -> No
         f"of {g['private_requests']}; private data seen on the cloud link: "
         f"{g['cloud_link_private_marker_hits']} (byte scan of {g['cloud_link_bytes']:,} bytes)[/]"
     )
+    console.print(f"private requests answered from the cloud with surrogates (edge down): "
+                  f"{g['private_sent_as_surrogates']}")
     if "decision_json" in result.files:
         console.print(f"decision: {result.files['decision_json']}")
     console.print(f"[bold]report: {result.files['report']}[/]")

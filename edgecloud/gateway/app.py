@@ -42,7 +42,14 @@ from edgecloud.gateway.forward import Forwarder
 from edgecloud.gateway.health import CircuitBreaker, EndpointState
 from edgecloud.gateway.metrics import GatewayMetrics
 from edgecloud.gateway.policy import Hints, PlacementPolicy
-from edgecloud.gateway.request import RequestFacts, inspect_chat, inspect_completion, parse_body
+from edgecloud.gateway.pseudonymize import Rewritten
+from edgecloud.gateway.request import (
+    RequestFacts,
+    inspect_chat,
+    inspect_completion,
+    parse_body,
+    parse_json,
+)
 from edgecloud.gateway.tracing import resolve_tracing
 from edgecloud.gateway.upstream import Upstream
 from edgecloud.logs import AccessLog, log_event
@@ -252,15 +259,23 @@ class GatewayApp:
                 decision = self.policy.choose_endpoint(
                     facts, hints, self.states, time.monotonic(), self._cloud_spend()
                 )
+                rewritten: Rewritten | None = None
+                if decision.without_surrogates is not None:
+                    # The parse left large images out: rewrite from the whole body.
+                    whole = parse_json(raw) if facts.elided else facts.body
+                    decision, rewritten = self.policy.with_surrogates(decision, whole)
                 record.update(model=facts.model, stream=facts.stream, images=facts.images,
                               body_bytes=len(raw), rule=decision.rule)
                 if hints.region:
                     record["region"] = hints.region
                 if decision.panic:
                     record["panic"] = True
+                if rewritten is not None:  # the kinds replaced, never the values
+                    record["pseudonymized"] = rewritten.surrogates.kinds
+                    self.metrics.pseudonymized(rewritten.surrogates.kinds)
                 watch = follow(scope, receive)
                 await self.forwarder.forward(send, watch, upstream_path, raw, facts, decision,
-                                             record, t0, trace)
+                                             record, t0, trace, rewritten)
             except ClientDisconnected:
                 return
             except APIError as err:  # raised before anything was sent

@@ -39,7 +39,10 @@ class EndpointConfig(_Strict):
     tier: Literal["edge", "cloud"]
     url: str
     region: str = "device"
-    capabilities: list[str] = Field(default_factory=lambda: ["text"])
+    capabilities: list[str] | None = Field(
+        None,
+        description="what it reads (text, vision); unset: what its /v1/models says, else text",
+    )
     max_concurrency: int = Field(default=4, ge=1)
     context: int | None = Field(default=None, ge=1, description="context window in tokens")
     model: str | None = None
@@ -65,8 +68,8 @@ class EndpointConfig(_Strict):
 
     @field_validator("capabilities")
     @classmethod
-    def _caps(cls, v: list[str]) -> list[str]:
-        if not v:
+    def _caps(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
             raise ValueError("list at least one capability (text, vision)")
         return v
 
@@ -79,6 +82,11 @@ class PrivacyConfig(_Strict):
     images: Literal["edge_only", "allow"] = "edge_only"
     patterns: dict[str, str] = Field(
         default_factory=dict, description="extra detectors: name -> regular expression"
+    )
+    pseudonymize: list[str] = Field(
+        default_factory=list,
+        description="kinds (or pattern names) that may leave the edge as surrogates when the "
+        "edge cannot take the request",
     )
 
     @field_validator("patterns")
@@ -94,6 +102,19 @@ class PrivacyConfig(_Strict):
                     f"pattern {name!r} is not a valid regular expression: {exc}"
                 ) from None
         return v
+
+    @model_validator(mode="after")
+    def _pseudonymize(self) -> PrivacyConfig:
+        for kind in self.pseudonymize:
+            if kind == "secret":
+                raise ValueError("pseudonymize: secrets and keys never leave the edge; remove "
+                                 "'secret'")
+            if kind not in PII_KINDS and kind not in self.patterns:
+                raise ValueError(
+                    f"pseudonymize: {kind!r} is neither a personal-data kind "
+                    f"({', '.join(k for k in PII_KINDS if k != 'secret')}) nor a name in patterns"
+                )
+        return self
 
 
 class OffloadConfig(_Strict):

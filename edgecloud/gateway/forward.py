@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -22,7 +23,9 @@ from edgecloud.gateway.errors import NoAllowedEndpoint, UpstreamCut, UpstreamFai
 from edgecloud.gateway.health import EndpointState
 from edgecloud.gateway.metrics import GatewayMetrics
 from edgecloud.gateway.policy import PlacementDecision
+from edgecloud.gateway.pseudonymize import Rewritten, Surrogates, restore_answer
 from edgecloud.gateway.request import RequestFacts, with_model_parts
+from edgecloud.gateway.restore_stream import RestoredStream
 from edgecloud.gateway.upstream import TRANSPORT_ERRORS, Upstream
 from edgecloud.http1 import StreamedResponse
 
@@ -57,11 +60,13 @@ class Forwarder:
 
     async def forward(self, send: Send, watch: ClientWatch, path: str, raw: bytes,
                       facts: RequestFacts, decision: PlacementDecision, record: dict[str, Any],
-                      t0: float, trace: RequestTrace | None = None) -> None:
+                      t0: float, trace: RequestTrace | None = None,
+                      rewritten: Rewritten | None = None) -> None:
         """Try the decision's endpoints in order and relay the first usable answer.
 
         Raises BadRequest (nothing sent) for a body that cannot be re-encoded for an endpoint
-        that needs another model id."""
+        that needs another model id. With `rewritten` (a pseudonymised request), cloud
+        endpoints get the surrogates and their answers are restored; edge ones the original."""
         failures: list[str] = []
         rule = decision.rule
         order = decision.order
@@ -71,8 +76,10 @@ class Forwarder:
                 self._client_gone(state, rule, record, t0)
                 return
             # Built before anything is taken, so that a refusal here leaves no state behind.
-            body = (raw,) if state.model_id is None else with_model_parts(
-                raw, facts.body, state.model_id, facts.elided)
+            # A pseudonymised request: cloud endpoints get the surrogates, edge ones the original.
+            sent_as = rewritten if state.config.tier == "cloud" else None
+            surrogates = sent_as.surrogates if sent_as is not None else None
+            body = _body(raw, facts, state, sent_as)
             ticket = state.breaker.acquire(time.monotonic())
             if not ticket:
                 failures.append(f"{state.name}: circuit open")
@@ -102,8 +109,7 @@ class Forwarder:
                             # passing probe would have.
                             await up.discover_model(state.config.connect_timeout_s)
                             if state.model_id is not None:
-                                body = with_model_parts(raw, facts.body, state.model_id,
-                                                        facts.elided)
+                                body = _body(raw, facts, state, sent_as)
                         resp = await up.request(path, body, trace_headers)
                         span_status = status = resp.status
                         streaming = _is_stream(resp)
@@ -148,11 +154,13 @@ class Forwarder:
                 record["fallbacks"] = attempt
                 if data is not None:
                     self._judge(state, status, data)
+                    if surrogates is not None and status < 400:
+                        data = restore_answer(data, surrogates)
                     await self._relay_body(send, resp, data, state, rule, facts, record, t0, t_up)
                 else:
                     state.breaker.success()  # a stream started: the trial is over
                     await self._relay_stream(send, watch, resp, state, rule, facts, record, t0,
-                                             t_up)
+                                             t_up, surrogates)
                 span_status, span_error = record.get("status"), record.get("error")
                 return
             finally:
@@ -235,7 +243,8 @@ class Forwarder:
 
     async def _relay_stream(self, send: Send, watch: ClientWatch, resp: StreamedResponse,
                             state: EndpointState, rule: str, facts: RequestFacts,
-                            record: dict[str, Any], t0: float, t_up: float) -> None:
+                            record: dict[str, Any], t0: float, t_up: float,
+                            surrogates: Surrogates | None = None) -> None:
         status = resp.status
         record["status"] = status
         await send({"type": "http.response.start", "status": status,
@@ -253,7 +262,9 @@ class Forwarder:
                 if watch.gone:
                     raise TimeoutError
                 rearm_at = loop.time() + idle_s / 2
-                async for chunk in resp.iter_any():
+                chunks = (resp.iter_any() if surrogates is None
+                          else RestoredStream(resp.iter_any(), surrogates))
+                async for chunk in chunks:
                     if first is None:
                         first = time.perf_counter()
                     tokens += chunk.count(b"data:")
@@ -305,3 +316,15 @@ def _is_stream(resp: StreamedResponse) -> bool:
         if len(k) == 12 and k.lower() == b"content-type":
             return v.startswith(b"text/event-stream")
     return False
+
+
+def _body(raw: bytes, facts: RequestFacts, state: EndpointState,
+          rewritten: Rewritten | None) -> Sequence[bytes | memoryview]:
+    """The body for one endpoint: the client's bytes or the surrogates' (`rewritten`), with the
+    endpoint's model id."""
+    if rewritten is not None:
+        raw, parsed, elided = rewritten.raw, rewritten.body, False
+    else:
+        parsed, elided = facts.body, facts.elided
+    return (raw,) if state.model_id is None else with_model_parts(raw, parsed, state.model_id,
+                                                                  elided)

@@ -142,10 +142,24 @@ class EndpointState:
     in_flight: int = 0
     model_id: str | None = None
     last_error: str | None = None
+    discovered_capabilities: tuple[str, ...] | None = None  # from the endpoint's /v1/models
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def capabilities(self) -> tuple[str, ...]:
+        """What the endpoint reads: its configured list, else what it reported, else text."""
+        if self.config.capabilities is not None:
+            return tuple(self.config.capabilities)
+        return self.discovered_capabilities or ("text",)
+
+    @property
+    def needs_discovery(self) -> bool:
+        return self.model_id is None or (
+            self.config.capabilities is None and self.discovered_capabilities is None
+        )
 
     @property
     def tier(self) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -76,6 +76,10 @@ class GatewayMetrics:
             _PREFIX + "refusals", "Requests refused by policy (fail closed) or as bad input",
             ["reason"], registry=r,
         )
+        self._pseudonymized = Counter(
+            _PREFIX + "pseudonymized", "Private requests sent to the cloud with surrogates, "
+            "by kind of personal data replaced", ["kind"], registry=r,
+        )
         self._added = Histogram(
             _PREFIX + "added_latency_seconds", "Time the gateway adds to a request",
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1),
@@ -99,6 +103,14 @@ class GatewayMetrics:
 
     def refusal(self, reason: str) -> None:
         self._refusals.labels(reason).inc()
+
+    def pseudonymized(self, kinds: Iterable[str]) -> None:
+        for kind in kinds:
+            key = ("pseudonymized", kind)
+            child = self._children.get(key)
+            if child is None:
+                child = self._children[key] = self._pseudonymized.labels(kind)
+            child.inc()
 
     def added_latency(self, seconds: float) -> None:
         self._added.observe(seconds)

@@ -8,13 +8,17 @@ docs/gateway.md and are stable: dashboards and clients match on them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
+from edgecloud.api.errors import APIError
 from edgecloud.gateway.config import PolicyConfig
 from edgecloud.gateway.errors import CapabilityMissing, NoAllowedEndpoint
 from edgecloud.gateway.health import EndpointState
 from edgecloud.gateway.privacy import PrivacyDetector
+from edgecloud.gateway.pseudonymize import Pseudonymizer, Rewritten
 from edgecloud.gateway.request import RequestFacts
 
 
@@ -40,6 +44,9 @@ class PlacementDecision:
     explanation: str
     restricted: bool
     panic: bool = False
+    # Set on a privacy.pseudonymized decision: what happens instead when the request cannot be
+    # rewritten (a kind that may not leave was found): the edge decision, or the refusal.
+    without_surrogates: PlacementDecision | APIError | None = None
 
     @property
     def primary(self) -> EndpointState:
@@ -58,6 +65,8 @@ class PlacementPolicy:
         self.detector = PrivacyDetector(config.privacy.detect, config.privacy.patterns)
         # Load the validators' lazy metadata now, not on the first private request.
         self.detector.detect(["+86 138 1234 5678 call +1 415-555-2671", "DE89370400440532013000"])
+        listed = config.privacy.pseudonymize
+        self.pseudonymizer = Pseudonymizer(self.detector, listed) if listed else None
 
     def privacy_rule(self, facts: RequestFacts, hints: Hints) -> str | None:
         """The privacy rule that makes this request edge-only, or None."""
@@ -77,11 +86,30 @@ class PlacementPolicy:
         cloud_spend_usd: float = 0.0,
     ) -> PlacementDecision:
         """Decide where `facts` runs. Raises NoAllowedEndpoint (503) or CapabilityMissing (400)."""
+        private = self.privacy_rule(facts, hints)
+        if (
+            private is not None
+            and self.pseudonymizer is not None
+            and private.startswith("privacy.pii.")
+            and private[12:] in self.pseudonymizer.allowed
+        ):
+            place = partial(self._place, facts, hints, endpoints, now, cloud_spend_usd)
+            return self._edge_or_surrogates(facts, hints, private, place)
+        return self._place(facts, hints, endpoints, now, cloud_spend_usd, private)
+
+    def _place(
+        self,
+        facts: RequestFacts,
+        hints: Hints,
+        endpoints: Sequence[EndpointState],
+        now: float,
+        cloud_spend_usd: float,
+        private: str | None,
+    ) -> PlacementDecision:
         rule: str | None = None
         why = ""
         cands = list(endpoints)
 
-        private = self.privacy_rule(facts, hints)
         if private is not None:
             cands = [e for e in cands if e.config.tier == "edge"]
             rule, why = private, "private data stays on edge endpoints"
@@ -136,6 +164,70 @@ class PlacementPolicy:
         decision.panic = panic
         return decision
 
+    # -- private requests that may leave as surrogates -------------------------------------
+    def _edge_or_surrogates(
+        self,
+        facts: RequestFacts,
+        hints: Hints,
+        private: str,
+        place: Callable[[str | None], PlacementDecision],
+    ) -> PlacementDecision:
+        """The edge when it can take the request now; else cloud endpoints, to be sent
+        surrogates (privacy.pseudonymized), with the edge decision as the last resort.
+        `place(private_rule)` runs the rest of the chain."""
+        edge: PlacementDecision | None = None
+        refusal: APIError | None = None
+        try:
+            edge = place(private)
+        except (NoAllowedEndpoint, CapabilityMissing) as exc:
+            refusal = exc.with_traceback(None)
+        # In panic mode every edge endpoint is marked down: they are the last resort below.
+        if edge is not None and not edge.panic and not self._edge_strained(edge.primary, facts,
+                                                                             hints):
+            return edge
+        try:
+            public = place(None)
+        except (NoAllowedEndpoint, CapabilityMissing):
+            public = None
+        clouds = tuple(e for e in public.order if e.config.tier == "cloud") if public else ()
+        if public is None or not clouds or (edge is not None and public.primary.config.tier
+                                             == "edge"):
+            if edge is not None:
+                return edge
+            assert refusal is not None
+            raise refusal
+        why = (f"{private}: the edge cannot take it now; personal data replaced by surrogates "
+               "for the cloud")
+        return PlacementDecision(clouds + (edge.order if edge is not None else ()),
+                                 "privacy.pseudonymized", why, True,
+                                 without_surrogates=edge or refusal)
+
+    def _edge_strained(self, e: EndpointState, facts: RequestFacts, hints: Hints) -> bool:
+        """Queueing past the offload threshold, or predicted to miss the deadline."""
+        cfg = self.config
+        if e.in_flight - e.config.max_concurrency > cfg.offload.edge_queue_above:
+            return True
+        deadline_ms = hints.deadline_ms if hints.deadline_ms is not None else cfg.slo_ms
+        if deadline_ms is None:
+            return False
+        out_tokens = facts.max_output_tokens or cfg.default_output_tokens
+        return e.latency.predict_s(out_tokens, e.queued()) > deadline_ms / 1000.0
+
+    def with_surrogates(
+        self, decision: PlacementDecision, body: dict[str, Any]
+    ) -> tuple[PlacementDecision, Rewritten | None]:
+        """For a privacy.pseudonymized decision: the rewritten body, or (when a kind that may
+        not leave was found) the decision the request gets without surrogates, or its refusal.
+        Raises NoAllowedEndpoint when the re-scan still finds personal data."""
+        assert self.pseudonymizer is not None and decision.without_surrogates is not None
+        rewritten = self.pseudonymizer.rewrite(body)
+        if rewritten is not None:
+            return decision, rewritten
+        other = decision.without_surrogates
+        if isinstance(other, APIError):
+            raise other
+        return other, None
+
     def _capabilities(
         self,
         facts: RequestFacts,
@@ -146,9 +238,9 @@ class PlacementPolicy:
         why: str,
     ) -> tuple[list[EndpointState], str | None, str]:
         if facts.images:
-            vision = [e for e in live if "vision" in e.config.capabilities]
+            vision = [e for e in live if "vision" in e.capabilities]
             if not vision:
-                if any("vision" in e.config.capabilities for e in cands):
+                if any("vision" in e.capabilities for e in cands):
                     raise NoAllowedEndpoint(
                         rule or "capability.vision",
                         "the allowed endpoints that read images are unavailable",

@@ -94,7 +94,7 @@ class Upstream:
                     target = self._root_path + self._probe_path.encode()
                 status, _ = await self._get(target, timeout_s)
             ok = status == 200
-            if ok and st.model_id is None:
+            if ok and st.needs_discovery:
                 await self.discover_model(timeout_s)
         except TRANSPORT_ERRORS as exc:
             ok = False
@@ -110,16 +110,22 @@ class Upstream:
         return ok
 
     async def discover_model(self, timeout_s: float = 2.0) -> None:
-        """Learn the endpoint's model id: configured, else the first id it lists."""
+        """Learn the endpoint's model id and what it reads: configured, else from the first
+        model it lists (`capabilities`, or edgecloud's `meta.capabilities`)."""
         st = self.state
         if st.config.model is not None:
             st.model_id = st.config.model
-            return
+            if st.config.capabilities is not None:
+                return
         status, raw = await self._get(self._target("/models"), timeout_s)
         if status == 200:
             try:
                 data = orjson.loads(raw).get("data") or []
-                if data and isinstance(data[0].get("id"), str):
-                    st.model_id = data[0]["id"]
-            except (orjson.JSONDecodeError, AttributeError):
+                first = data[0] if data else {}
+                if st.model_id is None and isinstance(first.get("id"), str):
+                    st.model_id = first["id"]
+                caps = first.get("capabilities") or (first.get("meta") or {}).get("capabilities")
+                said = isinstance(caps, list) and all(isinstance(c, str) for c in caps)
+                st.discovered_capabilities = tuple(caps) if said and caps else ()  # (): not said
+            except (orjson.JSONDecodeError, AttributeError, IndexError, TypeError):
                 pass

@@ -19,10 +19,9 @@ Where later work plugs in:
   the chain there; log-probabilities are read by a `Sampler` method beside `sample` (same batch
   index, before the next `decode`), returned to the engine with the token.
 - **Prompt items that are not tokens** (an image's embeddings evaluated through libmtmd): the
-  engine reads a prompt as segments (see `engine.PromptSegment`); a non-token segment is
-  evaluated for one sequence by a backend method of its own (e.g. `eval_media(seq, pos, item)
-  -> positions used`) outside the shared batch: it may take a whole step, and the other slots'
-  tokens go into the next step's batch.
+  request's token list holds MEDIA_TOKEN where each item of its `PromptMedia` stands; the
+  engine evaluates one such item per step for one sequence with `eval_media`, outside the
+  shared batch and after the text before it was decoded, then decodes the shared batch.
 """
 
 from __future__ import annotations
@@ -32,6 +31,30 @@ from dataclasses import dataclass
 from typing import Protocol
 
 PENALTY_LAST_N = 64  # tokens of history the repetition penalties look at
+
+MEDIA_TOKEN = -1
+"""A prompt position held by a non-token item (an image's embeddings): never a vocabulary id,
+and never matched by prefix reuse (two images are not compared)."""
+
+
+class MediaItem(Protocol):
+    """One non-token item of a prompt: it fills `n_tokens` positions of the KV cache."""
+
+    n_tokens: int
+
+
+class PromptMedia(Protocol):
+    """The non-token items of one request's prompt, in prompt order, and what owns them.
+
+    The request's token list holds `n_tokens` MEDIA_TOKEN entries where each item stands.
+    """
+
+    @property
+    def items(self) -> Sequence[MediaItem]: ...
+
+    def free(self) -> None:
+        """Release the items (the engine calls this once the request leaves it)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -99,6 +122,12 @@ class EngineBackend(Protocol):
 
     def decode(self, n_tokens: int) -> int:
         """Evaluate the first `n_tokens` batch entries; 0 on success, llama.cpp's code otherwise."""
+        ...
+
+    def eval_media(self, seq: int, pos: int, item: MediaItem) -> int:
+        """Evaluate one non-token prompt item into `seq` at position `pos`, outside the shared
+        batch (an image: encode, then decode its embeddings); the next free position. Raises
+        on failure, leaving `seq` to be cleared by the caller."""
         ...
 
     def new_sampler(self, spec: SamplingParams, prompt: Sequence[int]) -> Sampler:

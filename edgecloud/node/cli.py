@@ -16,6 +16,7 @@ continue text work best; chat uses a plain "User:/Assistant:" transcript, see do
   edgecloud serve                                  # embedded model on 127.0.0.1:8081
   edgecloud serve --parallel 8 --ctx 2048          # 8 requests decoded together
   edgecloud serve --model my.gguf --name my-model --lazy
+  edgecloud serve --model vlm.gguf --mmproj mmproj.gguf   # reads image_url parts too
   EDGECLOUD_ADMIN_TOKEN=secret edgecloud serve     # enables POST /admin/model (hot swap)
 
   curl localhost:8081/v1/completions -d '{"prompt": "Once upon a time", "max_tokens": 32}'
@@ -24,6 +25,9 @@ continue text work best; chat uses a plain "User:/Assistant:" transcript, see do
 
 def serve(
     model: Path | None = typer.Option(None, "--model", help="GGUF file (default: embedded model)."),
+    mmproj: Path | None = typer.Option(
+        None, "--mmproj", help="Vision projector GGUF for the model: image parts are read."
+    ),
     host: str | None = typer.Option(None, help="Address to bind [default: 127.0.0.1]."),
     port: int | None = typer.Option(None, help="Port [default: 8081]."),
     name: str | None = typer.Option(None, help="Model id served [default: gemma-3-270m]."),
@@ -61,6 +65,7 @@ def serve(
 
     overrides: dict[str, object] = {
         "model": str(model) if model else None,
+        "mmproj": str(mmproj) if mmproj else None,
         "host": host,
         "port": port,
         "name": name,
@@ -81,9 +86,10 @@ def serve(
     except ConfigError as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
         raise typer.Exit(2) from None
-    if cfg.model and not Path(cfg.model).is_file():
-        typer.secho(f"error: model file not found: {cfg.model}", err=True, fg="red")
-        raise typer.Exit(2)
+    for what, path in (("model", cfg.model), ("projector", cfg.mmproj)):
+        if path and not Path(path).is_file():
+            typer.secho(f"error: {what} file not found: {path}", err=True, fg="red")
+            raise typer.Exit(2)
     configure_logging(cfg.log_level)
     import logging
 
@@ -100,6 +106,7 @@ def serve(
         ctx=cfg.ctx,
         threads=cfg.threads,
         preload=cfg.preload,
+        mmproj=cfg.mmproj,
         admin_api=app.admin_token is not None,
     )
     serve_forever(app, cfg.host, cfg.port, limits=cfg, drain_timeout_s=cfg.drain_timeout_s,

@@ -9,6 +9,7 @@ from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 from edgecloud.api.guard import ServingLimits
 from edgecloud.api.yamlconfig import COMMAND_LINE, load_model, parse_model
 from edgecloud.node.errors import ConfigError
+from edgecloud.node.images import ImageLimits, RemoteImagePolicy
 
 __all__ = ["ConfigError", "NodeConfig", "build_config", "default_threads"]
 
@@ -53,6 +54,48 @@ class NodeConfig(ServingLimits):
         description="Directories the admin swap may load from; default: the startup model's",
     )
     log_level: str = "info"
+    # Vision: a projector for the model, and what one request may send.
+    mmproj: str | None = Field(
+        None, description="Vision projector GGUF (mmproj) for the model: image parts are read"
+    )
+    max_images: int = Field(8, ge=1, le=64, description="Images per request")
+    max_image_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Bytes of one image file (after base64)"
+    )
+    max_request_image_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Bytes of all image files of one request"
+    )
+    max_image_pixels: int = Field(
+        4096 * 4096, ge=64 * 64, description="Pixels of one image (checked before decoding)"
+    )
+    image_url_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts remote image URLs may be fetched from; empty: data URIs only",
+    )
+    image_fetch_timeout_s: float = Field(5.0, gt=0, le=60, description="Per remote image")
+
+    @field_validator("image_url_hosts")
+    @classmethod
+    def _hosts(cls, hosts: list[str]) -> list[str]:
+        for h in hosts:
+            if not h or "/" in h or ":" in h or "@" in h or h != h.strip():
+                raise ValueError(f"{h!r} is not a host name (write images.example.com)")
+        return [h.lower() for h in hosts]
+
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(
+            max_images=self.max_images,
+            max_image_bytes=self.max_image_bytes,
+            max_request_bytes=self.max_request_image_bytes,
+            max_pixels=self.max_image_pixels,
+        )
+
+    def remote_images(self) -> RemoteImagePolicy:
+        return RemoteImagePolicy(
+            hosts=frozenset(self.image_url_hosts),
+            max_bytes=self.max_image_bytes,
+            timeout_s=self.image_fetch_timeout_s,
+        )
 
     @field_validator("batch")
     @classmethod

@@ -10,10 +10,12 @@ step is three parts: `_build_batch` (cancelled slots out, waiting requests in, o
 generating slot, then prompt chunks, never more than `n_batch` entries), `backend.decode`, and
 `_sample_and_emit` (one token per slot that has logits, stop strings, end of generation).
 
-A prompt is token ids today. Prompt items that are not tokens (an image's embeddings through
-libmtmd) belong in `_Slot.pending` as segments of their own: `_feed_prompts` is where a slot in
-READING_PROMPT whose next segment is an image would have it evaluated by the backend for its
-sequence alone, ending that step; the other slots' tokens then go into the next step's batch.
+A prompt is token ids; an image stands in it as MEDIA_TOKEN entries, one per embedding, with
+the image itself in the request's `media`. A slot reads the text before an image in the shared
+batch; in a later step (once that text is in its cache) `_feed_prompts` has the backend
+evaluate the image for that sequence alone (`eval_media`: encode, then decode its embeddings)
+before the shared batch is decoded. At most one image is evaluated per step, so the other
+slots' token streams wait for at most one image at a time.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from edgecloud.logs import log_event
-from edgecloud.node.backend import EngineBackend, Sampler, SamplingParams
+from edgecloud.node.backend import MEDIA_TOKEN, EngineBackend, PromptMedia, Sampler, SamplingParams
 
 __all__ = [
     "BatchEngine",
@@ -67,10 +69,19 @@ class GenerationRequest:
     cached_tokens: int = 0  # prompt tokens reused from the slot's KV cache
     first_token_at: float | None = None
     finished_at: float | None = None
+    media: PromptMedia | None = None  # the items behind the MEDIA_TOKEN entries of `prompt`
+    media_read: int = 0  # items evaluated so far
+    media_seconds: float = 0.0  # engine time they took
 
     def cancel(self) -> None:
         """Called from the event loop when the client went away; the slot frees next step."""
         self.cancelled = True
+
+    def free_media(self) -> None:
+        """Release the prompt's media (engine thread, or a request that never reached it)."""
+        media, self.media = self.media, None
+        if media is not None:
+            media.free()
 
 
 class SlotState(enum.Enum):
@@ -95,6 +106,7 @@ class _Slot:
         "n_out",
         "last_token",
         "logits_at",
+        "media_next",
     )
 
     def __init__(self, seq: int) -> None:
@@ -110,6 +122,7 @@ class _Slot:
         self.n_out = 0
         self.last_token = 0
         self.logits_at = -1  # batch index of this slot's logits in the current step
+        self.media_next = 0  # index in req.media.items of the next item to evaluate
 
 
 class EngineStats:
@@ -118,6 +131,8 @@ class EngineStats:
     def __init__(self) -> None:
         self.steps = 0
         self.tokens_decoded = 0
+        self.media_items = 0  # images evaluated
+        self.media_seconds = 0.0  # time spent evaluating them (encode and decode)
         self.recent: collections.deque[tuple[float, int]] = collections.deque(maxlen=256)
 
     def tokens_per_second(self, window_s: float = 10.0) -> float:
@@ -270,10 +285,13 @@ class BatchEngine:
                 return
             req = self.waiting.popleft()
             if req.cancelled:
+                req.free_media()
                 self._emit([(req, StreamEvent(finish_reason="cancelled"))])
                 continue
-            if not req.prompt:  # nothing to read: no logits to start from
-                self._emit([(req, StreamEvent(finish_reason="error", error="empty prompt"))])
+            if not req.prompt or req.prompt[-1] == MEDIA_TOKEN:  # no logits to start from
+                req.free_media()
+                err = "empty prompt" if not req.prompt else "the prompt ends with an image"
+                self._emit([(req, StreamEvent(finish_reason="error", error=err))])
                 continue
             best = max(free, key=lambda s: _common_prefix(s.cached, req.prompt))
             self._attach(best, req)
@@ -298,12 +316,15 @@ class BatchEngine:
         slot.decoder.reset()
         slot.held = ""
         slot.n_out = 0
+        slot.media_next = 0  # prefix reuse stops before the first image
         slot.sampler = self.backend.new_sampler(req.sampling, req.prompt)
 
     def _release(self, slot: _Slot) -> None:
         if slot.sampler is not None:
             slot.sampler.free()
             slot.sampler = None
+        if slot.req is not None:
+            slot.req.free_media()
         slot.req = None
         slot.state = SlotState.IDLE
         slot.pending = []
@@ -316,7 +337,7 @@ class BatchEngine:
         out: _Out = []
         try:
             self._drop_cancelled(out)
-            n, ready = self._build_batch()
+            n, ready = self._build_batch(out)
             if n == 0:
                 return
             rc = self.backend.decode(n)
@@ -343,7 +364,7 @@ class BatchEngine:
             with self._cv:
                 self._admit()
 
-    def _build_batch(self) -> tuple[int, list[_Slot]]:
+    def _build_batch(self, out: _Out) -> tuple[int, list[_Slot]]:
         """Fill the batch: the last token of every generating slot, then prompt chunks.
 
         Returns the number of entries and the slots whose logits this batch produces. Never
@@ -371,16 +392,30 @@ class BatchEngine:
         if skipped is not None:
             self.slots = skipped + [s for s in self.slots if s not in skipped]
             return n, ready
-        return self._feed_prompts(n, budget - n, ready), ready
+        return self._feed_prompts(n, budget - n, ready, out), ready
 
-    def _feed_prompts(self, n: int, budget: int, ready: list[_Slot]) -> int:
-        """Add chunks of prompts being read, within `budget` entries; the new batch size."""
+    def _feed_prompts(self, n: int, budget: int, ready: list[_Slot], out: _Out) -> int:
+        """Add chunks of prompts being read, within `budget` entries; the new batch size.
+
+        A chunk stops before an image; the image is evaluated at the start of a later step,
+        when the text before it is in the cache (at most one image a step).
+        """
+        media_done = False
         for slot in self.slots:
             if budget <= 0:
                 break
             if slot.state is not SlotState.READING_PROMPT:
                 continue
-            chunk = slot.pending[:budget]
+            if slot.pending[0] == MEDIA_TOKEN:
+                if media_done or not self._eval_media(slot, out):
+                    continue
+                media_done = True
+                if not slot.pending:  # cannot happen: a prompt ends with text (see _admit)
+                    continue
+            end = _media_start(slot.pending, budget)
+            if end == 0:
+                continue
+            chunk = slot.pending[:end]
             del slot.pending[: len(chunk)]
             slot.cached.extend(chunk)
             done = not slot.pending
@@ -393,6 +428,30 @@ class BatchEngine:
                 slot.state = SlotState.GENERATING
                 ready.append(slot)
         return n
+
+    def _eval_media(self, slot: _Slot, out: _Out) -> bool:
+        """Evaluate the image at the head of `slot.pending`; False (request failed) on error."""
+        req = slot.req
+        assert req is not None and req.media is not None
+        item = req.media.items[slot.media_next]
+        t0 = time.perf_counter()
+        try:
+            slot.pos = self.backend.eval_media(slot.seq, slot.pos, item)
+        except Exception as exc:  # noqa: BLE001 - one request fails, the engine keeps serving
+            out.append((req, StreamEvent(finish_reason="error", error=f"image: {exc}")))
+            self.backend.clear_seq(slot.seq)
+            slot.cached.clear()
+            self._release(slot)
+            return False
+        took = time.perf_counter() - t0
+        self.stats.media_items += 1
+        self.stats.media_seconds += took
+        req.media_read += 1
+        req.media_seconds += took
+        slot.media_next += 1
+        del slot.pending[: item.n_tokens]
+        slot.cached.extend([MEDIA_TOKEN] * item.n_tokens)
+        return True
 
     def _fail_all(self, error: str, out: _Out) -> None:
         """A failed decode: the cache may hold part of the batch, so fail every request in it
@@ -467,7 +526,9 @@ class BatchEngine:
                 self._release(slot)
         with self._cv:
             while self.waiting:
-                out.append((self.waiting.popleft(), StreamEvent(finish_reason="cancelled")))
+                req = self.waiting.popleft()
+                req.free_media()
+                out.append((req, StreamEvent(finish_reason="cancelled")))
         self._emit(out)
         with self._cv:
             self._stopping = True  # no new lease from here on
@@ -487,11 +548,21 @@ def _deliver(batch: list[tuple[GenerationRequest, StreamEvent]]) -> None:
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
+    """Shared leading tokens; it ends at the first image (MEDIA_TOKEN entries never match)."""
     n = min(len(a), len(b))
     i = 0
-    while i < n and a[i] == b[i]:
+    while i < n and a[i] == b[i] and a[i] != MEDIA_TOKEN:
         i += 1
     return i
+
+
+def _media_start(pending: list[int], limit: int) -> int:
+    """How many leading entries of `pending`, at most `limit`, come before its next image."""
+    head = pending[:limit]
+    try:
+        return head.index(MEDIA_TOKEN)
+    except ValueError:
+        return len(head)
 
 
 def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:

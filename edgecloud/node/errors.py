@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgecloud.api.errors import APIError
+from edgecloud.api.errors import APIError, BadRequest
 from edgecloud.api.yamlconfig import ConfigError as _ConfigFileError
 
 
@@ -40,3 +40,35 @@ class ModelPathNotAllowed(APIError):
     status = 403
     type = "permission_error"
     code = "model_path_not_allowed"
+
+
+class InvalidImage(BadRequest):
+    """An image part that is not a readable PNG, JPEG or WebP data URI."""
+
+    code = "invalid_image"
+
+
+class ImageLimitExceeded(BadRequest):
+    """An image, or a request's images, over the node's limits (bytes, pixels, count)."""
+
+    code = "image_too_large"
+
+
+class RemoteImageRefused(BadRequest):
+    """A remote image URL on a host the node does not fetch from."""
+
+    code = "image_url_not_allowed"
+
+
+class ImageFetchFailed(InvalidImage):
+    """An allowed remote image URL that could not be fetched."""
+
+    code = "image_fetch_failed"
+
+
+class ModelSwapped(APIError):
+    """The model (and its projector) was swapped while the request's images were read."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "model_swapped"

@@ -75,6 +75,12 @@ class NodeMetrics:
         )
         self.prompt_tokens = Counter(p + "prompt_tokens", "Prompt tokens read.", registry=r)
         self.output_tokens = Counter(p + "output_tokens", "Tokens generated.", registry=r)
+        self.images = Counter(p + "images", "Images read (through the projector).", registry=r)
+        self.image_seconds = Counter(
+            p + "image_seconds",
+            "Engine time spent reading images: encode, and decode of their embeddings.",
+            registry=r,
+        )
         self.cancelled = Counter(
             p + "cancelled_requests",
             "Requests whose client went away before the end.",

@@ -15,11 +15,14 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import llama_cpp as ll
 
-from edgecloud.node.backend import PENALTY_LAST_N, SamplingParams
+from edgecloud.node.backend import PENALTY_LAST_N, MediaItem, SamplingParams
+
+if TYPE_CHECKING:
+    from edgecloud.node.vision import VisionProjector
 
 _backend_lock = threading.Lock()
 _backend_ready = False
@@ -135,6 +138,7 @@ class LoadedModel:
         self.bos_text = self._piece_text(ll.llama_vocab_bos(self.vocab))
         self.eos_text = self._piece_text(ll.llama_vocab_eos(self.vocab))
         self._batch: Any = ll.llama_batch_init(n_batch, 0, 1)
+        self.projector: VisionProjector | None = None  # set by load_projector
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(MAX_PIECE_BYTES)
         template = ll.llama_model_chat_template(self.model, None)
@@ -245,7 +249,23 @@ class LoadedModel:
     def new_sampler(self, spec: SamplingParams, prompt: Sequence[int]) -> LlamaSampler:
         return LlamaSampler(self, spec, prompt)
 
+    def load_projector(self, path: str, n_threads: int) -> VisionProjector:
+        """Load a vision projector (mmproj GGUF) for this model; freed with it."""
+        from edgecloud.node.vision import VisionProjector
+
+        self.projector = VisionProjector(path, self, n_threads)
+        return self.projector
+
+    def eval_media(self, seq: int, pos: int, item: MediaItem) -> int:
+        if self.projector is None:
+            raise RuntimeError("this model has no projector")
+        return self.projector.evaluate(item, seq, pos, self.n_batch)
+
     def free(self) -> None:
+        projector = getattr(self, "projector", None)
+        if projector is not None:
+            projector.free()  # before the model it was loaded for
+            self.projector = None
         if getattr(self, "_batch", None) is not None:
             ll.llama_batch_free(self._batch)
             self._batch = None
@@ -291,7 +311,8 @@ class LlamaSampler:
                 ),
             )
             for tok in prompt[-PENALTY_LAST_N:]:
-                ll.llama_sampler_accept(chain, tok)
+                if tok >= 0:  # not an image position
+                    ll.llama_sampler_accept(chain, tok)
         if greedy:
             ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
             return

@@ -32,8 +32,11 @@ class NoVision(BadRequest):
     code = "model_not_vision"
 
 
-def message_text(msg: ChatMessage, index: int) -> str:
-    """The text of one message; image or audio parts are refused (this node has no vision)."""
+def message_text(msg: ChatMessage, index: int, image_marker: str | None = None) -> str:
+    """The text of one message, each image part written as `image_marker` where it stands.
+
+    Without a marker (a node with no projector) image parts are refused; audio and files always.
+    """
     content = msg.content
     if content is None:
         return ""
@@ -48,10 +51,16 @@ def message_text(msg: ChatMessage, index: int) -> str:
                     param=f"messages.{index}.content.{j}.text",
                 )
             texts.append(part.text)
+        elif part.type in ("image_url", "input_image") and image_marker is not None:
+            texts.append(image_marker)
         elif part.type in ("image_url", "input_image", "input_audio", "file"):
+            if image_marker is None:
+                reads, where = "text only", "Send images to a vision endpoint"
+            else:
+                reads, where = "text and images only", "Send it to an endpoint that reads it"
             raise NoVision(
                 f"messages[{index}].content[{j}] is an '{part.type}' part, but this model reads "
-                "text only. Send images to a vision endpoint (the gateway routes them there).",
+                f"{reads}. {where} (the gateway routes them there).",
                 param=f"messages.{index}.content.{j}",
             )
         else:
@@ -62,11 +71,11 @@ def message_text(msg: ChatMessage, index: int) -> str:
     return "".join(texts)
 
 
-def render_plain(messages: list[ChatMessage]) -> str:
+def render_plain(messages: list[ChatMessage], image_marker: str | None = None) -> str:
     system: list[str] = []
     turns: list[str] = []
     for i, msg in enumerate(messages):
-        text = message_text(msg, i)
+        text = message_text(msg, i, image_marker)
         if msg.role in ("system", "developer"):
             system.append(text.strip())
         else:
@@ -100,11 +109,13 @@ class ChatTemplate:
     def default_stops(self) -> tuple[str, ...]:
         return PLAIN_STOPS if self.is_plain else ()
 
-    def render(self, messages: list[ChatMessage]) -> str:
+    def render(self, messages: list[ChatMessage], image_marker: str | None = None) -> str:
+        """The prompt text; image parts become `image_marker` (None: images are refused)."""
         if self._template is None:
-            return render_plain(messages)
+            return render_plain(messages, image_marker)
         plain: list[dict[str, Any]] = [
-            {"role": m.role, "content": message_text(m, i)} for i, m in enumerate(messages)
+            {"role": m.role, "content": message_text(m, i, image_marker)}
+            for i, m in enumerate(messages)
         ]
         try:
             text = self._template.render(

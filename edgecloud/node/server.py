@@ -37,8 +37,10 @@ from edgecloud.logs import log_event
 from edgecloud.node.backend import SamplingParams
 from edgecloud.node.config import NodeConfig
 from edgecloud.node.engine import GenerationRequest, StreamEvent
+from edgecloud.node.image_prompt import ImagePromptReader, has_images
 from edgecloud.node.metrics import NodeMetrics
-from edgecloud.node.service import Loaded, NodeService
+from edgecloud.node.service import KEEP_PROJECTOR, Loaded, NodeService
+from edgecloud.node.vision import MultimodalPrompt
 
 log = logging.getLogger("edgecloud.node")
 
@@ -77,6 +79,7 @@ class NodeApp:
         self.config = config
         self.metrics = NodeMetrics()
         self.service = NodeService(config, self.metrics)
+        self.images = ImagePromptReader(config)
         self.admin_token = os.environ.get(config.admin_token_env) or None
         self._stopping = False
         self.fatal_error: str | None = None
@@ -185,7 +188,7 @@ class NodeApp:
                 "n_params": cur.info.n_params,
                 "size": cur.info.size_bytes,
                 "version": cur.info.version,
-                "capabilities": ["text"],
+                "capabilities": cur.capabilities,
             }
         return [
             {
@@ -218,13 +221,25 @@ class NodeApp:
             raise BadRequest("'path' (absolute path of a GGUF file) is required.", param="path")
         if version is not None and not isinstance(version, str):
             raise BadRequest("'version' must be a string.", param="version")
-        await self.service.swap(path, version)
+        # No "mmproj": the current projector's file again; null: text only.
+        mmproj = data.get("mmproj", KEEP_PROJECTOR)
+        if (
+            mmproj is not None
+            and mmproj is not KEEP_PROJECTOR
+            and (not isinstance(mmproj, str) or not mmproj)
+        ):
+            raise BadRequest(
+                "'mmproj' must be the path of a projector GGUF, or null for none.", param="mmproj"
+            )
+        await self.service.swap(path, version, mmproj)
         await send_json(send, 200, self._info_json(await self.service.model_info()))
         return 200
 
     def _info_json(self, info: Any) -> dict[str, Any]:
         if info is None:  # "state" says whether its configured model is still loading
             return {"id": None, "loaded": False, "state": self.service.state.value}
+        cur = self.service.current
+        projector = cur.projector if cur is not None else None
         return {
             "id": info.id,
             "path": info.path,
@@ -232,6 +247,8 @@ class NodeApp:
             "version": info.version,
             "loaded_at": info.loaded_at,
             "size": info.size_bytes,
+            "mmproj": projector.path if projector is not None else None,
+            "capabilities": cur.capabilities if cur is not None else ["text"],
             "loaded": True,
         }
 
@@ -272,16 +289,23 @@ class NodeApp:
         _reject_unsupported(body)
         self.service.check_model_name(body.model)
         loaded = await self.service.ensure_loaded()
-        prompt_text, tokens, stops = await self._prompt(loaded, body)
-        max_tokens = self.service.plan_tokens(loaded, len(tokens), body.requested_max_tokens())
+        prompt_text, tokens, stops, media = await self._prompt(loaded, body)
         req = GenerationRequest(
             prompt=tokens,
-            max_tokens=max_tokens,
+            max_tokens=1,
             sampling=_sampling(body),
             stop=stops,
             submitted_at=arrived,
+            media=media,
         )
-        self.service.submit(loaded, req)
+        try:
+            req.max_tokens = self.service.plan_tokens(
+                loaded, len(tokens), body.requested_max_tokens()
+            )
+            self.service.submit(loaded, req)
+        except BaseException:
+            req.free_media()  # it never reached the engine
+            raise
         self.service.begin()
         self.metrics.prompt_tokens.inc(len(tokens))
         watcher = asyncio.ensure_future(self._watch_disconnect(receive, req))
@@ -294,6 +318,9 @@ class NodeApp:
             watcher.cancel()
             self.service.end()
             self.metrics.output_tokens.inc(req.output_tokens)
+            if req.media_read:
+                self.metrics.images.inc(req.media_read)
+                self.metrics.image_seconds.inc(req.media_seconds)
             if req.admitted_at is not None:
                 self.metrics.queue_wait.observe(req.admitted_at - arrived)
             if req.first_token_at is not None:
@@ -304,19 +331,27 @@ class NodeApp:
 
     async def _prompt(
         self, loaded: Loaded, body: ChatCompletionRequest | CompletionRequest
-    ) -> tuple[str, list[int], tuple[str, ...]]:
+    ) -> tuple[str, list[int], tuple[str, ...], MultimodalPrompt | None]:
+        """Prompt text, tokens (MEDIA_TOKEN where images stand), stop strings, image chunks."""
         model = loaded.model
         stops = body.stop_list()
         if isinstance(body, ChatCompletionRequest):
-            text = loaded.template.render(body.messages)
             stops = stops + tuple(s for s in loaded.template.default_stops if s not in stops)
-            return text, await self.service.tokenize(loaded, text), stops
+            projector = loaded.projector
+            if projector is not None and has_images(body.messages):
+                text, media = await self.images.read(
+                    body.messages, loaded.template, projector, model.n_batch
+                )
+                return text, media.flat_tokens(), stops, media
+            # Without a projector, an image part is refused here (400, model_not_vision).
+            text = loaded.template.render(body.messages)
+            return text, await self.service.tokenize(loaded, text), stops, None
         prompt = body.prompt
         if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
             ids = [int(t) for t in prompt]
             if any(t < 0 or t >= model.n_vocab for t in ids):
                 raise BadRequest(f"Token ids must be in [0, {model.n_vocab}).", param="prompt")
-            return "", ids, stops
+            return "", ids, stops, None
         if isinstance(prompt, list):
             if len(prompt) != 1:
                 raise BadRequest(
@@ -324,7 +359,7 @@ class NodeApp:
                     param="prompt",
                 )
             prompt = str(prompt[0])
-        return str(prompt), await self.service.tokenize(loaded, str(prompt)), stops
+        return str(prompt), await self.service.tokenize(loaded, str(prompt)), stops, None
 
     async def _watch_disconnect(self, receive: Receive, req: GenerationRequest) -> None:
         while True:

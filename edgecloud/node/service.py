@@ -29,8 +29,16 @@ from edgecloud.node.model import (
     file_sha256,
 )
 from edgecloud.node.prompt import ChatTemplate
+from edgecloud.node.vision import VisionProjector
 
 log = logging.getLogger("edgecloud.node")
+
+
+class _Keep(enum.Enum):
+    PROJECTOR = "keep"
+
+
+KEEP_PROJECTOR = _Keep.PROJECTOR  # a swap that names no projector keeps the current one's file
 
 
 def _retrieve(task: asyncio.Task[Loaded]) -> None:
@@ -65,6 +73,14 @@ class Loaded:
     @property
     def info(self) -> ModelInfo:
         return self.model.info
+
+    @property
+    def projector(self) -> VisionProjector | None:
+        return self.model.projector
+
+    @property
+    def capabilities(self) -> list[str]:
+        return ["text", "vision"] if self.model.projector is not None else ["text"]
 
 
 class ModelState(enum.Enum):
@@ -122,23 +138,44 @@ class NodeService:
             return self.current
         return await asyncio.shield(self._start(self._first_load()))
 
-    async def swap(self, path: str, version: str | None) -> ModelInfo:
+    async def swap(
+        self, path: str, version: str | None, mmproj: str | None | _Keep = KEEP_PROJECTOR
+    ) -> ModelInfo:
         """Load `path`, warm it, serve it; in-flight requests finish on the old model.
 
         `path` must lie under the configured model directories once symlinks and `..` are
         resolved; the resolved file is the one loaded, and its sha256 (computed here) is the
-        model's identity. `version` is the caller's label, kept for display only.
+        model's identity. `version` is the caller's label, kept for display only. `mmproj` is
+        the new model's vision projector (same rule for its path); KEEP_PROJECTOR loads the
+        current projector's file again for the new model, None serves text only.
         """
-        real = path_within(path, await self.model_dirs())
+        dirs = await self.model_dirs()
+        real = path_within(path, dirs)
         if real is None:
             raise ModelPathNotAllowed(
                 "The model path is outside this node's model directories (--model-dir).",
                 param="path",
             )
+        projector: str | None
+        if mmproj is KEEP_PROJECTOR:
+            if self.current is None:  # nothing loaded yet: the configured projector
+                projector = self.config.mmproj
+            else:
+                cur = self.current.projector
+                projector = cur.path if cur is not None else None
+        elif mmproj is None:
+            projector = None
+        else:
+            projector = path_within(mmproj, dirs)
+            if projector is None:
+                raise ModelPathNotAllowed(
+                    "The projector path is outside this node's model directories (--model-dir).",
+                    param="mmproj",
+                )
         if self._swap_pending:
             raise SwapInProgress("Another model swap is in progress.")
         self._swap_pending = True
-        task = self._start(self._swap(real, version))
+        task = self._start(self._swap(real, version, projector))
         # Cleared when the swap ends, not when this caller goes away.
         task.add_done_callback(lambda _: setattr(self, "_swap_pending", False))
         return (await asyncio.shield(task)).info
@@ -169,14 +206,14 @@ class NodeService:
             self._set_state(ModelState.LOADING)
             path = self.config.model or str(await asyncio.to_thread(embedded_model_path))
             try:
-                new = await self._load(path, self.config.version)
+                new = await self._load(path, self.config.version, self.config.mmproj)
             except ModelLoadError as exc:
                 self._set_state(ModelState.FAILED)
                 self.load_error = str(exc)
                 raise NotReady(f"The model could not be loaded: {exc}") from None
             return await self._install(new)
 
-    async def _swap(self, path: str, version: str | None) -> Loaded:
+    async def _swap(self, path: str, version: str | None, mmproj: str | None) -> Loaded:
         async with self._transition:
             self._refuse_if_stopped()
             before = self.state
@@ -184,7 +221,7 @@ class NodeService:
             # The sha256 is computed beside the load, on the other core, instead of after it.
             digest = asyncio.ensure_future(asyncio.to_thread(file_sha256, path))
             try:
-                new = await self._load(path, version)
+                new = await self._load(path, version, mmproj)
             except ModelLoadError as exc:
                 self._set_state(before)
                 self.metrics.swaps.labels(result="failed").inc()
@@ -199,7 +236,14 @@ class NodeService:
                 raise ModelLoadFailed(f"The model file could not be read: {exc.strerror}") from None
             loaded = await self._install(new)
             self.metrics.swaps.labels(result="ok").inc()
-            log_event(log, "model_swapped", path=path, version=version, sha256=new.info.sha256)
+            log_event(
+                log,
+                "model_swapped",
+                path=path,
+                version=version,
+                sha256=new.info.sha256,
+                mmproj=mmproj,
+            )
             return loaded
 
     async def _install(self, new: Loaded) -> Loaded:
@@ -222,7 +266,7 @@ class NodeService:
         if self.state is ModelState.STOPPED:
             raise NotReady("The node is shutting down.")
 
-    async def _load(self, path: str, version: str | None) -> Loaded:
+    async def _load(self, path: str, version: str | None, mmproj: str | None = None) -> Loaded:
         cfg = self.config
         t0 = time.perf_counter()
         model = await asyncio.to_thread(
@@ -235,6 +279,12 @@ class NodeService:
             n_batch=cfg.batch,
             version=version,
         )
+        if mmproj is not None:
+            try:
+                await asyncio.to_thread(model.load_projector, mmproj, cfg.threads)
+            except BaseException:
+                await asyncio.to_thread(model.free)
+                raise
         load_s = time.perf_counter() - t0
         engine = BatchEngine(model, asyncio.get_running_loop(), cfg.max_queue)
         engine.start()
@@ -260,6 +310,7 @@ class NodeService:
             n_ctx_seq=model.n_ctx_seq,
             slots=cfg.parallel,
             chat_template="gguf" if not template.is_plain else "plain",
+            mmproj=mmproj,
         )
         return loaded
 

@@ -5,13 +5,16 @@ Besides the OpenAI routes it has test-only controls:
   GET /_received          -> the requests it received (summaries, no bodies)
   DELETE /_received       -> forget them (and the disconnect count)
   POST /_control {"fail": 503|null, "hang_s": 0, "cut_after": null, "chunks": 8, "delay_ms": 0,
-                  "fault": null}
+                  "fault": null, "echo": false}
   GET /_stats             -> {"held": answers in progress, "disconnects": callers that left}
 "fault" plays a broken provider on non-streamed answers: "hang_after_headers" (headers and a
 first piece of the body, then nothing), "truncate_chunked" (a chunked body cut off),
 "short_length" (fewer bytes than its Content-Length), "invalid_json" (a 200 that is not JSON).
 Every wait (hang_s, delay_ms, a hang after the headers) ends early when the caller disconnects,
 and is then counted in "disconnects".
+With "echo" on, it answers with the texts it received (joined by newlines) as content, tool-call
+arguments (when the request has tools) or completion text; streamed in events of 1 to 7
+characters, some JSON-escaped to ASCII, written in random byte pieces; and it records each body.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from edgecloud.api.replies import Reply, usage
 STATE: dict[str, Any] = {
     "received": [],
     "control": {"fail": None, "hang_s": 0.0, "cut_after": None, "chunks": 8, "delay_ms": 0,
-                "fault": None},
+                "fault": None, "echo": False},
     "held": 0,
     "disconnects": 0,
 }
@@ -103,6 +106,10 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
         raw = await _read(receive)
         headers = dict(scope["headers"])
         STATE["received"].append(_summary(path, headers, raw))
+        if STATE["control"]["echo"]:
+            STATE["received"][-1]["raw"] = raw.decode()
+            await _echo(send, path, orjson.loads(raw), len(STATE["received"]))
+            return
         STATE["held"] += 1
         try:
             await _answer(send, receive, path, orjson.loads(raw))
@@ -171,6 +178,70 @@ async def _answer(send: Any, receive: Any, path: str, body: dict[str, Any]) -> N
         if ctl["delay_ms"] and await _hold(receive, ctl["delay_ms"] / 1000):
             return
     await send({"type": "http.response.body", "body": SSE_DONE})
+
+
+def _echo_text(body: dict[str, Any]) -> str:
+    texts: list[str] = []
+    for msg in body.get("messages") or []:
+        content = msg.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            texts += [p["text"] for p in content if p.get("type") == "text"]
+        for call in msg.get("tool_calls") or []:
+            texts.append(call["function"]["arguments"])
+    prompt = body.get("prompt")
+    texts += [prompt] if isinstance(prompt, str) else prompt or []
+    return "\n".join(texts)
+
+
+async def _echo(send: Any, path: str, body: dict[str, Any], seed: int) -> None:
+    import json
+    import random
+
+    rng = random.Random(seed)
+    text = _echo_text(body)
+    chat = path.endswith("chat/completions")
+    tools = chat and bool(body.get("tools"))
+
+    def choice(piece: str, whole: bool) -> dict[str, Any]:
+        if not chat:
+            return {"index": 0, "text": piece, "finish_reason": "stop" if whole else None}
+        key = "message" if whole else "delta"
+        if tools:
+            return {"index": 0, key: {"role": "assistant", "content": None, "tool_calls": [
+                {"index": 0, "id": "call_1", "type": "function",
+                 "function": {"name": "echo", "arguments": piece}}]},
+                "finish_reason": "tool_calls" if whole else None}
+        return {"index": 0, key: {"role": "assistant", "content": piece},
+                "finish_reason": "stop" if whole else None}
+
+    if not body.get("stream"):
+        await _send_json(send, 200, {"id": "cmpl-echo", "object": "x", "created": 0,
+                                     "model": body.get("model"), "choices": [choice(text, True)],
+                                     "usage": {"completion_tokens": 1}})
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")]})
+    events = []
+    i = 0
+    while i < len(text):
+        n = rng.randint(1, 7)
+        obj = {"id": "cmpl-echo", "object": "chunk", "created": 0, "model": body.get("model"),
+               "choices": [choice(text[i : i + n], False)]}
+        raw = (json.dumps(obj, ensure_ascii=True).encode() if rng.random() < 0.3
+               else orjson.dumps(obj))
+        events.append(b"data: " + raw + b"\n\n")
+        i += n
+    events.append(b"data: " + orjson.dumps({"id": "cmpl-echo", "object": "chunk", "choices": [
+        {"index": 0, "delta": {}, "finish_reason": "stop"}]}) + b"\n\ndata: [DONE]\n\n")
+    data = b"".join(events)
+    i = 0
+    while i < len(data):
+        n = rng.randint(1, 200)
+        await send({"type": "http.response.body", "body": data[i : i + n], "more_body": True})
+        i += n
+    await send({"type": "http.response.body", "body": b""})
 
 
 def main() -> None:

@@ -71,3 +71,9 @@ def test_custom_patterns_name_their_rule() -> None:
 
 def test_any_text_of_many_counts() -> None:
     assert DETECT.detect(["hello", "world", "邮箱 a@b.io"]) == "email"
+
+
+def test_an_ipv4_address_inside_a_digit_run_candidate_is_found() -> None:
+    assert DETECT.detect(["see (10.1.2.3 )"]) == "ip"
+    assert DETECT.spans("see (10.1.2.3 )") == [(5, 13, "ip")]
+    assert DETECT.spans("13812345678 10.0.0.1") == [(0, 11, "phone"), (12, 20, "ip")]

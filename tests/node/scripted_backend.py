@@ -12,8 +12,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from edgecloud.node.backend import SamplingParams
+from edgecloud.node.backend import MEDIA_TOKEN, SamplingParams
 from edgecloud.node.model import ModelInfo
 
 EOG = 0
@@ -69,6 +70,8 @@ class ScriptedBackend:
         self.gate = threading.Event()  # decode waits for it
         self.gate.set()
         self.freed = 0
+        self.timeline: list[tuple[str, int]] = []  # ("decode", n) and ("media", seq) in order
+        self.fail_media: set[int] = set()  # eval_media call numbers (1-based) that raise
 
     # -- EngineBackend -------------------------------------------------------------------------
     def piece(self, token: int) -> bytes:
@@ -117,7 +120,19 @@ class ScriptedBackend:
             assert e.pos == len(self.kv[e.seq]), f"seq {e.seq}: pos {e.pos} after {self.kv[e.seq]}"
             self.kv[e.seq].append(e.token)
         self.last_batch = batch
+        self.timeline.append(("decode", n_tokens))
         return 0
+
+    def eval_media(self, seq: int, pos: int, item: Any) -> int:
+        """An image: its positions follow what the sequence already holds, as in a real cache."""
+        calls = sum(1 for kind, _ in self.timeline if kind == "media") + 1
+        self.timeline.append(("media", seq))
+        assert pos == len(self.kv[seq]), f"image at {pos}, but seq {seq} holds {self.kv[seq]}"
+        if calls in self.fail_media:
+            self.kv[seq].extend([MEDIA_TOKEN] * (item.n_tokens // 2))
+            raise RuntimeError("scripted image failure")
+        self.kv[seq].extend([MEDIA_TOKEN] * item.n_tokens)
+        return pos + item.n_tokens
 
     def new_sampler(self, spec: SamplingParams, prompt: Sequence[int]) -> ScriptedSampler:
         sampler = ScriptedSampler(self, self.reply(prompt))
@@ -136,6 +151,7 @@ class ScriptedModel(ScriptedBackend):
 
     opened = threading.Event()
     instances: list[ScriptedModel] = []
+    projector = None  # no vision
 
     def __init__(self, path: str, *, model_id: str, n_seq: int, n_batch: int, **_: object) -> None:
         if not ScriptedModel.opened.wait(20):
