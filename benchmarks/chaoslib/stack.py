@@ -162,8 +162,10 @@ class ChaosStack:
                             "action": "edge_only", "images": "edge_only"},
                 "offload": {"edge_queue_above": 1},
             },
+            # An open breaker waits half a probe interval: the first passing probe after a part
+            # is back then closes it unless the part failed within the last half interval.
             "limits": {"health_interval_s": self.cfg.health_interval_s, "breaker_failures": 2,
-                       "breaker_open_s": self.cfg.health_interval_s},
+                       "breaker_open_s": self.cfg.health_interval_s / 2},
         }
 
     def _gateway(self) -> ManagedProcess:
