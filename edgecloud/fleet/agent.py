@@ -92,19 +92,21 @@ def backoff_s(interval_s: float, failures: int, cap_s: float) -> float:
     return max(interval_s, random.uniform(0.5, 1.0) * ceiling)
 
 
+# Most specific first: several TUF errors derive from DownloadError.
+_METADATA_REASONS: tuple[tuple[type[Exception], str], ...] = (
+    (tuf_exc.ExpiredMetadataError, "metadata_expired"),
+    (tuf_exc.BadVersionNumberError, "metadata_version_rollback"),
+    (tuf_exc.UnsignedMetadataError, "metadata_bad_signatures"),
+    (tuf_exc.LengthOrHashMismatchError, "metadata_hash_mismatch"),
+    (tuf_exc.SlowRetrievalError, "metadata_download_too_slow"),
+    (tuf_exc.DownloadError, "metadata_download_failed"),
+)
+
+
 def _metadata_reason(exc: Exception) -> str:
-    if isinstance(exc, tuf_exc.ExpiredMetadataError):
-        return "metadata_expired"
-    if isinstance(exc, tuf_exc.BadVersionNumberError):
-        return "metadata_version_rollback"
-    if isinstance(exc, tuf_exc.UnsignedMetadataError):
-        return "metadata_bad_signatures"
-    if isinstance(exc, tuf_exc.LengthOrHashMismatchError):
-        return "metadata_hash_mismatch"
-    if isinstance(exc, tuf_exc.SlowRetrievalError):
-        return "metadata_download_too_slow"
-    if isinstance(exc, tuf_exc.DownloadError):
-        return "metadata_download_failed"
+    for kind, reason in _METADATA_REASONS:
+        if isinstance(exc, kind):
+            return reason
     return "metadata_invalid"
 
 

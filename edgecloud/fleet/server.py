@@ -58,16 +58,12 @@ CHUNK = 1 << 20
 REPORT_LIMIT = 64 * 1024
 
 
-class Forbidden(APIError):
-    status = 403
-    type = "permission_error"
-    code = "forbidden"
+class Forbidden(APIError, status=403, type="permission_error", code="forbidden"):
+    """The credential is valid but does not allow this."""
 
 
-class RateLimited(APIError):
-    status = 429
-    type = "rate_limit_error"
-    code = "rate_limited"
+class RateLimited(APIError, status=429, type="rate_limit_error", code="rate_limited"):
+    """Too many reports or enrolments; the answer says when to retry."""
 
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message, headers={"retry-after": str(max(1, math.ceil(retry_after_s)))})

@@ -10,65 +10,39 @@ class ConfigError(_ConfigFileError):
     """The node configuration is unreadable or has an invalid field (file, line and field)."""
 
 
-class ServerShuttingDown(APIError):
+class ServerShuttingDown(APIError, status=503, type="service_unavailable", code="shutting_down"):
     """The node is draining for shutdown and takes no new requests."""
 
-    status = 503
-    type = "service_unavailable"
-    code = "shutting_down"
 
-
-class SwapInProgress(APIError):
+class SwapInProgress(APIError, status=409, type="invalid_request_error", code="swap_in_progress"):
     """Another model swap is under way; retry when it has finished."""
 
-    status = 409
-    type = "invalid_request_error"
-    code = "swap_in_progress"
 
-
-class ModelLoadFailed(APIError):
+class ModelLoadFailed(APIError, status=400, type="invalid_request_error", code="model_load_failed"):
     """The model file asked for could not be loaded."""
 
-    status = 400
-    type = "invalid_request_error"
-    code = "model_load_failed"
 
-
-class ModelPathNotAllowed(APIError):
+class ModelPathNotAllowed(
+    APIError, status=403, type="permission_error", code="model_path_not_allowed"
+):
     """The admin swap named a file outside the configured model directories."""
 
-    status = 403
-    type = "permission_error"
-    code = "model_path_not_allowed"
 
-
-class InvalidImage(BadRequest):
+class InvalidImage(BadRequest, code="invalid_image"):
     """An image part that is not a readable PNG, JPEG or WebP data URI."""
 
-    code = "invalid_image"
 
-
-class ImageLimitExceeded(BadRequest):
+class ImageLimitExceeded(BadRequest, code="image_too_large"):
     """An image, or a request's images, over the node's limits (bytes, pixels, count)."""
 
-    code = "image_too_large"
 
-
-class RemoteImageRefused(BadRequest):
+class RemoteImageRefused(BadRequest, code="image_url_not_allowed"):
     """A remote image URL on a host the node does not fetch from."""
 
-    code = "image_url_not_allowed"
 
-
-class ImageFetchFailed(InvalidImage):
+class ImageFetchFailed(InvalidImage, code="image_fetch_failed"):
     """An allowed remote image URL that could not be fetched."""
 
-    code = "image_fetch_failed"
 
-
-class ModelSwapped(APIError):
+class ModelSwapped(APIError, status=503, type="service_unavailable", code="model_swapped"):
     """The model (and its projector) was swapped while the request's images were read."""
-
-    status = 503
-    type = "service_unavailable"
-    code = "model_swapped"
