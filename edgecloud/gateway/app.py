@@ -36,12 +36,13 @@ from edgecloud.api.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from edgecloud.gateway.attester import AttestationCollector, attesters_for
 from edgecloud.gateway.clientwatch import follow
 from edgecloud.gateway.config import ApiKeyConfig, GatewayConfig
 from edgecloud.gateway.forward import Forwarder
 from edgecloud.gateway.health import CircuitBreaker, EndpointState
 from edgecloud.gateway.metrics import GatewayMetrics
-from edgecloud.gateway.policy import Hints, PlacementPolicy
+from edgecloud.gateway.policy import Hints, PlacementDecision, PlacementPolicy
 from edgecloud.gateway.pseudonymize import Rewritten
 from edgecloud.gateway.request import (
     RequestFacts,
@@ -76,9 +77,14 @@ class GatewayApp:
                                               lim.breaker_trial_s), model_id=cfg.model)
             for cfg in config.endpoints
         ]
-        self.upstreams = {s.name: Upstream(s, verify_tls=verify_upstream_tls) for s in self.states}
+        self.attesters = attesters_for(self.states)
+        self.upstreams = {s.name: Upstream(s, verify_tls=verify_upstream_tls,
+                                           attester=self.attesters.get(s.name))
+                          for s in self.states}
         self.policy = PlacementPolicy(config.policy)
         self.metrics = GatewayMetrics(self.states)
+        if self.attesters:
+            self.metrics.registry.register(AttestationCollector(list(self.attesters.values())))
         self.log = log or AccessLog(_LOGGER)
         self.keys: dict[str, ApiKeyConfig] = {k.sha256: k for k in config.auth.keys}
         allow = config.models.allow
@@ -150,12 +156,15 @@ class GatewayApp:
                 log_event(_events, "tracing.warning", logging.WARNING, message=warning)
         for up in self.upstreams.values():
             await up.start()
+        # Attest before the first probe: a confidential endpoint is unreachable until then.
+        await asyncio.gather(*(a.start() for a in self.attesters.values()))
         await self._probe_all()
         self._tasks.append(asyncio.create_task(self._health_loop()))
         self._tasks.append(asyncio.create_task(self._flush_loop()))
         log_event(
             _events, "gateway.started",
             endpoints={s.name: ("healthy" if s.healthy else s.last_error) for s in self.states},
+            attested={n: a.status.attested(time.monotonic()) for n, a in self.attesters.items()},
             tracing=None if self.tracing is None else {
                 "endpoint": self.tracing.endpoint, "service": self.tracing.service_name,
                 "sample_ratio": self.tracing.sample_ratio},
@@ -165,6 +174,7 @@ class GatewayApp:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(a.stop() for a in self.attesters.values()))
         for up in self.upstreams.values():
             await up.close()
         if self.tracer is not None:
@@ -261,21 +271,32 @@ class GatewayApp:
                 )
                 rewritten: Rewritten | None = None
                 if decision.without_surrogates is not None:
-                    # The parse left large images out: rewrite from the whole body.
-                    whole = parse_json(raw) if facts.elided else facts.body
-                    decision, rewritten = self.policy.with_surrogates(decision, whole)
+                    decision, rewritten = self._with_surrogates(decision, raw, facts, record)
                 record.update(model=facts.model, stream=facts.stream, images=facts.images,
                               body_bytes=len(raw), rule=decision.rule)
                 if hints.region:
                     record["region"] = hints.region
                 if decision.panic:
                     record["panic"] = True
-                if rewritten is not None:  # the kinds replaced, never the values
-                    record["pseudonymized"] = rewritten.surrogates.kinds
-                    self.metrics.pseudonymized(rewritten.surrogates.kinds)
                 watch = follow(scope, receive)
-                await self.forwarder.forward(send, watch, upstream_path, raw, facts, decision,
-                                             record, t0, trace, rewritten)
+                failures: list[str] = []
+                failed = await self.forwarder.forward(send, watch, upstream_path, raw, facts,
+                                                      decision, record, t0, trace, rewritten,
+                                                      failures)
+                if failed is not None and decision.surrogates_if_failed and not watch.gone:
+                    # The edge failed before a byte reached the client (it died before a probe
+                    # or the breaker noticed): the cloud, with surrogates, if the policy allows.
+                    fallback = self.policy.surrogate_fallback(
+                        failed, facts, hints, self.states, time.monotonic(), self._cloud_spend())
+                    if fallback is not None:
+                        fallback, rewritten = self._with_surrogates(fallback, raw, facts, record)
+                        if fallback.panic:
+                            record["panic"] = True
+                        failed = await self.forwarder.forward(
+                            send, watch, upstream_path, raw, facts, fallback, record, t0, trace,
+                            rewritten, failures)
+                if failed is not None:
+                    raise failed
             except ClientDisconnected:
                 return
             except APIError as err:  # raised before anything was sent
@@ -299,6 +320,18 @@ class GatewayApp:
                 watch.stop()
             if trace is not None:
                 trace.finish(record)
+
+    def _with_surrogates(self, decision: PlacementDecision, raw: bytes, facts: RequestFacts,
+                         record: dict[str, Any]) -> tuple[PlacementDecision, Rewritten | None]:
+        """policy.with_surrogates on the whole body, and the kinds replaced (never the values)
+        counted and logged. Raises what it raises (nothing was sent)."""
+        # The parse left large images out: rewrite from the whole body.
+        whole = parse_json(raw) if facts.elided else facts.body
+        decision, rewritten = self.policy.with_surrogates(decision, whole)
+        if rewritten is not None:
+            record["pseudonymized"] = rewritten.surrogates.kinds
+            self.metrics.pseudonymized(rewritten.surrogates.kinds)
+        return decision, rewritten
 
     async def _refuse(self, send: Send, err: APIError, record: dict[str, Any],
                       t0: float) -> None:

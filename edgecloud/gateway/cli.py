@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from edgecloud.gateway.config import GatewayConfig
 
 _HELP = """Place every OpenAI request on edge or cloud by policy, and explain why.
 
@@ -67,6 +71,8 @@ def gateway(
                       f"tracing {where})", highlight=False)
             for warning in tracing.warnings if tracing is not None else ():
                 err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+            for line in _confidential_summary(cfg):
+                err.print(line, highlight=False)
             return
         from edgecloud.logs import configure_logging
 
@@ -86,3 +92,20 @@ def _print_new_key(name: str) -> None:
     typer.echo(f"key (give it to the client; it is not stored anywhere): {key}")
     typer.echo("add under auth.keys in the gateway config:")
     typer.echo(f"  - {{name: {name}, sha256: {digest}}}")
+
+
+def _confidential_summary(cfg: GatewayConfig) -> list[str]:
+    """What --check says about confidential endpoints (the block itself is validated on load)."""
+    names = [e.name for e in cfg.endpoints if e.confidential is not None]
+    allow = cfg.policy.privacy.confidential == "allow"
+    if not names:
+        return (["[yellow]warning:[/] policy.privacy.confidential is allow, but no endpoint has "
+                 "a confidential block"] if allow else [])
+    use = "may use them while attested" if allow else "stay on the edge: confidential: deny"
+    lines = [f"confidential endpoints: {', '.join(names)} (private requests {use})"]
+    for e in cfg.endpoints:
+        cc = e.confidential
+        if cc is not None and not cc.claims:
+            lines.append(f"[yellow]warning:[/] {e.name}: no required claims; any TEE the issuer "
+                         "attests is trusted (pin the measurements and debug off)")
+    return lines

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -30,6 +30,73 @@ class Price(_Strict):
 
     input_per_mtok: float = Field(default=0.0, ge=0)
     output_per_mtok: float = Field(default=0.0, ge=0)
+
+
+_LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
+def _https_or_local(v: str, example: str) -> str:
+    m = re.match(r"^(https?)://([^/\s@]+)(/\S*)?$", v)
+    if not m:
+        raise ValueError(f"must be an https:// URL such as {example}")
+    host = m.group(2).rsplit(":", 1)[0] if not m.group(2).startswith("[") else \
+        m.group(2).split("]")[0] + "]"
+    if m.group(1) == "http" and host not in _LOCAL_HOSTS:
+        raise ValueError(f"must be https:// (plain http only to this machine): {example}")
+    return v
+
+
+class ConfidentialConfig(_Strict):
+    """A cloud endpoint that proves it runs in a TEE with an attestation token (generic profile:
+    claims `nonce` and `tls_key_sha256`, hex), verified against the issuer's keys."""
+
+    evidence_url: str = Field(description="GET ?nonce=HEX -> {\"token\": JWT}")
+    issuer: str = Field(min_length=1, description="the token's iss (the attestation service)")
+    jwks_url: str | None = Field(default=None, description="the issuer's public keys (JWKS)")
+    jwks_file: str | None = Field(default=None, description="or the JWKS as a local file")
+    claims: dict[str, Any] = Field(
+        default_factory=dict, description="required claim values (measurements, debug off, TCB)"
+    )
+    max_age_s: float = Field(default=300.0, ge=5, le=86400,
+                             description="trust a token at most this long after it was issued")
+    ca_file: str | None = Field(default=None, description="verify the endpoint's certificate too")
+    timeout_s: float = Field(default=5.0, gt=0, le=120,
+                             description="for the evidence, JWKS and handshake fetches")
+    nonce_claim: str = Field(default="nonce", pattern=r"^[A-Za-z0-9_.-]{1,128}$")
+    key_claim: str = Field(default="tls_key_sha256", pattern=r"^[A-Za-z0-9_.-]{1,128}$")
+
+    @field_validator("evidence_url")
+    @classmethod
+    def _evidence(cls, v: str) -> str:
+        return _https_or_local(v, "https://cc.example/attestation")
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _jwks_url(cls, v: str | None) -> str | None:
+        return None if v is None else _https_or_local(v, "https://verifier.example/certs")
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> ConfidentialConfig:
+        if (self.jwks_url is None) == (self.jwks_file is None):
+            raise ValueError("give exactly one of jwks_url and jwks_file (the issuer's keys)")
+        if self.jwks_file is not None:
+            _check_jwks_file(self.jwks_file)
+        if self.ca_file is not None and not Path(self.ca_file).is_file():
+            raise ValueError(f"ca_file {self.ca_file!r} is not a readable file")
+        return self
+
+
+def _check_jwks_file(path: str) -> None:
+    from edgecloud.gateway.attestation import load_jwks
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))  # JSON is YAML
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"jwks_file {path!r} cannot be read as JSON: {exc}") from None
+    try:
+        load_jwks(data)
+    except ValueError as exc:
+        raise ValueError(f"jwks_file {path!r}: {exc}") from None
 
 
 class EndpointConfig(_Strict):
@@ -58,6 +125,7 @@ class EndpointConfig(_Strict):
         default=None,
         description="probe path under the server root; default /readyz, else /v1/models",
     )
+    confidential: ConfidentialConfig | None = None
 
     @field_validator("url")
     @classmethod
@@ -73,6 +141,16 @@ class EndpointConfig(_Strict):
             raise ValueError("list at least one capability (text, vision)")
         return v
 
+    @model_validator(mode="after")
+    def _confidential_https(self) -> EndpointConfig:
+        if self.confidential is not None:
+            if self.tier != "cloud":
+                raise ValueError("confidential applies to cloud endpoints (tier: cloud)")
+            if not self.url.startswith("https://"):
+                raise ValueError("a confidential endpoint's url must be https:// (the token "
+                                 "binds its TLS key)")
+        return self
+
 
 class PrivacyConfig(_Strict):
     """What counts as personal data and what happens to it."""
@@ -80,6 +158,10 @@ class PrivacyConfig(_Strict):
     detect: list[PiiKind] = Field(default_factory=lambda: list(DEFAULT_DETECT))
     action: Literal["edge_only"] = "edge_only"
     images: Literal["edge_only", "allow"] = "edge_only"
+    confidential: Literal["allow", "deny"] = Field(
+        default="deny",
+        description="allow: private requests may use attested confidential endpoints",
+    )
     patterns: dict[str, str] = Field(
         default_factory=dict, description="extra detectors: name -> regular expression"
     )

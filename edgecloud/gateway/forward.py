@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from edgecloud.api.asgi import Send, send_error
+from edgecloud.api.asgi import Send
 from edgecloud.api.replies import sse_error
 from edgecloud.gateway.clientwatch import ClientWatch
-from edgecloud.gateway.errors import NoAllowedEndpoint, UpstreamCut, UpstreamFailed
+from edgecloud.gateway.errors import NoAllowedEndpoint, RuleError, UpstreamCut, UpstreamFailed
 from edgecloud.gateway.health import EndpointState
 from edgecloud.gateway.metrics import GatewayMetrics
 from edgecloud.gateway.policy import PlacementDecision
@@ -61,20 +61,27 @@ class Forwarder:
     async def forward(self, send: Send, watch: ClientWatch, path: str, raw: bytes,
                       facts: RequestFacts, decision: PlacementDecision, record: dict[str, Any],
                       t0: float, trace: RequestTrace | None = None,
-                      rewritten: Rewritten | None = None) -> None:
+                      rewritten: Rewritten | None = None, failures: list[str] | None = None
+                      ) -> RuleError | None:
         """Try the decision's endpoints in order and relay the first usable answer.
 
-        Raises BadRequest (nothing sent) for a body that cannot be re-encoded for an endpoint
-        that needs another model id. With `rewritten` (a pseudonymised request), cloud
-        endpoints get the surrogates and their answers are restored; edge ones the original."""
-        failures: list[str] = []
+        Returns the refusal, sent to no one yet, when every endpoint failed before anything
+        reached the client: the caller sends it or tries elsewhere. `failures` collects what
+        failed across such passes: an earlier pass's count as fallbacks and are named in a
+        later pass's refusal. Raises BadRequest (nothing sent) for a body that cannot be
+        re-encoded for an endpoint that needs another model id. With `rewritten` (a
+        pseudonymised request), cloud endpoints get the surrogates and their answers are
+        restored; edge ones the original."""
+        if failures is None:
+            failures = []
+        earlier = len(failures)
         rule = decision.rule
         order = decision.order
         loop = asyncio.get_running_loop()
         for attempt, state in enumerate(order):
             if watch.gone:
                 self._client_gone(state, rule, record, t0)
-                return
+                return None
             # Built before anything is taken, so that a refusal here leaves no state behind.
             # A pseudonymised request: cloud endpoints get the surrogates, edge ones the original.
             sent_as = rewritten if state.config.tier == "cloud" else None
@@ -121,7 +128,7 @@ class Forwarder:
                     if watch.gone:
                         span_error = "client_gone"
                         self._client_gone(state, rule, record, t0)
-                        return
+                        return None
                     span_status, span_error = None, type(exc).__name__
                     phase = "connect" if resp is None else "read"
                     self._failed(state, phase, exc)
@@ -151,7 +158,7 @@ class Forwarder:
                 state.healthy = True
                 if attempt > 0:
                     rule = "fallback"
-                record["fallbacks"] = attempt
+                record["fallbacks"] = attempt + earlier
                 if data is not None:
                     self._judge(state, status, data)
                     if surrogates is not None and status < 400:
@@ -162,7 +169,7 @@ class Forwarder:
                     await self._relay_stream(send, watch, resp, state, rule, facts, record, t0,
                                              t_up, surrogates)
                 span_status, span_error = record.get("status"), record.get("error")
-                return
+                return None
             finally:
                 state.in_flight -= 1
                 state.breaker.release(ticket)
@@ -170,17 +177,10 @@ class Forwarder:
                     span.end(span_status, span_error)
         # Nothing answered. Fail closed with the rule that restricted the request, if any.
         detail = "; ".join(failures) or "no endpoint was tried"
-        err: NoAllowedEndpoint | UpstreamFailed
         if decision.restricted:
-            err = NoAllowedEndpoint(decision.rule, f"every allowed endpoint failed ({detail}); "
-                                    "the request was not sent anywhere else")
-        else:
-            err = UpstreamFailed("fallback", f"every endpoint failed ({detail})")
-        self.metrics.refusal(err.rule)
-        self.metrics.request("none", "none", err.rule, err.status)
-        record.update(status=err.status, reason=err.rule, error=err.code)
-        await send_error(send, err, [(b"x-edgecloud-reason", err.rule.encode())])
-        record["total_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+            return NoAllowedEndpoint(decision.rule, f"every allowed endpoint failed ({detail}); "
+                                     "the request was not sent anywhere else")
+        return UpstreamFailed("fallback", f"every endpoint failed ({detail})")
 
     def _failed(self, state: EndpointState, cause: str, exc: BaseException) -> None:
         state.breaker.failure(time.monotonic())

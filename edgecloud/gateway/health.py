@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from edgecloud.gateway.attestation import AttestationStatus
 from edgecloud.gateway.config import EndpointConfig
 
 
@@ -143,6 +144,7 @@ class EndpointState:
     model_id: str | None = None
     last_error: str | None = None
     discovered_capabilities: tuple[str, ...] | None = None  # from the endpoint's /v1/models
+    attestation: AttestationStatus | None = None  # confidential endpoints only
 
     @property
     def name(self) -> str:
@@ -166,8 +168,10 @@ class EndpointState:
         return self.config.tier
 
     def available(self, now: float) -> bool:
-        """Healthy by the last probe and not held off by an open breaker."""
-        return self.healthy and self.breaker.allows(now)
+        """Healthy by the last probe, not held off by an open breaker, and attested if it is a
+        confidential endpoint (its certificate is trusted only through the token)."""
+        return (self.healthy and self.breaker.allows(now)
+                and (self.attestation is None or self.attestation.attested(now)))
 
     def queued(self) -> int:
         return max(self.in_flight - self.config.max_concurrency + 1, 0)

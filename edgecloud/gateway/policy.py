@@ -15,11 +15,13 @@ from typing import Any
 
 from edgecloud.api.errors import APIError
 from edgecloud.gateway.config import PolicyConfig
-from edgecloud.gateway.errors import CapabilityMissing, NoAllowedEndpoint
+from edgecloud.gateway.errors import CapabilityMissing, NoAllowedEndpoint, RuleError
 from edgecloud.gateway.health import EndpointState
 from edgecloud.gateway.privacy import PrivacyDetector
 from edgecloud.gateway.pseudonymize import Pseudonymizer, Rewritten
 from edgecloud.gateway.request import RequestFacts
+
+UNATTESTED = "privacy.confidential.unattested"
 
 
 @dataclass(slots=True)
@@ -47,6 +49,9 @@ class PlacementDecision:
     # Set on a privacy.pseudonymized decision: what happens instead when the request cannot be
     # rewritten (a kind that may not leave was found): the edge decision, or the refusal.
     without_surrogates: PlacementDecision | APIError | None = None
+    # Set on an edge decision for a request that may leave as surrogates: when every endpoint
+    # of the order fails before anything reaches the client, see surrogate_fallback.
+    surrogates_if_failed: bool = False
 
     @property
     def primary(self) -> EndpointState:
@@ -110,10 +115,16 @@ class PlacementPolicy:
         why = ""
         cands = list(endpoints)
 
+        unattested: str | None = None  # the rule to name if only unattested endpoints remain
         if private is not None:
-            cands = [e for e in cands if e.config.tier == "edge"]
+            cands, unattested = self._private_candidates(cands, now)
             rule, why = private, "private data stays on edge endpoints"
+            if any(e.config.tier == "cloud" for e in cands):
+                why = "private data stays on edge or attested confidential endpoints"
             if not cands:
+                if unattested is not None:
+                    raise NoAllowedEndpoint(unattested, "private request, no edge endpoint, and "
+                                            "no confidential endpoint is attested now")
                 raise NoAllowedEndpoint(private, "private request, and no edge endpoint exists")
 
         if hints.region:
@@ -138,10 +149,15 @@ class PlacementPolicy:
             # Panic mode (Envoy's panic threshold): every allowed endpoint is marked down by its
             # last probe, which may be stale (an edge that just came up). Try them anyway, once
             # each; their breakers still hold back the ones that keep failing.
-            live = [e for e in cands if e.breaker.allows(now)]
+            # (Attestation is trust, not health: an un-attested endpoint is never tried.)
+            live = [e for e in cands if e.breaker.allows(now)
+                    and (e.attestation is None or e.attestation.attested(now))]
             panic = True
         if not live:
             down = _names(cands)
+            if unattested is not None:
+                raise NoAllowedEndpoint(unattested, f"no edge endpoint is available ({down}) "
+                                        "and no confidential endpoint is attested now")
             if restricted and rule is not None:
                 raise NoAllowedEndpoint(
                     rule, f"no healthy endpoint may take this request ({down} unavailable); "
@@ -150,7 +166,15 @@ class PlacementPolicy:
             raise NoAllowedEndpoint("fallback", f"no endpoint is healthy ({down} unavailable)")
 
         out_tokens = facts.max_output_tokens or self.config.default_output_tokens
-        live, rule, why = self._capabilities(facts, cands, live, out_tokens, rule, why)
+        try:
+            live, rule, why = self._capabilities(facts, cands, live, out_tokens, rule, why)
+        except CapabilityMissing as exc:
+            if unattested is None:
+                raise
+            # What the edge cannot do, an attested confidential endpoint could: a 503 (retry
+            # later) naming the lapsed attestation, not a 400.
+            raise NoAllowedEndpoint(unattested, f"{exc.message.split(': ', 1)[-1]}; no "
+                                    "confidential endpoint is attested now") from None
 
         pin = hints.pinned if hints.pinned in ("edge", "cloud") else None
         if pin is not None:
@@ -163,6 +187,19 @@ class PlacementPolicy:
                                  cloud_spend_usd)
         decision.panic = panic
         return decision
+
+    def _private_candidates(
+        self, cands: list[EndpointState], now: float
+    ) -> tuple[list[EndpointState], str | None]:
+        """Edge endpoints, plus attested confidential ones when `privacy.confidential: allow`.
+        The second value names the rule for a refusal when confidential ones exist but none is
+        attested (their attestation lapsed or failed)."""
+        edge = [e for e in cands if e.config.tier == "edge"]
+        if self.config.privacy.confidential != "allow":
+            return edge, None
+        conf = [e for e in cands if e.attestation is not None and e.config.tier == "cloud"]
+        attested = [e for e in conf if e.attestation is not None and e.attestation.attested(now)]
+        return edge + attested, (UNATTESTED if conf and not attested else None)
 
     # -- private requests that may leave as surrogates -------------------------------------
     def _edge_or_surrogates(
@@ -184,6 +221,7 @@ class PlacementPolicy:
         # In panic mode every edge endpoint is marked down: they are the last resort below.
         if edge is not None and not edge.panic and not self._edge_strained(edge.primary, facts,
                                                                              hints):
+            edge.surrogates_if_failed = True
             return edge
         try:
             public = place(None)
@@ -193,6 +231,7 @@ class PlacementPolicy:
         if public is None or not clouds or (edge is not None and public.primary.config.tier
                                              == "edge"):
             if edge is not None:
+                edge.surrogates_if_failed = True
                 return edge
             assert refusal is not None
             raise refusal
@@ -201,6 +240,32 @@ class PlacementPolicy:
         return PlacementDecision(clouds + (edge.order if edge is not None else ()),
                                  "privacy.pseudonymized", why, True,
                                  without_surrogates=edge or refusal)
+
+    def surrogate_fallback(
+        self,
+        failed: RuleError,
+        facts: RequestFacts,
+        hints: Hints,
+        endpoints: Sequence[EndpointState],
+        now: float,
+        cloud_spend_usd: float,
+    ) -> PlacementDecision | None:
+        """For an edge decision marked `surrogates_if_failed` whose every endpoint failed before
+        anything reached the client (`failed`: the refusal that would follow): the cloud
+        endpoints the rest of the chain allows (residency, health, capability, deadline, cost),
+        to be sent surrogates, or None when there are none (then `failed` stands). With
+        with_surrogates, a request the rewrite must keep private gets `failed`."""
+        clouds = [e for e in endpoints if e.config.tier == "cloud"]
+        if not clouds:
+            return None
+        try:
+            public = self._place(facts, hints, clouds, now, cloud_spend_usd, None)
+        except (NoAllowedEndpoint, CapabilityMissing):
+            return None
+        why = (f"{failed.rule}: every allowed edge endpoint failed; personal data replaced by "
+               "surrogates for the cloud")
+        return PlacementDecision(public.order, "privacy.pseudonymized", why, True,
+                                 panic=public.panic, without_surrogates=failed)
 
     def _edge_strained(self, e: EndpointState, facts: RequestFacts, hints: Hints) -> bool:
         """Queueing past the offload threshold, or predicted to miss the deadline."""

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from edgecloud.gateway.attester import Attester
 from edgecloud.gateway.health import EndpointState
 from edgecloud.http1 import H1Pool, StreamedResponse
 
@@ -21,8 +22,12 @@ TRANSPORT_ERRORS = (OSError, asyncio.TimeoutError)
 class Upstream:
     """HTTP client for one endpoint: keep-alive pool, upstream key from env, probes."""
 
-    def __init__(self, state: EndpointState, *, verify_tls: bool = True) -> None:
+    def __init__(self, state: EndpointState, *, verify_tls: bool = True,
+                 attester: Attester | None = None) -> None:
         self.state = state
+        # A confidential endpoint: every connection pinned to the attested key, every request
+        # refused while un-attested (attester.py).
+        self.attester = attester
         cfg = state.config
         self.base = cfg.url
         self.root = cfg.url[:-3] if cfg.url.endswith("/v1") else cfg.url
@@ -45,9 +50,19 @@ class Upstream:
         self.pool: H1Pool | None = None
 
     async def start(self) -> None:
+        att = self.attester
         self.pool = H1Pool(self.base, self._headers,
                            connect_timeout_s=self.state.config.connect_timeout_s,
-                           verify_tls=self._verify_tls)
+                           verify_tls=self._verify_tls,
+                           ssl_context=None if att is None else att.ssl_context,
+                           check_peer=None if att is None else att.check_peer)
+        if att is not None:
+            att.on_change(self._drop_connections)
+
+    def _drop_connections(self) -> None:
+        """Trust changed (re-keyed or revoked): no pooled connection outlives it."""
+        if self.pool is not None:
+            self.pool.close()
 
     async def close(self) -> None:
         if self.pool is not None:
@@ -67,10 +82,14 @@ class Upstream:
 
         `headers` adds to the pool's (trace context, when tracing is on)."""
         assert self.pool is not None
+        if self.attester is not None:
+            self.attester.admit()
         return await self.pool.request(b"POST", self._target(path), body, headers)
 
     async def _get(self, target: bytes, timeout_s: float) -> tuple[int, bytes]:
         assert self.pool is not None
+        if self.attester is not None:
+            self.attester.admit()
         async with asyncio.timeout(timeout_s):
             resp = await self.pool.request(b"GET", target)
             return resp.status, await resp.read()
@@ -78,6 +97,8 @@ class Upstream:
     async def probe(self, timeout_s: float = 2.0) -> bool:
         """One health probe: /readyz under the server root, else /v1/models. Updates state."""
         st = self.state
+        if self.attester is not None and not self.attester.status.attested(time.monotonic()):
+            return st.healthy  # nothing may connect while un-attested; health stays as known
         t0 = time.perf_counter()
         try:
             if self._probe_path is None:

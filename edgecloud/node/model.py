@@ -70,6 +70,11 @@ class ModelInfo:
     loaded_at: float = field(default_factory=time.time)
 
 
+# The longest text one token may stand for: pieces are read into buffers this size (longer
+# ones would not render), so a prompt of B bytes is at least B / MAX_PIECE_BYTES tokens.
+MAX_PIECE_BYTES = 256
+
+
 def file_sha256(path: str, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -135,7 +140,7 @@ class LoadedModel:
         self._batch: Any = ll.llama_batch_init(n_batch, 0, 1)
         self.projector: VisionProjector | None = None  # set by load_projector
         self._pieces: dict[int, bytes] = {}
-        self._piece_buf = ctypes.create_string_buffer(256)
+        self._piece_buf = ctypes.create_string_buffer(MAX_PIECE_BYTES)
         template = ll.llama_model_chat_template(self.model, None)
         desc = ctypes.create_string_buffer(256)
         ll.llama_model_desc(self.model, desc, ctypes.sizeof(desc))
@@ -172,7 +177,9 @@ class LoadedModel:
         """Bytes of one token (control tokens render as nothing); cached per id."""
         cached = self._pieces.get(token)
         if cached is None:
-            n = ll.llama_token_to_piece(self.vocab, token, self._piece_buf, 256, 0, False)
+            n = ll.llama_token_to_piece(
+                self.vocab, token, self._piece_buf, MAX_PIECE_BYTES, 0, False
+            )
             cached = self._piece_buf.raw[: max(n, 0)]
             self._pieces[token] = cached
         return cached

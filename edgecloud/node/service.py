@@ -21,7 +21,13 @@ from edgecloud.node.config import NodeConfig
 from edgecloud.node.engine import BatchEngine, GenerationRequest
 from edgecloud.node.errors import ModelLoadFailed, ModelPathNotAllowed, SwapInProgress
 from edgecloud.node.metrics import NodeMetrics
-from edgecloud.node.model import LoadedModel, ModelInfo, ModelLoadError, file_sha256
+from edgecloud.node.model import (
+    MAX_PIECE_BYTES,
+    LoadedModel,
+    ModelInfo,
+    ModelLoadError,
+    file_sha256,
+)
 from edgecloud.node.prompt import ChatTemplate
 from edgecloud.node.vision import VisionProjector
 
@@ -119,7 +125,8 @@ class NodeService:
     # -- lifecycle --------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
-        return self.current is not None
+        """A model is loaded and its engine works (a broken one makes the node unready)."""
+        return self.current is not None and self.current.engine.broken is None
 
     @property
     def model_ids(self) -> list[str]:
@@ -353,6 +360,26 @@ class NodeService:
                 param="model",
             )
 
+    async def tokenize(self, loaded: Loaded, text: str) -> list[int]:
+        """Prompt text to token ids on a worker thread: a long prompt takes seconds to
+        tokenise, which on the event loop would stall every stream and health check. A text
+        that cannot fit the context even at MAX_PIECE_BYTES per token is refused unread."""
+        n_ctx = loaded.model.n_ctx_seq
+        at_least = len(text.encode("utf-8", "replace")) // MAX_PIECE_BYTES
+        if at_least >= n_ctx:
+            raise BadRequest(
+                f"The prompt is at least {at_least} tokens, but this node's context is {n_ctx} "
+                f"tokens per request. Shorten the prompt (or start the node with a larger --ctx).",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        if not loaded.engine.lease():
+            raise NotReady("The model is being replaced; retry shortly.")
+        try:
+            return await asyncio.to_thread(loaded.model.tokenize, text)
+        finally:
+            loaded.engine.unlease()
+
     def plan_tokens(self, loaded: Loaded, prompt_tokens: int, requested: int | None) -> int:
         """How many tokens to generate; 400 when the prompt or max_tokens do not fit."""
         n_ctx = loaded.model.n_ctx_seq
@@ -383,6 +410,8 @@ class NodeService:
         return requested
 
     def submit(self, loaded: Loaded, req: GenerationRequest) -> None:
+        if loaded.engine.broken is not None:
+            raise NotReady("The model backend failed; the node is unready until restarted.")
         if not loaded.engine.submit(req):
             self.metrics.rejected.inc()
             raise QueueFull(
@@ -390,6 +419,10 @@ class NodeService:
                 "are waiting; retry shortly.",
                 retry_after_s=1,
             )
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
 
     def begin(self) -> None:
         self._in_flight += 1
@@ -400,6 +433,7 @@ class NodeService:
     def _refresh_gauges(self) -> None:
         m = self.metrics
         m.in_flight.set(self._in_flight)
+        m.asyncio_tasks.set(len(asyncio.all_tasks()))
         cur = self.current
         if cur is None:
             m.queue_depth.set(0)

@@ -56,7 +56,7 @@ def _start(kind: str, tmp: Path, header_s: float, body_s: float,
         ModelRepository.init(tmp / "repo")
         cmd = edgecloud_command("fleet", "serve", "--repo", str(tmp / "repo"), "--port",
                                 str(port), "--no-controller", "--header-timeout", str(header_s),
-                                "--body-timeout", str(body_s))
+                                "--body-timeout", str(body_s), "--insecure-dev")
     if open_files is not None:
         cmd = _with_open_files(cmd, open_files)
     proc = ManagedProcess(cmd, f"http://127.0.0.1:{port}/healthz",

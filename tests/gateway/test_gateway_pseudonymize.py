@@ -170,3 +170,80 @@ def test_an_edge_that_can_take_it_gets_the_original(
     assert resp.headers["x-edgecloud-reason"] == "privacy.pii.email"
     assert [r["texts"] for r in edge.received()] == [["mail bob@example.com"]]
     assert cloud.received() == []
+
+
+@pytest.fixture
+def dying_edge(start_standin: Callable[..., Standin], start_gateway: Callable[..., Gateway]
+               ) -> tuple[Standin, Standin, Gateway]:
+    """An edge (a stand-in for an edge node, named so) that is up at the gateway's only probe:
+    probes are an hour apart, so whatever happens to it next, the gateway still marks it
+    healthy."""
+    cloud = start_standin("cloud-eu", "cloud-model")
+    cloud.control(echo=True)
+    edge = start_standin("edge-box", "edge-model")
+    config = _config(cloud, edge.v1, LISTED)
+    config["limits"] = {**fast_limits(), "health_interval_s": 3600}
+    return cloud, edge, start_gateway(config)
+
+
+@pytest.mark.parametrize(("fault", "stream"), [
+    ("killed", False), ("killed", True),  # connection refused
+    ("dropped", False),  # headers, then the connection is dropped mid-answer
+    ("503", True),
+])
+def test_an_edge_that_fails_before_answering_falls_back_to_surrogates(
+    dying_edge: tuple[Standin, Standin, Gateway], fault: str, stream: bool
+) -> None:
+    cloud, edge, gw = dying_edge
+    if fault == "killed":
+        edge.proc.kill()
+        edge.proc.proc.wait(10)  # type: ignore[union-attr]
+    else:
+        edge.control(**({"fault": "truncate_chunked"} if fault == "dropped" else {"fail": 503}))
+    text = "Write to bob@example.com, then bob@example.com again."
+    resp = _post(gw, "chat", _body("chat", [text], stream))
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-edgecloud-reason"] == "privacy.pseudonymized"
+    assert resp.headers["x-edgecloud-placement"] == "cloud"
+    assert _answer_text(resp, stream) == text
+    received = _received(cloud)
+    assert [r["texts"] for r in received] == [["Write to [EMAIL_1], then [EMAIL_1] again."]]
+    assert "bob@" not in received[0]["raw"]
+    if fault != "killed":
+        assert [r["texts"] for r in edge.received()] == [[text]]  # the edge got the original
+    line = json.loads([x for x in gw.wait_log('"pseudonymized"').splitlines()
+                       if '"pseudonymized"' in x][0])
+    assert line["pseudonymized"] == ["email"] and line["fallbacks"] == 1
+    assert line["rule"] == "privacy.pii.email" and line["reason"] == "privacy.pseudonymized"
+
+
+@pytest.mark.parametrize(("text", "headers", "rule"), [
+    ("bob@example.com api_key = abcdefghijklmnop", {}, "privacy.pii.email"),
+    ("bob@example.com", {"x-edgecloud-sensitivity": "private"}, "privacy.header"),
+])
+def test_when_the_edge_fails_what_may_not_leave_gets_the_503(
+    dying_edge: tuple[Standin, Standin, Gateway], text: str, headers: dict[str, str], rule: str
+) -> None:
+    cloud, edge, gw = dying_edge
+    edge.proc.kill()
+    edge.proc.proc.wait(10)  # type: ignore[union-attr]
+    resp = _post(gw, "chat", _body("chat", [text], False), **headers)
+    assert resp.status_code == 503
+    assert resp.headers["x-edgecloud-reason"] == rule
+    assert resp.json()["error"]["code"] == "no_allowed_endpoint"
+    assert "edge-box" in resp.json()["error"]["message"]
+    assert cloud.received() == []
+
+
+def test_when_the_cloud_fails_too_the_503_names_both(
+    dying_edge: tuple[Standin, Standin, Gateway]
+) -> None:
+    cloud, edge, gw = dying_edge
+    edge.control(fail=503)
+    cloud.control(echo=False, fail=500)
+    resp = _post(gw, "chat", _body("chat", ["mail bob@example.com"], False))
+    assert resp.status_code == 503
+    assert resp.headers["x-edgecloud-reason"] == "privacy.pseudonymized"
+    message = resp.json()["error"]["message"]
+    assert "edge-box: HTTP 503" in message and "cloud-eu: HTTP 500" in message
+    assert [r["texts"] for r in cloud.received()] == [["mail [EMAIL_1]"]]

@@ -147,3 +147,74 @@ def test_config_checks_the_list() -> None:
     ok = parse_config(base + "policy: {privacy: {patterns: {badge: 'B-[0-9]{5}'}, "
                       "pseudonymize: [badge]}}")
     assert ok.policy.privacy.pseudonymize == ["badge"]
+
+
+# -- when the edge was chosen and then failed before answering ------------------------------
+FAILED = NoAllowedEndpoint("privacy.pii.email",
+                           "every allowed endpoint failed (edge: ConnectError)")
+
+
+def _fallback(facts: Any, fleet: list[Any], hints: Hints | None = None,
+              policy: PlacementPolicy = POLICY) -> Any:
+    return policy.surrogate_fallback(FAILED, facts, hints or Hints(), fleet, 0.0, 0.0)
+
+
+def test_an_edge_decision_may_fall_back_to_surrogates_in_the_cloud() -> None:
+    fleet = _fleet()
+    facts = _chat("mail bob@example.com")
+    d = _choose(facts, fleet=fleet, policy=POLICY)
+    assert [e.name for e in d.order] == ["edge"] and d.surrogates_if_failed
+    f = _fallback(facts, fleet)
+    assert f.rule == "privacy.pseudonymized" and f.restricted
+    assert [e.name for e in f.order] == ["cloud-us", "cloud-eu"]  # cheapest first, no edge
+    f, rw = POLICY.with_surrogates(f, facts.body)
+    assert rw is not None and rw.body["messages"][0]["content"] == "mail [EMAIL_1]"
+    assert "bob@" not in rw.raw.decode()
+
+
+def test_a_secret_found_when_rewriting_keeps_the_edges_refusal() -> None:
+    facts = _chat("bob@example.com api_key = abcdefghijklmnop")
+    d = _choose(facts, fleet=_fleet(), policy=POLICY)
+    assert d.surrogates_if_failed  # the first find is an e-mail ...
+    f = _fallback(facts, _fleet())
+    with pytest.raises(NoAllowedEndpoint) as err:  # ... the rewrite finds the key
+        POLICY.with_surrogates(f, facts.body)
+    assert err.value is FAILED
+
+
+@pytest.mark.parametrize(("facts", "hints", "policy"), [
+    (_chat("Write a haiku about rain"), Hints(), POLICY),  # public
+    (_chat("bob@example.com"), Hints(sensitivity="private"), POLICY),
+    (_chat("bob@example.com", image=True), Hints(), POLICY),
+    (_chat("api_key = abcdefghijklmnop"), Hints(), POLICY),
+    (_chat("bob@example.com"), Hints(), PlacementPolicy(PolicyConfig())),  # no list
+    (_chat("call 13812345678"), Hints(),
+     PlacementPolicy(PolicyConfig(privacy={"pseudonymize": ["email"]}))),  # type: ignore[arg-type]  # noqa: E501
+])
+def test_only_pseudonymisable_edge_decisions_are_marked(facts: Any, hints: Hints,
+                                                         policy: PlacementPolicy) -> None:
+    fleet = [_ep("edge", "edge", "device", ["text", "vision"]), *_fleet()[1:]]
+    assert not _choose(facts, hints, fleet, policy=policy).surrogates_if_failed
+
+
+def test_a_decision_that_already_has_surrogates_is_not_marked() -> None:
+    fleet = _fleet()
+    fleet[0].healthy = False
+    d = _choose(_chat("mail bob@example.com"), fleet=fleet, policy=POLICY)
+    assert d.rule == "privacy.pseudonymized" and not d.surrogates_if_failed
+
+
+def test_the_fallback_keeps_residency_and_health() -> None:
+    policy = PlacementPolicy(PolicyConfig(  # type: ignore[arg-type]
+        residency={"eu": ["eu-central-1", "device"], "home": ["device"]},
+        privacy={"pseudonymize": LISTED}))
+    facts = _chat("mail bob@example.com")
+    fleet = _fleet()
+    f = _fallback(facts, fleet, Hints(region="eu"), policy)
+    assert [e.name for e in f.order] == ["cloud-eu"]
+    assert _fallback(facts, fleet, Hints(region="home"), policy) is None  # no cloud allowed
+    _down(fleet[2])
+    assert [e.name for e in _fallback(facts, fleet).order] == ["cloud-eu"]
+    _down(fleet[1])
+    assert _fallback(facts, fleet) is None  # every cloud's breaker open
+    assert _fallback(facts, [fleet[0]]) is None  # no cloud at all
