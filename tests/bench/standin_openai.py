@@ -130,11 +130,10 @@ class StandIn:
         images = _count_images(body) if chat else 0
         for _ in range(images):
             async with self.encoder:
-                began = time.perf_counter()
                 if self.image_s:
-                    await _sleep_until(began + self.image_s)
+                    await _sleep_until(time.perf_counter() + self.image_s)
                 self.images_read += 1
-                self.image_seconds += time.perf_counter() - began
+                self.image_seconds += self.image_s  # the time it says an image takes
         if self.delays:
             await _sleep_until(time.perf_counter() + self.delays[k % len(self.delays)])
         n = min(
