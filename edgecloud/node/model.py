@@ -15,14 +15,11 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import llama_cpp as ll
 
-from edgecloud.node.backend import PENALTY_LAST_N, MediaItem, SamplingParams
-
-if TYPE_CHECKING:
-    from edgecloud.node.vision import VisionProjector
+from edgecloud.node.backend import PENALTY_LAST_N, MediaEvaluator, MediaItem, SamplingParams
 
 _backend_lock = threading.Lock()
 _backend_ready = False
@@ -138,7 +135,7 @@ class LoadedModel:
         self.bos_text = self._piece_text(ll.llama_vocab_bos(self.vocab))
         self.eos_text = self._piece_text(ll.llama_vocab_eos(self.vocab))
         self._batch: Any = ll.llama_batch_init(n_batch, 0, 1)
-        self.projector: VisionProjector | None = None  # set by load_projector
+        self.projector: MediaEvaluator | None = None  # set by vision.load_projector
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(MAX_PIECE_BYTES)
         template = ll.llama_model_chat_template(self.model, None)
@@ -248,13 +245,6 @@ class LoadedModel:
 
     def new_sampler(self, spec: SamplingParams, prompt: Sequence[int]) -> LlamaSampler:
         return LlamaSampler(self, spec, prompt)
-
-    def load_projector(self, path: str, n_threads: int) -> VisionProjector:
-        """Load a vision projector (mmproj GGUF) for this model; freed with it."""
-        from edgecloud.node.vision import VisionProjector
-
-        self.projector = VisionProjector(path, self, n_threads)
-        return self.projector
 
     def eval_media(self, seq: int, pos: int, item: MediaItem) -> int:
         if self.projector is None:

@@ -29,7 +29,7 @@ from edgecloud.node.model import (
     file_sha256,
 )
 from edgecloud.node.prompt import ChatTemplate
-from edgecloud.node.vision import VisionProjector
+from edgecloud.node.vision import VisionProjector, load_projector
 
 log = logging.getLogger("edgecloud.node")
 
@@ -69,18 +69,15 @@ class Loaded:
     model: LoadedModel
     engine: BatchEngine
     template: ChatTemplate
+    projector: VisionProjector | None = None  # the model's, when it reads images
 
     @property
     def info(self) -> ModelInfo:
         return self.model.info
 
     @property
-    def projector(self) -> VisionProjector | None:
-        return self.model.projector
-
-    @property
     def capabilities(self) -> list[str]:
-        return ["text", "vision"] if self.model.projector is not None else ["text"]
+        return ["text", "vision"] if self.projector is not None else ["text"]
 
 
 class ModelState(enum.Enum):
@@ -279,9 +276,10 @@ class NodeService:
             n_batch=cfg.batch,
             version=version,
         )
+        projector: VisionProjector | None = None
         if mmproj is not None:
             try:
-                await asyncio.to_thread(model.load_projector, mmproj, cfg.threads)
+                projector = await asyncio.to_thread(load_projector, model, mmproj, cfg.threads)
             except BaseException:
                 await asyncio.to_thread(model.free)
                 raise
@@ -289,7 +287,7 @@ class NodeService:
         engine = BatchEngine(model, asyncio.get_running_loop(), cfg.max_queue)
         engine.start()
         template = ChatTemplate(model.info.chat_template, model.bos_text, model.eos_text)
-        loaded = Loaded(model, engine, template)
+        loaded = Loaded(model, engine, template, projector)
         try:
             warm_s = await self._warm_up(loaded) if cfg.warmup else 0.0
         except BaseException:
