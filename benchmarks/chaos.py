@@ -24,7 +24,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from benchmarks.chaoslib.campaign import (
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.chaoslib.campaign import (  # noqa: E402
     Skip,
     all_faults,
     render,
@@ -32,7 +34,7 @@ from benchmarks.chaoslib.campaign import (
     run_fault,
     soak,
 )
-from benchmarks.chaoslib.stack import ChaosStack, StackConfig
+from benchmarks.chaoslib.stack import ChaosStack, StackConfig  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
