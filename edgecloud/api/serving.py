@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Generator
+import math
+import socket
+from collections.abc import Callable, Generator
 from typing import Any
 
 import uvicorn
@@ -29,6 +31,18 @@ log = logging.getLogger("edgecloud.serving")
 
 
 class _CleanExitServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config,
+                 on_drain: Callable[[float], None] | None = None) -> None:
+        super().__init__(config)
+        self.on_drain = on_drain
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # The drain starts: the app hears of it now, not only once every connection has closed
+        # (its lifespan shutdown), so it can end what is still running before the deadline.
+        if self.on_drain is not None:
+            self.on_drain(float(self.config.timeout_graceful_shutdown or 0))
+        await super().shutdown(sockets)
+
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         with super().capture_signals():
@@ -44,12 +58,15 @@ def serve_forever(
     *,
     limits: ServingLimits | None = None,
     drain_timeout_s: float = 30.0,
+    on_drain: Callable[[float], None] | None = None,
     ssl_certfile: str | None = None,
     ssl_keyfile: str | None = None,
     backlog: int = 2048,
     protocol: type[GuardedHttpToolsProtocol] = GuardedHttpToolsProtocol,
 ) -> None:
-    """Serve until SIGINT/SIGTERM, let in-flight requests finish (up to the drain timeout)."""
+    """Serve until SIGINT/SIGTERM, let in-flight requests finish (up to the drain timeout).
+
+    `on_drain(timeout_s)` is called in the event loop when the drain begins."""
     limits = limits or ServingLimits()
     open_files = raise_open_files_limit()
     max_connections = limits.max_connections or default_max_connections(open_files)
@@ -61,10 +78,11 @@ def serve_forever(
         app, host=host, port=port, backlog=backlog, ssl_certfile=ssl_certfile,
         ssl_keyfile=ssl_keyfile, loop="uvloop", lifespan="on",
         http=functools.partial(protocol, guard=guard),  # type: ignore[arg-type]
-        timeout_graceful_shutdown=int(drain_timeout_s), timeout_keep_alive=30,
+        timeout_graceful_shutdown=math.ceil(drain_timeout_s),  # int(0.5) would be no drain
+        timeout_keep_alive=30,
         # No access log, Server or Date header, proxy headers: the apps log what they need.
         access_log=False, log_level="warning", server_header=False, date_header=False,
         proxy_headers=False,
     )
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
-    _CleanExitServer(config).run()
+    _CleanExitServer(config, on_drain).run()

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgecloud.bench.errors import ColdStartError, TargetError, WorkloadError
-from edgecloud.bench.options import BenchOptions
+from edgecloud.bench.options import DEFAULT_MAX_TOKENS, BenchOptions
 from edgecloud.bench.results import BenchResults
 from edgecloud.report import human_number
 
@@ -57,6 +57,10 @@ def print_summary(console: Console, results: BenchResults) -> None:
     console.print(table, soft_wrap=False)
     if results.knee is not None:
         console.print(f"knee: {results.knee.level:g} ({results.knee.reason})")
+    if results.images is not None:
+        from edgecloud.bench.render import image_line
+
+        console.print(image_line(results))
     if results.cold_start is not None:
         parts = ", ".join(f"{k} p50 {_fmt(p.p50)}" for k, p in results.cold_start.summary.items())
         console.print(f"cold start ({len(results.cold_start.runs)} runs): {parts}")
@@ -133,8 +137,9 @@ async def _main(
 
     # The model id is needed before the bodies; preflight confirms it during the run.
     model = o.model or ""
+    max_tokens = o.max_tokens or wl.default_max_tokens or DEFAULT_MAX_TOKENS
     bodies = encode_bodies(
-        wl, model=model or "default", max_tokens=o.max_tokens, stream=o.stream
+        wl, model=model or "default", max_tokens=max_tokens, stream=o.stream
     )
     base = api_root(target)
     kept = None
@@ -170,7 +175,7 @@ async def _main(
             model = await _first_model(base, api_key)
             if model:
                 bodies = encode_bodies(
-                    wl, model=model, max_tokens=o.max_tokens, stream=o.stream
+                    wl, model=model, max_tokens=max_tokens, stream=o.stream
                 )
         settings = RunSettings(
             scenario=o.scenario,
@@ -186,6 +191,7 @@ async def _main(
             server_pid=server_pid,
             watts_per_core=o.watts_per_core,
             tokenizer=o.tokenizer,
+            images=wl.images,
         )
         if o.cold_start_only:
             results = BenchResults(

@@ -57,7 +57,9 @@ def bench(
     rate: str = typer.Option("0.5,1,2", help="Open-loop Poisson rates, requests/s."),
     requests: int = typer.Option(None, help="Requests per level (default depends on scenario)."),
     duration: float = typer.Option(None, help="Seconds per level instead of a request count."),
-    max_tokens: int = typer.Option(64, help="max_tokens of requests that do not set one."),
+    max_tokens: int = typer.Option(
+        None, help="max_tokens of requests that do not set one (default 64; phone-agent 16)."
+    ),
     slo_ttft_ms: float = typer.Option(None, help="SLO on time to first token, for goodput."),
     slo_e2e_ms: float = typer.Option(None, help="SLO on end-to-end latency, for goodput."),
     out: Path = typer.Option(Path("bench-results.json"), help="Results file (JSON)."),

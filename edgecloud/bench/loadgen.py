@@ -39,6 +39,8 @@ class LevelOutcome:
     send_lag_ms: list[float] = field(default_factory=list)
     offered: float | None = None
     fatal: str | None = None  # error kind that stopped the run
+    server_images: int = 0  # images the server says it read during the level
+    image_ms: float | None = None  # their mean time, as the server reports it
 
     @property
     def duration_s(self) -> float:

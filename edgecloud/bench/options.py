@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 Scenario = Literal["single", "concurrency", "rate", "burst"]
+DEFAULT_MAX_TOKENS = 64
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,7 @@ class BenchOptions:
     levels: tuple[float, ...]  # concurrencies, rates or burst sizes
     requests: int | None  # per level; None: the scenario's default
     duration: float | None  # seconds per level instead of a request count
-    max_tokens: int
+    max_tokens: int | None  # None: the workload's own default, else DEFAULT_MAX_TOKENS
     slo: Mapping[str, float]  # ttft_ms / e2e_ms, for goodput
     out: Path
     report: Path | None

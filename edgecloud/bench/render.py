@@ -6,7 +6,15 @@ import math
 from collections.abc import Sequence
 
 from edgecloud.bench.results import BenchResults, LevelSummary
-from edgecloud.report import Section, escape, figure_svg, new_figure, render_page, table_html
+from edgecloud.report import (
+    Section,
+    escape,
+    figure_svg,
+    human_number,
+    new_figure,
+    render_page,
+    table_html,
+)
 
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
 
@@ -211,7 +219,9 @@ def render_run(run: BenchResults) -> str:
         sections.append(
             Section(
                 "Per level (ms)",
-                knee + table_html(LEVEL_HEADERS, level_rows(run.levels)),
+                knee
+                + (f"<p>{escape(image_line(run))}.</p>" if run.images is not None else "")
+                + table_html(LEVEL_HEADERS, level_rows(run.levels)),
                 note="Latency counts from the scheduled time in open loop "
                 "(no coordinated omission).",
             )
@@ -310,3 +320,25 @@ def render_compare(runs: Sequence[BenchResults]) -> str:
         sections,
         subtitle=" vs ".join(r.label or r.endpoint for r in runs),
     )
+
+
+def image_line(results: BenchResults) -> str:
+    """What the requests' images were, and the image time the server reported per level."""
+    im = results.images
+    assert im is not None
+    head = (
+        f"images: {im.per_request:g} per request, {im.width}x{im.height} {im.format.upper()}, "
+        f"{_fmt_num(im.mean_bytes / 1e6)} MB mean"
+    )
+    if im.image_time_source == "none":
+        return head + "; the server reports no image time (end-to-end figures only)"
+    per = ", ".join(
+        f"{lv.level:g}: {_fmt_num(lv.image_ms)} ms"
+        for lv in results.levels
+        if lv.image_ms is not None
+    )
+    return head + f"; server image time (encode + image prefill) per image by level: {per}"
+
+
+def _fmt_num(v: float | None) -> str:
+    return "-" if v is None else human_number(v)

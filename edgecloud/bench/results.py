@@ -66,6 +66,10 @@ class LevelSummary(BaseModel):
     client_cpu_share: float | None = None  # of one core: client_cpu_s / duration_s
     send_lag_ms: Percentiles | None = None  # open loop: actual send time minus schedule
     offered: float | None = None  # open loop: requests/s the schedule offered
+    # Added in schema 1 (optional), image workloads: what the server itself reported for the
+    # level (an edgecloud vision node's /metrics counters; None where the server reports none).
+    server_images: int | None = None  # images the server read during the level
+    image_ms: float | None = None  # its mean engine time per image: encode + image prefill
 
 
 class Knee(BaseModel):
@@ -88,6 +92,19 @@ class Energy(BaseModel):
     joules_per_request: float | None = None
     tokens_per_joule: float | None = None
     note: str = ""
+
+
+class ImageSet(BaseModel):
+    """The images of an image workload (added in schema 1, optional)."""
+
+    per_request: float  # mean image parts per request
+    width: int
+    height: int
+    mean_bytes: int  # mean encoded (PNG) size, before base64
+    format: str = "png"
+    # "server_metrics": LevelSummary.image_ms came from the server's image counters;
+    # "none": the server reports no image time, only end-to-end figures exist.
+    image_time_source: Literal["server_metrics", "none"] = "none"
 
 
 class BenchResults(BaseModel):
@@ -117,3 +134,4 @@ class BenchResults(BaseModel):
     seed: int | None = None
     settings: dict[str, object] = Field(default_factory=dict)  # the options the run used
     server_pid: int | None = None  # the local server process sampled in `resources`
+    images: ImageSet | None = None  # image workloads (phone-agent): what each request carried

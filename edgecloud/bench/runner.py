@@ -19,7 +19,8 @@ from edgecloud.bench import loadgen
 from edgecloud.bench.client import RequestSender, Target, make_session
 from edgecloud.bench.errors import TargetError, TokenizerError
 from edgecloud.bench.options import Scenario
-from edgecloud.bench.results import BenchResults, LevelSummary, RequestRecord
+from edgecloud.bench.results import BenchResults, ImageSet, LevelSummary, RequestRecord
+from edgecloud.bench.server_metrics import image_ms_per_image, read_image_counters
 from edgecloud.bench.stats import find_knee, summarize, summarize_level
 
 log = logging.getLogger("edgecloud.bench")
@@ -49,6 +50,7 @@ class RunSettings:
     knee_min_gain: float = 0.10
     knee_latency_factor: float = 2.0
     tokenizer: str | None = None  # .gguf or tokenizer.json: counts tokens when no usage
+    images: ImageSet | None = None  # image workloads: read the server's image time per level
 
 
 def api_root(url: str) -> str:
@@ -160,6 +162,7 @@ async def run_bench(
         stream=stream,
         seed=settings.seed,
         complete=False,
+        images=settings.images.model_copy() if settings.images is not None else None,
         settings={
             "levels": list(settings.levels),
             "requests": settings.requests,
@@ -174,6 +177,8 @@ async def run_bench(
     sampler = None
     sender = None
     counter: Callable[[str], int] | None = None
+    # Image workloads: the server's image counters, read around each level.
+    scrape = make_session(1, 10.0) if settings.images is not None else None
     t0 = time.perf_counter()
     try:
         session = make_session(1, timeout_s)
@@ -203,7 +208,11 @@ async def run_bench(
         for level in settings.levels:
             if stop.is_set():
                 break
+            before = await read_image_counters(scrape, base) if scrape is not None else None
             outcome = await _one_level(sender, settings, level, stop, progress)
+            if scrape is not None:
+                after = await read_image_counters(scrape, base)
+                outcome.server_images, outcome.image_ms = image_ms_per_image(before, after)
             outcomes.append(outcome)
             if outcome.fatal:
                 kind = outcome.fatal
@@ -224,6 +233,8 @@ async def run_bench(
         log.exception("bench_failed")
         results.note = f"stopped by an unexpected error ({type(exc).__name__}: {exc})"
     finally:
+        if scrape is not None:
+            await scrape.aclose()
         if sender is not None:
             sender.close()
             if counter is not None and sender.texts:
@@ -308,10 +319,16 @@ def _fill(results: BenchResults, outcomes: list[loadgen.LevelOutcome], s: RunSet
         if o.send_lag_ms:
             summary.send_lag_ms = summarize(o.send_lag_ms)
         summary.offered = o.offered
+        if s.images is not None:
+            summary.server_images = o.server_images
+            summary.image_ms = round(o.image_ms, 3) if o.image_ms is not None else None
         levels.append(summary)
         records.extend(o.records)
     results.levels = levels
     results.records = records
+    if results.images is not None:
+        reported = any(lv.image_ms is not None for lv in levels)
+        results.images.image_time_source = "server_metrics" if reported else "none"
     sources = {r.token_source for r in records if r.ok and r.token_source}
     weakest_first: tuple[TokenSource, ...] = ("chunks", "tokenizer", "server_usage")
     for source in weakest_first:

@@ -18,8 +18,13 @@ from typing import Any
 import orjson
 
 from edgecloud.bench.errors import WorkloadError
+from edgecloud.bench.results import ImageSet
 
 BUILTIN = ("short-chat", "long-context", "phone-agent")
+# A phone agent answers each screenshot with one short action.
+PHONE_AGENT_MAX_TOKENS = 16
+PHONE_AGENT_BODIES = 21  # distinct request bodies, replayed in turn (about 70 MB encoded)
+SCREEN_WIDTH, SCREEN_HEIGHT = 1080, 2400
 
 _TOPICS = (
     "the weather in Lisbon",
@@ -73,6 +78,8 @@ class Workload:
     name: str
     route: str  # "chat" (/chat/completions) or "completions" (/completions)
     items: Sequence[dict[str, Any]]
+    images: ImageSet | None = None  # what the requests' image parts are, for image workloads
+    default_max_tokens: int | None = None  # the workload's own output length, when it has one
 
 
 def load_workload(name_or_path: str, *, seed: int = 0, size: int = 64) -> Workload:
@@ -83,9 +90,20 @@ def load_workload(name_or_path: str, *, seed: int = 0, size: int = 64) -> Worklo
             return Workload(name_or_path, "chat", [_short_chat(rng) for _ in range(size)])
         if name_or_path == "long-context":
             return Workload(name_or_path, "chat", [_long_context(rng) for _ in range(size)])
-        # Screenshots are 1-3 MB each: a handful of distinct ones is enough.
-        shots = [png_data_uri(seed * 100 + i) for i in range(min(size, 3))]
-        return Workload(name_or_path, "chat", [_agent_turn(rng, shots, i) for i in range(size)])
+        # Screenshots are 1-3 MB each: a handful of distinct ones is enough, and a few dozen
+        # bodies (each carries its screenshot) bound the memory the encoded bodies take.
+        size = min(size, PHONE_AGENT_BODIES)
+        pngs = [png_bytes(seed * 100 + i) for i in range(min(size, 3))]
+        shots = [_data_uri(p) for p in pngs]
+        items = [_agent_turn(rng, shots, i) for i in range(size)]
+        used = [len(pngs[i % len(pngs)]) for i in range(size)]
+        images = ImageSet(
+            per_request=1.0,
+            width=SCREEN_WIDTH,
+            height=SCREEN_HEIGHT,
+            mean_bytes=round(sum(used) / len(used)) if used else 0,
+        )
+        return Workload(name_or_path, "chat", items, images, PHONE_AGENT_MAX_TOKENS)
     path = Path(name_or_path)
     if not path.exists():
         raise WorkloadError(
@@ -177,7 +195,9 @@ def _agent_turn(rng: random.Random, shots: Sequence[str], i: int) -> dict[str, A
     }
 
 
-def png_bytes(seed: int, width: int = 1080, height: int = 2400, target_bytes: int = 0) -> bytes:
+def png_bytes(
+    seed: int, width: int = SCREEN_WIDTH, height: int = SCREEN_HEIGHT, target_bytes: int = 0
+) -> bytes:
     """A deterministic phone-screenshot-like RGB PNG of about `target_bytes` (1-3 MB if 0).
 
     Flat UI bands compress to almost nothing; rows of seeded noise do not, so the noise height
@@ -213,4 +233,8 @@ def _png(width: int, height: int, idat: bytes) -> bytes:
 
 def png_data_uri(seed: int) -> str:
     """`png_bytes(seed)` as a `data:image/png;base64,...` URI."""
-    return "data:image/png;base64," + base64.b64encode(png_bytes(seed)).decode("ascii")
+    return _data_uri(png_bytes(seed))
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")

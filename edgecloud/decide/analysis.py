@@ -23,6 +23,7 @@ from edgecloud.decide.sensitivity import (
     flip_volumes,
     tornado,
 )
+from edgecloud.decide.sizing import VisionSizing, size_vision
 from edgecloud.decide.tco import Option
 
 
@@ -38,6 +39,7 @@ class Decision(BaseModel):
     tornado: list[TornadoBar]
     cost_curve: dict[str, list[float]]
     inputs: DecisionInputs
+    vision: VisionSizing | None = None  # the edge sized for the screenshots (image workloads)
 
 
 def decide(inputs: DecisionInputs) -> Decision:
@@ -60,6 +62,25 @@ def decide(inputs: DecisionInputs) -> Decision:
         tornado=tornado(inputs, chosen) if chosen is not None else [],
         cost_curve=cost_per_1k_curve(inputs),
         inputs=inputs,
+        vision=vision_sizing(inputs),
+    )
+
+
+def vision_sizing(inputs: DecisionInputs) -> VisionSizing | None:
+    """Boxes for the workload's screenshots, when it has some and the edge bench measured them."""
+    w, edge = inputs.workload, inputs.edge
+    if w.images is None or edge.images is None or edge.capacity_rps is None:
+        return None
+    return size_vision(
+        images_per_request=edge.images.images_per_request,
+        image_ms=edge.images.image_ms,
+        first_token_ms=edge.images.first_token_ms,
+        requests_per_s_per_box=edge.capacity_rps,
+        requests_per_day=w.requests_per_day,
+        peak_to_average=w.peak_to_average,
+        screenshot_share=w.images.share,
+        headroom=w.capacity_headroom,
+        source=edge.source,
     )
 
 

@@ -139,7 +139,27 @@ def _availability(option: Option, w: Workload, p: Prices, cost: OptionCost) -> C
     return Check(name="availability", passed=reached >= target - 1e-12, detail=detail)
 
 
-def _capability(option: Option, w: Workload, p: Prices) -> Check:
+def edge_reads_images(p: Prices, edge: TierPerformance) -> bool:
+    """The edge is a vision node: its prices say so, or its bench file measured images."""
+    return "vision" in p.edge.capabilities or edge.images is not None
+
+
+def _capability(option: Option, w: Workload, p: Prices, edge: TierPerformance) -> Check:
+    if w.images is not None and w.images.share > 0 and not edge_reads_images(p, edge):
+        if option == "edge":
+            return Check(
+                name="capability",
+                passed=False,
+                detail=f"{_pct(w.images.share)} of requests carry images and the edge reads "
+                "none: give a phone-agent bench of a vision edge or edge.capabilities: vision",
+            )
+        if option == "hybrid":
+            return Check(
+                name="capability",
+                passed=True,
+                detail=f"{_pct(w.images.share)} of requests carry images: the edge reads none, "
+                "so they go to the cloud (private ones are refused under images: edge_only)",
+            )
     large = w.tokens.large_context_share
     if option == "edge" and large > 0:
         return Check(
@@ -169,7 +189,7 @@ def evaluate_options(inputs: DecisionInputs) -> dict[Option, OptionResult]:
             _compliance(option, w, p),
             _slo(option, w, edge, cloud, cost),
             _availability(option, w, p, cost),
-            _capability(option, w, p),
+            _capability(option, w, p, edge),
         ]
         out[option] = OptionResult(option=option, cost=cost, checks=checks)
     return out

@@ -33,6 +33,9 @@ def _slug(text: str) -> str:
 def _edge_endpoints(inputs: DecisionInputs, plan: YearPlan) -> list[EndpointConfig]:
     e = inputs.prices.edge
     perf = inputs.edge
+    caps = list(e.capabilities)
+    if perf.images is not None and "vision" not in caps:
+        caps.append("vision")  # the bench measured this edge reading screenshots
     out: list[EndpointConfig] = []
     for site, boxes in plan.boxes_by_site.items():
         slug = _slug(site)
@@ -49,7 +52,7 @@ def _edge_endpoints(inputs: DecisionInputs, plan: YearPlan) -> list[EndpointConf
                     tier="edge",
                     url=e.url_template.format(site=slug, index=i),
                     region=e.region,
-                    capabilities=list(e.capabilities),
+                    capabilities=caps,
                     **sized,
                 )
             )

@@ -35,6 +35,13 @@ class Tokens(_Strict):
         return (self.input_per_request + self.output_per_request) * 4 / 1000
 
 
+class Images(_Strict):
+    """Screenshots (a phone agent): how many requests carry images, and how many each."""
+
+    share: float = Field(1.0, ge=0, le=1)  # of all requests
+    per_request: float = Field(1.0, gt=0)  # images in such a request
+
+
 class SLO(_Strict):
     """Latency objective, checked at `percentile` of the measured distribution."""
 
@@ -113,6 +120,7 @@ class Workload(_Strict):
     availability_target: float = Field(0.99, gt=0, lt=1)
     tokens: Tokens
     slo: SLO
+    images: Images | None = None  # a vision workload: size the edge from a screenshot bench
     compliance: Compliance = Field(default_factory=lambda: Compliance.model_validate({}))
     users: Users = Field(default_factory=lambda: Users.model_validate({}))
 

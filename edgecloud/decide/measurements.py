@@ -27,6 +27,16 @@ class LevelPoint(BaseModel):
     meets_slo: bool
 
 
+class ImageCost(BaseModel):
+    """What a screenshot request costs one box, from an image bench (phone-agent)."""
+
+    images_per_request: float
+    # The server's own engine time per image (encode + prefill of its embeddings), at the
+    # lowest level; None when the server reports none (then only first_token_ms says it).
+    image_ms: float | None
+    first_token_ms: float | None  # client-seen TTFT p50 at the lowest level: the whole prompt
+
+
 class TierPerformance(BaseModel):
     """What one box (edge) or replica (cloud) delivers within the SLO."""
 
@@ -44,6 +54,7 @@ class TierPerformance(BaseModel):
     endpoint: str | None = None
     model: str | None = None
     points: list[LevelPoint] = []
+    images: ImageCost | None = None  # the bench's requests carried images
 
 
 def _pct(p: Percentiles, name: str) -> float | None:
@@ -51,11 +62,15 @@ def _pct(p: Percentiles, name: str) -> float | None:
     return float(value) if value is not None else None
 
 
-def level_point(lv: LevelSummary, tokens: Tokens, slo: SLO) -> LevelPoint:
+def level_point(
+    lv: LevelSummary, tokens: Tokens, slo: SLO, *, closed_loop_images: bool = False
+) -> LevelPoint:
     """Latency and capacity of one level, scaled to the workload's output length.
 
     e2e = TTFT + TPOT x (output tokens - 1) when TPOT was measured (the bench may have used
-    another output length); capacity = output tokens/s / output tokens per request.
+    another output length); capacity = output tokens/s / output tokens per request. Image
+    requests cost mostly their prompt (encode + prefill), not their output: for a closed-loop
+    image bench, capacity = concurrency / mean(TTFT + TPOT x (output tokens - 1)) (Little's law).
     """
     ttft = _pct(lv.ttft_ms, slo.percentile)
     tpot = _pct(lv.tpot_ms, slo.percentile)
@@ -63,7 +78,11 @@ def level_point(lv: LevelSummary, tokens: Tokens, slo: SLO) -> LevelPoint:
         e2e: float | None = ttft + tpot * max(tokens.output_per_request - 1, 0)
     else:
         e2e = _pct(lv.e2e_ms, slo.percentile)
-    if lv.output_tokens_per_s > 0:
+    mean_ttft, mean_tpot = lv.ttft_ms.mean, lv.tpot_ms.mean
+    if closed_loop_images and mean_ttft is not None:
+        mean_e2e = mean_ttft + (mean_tpot or 0.0) * max(tokens.output_per_request - 1, 0)
+        cap = lv.level * 1000.0 / mean_e2e if mean_e2e > 0 else lv.requests_per_s
+    elif lv.output_tokens_per_s > 0:
         cap = lv.output_tokens_per_s / tokens.output_per_request
     else:
         cap = lv.requests_per_s
@@ -83,7 +102,9 @@ def from_bench(
     """The operating point: the level with the most capacity within the SLO, not past the knee."""
     if not bench.levels:
         raise BenchMismatch("has no load levels to size from", file=file, field="levels")
-    points = [level_point(lv, tokens, slo) for lv in sorted(bench.levels, key=lambda x: x.level)]
+    closed = bench.images is not None and bench.scenario in ("single", "concurrency")
+    ordered = sorted(bench.levels, key=lambda x: x.level)
+    points = [level_point(lv, tokens, slo, closed_loop_images=closed) for lv in ordered]
     knee = bench.knee.level if bench.knee is not None and bench.knee.reason != "none" else None
     usable = [p for p in points if p.meets_slo and (knee is None or p.level <= knee)]
     chosen = max(usable, key=lambda p: p.capacity_rps) if usable else points[0]
@@ -104,6 +125,20 @@ def from_bench(
         endpoint=bench.endpoint,
         model=bench.model,
         points=points,
+        images=image_cost(bench),
+    )
+
+
+def image_cost(bench: BenchResults) -> ImageCost | None:
+    """Per-request image cost at the lowest level (no queueing), for an image bench."""
+    if bench.images is None or not bench.levels:
+        return None
+    ordered = sorted(bench.levels, key=lambda x: x.level)
+    reported = [lv.image_ms for lv in ordered if lv.image_ms is not None]
+    return ImageCost(
+        images_per_request=bench.images.per_request,
+        image_ms=reported[0] if reported else None,
+        first_token_ms=_pct(ordered[0].ttft_ms, "p50"),
     )
 
 

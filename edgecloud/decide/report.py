@@ -5,6 +5,7 @@ from __future__ import annotations
 from edgecloud.decide import charts
 from edgecloud.decide.analysis import Decision
 from edgecloud.decide.decision import LABEL
+from edgecloud.decide.sizing import vision_lines
 from edgecloud.report import Section, escape, render_page, table_html
 
 
@@ -150,6 +151,17 @@ def render_report(d: Decision) -> str:
             captions=["cumulative cost per option", "cost per 1,000 requests against volume"],
         ),
         Section("Latency per tier against the SLO", _tiers(d), figures=[charts.latency_vs_slo(d)]),
+        *(
+            [
+                Section(
+                    "Screenshots on the edge",
+                    table_html(["quantity", "value"], [list(r) for r in vision_lines(d.vision)]),
+                    note=f"from {d.vision.source}",
+                )
+            ]
+            if d.vision is not None
+            else []
+        ),
         Section(
             "Sensitivity: each input at -50% and +50%",
             figures=[tornado] if tornado else [],

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 
+from pydantic import BaseModel
+
 SECONDS_PER_DAY = 86_400
 DAYS_PER_MONTH = 365 / 12
 HOURS_PER_MONTH = 365 * 24 / 12  # 730
@@ -52,3 +54,58 @@ def spares_for(
         if reached >= target:
             return k, reached
     return best
+
+
+class VisionSizing(BaseModel):
+    """The edge sized for a workload's screenshots, from a screenshot bench of one box."""
+
+    images_per_request: float  # in the bench's requests
+    image_ms: float | None  # server-reported engine time per image (encode + image prefill)
+    image_ms_per_request: float | None  # image_ms x images per request
+    first_token_ms: float | None  # client-seen TTFT p50 at the lowest level: the whole prompt
+    requests_per_s_per_box: float  # screenshot requests/s one box serves within the SLO
+    screenshot_peak_rps: float  # the workload's screenshot requests at peak
+    boxes_needed: int  # before spares, with the workload's headroom
+    source: str  # the bench file
+
+
+def size_vision(
+    *,
+    images_per_request: float,
+    image_ms: float | None,
+    first_token_ms: float | None,
+    requests_per_s_per_box: float,
+    requests_per_day: float,
+    peak_to_average: float,
+    screenshot_share: float,
+    headroom: float,
+    source: str,
+) -> VisionSizing:
+    """Boxes for the screenshot requests alone: ceil(peak x share x (1 + h) / box rate)."""
+    peak = peak_rps(requests_per_day, peak_to_average) * screenshot_share
+    return VisionSizing(
+        images_per_request=images_per_request,
+        image_ms=image_ms,
+        image_ms_per_request=image_ms * images_per_request if image_ms is not None else None,
+        first_token_ms=first_token_ms,
+        requests_per_s_per_box=requests_per_s_per_box,
+        screenshot_peak_rps=peak,
+        boxes_needed=units_needed(peak, requests_per_s_per_box, headroom),
+        source=source,
+    )
+
+
+def vision_lines(v: VisionSizing) -> list[tuple[str, str]]:
+    """The screenshot sizing as (label, value) rows, for the terminal and the HTML report."""
+
+    def ms(x: float | None, none: str) -> str:
+        return f"{x:,.0f} ms" if x is not None else none
+
+    return [
+        ("images per request", f"{v.images_per_request:g} (as benched)"),
+        ("image encode + prefill", ms(v.image_ms_per_request, "not reported by the server")),
+        ("first token (whole prompt), p50", ms(v.first_token_ms, "not measured")),
+        ("screenshot requests/s per box", f"{v.requests_per_s_per_box:.3g}"),
+        ("screenshot requests/s at peak", f"{v.screenshot_peak_rps:.3g}"),
+        ("boxes for the screenshots", f"{v.boxes_needed} (before spares)"),
+    ]

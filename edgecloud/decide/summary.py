@@ -8,6 +8,7 @@ from rich.table import Table
 
 from edgecloud.decide.analysis import Decision
 from edgecloud.decide.decision import LABEL
+from edgecloud.decide.sizing import vision_lines
 
 
 def summary(d: Decision) -> Group:
@@ -44,9 +45,14 @@ def summary(d: Decision) -> Group:
         lines.insert(
             0, f"break-even edge vs cloud: {d.break_even_requests_per_day:,.0f} requests/day"
         )
+    vision = []
+    if d.vision is not None:
+        rows = "\n".join(f"{k}: {v}" for k, v in vision_lines(d.vision))
+        vision = [Panel(rows, title="screenshots on the edge", expand=False)]
     return Group(
         Panel(head, expand=False),
         table,
+        *vision,
         Panel(reasons, title="why", expand=False),
         Panel(
             "\n".join(lines) or "no flip within 1/1000x..1000x today's volume",

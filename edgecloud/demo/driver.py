@@ -28,6 +28,7 @@ class Outcome:
     sent_at_s: float  # since the demo started
     error: str = ""
     text: str = ""
+    prompt_tokens: int | None = None  # from the answer's usage (image tokens included)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -41,6 +42,7 @@ async def send(client: httpx.AsyncClient, base: str, req: DemoRequest, t0: float
     error = ""
     status = 0
     headers: httpx.Headers = httpx.Headers()
+    prompt_tokens: int | None = None
     try:
         async with client.stream(
             "POST",
@@ -65,6 +67,9 @@ async def send(client: httpx.AsyncClient, base: str, req: DemoRequest, t0: float
                     if "error" in chunk:
                         error = str(chunk["error"].get("message", "stream error"))
                         break
+                    usage = chunk.get("usage")
+                    if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
+                        prompt_tokens = usage["prompt_tokens"]
                     for choice in chunk.get("choices") or []:
                         piece = (choice.get("delta") or {}).get("content")
                         if piece:
@@ -74,6 +79,7 @@ async def send(client: httpx.AsyncClient, base: str, req: DemoRequest, t0: float
             else:
                 data = orjson.loads(await resp.aread())
                 ttft = (time.perf_counter() - start) * 1000
+                prompt_tokens = (data.get("usage") or {}).get("prompt_tokens")
                 texts.append(data["choices"][0]["message"]["content"] or "")
     except httpx.HTTPError as exc:
         error = f"{type(exc).__name__}: {exc}"
@@ -96,4 +102,5 @@ async def send(client: httpx.AsyncClient, base: str, req: DemoRequest, t0: float
         sent_at_s=start - t0,
         error=error[:300],
         text="".join(texts)[:120],
+        prompt_tokens=prompt_tokens,
     )

@@ -93,6 +93,36 @@ def _decision_section(files: dict[str, str]) -> Section | None:
     )
 
 
+def _screenshot_section(result: DemoResult) -> Section:
+    """The phone agent's screenshot step: read on the edge, by the node's projector."""
+    shot = result.guarantees["screenshot"]
+    rows = [
+        [
+            o.placement,
+            o.endpoint,
+            o.status,
+            "-" if o.prompt_tokens is None else o.prompt_tokens,
+            "-" if o.ttft_ms is None else round(o.ttft_ms),
+            round(o.e2e_ms),
+            o.text[:60] or o.error[:60],
+        ]
+        for o in result.outcomes
+        if o.kind == "screenshot"
+    ]
+    return Section(
+        "The screenshot step, on the edge",
+        table_html(
+            ["placement", "endpoint", "status", "prompt tokens", "TTFT ms", "e2e ms", "answer"],
+            rows,
+        ),
+        note=f"The edge node reads the phone screenshot through its vision projector "
+        f"({shot.get('projector') or 'none'}: random weights, made at demo start, "
+        "so the answer is nonsense; decode, resize, encode, embed and generate are real). "
+        "The prompt tokens include the image's. The byte scan also looks for slices of the "
+        "screenshot's bytes on the cloud link.",
+    )
+
+
 def write_report(opts: DemoOptions, result: DemoResult) -> Path:
     g = result.guarantees
     ok = g["private_placed_in_cloud"] == 0 and g["cloud_link_private_marker_hits"] == 0
@@ -104,6 +134,15 @@ def write_report(opts: DemoOptions, result: DemoResult) -> Path:
         ["private markers seen on the cloud link (byte scan)", g["cloud_link_private_marker_hits"]],
         ["bytes that crossed the cloud link", g["cloud_link_bytes"]],
     ]
+    shot = g.get("screenshot")
+    if shot:
+        guarantee_rows.insert(
+            2,
+            [
+                "screenshot requests served on the edge (images: edge_only)",
+                f"{shot['served_on_edge']} of {shot['requests']}",
+            ],
+        )
     reason_rows = [[r["placement"], r["reason"], r["count"]] for r in g["by_reason"]]
     lat_rows = [
         [tier, v["count"], v["p50"], v["p95"], v["ttft_p50"]] for tier, v in g["latency_ms"].items()
@@ -124,6 +163,7 @@ def write_report(opts: DemoOptions, result: DemoResult) -> Path:
         for i, o in enumerate(result.outcomes)
     ]
     sections = [
+        *([_screenshot_section(result)] if shot else []),
         Section(
             "Guarantees, measured",
             f'<p class="tag {"good" if ok else "bad"}">'

@@ -145,6 +145,19 @@ def summarise(outcomes: list[Outcome]) -> dict[str, Any]:
     }
 
 
+def screenshot_step(outcomes: list[Outcome], mmproj: Path | None) -> dict[str, Any]:
+    """Where the screenshot step ran, and what the edge's projector made of it (pure)."""
+    shots = [o for o in outcomes if o.kind == "screenshot"]
+    return {
+        "requests": len(shots),
+        "served_on_edge": sum(1 for o in shots if o.placement == "edge" and o.status == 200),
+        "placements": [o.placement for o in shots],
+        "prompt_tokens": [o.prompt_tokens for o in shots],
+        "ttft_ms": [o.ttft_ms for o in shots],
+        "projector": mmproj.name if mmproj is not None else None,
+    }
+
+
 def _pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -214,12 +227,26 @@ def _decide(opts: DemoOptions, files: dict[str, str], console: Console) -> dict[
     return {"decision_json": str(out_json), "decision_html": str(out_html)}
 
 
+def demo_projector(out_dir: Path) -> Path:
+    """The edge's projector: a tiny gemma3-type one with random weights for the embedded model,
+    made here once and kept in the demo's cache folder (its answers about images are nonsense;
+    decode, resize, encode, embed and generate are all real)."""
+    from edgecloud.testing.tiny_mmproj import cached_tiny_mmproj
+
+    return cached_tiny_mmproj(root=out_dir / "cache")
+
+
 def run_demo(opts: DemoOptions, console: Console) -> DemoResult:
     """Run every phase; always stops what it started (also on Ctrl-C)."""
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     phases = build_phases(opts.max_tokens, opts.quick)
     markers = [r.marker for reqs in phases.values() for r in reqs if r.private and r.marker]
-    stack = DemoStack(StackOptions(out_dir=opts.out_dir, link=opts.link), markers)
+    markers += [m for reqs in phases.values() for r in reqs if r.private for m in r.more_markers]
+    console.print("Writing the edge's vision projector (random weights, for the embedded model) …")
+    mmproj = demo_projector(opts.out_dir)
+    stack = DemoStack(
+        StackOptions(out_dir=opts.out_dir, link=opts.link, edge_mmproj=mmproj), markers
+    )
     files: dict[str, str] = {}
     view = LiveView(console)
     try:
@@ -244,6 +271,7 @@ def run_demo(opts: DemoOptions, console: Console) -> DemoResult:
     guarantees = summarise(view.outcomes)
     guarantees["cloud_link_private_marker_hits"] = sum(stack.tap.hits.values())
     guarantees["cloud_link_bytes"] = stack.tap.bytes_seen
+    guarantees["screenshot"] = screenshot_step(view.outcomes, stack.opts.edge_mmproj)
     result = DemoResult(view.outcomes, guarantees, files, stack.pids, metrics)
     files["report"] = str(write_report(opts, result))
     files["summary"] = str(_write_summary(opts, result))

@@ -19,6 +19,7 @@ class DemoRequest:
     headers: dict[str, str] = field(default_factory=dict)
     private: bool = False  # must never reach the cloud
     marker: str = ""  # a unique string in the body; the demo checks the cloud link never saw it
+    more_markers: tuple[str, ...] = ()  # more of the body to look for (the screenshot's bytes)
 
 
 def _chat(text: str, max_tokens: int, stream: bool = True) -> dict[str, Any]:
@@ -44,6 +45,21 @@ PUBLIC_PROMPTS = [
     "Describe a quiet beach at sunset.",
     "Give a tip for saving phone battery.",
 ]
+
+
+def image_markers(b64: str, n: int = 4, width: int = 32) -> tuple[str, ...]:
+    """Slices of a screenshot's base64 text, spread over it: if any part of the image crossed
+    the cloud link as the client sent it, the byte scan finds one of these. Only slices
+    without `+` and `/`, which a JSON re-encoder may escape."""
+    found: list[str] = []
+    step = max(1, len(b64) // n)
+    for start in range(0, len(b64), step):
+        for i in range(start, min(start + step, len(b64) - width)):
+            piece = b64[i : i + width]
+            if piece.isalnum():
+                found.append(piece)
+                break
+    return tuple(found)
 
 
 def build_phases(max_tokens: int, quick: bool) -> dict[str, list[DemoRequest]]:
@@ -99,7 +115,8 @@ def build_phases(max_tokens: int, quick: bool) -> dict[str, list[DemoRequest]]:
     ]
     # A phone-screenshot-like PNG, as the phone agent sends (about 0.5 MB quick, 1.5 MB full).
     png = png_bytes(seed=42, target_bytes=500_000 if quick else 1_500_000)
-    uri = "data:image/png;base64," + base64.b64encode(png).decode()
+    b64 = base64.b64encode(png).decode()
+    uri = "data:image/png;base64," + b64
     shot = {
         "model": "autoglm-phone-9b",
         "messages": [
@@ -114,9 +131,12 @@ def build_phases(max_tokens: int, quick: bool) -> dict[str, list[DemoRequest]]:
         ],
         "max_tokens": max_tokens,
         "stream": True,
+        "stream_options": {"include_usage": True},
     }
     phases["screenshot"] = [
-        DemoRequest("screenshot", "screenshot", shot, {}, True, "screenshot-0042")
+        DemoRequest(
+            "screenshot", "screenshot", shot, {}, True, "screenshot-0042", image_markers(b64)
+        )
     ]
     phases["burst"] = [
         DemoRequest("burst", "public", _chat(PUBLIC_PROMPTS[i % 6], max_tokens))

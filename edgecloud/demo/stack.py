@@ -18,9 +18,12 @@ class StackOptions:
     cloud_parallel: int = 4
     threads_per_node: int = 1  # two nodes share this machine's cores
     gateway_port: int = 0
+    edge_mmproj: Path | None = None  # the edge node's vision projector: it reads screenshots
 
 
-def gateway_config(edge_url: str, cloud_url: str, edge_parallel: int) -> GatewayConfig:
+def gateway_config(
+    edge_url: str, cloud_url: str, edge_parallel: int, edge_vision: bool = True
+) -> GatewayConfig:
     """The policy the demo runs: personal data and screenshots stay on the edge (an e-mail
     address may leave as a surrogate when the edge is down), EU data in EU
     regions, CN data on the device, overflow to the cloud."""
@@ -32,7 +35,7 @@ def gateway_config(edge_url: str, cloud_url: str, edge_parallel: int) -> Gateway
                     "tier": "edge",
                     "url": edge_url,
                     "region": "device",
-                    "capabilities": ["text"],
+                    "capabilities": ["text", "vision"] if edge_vision else ["text"],
                     "max_concurrency": edge_parallel,
                     "price": {"input_per_mtok": 0.0, "output_per_mtok": 0.0},
                 },
@@ -85,8 +88,11 @@ class DemoStack:
         assert self.link is not None
         return f"http://127.0.0.1:{self.link.port}"
 
-    def _node(self, name: str, port: int, parallel: int) -> ManagedProcess:
+    def _node(
+        self, name: str, port: int, parallel: int, mmproj: Path | None = None
+    ) -> ManagedProcess:
         o = self.opts
+        vision = ["--mmproj", str(mmproj)] if mmproj is not None else []
         proc = ManagedProcess(
             edgecloud_command(
                 "serve",
@@ -102,6 +108,7 @@ class DemoStack:
                 "8",
                 "--alias",
                 "autoglm-phone-9b",
+                *vision,
             ),
             f"http://127.0.0.1:{port}/readyz",
             log_path=str(o.out_dir / f"{name}.log"),
@@ -114,19 +121,26 @@ class DemoStack:
         """(Re)start the edge node on its port and wait until it is ready."""
         if self.edge is not None:
             self.edge.stop(timeout_s=5)
-        self.edge = self._node("edge-node", self.edge_port, self.opts.edge_parallel)
+        self.edge = self._node(
+            "edge-node", self.edge_port, self.opts.edge_parallel, self.opts.edge_mmproj
+        )
         self.edge.wait_ready(180)
 
     def start(self) -> None:
         o = self.opts
-        self.edge = self._node("edge-node", self.edge_port, o.edge_parallel)
+        self.edge = self._node("edge-node", self.edge_port, o.edge_parallel, o.edge_mmproj)
         self.cloud = self._node("cloud-node", self.cloud_port, o.cloud_parallel)
         self.link = WanLink("127.0.0.1", self.cloud_port, o.link, tap=self.tap)
         self.link.start()
         self.edge.wait_ready(180)
         self.cloud.wait_ready(180)
         cfg_path = o.out_dir / "gateway.yaml"
-        cfg = gateway_config(f"{self.edge_url}/v1", f"{self.cloud_url}/v1", o.edge_parallel)
+        cfg = gateway_config(
+            f"{self.edge_url}/v1",
+            f"{self.cloud_url}/v1",
+            o.edge_parallel,
+            edge_vision=o.edge_mmproj is not None,
+        )
         cfg_path.write_text(
             "# Written by `edgecloud demo`: the cloud endpoint sits behind an emulated WAN link.\n"
             + config_yaml(cfg)

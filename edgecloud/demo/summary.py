@@ -36,6 +36,13 @@ def print_summary(console: Console, opts: DemoOptions, result: DemoResult) -> No
     )
     console.print(f"private requests answered from the cloud with surrogates (edge down): "
                   f"{g['private_sent_as_surrogates']}")
+    shot = g.get("screenshot")
+    if shot:
+        tokens = ", ".join(str(t) for t in shot["prompt_tokens"] if t is not None) or "–"
+        console.print(
+            f"screenshots read on the edge: {shot['served_on_edge']} of {shot['requests']} "
+            f"(projector {shot['projector']}; prompt tokens with the image: {tokens})"
+        )
     if "decision_json" in result.files:
         console.print(f"decision: {result.files['decision_json']}")
     console.print(f"[bold]report: {result.files['report']}[/]")

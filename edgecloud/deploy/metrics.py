@@ -51,6 +51,9 @@ NODE_TTFT = Metric("edgecloud_node_ttft_seconds", "node", "histogram")
 NODE_E2E = Metric("edgecloud_node_e2e_seconds", "node", "histogram")
 NODE_PROMPT_TOKENS = Metric("edgecloud_node_prompt_tokens_total", "node", "counter")
 NODE_OUTPUT_TOKENS = Metric("edgecloud_node_output_tokens_total", "node", "counter")
+# Images read through the projector, and the engine time they took (encode + their prefill).
+NODE_IMAGES = Metric("edgecloud_node_images_total", "node", "counter")
+NODE_IMAGE_SECONDS = Metric("edgecloud_node_image_seconds_total", "node", "counter")
 NODE_QUEUE_DEPTH = Metric("edgecloud_node_queue_depth", "node", "gauge")
 NODE_ACTIVE_SLOTS = Metric("edgecloud_node_active_slots", "node", "gauge")
 # Requests from arrival to their last byte (queued + generating): the autoscaling metric.

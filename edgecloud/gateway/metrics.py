@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -43,7 +44,13 @@ class _EndpointCollector(Collector):
             ttft.add_metric(lv, e.latency.ttft_s or 0.0)
             per_token.add_metric(lv, e.latency.per_token_s or 0.0)
             rtt.add_metric(lv, e.latency.rtt_s or 0.0)
-        yield from (healthy, in_flight, breaker, ttft, per_token, rtt)
+        tasks = GaugeMetricFamily(_PREFIX + "asyncio_tasks",
+                                  "Tasks on the event loop (a leak shows as growth)")
+        try:
+            tasks.add_metric([], float(len(asyncio.all_tasks())))
+        except RuntimeError:  # read outside the event loop
+            tasks.add_metric([], 0.0)
+        yield from (healthy, in_flight, breaker, ttft, per_token, rtt, tasks)
 
 
 class GatewayMetrics:

@@ -59,6 +59,18 @@ class PromptMedia(Protocol):
         ...
 
 
+class MediaEvaluator(Protocol):
+    """What evaluates a prompt's media items into the model's context (libmtmd's projector)."""
+
+    def evaluate(self, item: object, seq: int, pos: int, n_batch: int) -> int:
+        """Encode `item` and decode it into `seq` at `pos`; returns the next position."""
+        ...
+
+    def free(self) -> None:
+        """Release it (before the model it was loaded for)."""
+        ...
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """A request's sampling spec; `EngineBackend.new_sampler` turns it into a `Sampler`."""

@@ -109,7 +109,8 @@ def serve(
         mmproj=cfg.mmproj,
         admin_api=app.admin_token is not None,
     )
-    serve_forever(app, cfg.host, cfg.port, limits=cfg, drain_timeout_s=cfg.drain_timeout_s)
+    serve_forever(app, cfg.host, cfg.port, limits=cfg, drain_timeout_s=cfg.drain_timeout_s,
+                  on_drain=app.begin_drain)
     if app.fatal_error:
         raise typer.Exit(1)
 

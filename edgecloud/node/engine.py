@@ -24,11 +24,13 @@ import asyncio
 import codecs
 import collections
 import enum
+import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from edgecloud.logs import log_event
 from edgecloud.node.backend import MEDIA_TOKEN, EngineBackend, PromptMedia, Sampler, SamplingParams
 from edgecloud.node.logprobs import TokenLogprob
 
@@ -143,6 +145,7 @@ class EngineStats:
 
 
 _Out = list[tuple[GenerationRequest, StreamEvent]]
+log = logging.getLogger("edgecloud.node")
 
 
 class BatchEngine:
@@ -163,6 +166,8 @@ class BatchEngine:
         self._active = 0
         self._thread = threading.Thread(target=self._run, name="edgecloud-engine", daemon=True)
         self._on_idle: Callable[[], None] | None = None
+        self.broken: str | None = None  # set when the backend failed beyond recovery
+        self._leases = 0  # users of the model outside the engine thread (see `lease`)
 
     # -- event-loop side ----------------------------------------------------------------
     def start(self) -> None:
@@ -186,6 +191,21 @@ class BatchEngine:
             self.waiting.append(req)
             self._cv.notify()
         return True
+
+    def lease(self) -> bool:
+        """Keep the model from being freed while the caller uses it outside the engine (a
+        prompt tokenised on a worker thread); False once it is stopping or draining. Pair
+        with `unlease`."""
+        with self._cv:
+            if self._stopping or self._draining:
+                return False
+            self._leases += 1
+        return True
+
+    def unlease(self) -> None:
+        with self._cv:
+            self._leases -= 1
+            self._cv.notify()
 
     def drain_and_free(self, on_done: Callable[[], None] | None = None) -> None:
         """Stop taking requests; finish in-flight ones, then free the model (hot swap)."""
@@ -227,10 +247,34 @@ class BatchEngine:
                         break
                     if self._draining and not self.waiting and self._active == 0:
                         break
-                    self._admit()
-                self._step()
+                    out: _Out = []
+                    try:
+                        self._admit()
+                    except Exception as exc:  # noqa: BLE001 - a backend fault, see _recover
+                        self._recover(exc, out)
+                    self._emit(out)
+                if self.broken is None:
+                    self._step()
+                if self.broken is not None:
+                    break
         finally:
             self._shutdown()
+
+    def _recover(self, exc: Exception, out: _Out) -> None:
+        """A part of a step raised: fail the requests in slots, not the engine.
+
+        The cache may hold part of a batch, so it is cleared as after a failed decode. If even
+        that raises, the backend is unusable: `broken` says why, the thread ends (cancelling
+        whatever waits) and the service reports itself unready so a supervisor restarts it.
+        """
+        log_event(log, "engine_step_failed", logging.ERROR, error=repr(exc))
+        try:
+            self._fail_all(f"engine step failed: {type(exc).__name__}", out)
+        except Exception as again:  # noqa: BLE001
+            self.broken = f"{type(exc).__name__}, then {type(again).__name__} while recovering"
+            log_event(log, "engine_broken", logging.CRITICAL, error=repr(again))
+            with self._cv:
+                self._stopping = True
 
     def _admit(self) -> None:
         """Move waiting requests into free slots (caller holds the lock).
@@ -262,6 +306,11 @@ class BatchEngine:
             self._attach(best, req, sampler)
 
     def _attach(self, slot: _Slot, req: GenerationRequest, sampler: Sampler) -> None:
+        # The slot holds the request and its sampler first: if the backend raises below,
+        # `_recover` fails the request and `_release` frees the sampler.
+        slot.req = req
+        slot.sampler = sampler
+        self._active += 1
         n_keep = 0
         if slot.cached:
             # Keep at least the last prompt token to decode: its logits start the generation.
@@ -272,7 +321,6 @@ class BatchEngine:
         del slot.cached[n_keep:]
         req.cached_tokens = n_keep
         req.admitted_at = time.perf_counter()
-        slot.req = req
         slot.state = SlotState.READING_PROMPT
         slot.pos = n_keep
         slot.pending = req.prompt[n_keep:]
@@ -280,8 +328,6 @@ class BatchEngine:
         slot.held = ""
         slot.n_out = 0
         slot.media_next = 0  # prefix reuse stops before the first image
-        slot.sampler = sampler
-        self._active += 1
 
     def _release(self, slot: _Slot) -> None:
         if slot.sampler is not None:
@@ -299,21 +345,24 @@ class BatchEngine:
     # -- one step: build the batch, decode it, sample and emit ----------------------------
     def _step(self) -> None:
         out: _Out = []
-        self._drop_cancelled(out)
-        n, ready = self._build_batch(out)
-        if n == 0:
+        try:
+            self._drop_cancelled(out)
+            n, ready = self._build_batch(out)
+            if n == 0:
+                return
+            rc = self.backend.decode(n)
+            if rc != 0:
+                self._fail_all(f"llama_decode failed ({rc})", out)
+                return
+            self.stats.steps += 1
+            self._sample_and_emit(ready, out)
+            if self.waiting and any(s.req is None for s in self.slots):
+                with self._cv:
+                    self._admit()
+        except Exception as exc:  # noqa: BLE001 - a backend fault must not stop the engine
+            self._recover(exc, out)
+        finally:
             self._emit(out)
-            return
-        rc = self.backend.decode(n)
-        if rc != 0:
-            self._fail_all(rc, out)
-            self._emit(out)
-            return
-        self.stats.steps += 1
-        self._sample_and_emit(ready, out)
-        if self.waiting and any(s.req is None for s in self.slots):
-            with self._cv:
-                self._admit()
 
     def _drop_cancelled(self, out: _Out) -> None:
         """Free the slots of cancelled requests; waiting requests take them this very step."""
@@ -414,13 +463,12 @@ class BatchEngine:
         slot.cached.extend([MEDIA_TOKEN] * item.n_tokens)
         return True
 
-    def _fail_all(self, rc: int, out: _Out) -> None:
+    def _fail_all(self, error: str, out: _Out) -> None:
         """A failed decode: the cache may hold part of the batch, so fail every request in it
         (and every other in a slot) and start from an empty cache; the engine keeps serving."""
         for slot in self.slots:
             if slot.req is not None:
-                err = StreamEvent(finish_reason="error", error=f"llama_decode failed ({rc})")
-                out.append((slot.req, err))
+                out.append((slot.req, StreamEvent(finish_reason="error", error=error)))
                 self._release(slot)
             slot.cached.clear()
         self.backend.clear_memory()
@@ -466,7 +514,6 @@ class BatchEngine:
                 out.append((req, event))
         self.stats.tokens_decoded += produced
         self.stats.recent.append((now, produced))
-        self._emit(out)
 
     def _text_event(self, slot: _Slot, tok: int) -> StreamEvent:
         """Turn a sampled token into text, honouring end-of-generation and stop strings."""
@@ -503,6 +550,10 @@ class BatchEngine:
                 req.free_media()
                 out.append((req, StreamEvent(finish_reason="cancelled")))
         self._emit(out)
+        with self._cv:
+            self._stopping = True  # no new lease from here on
+            while self._leases:  # bounded: a lease is one tokenisation
+                self._cv.wait()
         self.backend.free()
         if self._on_idle is not None:
             try:

@@ -103,6 +103,9 @@ class NodeMetrics:
         )
         self.warmup = Gauge(p + "warmup_seconds", "Seconds the last warm-up took.", registry=r)
         self.ready = Gauge(p + "ready", "1 when a model is loaded and warmed.", registry=r)
+        self.asyncio_tasks = Gauge(
+            p + "asyncio_tasks", "Tasks on the event loop (a leak shows as growth).", registry=r
+        )
         self.model_info = Gauge(
             p + "model_info", "The model being served (value 1).", ["model", "version"], registry=r
         )

@@ -16,16 +16,13 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import llama_cpp as ll
 
-from edgecloud.node.backend import PENALTY_LAST_N, MediaItem, SamplingParams
+from edgecloud.node.backend import PENALTY_LAST_N, MediaEvaluator, MediaItem, SamplingParams
 from edgecloud.node.constrained import GrammarSampler, grammar_compiles, logits_at
 from edgecloud.node.logprobs import TokenLogprob, token_logprob
-
-if TYPE_CHECKING:
-    from edgecloud.node.vision import VisionProjector
 
 _backend_lock = threading.Lock()
 _backend_ready = False
@@ -71,6 +68,11 @@ class ModelInfo:
     version: str | None = None
     sha256: str | None = None
     loaded_at: float = field(default_factory=time.time)
+
+
+# The longest text one token may stand for: pieces are read into buffers this size (longer
+# ones would not render), so a prompt of B bytes is at least B / MAX_PIECE_BYTES tokens.
+MAX_PIECE_BYTES = 256
 
 
 def file_sha256(path: str, chunk: int = 1 << 20) -> str:
@@ -136,10 +138,10 @@ class LoadedModel:
         self.bos_text = self._piece_text(ll.llama_vocab_bos(self.vocab))
         self.eos_text = self._piece_text(ll.llama_vocab_eos(self.vocab))
         self._batch: Any = ll.llama_batch_init(n_batch, 0, 1)
-        self.projector: VisionProjector | None = None  # set by load_projector
+        self.projector: MediaEvaluator | None = None  # set by vision.load_projector
         self._pieces: dict[int, bytes] = {}
         self._grammars: dict[bytes, bool] = {}
-        self._piece_buf = ctypes.create_string_buffer(256)
+        self._piece_buf = ctypes.create_string_buffer(MAX_PIECE_BYTES)
         template = ll.llama_model_chat_template(self.model, None)
         desc = ctypes.create_string_buffer(256)
         ll.llama_model_desc(self.model, desc, ctypes.sizeof(desc))
@@ -176,7 +178,9 @@ class LoadedModel:
         """Bytes of one token (control tokens render as nothing); cached per id."""
         cached = self._pieces.get(token)
         if cached is None:
-            n = ll.llama_token_to_piece(self.vocab, token, self._piece_buf, 256, 0, False)
+            n = ll.llama_token_to_piece(
+                self.vocab, token, self._piece_buf, MAX_PIECE_BYTES, 0, False
+            )
             cached = self._piece_buf.raw[: max(n, 0)]
             self._pieces[token] = cached
         return cached
@@ -261,13 +265,6 @@ class LoadedModel:
 
     def new_sampler(self, spec: SamplingParams, prompt: Sequence[int]) -> LlamaSampler:
         return LlamaSampler(self, spec, prompt)
-
-    def load_projector(self, path: str, n_threads: int) -> VisionProjector:
-        """Load a vision projector (mmproj GGUF) for this model; freed with it."""
-        from edgecloud.node.vision import VisionProjector
-
-        self.projector = VisionProjector(path, self, n_threads)
-        return self.projector
 
     def eval_media(self, seq: int, pos: int, item: MediaItem) -> int:
         if self.projector is None:

@@ -94,6 +94,7 @@ class NodeApp:
         self._stopping = False
         self.fatal_error: str | None = None
         self._load_task: asyncio.Task[Any] | None = None
+        self._drain_cut: asyncio.Task[None] | None = None
         self.routes = self._routes()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -245,8 +246,8 @@ class NodeApp:
         return 200
 
     def _info_json(self, info: Any) -> dict[str, Any]:
-        if info is None:
-            return {"id": None, "loaded": False}
+        if info is None:  # "state" says whether its configured model is still loading
+            return {"id": None, "loaded": False, "state": self.service.state.value}
         cur = self.service.current
         projector = cur.projector if cur is not None else None
         return {
@@ -262,6 +263,20 @@ class NodeApp:
         }
 
     # -- generation ---------------------------------------------------------------------------
+    def begin_drain(self, timeout_s: float) -> None:
+        """SIGTERM: refuse new work (/readyz 503) and let running requests finish; any still
+        running shortly before the server's drain deadline is ended by the engine, so its
+        stream closes with an error event and [DONE] instead of being dropped mid-way."""
+        self._stopping = True
+        margin = min(max(2.0, timeout_s / 10), timeout_s / 2)
+        loop = asyncio.get_running_loop()
+
+        def cut() -> None:
+            log_event(log, "drain_deadline", logging.WARNING, in_flight=self.service.in_flight)
+            self._drain_cut = loop.create_task(self.service.shutdown())
+
+        loop.call_later(timeout_s - margin, cut)
+
     @staticmethod
     def _decode(raw: bytes) -> Any:
         if not raw:
@@ -348,7 +363,7 @@ class NodeApp:
                 return text, media.flat_tokens(), stops, media
             # Without a projector, an image part is refused here (400, model_not_vision).
             text = loaded.template.render(body.messages, plan.tools.template_tools)
-            return text, model.tokenize(text), stops, None
+            return text, await self.service.tokenize(loaded, text), stops, None
         prompt = body.prompt
         if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
             ids = [int(t) for t in prompt]
@@ -362,7 +377,7 @@ class NodeApp:
                     param="prompt",
                 )
             prompt = str(prompt[0])
-        return str(prompt), model.tokenize(str(prompt)), stops, None
+        return str(prompt), await self.service.tokenize(loaded, str(prompt)), stops, None
 
     async def _watch_disconnect(self, receive: Receive, req: GenerationRequest) -> None:
         while True:

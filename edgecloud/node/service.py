@@ -21,9 +21,15 @@ from edgecloud.node.config import NodeConfig
 from edgecloud.node.engine import BatchEngine, GenerationRequest
 from edgecloud.node.errors import ModelLoadFailed, ModelPathNotAllowed, SwapInProgress
 from edgecloud.node.metrics import NodeMetrics
-from edgecloud.node.model import LoadedModel, ModelInfo, ModelLoadError, file_sha256
+from edgecloud.node.model import (
+    MAX_PIECE_BYTES,
+    LoadedModel,
+    ModelInfo,
+    ModelLoadError,
+    file_sha256,
+)
 from edgecloud.node.prompt import ChatTemplate
-from edgecloud.node.vision import VisionProjector
+from edgecloud.node.vision import VisionProjector, load_projector
 
 log = logging.getLogger("edgecloud.node")
 
@@ -63,18 +69,15 @@ class Loaded:
     model: LoadedModel
     engine: BatchEngine
     template: ChatTemplate
+    projector: VisionProjector | None = None  # the model's, when it reads images
 
     @property
     def info(self) -> ModelInfo:
         return self.model.info
 
     @property
-    def projector(self) -> VisionProjector | None:
-        return self.model.projector
-
-    @property
     def capabilities(self) -> list[str]:
-        return ["text", "vision"] if self.model.projector is not None else ["text"]
+        return ["text", "vision"] if self.projector is not None else ["text"]
 
 
 class ModelState(enum.Enum):
@@ -119,7 +122,8 @@ class NodeService:
     # -- lifecycle --------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
-        return self.current is not None
+        """A model is loaded and its engine works (a broken one makes the node unready)."""
+        return self.current is not None and self.current.engine.broken is None
 
     @property
     def model_ids(self) -> list[str]:
@@ -272,9 +276,10 @@ class NodeService:
             n_batch=cfg.batch,
             version=version,
         )
+        projector: VisionProjector | None = None
         if mmproj is not None:
             try:
-                await asyncio.to_thread(model.load_projector, mmproj, cfg.threads)
+                projector = await asyncio.to_thread(load_projector, model, mmproj, cfg.threads)
             except BaseException:
                 await asyncio.to_thread(model.free)
                 raise
@@ -282,7 +287,7 @@ class NodeService:
         engine = BatchEngine(model, asyncio.get_running_loop(), cfg.max_queue)
         engine.start()
         template = ChatTemplate(model.info.chat_template, model.bos_text, model.eos_text)
-        loaded = Loaded(model, engine, template)
+        loaded = Loaded(model, engine, template, projector)
         try:
             warm_s = await self._warm_up(loaded) if cfg.warmup else 0.0
         except BaseException:
@@ -353,6 +358,26 @@ class NodeService:
                 param="model",
             )
 
+    async def tokenize(self, loaded: Loaded, text: str) -> list[int]:
+        """Prompt text to token ids on a worker thread: a long prompt takes seconds to
+        tokenise, which on the event loop would stall every stream and health check. A text
+        that cannot fit the context even at MAX_PIECE_BYTES per token is refused unread."""
+        n_ctx = loaded.model.n_ctx_seq
+        at_least = len(text.encode("utf-8", "replace")) // MAX_PIECE_BYTES
+        if at_least >= n_ctx:
+            raise BadRequest(
+                f"The prompt is at least {at_least} tokens, but this node's context is {n_ctx} "
+                f"tokens per request. Shorten the prompt (or start the node with a larger --ctx).",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        if not loaded.engine.lease():
+            raise NotReady("The model is being replaced; retry shortly.")
+        try:
+            return await asyncio.to_thread(loaded.model.tokenize, text)
+        finally:
+            loaded.engine.unlease()
+
     def plan_tokens(self, loaded: Loaded, prompt_tokens: int, requested: int | None) -> int:
         """How many tokens to generate; 400 when the prompt or max_tokens do not fit."""
         n_ctx = loaded.model.n_ctx_seq
@@ -383,6 +408,8 @@ class NodeService:
         return requested
 
     def submit(self, loaded: Loaded, req: GenerationRequest) -> None:
+        if loaded.engine.broken is not None:
+            raise NotReady("The model backend failed; the node is unready until restarted.")
         if not loaded.engine.submit(req):
             self.metrics.rejected.inc()
             raise QueueFull(
@@ -390,6 +417,10 @@ class NodeService:
                 "are waiting; retry shortly.",
                 retry_after_s=1,
             )
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
 
     def begin(self) -> None:
         self._in_flight += 1
@@ -400,6 +431,7 @@ class NodeService:
     def _refresh_gauges(self) -> None:
         m = self.metrics
         m.in_flight.set(self._in_flight)
+        m.asyncio_tasks.set(len(asyncio.all_tasks()))
         cur = self.current
         if cur is None:
             m.queue_depth.set(0)

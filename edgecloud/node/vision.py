@@ -295,3 +295,10 @@ def _quiet_mtmd_logs(mtmd: Any) -> None:
     mtmd.mtmd_log_set(quiet_log_callback, ctypes.c_void_p(0))
     mtmd.mtmd_helper_log_set(quiet_log_callback, ctypes.c_void_p(0))
     _mtmd_logs_quiet = True
+
+
+def load_projector(model: LoadedModel, path: str, n_threads: int) -> VisionProjector:
+    """Load a vision projector (mmproj GGUF) for `model`; the model frees it with itself."""
+    projector = VisionProjector(path, model, n_threads)
+    model.projector = projector
+    return projector

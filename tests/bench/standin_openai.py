@@ -12,6 +12,10 @@ Behaviours (all optional):
 - --stall-after-s A --stall-s D: A seconds after the first request, hold every answer for D s.
 - --mode ok|unauthorized|html|hang: a bad target (401, a web page, never answers).
 - --no-usage: never report `usage` (the client must count tokens itself).
+- Image parts (`image_url`) are read: each counts IMAGE_TOKENS prompt tokens in `usage`.
+  --image-ms M: each image takes M ms, one image at a time (like one engine), and `/metrics`
+  publishes the node's image counters (images read, seconds spent), as an edgecloud vision node
+  does. Without it there is no `/metrics` (a server that reports no image time).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from edgecloud.api.errors import NotFound, Unauthorized
 from edgecloud.api.replies import Reply
 
 MODEL = "standin-model"
+IMAGE_TOKENS = 256  # what one image costs in prompt tokens (Gemma 3's projector: 256)
+TEXT_TOKENS = 7
 
 
 class StandIn:
@@ -42,6 +48,10 @@ class StandIn:
         self.stall_s = args.stall_s
         self.mode = args.mode
         self.usage = not args.no_usage
+        self.image_s = args.image_ms / 1000.0
+        self.encoder = asyncio.Lock()  # one image at a time
+        self.images_read = 0
+        self.image_seconds = 0.0
         self.count = 0
         self.first: float | None = None
         # What the server really did (ms from the request's arrival): the truth the tests
@@ -79,6 +89,14 @@ class StandIn:
                     }
                 ),
             )
+        elif path == "/metrics" and self.image_s:
+            text = (
+                "# TYPE edgecloud_node_images_total counter\n"
+                f"edgecloud_node_images_total {float(self.images_read)}\n"
+                "# TYPE edgecloud_node_image_seconds_total counter\n"
+                f"edgecloud_node_image_seconds_total {self.image_seconds}\n"
+            )
+            await _send(send, 200, text.encode(), b"text/plain; version=0.0.4")
         elif path == "/v1/models":
             await _send(
                 send,
@@ -109,13 +127,21 @@ class StandIn:
         if self.sem is not None:
             async with self.sem:
                 await asyncio.sleep(self.service)
+        images = _count_images(body) if chat else 0
+        for _ in range(images):
+            async with self.encoder:
+                if self.image_s:
+                    await _sleep_until(time.perf_counter() + self.image_s)
+                self.images_read += 1
+                self.image_seconds += self.image_s  # the time it says an image takes
         if self.delays:
             await _sleep_until(time.perf_counter() + self.delays[k % len(self.delays)])
         n = min(
             self.tokens,
             int(body.get("max_tokens") or body.get("max_completion_tokens") or self.tokens),
         )
-        usage = replies.usage(7, n) if self.usage else None
+        prompt = TEXT_TOKENS + IMAGE_TOKENS * images
+        usage = replies.usage(prompt, n) if self.usage else None
         reply = Reply(MODEL, chat=chat, reply_id="x", created=0, fingerprint=None)
         if not body.get("stream"):
             await _send(send, 200, orjson.dumps(reply.completion(" tok" * n, "length", usage)))
@@ -142,6 +168,20 @@ class StandIn:
             tail = sse_event(reply.usage_chunk(usage))
         await send({"type": "http.response.body", "body": tail + SSE_DONE})
         self.seen_e2e_ms.append((time.perf_counter() - now) * 1000.0)
+
+
+def _count_images(body: dict[str, Any]) -> int:
+    """Image parts in a chat body (a stand-in: it checks the shape, not the pixels)."""
+    n = 0
+    for msg in body.get("messages") or []:
+        content = msg.get("content") if isinstance(msg, dict) else None
+        if isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and part.get("type") == "image_url":
+                    url = (part.get("image_url") or {}).get("url", "")
+                    if isinstance(url, str) and url.startswith("data:image/"):
+                        n += 1
+    return n
 
 
 async def _nothing() -> None:
@@ -174,6 +214,7 @@ def main() -> None:
     p.add_argument("--stall-after-s", type=float, default=0.0)
     p.add_argument("--stall-s", type=float, default=0.0)
     p.add_argument("--no-usage", action="store_true", help="never report usage")
+    p.add_argument("--image-ms", type=float, default=0.0, help="time per image; adds /metrics")
     p.add_argument("--mode", default="ok", choices=["ok", "unauthorized", "html", "hang"])
     args = p.parse_args()
     import uvicorn

@@ -66,6 +66,16 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
     assert s["private_sent_as_surrogates"] == 1
     assert all(o["placement"] == "edge" for o in outcomes if o["phase"] == "cloud outage")
 
+    # The screenshot step was read on the edge, by the node's projector made at demo start
+    # (its image tokens are in the prompt), and none of its bytes crossed the cloud link (the
+    # byte scan above also looks for slices of the screenshot's base64).
+    shots = [o for o in outcomes if o["kind"] == "screenshot"]
+    assert shots and all(o["placement"] == "edge" and o["status"] == 200 for o in shots)
+    assert all(o["prompt_tokens"] > 64 for o in shots)  # the tiny projector: 64 image tokens
+    assert s["screenshot"]["served_on_edge"] == len(shots)
+    assert list((out / "cache").rglob("*.gguf")), "no projector written at demo start"
+    assert "The screenshot step, on the edge" in report.read_text()
+
     # The report's numbers agree with the gateway's own metrics.
     gw = _gateway_counts((out / "gateway-metrics.txt").read_text())
     placed = Counter(o["placement"] for o in outcomes)

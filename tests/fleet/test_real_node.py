@@ -108,3 +108,33 @@ def test_agent_updates_and_rolls_back_a_real_node(tmp_path: Path, embedded_model
     finally:
         node.stop()
         server.stop()
+
+
+def test_a_node_still_loading_its_model_is_waited_for_not_swapped_over(tmp_path: Path) -> None:
+    from edgecloud.fleet.errors import NodeUnreachable
+    from edgecloud.fleet.node_client import NodeClient
+
+    proc, base = start_node(tmp_path, "--preload", env={"EDGECLOUD_ADMIN_TOKEN": TOKEN})
+    client = NodeClient(base, TOKEN)
+    try:
+        # Before the model is in, the node says it is loading; the agent hears "not yet".
+        states = []
+
+        def seen_loading() -> bool:
+            try:
+                r = httpx.get(f"{base}/admin/model", headers={"authorization": f"Bearer {TOKEN}"})
+            except httpx.HTTPError:
+                return False
+            states.append(r.json())
+            return r.json().get("state") == "loading" or r.json().get("loaded") is True
+
+        wait_for(seen_loading, what="the node answers", timeout_s=120)
+        assert states[-1] == {"id": None, "loaded": False, "state": "loading"}  # load takes s
+        with pytest.raises(NodeUnreachable, match="loading"):
+            client.current()
+        proc.wait_ready(timeout_s=180)
+        info = client.current()
+        assert info is not None and info["loaded"] is True
+    finally:
+        client.close()
+        proc.stop()

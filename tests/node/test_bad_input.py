@@ -91,6 +91,20 @@ def test_prompt_longer_than_context_says_the_limits(node: str) -> None:
     assert err["code"] == "context_length_exceeded"
 
 
+def test_a_prompt_too_long_to_fit_is_refused_unread_while_the_node_keeps_answering(
+    node: str,
+) -> None:
+    import concurrent.futures
+
+    huge = {"messages": [{"role": "user", "content": "x" * (2 * 1024 * 1024)}], "max_tokens": 1}
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: _json(node, "/v1/chat/completions", huge), range(8)))
+        # Tokenising 2 MB took seconds on the event loop: health checks stalled behind it.
+        assert httpx.get(f"{node}/healthz", timeout=30).status_code == 200
+    for r in answers:
+        assert _assert_error(r, 400, "2048")["code"] == "context_length_exceeded"
+
+
 def test_body_over_the_limit_is_413(node: str) -> None:
     big = b'{"prompt": "' + b"a" * (11 * 1024 * 1024) + b'"}'
     _assert_error(_post(node, "/v1/completions", big), 413)

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from edgecloud.node.model import file_sha256
+from edgecloud.supervise import ManagedProcess
 from tests.conftest import start_node
 
 pytestmark = pytest.mark.slow
@@ -131,25 +132,56 @@ def test_two_concurrent_streams_interleave(node: str) -> None:
     assert sum(1 for t in b if a[0] < t < a[-1]) >= 10
 
 
-def test_sigterm_drains_and_exits_zero(tmp_path: Path) -> None:
-    proc, base = start_node(tmp_path, "--preload", "--parallel", "2", name="sigterm")
-    proc.wait_ready(timeout_s=120)
-    result: dict[str, object] = {}
+def _sigterm_mid_stream(proc: ManagedProcess, base: str, body: dict[str, object]) -> list[str]:
+    """Stream a completion, SIGTERM the node once the stream is under way (a fixed sleep let
+    the signal arrive before the client had connected, under load), and return the lines
+    received; the node must exit 0."""
+    lines: list[str] = []
+    started = threading.Event()
 
     def stream() -> None:
-        body = {"prompt": "Once", "max_tokens": 30, "temperature": 0, "stream": True}
-        with httpx.stream("POST", f"{base}/v1/completions", json=body, timeout=60) as s:
-            result["lines"] = [ln for ln in s.iter_lines() if ln]
+        req = {**body, "temperature": 0, "stream": True}
+        try:
+            with httpx.stream("POST", f"{base}/v1/completions", json=req, timeout=60) as s:
+                for ln in s.iter_lines():
+                    if ln:
+                        lines.append(ln)
+                        started.set()
+        finally:
+            started.set()
 
     t = threading.Thread(target=stream)
     t.start()
-    time.sleep(0.3)  # let the stream start before the signal (not a readiness wait)
+    assert started.wait(60)
     proc.kill(signal.SIGTERM)
     t.join(60)
-    assert proc.proc is not None
-    assert proc.proc.wait(30) == 0
-    lines = result["lines"]
-    assert isinstance(lines, list) and lines[-1] == "data: [DONE]"
+    assert proc.proc is not None and proc.proc.wait(30) == 0
+    return lines
+
+
+def test_sigterm_drains_and_exits_zero(tmp_path: Path) -> None:
+    proc, base = start_node(tmp_path, "--preload", "--parallel", "2", name="sigterm")
+    proc.wait_ready(timeout_s=120)
+    lines = _sigterm_mid_stream(proc, base, {"prompt": "Once", "max_tokens": 8})
+    assert lines[-1] == "data: [DONE]"
+    assert '"finish_reason":"length"' in lines[-2].replace(" ", "")  # finished, not cut
+
+
+def test_a_stream_still_running_at_the_drain_deadline_ends_with_an_error_and_done(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "node.yaml"
+    config.write_text("drain_timeout_s: 3\n")
+    proc, base = start_node(tmp_path, "--preload", "--parallel", "1", "--config", str(config),
+                            name="deadline")
+    proc.wait_ready(timeout_s=120)
+    lines = _sigterm_mid_stream(
+        proc, base, {"prompt": "Count from 1 to 1000: 1, 2, 3, 4,", "max_tokens": 3000}
+    )
+    # Ended by the node before uvicorn's deadline: an error event, then [DONE]; not a cut.
+    assert lines[-1] == "data: [DONE]"
+    assert '"code":"cancelled"' in lines[-2].replace(" ", ""), lines[-2:]
+    assert "graceful shutdown exceeded" not in Path(proc.log_path or "").read_text()
 
 
 def test_admin_hot_swap(tmp_path: Path, embedded_model_path: str) -> None:

@@ -238,3 +238,81 @@ def test_an_empty_prompt_is_an_error_not_a_stuck_slot() -> None:
     (events, _, why), after = run(backend, body)
     assert why == "error" and events[-1].error == "empty prompt"
     assert after[1:] == ("ok", "stop")
+
+
+def test_a_step_that_raises_fails_its_requests_and_the_engine_keeps_serving() -> None:
+    backend = ScriptedBackend(n_seq=2, reply=lambda p: b"abcdef")
+
+    def boom(call: int) -> None:
+        if call == 2:
+            raise RuntimeError("backend fault")
+
+    backend.on_decode = boom
+
+    async def body(engine: BatchEngine):  # type: ignore[no-untyped-def]
+        failed = [await collect(r) for r in (generate(engine, "p0"), generate(engine, "p1"))]
+        return failed, await collect(generate(engine, "p2")), engine
+
+    failed, (_, text, why), engine = run(backend, body)
+    assert [f[2] for f in failed] == ["error", "error"]
+    assert all("RuntimeError" in (f[0][-1].error or "") for f in failed)
+    assert (text, why) == ("abcdef", "stop")
+    assert engine.broken is None and engine.active_slots == 0
+
+
+def test_a_sampler_that_cannot_be_made_fails_that_request_only() -> None:
+    backend = ScriptedBackend(n_seq=1, reply=lambda p: b"ok")
+    real = backend.new_sampler
+    calls = []
+
+    def flaky(spec, prompt):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 1:
+            raise MemoryError("no sampler")
+        return real(spec, prompt)
+
+    backend.new_sampler = flaky  # type: ignore[method-assign]
+
+    async def body(engine: BatchEngine):  # type: ignore[no-untyped-def]
+        return await collect(generate(engine, "a")), await collect(generate(engine, "b")), engine
+
+    (_, _, first), (_, text, second), engine = run(backend, body)
+    assert (first, text, second) == ("error", "ok", "stop")
+    assert engine.active_slots == 0
+
+
+def test_an_engine_that_cannot_recover_cancels_everything_and_says_it_is_broken() -> None:
+    backend = ScriptedBackend(n_seq=1, reply=lambda p: b"x" * 50)
+    backend.on_decode = lambda call: (_ for _ in ()).throw(RuntimeError("decode fault"))
+    backend.clear_memory = lambda: (_ for _ in ()).throw(RuntimeError("clear fault"))  # type: ignore[method-assign]
+
+    async def body(engine: BatchEngine):  # type: ignore[no-untyped-def]
+        running, waiting = generate(engine, "a"), generate(engine, "b")
+        ends = [await collect(running), await collect(waiting)]
+        return ends, engine, engine.submit(GenerationRequest(prompt("c"), 4))
+
+    ends, engine, accepted = run(backend, body)
+    assert [e[2] for e in ends] == ["error", "cancelled"]
+    assert engine.broken is not None and not accepted
+    assert backend.freed == 1
+
+
+def test_a_lease_keeps_the_model_until_it_ends_and_none_is_given_while_draining() -> None:
+    backend = ScriptedBackend(n_seq=1)
+
+    async def body(engine: BatchEngine):  # type: ignore[no-untyped-def]
+        assert engine.lease()
+        engine.drain_and_free()
+        await asyncio.sleep(0.05)
+        held = backend.freed
+        refused = not engine.lease()
+        engine.unlease()
+        for _ in range(400):
+            if backend.freed:
+                break
+            await asyncio.sleep(0.005)
+        return held, refused
+
+    held, refused = run(backend, body)
+    assert held == 0 and refused
+    assert backend.freed == 1

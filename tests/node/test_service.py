@@ -123,3 +123,57 @@ def test_configured_model_dirs_replace_the_startup_models_directory(
         await svc.shutdown()
 
     asyncio.run(main())
+
+
+def test_a_broken_engine_makes_the_node_unready_and_refuses_with_503(models: Path) -> None:
+    from edgecloud.node.engine import GenerationRequest
+
+    async def main() -> None:
+        svc = service(models)
+        loaded = await svc.ensure_loaded()
+        assert svc.ready
+        model = ScriptedModel.instances[0]
+        model.on_decode = lambda call: (_ for _ in ()).throw(RuntimeError("decode fault"))
+        model.clear_memory = lambda: (_ for _ in ()).throw(RuntimeError("clear"))  # type: ignore[method-assign]
+        req = GenerationRequest(list(b"hi"), 4)
+        svc.submit(loaded, req)
+        while (await asyncio.wait_for(req.events.get(), SAFETY_S)).finish_reason is None:
+            pass
+        await until(lambda: not svc.ready)
+        with pytest.raises(APIError) as refused:
+            svc.submit(loaded, GenerationRequest(list(b"again"), 4))
+        assert refused.value.status == 503
+        await svc.shutdown()
+
+    asyncio.run(main())
+
+
+def test_prompts_are_tokenised_off_the_event_loop_and_impossible_ones_refused_unread(
+    models: Path,
+) -> None:
+    import threading
+
+    async def main() -> None:
+        svc = service(models)
+        loaded = await svc.ensure_loaded()
+        model = ScriptedModel.instances[0]
+        gate, seen = threading.Event(), []
+        real = model.tokenize
+
+        def slow(text: str) -> list[int]:
+            seen.append(len(text))
+            assert gate.wait(SAFETY_S)
+            return real(text)
+
+        model.tokenize = slow  # type: ignore[method-assign]
+        task = asyncio.ensure_future(svc.tokenize(loaded, "hello"))
+        await until(lambda: seen == [5])  # the loop runs while the tokeniser works
+        assert not task.done()
+        gate.set()
+        assert await task == list(b"hello")
+        with pytest.raises(APIError) as refused:
+            await svc.tokenize(loaded, "x" * (model.n_ctx_seq * 256))
+        assert refused.value.code == "context_length_exceeded" and seen == [5]
+        await svc.shutdown()
+
+    asyncio.run(main())
