@@ -14,6 +14,8 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
+from tests.node.tool_history import tool_call, tool_exchange
+
 pytestmark = pytest.mark.slow
 
 CHAT = "/v1/chat/completions"
@@ -108,16 +110,7 @@ def test_bad_requests_are_400(node: str, extra: dict[str, Any], param: str, word
 
 
 def test_unknown_tool_in_history_is_400(node: str) -> None:
-    call = {
-        "id": "call_1",
-        "type": "function",
-        "function": {"name": "launch_rocket", "arguments": "{}"},
-    }
-    messages = [
-        *USER,
-        {"role": "assistant", "content": None, "tool_calls": [call]},
-        {"role": "tool", "tool_call_id": "call_1", "content": "done"},
-    ]
+    messages = tool_exchange(USER, tool_call("launch_rocket", "{}"), "done")
     r = httpx.post(node + CHAT, json={"messages": messages, "tools": [WEATHER]}, timeout=60)
     _error(r, "messages.1.tool_calls.0.function.name", "launch_rocket")
 

@@ -13,6 +13,7 @@ from edgecloud.node.answer import Answer
 from edgecloud.node.prompt import ChatTemplate
 from edgecloud.node.structured import OutputPlan, plan_output
 from edgecloud.node.tools import GLM4, GLM45, HERMES, JSON, ToolCallParser, parse_calls
+from tests.node.tool_history import tool_call, tool_exchange
 
 WEATHER = {
     "type": "function",
@@ -158,16 +159,8 @@ def test_bad_requests_are_400_naming_the_field(fields: dict[str, Any], param: st
 
 
 def test_history_is_checked() -> None:
-    call = {
-        "id": "call_1",
-        "type": "function",
-        "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
-    }
-    good = [
-        *USER,
-        {"role": "assistant", "content": None, "tool_calls": [call]},
-        {"role": "tool", "tool_call_id": "call_1", "content": "12 C"},
-    ]
+    call = tool_call("get_weather", '{"city": "Oslo"}')
+    good = tool_exchange(USER, call, "12 C")
     plan_output(
         parse_request(ChatCompletionRequest, {"messages": good, "tools": [WEATHER]}),
         ChatTemplate(None),
@@ -187,16 +180,7 @@ def test_history_is_checked() -> None:
 
 
 def test_tool_results_go_through_the_template() -> None:
-    call = {
-        "id": "call_1",
-        "type": "function",
-        "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
-    }
-    messages = [
-        *USER,
-        {"role": "assistant", "content": None, "tool_calls": [call]},
-        {"role": "tool", "tool_call_id": "call_1", "content": "12 C and sunny"},
-    ]
+    messages = tool_exchange(USER, tool_call("get_weather", '{"city": "Oslo"}'), "12 C and sunny")
     body = parse_request(ChatCompletionRequest, {"messages": messages, "tools": [WEATHER]})
     text = ChatTemplate(HERMES_TEMPLATE).render(body.messages, [WEATHER])
     assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}' in text
