@@ -55,6 +55,16 @@ class Reply:
             head["system_fingerprint"] = self.fingerprint
         return head
 
+    def _one_choice(self, object_: str, choice: dict[str, Any], logprobs: Any,
+                    finish_reason: str | None) -> dict[str, Any]:
+        """The body of `object_` with `choice` as its one choice, closed by its log-probabilities
+        and finish reason."""
+        choice["logprobs"] = logprobs
+        choice["finish_reason"] = finish_reason
+        body = self._head(object_)
+        body["choices"] = [choice]
+        return body
+
     def completion(self, text: str | None, finish_reason: str | None,
                    usage: dict[str, Any] | None = None, *, logprobs: Any = None,
                    tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -67,10 +77,9 @@ class Reply:
             choice["message"] = message
         else:
             choice["text"] = text or ""
-        choice["logprobs"] = logprobs
-        choice["finish_reason"] = finish_reason
-        body = self._head("chat.completion" if self.chat else "text_completion")
-        body["choices"] = [choice]
+        body = self._one_choice(
+            "chat.completion" if self.chat else "text_completion", choice, logprobs, finish_reason
+        )
         if usage is not None:
             body["usage"] = usage
         return body
@@ -93,10 +102,12 @@ class Reply:
             choice["delta"] = delta
         else:
             choice["text"] = text or ""
-        choice["logprobs"] = logprobs
-        choice["finish_reason"] = finish_reason
-        body = self._head("chat.completion.chunk" if self.chat else "text_completion")
-        body["choices"] = [choice]
+        body = self._one_choice(
+            "chat.completion.chunk" if self.chat else "text_completion",
+            choice,
+            logprobs,
+            finish_reason,
+        )
         if self._usage_null:
             body["usage"] = None
         return body
