@@ -80,29 +80,10 @@ def rollout_benchmark(tmp: Path, model_path: str, n_agents: int) -> dict[str, An
     devices = []
     try:
         for i, dev in enumerate(_ids(n_agents)):
-            port = free_port()
-            node = ManagedProcess(
-                edgecloud_command(
-                    "serve",
-                    "--model",
-                    model_path,
-                    "--port",
-                    str(port),
-                    "--preload",
-                    "--ctx",
-                    "512",
-                    "--threads",
-                    "1",
-                    "--model-dir",
-                    str(tmp / f"models-{i}"),
-                ),
-                f"http://127.0.0.1:{port}/readyz",
-                env=env,
-                log_path=str(tmp / f"node-{i}.log"),
-                name=f"node-{i}",
+            node, node_url = _start_node(
+                tmp, model_path, f"node-{i}", tmp / f"models-{i}", env, "--threads", "1"
             )
-            procs.append(node.start())
-            node.wait_ready(180)
+            procs.append(node)
             log = tmp / f"agent-{i}.log"
             agent = ManagedProcess(
                 edgecloud_command(
@@ -112,7 +93,7 @@ def rollout_benchmark(tmp: Path, model_path: str, n_agents: int) -> dict[str, An
                     "--models-dir",
                     str(tmp / f"models-{i}"),
                     "--node",
-                    f"http://127.0.0.1:{port}",
+                    node_url,
                     "--model",
                     MODEL,
                     "--root",
@@ -204,7 +185,11 @@ def rollout_benchmark(tmp: Path, model_path: str, n_agents: int) -> dict[str, An
         procs[0].stop()
 
 
-def _start_node(tmp: Path, model_path: str, name: str) -> tuple[ManagedProcess, str]:
+def _start_node(
+    tmp: Path, model_path: str, name: str, model_dir: Path, env: dict[str, str], *extra: str
+) -> tuple[ManagedProcess, str]:
+    """A ready `edgecloud serve` node logging to `tmp/NAME.log`, and its URL; stopped again
+    if it never gets ready."""
     port = free_port()
     node = ManagedProcess(
         edgecloud_command(
@@ -216,16 +201,21 @@ def _start_node(tmp: Path, model_path: str, name: str) -> tuple[ManagedProcess, 
             "--preload",
             "--ctx",
             "512",
+            *extra,
             "--model-dir",
-            str(tmp),
+            str(model_dir),
         ),
         f"http://127.0.0.1:{port}/readyz",
-        env={"EDGECLOUD_ADMIN_TOKEN": TOKEN},
+        env=env,
         log_path=str(tmp / f"{name}.log"),
         name=name,
     )
     node.start()
-    node.wait_ready(180)
+    try:
+        node.wait_ready(180)
+    except BaseException:
+        node.stop()
+        raise
     return node, f"http://127.0.0.1:{port}"
 
 
@@ -437,7 +427,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ota-bench-") as d:
         tmp = Path(d)
         if "download" not in a.skip:
-            node, node_url = _start_node(tmp, model_path, "dl-node")
+            node, node_url = _start_node(
+                tmp, model_path, "dl-node", tmp, {"EDGECLOUD_ADMIN_TOKEN": TOKEN}
+            )
             try:
                 out["download"] = download_cost(tmp, model_path, node_url, a.rounds)
                 print("download:", out["download"], file=sys.stderr)
