@@ -258,16 +258,23 @@ def test_forced_calls_and_free_requests_share_the_batch(client: openai.OpenAI) -
             jsonschema.validate(json.loads(call.function.arguments), schemas[call.function.name])
 
 
-def test_streamed_tool_call_deltas_accumulate(client: openai.OpenAI) -> None:
-    stream = client.chat.completions.create(
+def _ask_weather(
+    client: openai.OpenAI, messages: Any, tool_choice: Any, max_tokens: int, **extra: Any
+) -> Any:
+    """A temperature-0 chat request that offers the weather tool."""
+    return client.chat.completions.create(
         model="gemma-3-270m",
-        messages=USER,
+        messages=messages,
         tools=[WEATHER],  # type: ignore[list-item]
-        tool_choice=_named("get_weather"),
+        tool_choice=tool_choice,
         temperature=0,
-        max_tokens=200,
-        stream=True,
+        max_tokens=max_tokens,
+        **extra,
     )
+
+
+def test_streamed_tool_call_deltas_accumulate(client: openai.OpenAI) -> None:
+    stream = _ask_weather(client, USER, _named("get_weather"), 200, stream=True)
     name, args, finish, call_id = "", "", None, None
     for chunk in stream:
         choice = chunk.choices[0]
@@ -282,28 +289,14 @@ def test_streamed_tool_call_deltas_accumulate(client: openai.OpenAI) -> None:
 
 
 def test_tool_result_round_trip(client: openai.OpenAI) -> None:
-    first = client.chat.completions.create(
-        model="gemma-3-270m",
-        messages=USER,
-        tools=[WEATHER],  # type: ignore[list-item]
-        tool_choice="required",
-        temperature=0,
-        max_tokens=200,
-    )
+    first = _ask_weather(client, USER, "required", 200)
     call = first.choices[0].message.tool_calls[0]  # type: ignore[index]
     messages = [
         *USER,
         first.choices[0].message.model_dump(exclude_none=True),
         {"role": "tool", "tool_call_id": call.id, "content": "18 C, light rain"},
     ]
-    second = client.chat.completions.create(
-        model="gemma-3-270m",
-        messages=messages,
-        tools=[WEATHER],  # type: ignore[arg-type]
-        tool_choice="none",
-        temperature=0,
-        max_tokens=24,
-    )
+    second = _ask_weather(client, messages, "none", 24)
     assert second.choices[0].message.tool_calls is None
     assert second.choices[0].finish_reason in ("stop", "length")
 
