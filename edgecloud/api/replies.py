@@ -55,13 +55,21 @@ class Reply:
             head["system_fingerprint"] = self.fingerprint
         return head
 
-    def _one_choice(self, object_: str, choice: dict[str, Any], logprobs: Any,
+    def _one_choice(self, chat_object: str, key: str, part: dict[str, Any], text: str | None,
+                    tool_calls: list[dict[str, Any]] | None, logprobs: Any,
                     finish_reason: str | None) -> dict[str, Any]:
-        """The body of `object_` with `choice` as its one choice, closed by its log-probabilities
-        and finish reason."""
+        """A body with one choice: chat answers carry `part` (with any `tool_calls`) under `key`,
+        completions the text; then its log-probabilities and finish reason."""
+        choice: dict[str, Any] = {"index": 0}
+        if self.chat:
+            if tool_calls:
+                part["tool_calls"] = tool_calls
+            choice[key] = part
+        else:
+            choice["text"] = text or ""
         choice["logprobs"] = logprobs
         choice["finish_reason"] = finish_reason
-        body = self._head(object_)
+        body = self._head(chat_object if self.chat else "text_completion")
         body["choices"] = [choice]
         return body
 
@@ -69,17 +77,9 @@ class Reply:
                    usage: dict[str, Any] | None = None, *, logprobs: Any = None,
                    tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """A whole (non-streamed) answer; chat answers may carry `tool_calls` (content null)."""
-        choice: dict[str, Any] = {"index": 0}
-        if self.chat:
-            message: dict[str, Any] = {"role": "assistant", "content": text}
-            if tool_calls:
-                message["tool_calls"] = tool_calls
-            choice["message"] = message
-        else:
-            choice["text"] = text or ""
-        body = self._one_choice(
-            "chat.completion" if self.chat else "text_completion", choice, logprobs, finish_reason
-        )
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        body = self._one_choice("chat.completion", "message", message, text, tool_calls,
+                                logprobs, finish_reason)
         if usage is not None:
             body["usage"] = usage
         return body
@@ -89,25 +89,14 @@ class Reply:
               tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """One stream chunk: a piece of text, the opening role (chat), tool-call deltas (chat),
         or the finish reason; with the log-probabilities of its tokens when asked for."""
-        choice: dict[str, Any] = {"index": 0}
-        if self.chat:
-            delta: dict[str, Any] = {}
-            if role:
-                delta["role"] = "assistant"
-                delta["content"] = text or ""
-            elif text is not None:
-                delta["content"] = text
-            if tool_calls:
-                delta["tool_calls"] = tool_calls
-            choice["delta"] = delta
-        else:
-            choice["text"] = text or ""
-        body = self._one_choice(
-            "chat.completion.chunk" if self.chat else "text_completion",
-            choice,
-            logprobs,
-            finish_reason,
-        )
+        delta: dict[str, Any] = {}
+        if role:
+            delta["role"] = "assistant"
+            delta["content"] = text or ""
+        elif text is not None:
+            delta["content"] = text
+        body = self._one_choice("chat.completion.chunk", "delta", delta, text, tool_calls,
+                                logprobs, finish_reason)
         if self._usage_null:
             body["usage"] = None
         return body
