@@ -47,6 +47,11 @@ def client(node: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{node}/v1", api_key="unused", max_retries=0, timeout=300)
 
 
+def _chat(client: openai.OpenAI, messages: Any, **params: Any) -> Any:
+    """A chat request to the node's model."""
+    return client.chat.completions.create(model="gemma-3-270m", messages=messages, **params)
+
+
 def _error(r: httpx.Response, param: str, words: str = "") -> None:
     assert r.status_code == 400, r.text
     err = r.json()["error"]
@@ -206,6 +211,13 @@ def test_json_object_mode_streams_a_json_object(node: str) -> None:
 # -- tool calls --------------------------------------------------------------------------------
 
 
+def _ask_tools(
+    client: openai.OpenAI, messages: Any, tool_choice: Any, tools: Any = (WEATHER,), **params: Any
+) -> Any:
+    """A chat request that offers `tools` (the weather tool unless told)."""
+    return _chat(client, messages, tools=list(tools), tool_choice=tool_choice, **params)
+
+
 def _named(name: str) -> dict[str, Any]:
     return {"type": "function", "function": {"name": name}}
 
@@ -215,25 +227,13 @@ def test_forced_calls_and_free_requests_share_the_batch(client: openai.OpenAI) -
 
     def forced(i: int) -> tuple[str, Any]:
         choice: Any = _named("get_weather") if i % 2 == 0 else "required"
-        resp = client.chat.completions.create(
-            model="gemma-3-270m",
-            messages=USER,
-            tools=[WEATHER, CLOCK],  # type: ignore[list-item]
-            tool_choice=choice,
-            temperature=1.0,
-            max_tokens=256,
-            seed=i,
-        )
+        tools = (WEATHER, CLOCK)
+        resp = _ask_tools(client, USER, choice, tools, temperature=1.0, max_tokens=256, seed=i)
         return ("named" if i % 2 == 0 else "required"), resp
 
     def free(i: int) -> tuple[str, Any]:
-        resp = client.chat.completions.create(
-            model="gemma-3-270m",
-            messages=[{"role": "user", "content": "Tell me a story."}],
-            temperature=1.0,
-            max_tokens=48,
-            seed=i,
-        )
+        story = [{"role": "user", "content": "Tell me a story."}]
+        resp = _chat(client, story, temperature=1.0, max_tokens=48, seed=i)
         return "free", resp
 
     jobs = [(forced if i % 3 else free, i) for i in range(12)]
@@ -258,23 +258,10 @@ def test_forced_calls_and_free_requests_share_the_batch(client: openai.OpenAI) -
             jsonschema.validate(json.loads(call.function.arguments), schemas[call.function.name])
 
 
-def _ask_weather(
-    client: openai.OpenAI, messages: Any, tool_choice: Any, max_tokens: int, **extra: Any
-) -> Any:
-    """A temperature-0 chat request that offers the weather tool."""
-    return client.chat.completions.create(
-        model="gemma-3-270m",
-        messages=messages,
-        tools=[WEATHER],  # type: ignore[list-item]
-        tool_choice=tool_choice,
-        temperature=0,
-        max_tokens=max_tokens,
-        **extra,
-    )
-
-
 def test_streamed_tool_call_deltas_accumulate(client: openai.OpenAI) -> None:
-    stream = _ask_weather(client, USER, _named("get_weather"), 200, stream=True)
+    stream = _ask_tools(
+        client, USER, _named("get_weather"), temperature=0, max_tokens=200, stream=True
+    )
     name, args, finish, call_id = "", "", None, None
     for chunk in stream:
         choice = chunk.choices[0]
@@ -289,14 +276,14 @@ def test_streamed_tool_call_deltas_accumulate(client: openai.OpenAI) -> None:
 
 
 def test_tool_result_round_trip(client: openai.OpenAI) -> None:
-    first = _ask_weather(client, USER, "required", 200)
+    first = _ask_tools(client, USER, "required", temperature=0, max_tokens=200)
     call = first.choices[0].message.tool_calls[0]  # type: ignore[index]
     messages = [
         *USER,
         first.choices[0].message.model_dump(exclude_none=True),
         {"role": "tool", "tool_call_id": call.id, "content": "18 C, light rain"},
     ]
-    second = _ask_weather(client, messages, "none", 24)
+    second = _ask_tools(client, messages, "none", temperature=0, max_tokens=24)
     assert second.choices[0].message.tool_calls is None
     assert second.choices[0].finish_reason in ("stop", "length")
 
@@ -305,14 +292,8 @@ def test_tool_result_round_trip(client: openai.OpenAI) -> None:
 
 
 def test_chat_top_logprobs_at_temperature_zero(client: openai.OpenAI) -> None:
-    resp = client.chat.completions.create(
-        model="gemma-3-270m",
-        messages=[{"role": "user", "content": "Count: one, two,"}],
-        temperature=0,
-        max_tokens=8,
-        logprobs=True,
-        top_logprobs=5,
-    )
+    count = [{"role": "user", "content": "Count: one, two,"}]
+    resp = _chat(client, count, temperature=0, max_tokens=8, logprobs=True, top_logprobs=5)
     content = resp.choices[0].logprobs.content  # type: ignore[union-attr]
     assert content and len(content) <= resp.usage.completion_tokens  # type: ignore[union-attr]
     text = ""
