@@ -132,29 +132,37 @@ def _by_kind(spans: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     )
 
 
+@pytest.fixture
+def cloud(start_standin: Callable[..., Standin]) -> Standin:
+    """A stand-in cloud provider that records the `traceparent` it receives."""
+    return start_standin("cloud-eu")
+
+
+def _cloud_cfg(cloud: Standin, **more: Any) -> dict[str, Any]:
+    """A gateway config with `cloud` as its one endpoint, and `more` top-level sections."""
+    return {"endpoints": [endpoint("cloud-eu", "cloud", cloud.v1)], **more}
+
+
 def _chat(gw: Gateway, headers: dict[str, str], **body: Any) -> httpx.Response:
     payload = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": PROMPT}], **body}
     return httpx.post(gw.v1 + "/chat/completions", json=payload, headers=headers, timeout=30)
 
 
 def test_a_request_continues_the_client_trace_to_the_endpoint(
-    collector: Collector,
-    start_standin: Callable[..., Standin],
-    start_gateway: Callable[..., Gateway],
+    collector: Collector, cloud: Standin, start_gateway: Callable[..., Gateway]
 ) -> None:
     import hashlib
 
-    cloud = start_standin("cloud-eu")
-    cfg = {
-        "endpoints": [endpoint("cloud-eu", "cloud", cloud.v1)],
-        "auth": {"keys": [{"name": "tester", "sha256": hashlib.sha256(KEY.encode()).hexdigest()}]},
-        "tracing": {
+    cfg = _cloud_cfg(
+        cloud,
+        auth={"keys": [{"name": "tester", "sha256": hashlib.sha256(KEY.encode()).hexdigest()}]},
+        tracing={
             "enabled": True,
             "service_name": "gw-test",
             "sample_ratio": 1.0,
             "endpoint": collector.base,
         },
-    }
+    )
     gw = start_gateway(cfg, env=FAST_EXPORT)
     r = _chat(
         gw, {"authorization": f"Bearer {KEY}", "traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"}
@@ -242,13 +250,9 @@ def test_a_fallback_shows_two_attempts_and_env_alone_turns_tracing_on(
 
 @pytest.mark.parametrize("how", ["config_off", "deploy_env_off"])
 def test_tracing_off_sends_nothing_and_adds_no_header(
-    how: str,
-    collector: Collector,
-    start_standin: Callable[..., Standin],
-    start_gateway: Callable[..., Gateway],
+    how: str, collector: Collector, cloud: Standin, start_gateway: Callable[..., Gateway]
 ) -> None:
-    cloud = start_standin("cloud-eu")
-    cfg: dict[str, Any] = {"endpoints": [endpoint("cloud-eu", "cloud", cloud.v1)]}
+    cfg = _cloud_cfg(cloud)
     env = {**FAST_EXPORT, "OTEL_EXPORTER_OTLP_ENDPOINT": collector.base}
     if how == "config_off":
         cfg["tracing"] = {"enabled": False, "endpoint": collector.base}
@@ -265,15 +269,10 @@ def test_tracing_off_sends_nothing_and_adds_no_header(
 
 
 def test_sampled_out_requests_export_nothing_but_pass_the_trace_on(
-    collector: Collector,
-    start_standin: Callable[..., Standin],
-    start_gateway: Callable[..., Gateway],
+    collector: Collector, cloud: Standin, start_gateway: Callable[..., Gateway]
 ) -> None:
-    cloud = start_standin("cloud-eu")
-    cfg = {
-        "endpoints": [endpoint("cloud-eu", "cloud", cloud.v1)],
-        "tracing": {"enabled": True, "sample_ratio": 0.0, "endpoint": collector.base},
-    }
+    tracing = {"enabled": True, "sample_ratio": 0.0, "endpoint": collector.base}
+    cfg = _cloud_cfg(cloud, tracing=tracing)
     gw = start_gateway(cfg, env=FAST_EXPORT)
     assert _chat(gw, {}).status_code == 200  # a new trace, sampled out by the ratio
     # A client's unsampled trace stays unsampled (parent-based).
@@ -302,14 +301,10 @@ def test_with_tracing_off_the_sdk_is_not_even_imported() -> None:
 
 
 def test_a_collector_that_is_down_costs_no_answers_and_does_not_hold_up_the_exit(
-    start_standin: Callable[..., Standin], start_gateway: Callable[..., Gateway]
+    cloud: Standin, start_gateway: Callable[..., Gateway]
 ) -> None:
-    cloud = start_standin("cloud-eu")
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    cfg = {
-        "endpoints": [endpoint("cloud-eu", "cloud", cloud.v1)],
-        "tracing": {"enabled": True, "endpoint": dead},
-    }
+    cfg = _cloud_cfg(cloud, tracing={"enabled": True, "endpoint": dead})
     gw = start_gateway(cfg, env=FAST_EXPORT)
     for stream in (False, True, False):
         assert _chat(gw, {}, stream=stream).status_code == 200
