@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,17 @@ def launch_gateway(tmp: Path, started: list[ManagedProcess], config: dict[str, A
     proc.start()
     _wait_http(proc, f"{base}/healthz")
     return Gateway(proc, base, log_path)
+
+
+@contextmanager
+def stopped_after() -> Iterator[list[ManagedProcess]]:
+    """A list to start processes into; all are stopped, newest first, when the block ends."""
+    started: list[ManagedProcess] = []
+    try:
+        yield started
+    finally:
+        for p in reversed(started):
+            p.stop()
 
 
 @pytest.fixture

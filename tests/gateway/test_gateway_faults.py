@@ -17,8 +17,14 @@ from typing import Any
 import httpx
 import pytest
 
-from edgecloud.supervise import ManagedProcess
-from tests.gateway.gwrig import Gateway, Standin, endpoint, launch_gateway, launch_standin
+from tests.gateway.gwrig import (
+    Gateway,
+    Standin,
+    endpoint,
+    launch_gateway,
+    launch_standin,
+    stopped_after,
+)
 
 PRIVATE = {"x-edgecloud-sensitivity": "private"}
 CLOUD = {"x-edgecloud-placement": "cloud"}
@@ -58,8 +64,7 @@ def _config(edge: Standin, a: Standin, b: Standin, **limits: Any) -> dict[str, A
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     tmp = tmp_path_factory.mktemp("gwfaults")
-    started: list[ManagedProcess] = []
-    try:
+    with stopped_after() as started:
         edge, a, b = (launch_standin(tmp, started, name, f"{name}-model")
                       for name in ("edge-box", "cloud-a", "cloud-b"))
         gw = launch_gateway(tmp, started, _config(edge, a, b))
@@ -67,9 +72,6 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         slow = launch_gateway(tmp, started, _config(edge, a, b, health_interval_s=3600,
                                                     breaker_failures=1))
         yield Rig(gw, slow, edge, a, b)
-    finally:
-        for p in reversed(started):
-            p.stop()
 
 
 @pytest.fixture

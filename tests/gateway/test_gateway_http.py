@@ -23,6 +23,7 @@ from tests.gateway.gwrig import (
     fast_limits,
     launch_gateway,
     launch_standin,
+    stopped_after,
 )
 
 KEY = "ec-test-key-eu"
@@ -65,8 +66,7 @@ def rig_config(edge: Standin, eu: Standin, us: Standin, **policy: Any) -> dict[s
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     tmp = tmp_path_factory.mktemp("gw")
-    started: list[ManagedProcess] = []
-    try:
+    with stopped_after() as started:
         edge = launch_standin(tmp, started, "edge-box", "edge-vision-model")
         eu = launch_standin(tmp, started, "cloud-eu", "cloud-eu-model")
         us = launch_standin(tmp, started, "cloud-us", "cloud-us-model")
@@ -74,9 +74,6 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         r = Rig(gw, edge, eu, us)
         yield r
         r.client.close()
-    finally:
-        for p in reversed(started):
-            p.stop()
 
 
 @pytest.fixture
