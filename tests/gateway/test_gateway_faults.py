@@ -168,8 +168,12 @@ def test_invalid_json_answer_counts_as_an_upstream_failure(clean: Rig) -> None:
         '1.0' in _metrics(clean.gw)
     for _ in range(2):  # breaker_failures: 3 in a row open the breaker
         assert _chat(clean.gw, CLOUD).status_code == 200
-    failed = [rec for rec in _records(clean.gw) if rec.get("endpoint") == "cloud-a"]
-    assert failed and all(rec["status"] == 200 for rec in failed)
+    def cloud_a_records() -> list[dict[str, Any]]:
+        return [rec for rec in _records(clean.gw) if rec.get("endpoint") == "cloud-a"]
+
+    # The access log is buffered (flushed every 0.2 s): wait for the three lines.
+    _wait_for(lambda: len(cloud_a_records()) >= 3, what="access-log lines")
+    assert all(rec["status"] == 200 for rec in cloud_a_records())
     # While the breaker is open, requests skip cloud-a (a probe closes it after 0.5 s).
     _wait_for(lambda: _chat(clean.gw, CLOUD).headers["x-edgecloud-endpoint"] == "cloud-b",
               what="cloud-a skipped") if _breakers(clean.gw)["cloud-a"] == "2.0" else None
