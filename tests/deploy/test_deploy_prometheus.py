@@ -42,11 +42,20 @@ def test_scrape_config_passes_promtool(tmp_path: Path) -> None:
     checked by swapping the discovery block for a static target."""
     write_tree(render(Values()), tmp_path)
     config = yaml.safe_load((tmp_path / "prometheus/prometheus.yml").read_text())
-    (job,) = config["scrape_configs"]
-    assert job["kubernetes_sd_configs"] == [{"role": "pod",
-                                             "namespaces": {"names": ["edgecloud"]}}]
-    job.pop("kubernetes_sd_configs")
-    job["static_configs"] = [{"targets": ["127.0.0.1:9"]}]
+    jobs = config["scrape_configs"]
+    assert [j["job_name"] for j in jobs] == ["edgecloud", "edgecloud-fleet"]
+    for job in jobs:
+        assert job["kubernetes_sd_configs"] == [{"role": "pod",
+                                                 "namespaces": {"names": ["edgecloud"]}}]
+        job.pop("kubernetes_sd_configs")
+        job["static_configs"] = [{"targets": ["127.0.0.1:9"]}]
+    # The fleet job reads the operator token from the Secret mounted into Prometheus' pod;
+    # promtool checks that the file exists, so the check points it at a file of its own.
+    auth = jobs[1]["authorization"]
+    assert auth["credentials_file"] == "/etc/prometheus/secrets/edgecloud-fleet-operator/token"
+    token = tmp_path / "token"
+    token.write_text("operator-token\n")
+    auth["credentials_file"] = str(token)
     (tmp_path / "prometheus/static.yml").write_text(yaml.safe_dump(config))
     proc = _promtool("check", "config", "static.yml", cwd=tmp_path / "prometheus")
     assert proc.returncode == 0, proc.stdout + proc.stderr
