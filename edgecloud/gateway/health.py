@@ -9,6 +9,9 @@ from enum import StrEnum
 from edgecloud.gateway.attestation import AttestationStatus
 from edgecloud.gateway.config import EndpointConfig
 
+# How often an endpoint's unconfigured model id and capabilities are read again.
+REDISCOVER_S = 30.0
+
 
 class BreakerState(StrEnum):
     CLOSED = "closed"
@@ -144,6 +147,7 @@ class EndpointState:
     model_id: str | None = None
     last_error: str | None = None
     discovered_capabilities: tuple[str, ...] | None = None  # from the endpoint's /v1/models
+    discovered_at: float = float("-inf")  # monotonic time of the last /v1/models read
     attestation: AttestationStatus | None = None  # confidential endpoints only
 
     @property
@@ -162,6 +166,15 @@ class EndpointState:
         return self.model_id is None or (
             self.config.capabilities is None and self.discovered_capabilities is None
         )
+
+    def discovery_due(self, now: float, was_healthy: bool) -> bool:
+        """Read /v1/models again: never read, or an unconfigured model id or capability list
+        that may have changed since (the endpoint came back, or REDISCOVER_S passed: a hot swap
+        can add or drop a projector without the endpoint ever going down)."""
+        if self.needs_discovery:
+            return True
+        learns = self.config.model is None or self.config.capabilities is None
+        return learns and (not was_healthy or now - self.discovered_at >= REDISCOVER_S)
 
     @property
     def tier(self) -> str:

@@ -100,6 +100,7 @@ class Upstream:
         if self.attester is not None and not self.attester.status.attested(time.monotonic()):
             return st.healthy  # nothing may connect while un-attested; health stays as known
         t0 = time.perf_counter()
+        was_healthy = st.healthy
         try:
             if self._probe_path is None:
                 status, _ = await self._get(self._root_path + b"/readyz", timeout_s)
@@ -115,7 +116,7 @@ class Upstream:
                     target = self._root_path + self._probe_path.encode()
                 status, _ = await self._get(target, timeout_s)
             ok = status == 200
-            if ok and st.needs_discovery:
+            if ok and st.discovery_due(time.monotonic(), was_healthy):
                 await self.discover_model(timeout_s)
         except TRANSPORT_ERRORS as exc:
             ok = False
@@ -140,11 +141,12 @@ class Upstream:
                 return
         status, raw = await self._get(self._target("/models"), timeout_s)
         if status == 200:
+            st.discovered_at = time.monotonic()
             try:
                 data = orjson.loads(raw).get("data") or []
                 first = data[0] if data else {}
-                if st.model_id is None and isinstance(first.get("id"), str):
-                    st.model_id = first["id"]
+                if st.config.model is None and isinstance(first.get("id"), str):
+                    st.model_id = first["id"]  # a hot swap may have renamed it
                 caps = first.get("capabilities") or (first.get("meta") or {}).get("capabilities")
                 said = isinstance(caps, list) and all(isinstance(c, str) for c in caps)
                 st.discovered_capabilities = tuple(caps) if said and caps else ()  # (): not said
