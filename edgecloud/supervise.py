@@ -55,8 +55,12 @@ class ManagedProcess:
         self._log: IO[bytes] | None = None
 
     def start(self) -> ManagedProcess:
-        if self.proc is not None:
+        """Start the process; again once it has exited (a supervisor's restart)."""
+        if self.alive():
             raise RuntimeError(f"{self.name} was already started")
+        if self._log is not None:
+            self._log.close()
+            self._log = None
         out: IO[bytes] | int = subprocess.DEVNULL
         if self.log_path:
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()

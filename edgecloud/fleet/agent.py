@@ -42,7 +42,7 @@ from edgecloud.fleet.events import log_event
 from edgecloud.fleet.fetcher import HttpxFetcher
 from edgecloud.fleet.node_client import DEFAULT_CANARIES, CanaryPrompt, CanaryResult, NodeClient
 from edgecloud.fleet.rollout import ModelRelease, choose_release, target_path
-from edgecloud.fleet.slots import AgentState, Pending, SlotInfo, SlotStore
+from edgecloud.fleet.slots import MAX_INTERRUPTED, AgentState, Pending, SlotInfo, SlotStore
 from edgecloud.fleet.state import DeviceEvent, DeviceMetrics, DeviceReport
 from edgecloud.fleet.transport import TransferLimits, agent_client, within
 
@@ -220,13 +220,29 @@ class Agent:
     # -- crash recovery --------------------------------------------------------------------
 
     def recover(self) -> None:
-        """After a crash mid-activation, put the node back on the last committed slot."""
+        """After an activation was cut short (the agent or the node crashed, or the box lost
+        power), put the node back on the last committed slot. A version whose activation is cut
+        short MAX_INTERRUPTED times is marked failed: a model that crashes the node while it
+        loads is never tried again."""
         pending = self.state.pending
-        info = self.state.active_info
-        if pending is None or info is None or self.state.active is None:
-            if pending is not None and info is None:
-                self.state.pending = None
+        if pending is None:
+            return
+        if not pending.interrupted:  # counted once, however many polls the restore takes
+            version = pending.version
+            n = self.state.interrupted.get(version, 0) + 1
+            pending.interrupted = True
+            if n >= MAX_INTERRUPTED:
+                self.state.interrupted.pop(version, None)
+                self.state.failed_versions = [*self.state.failed_versions, version][-32:]
+                self._event("rolled_back", version, f"activation cut short {n} times: the node "
+                            "crashed or restarted while loading it")
+            else:
+                self.state.interrupted[version] = n
                 self.store.save(self.state)
+        info = self.state.active_info
+        if info is None or self.state.active is None:
+            self.state.pending = None
+            self.store.save(self.state)
             return
         self._serve_slot(self.state.active)
         self.state.pending = None
@@ -437,6 +453,7 @@ class Agent:
             return
         self.state.active = slot  # type: ignore[assignment]
         self.state.pending = None
+        self.state.interrupted.pop(want.version, None)
         self.metrics = DeviceMetrics(
             error_rate=result.error_rate, p95_ms=result.p95_ms, eval_score=result.eval_score
         )

@@ -19,6 +19,9 @@ from edgecloud.fleet.state import DeviceEvent
 
 SlotName = Literal["a", "b"]
 MAX_EVENTS = 64
+# Activations of one version cut short this many times (the node crashed or restarted while
+# loading it, or the box lost power) mark the version failed: it is never tried again.
+MAX_INTERRUPTED = 2
 
 
 class SlotInfo(BaseModel):
@@ -34,6 +37,7 @@ class Pending(BaseModel):
 
     version: str
     slot: SlotName
+    interrupted: bool = False  # counted once in AgentState.interrupted
 
 
 class AgentState(BaseModel):
@@ -43,6 +47,7 @@ class AgentState(BaseModel):
     pending: Pending | None = None
     failed_versions: list[str] = Field(default_factory=list)
     events: list[DeviceEvent] = Field(default_factory=list)  # not yet reported
+    interrupted: dict[str, int] = Field(default_factory=dict)  # version -> cut-short activations
 
     @property
     def active_info(self) -> SlotInfo | None:

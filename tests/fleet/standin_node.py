@@ -5,8 +5,9 @@ EDGECLOUD_ADMIN_TOKEN; 409 while another swap runs, as the real node answers) an
 `/v1/completions`; `POST /test/busy {"seconds": S}` makes it busy with a swap for S seconds.
 Its "model files" are small text files: a file that does not start with `STANDIN-MODEL` is
 refused like a corrupt GGUF, and words in the file choose how the model behaves
-(`behaviour=slow` answers in 300 ms, `behaviour=wrong` answers nonsense), so tests can publish
-good and bad versions that are a few KB.
+(`behaviour=slow` answers in 300 ms, `behaviour=wrong` answers nonsense, `behaviour=crash`
+kills the process while loading, as a model that trips a llama.cpp assertion does), so tests
+can publish good and bad versions that are a few KB.
 
 Run: python -m tests.fleet.standin_node --port P --model FILE [--load-delay S]
 """
@@ -47,7 +48,10 @@ class StandInNode:
         if not data.startswith(MAGIC):
             raise ValueError(f"{path} is not a valid model file")
         head = data.split(b"\n", 1)[0].decode()
-        self.behaviour = head.split("behaviour=")[1] if "behaviour=" in head else "ok"
+        behaviour = head.split("behaviour=")[1] if "behaviour=" in head else "ok"
+        if behaviour == "crash":
+            os._exit(134)  # SIGABRT's exit status, no answer sent
+        self.behaviour = behaviour
         self.current = {
             "id": path.stem,
             "path": str(path),

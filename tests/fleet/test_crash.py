@@ -52,3 +52,35 @@ def test_kill_during_activation_leaves_a_verified_model(rig: Rig) -> None:
     assert d.node_model()["version"] == "1.0.0"
     assert d.node_model()["sha256"] == hashlib.sha256(rig.files["1.0.0"]).hexdigest()
     assert wait_for(lambda: rig.events(d.id, "recovered"), what="recovered event")
+
+
+def test_a_version_that_crashes_the_node_while_loading_is_marked_failed(rig: Rig) -> None:
+    """The node dies in the swap (no answer); its supervisor restarts it on the factory model.
+    The agent restores the committed slot each time, and the second cut-short activation of the
+    same version marks it failed: it is reported and never tried again."""
+    d = rig.device("dev-a")
+    d.run_once()
+    assert d.active_version() == "1.0.0"
+    rig.publish("1.1.0", data=dummy_model("1.1.0", behaviour="crash"), stable=True)
+
+    def node_dies_and_restarts() -> None:
+        assert not d.node.alive()
+        assert d.state()["pending"]["version"] == "1.1.0"
+        d.node.start()  # the supervisor's restart, on the factory model
+        d.node.wait_ready(30)
+
+    d.run_once()  # tries 1.1.0: the node dies in the swap
+    node_dies_and_restarts()
+    d.run_once()  # restores 1.0.0 (one cut-short activation), tries 1.1.0 again: dies
+    assert d.state()["interrupted"] == {"1.1.0": 1}
+    node_dies_and_restarts()
+    d.run_once()  # restores 1.0.0; the second cut-short activation marks 1.1.0 failed
+    state = d.state()
+    assert state["pending"] is None and state["interrupted"] == {}
+    assert "1.1.0" in state["failed_versions"]
+    assert d.node.alive() and d.active_version() == "1.0.0"
+    assert d.node_model()["sha256"] == hashlib.sha256(rig.files["1.0.0"]).hexdigest()
+    d.run_once()  # not tried a third time
+    assert d.node.alive() and d.node_model()["version"] == "1.0.0"
+    rolled = wait_for(lambda: rig.events(d.id, "rolled_back"), what="rolled_back event")
+    assert rolled[0]["version"] == "1.1.0" and "cut short 2 times" in rolled[0]["reason"]
