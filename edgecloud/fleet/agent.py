@@ -195,6 +195,7 @@ class Agent:
             metrics=self.metrics,
             failed_versions=self.state.failed_versions,
             events=self.state.events,
+            event_stream=self.state.event_stream,
         )
         headers = {"content-type": "application/json"}
         if self.credential is not None:

@@ -337,6 +337,8 @@ class FleetServer:
                 code="device_mismatch",
             )
         report.received_at = time.time()
+        report.events_seen = 0  # the server's to set
+        report.take_new_events(self.reports.get(report.device_id))
         self.metrics.reports.inc()
         if report.events:
             self.metrics.device_events((ev.kind, ev.reason) for ev in report.events)

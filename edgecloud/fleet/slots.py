@@ -47,6 +47,8 @@ class AgentState(BaseModel):
     pending: Pending | None = None
     failed_versions: list[str] = Field(default_factory=list)
     events: list[DeviceEvent] = Field(default_factory=list)  # not yet reported
+    event_stream: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    next_event_seq: int = 1
     interrupted: dict[str, int] = Field(default_factory=dict)  # version -> cut-short activations
 
     @property
@@ -65,6 +67,9 @@ class AgentState(BaseModel):
         return None
 
     def add_event(self, event: DeviceEvent) -> None:
+        """Keep an event for the next report, numbered (the server drops a resent one)."""
+        event.seq = self.next_event_seq
+        self.next_event_seq += 1
         self.events = [*self.events, event][-MAX_EVENTS:]
 
 

@@ -82,6 +82,9 @@ class DeviceEvent(BaseModel):
     version: str = Field(default="", max_length=64)
     reason: str = Field(default="", max_length=2000)
     at: float = 0.0
+    # Numbered per device from 1 within its `event_stream`, so a report resent because its
+    # answer was lost does not store its events twice; 0: not numbered (stored as sent).
+    seq: int = Field(default=0, ge=0)
 
 
 class DeviceMetrics(BaseModel):
@@ -101,7 +104,20 @@ class DeviceReport(BaseModel):
     metrics: DeviceMetrics = Field(default_factory=lambda: DeviceMetrics())
     failed_versions: list[str] = Field(default_factory=list, max_length=64)
     events: list[DeviceEvent] = Field(default_factory=list, max_length=64)
+    event_stream: str = Field(default="", max_length=64)  # the agent state's numbering
     received_at: float = 0.0
+    events_seen: int = 0  # set by the server: the highest `seq` taken from this event_stream
+
+    def take_new_events(self, previous: DeviceReport | None) -> None:
+        """Drop the events `previous` (this device's last report) already took, and note the
+        highest number taken. A new event_stream (a reset agent state) starts again from 0."""
+        seen = 0
+        if previous is not None and previous.event_stream == self.event_stream:
+            seen = previous.events_seen
+        fresh = [ev for ev in self.events if ev.seq == 0 or ev.seq > seen]
+        if len(fresh) != len(self.events):
+            self.events = fresh
+        self.events_seen = max([seen, *(ev.seq for ev in fresh)])
 
 
 def readings_for(reports: Iterable[DeviceReport], model: str, version: str) -> list[DeviceReading]:
