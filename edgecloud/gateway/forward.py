@@ -154,13 +154,19 @@ class Forwarder:
                     self.metrics.fallback(state.name, f"status_{status}")
                     failures.append(f"{state.name}: HTTP {status}")
                     continue
+                if data is not None and not self._judge(state, status, data) and not last:
+                    # A 2xx that is not JSON, nothing sent yet: the next endpoint may do better
+                    # (the last one's is relayed as it came, and counted as a failure).
+                    resp.release()
+                    self.metrics.fallback(state.name, "invalid_json")
+                    failures.append(f"{state.name}: HTTP {status} with an invalid JSON answer")
+                    continue
                 # It answered: up, whatever the last probe said (ends a panic-mode wait at once).
                 state.healthy = True
                 if attempt > 0:
                     rule = "fallback"
                 record["fallbacks"] = attempt + earlier
                 if data is not None:
-                    self._judge(state, status, data)
                     if surrogates is not None and status < 400:
                         data = restore_answer(data, surrogates)
                     await self._relay_body(send, resp, data, state, rule, facts, record, t0, t_up)
@@ -188,7 +194,7 @@ class Forwarder:
         self.metrics.upstream_failure(state.name, cause)
         self.metrics.fallback(state.name, cause)
 
-    def _judge(self, state: EndpointState, status: int, data: bytes) -> None:
+    def _judge(self, state: EndpointState, status: int, data: bytes) -> bool:
         """The breaker's verdict on a whole non-streamed answer: a 2xx must be JSON."""
         if status < 300:
             try:
@@ -197,8 +203,9 @@ class Forwarder:
                 state.breaker.failure(time.monotonic())
                 state.last_error = "invalid JSON answer"
                 self.metrics.upstream_failure(state.name, "invalid_json")
-                return
+                return False
         state.breaker.success()
+        return True
 
     def _client_gone(self, state: EndpointState, rule: str, record: dict[str, Any],
                      t0: float) -> None:
