@@ -95,6 +95,9 @@ class PlacementPolicy:
         if (
             private is not None
             and self.pseudonymizer is not None
+            # Surrogates cover text only: an image may show the same values and would tie each
+            # surrogate to its original, so a request with images keeps its private placement.
+            and not facts.images
             and private.startswith("privacy.pii.")
             and private[12:] in self.pseudonymizer.allowed
         ):

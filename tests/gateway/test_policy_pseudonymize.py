@@ -218,3 +218,18 @@ def test_the_fallback_keeps_residency_and_health() -> None:
     _down(fleet[1])
     assert _fallback(facts, fleet) is None  # every cloud's breaker open
     assert _fallback(facts, [fleet[0]]) is None  # no cloud at all
+
+
+def test_personal_data_beside_an_image_never_leaves_as_surrogates() -> None:
+    """With `images: allow`, an image may leave the edge, but not beside listed personal data:
+    the screenshot may show the same e-mail address and would tie the surrogate to it."""
+    policy = PlacementPolicy(PolicyConfig(
+        privacy={"pseudonymize": LISTED, "images": "allow"}))  # type: ignore[arg-type]
+    fleet = [_ep("edge", "edge", "device", ["text", "vision"]), *_fleet()[1:]]
+    _down(fleet[0])
+    with pytest.raises(NoAllowedEndpoint) as err:
+        _choose(_chat("mail bob@example.com", image=True), Hints(), fleet, policy=policy)
+    assert err.value.rule == "privacy.pii.email"
+    # Without the personal data the image leaves as the setting allows.
+    d = _choose(_chat("what is on screen", image=True), Hints(), fleet, policy=policy)
+    assert d.order and all(e.config.tier == "cloud" for e in d.order)
