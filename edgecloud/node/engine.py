@@ -80,6 +80,37 @@ class GenerationRequest:
         """Called from the event loop when the client went away; the slot frees next step."""
         self.cancelled = True
 
+    def timings(self) -> dict[str, float | int]:
+        """Where the request's time went, in llama-server's `timings` shape (ms): the prompt
+        read (`prompt_*`, images included; `cache_n` tokens reused), the output (`predicted_*`),
+        plus edgecloud's `queued_ms` (waiting for a slot) and `images_n` / `images_ms` (encode
+        and embed of its images, part of `prompt_ms`). Read once the request has finished."""
+        start = self.admitted_at if self.admitted_at is not None else self.submitted_at
+        first = self.first_token_at if self.first_token_at is not None else start
+        end = self.finished_at if self.finished_at is not None else first
+        prompt_n = len(self.prompt) - self.cached_tokens
+        prompt_ms = (first - start) * 1000.0
+        out_n = self.output_tokens
+        out_ms = (end - first) * 1000.0
+        out: dict[str, float | int] = {
+            "queued_ms": round((start - self.submitted_at) * 1000.0, 3),
+            "cache_n": self.cached_tokens,
+            "prompt_n": prompt_n,
+            "prompt_ms": round(prompt_ms, 3),
+            "prompt_per_token_ms": round(prompt_ms / prompt_n, 3) if prompt_n else 0.0,
+            "prompt_per_second": round(prompt_n / prompt_ms * 1000.0, 2) if prompt_ms else 0.0,
+            "predicted_n": out_n,
+            "predicted_ms": round(out_ms, 3),
+            # The first token comes with the prompt's last step: the rest make the rate.
+            "predicted_per_token_ms": round(out_ms / (out_n - 1), 3) if out_n > 1 else 0.0,
+            "predicted_per_second": (round((out_n - 1) / out_ms * 1000.0, 2)
+                                     if out_n > 1 and out_ms else 0.0),
+        }
+        if self.media_read:
+            out["images_n"] = self.media_read
+            out["images_ms"] = round(self.media_seconds * 1000.0, 3)
+        return out
+
     def free_media(self) -> None:
         """Release the prompt's media (engine thread, or a request that never reached it)."""
         media, self.media = self.media, None

@@ -417,6 +417,7 @@ class NodeApp:
             logprobs=whole.logprobs,
             tool_calls=whole.tool_calls,
         )
+        out["timings"] = req.timings()
         await send_json(send, 200, out)
         return 200
 
@@ -458,7 +459,9 @@ class NodeApp:
                 calls = piece.tool_calls
                 chunk = reply.chunk(piece.text, logprobs=piece.logprobs, tool_calls=calls)
                 await send({**more, "body": sse_event(chunk)})
-            await send({**more, "body": sse_event(reply.chunk(None, finish))})
+            last = reply.chunk(None, finish)
+            last["timings"] = req.timings()  # as llama-server: on the finishing chunk
+            await send({**more, "body": sse_event(last)})
             if include_usage:
                 await send({**more, "body": sse_event(reply.usage_chunk(self._usage(req)))})
         await send({"type": "http.response.body", "body": SSE_DONE, "more_body": False})

@@ -110,6 +110,12 @@ def test_openai_sdk_screenshot_streamed_and_not(vision_node: str) -> None:
     usage = chunks[-1].usage
     assert usage is not None and usage.prompt_tokens == answer.usage.prompt_tokens
     assert 1 <= usage.completion_tokens <= 8
+    # llama-server's `timings` on the finishing chunk, with the image's own time.
+    finishing = next(c for c in chunks if c.choices and c.choices[0].finish_reason)
+    timings = (finishing.model_extra or {})["timings"]
+    assert timings["images_n"] == 1 and 0 < timings["images_ms"] <= timings["prompt_ms"]
+    assert timings["predicted_n"] == usage.completion_tokens
+    assert timings["prompt_n"] + timings["cache_n"] == usage.prompt_tokens
 
 
 def test_images_and_text_mixed_at_concurrency_4(vision_node: str) -> None:
@@ -149,6 +155,10 @@ def test_text_before_the_first_image_is_reused(vision_node: str) -> None:
         r = httpx.post(vision_node + CHAT, json=body, timeout=300)
         assert r.status_code == 200, r.text
         usages.append(r.json()["usage"])
+        timings = r.json()["timings"]
+        assert timings["cache_n"] == usages[-1].get("prompt_tokens_details", {}).get(
+            "cached_tokens", 0)
+        assert timings["images_n"] == 1 and timings["images_ms"] > 0
     assert usages[1]["prompt_tokens_details"]["cached_tokens"] >= 150
     assert usages[1]["prompt_tokens_details"]["cached_tokens"] < usages[1]["prompt_tokens"] - 64
 
