@@ -127,6 +127,7 @@ class Exchange:
                 rec.itl_ms = [_ms(b - a) for a, b in zip(times, times[1:], strict=False)]
             rec.e2e_ms = _ms(end - self.origin)
             _apply_usage(rec, scan.usage, len(times))
+            _apply_timings(rec, scan.timings)
             if self.text_sink is not None and scan.usage is None and scan.texts is not None:
                 self.text_sink[id(rec)] = "".join(scan.texts)
             return None
@@ -139,9 +140,20 @@ class Exchange:
         rec.e2e_ms = _ms(end - self.origin)
         usage = obj.get("usage")
         _apply_usage(rec, usage if isinstance(usage, dict) else None, len(obj["choices"]))
+        timings = obj.get("timings")
+        _apply_timings(rec, timings if isinstance(timings, dict) else None)
         if self.text_sink is not None and not isinstance(usage, dict):
             self.text_sink[id(rec)] = chunk_text(b"".join(self.chunks))
         return None
+
+
+def _apply_timings(rec: RequestRecord, timings: dict[str, Any] | None) -> None:
+    """The request's own image count and time, where the server's `timings` say them."""
+    if timings is None:
+        return
+    n, ms = timings.get("images_n"), timings.get("images_ms")
+    if isinstance(n, int) and n > 0 and isinstance(ms, (int, float)) and ms >= 0:
+        rec.server_images, rec.server_image_ms = n, float(ms)
 
 
 def _apply_usage(rec: RequestRecord, usage: dict[str, Any] | None, chunks: int) -> None:

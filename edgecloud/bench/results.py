@@ -43,6 +43,11 @@ class RequestRecord(BaseModel):
     error: str | None = None  # error kind, e.g. "http_429", "timeout", "connect"
     # Added in schema 1 (optional): where output_tokens came from for this request.
     token_source: Literal["server_usage", "tokenizer", "chunks"] | None = None
+    # Added in schema 1 (optional): the request's images and their time as the server reported
+    # them in its answer's `timings` (`images_n`, `images_ms`: edgecloud's node, also through
+    # the gateway); None where the answer carries none.
+    server_images: int | None = None
+    server_image_ms: float | None = None
 
 
 class LevelSummary(BaseModel):
@@ -103,8 +108,9 @@ class ImageSet(BaseModel):
     mean_bytes: int  # mean encoded (PNG) size, before base64
     format: str = "png"
     # "server_metrics": LevelSummary.image_ms came from the server's image counters;
+    # "server_timings": from the `timings` of each answer (e.g. through a gateway);
     # "none": the server reports no image time, only end-to-end figures exist.
-    image_time_source: Literal["server_metrics", "none"] = "none"
+    image_time_source: Literal["server_metrics", "server_timings", "none"] = "none"
 
 
 class BenchResults(BaseModel):

@@ -20,7 +20,11 @@ from edgecloud.bench.client import RequestSender, Target, make_session
 from edgecloud.bench.errors import TargetError, TokenizerError
 from edgecloud.bench.options import Scenario
 from edgecloud.bench.results import BenchResults, ImageSet, LevelSummary, RequestRecord
-from edgecloud.bench.server_metrics import image_ms_per_image, read_image_counters
+from edgecloud.bench.server_metrics import (
+    image_ms_per_image,
+    images_from_timings,
+    read_image_counters,
+)
 from edgecloud.bench.stats import find_knee, summarize, summarize_level
 
 log = logging.getLogger("edgecloud.bench")
@@ -310,6 +314,7 @@ def _count_tokens(
 def _fill(results: BenchResults, outcomes: list[loadgen.LevelOutcome], s: RunSettings) -> None:
     levels: list[LevelSummary] = []
     records: list[RequestRecord] = []
+    timed = False  # some level's image time came from the answers' timings
     for o in outcomes:
         if not o.records:
             continue
@@ -322,13 +327,19 @@ def _fill(results: BenchResults, outcomes: list[loadgen.LevelOutcome], s: RunSet
         if s.images is not None:
             summary.server_images = o.server_images
             summary.image_ms = round(o.image_ms, 3) if o.image_ms is not None else None
+            if o.image_ms is None:  # no counters to read (e.g. through a gateway): the answers
+                n, ms = images_from_timings(o.records)
+                if n is not None and ms is not None:
+                    summary.server_images, summary.image_ms = n, round(ms, 3)
+                    timed = True
         levels.append(summary)
         records.extend(o.records)
     results.levels = levels
     results.records = records
     if results.images is not None:
         reported = any(lv.image_ms is not None for lv in levels)
-        results.images.image_time_source = "server_metrics" if reported else "none"
+        results.images.image_time_source = (
+            "none" if not reported else "server_timings" if timed else "server_metrics")
     sources = {r.token_source for r in records if r.ok and r.token_source}
     weakest_first: tuple[TokenSource, ...] = ("chunks", "tokenizer", "server_usage")
     for source in weakest_first:

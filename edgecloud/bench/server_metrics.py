@@ -1,16 +1,21 @@
-"""What the server says about image time: the node's image counters on its `/metrics`.
+"""What the server says about image time: the node's image counters on its `/metrics`, or
+the `timings` of each answer.
 
 An edgecloud vision node counts the images it read and the engine time they took (encode and
-the prefill of their embeddings) as Prometheus counters; it puts no per-request image time in
-its answers. The bench reads both counters before and after each level: the difference is the
-server's own mean image time for that level. A server without these counters (llama-server, a
-hosted API, the gateway) gives None, and the results say so.
+the prefill of their embeddings) as Prometheus counters, and puts each request's own in its
+answer (`timings.images_n`, `timings.images_ms`). The bench reads both counters before and after
+each level: the difference is the server's own mean image time for that level. Where there are
+no counters to read (a gateway in front of the node) it sums the answers' timings instead. A
+server with neither (llama-server, a hosted API) gives None, and the results say so.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import httpx
 
+from edgecloud.bench.results import RequestRecord
 from edgecloud.deploy.metrics import NODE_IMAGE_SECONDS, NODE_IMAGES
 
 ImageCounters = tuple[float, float]  # images read, seconds spent on them
@@ -63,3 +68,16 @@ def image_ms_per_image(
     if images <= 0:
         return 0, None
     return images, (after[1] - before[1]) / images * 1000.0
+
+
+def images_from_timings(records: Iterable[RequestRecord]) -> tuple[int | None, float | None]:
+    """Images read and their mean time in ms, from the `timings` the server put in each answer
+    (None, None: no answer said)."""
+    images, ms = 0, 0.0
+    for rec in records:
+        if rec.ok and rec.server_images:
+            images += rec.server_images
+            ms += rec.server_image_ms or 0.0
+    if not images:
+        return None, None
+    return images, ms / images

@@ -1,7 +1,8 @@
 """Cheap reading of an OpenAI server-sent-event stream, as bytes arrive.
 
 Only what the bench needs: when each content-bearing event arrived, the `usage` of the final
-chunk, `[DONE]`, and error events. Events are found by byte search; JSON is parsed only for
+chunk, the `timings` a llama.cpp-style server puts on its finishing chunk, `[DONE]`, and error
+events. Events are found by byte search; JSON is parsed only for
 the rare event that carries `usage` or `error`, never per token.
 """
 
@@ -36,6 +37,7 @@ class StreamScanner:
         "_crlf",
         "token_times",
         "usage",
+        "timings",
         "done",
         "events",
         "error",
@@ -48,6 +50,7 @@ class StreamScanner:
         self._crlf: bool | None = None
         self.token_times: list[float] = []  # arrival time of each content-bearing event
         self.usage: dict[str, Any] | None = None
+        self.timings: dict[str, Any] | None = None  # the server's own (llama-server, edgecloud)
         self.done = False  # saw `data: [DONE]`
         self.events = 0  # data events seen
         self.error: str | None = None  # message of an in-stream error event
@@ -82,7 +85,7 @@ class StreamScanner:
         if payload == b"[DONE]":
             self.done = True
             return
-        if b'"usage"' in payload and b'"usage":null' not in payload:
+        if (b'"usage"' in payload and b'"usage":null' not in payload) or b'"timings"' in payload:
             self._parse_meta(payload)
         elif payload.startswith(b'{"error"') or b'"error":{' in payload:
             self._parse_meta(payload)
@@ -103,6 +106,9 @@ class StreamScanner:
         usage = obj.get("usage")
         if isinstance(usage, dict):
             self.usage = usage
+        timings = obj.get("timings")
+        if isinstance(timings, dict):
+            self.timings = timings
         err = obj.get("error")
         if err:
             self.error = str(err.get("message", err) if isinstance(err, dict) else err)[:200]

@@ -16,6 +16,9 @@ Behaviours (all optional):
   --image-ms M: each image takes M ms, one image at a time (like one engine), and `/metrics`
   publishes the node's image counters (images read, seconds spent), as an edgecloud vision node
   does. Without it there is no `/metrics` (a server that reports no image time).
+- --answer-timings: no `/metrics`, but every answer carries the node's `timings` object with
+  its images and their time (a vision node behind a gateway, whose counters the client cannot
+  read); streams put it on a finishing chunk, as the node does.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class StandIn:
         self.mode = args.mode
         self.usage = not args.no_usage
         self.image_s = args.image_ms / 1000.0
+        self.answer_timings = args.answer_timings
         self.encoder = asyncio.Lock()  # one image at a time
         self.images_read = 0
         self.image_seconds = 0.0
@@ -89,7 +93,7 @@ class StandIn:
                     }
                 ),
             )
-        elif path == "/metrics" and self.image_s:
+        elif path == "/metrics" and self.image_s and not self.answer_timings:
             text = (
                 "# TYPE edgecloud_node_images_total counter\n"
                 f"edgecloud_node_images_total {float(self.images_read)}\n"
@@ -143,8 +147,13 @@ class StandIn:
         prompt = TEXT_TOKENS + IMAGE_TOKENS * images
         usage = replies.usage(prompt, n) if self.usage else None
         reply = Reply(MODEL, chat=chat, reply_id="x", created=0, fingerprint=None)
+        timings = ({"predicted_n": n, "images_n": images, "images_ms": self.image_s * 1000.0}
+                   if self.answer_timings and images else None)
         if not body.get("stream"):
-            await _send(send, 200, orjson.dumps(reply.completion(" tok" * n, "length", usage)))
+            whole = reply.completion(" tok" * n, "length", usage)
+            if timings is not None:
+                whole["timings"] = timings
+            await _send(send, 200, orjson.dumps(whole))
             return
         await send(
             {
@@ -164,8 +173,10 @@ class StandIn:
                  "more_body": True}
             )
         tail = b""
+        if timings is not None:
+            tail += sse_event({**reply.chunk(None, "length"), "timings": timings})
         if usage is not None and (body.get("stream_options") or {}).get("include_usage"):
-            tail = sse_event(reply.usage_chunk(usage))
+            tail += sse_event(reply.usage_chunk(usage))
         await send({"type": "http.response.body", "body": tail + SSE_DONE})
         self.seen_e2e_ms.append((time.perf_counter() - now) * 1000.0)
 
@@ -215,6 +226,8 @@ def main() -> None:
     p.add_argument("--stall-s", type=float, default=0.0)
     p.add_argument("--no-usage", action="store_true", help="never report usage")
     p.add_argument("--image-ms", type=float, default=0.0, help="time per image; adds /metrics")
+    p.add_argument("--answer-timings", action="store_true",
+                   help="image time in each answer's `timings`, no /metrics")
     p.add_argument("--mode", default="ok", choices=["ok", "unauthorized", "html", "hang"])
     args = p.parse_args()
     import uvicorn

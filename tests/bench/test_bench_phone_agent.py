@@ -82,6 +82,24 @@ def test_phone_agent_bench_reports_server_image_time(
 
 
 @pytest.mark.slow
+def test_phone_agent_bench_reads_image_time_from_the_answers_timings(
+    standin: Callable[..., str], tmp_path: Path
+) -> None:
+    """No counters to read (a vision node behind a gateway): each answer's `timings` say it."""
+    base = standin("--tokens", "16", "--image-ms", "30", "--answer-timings")
+    for stream in ("", "--no-stream"):
+        extra = (stream,) if stream else ()
+        res = _bench(base, tmp_path / f"shots{stream}.json", "--concurrency", "1", *extra)
+        assert res.complete, res.note
+        assert res.images is not None and res.images.image_time_source == "server_timings"
+        (lv,) = res.levels
+        assert lv.server_images == lv.ok == 4
+        assert lv.image_ms == pytest.approx(30.0)
+        assert all(r.server_images == 1 and r.server_image_ms == pytest.approx(30.0)
+                   for r in res.records if r.ok)
+
+
+@pytest.mark.slow
 def test_phone_agent_bench_says_when_the_server_reports_no_image_time(
     standin: Callable[..., str], tmp_path: Path
 ) -> None:
@@ -114,5 +132,7 @@ def test_phone_agent_bench_against_the_real_vision_node(
     assert lv.ok == 2 and lv.server_images == 2
     assert lv.image_ms is not None and lv.image_ms > 0
     ok = [r for r in res.records if r.ok]
+    # Each answer says its own image time too (the node's `timings`).
+    assert all(r.server_images == 1 and (r.server_image_ms or 0) > 0 for r in ok)
     # The tiny projector turns an image into 64 tokens, counted in the prompt.
     assert all(r.prompt_tokens > 64 and 0 < r.output_tokens <= 16 for r in ok)
