@@ -84,7 +84,7 @@ class DeviceEvent(BaseModel):
     at: float = 0.0
     # Numbered per device from 1 within its `event_stream`, so a report resent because its
     # answer was lost does not store its events twice; 0: not numbered (stored as sent).
-    seq: int = Field(default=0, ge=0)
+    seq: int = Field(default=0, ge=0, le=2**53)  # JSON-safe in every client
 
 
 class DeviceMetrics(BaseModel):
