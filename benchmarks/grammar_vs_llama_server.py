@@ -8,7 +8,7 @@ max_tokens=64, temperature 0, at concurrency 1 and 4; then the same prompts with
     .venv/bin/python benchmarks/grammar_vs_llama_server.py [--llama-server PATH] [--rounds 3]
 
 llama-server is the one built from the llama.cpp sources vendored in the llama-cpp-python sdist
-the node uses, cached under ~/.cache/edgecloud/llama-server/<version>/bin/llama-server (see
+the node uses, built the node's way and cached under ~/.cache/edgecloud/llama-server/ (see
 benchmarks/llama_server_build.py; LLAMA_SERVER_CACHE overrides the root).
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.metadata
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.llama_server_build import binary_path  # noqa: E402
 from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port  # noqa: E402
 
 SCHEMA: dict[str, Any] = {
@@ -47,8 +47,7 @@ MAX_TOKENS = 64
 
 
 def default_llama_server() -> Path:
-    root = Path(os.environ.get("LLAMA_SERVER_CACHE", Path.home() / ".cache/edgecloud/llama-server"))
-    return root / importlib.metadata.version("llama-cpp-python") / "bin" / "llama-server"
+    return binary_path(importlib.metadata.version("llama-cpp-python"))
 
 
 def body(prompt: str, server: str, constrained: bool) -> dict[str, Any]:

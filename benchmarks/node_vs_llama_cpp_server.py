@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import aiohttp
@@ -25,10 +26,19 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER_VENV = ROOT / ".venv-peer"
-WHEELS = Path(os.environ.get("WHEEL_CACHE", Path.home() / ".cache/edgecloud/wheels"))
+WHEEL_CACHE = Path(os.environ.get("WHEEL_CACHE", Path.home() / ".cache/edgecloud/wheels"))
 sys.path.insert(0, str(ROOT))
+# The node's wheel is portable (edgecloud/node/llama_build.py): ggml's CPU kernels load from
+# llama_cpp/lib at run time, which llama_cpp.server does not do by itself. The peer gets the
+# same kernels the node runs, registered the way the node registers them.
+PEER_BOOT = (
+    "import runpy, llama_cpp, llama_cpp._ggml as g; from pathlib import Path; "
+    "g.libggml.ggml_backend_load_all_from_path(str(Path(llama_cpp.__file__).parent / 'lib')"
+    ".encode()); runpy.run_module('llama_cpp.server', run_name='__main__')"
+)
 
 from benchmarks.interleave import measure_interleaved, print_ratios, servers_up  # noqa: E402
+from edgecloud.node import llama_build  # noqa: E402
 from edgecloud.supervise import edgecloud_command, free_port  # noqa: E402
 
 
@@ -44,7 +54,7 @@ def ensure_peer_venv() -> Path:
                 "install",
                 "-q",
                 "--find-links",
-                str(WHEELS),
+                str(llama_build.wheel_dir(WHEEL_CACHE, version("llama-cpp-python"))),
                 "-r",
                 str(ROOT / "benchmarks" / "requirements-peer.lock"),
             ],
@@ -136,8 +146,8 @@ def main() -> None:
     peer_port, ours_port = free_port(), free_port()
     peer_cmd = [
         str(peer_python),
-        "-m",
-        "llama_cpp.server",
+        "-c",
+        PEER_BOOT,
         "--model",
         model,
         "--host",

@@ -112,6 +112,7 @@ def serve(
     serve_forever(app, cfg.host, cfg.port, limits=cfg, drain_timeout_s=cfg.drain_timeout_s,
                   on_drain=app.begin_drain)
     if app.fatal_error:
+        typer.secho(f"error: {app.fatal_error}", err=True, fg="red")
         raise typer.Exit(1)
 
 

@@ -22,6 +22,7 @@ import llama_cpp as ll
 
 from edgecloud.node.backend import PENALTY_LAST_N, MediaEvaluator, MediaItem, SamplingParams
 from edgecloud.node.constrained import GrammarSampler, grammar_compiles, logits_at
+from edgecloud.node.kernels import load_cpu_variants
 from edgecloud.node.logprobs import TokenLogprob, token_logprob
 
 _backend_lock = threading.Lock()
@@ -36,6 +37,9 @@ def _init_backend() -> None:
     global _backend_ready
     with _backend_lock:
         if not _backend_ready:
+            # First: a portable build registers its CPU kernels from llama_cpp/lib, so that
+            # llama_backend_init does not go looking for them in the working directory.
+            load_cpu_variants()
             ll.llama_backend_init()
             _quiet_llama_logs()
             _backend_ready = True

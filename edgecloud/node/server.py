@@ -136,6 +136,14 @@ class NodeApp:
         try:
             await self.service.ensure_loaded()
         except APIError as exc:
+            if self.service.kernel_error is not None:
+                # llama.cpp cannot compute on this CPU: no model would serve, so exit non-zero
+                # now instead of dying on a user's first request.
+                log_event(log, "kernel_check_failed", logging.ERROR,
+                          error=str(self.service.kernel_error))
+                self.fatal_error = str(self.service.kernel_error)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
             # A bad model file: stay up and say so on /readyz (503) until an admin swap.
             log_event(log, "model_load_failed", logging.ERROR, error=exc.message)
         except Exception as exc:  # noqa: BLE001 - a bug must stop the node, not leave it unready

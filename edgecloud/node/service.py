@@ -20,6 +20,7 @@ from edgecloud.node.backend import SamplingParams
 from edgecloud.node.config import NodeConfig
 from edgecloud.node.engine import BatchEngine, GenerationRequest
 from edgecloud.node.errors import ModelLoadFailed, ModelPathNotAllowed, SwapInProgress
+from edgecloud.node.kernels import KernelCheckFailed, prove_kernels
 from edgecloud.node.metrics import NodeMetrics
 from edgecloud.node.model import (
     MAX_PIECE_BYTES,
@@ -105,10 +106,14 @@ class NodeService:
         config: NodeConfig,
         metrics: NodeMetrics,
         open_model: Callable[..., LoadedModel] = LoadedModel,
+        prove: Callable[[str], str | None] | None = prove_kernels,
     ) -> None:
         self.config = config
         self.metrics = metrics
         self._open_model = open_model  # the tests pass a scripted stand-in
+        self._prove = prove  # llama.cpp's kernels on a model file, in a child (kernels.py)
+        self.cpu_variant: str | None = None
+        self.kernel_error: KernelCheckFailed | None = None
         self.current: Loaded | None = None
         self.state = ModelState.EMPTY
         self.load_error: str | None = None
@@ -130,10 +135,19 @@ class NodeService:
         return [self.config.name, *self.config.aliases]
 
     async def ensure_loaded(self) -> Loaded:
-        """Load and warm the configured model once; concurrent callers wait for the same load."""
+        """Load and warm the configured model once; concurrent callers wait for the same load.
+
+        When llama.cpp cannot compute on this CPU, `kernel_error` is set and every call raises
+        a 503 that says why (the preload treats that as fatal).
+        """
         if self.current is not None:
             return self.current
-        return await asyncio.shield(self._start(self._first_load()))
+        if self.kernel_error is None:
+            try:
+                return await asyncio.shield(self._start(self._first_load()))
+            except KernelCheckFailed:
+                pass
+        raise NotReady(f"The model cannot run on this CPU: {self.kernel_error}")
 
     async def swap(
         self, path: str, version: str | None, mmproj: str | None | _Keep = KEEP_PROJECTOR
@@ -208,6 +222,11 @@ class NodeService:
                 self._set_state(ModelState.FAILED)
                 self.load_error = str(exc)
                 raise NotReady(f"The model could not be loaded: {exc}") from None
+            except KernelCheckFailed as exc:
+                self._set_state(ModelState.FAILED)
+                self.load_error = str(exc)
+                self.kernel_error = exc
+                raise
             return await self._install(new)
 
     async def _swap(self, path: str, version: str | None, mmproj: str | None) -> Loaded:
@@ -219,7 +238,7 @@ class NodeService:
             digest = asyncio.ensure_future(asyncio.to_thread(file_sha256, path))
             try:
                 new = await self._load(path, version, mmproj)
-            except ModelLoadError as exc:
+            except (ModelLoadError, KernelCheckFailed) as exc:
                 self._set_state(before)
                 self.metrics.swaps.labels(result="failed").inc()
                 digest.add_done_callback(lambda f: f.exception())
@@ -264,7 +283,14 @@ class NodeService:
             raise NotReady("The node is shutting down.")
 
     async def _load(self, path: str, version: str | None, mmproj: str | None = None) -> Loaded:
+        """Load a model (after proving the CPU kernels on it) and its projector, then warm up.
+
+        Raises `KernelCheckFailed` when llama.cpp's kernels crash on this model here: loading it
+        in this process would kill the node.
+        """
         cfg = self.config
+        if self._prove is not None and os.path.isfile(path):
+            self.cpu_variant = await asyncio.to_thread(self._prove, path)
         t0 = time.perf_counter()
         model = await asyncio.to_thread(
             self._open_model,
@@ -309,6 +335,7 @@ class NodeService:
             slots=cfg.parallel,
             chat_template="gguf" if not template.is_plain else "plain",
             mmproj=mmproj,
+            cpu_variant=self.cpu_variant,
         )
         return loaded
 

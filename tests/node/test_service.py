@@ -40,7 +40,7 @@ def models(tmp_path: Path) -> Path:
 
 def service(models: Path, **settings: object) -> NodeService:
     config = NodeConfig(model=str(models / "a.gguf"), warmup=False, parallel=2, **settings)
-    return NodeService(config, NodeMetrics(), open_model=ScriptedModel)
+    return NodeService(config, NodeMetrics(), open_model=ScriptedModel, prove=None)
 
 
 def test_a_preload_racing_a_swap_installs_both_in_turn_and_frees_the_first(models: Path) -> None:
