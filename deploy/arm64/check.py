@@ -60,6 +60,9 @@ WHEEL_PLATFORMS = tuple(
 # llama-cpp-python's own runtime dependencies (its wheel brings them; here its package is copied).
 LLAMA_CPP_DEPS = ("diskcache", "typing-extensions", "numpy", "jinja2")
 QEMU = "qemu-aarch64-static"
+# The emulated CPU: a Cortex-A76 is a Raspberry Pi 5's (armv8.2-a, dotprod, fp16), the kind of
+# edge box this is for; ggml then runs its armv8.2_2 variant. `--cpu max` emulates SVE2 and I8MM.
+DEFAULT_CPU = "cortex-a76"
 MODEL_NAME = "gemma-3-270m"
 
 
@@ -79,6 +82,7 @@ class Step:
 @dataclass
 class Paths:
     cache: Path
+    cpu: str = DEFAULT_CPU
 
     @property
     def build(self) -> Path:
@@ -102,7 +106,8 @@ class Paths:
 
     @property
     def home(self) -> Path:
-        return self.cache / "home"
+        # One per emulated CPU: the kernel check's "passed" marks must not cross CPU models.
+        return self.cache / f"home-{self.cpu}"
 
 
 # -- steps that build ---------------------------------------------------------------------------
@@ -215,14 +220,11 @@ def make_venv(paths: Paths, package: Path) -> dict[str, Any]:
     # llama_cpp and edgecloud are fresh every run (seconds): the check runs this tree's code.
     shutil.rmtree(paths.site / "llama_cpp", ignore_errors=True)
     shutil.copytree(package, paths.site / "llama_cpp")
-    for old in [paths.site / "edgecloud", *paths.site.glob("edgecloud-*.dist-info")]:
-        shutil.rmtree(old, ignore_errors=True)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--target", str(paths.site), str(REPO)],
-        check=True,
-    )  # fmt: skip
-    shutil.rmtree(paths.site / "bin", ignore_errors=True)
+    # edgecloud is pure Python and nothing reads its installed metadata: its package is copied.
+    shutil.rmtree(paths.site / "edgecloud", ignore_errors=True)
+    shutil.copytree(
+        REPO / "edgecloud", paths.site / "edgecloud", ignore=shutil.ignore_patterns("__pycache__")
+    )
     probe = emulated(
         paths, "-c", "import platform, llama_cpp, edgecloud; print(platform.machine())"
     )
@@ -234,14 +236,21 @@ def make_venv(paths: Paths, package: Path) -> dict[str, Any]:
 def emulated_env(paths: Paths) -> dict[str, str]:
     """Environment of the arm64 processes: their own HOME (model and check caches) in the cache."""
     paths.home.mkdir(parents=True, exist_ok=True)
-    return {**os.environ, "HOME": str(paths.home), "PYTHONDONTWRITEBYTECODE": "1"}
+    return {
+        **os.environ,
+        "HOME": str(paths.home),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "QEMU_CPU": paths.cpu,  # qemu-user reads it: the CPU every arm64 process emulates
+    }
 
 
-def emulated(paths: Paths, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+def emulated(
+    paths: Paths, *args: str, env: dict[str, str] | None = None, timeout: float = 1800
+) -> subprocess.CompletedProcess[str]:
     """Run the arm64 venv's python with `args`; raise StepFailed if it exits non-zero."""
     done = subprocess.run(
         [str(paths.python), *args],
-        env=emulated_env(paths),
+        env={**emulated_env(paths), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -254,7 +263,7 @@ def emulated(paths: Paths, *args: str, timeout: float = 1800) -> subprocess.Comp
 
 # -- steps that run -----------------------------------------------------------------------------
 def kernels(paths: Paths) -> dict[str, Any]:
-    out = emulated(paths, "-m", "edgecloud.node.kernels")
+    out = emulated(paths, "-m", "edgecloud.node.kernels", env={"EDGECLOUD_KERNEL_CHECK": "always"})
     return {"output": (out.stdout + out.stderr).strip().splitlines()[-3:]}
 
 
@@ -438,7 +447,7 @@ def run(paths: Paths, jobs: int, ready_timeout: float, logs: Path) -> list[Step]
     return list(steps.values())
 
 
-def host_facts() -> dict[str, Any]:
+def host_facts(paths: Paths) -> dict[str, Any]:
     qemu = subprocess.run([QEMU, "--version"], capture_output=True, text=True).stdout
     gcc = subprocess.run(["aarch64-linux-gnu-gcc", "--version"], capture_output=True, text=True)
     return {
@@ -446,7 +455,7 @@ def host_facts() -> dict[str, Any]:
         "host_cpus": os.cpu_count(),
         "qemu": qemu.splitlines()[0] if qemu else None,
         "cross_gcc": gcc.stdout.splitlines()[0] if gcc.stdout else None,
-        "qemu_cpu": os.environ.get("QEMU_CPU", "max (qemu's default)"),
+        "qemu_cpu": paths.cpu,
         "binfmt_misc": binfmt_registered(),
     }
 
@@ -455,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache/edgecloud/arm64")
     parser.add_argument("--out", type=Path, default=REPO / "out" / "arm64-check.json")
+    parser.add_argument("--cpu", default=DEFAULT_CPU, help="qemu's arm64 CPU model (-cpu help)")
     parser.add_argument("--jobs", type=int, default=2, help="parallel compiles (at nice 19)")
     parser.add_argument("--ready-timeout", type=float, default=1200.0, help="serve: seconds")
     args = parser.parse_args(argv)
@@ -464,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"missing: {', '.join(missing)} (apt-get install qemu-user-static debootstrap "
               "gcc-aarch64-linux-gnu g++-aarch64-linux-gnu cmake)", file=sys.stderr)  # fmt: skip
         return 2
-    paths = Paths(args.cache)
+    paths = Paths(args.cache, args.cpu)
     logs = args.out.parent / "arm64-logs"
     logs.mkdir(parents=True, exist_ok=True)
     started = datetime.now(UTC)
@@ -475,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": started.isoformat(timespec="seconds"),
         "total_s": round(time.monotonic() - t0, 1),
         "ok": all(s.ok for s in steps),
-        **host_facts(),
+        **host_facts(paths),
         "steps": [asdict(s) for s in steps],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
