@@ -3,7 +3,8 @@
 #   docker build -f deploy/docker/node.Dockerfile --build-arg EMBED_MODEL=0 -t edgecloud/node:0.1.0-bare .
 # For x86-64 and arm64 in one multi-arch image (the arm64 half is compiled under QEMU unless the
 # builder has an arm64 node; expect an hour or more for it):
-#   docker buildx create --use --name edgecloud-multi   # once; needs binfmt (tonistiigi/binfmt)
+#   docker run --privileged --rm tonistiigi/binfmt --install arm64   # once: QEMU for arm64
+#   docker buildx create --use --name edgecloud-multi                # once
 #   docker buildx build --platform linux/amd64,linux/arm64 -f deploy/docker/node.Dockerfile \
 #     -t REGISTRY/edgecloud/node:0.1.0 --push .
 # llama-cpp-python is built by the project's recipe (edgecloud/node/llama_build.py): portable, CPU
