@@ -154,8 +154,13 @@ def is_arm64(machine: str | None = None) -> bool:
 
 
 def dropped_variants(machine: str | None = None) -> tuple[str, ...]:
-    """Marks of the ARM variants the compiler cannot build (SME before GCC 14): left out."""
-    if not is_arm64(machine) or compiler_has_sme(c_compiler(machine)):
+    """Marks of the Linux ARM variants the compiler cannot build (SME before GCC 14): left out.
+
+    Only for Linux targets: macOS and Android have variant lists of their own.
+    """
+    native = machine is None or machine == platform.machine()
+    other_os = native and (platform.system() != "Linux" or hasattr(sys, "getandroidapilevel"))
+    if not is_arm64(machine) or other_os or compiler_has_sme(c_compiler(machine)):
         return ()
     return SME_VARIANT_MARKS
 
