@@ -297,16 +297,50 @@ class Node:
         return dict(httpx.get(f"{self.url}/admin/model", headers=auth, timeout=120).json())
 
 
-def completion(node: Node) -> dict[str, Any]:
-    body = {"model": MODEL_NAME, "prompt": "The capital of France is", "max_tokens": 8}
-    r = httpx.post(f"{node.url}/v1/completions", json=body, timeout=600)
+# Greedy, so the arm64 answer can be set beside this machine's own node's.
+COMPLETION = {
+    "model": MODEL_NAME,
+    "prompt": "The capital of France is",
+    "max_tokens": 8,
+    "temperature": 0,
+}
+
+
+def complete(url: str) -> dict[str, Any]:
+    r = httpx.post(f"{url}/v1/completions", json=COMPLETION, timeout=600)
     if r.status_code != 200:
         raise StepFailed(f"completion: HTTP {r.status_code} {r.text[:300]}")
-    answer = r.json()
+    return dict(r.json())
+
+
+def x86_answer(logs: Path) -> str:
+    """The same greedy completion from `edgecloud serve` on this machine (x86, native)."""
+    from edgecloud.supervise import edgecloud_command
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    node = ManagedProcess(
+        edgecloud_command("serve", "--host", "127.0.0.1", "--port", str(port), "--ctx", "512"),
+        f"{url}/readyz",
+        log_path=str(logs / "x86-node.log"),
+        name="x86-node",
+    )
+    try:
+        node.start()
+        node.wait_ready(300)
+        return str(complete(url)["choices"][0]["text"])
+    finally:
+        node.stop()
+
+
+def completion(node: Node, logs: Path) -> dict[str, Any]:
+    answer = complete(node.url)
     text = answer["choices"][0]["text"]
     if not text.strip() or answer["usage"]["completion_tokens"] < 1:
         raise StepFailed(f"completion came back empty: {answer}")
-    return {"text": text, "usage": answer["usage"]}
+    # Reported, not judged: other kernels may round differently, and greedy decoding can part.
+    x86 = x86_answer(logs)
+    return {"text": text, "x86_text": x86, "same_as_x86": text == x86, "usage": answer["usage"]}
 
 
 def chat_stream(node: Node) -> dict[str, Any]:
@@ -314,6 +348,7 @@ def chat_stream(node: Node) -> dict[str, Any]:
         "model": MODEL_NAME,
         "messages": [{"role": "user", "content": "Name one colour."}],
         "max_tokens": 8,
+        "temperature": 0,
         "stream": True,
     }
     pieces: list[str] = []
@@ -438,7 +473,7 @@ def run(paths: Paths, jobs: int, ready_timeout: float, logs: Path) -> list[Step]
     node = Node(paths, logs / "arm64-node.log")
     try:
         if timed(steps["serve"], lambda: node.start(ready_timeout)):
-            timed(steps["completion"], lambda: completion(node))
+            timed(steps["completion"], lambda: completion(node, logs))
             timed(steps["chat-stream"], lambda: chat_stream(node))
             timed(steps["metrics"], lambda: metrics(node))
             timed(steps["agent"], lambda: agent_stage(paths, node, logs))
