@@ -213,6 +213,8 @@ class NodeService:
         async with self._transition:
             if self.current is not None:  # loaded (or swapped in) while this one waited
                 return self.current
+            if self.kernel_error is not None:  # failed while this one waited: not again
+                raise self.kernel_error
             self._refuse_if_stopped()
             self._set_state(ModelState.LOADING)
             path = self.config.model or str(await asyncio.to_thread(embedded_model_path))
