@@ -32,9 +32,10 @@ sys.path.insert(0, str(ROOT))
 # llama_cpp/lib at run time, which llama_cpp.server does not do by itself. The peer gets the
 # same kernels the node runs, registered the way the node registers them.
 PEER_BOOT = (
-    "import runpy, llama_cpp, llama_cpp._ggml as g; from pathlib import Path; "
-    "g.libggml.ggml_backend_load_all_from_path(str(Path(llama_cpp.__file__).parent / 'lib')"
-    ".encode()); runpy.run_module('llama_cpp.server', run_name='__main__')"
+    "import ctypes, runpy, llama_cpp; from pathlib import Path; "
+    "lib = Path(llama_cpp.__file__).parent / 'lib'; "
+    "ctypes.CDLL(str(lib / 'libggml.so.0')).ggml_backend_load_all_from_path(str(lib).encode()); "
+    "runpy.run_module('llama_cpp.server', run_name='__main__')"
 )
 
 from benchmarks.interleave import measure_interleaved, print_ratios, servers_up  # noqa: E402

@@ -34,10 +34,10 @@ NATIVE_VENV = ROOT / ".venv-native"
 DECODE = r"""
 import ctypes, json, os, sys, time
 from pathlib import Path
-import llama_cpp as ll, llama_cpp._ggml as g
+import llama_cpp as ll
 lib = Path(ll.__file__).parent / "lib"
-if list(lib.glob("libggml-cpu-*.so")):
-    g.libggml.ggml_backend_load_all_from_path(str(lib).encode())
+if list(lib.glob("libggml-cpu-*.so")):  # as edgecloud.node.kernels.load_cpu_variants does
+    ctypes.CDLL(str(lib / "libggml.so.0")).ggml_backend_load_all_from_path(str(lib).encode())
 ll.llama_backend_init()
 model_path, n_tokens, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 model = ll.llama_model_load_from_file(model_path.encode(), ll.llama_model_default_params())
