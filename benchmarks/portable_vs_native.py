@@ -44,7 +44,7 @@ model = ll.llama_model_load_from_file(model_path.encode(), ll.llama_model_defaul
 vocab = ll.llama_model_get_vocab(model)
 n_vocab = ll.llama_vocab_n_tokens(vocab)
 variant = next((l.rsplit("/", 1)[-1] for l in open("/proc/self/maps")
-                if "libggml-cpu" in l), "built in")
+                if "libggml-cpu" in l), "built in").strip()
 out = {"variant": variant}
 for n_seq in (1, 4):
     cp = ll.llama_context_default_params()
