@@ -6,11 +6,12 @@ cloud with `[EMAIL_1]` in its place, and every streamed chunk of the answer hold
 (the stand-in streams `--content "[EMAIL_1] "`: the worst case, each event parsed, restored and
 written again); public requests get the same chunks untouched.
 
-1. 100 concurrent streams of 64 chunks 20 ms apart (gateway_streams.py's measure), alternating
-   public and private rounds: TTFT and chunk delay. Targets: TTFT p50 and chunk delay p99 at
-   most 1 ms above the public stream.
-2. Small non-streamed requests, 8 at a time: the gateway process's CPU time per request
-   (from /proc). Target: a private request at most 1.3x a public one.
+1. 100 concurrent streams of 64 chunks 20 ms apart (gateway_streams.py's measure), public and
+   private runs in an order that swaps every round: TTFT and chunk delay. Targets: TTFT p50
+   and chunk delay p99 at most 1 ms above the public stream.
+2. Small non-streamed requests, 8 at a time, public-private-private-public: the gateway
+   process's CPU time per request (from /proc), the lower of each side's two. Target: a
+   private request at most 1.3x a public one.
 
     python benchmarks/gateway_pseudonymize.py [--streams 100] [--rounds 2] [--requests 3000]
                                               [--content "tok "]  (chunks without a surrogate)
@@ -45,6 +46,13 @@ def body(text: str, stream: bool) -> bytes:
                        "max_tokens": CHUNKS if stream else 16, "messages": [
                            {"role": "system", "content": "You are a helpful assistant."},
                            {"role": "user", "content": text}]}).encode()
+
+
+def alternating(rounds: int) -> list[tuple[str, str]]:
+    """Public and private runs, the order swapped every round (public first, then private
+    first, ...), so neither side always runs on a warmer or a quieter machine."""
+    pair = [("public", PUBLIC), ("private", PRIVATE)]
+    return [run for r in range(rounds) for run in (pair if r % 2 == 0 else pair[::-1])]
 
 
 def start_gateway(tmp: Path, upstream: str) -> tuple[ManagedProcess, str]:
@@ -118,15 +126,13 @@ def main() -> None:
         assert gw.proc is not None
         print(f"{'request':<8} {'streams':>7} {'ok':>5} {'TTFT p50':>9} {'TTFT p99':>9} "
               f"{'delay p50':>9} {'delay p99':>9}   (ms)")
-        for _ in range(args.rounds):
-            for name, text in (("public", PUBLIC), ("private", PRIVATE)):
-                r = asyncio.run(run(url, args.streams, False, body(text, True)))
-                out[name].append(r)
-                print(f"{name:<8} {args.streams:>7} {r['ok']:>5.0f} {r['ttft_p50_ms']:>9.2f} "
-                      f"{r['ttft_p99_ms']:>9.2f} {r['chunk_delay_p50_ms']:>9.2f} "
-                      f"{r['chunk_delay_p99_ms']:>9.2f}", flush=True)
-        for name, text in (("public", PUBLIC), ("private", PRIVATE), ("public", PUBLIC),
-                           ("private", PRIVATE)):
+        for name, text in alternating(args.rounds):
+            r = asyncio.run(run(url, args.streams, False, body(text, True)))
+            out[name].append(r)
+            print(f"{name:<8} {args.streams:>7} {r['ok']:>5.0f} {r['ttft_p50_ms']:>9.2f} "
+                  f"{r['ttft_p99_ms']:>9.2f} {r['chunk_delay_p50_ms']:>9.2f} "
+                  f"{r['chunk_delay_p99_ms']:>9.2f}", flush=True)
+        for name, text in alternating(2):
             us, reasons = asyncio.run(cpu_per_request(url, gw.proc.pid, body(text, False),
                                                       args.requests))
             cpu[name] = min(cpu.get(name, us), us)
