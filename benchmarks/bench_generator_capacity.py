@@ -1,9 +1,10 @@
 """How hard can `edgecloud bench` push? Side by side with wrk against one fast stand-in.
 
-Runs, in one go: a fast OpenAI stand-in (uvicorn + uvloop + httptools, tests/bench/
-standin_openai.py); wrk (1 thread) with the same chat body and connections; `edgecloud bench`
-closed loop with the same connections; then `edgecloud bench` open loop at 1,000 req/s, where
-every send should leave within 1 ms of its schedule. Prints the figures and the ratio.
+Runs, in one go: a fast OpenAI stand-in (uvicorn + uvloop + httptools,
+edgecloud/testing/standin_openai.py); wrk (1 thread) with the same chat body and connections;
+`edgecloud bench` closed loop with the same connections; then `edgecloud bench` open loop at
+1,000 req/s, where every send should leave within 1 ms of its schedule. Prints the figures
+and the ratio.
 
     python benchmarks/bench_generator_capacity.py [--connections 16] [--seconds 10]
 
@@ -130,7 +131,8 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     env = {"PYTHONPATH": str(REPO)}
     standin = ManagedProcess(
-        [sys.executable, "-m", "tests.bench.standin_openai", "--port", str(port), "--tokens", "4"],
+        [sys.executable, "-m", "edgecloud.testing.standin_openai", "--port", str(port),
+         "--tokens", "4"],
         f"{url}/healthz",
         env=env,
         name="standin",

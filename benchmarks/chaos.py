@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.chaoslib.campaign import (  # noqa: E402
+from edgecloud.testing.chaos.campaign import (  # noqa: E402
     Skip,
     all_faults,
     render,
@@ -34,7 +34,7 @@ from benchmarks.chaoslib.campaign import (  # noqa: E402
     run_fault,
     soak,
 )
-from benchmarks.chaoslib.stack import ChaosStack, StackConfig  # noqa: E402
+from edgecloud.testing.chaos.stack import ChaosStack, StackConfig  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@ and requests), in one run, with wrk. Targets: >= 0.95x the req/s (concurrency 16
 
     python benchmarks/gateway_confidential.py [--seconds 8] [--json out.json]
 
-The remote parties are the test stand-ins: the attestation service (tests/gateway/
+The remote parties are stand-ins: the attestation service (edgecloud/testing/
 standin_attestation.py) and, here, the benchmarks' fast upstream served over TLS with a
 self-signed key and an evidence route. Needs wrk (apt-get install -y wrk).
 """
@@ -27,8 +27,6 @@ from benchmarks.gateway_overhead import SMALL  # noqa: E402
 from benchmarks.gateway_peers import ROOT, Peers, wrk  # noqa: E402
 from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port  # noqa: E402
 
-VERIFIER = ROOT / "tests" / "gateway" / "standin_attestation.py"
-
 
 def serve_upstream(port: int, key_file: Path, verifier: str) -> None:
     """The fast upstream over TLS, plus GET /attestation?nonce=HEX (a token from the verifier
@@ -40,7 +38,7 @@ def serve_upstream(port: int, key_file: Path, verifier: str) -> None:
     import uvicorn
 
     from benchmarks import gateway_upstream as fast
-    from tests.gateway.tlskeys import ensure_key, key_sha256, write_self_signed
+    from edgecloud.testing.tlskeys import ensure_key, key_sha256, write_self_signed
 
     bound = key_sha256(ensure_key(key_file))
     cert = key_file.with_suffix(".crt")
@@ -90,7 +88,8 @@ def main() -> None:
         tmp = Path(tmp_s)
         vport, uport = free_port(), free_port()
         verifier = f"http://127.0.0.1:{vport}"
-        p._run([sys.executable, str(VERIFIER), "--port", str(vport)], verifier + "/healthz",
+        p._run([sys.executable, "-m", "edgecloud.testing.standin_attestation", "--port",
+                str(vport)], verifier + "/healthz",
                "verifier")
         up_proc = ManagedProcess(
             [sys.executable, __file__, "--serve-upstream", str(uport), str(tmp / "up.key"),
@@ -104,7 +103,7 @@ def main() -> None:
                 "capabilities": ["text"], "max_concurrency": 64}
         plain = _gateway(p, tmp, "gateway-plain", {"name": "cloud", **base},
                          "--insecure-upstream-tls")
-        from tests.gateway.standin_attestation import GOOD_CLAIMS, ISSUER
+        from edgecloud.testing.standin_attestation import GOOD_CLAIMS, ISSUER
 
         attested = _gateway(p, tmp, "gateway-attested", {"name": "cloud-cc", **base,
                             "confidential": {

@@ -1,6 +1,9 @@
-"""The one list of metrics that the dashboard, the alert rules and the autoscalers query.
+"""The one list of metrics that the dashboard, the alert rules, the autoscalers and the bench
+query.
 
-Every PromQL expression this package renders takes its metric names from here, and a test
+It sits below every package that reads metrics (`deploy` renders PromQL from it, `bench` reads
+the node's image counters by these names) and imports none of them. Every PromQL expression
+deploy renders takes its metric names from here, and a test
 checks each name against the live `/metrics` of the real node, gateway and fleet server, so a
 renamed metric breaks a test instead of silently blanking a panel or muting an alert.
 """

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import httpx
 import psutil
 
-from benchmarks.chaoslib.stack import ADMIN_TOKEN, ChaosStack
-from benchmarks.chaoslib.traffic import EDGE, FORBIDDEN_AT, Outcome
+from edgecloud.testing.chaos.stack import ADMIN_TOKEN, ChaosStack
+from edgecloud.testing.chaos.traffic import EDGE, FORBIDDEN_AT, Outcome
 
 
 def leaks(stack: ChaosStack, sent: Iterable[Outcome]) -> list[str]:
