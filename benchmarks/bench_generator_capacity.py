@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from edgecloud.bench.results import BenchResults  # noqa: E402
 from edgecloud.supervise import ManagedProcess, free_port  # noqa: E402
+from edgecloud.testing.figures import write_result  # noqa: E402
 
 BODY = {
     "model": "standin-model",
@@ -182,6 +183,20 @@ def main() -> None:
             f"  for comparison ({name}), a bare uvloop loop sleeping to the same schedule: p50 "
             f"{floor[len(floor) // 2]:.3f} ms, p99 {floor[int(0.99 * (len(floor) - 1))]:.3f} ms"
         )
+    floors = sorted(floor_before + floor_after)
+    summary = {
+        "bench_rps": c.requests_per_s,
+        "wrk_rps": wrk,
+        "bench_cpu_pct": cpu,
+        "rate": a.rate,
+        "lag_p99_ms": p99,
+        "floor_p99_ms": floors[int(0.99 * (len(floors) - 1))] if floors else None,
+    }
+    samples = {
+        "open_loop_send_lag_ms": [round(x, 4) for x in lags],
+        "bare_loop_lag_ms": [round(x, 4) for x in floors],
+    }
+    write_result("bench_generator_capacity", summary=summary, samples=samples, params=vars(a))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@ as a plain cloud endpoint and once as an attested confidential endpoint (the sam
 and requests), in one run, with wrk. Targets: >= 0.95x the req/s (concurrency 16) and at most
 +0.1 ms added p50 (concurrency 1); attestation is off the request path except on expiry.
 
-    python benchmarks/gateway_confidential.py [--seconds 8] [--json out.json]
+    python benchmarks/gateway_confidential.py [--seconds 8]
+
+Writes benchmarks/results/gateway_confidential.json.
 
 The remote parties are stand-ins: the attestation service (edgecloud/testing/
 standin_attestation.py) and, here, the benchmarks' fast upstream served over TLS with a
@@ -26,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.gateway_overhead import SMALL  # noqa: E402
 from benchmarks.gateway_peers import ROOT, Peers, wrk  # noqa: E402
 from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port  # noqa: E402
+from edgecloud.testing.figures import write_result  # noqa: E402
 
 
 def serve_upstream(port: int, key_file: Path, verifier: str) -> None:
@@ -75,7 +78,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=8.0)
-    ap.add_argument("--json", type=Path)
     ap.add_argument("--serve-upstream", nargs=3, metavar=("PORT", "KEY_FILE", "VERIFIER"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -117,10 +119,12 @@ def main() -> None:
         print(f"{args.seconds:.0f} s per run; best of two runs each, interleaved\n")
         print(f"{'target':<10} {'conc':>4} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9} "
               f"{'errors':>6}")
+        runs: list[dict[str, object]] = []
         for conc in (1, 16):
             for name, url in (("plain", plain), ("attested", attested),
                               ("attested", attested), ("plain", plain)):
                 r = wrk(url, body, conc, args.seconds)
+                runs.append({"target": name, "concurrency": conc, **r})
                 print(f"{name:<10} {conc:>4} {r['rps']:>10.0f} {r['p50_ms']:>9.3f} "
                       f"{r['p99_ms']:>9.3f} {r['errors']:>6.0f}", flush=True)
                 best = results.setdefault(name, {}).get(f"c{conc}")
@@ -142,9 +146,8 @@ def main() -> None:
     print("\nattested vs plain (targets: >= 0.95x req/s, <= +0.1 ms p50)")
     for k, v in summary.items():
         print(f"  {k:<46} {v:10.3f}")
-    if args.json:
-        args.json.write_text(json.dumps({"results": results, "summary": summary}, indent=2),
-                             encoding="utf-8")
+    write_result("gateway_confidential", summary={"best_runs": results, "ratios": summary},
+                 samples={"wrk_runs": runs}, params=vars(args))
 
 
 def _median_added_ms(log: Path) -> float:

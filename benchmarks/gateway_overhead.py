@@ -5,6 +5,8 @@ measured duration. Also times the privacy detector on its own.
 
     python benchmarks/gateway_overhead.py [--seconds 8] [--warmup 2] [--skip-litellm]
 
+Writes benchmarks/results/gateway_overhead.json.
+
 Needs wrk and nginx (apt-get install -y wrk nginx-light); LiteLLM is installed into
 .venv-bench from benchmarks/requirements-bench.lock on first use.
 """
@@ -24,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.gateway_peers import peers, wrk  # noqa: E402
+from edgecloud.testing.figures import write_result  # noqa: E402
 
 SMALL = {"model": "gpt-4o-mini", "max_tokens": 16, "messages": [
     {"role": "system", "content": "You are a helpful assistant."},
@@ -69,7 +72,6 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=2.0, help="unmeasured, before each run")
     ap.add_argument("--skip-litellm", action="store_true")
     ap.add_argument("--nginx-workers", default="auto")
-    ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     os.environ.setdefault("PYTHONPATH", str(Path(__file__).resolve().parent.parent))
 
@@ -107,9 +109,10 @@ def main() -> None:
     print("\nprivacy detector, microseconds per request (pure, in-process)")
     for k, v in pc.items():
         print(f"  {k:<48} {v:10.1f}")
-    if args.json:
-        args.json.write_text(json.dumps({"results": results, "summary": summary,
-                                         "privacy_us": pc}, indent=2), encoding="utf-8")
+    # wrk reports percentiles, not each request: its figures per run are the raw samples here.
+    write_result("gateway_overhead", summary={"results": results, "ratios": summary,
+                                              "privacy_us": pc},
+                 samples={"wrk_runs": results}, params=vars(args))
 
 
 def _ratios(res: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:

@@ -37,7 +37,13 @@ PEER_BOOT = (
     ".encode()); runpy.run_module('llama_cpp.server', run_name='__main__')"
 )
 
-from benchmarks.interleave import measure_interleaved, print_ratios, servers_up  # noqa: E402
+from benchmarks.interleave import (  # noqa: E402
+    Runs,
+    measure_interleaved,
+    print_ratios,
+    record_side_by_side,
+    servers_up,
+)  # noqa: E402
 from edgecloud.node import llama_build  # noqa: E402
 from edgecloud.supervise import edgecloud_command, free_port  # noqa: E402
 
@@ -183,17 +189,20 @@ def main() -> None:
         (peer_cmd, f"{peer_base}/v1/models"), (ours_cmd, f"{ours_base}/readyz"), logdir, "bench",
         timeout_s=180,
     ):  # fmt: skip
+        runs: Runs = {}
         medians = measure_interleaved(
             {"peer": peer_base, "edgecloud": ours_base},
             args.rounds,
             lambda _name, base, conc, _round: asyncio.run(
                 run_level(base, conc, args.requests_per_level * conc)
             ),
+            runs=runs,
         )
     print()
     print(f"medians of {args.rounds} alternating rounds")
-    print_ratios("peer", medians["peer"], medians["edgecloud"],
-                 ("tok_s", "req_s", "ttft_p50_ms", "ttft_p95_ms"))  # fmt: skip
+    keys = ("tok_s", "req_s", "ttft_p50_ms", "ttft_p95_ms")
+    print_ratios("peer", medians["peer"], medians["edgecloud"], keys)
+    record_side_by_side("node_vs_llama_cpp_server", "peer", medians, runs, keys, vars(args))
     print()
     print("targets: tok_s ratio >= 1.0 at c=1, >= 2.0 at c=4; TTFT p95 at c=4 no worse than peer")
 

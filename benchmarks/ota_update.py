@@ -448,6 +448,10 @@ def main() -> None:
             out["poll"] = poll_benchmark(tmp, a.sim_agents, a.sim_seconds, a.sim_procs)
             print("poll:", out["poll"], file=sys.stderr)
     print(json.dumps(out, indent=2))
+    from edgecloud.testing.figures import write_result
+
+    # Each entry of `out` keeps its per-round times beside its medians: they are the samples.
+    write_result("ota_update", summary=out, samples=None, params=vars(a))
 
 
 if __name__ == "__main__":

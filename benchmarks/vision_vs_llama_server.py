@@ -33,7 +33,13 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.interleave import measure_interleaved, print_ratios, servers_up  # noqa: E402
+from benchmarks.interleave import (  # noqa: E402
+    Runs,
+    measure_interleaved,
+    print_ratios,
+    record_side_by_side,
+    servers_up,
+)
 from benchmarks.llama_server_build import build, installed_version  # noqa: E402
 from edgecloud.bench.sse import StreamScanner  # noqa: E402
 from edgecloud.bench.workloads import png_bytes  # noqa: E402
@@ -113,9 +119,7 @@ async def run_level(base: str, concurrency: int, bodies: list[bytes]) -> dict[st
 
         async def worker() -> None:
             while not queue.empty():
-                ttft, tpot, n_out, n_prompt = await one_request(
-                    session, url, queue.get_nowait()
-                )
+                ttft, tpot, n_out, n_prompt = await one_request(session, url, queue.get_nowait())
                 ttfts.append(ttft)
                 if tpot is not None:
                     tpots.append(tpot)
@@ -136,7 +140,7 @@ async def run_level(base: str, concurrency: int, bodies: list[bytes]) -> dict[st
 
 
 def measure(
-    servers: dict[str, str], per_level: int, rounds: int
+    servers: dict[str, str], per_level: int, rounds: int, runs: Runs
 ) -> dict[str, dict[int, dict[str, float]]]:
     """Each level sends the same screenshots to both servers; every request of a level gets its
     own screenshot, made before the level's clock starts, and no screenshot is used twice."""
@@ -153,7 +157,7 @@ def measure(
         first = 1 + round_ * per_level * 5 + (0 if conc == 1 else per_level)
         return asyncio.run(run_level(base, conc, [body(first + i) for i in range(n)]))
 
-    return measure_interleaved(servers, rounds, level)
+    return measure_interleaved(servers, rounds, level, runs=runs)
 
 
 def main() -> None:
@@ -211,21 +215,26 @@ def main() -> None:
     with servers_up(
         (peer_cmd, f"{peer_base}/health"), (ours_cmd, f"{ours_base}/readyz"), logdir, "vision"
     ):
+        runs: Runs = {}
         medians = measure(
             {"llama-server": peer_base, "edgecloud": ours_base},
             args.requests_per_level,
             args.rounds,
+            runs,
         )
     print()
     print(f"medians of {args.rounds} round(s); {OUTPUT_TOKENS} output tokens asked")
     keys = ("req_s", "ttft_p50_ms", "ttft_p95_ms", "tpot_ms", "out_tokens", "prompt_tokens")
     print_ratios("llama-server", medians["llama-server"], medians["edgecloud"], keys)
+    record_side_by_side("vision_vs_llama_server", "llama-server", medians, runs, keys, vars(args))
     for conc, ours in medians["edgecloud"].items():
         peer_out = medians["llama-server"][conc]["out_tokens"]
         if abs(ours["out_tokens"] - peer_out) > 0.5:
-            print(f"UNEQUAL WORK at c={conc}: edgecloud made {ours['out_tokens']:.1f} output "
-                  f"tokens per request, llama-server {peer_out:.1f}; requests/s do not compare "
-                  "equal work")
+            print(
+                f"UNEQUAL WORK at c={conc}: edgecloud made {ours['out_tokens']:.1f} output "
+                f"tokens per request, llama-server {peer_out:.1f}; requests/s do not compare "
+                "equal work"
+            )
     print()
     print("targets: req_s ratio >= 0.95 at c=1 and c=4; TTFT p50 at c=4 <= 1.05x llama-server")
 
