@@ -44,6 +44,7 @@ from benchmarks.interleave import (  # noqa: E402
     record_side_by_side,
     servers_up,
 )  # noqa: E402
+from edgecloud.bench.sse import StreamScanner  # noqa: E402
 from edgecloud.node import llama_build  # noqa: E402
 from edgecloud.supervise import edgecloud_command, free_port  # noqa: E402
 
@@ -78,26 +79,16 @@ async def one_request(session: aiohttp.ClientSession, url: str, prompt: str) -> 
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+    scan = StreamScanner()
     t0 = time.perf_counter()
-    ttft = None
-    chunks = 0
-    usage_tokens = None
     async with session.post(url, json=body) as resp:
         resp.raise_for_status()
-        async for raw in resp.content:
-            line = raw.strip()
-            if not line.startswith(b"data: {"):
-                continue
-            if ttft is None and b'"text":""' not in line.replace(b" ", b""):
-                ttft = time.perf_counter() - t0
-            if b'"usage":{' in line.replace(b" ", b""):
-                import json
-
-                usage = json.loads(line[6:]).get("usage") or {}
-                usage_tokens = usage.get("completion_tokens")
-            else:
-                chunks += 1
-    return (ttft if ttft is not None else time.perf_counter() - t0), (usage_tokens or chunks)
+        async for data in resp.content.iter_any():
+            scan.feed(data, time.perf_counter())
+    ttft = (scan.token_times[0] if scan.token_times else time.perf_counter()) - t0
+    # The peer may give no usage: then each text-bearing chunk counts as one token.
+    tokens = (scan.usage or {}).get("completion_tokens") or len(scan.token_times)
+    return ttft, int(tokens)
 
 
 async def run_level(base: str, concurrency: int, total: int) -> dict[str, float]:
