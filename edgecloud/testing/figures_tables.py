@@ -129,6 +129,30 @@ def gateway_pseudonymize(doc: Doc) -> str:
     return md_table(["measure", "public", "private (surrogates)", "difference", "target"], rows)
 
 
+def gateway_confidential(doc: Doc) -> str:
+    s = doc["summary"]
+    best, r = s["best_runs"], s["ratios"]
+    rows = [["requests/s at concurrency 16 (best of two runs)", num(best["plain"]["c16"]["rps"], 0),
+             num(best["attested"]["c16"]["rps"], 0),
+             f"**{r['c16 req/s attested / plain']:.2f}x**", "≥ 0.95x"],
+            ["p50 at concurrency 1", num(best["plain"]["c1"]["p50_ms"], 3, " ms"),
+             num(best["attested"]["c1"]["p50_ms"], 3, " ms"),
+             f"**{r['c1 added p50 attested - plain (ms)']:+.3f} ms**", "≤ +0.1 ms"],
+            ["time the gateway adds, median of its log",
+             num(r["gateway-added median, plain (ms, its log)"], 3, " ms"),
+             num(r["gateway-added median, attested (ms, its log)"], 3, " ms"),
+             f"{r['gateway-added median attested - plain (ms)']:+.3f} ms", "–"]]
+    return md_table(["measure", "plain cloud endpoint", "attested", "difference", "target"],
+                    rows)
+
+
+def gateway_tracing_overhead(doc: Doc) -> str:
+    rows = [[f"`{mode}`", num(v["cpu_us"], 1, " µs"), f"{v['cpu_vs_first']:.2f}x",
+             num(v["wall_us"], 1, " µs")] for mode, v in doc["summary"].items()]
+    return md_table(["tracing", "gateway CPU per request (median of rounds)", "vs the first",
+                     "wall time per request"], rows)
+
+
 def autoscale_sim(doc: Doc) -> str:
     rows = doc["summary"]["rows"]
     cols = list(rows[0])
@@ -158,6 +182,8 @@ RENDERERS: dict[str, Callable[[Doc], str]] = {
     "gateway_overhead": gateway_overhead,
     "gateway_streams": gateway_streams,
     "gateway_pseudonymize": gateway_pseudonymize,
+    "gateway_confidential": gateway_confidential,
+    "gateway_tracing_overhead": gateway_tracing_overhead,
     "autoscale_sim": autoscale_sim,
     "chaos": chaos,
     "bench_generator_capacity": bench_generator_capacity,
