@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -25,28 +24,13 @@ RESULTS_DIR = "results"  # beside the benchmark scripts
 
 
 def machine() -> dict[str, Any]:
-    """What the figures were measured on (no host name: a result file is published)."""
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gb = None
-    try:
-        mem_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError):
-        pass
-    return {
-        "cpu": cpu or platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "memory_gb": mem_gb,
-        "os": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "load_1m_at_start": round(os.getloadavg()[0], 2),
-    }
+    """What the figures were measured on: the bench's machine record without the host name (a
+    result file is published), and the load when the run began."""
+    from edgecloud.bench.resources import machine_info
+
+    info: dict[str, Any] = {k: v for k, v in machine_info().items() if k != "hostname"}
+    info["load_1m_at_start"] = round(os.getloadavg()[0], 2)
+    return info
 
 
 def git_commit(repo: Path) -> dict[str, Any]:
@@ -135,7 +119,8 @@ def provenance(doc: dict[str, Any]) -> str:
     m = doc.get("machine", {})
     git = doc.get("git", {})
     sha = (git.get("sha") or "unknown")[:10] + (" with local changes" if git.get("dirty") else "")
-    return (f"`{doc.get('command', '')}` — {str(doc.get('date', ''))[:10]}, {m.get('cores')} "
+    cores = m.get("cores_logical", m.get("cores"))
+    return (f"`{doc.get('command', '')}` — {str(doc.get('date', ''))[:10]}, {cores} "
             f"cores ({m.get('cpu', '?')}), load {m.get('load_1m_at_start', '?')} at start, "
             f"commit {sha}; raw samples in `benchmarks/results/{doc.get('benchmark')}.json`.")
 
