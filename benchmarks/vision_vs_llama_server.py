@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import functools
 import sys
 import time
@@ -42,7 +41,7 @@ from benchmarks.interleave import (  # noqa: E402
 )
 from benchmarks.llama_server_build import build, installed_version  # noqa: E402
 from edgecloud.bench.sse import StreamScanner  # noqa: E402
-from edgecloud.bench.workloads import png_bytes  # noqa: E402
+from edgecloud.bench.workloads import png_bytes, png_uri, screenshot_turn  # noqa: E402
 from edgecloud.supervise import edgecloud_command, free_port  # noqa: E402
 from edgecloud.testing.tiny_mmproj import cached_tiny_mmproj  # noqa: E402
 
@@ -58,18 +57,10 @@ PLAIN_TEMPLATE = (
 
 
 def request_body(png: bytes) -> bytes:
-    uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    question = "What is on this screen? Answer briefly."
     return orjson.dumps(
         {
-            "messages": [
-                {
-                    "role": "user",
-                    "content": [
-                        {"type": "text", "text": "What is on this screen? Answer briefly."},
-                        {"type": "image_url", "image_url": {"url": uri}},
-                    ],
-                }
-            ],
+            "messages": [screenshot_turn(question, png_uri(png))],
             "max_tokens": OUTPUT_TOKENS,
             # Equal work on both sides: no early end of stream. A server that does not know
             # `ignore_eos` may still stop early; the run reports the tokens each side made.
