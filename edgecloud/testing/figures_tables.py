@@ -101,11 +101,12 @@ def gateway_overhead(doc: Doc) -> str:
 
 def gateway_streams(doc: Doc) -> str:
     s = doc["summary"]["runs"]
+    names = [n for n in ("direct", "nginx", "bare-python", "edgecloud", "litellm") if n in s]
     rows = []
-    for name in ("direct", "nginx", "bare-python", "edgecloud", "litellm"):
-        for r in s.get(name, []):
-            d = next(x for x in s["direct"] if x["streams"] == r["streams"])
-            over = "–" if name == "direct" else f"{r['ttft_p50_ms'] - d['ttft_p50_ms']:+.1f} ms"
+    for i, direct in enumerate(s["direct"]):
+        for name in names:
+            r, d = s[name][i], direct
+            over = "–" if name == "direct" else f"{r['ttft_p50_ms'] - d['ttft_p50_ms']:+,.1f} ms"
             rows.append([f"`{name}`" if name != "edgecloud" else "**edgecloud gateway**",
                          str(r["streams"]), over, num(r["ttft_p99_ms"], 1, " ms"),
                          num(r["chunk_delay_p99_ms"], 1, " ms"),
