@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any, cast
 
-from edgecloud.testing.chaos.campaign import P99_MIN_SAMPLES, _fail_then_ok, tail_note
+from edgecloud.testing.chaos.campaign import P99_MIN_SAMPLES, all_faults, tail_note
 from edgecloud.testing.chaos.stack import ChaosStack
+
+FAIL_THEN_OK = all_faults()["upstream:500_then_200"]
 
 
 class RecordingStack:
@@ -22,7 +24,7 @@ class RecordingStack:
 def test_fail_then_ok_fails_only_the_first_half_of_the_window() -> None:
     stack = RecordingStack()
     t0 = time.monotonic()
-    with _fail_then_ok(cast(ChaosStack, stack), 0.4):
+    with FAIL_THEN_OK(cast(ChaosStack, stack), 0.4):
         time.sleep(0.4)
     settings = [c[1] for c in stack.calls]
     assert settings[0] == {"fail": 500}
@@ -33,7 +35,7 @@ def test_fail_then_ok_fails_only_the_first_half_of_the_window() -> None:
 
 def test_fail_then_ok_heals_when_the_window_is_cut_short() -> None:
     stack = RecordingStack()
-    with _fail_then_ok(cast(ChaosStack, stack), 60.0):
+    with FAIL_THEN_OK(cast(ChaosStack, stack), 60.0):
         pass
     assert [c[1] for c in stack.calls] == [{"fail": 500}, {"fail": None}]
 
