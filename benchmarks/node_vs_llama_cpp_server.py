@@ -31,10 +31,17 @@ sys.path.insert(0, str(ROOT))
 # The node's wheel is portable (edgecloud/node/llama_build.py): ggml's CPU kernels load from
 # llama_cpp/lib at run time, which llama_cpp.server does not do by itself. The peer gets the
 # same kernels the node runs, registered the way the node registers them.
+# The portable wheel has its CPU kernels as loadable variants, and llama-cpp-python's server
+# does not load them: register them first, in the libggml copy that libllama uses (its soname),
+# as the node does (edgecloud/node/kernels.py load_cpu_variants).
 PEER_BOOT = (
-    "import runpy, llama_cpp, llama_cpp._ggml as g; from pathlib import Path; "
-    "g.libggml.ggml_backend_load_all_from_path(str(Path(llama_cpp.__file__).parent / 'lib')"
-    ".encode()); runpy.run_module('llama_cpp.server', run_name='__main__')"
+    "import ctypes, runpy, llama_cpp; from pathlib import Path; "
+    "d = Path(llama_cpp.__file__).parent / 'lib'; "
+    "s = sorted(d.glob('libggml.so.[0-9]*'), key=lambda p: len(p.name)); "
+    "g = ctypes.CDLL(str(s[0] if s else d / 'libggml.so')); "
+    "g.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]; "
+    "g.ggml_backend_load_all_from_path(str(d).encode()); "
+    "runpy.run_module('llama_cpp.server', run_name='__main__')"
 )
 
 from benchmarks.interleave import (  # noqa: E402
