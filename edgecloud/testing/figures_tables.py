@@ -44,8 +44,9 @@ _METRIC_NAMES = {
 }
 
 
-def side_by_side(doc: Doc) -> str:
-    """`summary`: {"peer": NAME, "keys": [...], "medians": {NAME: {level: {key: value}}}}."""
+def side_by_side(doc: Doc, peer_label: str | None = None) -> str:
+    """`summary`: {"peer": NAME, "keys": [...], "medians": {NAME: {level: {key: value}}}}; the
+    peer's column is headed `peer_label` (else its name)."""
     s = doc["summary"]
     peer, ours = s["peer"], s.get("ours", "edgecloud")
     rows = []
@@ -57,7 +58,7 @@ def side_by_side(doc: Doc) -> str:
             rows.append([str(level), label, num(p, digits, unit), num(o, digits, unit),
                          ratio(o, p)])
     head = ["level" if any(not str(k).isdigit() for k in s["medians"][ours]) else "concurrency",
-            "metric", f"`{peer}`", f"`{ours}`", "ratio"]
+            "metric", f"`{peer_label or peer}`", f"`{ours}`", "ratio"]
     return md_table(head, rows)
 
 
@@ -177,7 +178,7 @@ def bench_generator_capacity(doc: Doc) -> str:
 
 
 RENDERERS: dict[str, Callable[[Doc], str]] = {
-    "node_vs_llama_cpp_server": side_by_side,
+    "node_vs_llama_cpp_server": lambda doc: side_by_side(doc, "llama_cpp.server"),
     "grammar_vs_llama_server": side_by_side,
     "vision_vs_llama_server": side_by_side,
     "gateway_overhead": gateway_overhead,
