@@ -29,6 +29,7 @@ from benchmarks.gateway_overhead import SMALL  # noqa: E402
 from benchmarks.gateway_peers import ROOT, Peers, wrk  # noqa: E402
 from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port  # noqa: E402
 from edgecloud.testing.figures import write_result  # noqa: E402
+from edgecloud.testing.polling import wait_until  # noqa: E402
 
 
 def serve_upstream(port: int, key_file: Path, verifier: str) -> None:
@@ -163,19 +164,17 @@ def _median_added_ms(log: Path) -> float:
 
 
 def _wait_tls(url: str, timeout_s: float = 30.0) -> None:
-    import time
-
+    """Until `url` answers 200 over TLS with the upstream's self-signed certificate (which
+    ManagedProcess.wait_ready, verifying certificates, would refuse)."""
     import httpx
 
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def up() -> bool:
         try:
-            if httpx.get(url, verify=False, timeout=2).status_code == 200:
-                return
+            return httpx.get(url, verify=False, timeout=2).status_code == 200
         except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} not up")
+            return False
+
+    wait_until(up, timeout_s, f"{url} answering")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any, cast
 
+import pytest
+
 from edgecloud.testing.chaos.campaign import P99_MIN_SAMPLES, all_faults, tail_note
 from edgecloud.testing.chaos.stack import ChaosStack
+from edgecloud.testing.polling import settle, wait_until
 
 FAIL_THEN_OK = all_faults()["upstream:500_then_200"]
 
@@ -47,3 +50,18 @@ def test_tail_is_the_max_below_200_samples_and_the_p99_from_200() -> None:
     note = tail_note(many, many)
     assert note.startswith(f"p99 of {P99_MIN_SAMPLES}/{P99_MIN_SAMPLES} ")
     assert "->5000 ms" not in note  # one outlier in 200 is above the p99
+
+
+def test_settle_says_how_long_it_took_or_what_was_left() -> None:
+    calls = iter([["a", "b"], ["b"], []])
+    took, left = settle(lambda: next(calls), 5.0, 0.01)
+    assert took is not None and left == []
+    took, left = settle(lambda: ["stuck"], 0.05, 0.01)
+    assert took is None and left == ["stuck"]
+
+
+def test_wait_until_names_what_it_waited_for() -> None:
+    with pytest.raises(TimeoutError, match="the thing"):
+        wait_until(lambda: False, 0.05, "the thing", 0.01)
+    flips = iter([False, True])
+    assert wait_until(lambda: next(flips), 5.0, "x", 0.01) >= 0.0

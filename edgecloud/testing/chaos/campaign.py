@@ -20,12 +20,12 @@ from edgecloud.testing.chaos.checks import (
     leaks,
     process_fds,
     process_rss_mb,
-    settle,
     stuck_states,
 )
 from edgecloud.testing.chaos.stack import MODEL, ChaosStack
 from edgecloud.testing.chaos.traffic import CLOUD_EU, CLOUD_US, EDGE, MixedTraffic, send_one
 from edgecloud.testing.faulty_link import Mode
+from edgecloud.testing.polling import settle
 
 
 class Skip(Exception):

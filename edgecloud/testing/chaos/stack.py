@@ -17,7 +17,6 @@ import re
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from edgecloud.demo.wan import LinkProfile, WanLink
 from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port
 from edgecloud.testing.chaos.traffic import CLOUD_EU, CLOUD_US, EDGE, MARKER_RE
 from edgecloud.testing.faulty_link import FaultyLink
+from edgecloud.testing.polling import wait_until
 
 MODEL = "gemma-3-270m"
 ADMIN_TOKEN = "chaos-admin-token"  # the node's admin token (agent -> node swaps)
@@ -257,13 +257,13 @@ class ChaosStack:
         """Wait until the agent's log shows `event` (its first install swaps the edge node's
         model: faults start after it, so that swap is not taken for a slow recovery)."""
         log = Path(self._log("agent"))
-        deadline = time.monotonic() + timeout_s
-        while f'"{event}"' not in (log.read_text(errors="replace") if log.exists() else ""):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the agent did not log {event} within {timeout_s:.0f} s")
+
+        def logged() -> bool:
             if not self.parts["agent"].proc.alive():
                 raise RuntimeError(f"the agent exited; see {log}")
-            time.sleep(0.2)
+            return f'"{event}"' in (log.read_text(errors="replace") if log.exists() else "")
+
+        wait_until(logged, timeout_s, f"the agent logging {event}", 0.2)
 
     @property
     def db_path(self) -> Path:
