@@ -18,7 +18,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -143,21 +142,10 @@ def main() -> None:
         por = statistics.median(float(s[n]) for s in samples["portable"])
         medians[n] = {"native": nat, "portable": por, "ratio": por / nat}
         print(f"| {n} | {nat:.1f} | {por:.1f} | {por / nat:.2f}x |")
-    out = ROOT / "out"
-    out.mkdir(exist_ok=True)
-    (out / "portable_vs_native.json").write_text(
-        json.dumps(
-            {
-                "benchmark": "portable_vs_native",
-                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "machine": platform.machine(),
-                "args": vars(args),
-                "samples": samples,
-                "medians": medians,
-            },
-            indent=2,
-        )
-    )
+    from edgecloud.testing.figures import write_result
+
+    write_result("portable_vs_native", summary={"medians": medians}, samples=samples,
+                 params=vars(args))
 
 
 if __name__ == "__main__":
