@@ -6,7 +6,7 @@ LLAMA_VERSION := 0.3.36
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.edgecloud-setup
 
-.PHONY: setup test test-fast lint demo bench clean check-arm64
+.PHONY: setup test test-fast lint demo bench bench-report clean check-arm64
 
 setup: $(STAMP)
 
@@ -45,6 +45,10 @@ check-arm64: setup
 
 demo: setup
 	$(BIN)/edgecloud demo
+
+# The README's performance tables, from the latest benchmarks/results/*.json.
+bench-report: setup
+	$(BIN)/python benchmarks/bench_report.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
