@@ -241,6 +241,8 @@ def emulated_env(paths: Paths) -> dict[str, str]:
         "HOME": str(paths.home),
         "PYTHONDONTWRITEBYTECODE": "1",
         "QEMU_CPU": paths.cpu,  # qemu-user reads it: the CPU every arm64 process emulates
+        # The kernel self-check's child decodes under emulation too (minutes for SVE on `max`).
+        "EDGECLOUD_KERNEL_CHECK_TIMEOUT": "900",
     }
 
 

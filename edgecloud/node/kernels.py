@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CHECK_TIMEOUT_S = 120.0
+# A slower machine (an emulated CPU: `make check-arm64`) may give the check more time.
+CHECK_TIMEOUT_ENV = "EDGECLOUD_KERNEL_CHECK_TIMEOUT"
 # The child's exit status when llama.cpp cannot load the file at all: not a kernel verdict
 # (the node's own loader then reports the bad model file as it always has).
 LOAD_FAILED_EXIT = 3
@@ -109,6 +111,15 @@ def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
     return frozenset()
 
 
+def check_timeout_s() -> float:
+    """Seconds a check child may take: env EDGECLOUD_KERNEL_CHECK_TIMEOUT, else 120."""
+    try:
+        value = float(os.environ.get(CHECK_TIMEOUT_ENV, ""))
+    except ValueError:
+        return CHECK_TIMEOUT_S
+    return value if value > 0 else CHECK_TIMEOUT_S
+
+
 # -- diagnosis (pure) ---------------------------------------------------------------------------
 def diagnose(outcome: CheckOutcome, flags: frozenset[str], model: str) -> str:
     """The message for a failed check: what happened, why, and which setting to change."""
@@ -117,7 +128,7 @@ def diagnose(outcome: CheckOutcome, flags: frozenset[str], model: str) -> str:
         head += f" (CPU variant {outcome.variant})"
     if outcome.returncode is None:
         return (
-            f"{head}: it did not finish in {CHECK_TIMEOUT_S:.0f} s. The build may spin in a "
+            f"{head}: it did not finish in {check_timeout_s():.0f} s. The build may spin in a "
             f"kernel this CPU cannot run. {REBUILD_HINT}"
         )
     sig = -outcome.returncode if outcome.returncode < 0 else None
@@ -159,7 +170,7 @@ def run_check(argv: list[str], timeout_s: float | None = None) -> CheckOutcome:
     """Run a check child; its last stdout line is JSON with the variant it ran."""
     try:
         proc = subprocess.run(
-            argv, capture_output=True, text=True, timeout=timeout_s or CHECK_TIMEOUT_S
+            argv, capture_output=True, text=True, timeout=timeout_s or check_timeout_s()
         )
     except subprocess.TimeoutExpired as exc:
         err = exc.stderr.decode("utf-8", "replace") if isinstance(exc.stderr, bytes) else ""

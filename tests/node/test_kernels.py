@@ -137,6 +137,15 @@ def test_a_child_that_hangs_is_cut_and_reported(monkeypatch: pytest.MonkeyPatch)
         prove_kernels("m.gguf", child=hang, mode="always")
 
 
+def test_a_slower_machine_gives_the_check_more_time_by_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGECLOUD_KERNEL_CHECK_TIMEOUT", "1")
+    hang = [sys.executable, "-c", "import time; time.sleep(60)"]
+    with pytest.raises(KernelCheckFailed, match="did not finish in 1 s"):
+        prove_kernels("m.gguf", child=hang, mode="always")
+    monkeypatch.setenv("EDGECLOUD_KERNEL_CHECK_TIMEOUT", "soon")  # not a number: the default
+    assert kernels.check_timeout_s() == kernels.CHECK_TIMEOUT_S
+
+
 def test_the_real_check_passes_here_and_is_remembered(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, embedded_model_path: str
 ) -> None:
