@@ -439,9 +439,6 @@ def timed(step: Step, fn: Callable[[], dict[str, Any]]) -> bool:
     try:
         step.detail = fn()
         step.ok = True
-    except (StepFailed, subprocess.SubprocessError, OSError, httpx.HTTPError, KeyError) as exc:
-        step.ok = False
-        step.error = f"{type(exc).__name__}: {exc}"[-2000:]
     except Exception as exc:  # noqa: BLE001 - any failure is a result to report, not a crash
         step.ok = False
         step.error = f"{type(exc).__name__}: {exc}"[-2000:]
