@@ -421,6 +421,14 @@ def agent_stage(paths: Paths, node: Node, logs: Path) -> dict[str, Any]:
         if done.returncode != 0:
             raise StepFailed(f"agent --once exited {done.returncode}: {done.stderr[-1500:]}")
         state = json.loads((node.models / "agent-state.json").read_text())
+        active = state.get("active")
+        kept = active and state["slots"][active]["version"] == "1.0.0"
+        if not kept or "1.0.0" in state.get("failed_versions", []):
+            # e.g. its canaries (60 s each) did not answer in time: it rolled the release back
+            raise StepFailed(
+                f"the agent did not keep 1.0.0 (see agent.log): active {active}, "
+                f"failed {state.get('failed_versions')}"
+            )
         served = node.admin_model()
         if served.get("version") != "1.0.0" or "slot-" not in str(served.get("path")):
             raise StepFailed(f"the node does not serve the staged 1.0.0: {served}")
