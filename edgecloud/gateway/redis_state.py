@@ -1,0 +1,262 @@
+"""StateStore on Redis (redis-py's asyncio client): one server-side script per operation, so
+every check-and-count is atomic across replicas, and the clock is Redis's own (TIME), so
+replicas whose clocks differ still share one window.
+
+Keys live under `{prefix}:`; key names are built inside the scripts, so this needs a single
+Redis (or a primary behind Sentinel), not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, RedisError
+
+from edgecloud.gateway.state import Reserved, StateUnavailable, Usage
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS[1] key base. ARGV: rpm, tpm, max_parallel (-1: none), tokens, lease, lease_ms, window_ms
+_ADMIT = _NOW + """
+local base = KEYS[1]
+local rpm, tpm, maxpar = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local tokens, lease, lease_ms, W = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
+local n = math.floor(now / W)
+local el = now - n * W
+local frac = 1 - el / W
+local rp = tonumber(redis.call('GET', base .. ':r:' .. (n - 1)) or '0')
+local rc = tonumber(redis.call('GET', base .. ':r:' .. n) or '0')
+local tp = tonumber(redis.call('GET', base .. ':t:' .. (n - 1)) or '0')
+local tc = tonumber(redis.call('GET', base .. ':t:' .. n) or '0')
+local par = 0
+if maxpar >= 0 then
+  redis.call('ZREMRANGEBYSCORE', base .. ':par', '-inf', now)
+  par = redis.call('ZCARD', base .. ':par')
+end
+local limited = ''
+if rpm >= 0 and rp * frac + rc + 1 > rpm then
+  limited = 'requests'
+elseif tpm >= 0 and tp * frac + tc + tokens > tpm then
+  limited = 'tokens'
+elseif maxpar >= 0 and par + 1 > maxpar then
+  limited = 'parallel'
+else
+  if rpm >= 0 then
+    rc = redis.call('INCR', base .. ':r:' .. n)
+    redis.call('PEXPIRE', base .. ':r:' .. n, 2 * W)
+  end
+  if tpm >= 0 then
+    tc = redis.call('INCRBY', base .. ':t:' .. n, tokens)
+    redis.call('PEXPIRE', base .. ':t:' .. n, 2 * W)
+  end
+  if maxpar >= 0 then
+    redis.call('ZADD', base .. ':par', now + lease_ms, lease)
+    redis.call('PEXPIRE', base .. ':par', lease_ms)
+    par = par + 1
+  end
+end
+return {limited, rp, rc, tp, tc, el, par}
+"""
+
+# KEYS[1] key base. ARGV: lease, tokens, window_ms
+_RELEASE = _NOW + """
+local base = KEYS[1]
+redis.call('ZREM', base .. ':par', ARGV[1])
+local tokens, W = tonumber(ARGV[2]), tonumber(ARGV[3])
+if tokens > 0 then
+  local k = base .. ':t:' .. math.floor(now / W)
+  redis.call('INCRBY', k, tokens)
+  redis.call('PEXPIRE', k, 2 * W)
+end
+return 0
+"""
+
+# Per scope and month: KEYS[i] is the base; `:s` a hash {spent, reserved}, `:z` reservation
+# expiries, `:a` reservation amounts. Expired reservations are dropped before each check.
+_PURGE = """
+local function purge(b, now)
+  local old = redis.call('ZRANGEBYSCORE', b .. ':z', '-inf', now)
+  for _, id in ipairs(old) do
+    local amt = redis.call('HGET', b .. ':a', id)
+    if amt then redis.call('HINCRBYFLOAT', b .. ':s', 'reserved', -tonumber(amt)) end
+    redis.call('HDEL', b .. ':a', id)
+    redis.call('ZREM', b .. ':z', id)
+  end
+end
+local function total(b)
+  local v = redis.call('HMGET', b .. ':s', 'spent', 'reserved')
+  return tonumber(v[1] or '0') + math.max(tonumber(v[2] or '0'), 0)
+end
+local KEEP_MS = 40 * 86400 * 1000
+"""
+
+# ARGV: amount, rid, lease_ms, then one cap per key (-1: none)
+_RESERVE = _NOW + _PURGE + """
+local amount, rid, lease_ms = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local out = {}
+for i, b in ipairs(KEYS) do
+  purge(b, now)
+  local cap = tonumber(ARGV[3 + i])
+  if cap >= 0 and total(b) + amount > cap + 1e-9 then
+    for j, b2 in ipairs(KEYS) do out[j] = tostring(total(b2)) end
+    return {i, out}
+  end
+end
+for i, b in ipairs(KEYS) do
+  redis.call('HINCRBYFLOAT', b .. ':s', 'reserved', amount)
+  redis.call('ZADD', b .. ':z', now + lease_ms, rid)
+  redis.call('HSET', b .. ':a', rid, amount)
+  for _, suffix in ipairs({':s', ':z', ':a'}) do redis.call('PEXPIRE', b .. suffix, KEEP_MS) end
+  out[i] = tostring(total(b))
+end
+return {0, out}
+"""
+
+# ARGV: rid, actual
+_SETTLE = _NOW + _PURGE + """
+local rid, actual = ARGV[1], tonumber(ARGV[2])
+for _, b in ipairs(KEYS) do
+  local amt = redis.call('HGET', b .. ':a', rid)
+  if amt then
+    redis.call('HINCRBYFLOAT', b .. ':s', 'reserved', -tonumber(amt))
+    redis.call('HDEL', b .. ':a', rid)
+    redis.call('ZREM', b .. ':z', rid)
+  end
+  if actual > 0 then redis.call('HINCRBYFLOAT', b .. ':s', 'spent', actual) end
+  redis.call('PEXPIRE', b .. ':s', KEEP_MS)
+end
+return 0
+"""
+
+_SPENT = _NOW + _PURGE + """
+local out = {}
+for i, b in ipairs(KEYS) do
+  purge(b, now)
+  out[i] = tostring(total(b))
+end
+return out
+"""
+
+# KEYS[1] fleet base. ARGV: replica, ttl_ms, then endpoint, count pairs
+_HEARTBEAT = _NOW + """
+local base, me, ttl = KEYS[1], ARGV[1], tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', base .. ':replicas', '-inf', now)
+redis.call('ZADD', base .. ':replicas', now + ttl, me)
+redis.call('PEXPIRE', base .. ':replicas', ttl * 4)
+local mine = base .. ':inflight:' .. me
+redis.call('DEL', mine)
+if #ARGV > 2 then
+  redis.call('HSET', mine, unpack(ARGV, 3))
+  redis.call('PEXPIRE', mine, ttl)
+end
+local live = redis.call('ZRANGE', base .. ':replicas', 0, -1)
+local sums = {}
+for _, r in ipairs(live) do
+  if r ~= me then
+    local kv = redis.call('HGETALL', base .. ':inflight:' .. r)
+    for j = 1, #kv, 2 do sums[kv[j]] = (sums[kv[j]] or 0) + tonumber(kv[j + 1]) end
+  end
+end
+local out = {#live}
+for k, v in pairs(sums) do out[#out + 1] = k; out[#out + 1] = v end
+return out
+"""
+
+_WINDOW_MS = 60_000
+
+
+class _Script:
+    """A script run by EVALSHA, loaded again (EVAL) after Redis restarted and forgot it."""
+
+    def __init__(self, client: aioredis.Redis, source: str) -> None:
+        self.client = client
+        self.source = source
+        import hashlib
+
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await self.client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await self.client.eval(self.source, len(keys), *keys, *args)
+
+
+class RedisStore:
+    """StateStore shared by every replica through one Redis."""
+
+    def __init__(self, url: str, prefix: str, timeout_s: float = 0.25) -> None:
+        self.prefix = prefix
+        self.client = aioredis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+            retry_on_timeout=False, health_check_interval=0, max_connections=256,
+            decode_responses=True,
+        )
+        self._admit = _Script(self.client, _ADMIT)
+        self._release = _Script(self.client, _RELEASE)
+        self._reserve = _Script(self.client, _RESERVE)
+        self._settle = _Script(self.client, _SETTLE)
+        self._spent = _Script(self.client, _SPENT)
+        self._heartbeat = _Script(self.client, _HEARTBEAT)
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}:key:{key}"
+
+    def _budget(self, scope: str, month: str) -> str:
+        return f"{self.prefix}:budget:{scope}:{month}"
+
+    async def _run(self, script: _Script, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await script(keys, args)
+        except (RedisError, OSError) as exc:
+            raise StateUnavailable(f"redis: {type(exc).__name__}") from None
+
+    async def admit(self, key: str, rpm: int, tpm: int, max_parallel: int, tokens: int,
+                    lease: str, lease_s: float) -> Usage:
+        r = await self._run(self._admit, [self._key(key)],
+                            [rpm, tpm, max_parallel, tokens, lease, int(lease_s * 1000),
+                             _WINDOW_MS])
+        return Usage(r[0] or None, int(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]),
+                     int(r[6]))
+
+    async def release(self, key: str, lease: str, tokens: int) -> None:
+        await self._run(self._release, [self._key(key)], [lease, tokens, _WINDOW_MS])
+
+    async def reserve(self, scopes: dict[str, float], amount: float, rid: str, month: str,
+                      lease_s: float) -> Reserved:
+        names = list(scopes)
+        r = await self._run(self._reserve, [self._budget(s, month) for s in names],
+                            [repr(amount), rid, int(lease_s * 1000),
+                             *(repr(float(scopes[s])) for s in names)])
+        totals = {s: float(v) for s, v in zip(names, r[1], strict=True)}
+        return Reserved(names[int(r[0]) - 1] if int(r[0]) else None, totals)
+
+    async def settle(self, scopes: list[str], rid: str, actual: float, month: str) -> None:
+        await self._run(self._settle, [self._budget(s, month) for s in scopes],
+                        [rid, repr(actual)])
+
+    async def spent(self, scopes: list[str], month: str) -> dict[str, float]:
+        r = await self._run(self._spent, [self._budget(s, month) for s in scopes], [])
+        return {s: float(v) for s, v in zip(scopes, r, strict=True)}
+
+    async def heartbeat(self, replica: str, in_flight: dict[str, int],
+                        ttl_s: float) -> tuple[dict[str, int], int]:
+        args: list[Any] = [replica, int(ttl_s * 1000)]
+        for name, count in in_flight.items():
+            args += [name, count]
+        r = await self._run(self._heartbeat, [f"{self.prefix}:fleet"], args)
+        others = {r[i]: int(r[i + 1]) for i in range(1, len(r) - 1, 2)}
+        return others, int(r[0])
+
+    async def ping(self) -> None:
+        try:
+            await self.client.ping()
+        except (RedisError, OSError) as exc:
+            raise StateUnavailable(f"redis: {type(exc).__name__}") from None
+
+    async def close(self) -> None:
+        await self.client.aclose()

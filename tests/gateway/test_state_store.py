@@ -1,0 +1,197 @@
+"""The StateStore contract, run against the memory store and a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from edgecloud.gateway.redis_state import RedisStore
+from edgecloud.gateway.state import (
+    NO_LIMIT,
+    MemoryStore,
+    StateStore,
+    StateUnavailable,
+    window_admits,
+    window_reset_s,
+    window_used,
+    window_wait_s,
+)
+from edgecloud.supervise import free_port
+
+
+Body = Callable[[StateStore], Awaitable[None]]
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> Callable[[Body], None]:
+    """Runs a test body on a fresh store of each kind, in its own event loop."""
+    url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+
+    def run(body: Body) -> None:
+        async def main() -> None:
+            s: StateStore = MemoryStore() if url is None else RedisStore(url, "t")
+            try:
+                await body(s)
+            finally:
+                await s.close()
+
+        asyncio.run(main())
+
+    return run
+
+
+def test_rpm_admits_up_to_the_limit_then_refuses(store: Callable[[Body], None]) -> None:
+    store(_test_rpm_admits_up_to_the_limit_then_refuses)
+
+
+async def _test_rpm_admits_up_to_the_limit_then_refuses(store: StateStore) -> None:
+    seen = [await store.admit("a", 5, NO_LIMIT, NO_LIMIT, 0, f"l{i}", 60) for i in range(7)]
+    assert [u.limited for u in seen] == [None] * 5 + ["requests"] * 2
+    assert seen[4].req_curr + seen[4].req_prev == 5
+    other = await store.admit("b", 5, NO_LIMIT, NO_LIMIT, 0, "x", 60)
+    assert other.limited is None  # keys do not share a window
+
+
+def test_tpm_counts_estimate_then_answer(store: Callable[[Body], None]) -> None:
+    store(_test_tpm_counts_estimate_then_answer)
+
+
+async def _test_tpm_counts_estimate_then_answer(store: StateStore) -> None:
+    first = await store.admit("a", NO_LIMIT, 100, NO_LIMIT, 60, "l1", 60)
+    assert first.limited is None and first.tok_curr == 60
+    await store.release("a", "l1", 30)  # the answer's tokens
+    second = await store.admit("a", NO_LIMIT, 100, NO_LIMIT, 20, "l2", 60)
+    assert second.limited == "tokens" and second.tok_curr == 90
+    small = await store.admit("a", NO_LIMIT, 100, NO_LIMIT, 10, "l3", 60)
+    assert small.limited is None and small.tok_curr == 100
+
+
+def test_max_parallel_leases_are_freed(store: Callable[[Body], None]) -> None:
+    store(_test_max_parallel_leases_are_freed)
+
+
+async def _test_max_parallel_leases_are_freed(store: StateStore) -> None:
+    a = await store.admit("k", NO_LIMIT, NO_LIMIT, 2, 0, "one", 60)
+    b = await store.admit("k", NO_LIMIT, NO_LIMIT, 2, 0, "two", 60)
+    c = await store.admit("k", NO_LIMIT, NO_LIMIT, 2, 0, "three", 60)
+    assert (a.limited, b.limited, c.limited) == (None, None, "parallel")
+    await store.release("k", "one", 0)
+    d = await store.admit("k", NO_LIMIT, NO_LIMIT, 2, 0, "four", 60)
+    assert d.limited is None and d.parallel == 2
+
+
+def test_concurrent_admits_never_pass_the_limit(store: Callable[[Body], None]) -> None:
+    store(_test_concurrent_admits_never_pass_the_limit)
+
+
+async def _test_concurrent_admits_never_pass_the_limit(store: StateStore) -> None:
+    results = await asyncio.gather(*(store.admit("c", 10, NO_LIMIT, NO_LIMIT, 0, f"l{i}", 60)
+                                     for i in range(40)))
+    assert sum(u.limited is None for u in results) == 10
+
+
+def test_budget_reserve_settle_and_cap(store: Callable[[Body], None]) -> None:
+    store(_test_budget_reserve_settle_and_cap)
+
+
+async def _test_budget_reserve_settle_and_cap(store: StateStore) -> None:
+    scopes = {"global": 1.0, "key:a": NO_LIMIT}
+    first = await store.reserve(scopes, 0.6, "r1", "2026-12", 60)
+    assert first.refused is None and first.spent["global"] == pytest.approx(0.6)
+    second = await store.reserve(scopes, 0.6, "r2", "2026-12", 60)
+    assert second.refused == "global"  # 0.6 reserved + 0.6 would pass 1.0
+    await store.settle(list(scopes), "r1", 0.1, "2026-12")  # the answer cost less
+    assert (await store.spent(list(scopes), "2026-12"))["global"] == pytest.approx(0.1)
+    third = await store.reserve(scopes, 0.6, "r3", "2026-12", 60)
+    assert third.refused is None
+    await store.settle(list(scopes), "r3", 0.5, "2026-12")
+    await store.settle(list(scopes), "r3", 0.0, "2026-12")  # settling twice adds nothing
+    spent = await store.spent(list(scopes), "2026-12")
+    assert spent == {"global": pytest.approx(0.6), "key:a": pytest.approx(0.6)}
+    assert (await store.spent(["global"], "2027-01"))["global"] == 0.0  # a new month
+
+
+def test_concurrent_reservations_stay_under_the_cap(store: Callable[[Body], None]) -> None:
+    store(_test_concurrent_reservations_stay_under_the_cap)
+
+
+async def _test_concurrent_reservations_stay_under_the_cap(store: StateStore) -> None:
+    got = await asyncio.gather(*(store.reserve({"g": 1.0}, 0.1, f"r{i}", "m", 60)
+                                 for i in range(30)))
+    assert sum(r.refused is None for r in got) == 10
+
+
+def test_expired_leases_and_reservations_are_freed(store: Callable[[Body], None]) -> None:
+    store(_test_expired_leases_and_reservations_are_freed)
+
+
+async def _test_expired_leases_and_reservations_are_freed(store: StateStore) -> None:
+    # A replica that died holding them: a lease of 0.05 s is gone soon after.
+    await store.admit("k", NO_LIMIT, NO_LIMIT, 1, 0, "dead", 0.05)
+    await store.reserve({"g": 1.0}, 1.0, "dead", "m", 0.05)
+    await asyncio.sleep(0.1)
+    assert (await store.admit("k", NO_LIMIT, NO_LIMIT, 1, 0, "new", 60)).limited is None
+    assert (await store.reserve({"g": 1.0}, 1.0, "new", "m", 60)).refused is None
+
+
+def test_heartbeat_sums_other_replicas(redis_url: str) -> None:
+    asyncio.run(_test_heartbeat_sums_other_replicas(redis_url))
+
+
+async def _test_heartbeat_sums_other_replicas(redis_url: str) -> None:
+    a, b = RedisStore(redis_url, "t"), RedisStore(redis_url, "t")
+    try:
+        await a.heartbeat("ra", {"edge": 3, "cloud": 1}, 2.0)
+        others, live = await b.heartbeat("rb", {"edge": 2}, 2.0)
+        assert others == {"edge": 3, "cloud": 1} and live == 2
+        others, live = await a.heartbeat("ra", {"edge": 0}, 2.0)
+        assert others == {"edge": 2} and live == 2
+    finally:
+        await a.close()
+        await b.close()
+
+
+def test_prefixes_keep_fleets_apart(redis_url: str) -> None:
+    asyncio.run(_test_prefixes_keep_fleets_apart(redis_url))
+
+
+async def _test_prefixes_keep_fleets_apart(redis_url: str) -> None:
+    a, b = RedisStore(redis_url, "fleet-a"), RedisStore(redis_url, "fleet-b")
+    try:
+        assert (await a.admit("k", 1, NO_LIMIT, NO_LIMIT, 0, "1", 60)).limited is None
+        assert (await b.admit("k", 1, NO_LIMIT, NO_LIMIT, 0, "1", 60)).limited is None
+        assert (await a.admit("k", 1, NO_LIMIT, NO_LIMIT, 0, "2", 60)).limited == "requests"
+    finally:
+        await a.close()
+        await b.close()
+
+
+def test_unreachable_redis_raises_state_unavailable() -> None:
+    asyncio.run(_test_unreachable_redis_raises_state_unavailable())
+
+
+async def _test_unreachable_redis_raises_state_unavailable() -> None:
+    s = RedisStore(f"redis://127.0.0.1:{free_port()}/0", "t", timeout_s=0.2)
+    try:
+        with pytest.raises(StateUnavailable):
+            await s.admit("k", 1, NO_LIMIT, NO_LIMIT, 0, "1", 60)
+        with pytest.raises(StateUnavailable):
+            await s.ping()
+    finally:
+        await s.close()
+
+
+def test_sliding_window_math() -> None:
+    # Half-way through a window, half of the previous one still counts.
+    assert window_used(10, 4, 30_000) == pytest.approx(9.0)
+    assert window_admits(10, 4, 30_000, 1, 10) and not window_admits(10, 4, 30_000, 2, 10)
+    wait = window_wait_s(10, 4, 30_000, 2, 10)  # needs the old share to fall from 5 to 4
+    assert wait == pytest.approx(6.001, abs=0.01)
+    assert window_admits(10, 4, 30_000 + int(wait * 1000), 2, 10)
+    # Nothing fits before the roll: wait for it, then for the current share to fall.
+    assert window_wait_s(0, 10, 45_000, 1, 10) == pytest.approx(15 + 6.001, abs=0.01)
+    assert window_reset_s(0, 0, 10_000) == 0.0
+    assert window_reset_s(3, 0, 10_000) == pytest.approx(50.0)
+    assert window_wait_s(0, 0, 0, 1, NO_LIMIT) == 0.0
