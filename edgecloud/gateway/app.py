@@ -12,7 +12,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from edgecloud.api.asgi import (
@@ -39,8 +38,10 @@ from edgecloud.api.errors import (
 from edgecloud.gateway.attester import AttestationCollector, attesters_for
 from edgecloud.gateway.clientwatch import follow
 from edgecloud.gateway.config import ApiKeyConfig, GatewayConfig
+from edgecloud.gateway.errors import NoAllowedEndpoint
 from edgecloud.gateway.forward import Forwarder
 from edgecloud.gateway.health import CircuitBreaker, EndpointState
+from edgecloud.gateway.limits import Gate, Limiter
 from edgecloud.gateway.metrics import GatewayMetrics
 from edgecloud.gateway.policy import Hints, PlacementDecision, PlacementPolicy
 from edgecloud.gateway.pseudonymize import Rewritten
@@ -92,11 +93,12 @@ class GatewayApp:
             frozenset(allow) | frozenset(config.models.aliases) if allow is not None else None
         )
         self.forwarder = Forwarder(self.upstreams, self.metrics)
+        self.limiter = Limiter(config, self.metrics)
         self.tracing = resolve_tracing(config.tracing, os.environ)
         # None while tracing is off: then no OpenTelemetry object exists, per request or at all.
         self.tracer: GatewayTracer | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._month = datetime.now(UTC).strftime("%Y-%m")
+        self._reprobe = asyncio.Event()  # a request found no endpoint up: probe the down now
 
         self.routes = Routes()
         self.routes.add("/v1/chat/completions", self._chat, POST)
@@ -159,6 +161,7 @@ class GatewayApp:
         # Attest before the first probe: a confidential endpoint is unreachable until then.
         await asyncio.gather(*(a.start() for a in self.attesters.values()))
         await self._probe_all()
+        await self.limiter.start(self.states)
         self._tasks.append(asyncio.create_task(self._health_loop()))
         self._tasks.append(asyncio.create_task(self._flush_loop()))
         log_event(
@@ -174,6 +177,7 @@ class GatewayApp:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.limiter.stop()
         await asyncio.gather(*(a.stop() for a in self.attesters.values()))
         for up in self.upstreams.values():
             await up.close()
@@ -187,10 +191,23 @@ class GatewayApp:
         await asyncio.gather(*(up.probe() for up in self.upstreams.values()))
 
     async def _health_loop(self) -> None:
+        """Probe every endpoint each interval; between them, when a request was refused for
+        want of an endpoint, probe the down ones at once (at most every REPROBE_S), so an
+        edge that comes back is used within about that, not a whole interval later."""
         interval = self.config.limits.health_interval_s
+        loop = asyncio.get_running_loop()
+        due = loop.time() + interval
         while True:
-            await asyncio.sleep(interval)
-            await self._probe_all()
+            try:
+                await asyncio.wait_for(self._reprobe.wait(), max(due - loop.time(), 0))
+            except TimeoutError:
+                await self._probe_all()
+                due = loop.time() + interval
+                continue
+            down = [self.upstreams[s.name] for s in self.states if not s.healthy]
+            await asyncio.gather(*(up.probe() for up in down))
+            await asyncio.sleep(REPROBE_S)
+            self._reprobe.clear()
 
     async def _flush_loop(self) -> None:
         while True:
@@ -251,6 +268,7 @@ class GatewayApp:
         record: dict[str, Any] = {"event": "request", "route": scope["path"]}
         trace = None if self.tracer is None else self.tracer.begin(scope)
         watch = None
+        gate: Gate | None = None
         try:
             headers = {k: v for k, v in scope["headers"] if k in _WANTED}
             try:
@@ -266,12 +284,17 @@ class GatewayApp:
                 facts.elided = elided
                 self._check_model(facts.model)
                 hints = self._hints(headers, key)
+                if self.limiter.applies(key):
+                    gate = await self.limiter.admit(key, facts)
+                    send = gate.wrap(send)
                 decision = self.policy.choose_endpoint(
-                    facts, hints, self.states, time.monotonic(), self._cloud_spend()
+                    facts, hints, self.states, time.monotonic(), self.limiter.cloud_spend()
                 )
                 rewritten: Rewritten | None = None
                 if decision.without_surrogates is not None:
                     decision, rewritten = self._with_surrogates(decision, raw, facts, record)
+                if gate is not None:
+                    decision = await gate.place(decision)
                 record.update(model=facts.model, stream=facts.stream, images=facts.images,
                               body_bytes=len(raw), rule=decision.rule)
                 if hints.region:
@@ -287,9 +310,12 @@ class GatewayApp:
                     # The edge failed before a byte reached the client (it died before a probe
                     # or the breaker noticed): the cloud, with surrogates, if the policy allows.
                     fallback = self.policy.surrogate_fallback(
-                        failed, facts, hints, self.states, time.monotonic(), self._cloud_spend())
+                        failed, facts, hints, self.states, time.monotonic(),
+                        self.limiter.cloud_spend())
                     if fallback is not None:
                         fallback, rewritten = self._with_surrogates(fallback, raw, facts, record)
+                        if gate is not None:
+                            fallback = await gate.place(fallback)
                         if fallback.panic:
                             record["panic"] = True
                         failed = await self.forwarder.forward(
@@ -312,12 +338,12 @@ class GatewayApp:
                 await self._refuse(send, APIError("The gateway failed on this request.",
                                                   code="internal_error"), record, t0)
                 return
-            if "cost_usd" in record:
-                self._add_spend(record)
             self.log.write(record)
         finally:
             if watch is not None:
                 watch.stop()
+            if gate is not None:
+                await gate.finish(record)
             if trace is not None:
                 trace.finish(record)
 
@@ -336,6 +362,8 @@ class GatewayApp:
     async def _refuse(self, send: Send, err: APIError, record: dict[str, Any],
                       t0: float) -> None:
         reason = getattr(err, "rule", None) or f"request.{err.code or err.type}"
+        if isinstance(err, NoAllowedEndpoint):
+            self._reprobe.set()
         self.metrics.refusal(reason)
         self.metrics.request("none", "none", reason, err.status)
         record.update(status=err.status, reason=reason, error=err.code)
@@ -348,18 +376,8 @@ class GatewayApp:
             raise ModelNotFound(f"The model {model!r} does not exist here; see /v1/models.",
                                 param="model")
 
-    # A rough running total of estimated cloud spend this calendar month (for the budget rule).
-    _spend: float = 0.0
 
-    def _cloud_spend(self) -> float:
-        return self._spend
-
-    def _add_spend(self, record: dict[str, Any]) -> None:
-        month = datetime.now(UTC).strftime("%Y-%m")
-        if month != self._month:
-            self._month, self._spend = month, 0.0
-        if record.get("placement") == "cloud":
-            self._spend += float(record["cost_usd"])
+REPROBE_S = 0.1
 
 
 _WANTED = frozenset({

@@ -309,7 +309,7 @@ class Forwarder:
         tier = state.config.tier
         self.metrics.request(tier, state.name, rule, status)
         self.metrics.added_latency(added)
-        record.update(placement=tier, endpoint=state.name, reason=rule,
+        record.update(placement=tier, endpoint=state.name, reason=rule, completion_tokens=tokens,
                       resp_bytes=sent, upstream_ms=round((t_end - t_up) * 1000, 3),
                       added_ms=round(added * 1000, 3), total_ms=round((t_end - t0) * 1000, 3))
         price = state.config.price

@@ -143,7 +143,8 @@ class EndpointState:
     breaker: CircuitBreaker
     latency: LatencyEstimator = field(default_factory=LatencyEstimator)
     healthy: bool = True
-    in_flight: int = 0
+    in_flight: int = 0  # this replica's
+    others_in_flight: int = 0  # the other replicas', as their last heartbeat said (limits.py)
     model_id: str | None = None
     last_error: str | None = None
     discovered_capabilities: tuple[str, ...] | None = None  # from the endpoint's /v1/models
@@ -186,5 +187,10 @@ class EndpointState:
         return (self.healthy and self.breaker.allows(now)
                 and (self.attestation is None or self.attestation.attested(now)))
 
+    @property
+    def load(self) -> int:
+        """Requests in flight on the endpoint from every replica: what max_concurrency bounds."""
+        return self.in_flight + self.others_in_flight
+
     def queued(self) -> int:
-        return max(self.in_flight - self.config.max_concurrency + 1, 0)
+        return max(self.load - self.config.max_concurrency + 1, 0)

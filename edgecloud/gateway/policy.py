@@ -273,7 +273,7 @@ class PlacementPolicy:
     def _edge_strained(self, e: EndpointState, facts: RequestFacts, hints: Hints) -> bool:
         """Queueing past the offload threshold, or predicted to miss the deadline."""
         cfg = self.config
-        if e.in_flight - e.config.max_concurrency > cfg.offload.edge_queue_above:
+        if e.load - e.config.max_concurrency > cfg.offload.edge_queue_above:
             return True
         deadline_ms = hints.deadline_ms if hints.deadline_ms is not None else cfg.slo_ms
         if deadline_ms is None:
@@ -376,7 +376,7 @@ class PlacementPolicy:
                 pin is not None and c.tier != pin,
                 over_budget and not is_edge,  # a spent budget makes cloud a last resort
                 misses, predicted if misses else 0.0,
-                is_edge and e.in_flight - c.max_concurrency > queue_above,
+                is_edge and e.load - c.max_concurrency > queue_above,
                 cost, not is_edge, predicted, i, e,
             ))
         kc = keyed[cheapest_i]

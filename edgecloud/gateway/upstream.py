@@ -127,7 +127,12 @@ class Upstream:
         now = time.monotonic()
         if ok:
             st.latency.observe_rtt(time.perf_counter() - t0)
-            st.breaker.probe_passed(now)
+            if was_healthy:
+                st.breaker.probe_passed(now)
+            else:
+                # It was down and is back: the failures that opened the breaker were the outage
+                # the probes already knew of, so they do not hold back its return.
+                st.breaker.success()
         st.healthy = ok
         return ok
 
