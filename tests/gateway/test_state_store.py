@@ -20,7 +20,6 @@ from edgecloud.gateway.state import (
 )
 from edgecloud.supervise import free_port
 
-
 Body = Callable[[StateStore], Awaitable[None]]
 
 
