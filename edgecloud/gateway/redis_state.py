@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
 from edgecloud.gateway.state import Reserved, StateUnavailable, Usage
@@ -193,7 +195,9 @@ class RedisStore:
         self.prefix = prefix
         self.client = aioredis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-            retry_on_timeout=False, health_check_interval=0, max_connections=256,
+            # No retries: a failed call falls back at once (limits.py) rather than holding the
+            # request through backoffs; the Limiter's ping brings the store back.
+            retry=Retry(NoBackoff(), 0), health_check_interval=0, max_connections=256,
             decode_responses=True,
         )
         self._admit = _Script(self.client, _ADMIT)
@@ -253,7 +257,10 @@ class RedisStore:
         return others, int(r[0])
 
     async def ping(self) -> None:
+        """Whether Redis answers, on a fresh connection: the pool's older ones may be to a
+        server that has since died, and would fail the first calls after its return."""
         try:
+            await self.client.connection_pool.disconnect()
             await self.client.ping()
         except (RedisError, OSError) as exc:
             raise StateUnavailable(f"redis: {type(exc).__name__}") from None
