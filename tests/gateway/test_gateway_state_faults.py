@@ -52,7 +52,8 @@ def test_redis_killed_under_load_no_5xx_no_stuck_request_and_recovery(
         cloud = launch_standin(tmp_path, started, "cloud", "cloud-model")
         config = {
             "endpoints": [
-                endpoint("edge", "edge", edge.v1, price={"input_per_mtok": 5.0, "output_per_mtok": 5.0}),
+                endpoint("edge", "edge", edge.v1, price={"input_per_mtok": 5.0,
+                                                          "output_per_mtok": 5.0}),
                 endpoint("cloud", "cloud", cloud.v1, price={"input_per_mtok": 1.0,
                                                              "output_per_mtok": 2.0}),
             ],
