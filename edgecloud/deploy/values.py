@@ -131,6 +131,32 @@ class GatewayAutoscaling(_Strict):
     target_cpu_percent: int = Field(default=70, ge=10, le=100)
 
 
+class GatewayState(_Strict):
+    """Where the gateway replicas share limits, quotas and the budget's spend."""
+
+    # in_cluster: a Redis rendered here (AOF on a volume, so spend survives its restarts);
+    # external: a managed Redis whose URL is the `url_key` of Secret `url_secret`;
+    # none: each replica counts alone (limits and budgets multiply by the replica count).
+    redis: Literal["in_cluster", "external", "none"] = "in_cluster"
+    url_secret: str = ""
+    url_key: str = "url"
+    prefix: str = "edgecloud"
+    image: Image = Field(default_factory=lambda: Image(repository="redis", tag="7.2-alpine"))
+    storage: str = "1Gi"
+    resources: Resources = Field(
+        default_factory=lambda: Resources(
+            requests={"cpu": "100m", "memory": "128Mi"}, limits={"cpu": "1", "memory": "512Mi"}
+        )
+    )
+
+    @model_validator(mode="after")
+    def _secret_for_external(self) -> GatewayState:
+        if self.redis == "external" and not self.url_secret:
+            raise ValueError("redis: external needs url_secret (a Secret whose key "
+                             f"{self.url_key!r} is redis://... or rediss://...)")
+        return self
+
+
 class Gateway(_Strict):
     image: Image = Field(default_factory=lambda: Image(repository="edgecloud/gateway"))
     replicas: int = Field(default=2, ge=1)
@@ -144,6 +170,7 @@ class Gateway(_Strict):
     # The gateway's YAML configuration (shared/DESIGN.md shape), checked by the gateway's own
     # model; empty: one cloud endpoint, the in-cluster node Service.
     config: GatewayConfig | None = None
+    state: GatewayState = Field(default_factory=GatewayState)
 
     @field_validator("config", mode="before")
     @classmethod

@@ -185,3 +185,19 @@ def test_workers_with_memory_state_and_limits_are_refused(
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "state.backend: redis" in out.stderr and "team-a" in out.stderr
+
+
+def test_workers_share_one_port_and_limits_stay_exact(
+        clouds: tuple[Standin, Standin, Path], gateways: Callable[..., Gateway]) -> None:
+    edge, cloud, _ = clouds
+    keys = [{"name": "team-a", "sha256": _sha(KEY_A), "limits": {"rpm": 6}}]
+    gw = gateways(_config(edge, cloud, keys, True), "--workers", "2")
+    codes = []
+    for _ in range(12):  # a new connection each: the kernel spreads them over the workers
+        codes.append(_post(gw, KEY_A).status_code)
+    assert codes.count(200) == 6 and codes.count(429) == 6
+    # Two processes answer on the port: the parent and its two workers.
+    import psutil
+
+    children = psutil.Process(gw.proc.pid).children()
+    assert len(children) == 2
