@@ -285,7 +285,7 @@ class GatewayApp:
                 self._check_model(facts.model)
                 hints = self._hints(headers, key)
                 if self.limiter.applies(key):
-                    gate = await self.limiter.admit(key, facts)
+                    gate = self.limiter.gate(key, facts)
                     send = gate.wrap(send)
                 decision = self.policy.choose_endpoint(
                     facts, hints, self.states, time.monotonic(), self.limiter.cloud_spend()
@@ -343,7 +343,7 @@ class GatewayApp:
             if watch is not None:
                 watch.stop()
             if gate is not None:
-                await gate.finish(record)
+                gate.finish(record)
             if trace is not None:
                 trace.finish(record)
 

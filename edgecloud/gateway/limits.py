@@ -23,7 +23,6 @@ import math
 import os
 import uuid
 from collections import deque
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from edgecloud.api.asgi import Message, Send
@@ -38,6 +37,8 @@ from edgecloud.gateway.policy import PlacementDecision
 from edgecloud.gateway.request import RequestFacts
 from edgecloud.gateway.state import (
     NO_LIMIT,
+    Begin,
+    End,
     MemoryStore,
     StateStore,
     StateUnavailable,
@@ -59,7 +60,7 @@ GLOBAL = "global"
 SYNC_UP_S = 0.25  # heartbeat and spend refresh while the store answers
 SYNC_DOWN_S = 0.1  # ping while it does not
 HEARTBEAT_TTL_S = 2.0
-MAX_PENDING = 10_000  # settlements held while the store is down
+MAX_PENDING = 10_000  # request ends held while the store is down
 
 
 def open_store(config: GatewayConfig) -> StateStore:
@@ -107,14 +108,6 @@ def ratelimit_headers(limits: tuple[int, int], usage: Usage) -> list[tuple[bytes
     return out
 
 
-@dataclass(slots=True)
-class _Pending:
-    scopes: list[str]
-    rid: str
-    actual: float
-    month: str
-
-
 class Limiter:
     """Admission, budget and the shared store's health for one gateway process."""
 
@@ -124,28 +117,37 @@ class Limiter:
         self.metrics = metrics
         self.store = store if store is not None else open_store(config)
         self.shared = config.state.backend == "redis"
-        self.local = MemoryStore() if self.shared else self.store  # rate-limit fallback
+        # The rate-limit fallback while the shared store is down (the store itself in memory).
+        self.local = self.store if isinstance(self.store, MemoryStore) else MemoryStore()
         self.lease_s = config.state.lease_s
         self.budget = config.policy.budget
         self.up = True
         self.replicas = 1
         self.replica_id = uuid.uuid4().hex[:12]
         self._spent = 0.0  # global spend + reservations, as last read or counted here
-        self._pending: deque[_Pending] = deque()
+        # Request ends, sent in batches (one round trip for many) off the request's path; while
+        # the store is down they wait here and go once it is back.
+        self._ends: deque[End] = deque()
+        self._ends_ready = asyncio.Event()
         self._states: list[EndpointState] = []
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self, states: list[EndpointState]) -> None:
         self._states = states
         await self._sync()
-        self._task = asyncio.create_task(self._sync_loop())
+        self._tasks = [asyncio.create_task(self._sync_loop()),
+                       asyncio.create_task(self._end_loop())]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        await self._flush()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.up:
+            await self._send_ends()
+        if self._ends:
+            log_event(_events, "state.ends_lost", logging.ERROR, count=len(self._ends),
+                      usd=round(sum(e.actual for e in self._ends), 6))
         await self.store.close()
 
     def _down(self, exc: StateUnavailable) -> None:
@@ -161,15 +163,15 @@ class Limiter:
             await self._sync()
 
     async def _sync(self) -> None:
-        """Heartbeat (in-flight counts, live replicas), the budget's spend, pending settlements;
-        while down, a ping that brings the store back."""
+        """Heartbeat (in-flight counts, live replicas) and the budget's spend; while down, a
+        ping that brings the store back (and sends the ends held meanwhile)."""
         try:
             if not self.up:
                 await self.store.ping()
                 self.up = True
                 self.metrics.state_up(True)
-                log_event(_events, "state.up", pending=len(self._pending))
-            await self._flush()
+                log_event(_events, "state.up", pending=len(self._ends))
+                self._ends_ready.set()
             if self.shared:
                 others, self.replicas = await self.store.heartbeat(
                     self.replica_id, {s.name: s.in_flight for s in self._states},
@@ -183,11 +185,31 @@ class Limiter:
             for s in self._states:
                 s.others_in_flight = 0  # unknown: count this replica's alone
 
-    async def _flush(self) -> None:
-        while self._pending and self.up:
-            p = self._pending[0]
-            await self.store.settle(p.scopes, p.rid, p.actual, p.month)
-            self._pending.popleft()
+    async def _end_loop(self) -> None:
+        while True:
+            await self._ends_ready.wait()
+            self._ends_ready.clear()
+            if self.up:
+                await self._send_ends()
+
+    async def _send_ends(self) -> None:
+        while self._ends and self.up:
+            batch = list(self._ends)
+            try:
+                await self.store.end_many(batch)
+            except StateUnavailable as exc:
+                self._down(exc)
+                return
+            for _ in batch:
+                self._ends.popleft()
+
+    def end(self, e: End) -> None:
+        """Queue a request's end for the next batch (never blocks the request)."""
+        if len(self._ends) >= MAX_PENDING:
+            log_event(_events, "state.end_dropped", logging.ERROR, usd=e.actual)
+            return
+        self._ends.append(e)
+        self._ends_ready.set()
 
     # -- the request path ---------------------------------------------------------------------
     def applies(self, key: ApiKeyConfig | None) -> bool:
@@ -198,28 +220,15 @@ class Limiter:
         """This month's global cloud spend (and reservations) as last known, for the policy."""
         return self._spent
 
-    async def admit(self, key: ApiKeyConfig | None, facts: RequestFacts) -> Gate:
-        """Count the request against its key's rate limits; raises RateLimited (429)."""
-        gate = Gate(self, key, facts)
-        limits = key.limits if key is not None else None
-        if key is None or limits is None or not limits.rate_limited:
-            return gate
-        store, rpm, tpm, par = self._limits_now(limits)
-        tokens = facts.prompt_tokens_estimate
-        try:
-            usage = await store.admit(key.name, rpm, tpm, par, tokens, gate.lease, self.lease_s)
-        except StateUnavailable as exc:
-            self._down(exc)
-            store, rpm, tpm, par = self._limits_now(limits)
-            usage = await store.admit(key.name, rpm, tpm, par, tokens, gate.lease, self.lease_s)
-        headers = ratelimit_headers((rpm, tpm), usage)
-        if usage.limited is not None:
-            self.metrics.key_limited(key.name, usage.limited)
-            raise _rate_limited(key.name, usage, (rpm, tpm, par), tokens, headers)
-        gate.admitted(store, headers)
-        return gate
+    def gate(self, key: ApiKeyConfig | None, facts: RequestFacts) -> Gate:
+        """The request's Gate; nothing is counted until its first `place`."""
+        return Gate(self, key, facts)
 
-    def _limits_now(self, limits: KeyLimits) -> tuple[StateStore, int, int, int]:
+    def limits_now(self, limits: KeyLimits | None) -> tuple[StateStore, int, int, int]:
+        """The store that counts a key's rate limits now, and the limits there: the shared
+        ones, or this replica's share while the shared store is down."""
+        if limits is None:
+            return self.store if self.up else self.local, NO_LIMIT, NO_LIMIT, NO_LIMIT
         if self.up:
             return (self.store, _or_none(limits.rpm), _or_none(limits.tpm),
                     _or_none(limits.max_parallel))
@@ -237,19 +246,14 @@ class Limiter:
             out["key:" + key.name] = key.limits.monthly_cloud_usd
         return out
 
-    def settle_later(self, scopes: list[str], rid: str, actual: float, month: str) -> None:
-        if len(self._pending) < MAX_PENDING:
-            self._pending.append(_Pending(scopes, rid, actual, month))
-        else:
-            log_event(_events, "state.settlement_dropped", logging.ERROR, usd=actual)
-
 
 def _or_none(v: int | None) -> int:
     return NO_LIMIT if v is None else v
 
 
-def _rate_limited(name: str, usage: Usage, limits: tuple[int, int, int], tokens: int,
-                  headers: list[tuple[bytes, bytes]]) -> RateLimited:
+def _rate_limited(name: str, usage: Usage, limits: tuple[int, int, int], tokens: int
+                  ) -> RateLimited:
+    """The 429; its x-ratelimit-* headers are added by Gate.wrap, as on every answer."""
     rpm, tpm, par = limits
     el = usage.elapsed_ms
     if usage.limited == "requests":
@@ -265,16 +269,16 @@ def _rate_limited(name: str, usage: Usage, limits: tuple[int, int, int], tokens:
                       f"{duration(wait)}.", code="rate_limit_exceeded")
     err.type = "tokens" if usage.limited == "tokens" else "requests"
     err.headers = {"retry-after": str(max(math.ceil(wait), 1)),
-                   "retry-after-ms": str(max(math.ceil(wait * 1000), 1)),
-                   **{k.decode(): v.decode() for k, v in headers}}
+                   "retry-after-ms": str(max(math.ceil(wait * 1000), 1))}
     return err
 
 
 class Gate:
-    """One admitted request's hold on its key's limits and the budget."""
+    """One request's hold on its key's limits and the budget: taken at its first placement
+    (one atomic step on the store), given back when it ends."""
 
-    __slots__ = ("limiter", "key", "facts", "lease", "headers", "_store", "_scopes", "_rid",
-                 "_month")
+    __slots__ = ("limiter", "key", "facts", "lease", "headers", "_counted_in", "_scopes",
+                 "_reserved", "_month")
 
     def __init__(self, limiter: Limiter, key: ApiKeyConfig | None, facts: RequestFacts) -> None:
         self.limiter = limiter
@@ -282,58 +286,78 @@ class Gate:
         self.facts = facts
         self.lease = uuid.uuid4().hex
         self.headers: list[tuple[bytes, bytes]] = []
-        self._store: StateStore | None = None  # where the parallel slot and tokens were taken
-        self._scopes: dict[str, float] | None = None
-        self._rid: str | None = None
-        self._month = ""
-
-    def admitted(self, store: StateStore, headers: list[tuple[bytes, bytes]]) -> None:
-        self._store = store
-        self.headers = headers
+        # The store that holds this request's parallel slot and tokens; None: not counted yet.
+        self._counted_in: StateStore | None = None
+        self._scopes = limiter.scopes(key)
+        self._reserved = False
+        self._month = month_now()
 
     def wrap(self, send: Send) -> Send:
         """`send` with the key's x-ratelimit-* headers added to the answer's start."""
-        if not self.headers:
+        limits = self.key.limits if self.key is not None else None
+        if limits is None or not limits.rate_limited:
             return send
-        extra = self.headers
 
         async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", ()), *extra]}
+            if message["type"] == "http.response.start" and self.headers:
+                message = {**message, "headers": [*message.get("headers", ()), *self.headers]}
             await send(message)
 
         return send_with_headers
 
     async def place(self, decision: PlacementDecision) -> PlacementDecision:
-        """Reserve the decision's estimated cloud cost in every capped budget, once per request
-        (a fallback or retry reuses it); where that fails, the decision without the cloud, or
+        """Count the request against its key's rate limits (once: raises RateLimited) and
+        reserve the decision's estimated cloud cost in every capped budget (once: a fallback or
+        retry reuses it). Where the reservation fails, the decision without the cloud, or
         InsufficientQuota / BudgetUnavailable where only the cloud could take it."""
-        clouds = [e for e in decision.order if e.config.tier == "cloud"]
         lim = self.limiter
-        if self._scopes is None:
-            self._scopes = lim.scopes(self.key)
-            self._month = month_now()
+        key = self.key
+        limits = key.limits if key is not None else None
+        rate = (self._counted_in is None and key is not None and limits is not None
+                and limits.rate_limited)
+        clouds = [e for e in decision.order if e.config.tier == "cloud"]
         capped = any(cap != NO_LIMIT for cap in self._scopes.values())
-        if not clouds or not capped or self._rid is not None:
+        amount = 0.0
+        if clouds and capped and not self._reserved:
+            f = self.facts
+            out = f.max_output_tokens or lim.config.policy.default_output_tokens
+            amount = max((e.config.price.input_per_mtok * f.prompt_tokens_estimate
+                          + e.config.price.output_per_mtok * out) / 1e6 for e in clouds)
+            if not lim.up and not rate:
+                return self._without_cloud(decision, None)
+        if not rate and amount <= 0:
             return decision
-        f = self.facts
-        out = f.max_output_tokens or lim.config.policy.default_output_tokens
-        amount = max((e.config.price.input_per_mtok * f.prompt_tokens_estimate
-                      + e.config.price.output_per_mtok * out) / 1e6 for e in clouds)
-        if lim.up:
-            rid = self.lease
-            try:
-                got = await lim.store.reserve(self._scopes, amount, rid, self._month, lim.lease_s)
-            except StateUnavailable as exc:
-                lim._down(exc)
-            else:
-                if GLOBAL in got.spent:
-                    lim._spent = got.spent[GLOBAL]
-                if got.refused is None:
-                    self._rid = rid
-                    return decision
-                return self._without_cloud(decision, got.refused)
-        return self._without_cloud(decision, None)
+        store, rpm, tpm, par = lim.limits_now(limits if rate else None)
+        tokens = self.facts.prompt_tokens_estimate
+        shared_budget = amount > 0 and lim.up
+        begin = Begin(key.name if rate and key is not None else None, rpm, tpm, par, tokens,
+                      self.lease, lim.lease_s, self._scopes if store is lim.store else {},
+                      amount if store is lim.store else 0.0, self._month)
+        try:
+            usage, reserved = await store.begin(begin)
+        except StateUnavailable as exc:
+            lim._down(exc)
+            shared_budget = False
+            store, rpm, tpm, par = lim.limits_now(limits if rate else None)
+            begin = Begin(begin.key, rpm, tpm, par, tokens, self.lease, lim.lease_s, {}, 0.0,
+                          self._month)
+            usage, reserved = await store.begin(begin)
+        if usage is not None and key is not None:
+            self.headers = ratelimit_headers((rpm, tpm), usage)
+            if usage.limited is not None:
+                lim.metrics.key_limited(key.name, usage.limited)
+                raise _rate_limited(key.name, usage, (rpm, tpm, par), tokens)
+            self._counted_in = store
+        if amount <= 0:
+            return decision
+        if not shared_budget or reserved is None:
+            return self._without_cloud(decision, None)
+        if GLOBAL in reserved.spent:
+            lim._spent = reserved.spent[GLOBAL]
+        if reserved.refused is not None:
+            return self._without_cloud(decision, reserved.refused)
+        self._reserved = True
+        return decision
 
     def _without_cloud(self, decision: PlacementDecision, refused: str | None
                        ) -> PlacementDecision:
@@ -356,33 +380,24 @@ class Gate:
                                  why if primary_moved else decision.explanation,
                                  decision.restricted, panic=decision.panic)
 
-    async def finish(self, record: dict[str, Any]) -> None:
-        """Settle the budget to the actual cost, free the parallel slot, count the answer's
-        tokens. Never raises: a store that is down gets the settlement later."""
+    def finish(self, record: dict[str, Any]) -> None:
+        """Give back the parallel slot, count the answer's tokens, settle the budget to the
+        actual cost: queued for the next batch, never blocking nor raising."""
         lim = self.limiter
         actual = float(record.get("cost_usd", 0.0)) if record.get("placement") == "cloud" else 0.0
         completion = int(record.get("completion_tokens", 0))
-        if self.key is not None:
-            lim.metrics.key_request(self.key.name, record.get("placement", "none"),
+        key = self.key
+        if key is not None:
+            lim.metrics.key_request(key.name, record.get("placement", "none"),
                                     self.facts.prompt_tokens_estimate, completion, actual)
-        if self._scopes is None:
-            self._scopes = lim.scopes(self.key)
-            self._month = month_now()
-        if self._scopes and (self._rid is not None or actual > 0):
-            names = list(self._scopes)
-            rid = self._rid or self.lease
-            if GLOBAL in self._scopes and self._rid is None:
-                lim._spent += actual
-            try:
-                if not lim.up:
-                    raise StateUnavailable("down")
-                await lim.store.settle(names, rid, actual, self._month)
-            except StateUnavailable as exc:
-                if lim.up:
-                    lim._down(exc)
-                lim.settle_later(names, rid, actual, self._month)
-        if self._store is not None and self.key is not None:
-            try:
-                await self._store.release(self.key.name, self.lease, completion)
-            except StateUnavailable as exc:
-                lim._down(exc)  # the slot's lease expires on its own
+        counted = self._counted_in
+        if counted is not None and counted is not lim.store and key is not None:
+            lim.local.release_now(key.name, self.lease, completion)  # counted while down
+            counted = None
+        scopes = tuple(self._scopes) if (self._reserved or actual > 0) else ()
+        if GLOBAL in scopes and not self._reserved:
+            lim._spent += actual
+        if counted is None and not scopes:
+            return
+        lim.end(End(key.name if counted is not None and key is not None else None, self.lease,
+                    completion, scopes, actual, self._month))

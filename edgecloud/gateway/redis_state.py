@@ -15,18 +15,16 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
-from edgecloud.gateway.state import Reserved, StateUnavailable, Usage
+from edgecloud.gateway.state import Begin, End, Reserved, StateUnavailable, Usage
 
 _NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS[1] key base. ARGV: rpm, tpm, max_parallel (-1: none), tokens, lease, lease_ms, window_ms
-_ADMIT = _NOW + """
-local base = KEYS[1]
-local rpm, tpm, maxpar = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local tokens, lease, lease_ms, W = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
+# admit(key base, rpm, tpm, max_parallel (-1: none), tokens, lease, lease_ms, window_ms)
+_ADMIT_FN = """
+local function admit(now, base, rpm, tpm, maxpar, tokens, lease, lease_ms, W)
 local n = math.floor(now / W)
 local el = now - n * W
 local frac = 1 - el / W
@@ -62,6 +60,13 @@ else
   end
 end
 return {limited, rp, rc, tp, tc, el, par}
+end
+"""
+
+# KEYS[1] key base. ARGV: rpm, tpm, max_parallel (-1: none), tokens, lease, lease_ms, window_ms
+_ADMIT = _NOW + _ADMIT_FN + """
+return admit(now, KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
+             tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]))
 """
 
 # KEYS[1] key base. ARGV: lease, tokens, window_ms
@@ -96,26 +101,72 @@ end
 local KEEP_MS = 40 * 86400 * 1000
 """
 
+# reserve(now, bases, caps (-1: none), amount, rid, lease_ms) -> {refused index or 0, totals}
+_RESERVE_FN = """
+local function reserve(now, bases, caps, amount, rid, lease_ms)
+  local out = {}
+  for i, b in ipairs(bases) do
+    purge(b, now)
+    if caps[i] >= 0 and total(b) + amount > caps[i] + 1e-9 then
+      for j, b2 in ipairs(bases) do out[j] = tostring(total(b2)) end
+      return {i, out}
+    end
+  end
+  for i, b in ipairs(bases) do
+    redis.call('HINCRBYFLOAT', b .. ':s', 'reserved', amount)
+    redis.call('ZADD', b .. ':z', now + lease_ms, rid)
+    redis.call('HSET', b .. ':a', rid, amount)
+    for _, suffix in ipairs({':s', ':z', ':a'}) do redis.call('PEXPIRE', b .. suffix, KEEP_MS) end
+    out[i] = tostring(total(b))
+  end
+  return {0, out}
+end
+"""
+
 # ARGV: amount, rid, lease_ms, then one cap per key (-1: none)
-_RESERVE = _NOW + _PURGE + """
-local amount, rid, lease_ms = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
-local out = {}
-for i, b in ipairs(KEYS) do
-  purge(b, now)
-  local cap = tonumber(ARGV[3 + i])
-  if cap >= 0 and total(b) + amount > cap + 1e-9 then
-    for j, b2 in ipairs(KEYS) do out[j] = tostring(total(b2)) end
-    return {i, out}
+_RESERVE = _NOW + _PURGE + _RESERVE_FN + """
+local caps = {}
+for i = 1, #KEYS do caps[i] = tonumber(ARGV[3 + i]) end
+return reserve(now, KEYS, caps, tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]))
+"""
+
+# One request's start. KEYS[1] the key base ('' for no rate limits), KEYS[2..] budget bases.
+# ARGV: rpm, tpm, max_parallel, tokens, lease, lease_ms, window_ms, amount, caps...
+_BEGIN = _NOW + _PURGE + _ADMIT_FN + _RESERVE_FN + """
+local usage = 0  -- not nil: a nil would end the reply array
+if KEYS[1] ~= '' then
+  usage = admit(now, KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
+                tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]))
+  if usage[1] ~= '' or #KEYS == 1 then return {usage} end
+end
+local bases, caps = {}, {}
+for i = 2, #KEYS do bases[i - 1] = KEYS[i]; caps[i - 1] = tonumber(ARGV[7 + i]) end
+return {usage, reserve(now, bases, caps, tonumber(ARGV[8]), ARGV[5], tonumber(ARGV[6]))}
+"""
+
+# One request's end. KEYS as _BEGIN. ARGV: lease, tokens, window_ms, actual
+_END = _NOW + _PURGE + """
+local lease, tokens, W, actual = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+if KEYS[1] ~= '' then
+  redis.call('ZREM', KEYS[1] .. ':par', lease)
+  if tokens > 0 then
+    local k = KEYS[1] .. ':t:' .. math.floor(now / W)
+    redis.call('INCRBY', k, tokens)
+    redis.call('PEXPIRE', k, 2 * W)
   end
 end
-for i, b in ipairs(KEYS) do
-  redis.call('HINCRBYFLOAT', b .. ':s', 'reserved', amount)
-  redis.call('ZADD', b .. ':z', now + lease_ms, rid)
-  redis.call('HSET', b .. ':a', rid, amount)
-  for _, suffix in ipairs({':s', ':z', ':a'}) do redis.call('PEXPIRE', b .. suffix, KEEP_MS) end
-  out[i] = tostring(total(b))
+for i = 2, #KEYS do
+  local b = KEYS[i]
+  local amt = redis.call('HGET', b .. ':a', lease)
+  if amt then
+    redis.call('HINCRBYFLOAT', b .. ':s', 'reserved', -tonumber(amt))
+    redis.call('HDEL', b .. ':a', lease)
+    redis.call('ZREM', b .. ':z', lease)
+  end
+  if actual > 0 then redis.call('HINCRBYFLOAT', b .. ':s', 'spent', actual) end
+  redis.call('PEXPIRE', b .. ':s', KEEP_MS)
 end
-return {0, out}
+return 0
 """
 
 # ARGV: rid, actual
@@ -171,6 +222,10 @@ return out
 _WINDOW_MS = 60_000
 
 
+def _usage(r: list[Any]) -> Usage:
+    return Usage(r[0] or None, int(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]), int(r[6]))
+
+
 class _Script:
     """A script run by EVALSHA, loaded again (EVAL) after Redis restarted and forgot it."""
 
@@ -206,6 +261,8 @@ class RedisStore:
         self._settle = _Script(self.client, _SETTLE)
         self._spent = _Script(self.client, _SPENT)
         self._heartbeat = _Script(self.client, _HEARTBEAT)
+        self._begin = _Script(self.client, _BEGIN)
+        self._end = _Script(self.client, _END)
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}:key:{key}"
@@ -224,8 +281,44 @@ class RedisStore:
         r = await self._run(self._admit, [self._key(key)],
                             [rpm, tpm, max_parallel, tokens, lease, int(lease_s * 1000),
                              _WINDOW_MS])
-        return Usage(r[0] or None, int(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]),
-                     int(r[6]))
+        return _usage(r)
+
+    async def begin(self, b: Begin) -> tuple[Usage | None, Reserved | None]:
+        scopes = list(b.scopes) if b.amount > 0 else []
+        if b.key is None and not scopes:
+            return None, None
+        keys = [self._key(b.key) if b.key is not None else ""]
+        keys += [self._budget(s, b.month) for s in scopes]
+        r = await self._run(self._begin, keys, [
+            b.rpm, b.tpm, b.max_parallel, b.tokens, b.lease, int(b.lease_s * 1000), _WINDOW_MS,
+            repr(b.amount), *(repr(float(b.scopes[s])) for s in scopes)])
+        usage = _usage(r[0]) if r[0] else None
+        reserved = None
+        if len(r) > 1:
+            idx, totals = int(r[1][0]), r[1][1]
+            reserved = Reserved(scopes[idx - 1] if idx else None,
+                                {s: float(v) for s, v in zip(scopes, totals, strict=True)})
+        return usage, reserved
+
+    async def end_many(self, ends: list[End]) -> None:
+        """Every End in one pipeline: one round trip, however many requests ended."""
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for e in ends:
+                    keys = [self._key(e.key) if e.key is not None else ""]
+                    keys += [self._budget(s, e.month) for s in e.scopes]
+                    pipe.evalsha(self._end.sha, len(keys), *keys, e.lease, e.tokens, _WINDOW_MS,
+                                 repr(e.actual))
+                results = await pipe.execute(raise_on_error=False)
+            if any(isinstance(x, NoScriptError) for x in results):
+                # Redis restarted and forgot the script: load it, then again (End is idempotent
+                # but for `actual`, so only the ones that failed).
+                await self.client.script_load(_END)
+                again = [e for e, x in zip(ends, results, strict=True)
+                         if isinstance(x, NoScriptError)]
+                await self.end_many(again)
+        except (RedisError, OSError) as exc:
+            raise StateUnavailable(f"redis: {type(exc).__name__}") from None
 
     async def release(self, key: str, lease: str, tokens: int) -> None:
         await self._run(self._release, [self._key(key)], [lease, tokens, _WINDOW_MS])

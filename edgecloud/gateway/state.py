@@ -88,6 +88,36 @@ class Reserved:
     spent: dict[str, float] = field(default_factory=dict)  # spent + reserved per scope, after
 
 
+@dataclass(slots=True, frozen=True)
+class Begin:
+    """What one request takes as it starts: a key's rate limits (key None: none) and a budget
+    reservation (amount 0 or no scopes: none), in one atomic step."""
+
+    key: str | None
+    rpm: int
+    tpm: int
+    max_parallel: int
+    tokens: int
+    lease: str
+    lease_s: float
+    scopes: dict[str, float]  # scope -> cap (NO_LIMIT: counted, not capped)
+    amount: float
+    month: str
+
+
+@dataclass(slots=True, frozen=True)
+class End:
+    """What one request gives back as it ends: its parallel slot and the answer's tokens
+    (key None: nothing), and its reservation settled to the actual cost (no scopes: none)."""
+
+    key: str | None
+    lease: str
+    tokens: int
+    scopes: tuple[str, ...]
+    actual: float
+    month: str
+
+
 class StateStore(Protocol):
     """What the gateway shares between replicas. Every method is atomic; all raise
     StateUnavailable when the store cannot answer."""
@@ -112,6 +142,14 @@ class StateStore(Protocol):
 
     async def spent(self, scopes: list[str], month: str) -> dict[str, float]:
         """Spent + reserved this month, per scope."""
+        ...
+
+    async def begin(self, b: Begin) -> tuple[Usage | None, Reserved | None]:
+        """admit then (if admitted) reserve, as one step; None for a part not asked for."""
+        ...
+
+    async def end_many(self, ends: list[End]) -> None:
+        """release and settle for many requests at once (one round trip)."""
         ...
 
     async def heartbeat(self, replica: str, in_flight: dict[str, int],
@@ -181,9 +219,30 @@ class MemoryStore:
         return Usage(limited, rp, rc, tp, tc, elapsed, par)
 
     async def release(self, key: str, lease: str, tokens: int) -> None:
+        self.release_now(key, lease, tokens)
+
+    def release_now(self, key: str, lease: str, tokens: int) -> None:
         self._leases.get(key, {}).pop(lease, None)
         if tokens:
             self._add(key, "t", self._now_ms() // WINDOW_MS, tokens)
+
+    async def begin(self, b: Begin) -> tuple[Usage | None, Reserved | None]:
+        usage = None
+        if b.key is not None:
+            usage = await self.admit(b.key, b.rpm, b.tpm, b.max_parallel, b.tokens, b.lease,
+                                     b.lease_s)
+            if usage.limited is not None:
+                return usage, None
+        if not b.scopes or b.amount <= 0:
+            return usage, None
+        return usage, await self.reserve(b.scopes, b.amount, b.lease, b.month, b.lease_s)
+
+    async def end_many(self, ends: list[End]) -> None:
+        for e in ends:
+            if e.key is not None:
+                self.release_now(e.key, e.lease, e.tokens)
+            if e.scopes:
+                await self.settle(list(e.scopes), e.lease, e.actual, e.month)
 
     def _purge(self, scope: str, month: str, now: int) -> dict[str, tuple[float, float]]:
         held = self._reservations.setdefault((scope, month), {})

@@ -9,6 +9,8 @@ import pytest
 
 from edgecloud.gateway.redis_state import RedisStore
 from edgecloud.gateway.state import (
+    Begin,
+    End,
     NO_LIMIT,
     MemoryStore,
     StateStore,
@@ -194,3 +196,33 @@ def test_sliding_window_math() -> None:
     assert window_reset_s(0, 0, 10_000) == 0.0
     assert window_reset_s(3, 0, 10_000) == pytest.approx(50.0)
     assert window_wait_s(0, 0, 0, 1, NO_LIMIT) == 0.0
+
+
+def test_begin_and_end_take_and_give_back_in_one_step(store: Callable[[Body], None]) -> None:
+    store(_test_begin_and_end_take_and_give_back_in_one_step)
+
+
+async def _test_begin_and_end_take_and_give_back_in_one_step(store: StateStore) -> None:
+    def begin(lease: str, amount: float, key: str | None = "k") -> Begin:
+        return Begin(key, 2, 100, 1, 10, lease, 60, {"global": 1.0, "key:k": NO_LIMIT},
+                     amount, "m")
+
+    usage, reserved = await store.begin(begin("a", 0.7))
+    assert usage is not None and usage.limited is None and usage.parallel == 1
+    assert reserved is not None and reserved.refused is None
+    # max_parallel 1: refused, and then nothing is reserved.
+    usage, reserved = await store.begin(begin("b", 0.1))
+    assert usage is not None and usage.limited == "parallel" and reserved is None
+    await store.end_many([End("k", "a", 5, ("global", "key:k"), 0.2, "m")])
+    assert (await store.spent(["global", "key:k"], "m")) == {
+        "global": pytest.approx(0.2), "key:k": pytest.approx(0.2)}
+    # The slot is free; the cap refuses what would pass it; the key's window counted 2.
+    usage, reserved = await store.begin(begin("c", 0.9))
+    assert usage is not None and usage.limited is None and usage.tok_curr == 25
+    assert reserved is not None and reserved.refused == "global"
+    usage, reserved = await store.begin(begin("d", 0.5, key=None))  # a reservation alone
+    assert usage is None and reserved is not None and reserved.refused is None
+    assert (await store.begin(begin("e", 0.0, key=None))) == (None, None)
+    await store.end_many([End(None, "d", 0, ("global", "key:k"), 0.0, "m"),
+                          End("k", "c", 0, (), 0.0, "m")])
+    assert (await store.spent(["global"], "m"))["global"] == pytest.approx(0.2)
