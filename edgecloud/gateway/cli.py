@@ -85,6 +85,9 @@ def gateway(
             for line in _confidential_summary(cfg):
                 err.print(line, highlight=False)
             err.print(_state_summary(cfg), highlight=False)
+            if cfg.state.backend == "redis" and not os.environ.get(cfg.state.url_env):
+                err.print(f"[yellow]warning:[/] ${cfg.state.url_env} is not set here; the "
+                          "gateway will not start without it", highlight=False)
             return
         _check_exposure(cfg, host, allow_anonymous)
         from edgecloud.logs import configure_logging

@@ -201,3 +201,29 @@ def test_workers_share_one_port_and_limits_stay_exact(
 
     children = psutil.Process(gw.proc.pid).children()
     assert len(children) == 2
+
+
+def test_check_names_the_line_of_a_bad_state_or_limits_block(tmp_path: Path) -> None:
+    from edgecloud.gateway.config import parse_config
+    from edgecloud.gateway.errors import ConfigError
+
+    base = ("endpoints:\n  - {name: c, tier: cloud, url: 'https://x.example/v1'}\n"
+            "auth:\n  keys:\n    - name: team-a\n      sha256: " + _sha(KEY_A) + "\n"
+            "      limits: {rpm: 10}\n"
+            "state:\n  backend: redis\n")
+    assert parse_config(base).state.backend == "redis"
+    for old, new, where in (("rpm: 10", "rpm: 0", "x.yaml:7: auth.keys.0.limits.rpm"),
+                            ("backend: redis", "backend: mongo", "x.yaml:9: state.backend"),
+                            ("{rpm: 10}", "{rpm: 10, burst: 3}", "x.yaml:7: auth.keys.0.limits")):
+        with pytest.raises(ConfigError, match=where.replace(".", r"\.")):
+            parse_config(base.replace(old, new), "x.yaml")
+    out = subprocess.run(edgecloud_command("gateway", "--check", "--config",
+                                           str(_write(tmp_path, base))),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "state: redis" in out.stderr and "team-a" in out.stderr
+
+
+def _write(tmp: Path, text: str) -> Path:
+    path = tmp / "check.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path

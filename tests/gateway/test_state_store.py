@@ -9,9 +9,9 @@ import pytest
 
 from edgecloud.gateway.redis_state import RedisStore
 from edgecloud.gateway.state import (
+    NO_LIMIT,
     Begin,
     End,
-    NO_LIMIT,
     MemoryStore,
     StateStore,
     StateUnavailable,
