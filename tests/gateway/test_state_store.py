@@ -226,3 +226,16 @@ async def _test_begin_and_end_take_and_give_back_in_one_step(store: StateStore) 
     await store.end_many([End(None, "d", 0, ("global", "key:k"), 0.0, "m"),
                           End("k", "c", 0, (), 0.0, "m")])
     assert (await store.spent(["global"], "m"))["global"] == pytest.approx(0.2)
+
+
+def test_concurrent_begins_are_batched_and_exact(store: Callable[[Body], None]) -> None:
+    store(_test_concurrent_begins_are_batched_and_exact)
+
+
+async def _test_concurrent_begins_are_batched_and_exact(store: StateStore) -> None:
+    got = await asyncio.gather(*(store.begin(Begin("k", 10, NO_LIMIT, NO_LIMIT, 0, f"l{i}", 60,
+                                                   {"g": 0.5}, 0.1, "m"))
+                                 for i in range(40)))
+    admitted = [r for u, r in got if u is not None and u.limited is None]
+    assert len(admitted) == 10
+    assert sum(1 for r in admitted if r is not None and r.refused is None) == 5
