@@ -45,9 +45,6 @@ from edgecloud.gateway.state import (
     Usage,
     month_now,
     scaled,
-    window_reset_s,
-    window_used,
-    window_wait_s,
 )
 from edgecloud.logs import log_event
 
@@ -93,17 +90,15 @@ def ratelimit_headers(limits: tuple[int, int], usage: Usage) -> list[tuple[bytes
     """OpenAI's x-ratelimit-* triples for the limits a key has (rpm, tpm; NO_LIMIT: none)."""
     out: list[tuple[bytes, bytes]] = []
     rpm, tpm = limits
-    for kind, limit, prev, curr in (("requests", rpm, usage.req_prev, usage.req_curr),
-                                    ("tokens", tpm, usage.tok_prev, usage.tok_curr)):
+    for kind, limit, used, reset_ms in (
+            (b"requests", rpm, usage.requests, usage.requests_reset_ms),
+            (b"tokens", tpm, usage.tokens, usage.tokens_reset_ms)):
         if limit == NO_LIMIT:
             continue
-        used = window_used(prev, curr, usage.elapsed_ms)
         out += [
-            (b"x-ratelimit-limit-" + kind.encode(), str(limit).encode()),
-            (b"x-ratelimit-remaining-" + kind.encode(),
-             str(max(math.floor(limit - used), 0)).encode()),
-            (b"x-ratelimit-reset-" + kind.encode(),
-             duration(window_reset_s(prev, curr, usage.elapsed_ms)).encode()),
+            (b"x-ratelimit-limit-" + kind, str(limit).encode()),
+            (b"x-ratelimit-remaining-" + kind, str(max(limit - used, 0)).encode()),
+            (b"x-ratelimit-reset-" + kind, duration(reset_ms / 1000).encode()),
         ]
     return out
 
@@ -228,12 +223,14 @@ class Limiter:
         """The store that counts a key's rate limits now, and the limits there: the shared
         ones, or this replica's share while the shared store is down."""
         if limits is None:
-            return self.store if self.up else self.local, NO_LIMIT, NO_LIMIT, NO_LIMIT
+            store: StateStore = self.store if self.up else self.local
+            return store, NO_LIMIT, NO_LIMIT, NO_LIMIT
         if self.up:
             return (self.store, _or_none(limits.rpm), _or_none(limits.tpm),
                     _or_none(limits.max_parallel))
         n = self.replicas
-        return (self.local, scaled(limits.rpm, n), scaled(limits.tpm, n),
+        local: StateStore = self.local
+        return (local, scaled(limits.rpm, n), scaled(limits.tpm, n),
                 scaled(limits.max_parallel, n))
 
     def scopes(self, key: ApiKeyConfig | None) -> dict[str, float]:
@@ -255,15 +252,12 @@ def _rate_limited(name: str, usage: Usage, limits: tuple[int, int, int], tokens:
                   ) -> RateLimited:
     """The 429; its x-ratelimit-* headers are added by Gate.wrap, as on every answer."""
     rpm, tpm, par = limits
-    el = usage.elapsed_ms
+    wait = max(usage.wait_ms, 1) / 1000
     if usage.limited == "requests":
-        wait = window_wait_s(usage.req_prev, usage.req_curr, el, 1, rpm)
         what = f"{rpm} requests per minute"
     elif usage.limited == "tokens":
-        wait = window_wait_s(usage.tok_prev, usage.tok_curr, el, tokens, tpm)
         what = f"{tpm} tokens per minute (this request: about {tokens})"
     else:
-        wait = 1.0
         what = f"{par} requests in flight at once"
     err = RateLimited(f"Rate limit reached for key {name!r}: {what}. Retry after "
                       f"{duration(wait)}.", code="rate_limit_exceeded")
@@ -391,8 +385,11 @@ class Gate:
             lim.metrics.key_request(key.name, record.get("placement", "none"),
                                     self.facts.prompt_tokens_estimate, completion, actual)
         counted = self._counted_in
+        # The answer's tokens count against tpm (only a key that has one keeps a token log).
+        tpm_tokens = completion if key is not None and key.limits is not None and \
+            key.limits.tpm is not None else 0
         if counted is not None and counted is not lim.store and key is not None:
-            lim.local.release_now(key.name, self.lease, completion)  # counted while down
+            lim.local.release_now(key.name, self.lease, tpm_tokens)  # counted while down
             counted = None
         scopes = tuple(self._scopes) if (self._reserved or actual > 0) else ()
         if GLOBAL in scopes and not self._reserved:
@@ -400,4 +397,4 @@ class Gate:
         if counted is None and not scopes:
             return
         lim.end(End(key.name if counted is not None and key is not None else None, self.lease,
-                    completion, scopes, actual, self._month))
+                    tpm_tokens, scopes, actual, self._month))

@@ -23,44 +23,86 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
+# The logs of a key (`base`): `:rl` a sorted set of requests (member: the request's lease,
+# score: its time), `:tl` one of token entries (member: lease:kind:tokens) with their sum in
+# `:ts`, `:par` the parallel slots (score: when the lease expires). Entries older than W drop
+# out before each check, so the limits are exact over any W.
+_LOG_FNS = """
+local function trim_tokens(base, now, W)
+  local old = redis.call('ZRANGEBYSCORE', base .. ':tl', '-inf', now - W)
+  if #old == 0 then return tonumber(redis.call('GET', base .. ':ts') or '0') end
+  local gone = 0
+  for _, m in ipairs(old) do gone = gone + tonumber(string.match(m, ':(%d+)$')) end
+  redis.call('ZREMRANGEBYSCORE', base .. ':tl', '-inf', now - W)
+  local left = redis.call('DECRBY', base .. ':ts', gone)
+  if left < 0 then redis.call('SET', base .. ':ts', 0); left = 0 end
+  return left
+end
+local function add_tokens(base, now, W, member, tokens)
+  redis.call('ZADD', base .. ':tl', now, member)
+  redis.call('INCRBY', base .. ':ts', tokens)
+  redis.call('PEXPIRE', base .. ':tl', W)
+  redis.call('PEXPIRE', base .. ':ts', W)
+end
+local function reset_ms(key, now, W)
+  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  if #last == 0 then return 0 end
+  return tonumber(last[2]) + W - now
+end
+"""
+
 # admit(key base, rpm, tpm, max_parallel (-1: none), tokens, lease, lease_ms, window_ms)
-_ADMIT_FN = """
+_ADMIT_FN = _LOG_FNS + """
 local function admit(now, base, rpm, tpm, maxpar, tokens, lease, lease_ms, W)
-local n = math.floor(now / W)
-local el = now - n * W
-local frac = 1 - el / W
-local rp = tonumber(redis.call('GET', base .. ':r:' .. (n - 1)) or '0')
-local rc = tonumber(redis.call('GET', base .. ':r:' .. n) or '0')
-local tp = tonumber(redis.call('GET', base .. ':t:' .. (n - 1)) or '0')
-local tc = tonumber(redis.call('GET', base .. ':t:' .. n) or '0')
-local par = 0
-if maxpar >= 0 then
-  redis.call('ZREMRANGEBYSCORE', base .. ':par', '-inf', now)
-  par = redis.call('ZCARD', base .. ':par')
-end
-local limited = ''
-if rpm >= 0 and rp * frac + rc + 1 > rpm then
-  limited = 'requests'
-elseif tpm >= 0 and tp * frac + tc + tokens > tpm then
-  limited = 'tokens'
-elseif maxpar >= 0 and par + 1 > maxpar then
-  limited = 'parallel'
-else
+  local rl = base .. ':rl'
+  local nreq, ntok, par = 0, 0, 0
   if rpm >= 0 then
-    rc = redis.call('INCR', base .. ':r:' .. n)
-    redis.call('PEXPIRE', base .. ':r:' .. n, 2 * W)
+    redis.call('ZREMRANGEBYSCORE', rl, '-inf', now - W)
+    nreq = redis.call('ZCARD', rl)
   end
-  if tpm >= 0 then
-    tc = redis.call('INCRBY', base .. ':t:' .. n, tokens)
-    redis.call('PEXPIRE', base .. ':t:' .. n, 2 * W)
-  end
+  if tpm >= 0 then ntok = trim_tokens(base, now, W) end
   if maxpar >= 0 then
-    redis.call('ZADD', base .. ':par', now + lease_ms, lease)
-    redis.call('PEXPIRE', base .. ':par', lease_ms)
-    par = par + 1
+    redis.call('ZREMRANGEBYSCORE', base .. ':par', '-inf', now)
+    par = redis.call('ZCARD', base .. ':par')
   end
-end
-return {limited, rp, rc, tp, tc, el, par}
+  local limited, wait = '', 0
+  if rpm >= 0 and nreq + 1 > rpm then
+    limited = 'requests'
+    if rpm < 1 then wait = W else
+      -- the (nreq - rpm + 1)-th oldest must drop out
+      local e = redis.call('ZRANGE', rl, nreq - rpm, nreq - rpm, 'WITHSCORES')
+      wait = tonumber(e[2]) + W - now
+    end
+  elseif tpm >= 0 and ntok + tokens > tpm then
+    limited = 'tokens'
+    wait = W
+    if tokens <= tpm then
+      local left = ntok
+      local entries = redis.call('ZRANGE', base .. ':tl', 0, 999, 'WITHSCORES')
+      for j = 1, #entries, 2 do
+        left = left - tonumber(string.match(entries[j], ':(%d+)$'))
+        if left + tokens <= tpm then wait = tonumber(entries[j + 1]) + W - now; break end
+      end
+    end
+  elseif maxpar >= 0 and par + 1 > maxpar then
+    limited, wait = 'parallel', 1000
+  else
+    if rpm >= 0 then
+      redis.call('ZADD', rl, now, lease)
+      redis.call('PEXPIRE', rl, W)
+      nreq = nreq + 1
+    end
+    if tpm >= 0 then
+      add_tokens(base, now, W, lease .. ':a:' .. tokens, tokens)
+      ntok = ntok + tokens
+    end
+    if maxpar >= 0 then
+      redis.call('ZADD', base .. ':par', now + lease_ms, lease)
+      redis.call('PEXPIRE', base .. ':par', lease_ms)
+      par = par + 1
+    end
+  end
+  return {limited, nreq, ntok, reset_ms(rl, now, W), reset_ms(base .. ':tl', now, W), wait, par}
 end
 """
 
@@ -70,16 +112,11 @@ return admit(now, KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3
              tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]))
 """
 
-# KEYS[1] key base. ARGV: lease, tokens, window_ms
-_RELEASE = _NOW + """
-local base = KEYS[1]
-redis.call('ZREM', base .. ':par', ARGV[1])
-local tokens, W = tonumber(ARGV[2]), tonumber(ARGV[3])
-if tokens > 0 then
-  local k = base .. ':t:' .. math.floor(now / W)
-  redis.call('INCRBY', k, tokens)
-  redis.call('PEXPIRE', k, 2 * W)
-end
+# KEYS[1] key base. ARGV: lease, tokens (the answer's: 0 for a key without tpm), window_ms
+_RELEASE = _NOW + _LOG_FNS + """
+local base, lease, tokens, W = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREM', base .. ':par', lease)
+if tokens > 0 then add_tokens(base, now, W, lease .. ':e:' .. tokens, tokens) end
 return 0
 """
 
@@ -146,15 +183,11 @@ return {usage, reserve(now, bases, caps, tonumber(ARGV[8]), ARGV[5], tonumber(AR
 """
 
 # One request's end. KEYS as _BEGIN. ARGV: lease, tokens, window_ms, actual
-_END = _NOW + _PURGE + """
+_END = _NOW + _PURGE + _LOG_FNS + """
 local lease, tokens, W, actual = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 if KEYS[1] ~= '' then
   redis.call('ZREM', KEYS[1] .. ':par', lease)
-  if tokens > 0 then
-    local k = KEYS[1] .. ':t:' .. math.floor(now / W)
-    redis.call('INCRBY', k, tokens)
-    redis.call('PEXPIRE', k, 2 * W)
-  end
+  if tokens > 0 then add_tokens(KEYS[1], now, W, lease .. ':e:' .. tokens, tokens) end
 end
 for i = 2, #KEYS do
   local b = KEYS[i]
@@ -224,7 +257,7 @@ _WINDOW_MS = 60_000
 
 
 def _usage(r: list[Any]) -> Usage:
-    return Usage(r[0] or None, int(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]), int(r[6]))
+    return Usage(r[0] or None, *(int(x) for x in r[1:7]))
 
 
 class _Script:

@@ -5,9 +5,9 @@ fallback for rate limits while a shared store is down), `RedisStore` (redis_stat
 between replicas with server-side scripts. Both implement the same rules, written once here as
 pure functions:
 
-- rpm and tpm use a sliding window of 60 s approximated from two fixed windows (the previous
-  one weighted by how much of it still overlaps): O(1) state per key and limit, and within a few
-  percent of an exact log for steady traffic.
+- rpm and tpm are exact over any 60 s: a log of what each request took, with its time (requests,
+  tokens at admission, answer tokens at the end); entries older than 60 s drop out. State per
+  key is one entry per request of the last minute.
 - max_parallel and budget reservations are leases with an expiry, so a replica that dies
   mid-request frees what it held after `lease_s`, not never.
 - a budget reservation is refused when spent + reserved + the new estimate would pass the cap,
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -31,53 +32,47 @@ class StateUnavailable(Exception):
 
 @dataclass(slots=True, frozen=True)
 class Usage:
-    """A key's window counts as an admit saw them (after counting the request, if admitted)."""
+    """A key's last 60 s as an admit saw it (the request included, if admitted)."""
 
     limited: str | None  # None: admitted; else "requests", "tokens" or "parallel"
-    req_prev: int
-    req_curr: int
-    tok_prev: int
-    tok_curr: int
-    elapsed_ms: int  # into the current window
+    requests: int  # requests in the last 60 s
+    tokens: int  # tokens in the last 60 s
+    requests_reset_ms: int  # until the requests of the last 60 s have all dropped out
+    tokens_reset_ms: int
+    wait_ms: int  # refused: until this request would fit (60 s: it never fits the limit)
     parallel: int
 
 
-def window_used(prev: int, curr: int, elapsed_ms: int) -> float:
-    """The sliding-window estimate of use over the last 60 s."""
-    return prev * (1.0 - elapsed_ms / WINDOW_MS) + curr
+class _Log:
+    """One limit's log of the last WINDOW_MS: (time, amount) in time order, and their sum."""
 
+    __slots__ = ("entries", "total")
 
-def window_admits(prev: int, curr: int, elapsed_ms: int, cost: int, limit: int) -> bool:
-    return limit == NO_LIMIT or window_used(prev, curr, elapsed_ms) + cost <= limit
+    def __init__(self) -> None:
+        self.entries: deque[tuple[int, int]] = deque()
+        self.total = 0
 
+    def trim(self, now: int) -> None:
+        while self.entries and self.entries[0][0] <= now - WINDOW_MS:
+            self.total -= self.entries.popleft()[1]
 
-def window_wait_s(prev: int, curr: int, elapsed_ms: int, cost: int, limit: int) -> float:
-    """Seconds until `cost` more fits under `limit` if nothing else arrives (0 if it fits now)."""
-    if limit == NO_LIMIT or window_admits(prev, curr, elapsed_ms, cost, limit):
-        return 0.0
-    left_ms = WINDOW_MS - elapsed_ms
-    room = limit - cost - curr  # what the previous window's weighted share must fall to
-    if prev > 0 and room >= 0:
-        # prev * (1 - (elapsed + t) / W) <= room
-        t = (1.0 - room / prev) * WINDOW_MS - elapsed_ms
-        if t <= left_ms:
-            return max(t, 0.0) / 1000.0 + 0.001
-    # After the roll, the current window becomes the previous: curr * (1 - e / W) + cost <= limit.
-    room = limit - cost
-    if room < 0:
-        return WINDOW_MS / 1000.0
-    e = (1.0 - room / curr) * WINDOW_MS if curr > 0 else 0.0
-    return (left_ms + max(e, 0.0)) / 1000.0 + 0.001
+    def add(self, now: int, amount: int) -> None:
+        self.entries.append((now, amount))
+        self.total += amount
 
+    def reset_ms(self, now: int) -> int:
+        return self.entries[-1][0] + WINDOW_MS - now if self.entries else 0
 
-def window_reset_s(prev: int, curr: int, elapsed_ms: int) -> float:
-    """Seconds until the window's use is back to zero if nothing else arrives."""
-    left_ms = WINDOW_MS - elapsed_ms
-    if curr > 0:
-        return (left_ms + WINDOW_MS) / 1000.0
-    if prev > 0:
-        return left_ms / 1000.0
-    return 0.0
+    def wait_ms(self, now: int, need: int, limit: int) -> int:
+        """Until `need` more fits under `limit` as old entries drop out."""
+        if need > limit:
+            return WINDOW_MS
+        left = self.total
+        for t, amount in self.entries:
+            left -= amount
+            if left + need <= limit:
+                return t + WINDOW_MS - now
+        return WINDOW_MS
 
 
 @dataclass(slots=True, frozen=True)
@@ -172,7 +167,7 @@ class MemoryStore:
 
     def __init__(self, clock: object = None) -> None:
         self._clock = clock if callable(clock) else time.time
-        self._windows: dict[tuple[str, str, int], int] = {}
+        self._logs: dict[tuple[str, str], _Log] = {}
         self._leases: dict[str, dict[str, float]] = {}
         self._spend: dict[tuple[str, str], float] = {}
         self._reservations: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
@@ -180,43 +175,38 @@ class MemoryStore:
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)  # type: ignore[operator]
 
-    def _counts(self, key: str, kind: str, n: int) -> tuple[int, int]:
-        return self._windows.get((key, kind, n - 1), 0), self._windows.get((key, kind, n), 0)
-
-    def _add(self, key: str, kind: str, n: int, amount: int) -> None:
-        k = (key, kind, n)
-        self._windows[k] = self._windows.get(k, 0) + amount
-        for old in [w for w in self._windows if w[0] == key and w[1] == kind and w[2] < n - 1]:
-            del self._windows[old]
+    def _log(self, key: str, kind: str, now: int) -> _Log:
+        log = self._logs.get((key, kind))
+        if log is None:
+            log = self._logs[(key, kind)] = _Log()
+        log.trim(now)
+        return log
 
     async def admit(self, key: str, rpm: int, tpm: int, max_parallel: int, tokens: int,
                     lease: str, lease_s: float) -> Usage:
         now = self._now_ms()
-        n, elapsed = divmod(now, WINDOW_MS)
-        rp, rc = self._counts(key, "r", n)
-        tp, tc = self._counts(key, "t", n)
+        req, tok = self._log(key, "r", now), self._log(key, "t", now)
         leases = self._leases.setdefault(key, {})
         for k in [k for k, exp in leases.items() if exp <= now]:
             del leases[k]
         par = len(leases)
-        limited = None
-        if not window_admits(rp, rc, elapsed, 1, rpm):
-            limited = "requests"
-        elif not window_admits(tp, tc, elapsed, tokens, tpm):
-            limited = "tokens"
+        limited, wait = None, 0
+        if rpm != NO_LIMIT and req.total + 1 > rpm:
+            limited, wait = "requests", req.wait_ms(now, 1, rpm)
+        elif tpm != NO_LIMIT and tok.total + tokens > tpm:
+            limited, wait = "tokens", tok.wait_ms(now, tokens, tpm)
         elif max_parallel != NO_LIMIT and par + 1 > max_parallel:
-            limited = "parallel"
+            limited, wait = "parallel", 1000
         else:
             if rpm != NO_LIMIT:
-                self._add(key, "r", n, 1)
-                rc += 1
+                req.add(now, 1)
             if tpm != NO_LIMIT:
-                self._add(key, "t", n, tokens)
-                tc += tokens
+                tok.add(now, tokens)
             if max_parallel != NO_LIMIT:
                 leases[lease] = now + lease_s * 1000
                 par += 1
-        return Usage(limited, rp, rc, tp, tc, elapsed, par)
+        return Usage(limited, req.total, tok.total, req.reset_ms(now), tok.reset_ms(now), wait,
+                     par)
 
     async def release(self, key: str, lease: str, tokens: int) -> None:
         self.release_now(key, lease, tokens)
@@ -224,7 +214,8 @@ class MemoryStore:
     def release_now(self, key: str, lease: str, tokens: int) -> None:
         self._leases.get(key, {}).pop(lease, None)
         if tokens:
-            self._add(key, "t", self._now_ms() // WINDOW_MS, tokens)
+            now = self._now_ms()
+            self._log(key, "t", now).add(now, tokens)
 
     async def begin(self, b: Begin) -> tuple[Usage | None, Reserved | None]:
         usage = None

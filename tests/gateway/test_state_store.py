@@ -15,10 +15,7 @@ from edgecloud.gateway.state import (
     MemoryStore,
     StateStore,
     StateUnavailable,
-    window_admits,
-    window_reset_s,
-    window_used,
-    window_wait_s,
+    Usage,
 )
 from edgecloud.supervise import free_port
 
@@ -50,7 +47,8 @@ def test_rpm_admits_up_to_the_limit_then_refuses(store: Callable[[Body], None]) 
 async def _test_rpm_admits_up_to_the_limit_then_refuses(store: StateStore) -> None:
     seen = [await store.admit("a", 5, NO_LIMIT, NO_LIMIT, 0, f"l{i}", 60) for i in range(7)]
     assert [u.limited for u in seen] == [None] * 5 + ["requests"] * 2
-    assert seen[4].req_curr + seen[4].req_prev == 5
+    assert seen[4].requests == 5 and seen[4].wait_ms == 0
+    assert 0 < seen[5].wait_ms <= 60_000 and seen[5].requests_reset_ms > 59_000
     other = await store.admit("b", 5, NO_LIMIT, NO_LIMIT, 0, "x", 60)
     assert other.limited is None  # keys do not share a window
 
@@ -61,12 +59,12 @@ def test_tpm_counts_estimate_then_answer(store: Callable[[Body], None]) -> None:
 
 async def _test_tpm_counts_estimate_then_answer(store: StateStore) -> None:
     first = await store.admit("a", NO_LIMIT, 100, NO_LIMIT, 60, "l1", 60)
-    assert first.limited is None and first.tok_curr == 60
+    assert first.limited is None and first.tokens == 60
     await store.release("a", "l1", 30)  # the answer's tokens
     second = await store.admit("a", NO_LIMIT, 100, NO_LIMIT, 20, "l2", 60)
-    assert second.limited == "tokens" and second.tok_curr == 90
+    assert second.limited == "tokens" and second.tokens == 90
     small = await store.admit("a", NO_LIMIT, 100, NO_LIMIT, 10, "l3", 60)
-    assert small.limited is None and small.tok_curr == 100
+    assert small.limited is None and small.tokens == 100
 
 
 def test_max_parallel_leases_are_freed(store: Callable[[Body], None]) -> None:
@@ -184,18 +182,30 @@ async def _test_unreachable_redis_raises_state_unavailable() -> None:
         await s.close()
 
 
-def test_sliding_window_math() -> None:
-    # Half-way through a window, half of the previous one still counts.
-    assert window_used(10, 4, 30_000) == pytest.approx(9.0)
-    assert window_admits(10, 4, 30_000, 1, 10) and not window_admits(10, 4, 30_000, 2, 10)
-    wait = window_wait_s(10, 4, 30_000, 2, 10)  # needs the old share to fall from 5 to 4
-    assert wait == pytest.approx(6.001, abs=0.01)
-    assert window_admits(10, 4, 30_000 + int(wait * 1000), 2, 10)
-    # Nothing fits before the roll: wait for it, then for the current share to fall.
-    assert window_wait_s(0, 10, 45_000, 1, 10) == pytest.approx(15 + 6.001, abs=0.01)
-    assert window_reset_s(0, 0, 10_000) == 0.0
-    assert window_reset_s(3, 0, 10_000) == pytest.approx(50.0)
-    assert window_wait_s(0, 0, 0, 1, NO_LIMIT) == 0.0
+def test_the_minute_is_exact_over_any_60_s() -> None:
+    """With a clock of our own: rpm N admits N in any 60 s, whenever they came."""
+    now = [1000.0]
+    store = MemoryStore(clock=lambda: now[0])
+
+    def admit(tokens: int = 0) -> Usage:
+        return asyncio.run(store.admit("k", 3, 100, NO_LIMIT, tokens, "l", 60))
+
+    assert admit().limited is None
+    now[0] += 50  # two more near the end of the first minute
+    assert admit().limited is None and admit().limited is None
+    refused = admit()
+    assert refused.limited == "requests" and refused.wait_ms == 10_000  # the first drops out
+    now[0] += 10
+    assert admit().limited is None  # the first left the last 60 s: one slot, no more
+    assert admit().limited == "requests"
+    now[0] += 49.9
+    assert admit().limited == "requests"  # the two of second 1050 still count
+    now[0] += 0.1
+    ok = admit(tokens=90)
+    assert ok.limited is None and ok.requests == 2 and ok.tokens == 90
+    big = admit(tokens=20)
+    assert big.limited == "tokens" and big.wait_ms == 60_000  # 90 of 100 until they drop out
+    assert asyncio.run(store.admit("k", NO_LIMIT, 100, NO_LIMIT, 101, "x", 60)).wait_ms == 60_000
 
 
 def test_begin_and_end_take_and_give_back_in_one_step(store: Callable[[Body], None]) -> None:
@@ -218,7 +228,7 @@ async def _test_begin_and_end_take_and_give_back_in_one_step(store: StateStore) 
         "global": pytest.approx(0.2), "key:k": pytest.approx(0.2)}
     # The slot is free; the cap refuses what would pass it; the key's window counted 2.
     usage, reserved = await store.begin(begin("c", 0.9))
-    assert usage is not None and usage.limited is None and usage.tok_curr == 25
+    assert usage is not None and usage.limited is None and usage.tokens == 25
     assert reserved is not None and reserved.refused == "global"
     usage, reserved = await store.begin(begin("d", 0.5, key=None))  # a reservation alone
     assert usage is None and reserved is not None and reserved.refused is None
