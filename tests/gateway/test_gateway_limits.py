@@ -201,6 +201,18 @@ def test_workers_share_one_port_and_limits_stay_exact(
 
     children = psutil.Process(gw.proc.pid).children()
     assert len(children) == 2
+    port = int(gw.base.rsplit(":", 1)[1])
+    clients = [httpx.Client() for _ in range(16)]
+    try:
+        for c in clients:
+            assert c.get(gw.base + "/healthz").status_code == 200
+        accepted = [sum(1 for k in ch.net_connections()
+                        if k.status == "ESTABLISHED" and k.laddr.port == port)
+                    for ch in children]
+        assert sum(accepted) == 16 and min(accepted) >= 1  # the kernel spread them over both
+    finally:
+        for c in clients:
+            c.close()
 
 
 def test_check_names_the_line_of_a_bad_state_or_limits_block(tmp_path: Path) -> None:
