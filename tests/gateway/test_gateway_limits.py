@@ -239,3 +239,21 @@ def _write(tmp: Path, text: str) -> Path:
     path = tmp / "check.yaml"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def test_concurrent_gateways_never_pass_a_cap(clouds: tuple[Standin, Standin, Path],
+                                              gateways: Callable[..., Gateway]) -> None:
+    """Two gateways on one Redis, 8 clients at once: with max_tokens set, the reservation
+    covers the actual cost, so the documented bound is zero overshoot."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, cloud, _ = clouds
+    cap = 2e-4  # about ten answers of the stand-in
+    keys = [{"name": "team-a", "sha256": _sha(KEY_A), "limits": {"monthly_cloud_usd": cap}}]
+    gws = [gateways(_config(None, cloud, keys, True)) for _ in range(2)]
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda i: _post(gws[i % 2], KEY_A).status_code, range(60)))
+    assert set(codes) == {200, 429} and codes.count(200) >= 1
+    spent = sum(_metric(gw, 'edgecloud_gateway_key_cloud_spend_usd_total{key="team-a"}')
+                for gw in gws)
+    assert spent <= cap
