@@ -135,6 +135,28 @@ def correctness(p: Peers, up: str, redis: RedisServer, window_s: float) -> dict[
     return res
 
 
+def redis_round_trip_ms(url: str, n: int = 2000) -> float:
+    """p50 of one PING through redis-py's asyncio client here: the floor of what a shared
+    store adds per request on this machine."""
+    import asyncio
+    import statistics
+
+    import redis.asyncio as aioredis
+
+    async def run() -> float:
+        client = aioredis.Redis.from_url(url)
+        await client.ping()
+        samples = []
+        for _ in range(n):
+            t = time.perf_counter()
+            await client.ping()
+            samples.append(time.perf_counter() - t)
+        await client.aclose()
+        return statistics.median(samples) * 1000
+
+    return asyncio.run(run())
+
+
 def cost(p: Peers, up: str, redis: RedisServer, seconds: float, body: Path) -> dict[str, Any]:
     env = {"EDGECLOUD_REDIS_URL": redis.url}
     targets = {"memory": _cloud_only(p, up, "memory", env, "one-memory"),
@@ -147,6 +169,9 @@ def cost(p: Peers, up: str, redis: RedisServer, seconds: float, body: Path) -> d
             out[f"{name}/c{conc}"] = r
             print(f"  {name:<8} c{conc:<3} {r['rps']:>9.0f} req/s  p50 {r['p50_ms']:.3f} ms  "
                   f"p99 {r['p99_ms']:.3f} ms  errors {r['errors']:.0f}", flush=True)
+    out["redis_ping_p50_ms"] = redis_round_trip_ms(redis.url)
+    print(f"  one Redis round trip (PING, redis-py asyncio) p50 here: "
+          f"{out['redis_ping_p50_ms']:.3f} ms", flush=True)
     out["rps_ratio_c16"] = out["redis/c16"]["rps"] / max(out["memory/c16"]["rps"], 1e-9)
     out["added_p50_ms_c1"] = out["redis/c1"]["p50_ms"] - out["memory/c1"]["p50_ms"]
     return out
