@@ -102,6 +102,10 @@ local function admit(now, base, rpm, tpm, maxpar, tokens, lease, lease_ms, W)
       par = par + 1
     end
   end
+  if limited == '' then
+    -- just added with the time now: the log is empty again W from now (if it has entries)
+    return {limited, nreq, ntok, nreq > 0 and W or 0, ntok > 0 and W or 0, wait, par}
+  end
   return {limited, nreq, ntok, reset_ms(rl, now, W), reset_ms(base .. ':tl', now, W), wait, par}
 end
 """
@@ -142,20 +146,22 @@ local KEEP_MS = 40 * 86400 * 1000
 # reserve(now, bases, caps (-1: none), amount, rid, lease_ms) -> {refused index or 0, totals}
 _RESERVE_FN = """
 local function reserve(now, bases, caps, amount, rid, lease_ms)
-  local out = {}
+  local out, totals = {}, {}
   for i, b in ipairs(bases) do
     purge(b, now)
-    if caps[i] >= 0 and total(b) + amount > caps[i] + 1e-9 then
+    totals[i] = total(b)
+    if caps[i] >= 0 and totals[i] + amount > caps[i] + 1e-9 then
       for j, b2 in ipairs(bases) do out[j] = tostring(total(b2)) end
       return {i, out}
     end
   end
   for i, b in ipairs(bases) do
+    local before = totals[i]
     redis.call('HINCRBYFLOAT', b .. ':s', 'reserved', amount)
     redis.call('ZADD', b .. ':z', now + lease_ms, rid)
     redis.call('HSET', b .. ':a', rid, amount)
     for _, suffix in ipairs({':s', ':z', ':a'}) do redis.call('PEXPIRE', b .. suffix, KEEP_MS) end
-    out[i] = tostring(total(b))
+    out[i] = tostring(before + amount)
   end
   return {0, out}
 end
