@@ -64,6 +64,7 @@ _events = logging.getLogger(_LOGGER)
 _PLACEMENTS = ("edge", "cloud")
 _SENSITIVITIES = ("public", "private")
 _FORM_TYPES = (b"application/x-www-form-urlencoded", b"text/plain")
+REPROBE_S = 0.1  # the quickest a refused request makes the down endpoints be probed again
 
 
 class GatewayApp:
@@ -375,9 +376,6 @@ class GatewayApp:
         if self.accepted is not None and model not in self.accepted:
             raise ModelNotFound(f"The model {model!r} does not exist here; see /v1/models.",
                                 param="model")
-
-
-REPROBE_S = 0.1
 
 
 _WANTED = frozenset({
