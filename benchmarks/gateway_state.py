@@ -6,7 +6,8 @@
 (b) cost: one gateway, a key with every limit and a hard budget (admit, reserve, settle and
     release per request), memory against redis: req/s at concurrency 16, p50 at concurrency 1;
 (c) workers: `--workers 2` against nginx with 2 workers on the same stand-in upstream, small
-    body at concurrency 16 (and one gateway process for reference).
+    body at concurrency 16 (and one gateway process for reference);
+(d) (with --only d) the rpm 60 run of (a) against 3 LiteLLM proxy processes on the same Redis.
 
     python benchmarks/gateway_state.py [--seconds 5] [--window 60] [--json out.json]
 
@@ -157,6 +158,52 @@ def redis_round_trip_ms(url: str, n: int = 2000) -> float:
     return asyncio.run(run())
 
 
+def litellm_drift(p: Peers, up: str, redis: RedisServer, window_s: float) -> dict[str, Any]:
+    """The same rpm 60 run against 3 LiteLLM proxy processes sharing one Redis (its router's
+    deployment rpm with usage-based routing and Redis, as its docs set up shared limits)."""
+    import yaml
+
+    from benchmarks.gateway_peers import ensure_bench_venv
+    from edgecloud.supervise import ManagedProcess, free_port
+
+    bin_dir = ensure_bench_venv()
+    host, port = redis.url.split("//", 1)[1].split("/", 1)[0].split(":")
+    cfg = {
+        "model_list": [{"model_name": "gpt-4o-mini", "litellm_params": {
+            "model": "openai/standin", "api_base": up + "/v1", "api_key": "none", "rpm": 60}}],
+        "router_settings": {"routing_strategy": "usage-based-routing-v2",
+                            "redis_host": host, "redis_port": int(port),
+                            "enable_pre_call_checks": True},
+        "litellm_settings": {"drop_params": True},
+    }
+    path = p.tmp / "litellm-rpm.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(LITELLM_LOG="ERROR", LITELLM_TELEMETRY="False", DISABLE_SCHEMA_UPDATE="true",
+               LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY="true")
+    urls = []
+    for i in range(3):
+        lport = free_port()
+        proc = ManagedProcess(
+            [str(bin_dir / "litellm"), "--config", str(path), "--port", str(lport),
+             "--host", "127.0.0.1", "--num_workers", "1"],
+            f"http://127.0.0.1:{lport}/health/liveliness",
+            log_path=str(p.tmp / f"litellm-{i}.log"), name=f"litellm-{i}")
+        proc.env = env
+        proc.start()
+        p.callback(proc.stop)
+        proc.wait_ready(timeout_s=300)
+        urls.append(f"http://127.0.0.1:{lport}")
+    got = _hammer(urls, "none", clients=3, seconds=window_s, pause_s=0.05)
+    ok = [t for t, s in got if s == 200]
+    t0 = got[0][0] if got else 0.0
+    return {"attempts": len(got), "answered": len(ok),
+            "answered_first_60s": sum(1 for t in ok if t - t0 < 60),
+            "most_in_any_60s": max((sum(1 for u in ok if t <= u < t + 60) for t in ok),
+                                   default=0),
+            "statuses": sorted({s for _, s in got})}
+
+
 def cost(p: Peers, up: str, redis: RedisServer, seconds: float, body: Path) -> dict[str, Any]:
     env = {"EDGECLOUD_REDIS_URL": redis.url}
     targets = {"memory": _cloud_only(p, up, "memory", env, "one-memory"),
@@ -196,7 +243,7 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=5.0, help="per wrk run")
     ap.add_argument("--window", type=float, default=60.0, help="the rpm 60 run (a)")
-    ap.add_argument("--only", choices=["a", "b", "c"], action="append")
+    ap.add_argument("--only", choices=["a", "b", "c", "d"], action="append")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     parts = args.only or ["a", "b", "c"]
@@ -233,6 +280,13 @@ def main() -> None:
             c = results["workers"] = workers(p, up, args.seconds, body)
             print(f"  --workers 2 / nginx 2 workers: {c['w2_vs_nginx2']:.2f}x (target >= 0.35x);"
                   f" one process: {c['w1_vs_nginx2']:.2f}x")
+        if "d" in parts and args.only:
+            print(f"(d) 3 LiteLLM proxies, one Redis: deployment rpm 60 for {args.window:.0f} s",
+                  flush=True)
+            d = results["litellm"] = litellm_drift(p, up, redis, args.window)
+            print(f"  rpm 60: {d['answered_first_60s']} answered in the first 60 s, "
+                  f"{d['most_in_any_60s']} at most in any 60 s ({d['answered']} of "
+                  f"{d['attempts']}; statuses {d['statuses']})")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
 
