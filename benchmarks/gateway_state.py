@@ -85,10 +85,13 @@ def _hammer(urls: list[str], key: str, clients: int, seconds: float, pause_s: fl
         with httpx.Client(timeout=10) as c:
             n = i
             while time.monotonic() < t_end:
-                r = c.post(urls[n % len(urls)] + "/v1/chat/completions", json=SMALL,
-                           headers={"authorization": f"Bearer {key}"})
+                try:
+                    status = c.post(urls[n % len(urls)] + "/v1/chat/completions", json=SMALL,
+                                    headers={"authorization": f"Bearer {key}"}).status_code
+                except httpx.TimeoutException:
+                    status = 0  # no answer within 10 s
                 with lock:
-                    out.append((time.monotonic(), r.status_code))
+                    out.append((time.monotonic(), status))
                 n += 1
                 if pause_s:
                     time.sleep(pause_s)
@@ -201,7 +204,8 @@ def litellm_drift(p: Peers, up: str, redis: RedisServer, window_s: float) -> dic
             "answered_first_60s": sum(1 for t in ok if t - t0 < 60),
             "most_in_any_60s": max((sum(1 for u in ok if t <= u < t + 60) for t in ok),
                                    default=0),
-            "statuses": sorted({s for _, s in got})}
+            "statuses": sorted({s for _, s in got}),
+            "timed_out_10s": sum(1 for _, s in got if s == 0)}
 
 
 def cost(p: Peers, up: str, redis: RedisServer, seconds: float, body: Path) -> dict[str, Any]:
@@ -286,7 +290,8 @@ def main() -> None:
             d = results["litellm"] = litellm_drift(p, up, redis, args.window)
             print(f"  rpm 60: {d['answered_first_60s']} answered in the first 60 s, "
                   f"{d['most_in_any_60s']} at most in any 60 s ({d['answered']} of "
-                  f"{d['attempts']}; statuses {d['statuses']})")
+                  f"{d['attempts']}; statuses {d['statuses']}; {d['timed_out_10s']} got no "
+                  "answer within 10 s)")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
 
