@@ -7,7 +7,9 @@
     release per request), memory against redis: req/s at concurrency 16, p50 at concurrency 1;
 (c) workers: `--workers 2` against nginx with 2 workers on the same stand-in upstream, small
     body at concurrency 16 (and one gateway process for reference);
-(d) (with --only d) the rpm 60 run of (a) against 3 LiteLLM proxy processes on the same Redis.
+(d) (with --only d) the rpm 60 run of (a) against 3 LiteLLM proxy processes on the same Redis;
+(e) (with --only e) req/s at concurrency 16: our gateway with Redis state (as in (b)) against
+    one LiteLLM proxy with no limits at all.
 
     python benchmarks/gateway_state.py [--seconds 5] [--window 60] [--json out.json]
 
@@ -247,7 +249,7 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=5.0, help="per wrk run")
     ap.add_argument("--window", type=float, default=60.0, help="the rpm 60 run (a)")
-    ap.add_argument("--only", choices=["a", "b", "c", "d"], action="append")
+    ap.add_argument("--only", choices=["a", "b", "c", "d", "e"], action="append")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     parts = args.only or ["a", "b", "c"]
@@ -292,6 +294,15 @@ def main() -> None:
                   f"{d['most_in_any_60s']} at most in any 60 s ({d['answered']} of "
                   f"{d['attempts']}; statuses {d['statuses']}; {d['timed_out_10s']} got no "
                   "answer within 10 s)")
+        if "e" in parts and args.only:
+            print("(e) req/s at c16: edgecloud with Redis state vs LiteLLM (no limits)", flush=True)
+            gw = _cloud_only(p, up, "redis", {"EDGECLOUD_REDIS_URL": redis.url}, "one-redis")
+            ours = wrk(gw, body, 16, args.seconds, {"Authorization": f"Bearer {KEYS['limited']}"})
+            theirs = wrk(p.litellm(up), body, 16, max(args.seconds, 4))
+            e = results["vs_litellm"] = {"edgecloud_redis": ours, "litellm": theirs,
+                                         "ratio": ours["rps"] / max(theirs["rps"], 1e-9)}
+            print(f"  edgecloud (redis, every limit) {ours['rps']:.0f} req/s, LiteLLM "
+                  f"{theirs['rps']:.0f} req/s: {e['ratio']:.1f}x (target >= 50x)")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
 
