@@ -35,6 +35,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.gateway_peers import Peers, peers, wrk  # noqa: E402
+from edgecloud.testing.figures import write_result  # noqa: E402
 from edgecloud.testing.redis_server import RedisServer  # noqa: E402
 
 SMALL = {"model": "gpt-4o-mini", "max_tokens": 16, "messages": [
@@ -128,7 +129,8 @@ def correctness(p: Peers, up: str, redis: RedisServer, window_s: float) -> dict[
                            "rpm60_answered_first_60s": in_first_minute,
                            "rpm60_most_in_any_60s": most,
                            "rpm60_window_s": window_s,
-                           "rpm60_errors": sum(1 for _, s in got if s not in (200, 429))}
+                           "rpm60_errors": sum(1 for _, s in got if s not in (200, 429)),
+                           "rpm60_answer_times_s": [round(t - t0, 3) for t in ok]}
     # Caps: a key's own, then the global hard budget (another key, no cap of its own).
     for key, cap in (("capped", KEY_CAP), ("free", GLOBAL_CAP)):
         got = _hammer(gws, KEYS[key], clients=12, seconds=6, pause_s=0.0)
@@ -303,6 +305,11 @@ def main() -> None:
                                          "ratio": ours["rps"] / max(theirs["rps"], 1e-9)}
             print(f"  edgecloud (redis, every limit) {ours['rps']:.0f} req/s, LiteLLM "
                   f"{theirs['rps']:.0f} req/s: {e['ratio']:.1f}x (target >= 50x)")
+    samples = {"rpm60_answer_times_s": results.get("correctness", {}).pop(
+        "rpm60_answer_times_s", [])}
+    name = "gateway_state" if not args.only else "gateway_state_" + "".join(sorted(parts))
+    write_result(name, summary=results, samples=samples,
+                 params={"seconds": args.seconds, "window_s": args.window, "parts": parts})
     if args.json:
         args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
 
