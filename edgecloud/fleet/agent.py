@@ -235,8 +235,12 @@ class Agent:
             if n >= MAX_INTERRUPTED:
                 self.state.interrupted.pop(version, None)
                 self.state.failed_versions = [*self.state.failed_versions, version][-32:]
-                self._event("rolled_back", version, f"activation cut short {n} times: the node "
-                            "crashed or restarted while loading it")
+                self._event(
+                    "rolled_back",
+                    version,
+                    f"activation cut short {n} times: the node "
+                    "crashed or restarted while loading it",
+                )
             else:
                 self.state.interrupted[version] = n
                 self.store.save(self.state)

@@ -251,6 +251,9 @@ def fleet_serve(
     report_rate: float = typer.Option(1.0, help="Reports per second per device, sustained."),
     report_burst: float = typer.Option(10.0, help="Reports a device may send in a burst."),
     enrol_rate: float = typer.Option(20.0, help="Enrolments per second, fleet-wide."),
+    enrol_rate_per_address: float = typer.Option(
+        5.0, help="Enrolment attempts per second per source address (bursts of 5 s)."
+    ),
     max_devices: int = typer.Option(100_000, help="Most devices that may enrol."),
     no_controller: bool = typer.Option(False, help="Serve only; never advance or abort."),
     header_timeout: float = typer.Option(10.0, help="Seconds a client may take to send headers."),
@@ -291,6 +294,7 @@ def fleet_serve(
             report_rate=report_rate,
             report_burst=report_burst,
             enrol_rate=enrol_rate,
+            enrol_rate_per_address=enrol_rate_per_address,
             max_devices=max_devices,
             controller=not no_controller,
             limits=ServingLimits(

@@ -43,11 +43,13 @@ def control_once(
             if release.rollout.stage != "staged":
                 continue
             plan = release.rollout.plan or RolloutPlan()
+            readings, stage_devices = readings_for(snapshot, release)
             gates = evaluate_gates(
                 plan.gates,
                 release.version,
-                readings_for(snapshot, release.model, release.version),
+                readings,
                 quorum=plan.min_reports,
+                stage_devices=stage_devices,
             )
             step = next_step(release.rollout, gates, now)
             key = f"{release.model} {release.version}"

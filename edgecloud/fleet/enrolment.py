@@ -29,6 +29,7 @@ from edgecloud.fleet.state import FleetStore
 
 MAX_TOKEN_USES = 100_000
 MAX_TOKEN_TTL_S = 365 * 86400.0
+_NO_HASH = "0" * 64
 
 
 class DeviceRegistry:
@@ -59,11 +60,15 @@ class DeviceRegistry:
         )
         return new.token
 
-    def enrol(self, token: str, device_id: str) -> str:
-        """Spend one use of an enrolment token; the device's new credential (shown once)."""
-        parts = split_token(token, ENROLMENT_PREFIX)
+    def check_token(self, token: str | None, device_id: str) -> EnrolmentToken:
+        """The stored enrolment token that `token` proves, usable for `device_id`; raises
+        CredentialError otherwise. One indexed read and a constant-time comparison: the server
+        calls it before charging the fleet-wide enrolment limit, so garbage cannot use it up."""
+        parts = split_token(token, ENROLMENT_PREFIX) if token else None
         stored = self.store.enrolment_token(parts[0]) if parts else None
-        if parts is None or stored is None or not same_secret(parts[1], stored.hash):
+        # compare against a stand-in hash when there is nothing stored: the same work either way
+        known = same_secret(parts[1] if parts else "", stored.hash if stored else _NO_HASH)
+        if parts is None or stored is None or not known:
             raise CredentialError("A valid enrolment token is required.", 401, "invalid_token")
         if not stored.usable():
             raise CredentialError("The enrolment token is used up or expired.", 401, "token_spent")
@@ -73,6 +78,14 @@ class DeviceRegistry:
                 403,
                 "device_mismatch",
             )
+        return stored
+
+    def enrol(self, token: str, device_id: str) -> str:
+        """Spend one use of an enrolment token; the device's new credential (shown once)."""
+        return self.enrol_checked(self.check_token(token, device_id), device_id)
+
+    def enrol_checked(self, stored: EnrolmentToken, device_id: str) -> str:
+        """`enrol` for a token that `check_token` accepted."""
         # an open token may enrol new ids only; re-enrolling needs a token bound to the device
         replace = stored.device_id == device_id
         with self._lock:

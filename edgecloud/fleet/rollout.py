@@ -7,6 +7,7 @@ uses the same functions to decide whether a rollout advances, holds or aborts.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -36,7 +37,15 @@ class Gates(BaseModel):
     max_error_rate: float = Field(default=0.05, ge=0, le=1)
     max_p95_ms: float | None = Field(default=None, gt=0)
     min_eval_score: float | None = Field(default=0.5, ge=0, le=1)
+    # Failures allowed: this fraction of the stage's devices, never fewer than `max_failures`.
+    # At 5% of 100,000 devices one flaky box must not abort a release; at a 20-device stage
+    # the floor (0 by default) still aborts on the first failure (fail safe).
     max_failures: int = Field(default=0, ge=0)
+    max_failure_fraction: float = Field(default=0.01, ge=0, le=1)
+
+    def failures_allowed(self, stage_devices: int) -> int:
+        """How many devices of a stage of `stage_devices` may fail before the gate trips."""
+        return max(self.max_failures, math.floor(self.max_failure_fraction * stage_devices))
 
 
 class RolloutPlan(BaseModel):
@@ -183,6 +192,14 @@ def choose_release(
     return Choice(None, "no stable release for this device", refused)
 
 
+def told_to_install(device_id: str, release: ModelRelease) -> bool:
+    """Whether the current stage of a staged `release` sends it to `device_id`: only these
+    devices' reports (health or failure) may move its gates."""
+    return release.rollout.stage == "staged" and in_cohort(
+        device_id, release.model, release.rollout.percent
+    )
+
+
 @dataclass(frozen=True)
 class DeviceReading:
     """The last report of one device, as the gates see it."""
@@ -204,21 +221,33 @@ class GateResult:
 
 
 def evaluate_gates(
-    gates: Gates, version: str, readings: Iterable[DeviceReading], quorum: int = 1
+    gates: Gates,
+    version: str,
+    readings: Iterable[DeviceReading],
+    quorum: int = 1,
+    stage_devices: int = 0,
 ) -> GateResult:
     """Aggregate the readings of devices on `version` and check them against the gates.
 
-    Metric gates judge only once `quorum` distinct devices report healthy on the version, so
-    one device cannot abort (or, with `next_step`, promote) a rollout by its numbers alone;
-    devices that rolled the version back count against `max_failures` at once (fail safe).
+    `readings` must come only from devices told to install `version` in the current stage
+    (see `told_to_install`): a device outside the cohort cannot vote. Metric gates judge
+    only once `quorum` distinct devices report healthy on the version, so one device cannot
+    abort (or, with `next_step`, promote) a rollout by its numbers alone; failures count at
+    once against `Gates.failures_allowed(stage_devices)` (fail safe at small stages).
     """
     on = list({r.device_id: r for r in readings if r.version == version}.values())
     healthy = [r for r in on if not r.failed]
     failures_n = sum(1 for r in on if r.failed)
-    values: dict[str, float | int | None] = {"failures": failures_n, "reports": len(healthy)}
+    allowed = gates.failures_allowed(stage_devices)
+    values: dict[str, float | int | None] = {
+        "failures": failures_n,
+        "failures_allowed": allowed,
+        "stage_devices": stage_devices,
+        "reports": len(healthy),
+    }
     failures: list[str] = []
-    if failures_n > gates.max_failures:
-        failures.append(f"failures {failures_n} > {gates.max_failures}")
+    if failures_n > allowed:
+        failures.append(f"failures {failures_n} > {allowed}")
     if healthy and len(healthy) >= max(1, quorum):
         err = sum(r.error_rate for r in healthy) / len(healthy)
         values["error_rate"] = round(err, 4)

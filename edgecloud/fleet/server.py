@@ -86,6 +86,7 @@ class ServerConfig:
     report_rate: float = 1.0  # reports per second per device, sustained
     report_burst: float = 10.0
     enrol_rate: float = 20.0  # enrolments per second (burst 5 s of it): bounds database writes
+    enrol_rate_per_address: float = 5.0  # attempts per second per source address (burst 5 s)
     max_devices: int = 100_000
     controller: bool = True
     limits: ServingLimits = field(default_factory=ServingLimits)  # read deadlines, connections
@@ -132,6 +133,9 @@ class FleetServer:
         self.operator = OperatorToken(config.operator_token) if config.operator_token else None
         self.report_limit = RateLimiter(config.report_rate, config.report_burst)
         self.enrol_limit = RateLimiter(config.enrol_rate, 5 * config.enrol_rate)
+        self.enrol_per_address = RateLimiter(
+            config.enrol_rate_per_address, 5 * config.enrol_rate_per_address
+        )
         self.reports: dict[str, DeviceReport] = self.store.load_reports()
         self._dirty: dict[str, DeviceReport] = {}
         self._meta_cache: dict[str, tuple[int, bytes]] = {}
@@ -280,9 +284,7 @@ class FleetServer:
         if not isinstance(uses, int) or not isinstance(ttl_s, (int, float)):
             raise BadRequest("uses must be an integer and ttl_s a number.", status=422)
         try:
-            token = await asyncio.to_thread(
-                self.devices.issue_token, device_id, uses, float(ttl_s)
-            )
+            token = await asyncio.to_thread(self.devices.issue_token, device_id, uses, float(ttl_s))
         except CredentialError as exc:
             raise _refusal(exc) from None
         log_event("enrolment.token_issued", device=device_id, uses=uses, ttl_s=ttl_s)
@@ -292,9 +294,13 @@ class FleetServer:
         return 201
 
     async def _enrol(self, scope: Scope, receive: Receive, send: Send) -> None:
-        wait = self.enrol_limit.take("", time.monotonic())
+        # Order matters: the per-address limit first (cheap, in memory), then the token
+        # (one indexed read, constant-time compare), and only a valid token is charged to
+        # the fleet-wide limit, so anonymous garbage cannot use it up for real devices.
+        now = time.monotonic()
+        wait = self.enrol_per_address.take(_client_address(scope), now)
         if wait:
-            raise RateLimited("Too many enrolments; try again later.", wait)
+            raise RateLimited("Too many enrolment attempts from this address.", wait)
         token = bearer(header(scope, b"authorization"))
         if token is None:
             raise Unauthorized("An enrolment token is required (Bearer).", code="invalid_token")
@@ -303,7 +309,14 @@ class FleetServer:
         if not isinstance(device_id, str) or not 0 < len(device_id) <= 128:
             raise BadRequest("device_id must be a string of 1..128 characters.", status=422)
         try:
-            credential = await asyncio.to_thread(self.devices.enrol, token, device_id)
+            stored = await asyncio.to_thread(self.devices.check_token, token, device_id)
+        except CredentialError as exc:
+            raise _refusal(exc) from None
+        wait = self.enrol_limit.take("", time.monotonic())
+        if wait:
+            raise RateLimited("Too many enrolments; try again later.", wait)
+        try:
+            credential = await asyncio.to_thread(self.devices.enrol_checked, stored, device_id)
         except CredentialError as exc:
             raise _refusal(exc) from None
         log_event("device.enrolled", device=device_id)
@@ -473,6 +486,12 @@ class FleetServer:
             "events": events,
             "requests": dict(self.counts),
         }
+
+
+def _client_address(scope: Scope) -> str:
+    """The peer address of a request (the proxy's, behind one: limit there too)."""
+    client = scope.get("client")
+    return str(client[0]) if client else ""
 
 
 def _refusal(exc: CredentialError) -> APIError:

@@ -29,7 +29,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from edgecloud.fleet.credentials import DeviceCredential, EnrolmentToken
 from edgecloud.fleet.errors import FleetError
-from edgecloud.fleet.rollout import DeviceReading
+from edgecloud.fleet.rollout import DeviceReading, ModelRelease, told_to_install
 
 
 class Base(DeclarativeBase):
@@ -120,18 +120,28 @@ class DeviceReport(BaseModel):
         self.events_seen = max([seen, *(ev.seq for ev in fresh)])
 
 
-def readings_for(reports: Iterable[DeviceReport], model: str, version: str) -> list[DeviceReading]:
-    """Gate readings for one release: devices running it, and devices where it failed."""
+def readings_for(
+    reports: Iterable[DeviceReport], release: ModelRelease
+) -> tuple[list[DeviceReading], int]:
+    """Gate readings for a staged release, and the number of devices in its current stage.
+
+    Only devices of the model that the current stage told to install the version count
+    (running it, or reporting it failed): a device outside the cohort cannot abort, or
+    promote, a rollout by claiming a failure or good numbers.
+    """
     out = []
+    stage = 0
+    model, version = release.model, release.version
     for r in reports:
-        if r.model and r.model != model:
+        if r.model != model or not told_to_install(r.device_id, release):
             continue
+        stage += 1
         if version in r.failed_versions:
             out.append(DeviceReading(r.device_id, version, failed=True))
         elif r.version == version:
             m = r.metrics
             out.append(DeviceReading(r.device_id, version, m.error_rate, m.p95_ms, m.eval_score))
-    return out
+    return out, stage
 
 
 class DatabaseURLError(FleetError):
