@@ -220,6 +220,33 @@ class GateResult:
     reports: int
 
 
+@dataclass(frozen=True)
+class StageSample:
+    """What the gates judge: the stage's healthy devices on the version, aggregated, and its
+    failures. Built from readings (`sample_readings`) or by the database in one query."""
+
+    healthy: int = 0
+    failures: int = 0
+    mean_error_rate: float = 0.0
+    worst_p95_ms: float | None = None
+    mean_eval_score: float | None = None
+
+
+def sample_readings(version: str, readings: Iterable[DeviceReading]) -> StageSample:
+    """Aggregate readings of devices on `version`, one per device (its last)."""
+    on = list({r.device_id: r for r in readings if r.version == version}.values())
+    healthy = [r for r in on if not r.failed]
+    p95s = [r.p95_ms for r in healthy if r.p95_ms is not None]
+    scores = [r.eval_score for r in healthy if r.eval_score is not None]
+    return StageSample(
+        healthy=len(healthy),
+        failures=len(on) - len(healthy),
+        mean_error_rate=sum(r.error_rate for r in healthy) / len(healthy) if healthy else 0.0,
+        worst_p95_ms=max(p95s) if p95s else None,
+        mean_eval_score=sum(scores) / len(scores) if scores else None,
+    )
+
+
 def evaluate_gates(
     gates: Gates,
     version: str,
@@ -230,42 +257,47 @@ def evaluate_gates(
     """Aggregate the readings of devices on `version` and check them against the gates.
 
     `readings` must come only from devices told to install `version` in the current stage
-    (see `told_to_install`): a device outside the cohort cannot vote. Metric gates judge
-    only once `quorum` distinct devices report healthy on the version, so one device cannot
-    abort (or, with `next_step`, promote) a rollout by its numbers alone; failures count at
-    once against `Gates.failures_allowed(stage_devices)` (fail safe at small stages).
+    (see `told_to_install`): a device outside the cohort cannot vote.
     """
-    on = list({r.device_id: r for r in readings if r.version == version}.values())
-    healthy = [r for r in on if not r.failed]
-    failures_n = sum(1 for r in on if r.failed)
+    return judge_stage(gates, sample_readings(version, readings), quorum, stage_devices)
+
+
+def judge_stage(
+    gates: Gates, sample: StageSample, quorum: int = 1, stage_devices: int = 0
+) -> GateResult:
+    """Check a stage's sample against the gates.
+
+    Metric gates judge only once `quorum` distinct devices report healthy on the version, so
+    one device cannot abort (or, with `next_step`, promote) a rollout by its numbers alone;
+    failures count at once against `Gates.failures_allowed(stage_devices)` (fail safe at
+    small stages).
+    """
     allowed = gates.failures_allowed(stage_devices)
     values: dict[str, float | int | None] = {
-        "failures": failures_n,
+        "failures": sample.failures,
         "failures_allowed": allowed,
         "stage_devices": stage_devices,
-        "reports": len(healthy),
+        "reports": sample.healthy,
     }
     failures: list[str] = []
-    if failures_n > allowed:
-        failures.append(f"failures {failures_n} > {allowed}")
-    if healthy and len(healthy) >= max(1, quorum):
-        err = sum(r.error_rate for r in healthy) / len(healthy)
+    if sample.failures > allowed:
+        failures.append(f"failures {sample.failures} > {allowed}")
+    if sample.healthy and sample.healthy >= max(1, quorum):
+        err = sample.mean_error_rate
         values["error_rate"] = round(err, 4)
         if err > gates.max_error_rate:
             failures.append(f"error_rate {err:.3f} > {gates.max_error_rate}")
-        p95s = [r.p95_ms for r in healthy if r.p95_ms is not None]
-        if p95s:
-            worst = max(p95s)
+        worst = sample.worst_p95_ms
+        if worst is not None:
             values["p95_ms"] = round(worst, 1)
             if gates.max_p95_ms is not None and worst > gates.max_p95_ms:
                 failures.append(f"p95_ms {worst:.0f} > {gates.max_p95_ms:g}")
-        scores = [r.eval_score for r in healthy if r.eval_score is not None]
-        if scores:
-            mean = sum(scores) / len(scores)
+        mean = sample.mean_eval_score
+        if mean is not None:
             values["eval_score"] = round(mean, 3)
             if gates.min_eval_score is not None and mean < gates.min_eval_score:
                 failures.append(f"eval_score {mean:.2f} < {gates.min_eval_score}")
-    return GateResult(not failures, values, failures, len(healthy))
+    return GateResult(not failures, values, failures, sample.healthy)
 
 
 Action = Literal["hold", "advance", "complete", "abort"]
