@@ -61,6 +61,9 @@ class AgentConfig:
     admin_token: str | None = field(default=None, repr=False)
     enrol_token: str | None = field(default=None, repr=False)  # spent once, on enrolment
     ca_file: Path | None = None  # the CA of an https fleet server with its own certificates
+    # where TUF metadata and model files come from: a mirror or CDN (default: the server)
+    metadata_url: str | None = None
+    targets_url: str | None = None
     allow_plain_http: bool = False  # http to a remote server (behind a trusted proxy only)
     interval_s: float = 30.0
     max_backoff_s: float = 300.0
@@ -122,8 +125,13 @@ class Agent:
 
     def __init__(self, config: AgentConfig) -> None:
         check_server_url(config.server, config.allow_plain_http)
+        for mirror in (config.metadata_url, config.targets_url):
+            if mirror is not None:
+                check_server_url(mirror, config.allow_plain_http)
         self.config = config
         self.base = config.server.rstrip("/")
+        self.metadata_url = (config.metadata_url or f"{self.base}/tuf/metadata").rstrip("/") + "/"
+        self.targets_url = (config.targets_url or f"{self.base}/tuf/targets").rstrip("/") + "/"
         self.store = SlotStore(config.models_dir)
         self.state: AgentState = self.store.load(config.device_id)
         self.store.save(self.state)
@@ -297,7 +305,6 @@ class Agent:
 
     def _updater(self) -> Updater:
         meta = self.store.tuf_dir
-        base = self.base
         bootstrap = None
         if not (meta / "root.json").exists():
             if self.config.root is None:
@@ -305,9 +312,9 @@ class Agent:
             bootstrap = self.config.root.read_bytes()
         return Updater(
             str(meta),
-            f"{base}/tuf/metadata/",
+            self.metadata_url,
             None,
-            f"{base}/tuf/targets/",
+            self.targets_url,
             fetcher=HttpxFetcher(self.http, self.config.limits),
             bootstrap=bootstrap,
         )
@@ -417,7 +424,7 @@ class Agent:
         sha = tf.hashes["sha256"]
         part = self.store.part_path(slot, sha)
         self.store.clean_partials(keep=part)
-        url = f"{self.base}/tuf/targets/{tf.get_prefixed_paths()[0]}"
+        url = f"{self.targets_url}{tf.get_prefixed_paths()[0]}"
         self.status = "downloading"
         digest = download_resumable(self.http, url, part, tf.length, self.config.limits)
         expected = tf.hashes.get("sha256")

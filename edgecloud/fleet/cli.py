@@ -185,6 +185,28 @@ def release_rotate_key(
     typer.echo(f"{role} key rotated; new key id {keyid[:16]}")
 
 
+@release_app.command("publish")
+def release_publish(
+    repo: Path = typer.Argument(...),
+    to: list[str] = typer.Option(..., help="DIR, file:///DIR or s3://BUCKET[/PREFIX]."),
+    endpoint_url: str | None = typer.Option(None, help="S3-compatible endpoint URL."),
+    timestamp_max_age: int = typer.Option(60, help="Cache-Control max-age of timestamp.json."),
+) -> None:
+    """Copy the repository to mirrors (targets, then metadata, timestamp.json last). A
+    running `fleet serve --mirror` does this itself after every change."""
+    from edgecloud.fleet.errors import FleetError
+    from edgecloud.fleet.mirror import Publisher, open_sink
+    from edgecloud.fleet.repository import repo_lock
+
+    try:
+        with repo_lock(repo):
+            sinks = [open_sink(dest, endpoint_url) for dest in to]
+            written = Publisher(repo, sinks, timestamp_max_age).publish()
+    except FleetError as exc:
+        _fail(str(exc))
+    typer.echo(f"published {written} files to {', '.join(to)}")
+
+
 @release_app.command("list")
 def release_list(repo: Path = typer.Argument(...)) -> None:
     """Show the releases and their rollout state."""
@@ -251,11 +273,25 @@ def fleet_serve(
     report_rate: float = typer.Option(1.0, help="Reports per second per device, sustained."),
     report_burst: float = typer.Option(10.0, help="Reports a device may send in a burst."),
     enrol_rate: float = typer.Option(20.0, help="Enrolments per second, fleet-wide."),
+    enrol_burst: float | None = typer.Option(
+        None, help="Enrolments in a burst, fleet-wide [5 s of --enrol-rate]."
+    ),
     enrol_rate_per_address: float = typer.Option(
         5.0, help="Enrolment attempts per second per source address (bursts of 5 s)."
     ),
     max_devices: int = typer.Option(100_000, help="Most devices that may enrol."),
     no_controller: bool = typer.Option(False, help="Serve only; never advance or abort."),
+    mirror: list[str] = typer.Option(
+        [],
+        help="Publish the repository here after every change (DIR, file:///DIR or "
+        "s3://BUCKET[/PREFIX]); repeatable. Done by the process holding the controller lease.",
+    ),
+    mirror_endpoint_url: str | None = typer.Option(
+        None, help="S3-compatible endpoint for s3:// mirrors (MinIO, Ceph, R2...)."
+    ),
+    timestamp_max_age: int = typer.Option(
+        60, help="Cache-Control max-age (s) of timestamp.json on mirrors."
+    ),
     header_timeout: float = typer.Option(10.0, help="Seconds a client may take to send headers."),
     body_timeout: float = typer.Option(60.0, help="Seconds a client may take to send a body."),
     max_connections: int | None = typer.Option(
@@ -294,9 +330,13 @@ def fleet_serve(
             report_rate=report_rate,
             report_burst=report_burst,
             enrol_rate=enrol_rate,
+            enrol_burst=enrol_burst,
             enrol_rate_per_address=enrol_rate_per_address,
             max_devices=max_devices,
             controller=not no_controller,
+            mirrors=mirror,
+            mirror_endpoint_url=mirror_endpoint_url,
+            timestamp_max_age_s=timestamp_max_age,
             limits=ServingLimits(
                 header_timeout_s=header_timeout,
                 body_timeout_s=body_timeout,
@@ -418,6 +458,12 @@ def agent(
         ENROL_TOKEN_ENV, help="Env var: enrolment token, spent once for this device's credential."
     ),
     ca_file: Path | None = typer.Option(None, help="CA bundle of the fleet server's certificate."),
+    metadata_url: str | None = typer.Option(
+        None, help="TUF metadata from this mirror or CDN URL [SERVER/tuf/metadata]."
+    ),
+    targets_url: str | None = typer.Option(
+        None, help="Model files from this mirror or CDN URL [SERVER/tuf/targets]."
+    ),
     allow_plain_http: bool = typer.Option(
         False, help="Allow http to a remote fleet server (only behind a trusted TLS proxy)."
     ),
@@ -451,6 +497,8 @@ def agent(
                 admin_token=os.environ.get(admin_token_env),
                 enrol_token=os.environ.get(enrol_token_env) or None,
                 ca_file=ca_file,
+                metadata_url=metadata_url,
+                targets_url=targets_url,
                 allow_plain_http=allow_plain_http,
                 interval_s=interval,
                 max_backoff_s=max_backoff,

@@ -35,11 +35,17 @@ class DeviceRegistry:
     """Enrolled devices and their credentials, kept only in the database, so every server
     process over it agrees at once (blocking calls: run them in a thread)."""
 
-    def __init__(self, store: FleetStore, max_devices: int, enrol_rate: float = 20.0) -> None:
+    def __init__(
+        self,
+        store: FleetStore,
+        max_devices: int,
+        enrol_rate: float = 20.0,
+        enrol_burst: float | None = None,
+    ) -> None:
         self.store = store
         self.max_devices = max_devices
         self.enrol_rate = enrol_rate
-        self.enrol_burst = 5 * enrol_rate
+        self.enrol_burst = enrol_burst if enrol_burst is not None else 5 * enrol_rate
 
     def __len__(self) -> int:
         return self.store.enrolled_count()

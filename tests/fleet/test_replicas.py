@@ -59,14 +59,15 @@ def _log_events(log: Path, event: str) -> list[dict[str, Any]]:
 def test_enrol_on_one_replica_report_to_the_other(pg: PostgresServer, tmp_path: Path) -> None:
     db = pg.create_database("fleet_replicas_api")
     repo = _repo(tmp_path)
-    args = ("--db", pg.url(db), "--no-controller", "--enrol-rate", "1", "--max-devices", "6")
+    args = ("--db", pg.url(db), "--no-controller", "--max-devices", "3")
     with (
         FleetServer(repo, tmp_path / "a.log", *args) as a,
         FleetServer(repo, tmp_path / "b.log", *args) as b,
     ):
         cred = enrol_device(a.url, "dev-x")
-        events = [{"kind": "refused", "version": "1.1.0", "reason": f"r{n}", "seq": n}
-                  for n in (1, 2)]
+        events = [
+            {"kind": "refused", "version": "1.1.0", "reason": f"r{n}", "seq": n} for n in (1, 2)
+        ]
         body = {"device_id": "dev-x", "version": "1.0.0", "event_stream": "s1", "events": events}
         assert _post_report(b.url, cred, body).status_code == 204
         # the answer was lost: the agent sends the same numbered events to the other replica
@@ -79,23 +80,35 @@ def test_enrol_on_one_replica_report_to_the_other(pg: PostgresServer, tmp_path: 
         again = enrol_device(b.url, "dev-x")
         assert _post_report(a.url, cred, body).status_code == 401
         assert _post_report(a.url, again, body).status_code == 204
-        # the fleet-wide enrolment bucket (1/s, a burst of 5) is shared: 2 spent above
-        codes = [
-            httpx.post(
-                f"{s.url}/v1/devices/enrol",
-                json={"device_id": f"dev-{i}"},
-                headers={
-                    "authorization": "Bearer "
-                    + httpx.post(
-                        f"{s.url}/v1/fleet/enrolment-tokens",
-                        json={"device_id": f"dev-{i}"},
-                        headers=OPERATOR_AUTH,
-                    ).json()["token"]
-                },
-            ).status_code
-            for i, s in enumerate([a, b] * 4)
-        ]
-        assert codes.count(200) <= 4 and 429 in codes  # not 5 per replica
+        # the fleet holds at most 3 devices, counted in the database: not 3 per replica
+        codes = [_enrol_new(s, f"dev-{i}") for i, s in enumerate([a, b] * 2)]
+        assert codes == [200, 200, 403, 403]
+
+    # the fleet-wide enrolment bucket (a burst of 3, next to no refill) is shared too
+    db2 = pg.create_database("fleet_replicas_bucket")
+    bucket = ("--db", pg.url(db2), "--no-controller", "--enrol-rate", "0.001", "--enrol-burst", "3")
+    with (
+        FleetServer(repo, tmp_path / "c.log", *bucket) as c,
+        FleetServer(repo, tmp_path / "d.log", *bucket) as d,
+    ):
+        codes = [_enrol_new(s, f"dev-{i}") for i, s in enumerate([c, d] * 3)]
+        assert codes == [200, 200, 200, 429, 429, 429]
+
+
+def _enrol_new(server: FleetServer, device_id: str) -> int:
+    token = httpx.post(
+        f"{server.url}/v1/fleet/enrolment-tokens",
+        json={"device_id": device_id},
+        headers=OPERATOR_AUTH,
+        timeout=10,
+    ).json()["token"]
+    r = httpx.post(
+        f"{server.url}/v1/devices/enrol",
+        json={"device_id": device_id},
+        headers={"authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    return r.status_code
 
 
 def test_one_controller_and_a_takeover_when_it_dies(pg: PostgresServer, tmp_path: Path) -> None:
