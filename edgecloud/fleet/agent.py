@@ -41,6 +41,13 @@ from edgecloud.fleet.errors import (
 from edgecloud.fleet.events import log_event
 from edgecloud.fleet.fetcher import HttpxFetcher
 from edgecloud.fleet.node_client import DEFAULT_CANARIES, CanaryPrompt, CanaryResult, NodeClient
+from edgecloud.fleet.polling import (
+    DEFAULT_JITTER,
+    DEFAULT_POLL_S,
+    NEXT_POLL_HEADER,
+    accept_hint,
+    jittered,
+)
 from edgecloud.fleet.rollout import ModelRelease, choose_release, target_path
 from edgecloud.fleet.slots import MAX_INTERRUPTED, AgentState, Pending, SlotInfo, SlotStore
 from edgecloud.fleet.state import DeviceEvent, DeviceMetrics, DeviceReport
@@ -65,8 +72,9 @@ class AgentConfig:
     metadata_url: str | None = None
     targets_url: str | None = None
     allow_plain_http: bool = False  # http to a remote server (behind a trusted proxy only)
-    interval_s: float = 30.0
-    max_backoff_s: float = 300.0
+    interval_s: float = DEFAULT_POLL_S
+    jitter: float = DEFAULT_JITTER
+    max_backoff_s: float = 4 * DEFAULT_POLL_S
     limits: TransferLimits = field(default_factory=TransferLimits)
     canaries: list[CanaryPrompt] = field(default_factory=lambda: list(DEFAULT_CANARIES))
     canary_every_s: float = 300.0
@@ -146,6 +154,7 @@ class Agent:
         self._said: set[tuple[str, str]] = set()  # refusals already reported this run
         self._faults: set[tuple[str, str]] = set()  # failures reported since the last good poll
         self.failures = 0  # polls in a row that did not complete
+        self.server_wait_s: float | None = None  # the last report's answer: when to come back
         self.status = "starting"
 
     # -- events and reports ----------------------------------------------------------------
@@ -218,6 +227,10 @@ class Agent:
         except (httpx.HTTPError, TransferTooSlow) as exc:
             log_event("agent.report_failed", error=type(exc).__name__)
             return False
+        # the server may say when to come back (its fleet interval, or longer to shed load)
+        self.server_wait_s = accept_hint(
+            r.headers.get(NEXT_POLL_HEADER) or r.headers.get("retry-after")
+        )
         if r.status_code >= 300:  # the events stay on disk for the next report
             log_event("agent.report_failed", status=r.status_code, error=_error_code(r))
             return False
@@ -504,6 +517,17 @@ class Agent:
 
     # -- loop ------------------------------------------------------------------------------
 
+    def next_wait_s(self) -> float:
+        """Seconds until the next poll: the interval with jitter, backed off after failures,
+        and never sooner than the server asked."""
+        if self.failures:
+            wait = backoff_s(self.config.interval_s, self.failures, self.config.max_backoff_s)
+        else:
+            wait = jittered(self.config.interval_s, self.config.jitter)
+        if self.server_wait_s is not None:
+            wait = max(wait, jittered(self.server_wait_s, self.config.jitter))
+        return wait
+
     def run(self, once: bool = False) -> None:
         """Poll every `interval_s` until SIGINT/SIGTERM (or once)."""
         stop = threading.Event()
@@ -515,7 +539,7 @@ class Agent:
         )
         while True:
             self.cycle()
-            wait = backoff_s(self.config.interval_s, self.failures, self.config.max_backoff_s)
+            wait = self.next_wait_s()
             if self.failures:
                 log_event(
                     "agent.backoff",

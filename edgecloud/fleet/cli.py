@@ -134,6 +134,12 @@ def release_rollout(
     max_p95_ms: float | None = typer.Option(None),
     min_eval_score: float | None = typer.Option(0.5),
     max_failures: int = typer.Option(0, help="Devices allowed to fail/roll back the version."),
+    max_failure_fraction: float = typer.Option(
+        0.01, help="Failures allowed as a fraction of the stage's devices (floor: max-failures)."
+    ),
+    max_devices_per_minute: float | None = typer.Option(
+        None, help="Tell at most this many more devices per minute to install (ramped stages)."
+    ),
     manual: bool = typer.Option(False, help="Do not advance by itself (gates still abort)."),
 ) -> None:
     """Stage a version for a percentage of the fleet; the fleet server advances or aborts it.
@@ -150,10 +156,12 @@ def release_rollout(
                 max_p95_ms=max_p95_ms,
                 min_eval_score=min_eval_score,
                 max_failures=max_failures,
+                max_failure_fraction=max_failure_fraction,
             ),
             soak_s=_seconds(soak),
             min_reports=min_reports,
             auto=not manual,
+            max_devices_per_minute=max_devices_per_minute,
         )
     except ValueError as exc:
         _fail(str(exc))
@@ -281,6 +289,12 @@ def fleet_serve(
     ),
     max_devices: int = typer.Option(100_000, help="Most devices that may enrol."),
     no_controller: bool = typer.Option(False, help="Serve only; never advance or abort."),
+    poll_interval: float | None = typer.Option(
+        None, help="Tell every device to poll this often (s) [each device's own --interval]."
+    ),
+    shed_write_lag: float = typer.Option(
+        1.0, help="When report writes take longer than this (s), tell devices to come back later."
+    ),
     mirror: list[str] = typer.Option(
         [],
         help="Publish the repository here after every change (DIR, file:///DIR or "
@@ -335,6 +349,8 @@ def fleet_serve(
             max_devices=max_devices,
             controller=not no_controller,
             mirrors=mirror,
+            poll_interval_s=poll_interval,
+            shed_write_lag_s=shed_write_lag,
             mirror_endpoint_url=mirror_endpoint_url,
             timestamp_max_age_s=timestamp_max_age,
             limits=ServingLimits(
@@ -448,8 +464,11 @@ def agent(
     model: str = typer.Option(..., help="The model name this box runs."),
     root: Path | None = typer.Option(None, help="Trusted root.json for a new device."),
     device_id: str | None = typer.Option(None, help="Stable device id [generated once]."),
-    interval: float = typer.Option(30.0, help="Seconds between polls."),
-    max_backoff: float = typer.Option(300.0, help="Longest wait between polls that fail."),
+    interval: float = typer.Option(
+        1800.0, help="Seconds between polls (Mender's default; the server may ask for longer)."
+    ),
+    jitter: float = typer.Option(0.2, help="Spread each wait by +- this fraction."),
+    max_backoff: float = typer.Option(7200.0, help="Longest wait between polls that fail."),
     canary: Path | None = typer.Option(None, help="YAML list of {prompt, expect, max_tokens}."),
     canary_every: float = typer.Option(300.0, help="Seconds between health canaries."),
     min_eval_score: float = typer.Option(0.5, help="Local canary pass rate to keep a version."),
@@ -501,6 +520,7 @@ def agent(
                 targets_url=targets_url,
                 allow_plain_http=allow_plain_http,
                 interval_s=interval,
+                jitter=jitter,
                 max_backoff_s=max_backoff,
                 limits=TransferLimits(download_deadline, min_rate, rate_window),
                 canaries=load_canaries(canary),

@@ -56,7 +56,8 @@ def control_once(
                 plan = release.rollout.plan or RolloutPlan()
                 sample, stage_devices = store.stage_sample(release)
                 gates = judge_stage(plan.gates, sample, plan.min_reports, stage_devices)
-                step = next_step(release.rollout, gates, now)
+                fleet = store.model_devices(release.model) if plan.max_devices_per_minute else 0
+                step = next_step(release.rollout, gates, now, fleet)
                 gate_view = {
                     "percent": release.rollout.percent,
                     "values": gates.values,

@@ -7,6 +7,7 @@ uses the same functions to decide whether a rollout advances, holds or aborts.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -58,6 +59,9 @@ class RolloutPlan(BaseModel):
     soak_s: float = Field(default=60.0, ge=0)
     min_reports: int = Field(default=1, ge=0)  # quorum: distinct enrolled devices reporting
     auto: bool = True
+    # At most this many more devices told to install per minute (Greengrass's rollout rate):
+    # between stages the cohort grows a little each RAMP_STEP_S instead of all at once.
+    max_devices_per_minute: float | None = Field(default=None, gt=0)
 
     @field_validator("stages")
     @classmethod
@@ -108,7 +112,16 @@ class ModelRelease(BaseModel):
 
     def to_custom(self) -> dict[str, Any]:
         # A JSON string: TUF's canonical JSON has no floats, and gates need them.
-        return {CUSTOM_KEY: self.model_dump_json()}
+        data = self.model_dump(mode="json")
+        plan = data["rollout"].get("plan")
+        if plan is not None:  # agents before these fields reject unknown keys: omit defaults
+            for key, default in _NEWER_PLAN_KEYS.items():
+                if plan.get(key) == default:
+                    del plan[key]
+            for key, default in _NEWER_GATE_KEYS.items():
+                if plan["gates"].get(key) == default:
+                    del plan["gates"][key]
+        return {CUSTOM_KEY: json.dumps(data, separators=(",", ":"))}
 
     @classmethod
     def from_custom(cls, custom: Any) -> ModelRelease | None:
@@ -116,6 +129,11 @@ class ModelRelease(BaseModel):
         if not isinstance(custom, dict) or CUSTOM_KEY not in custom:
             return None
         return cls.model_validate_json(custom[CUSTOM_KEY])
+
+
+# Fields added after agents were in the field; left out of the signed JSON at their defaults.
+_NEWER_PLAN_KEYS: dict[str, Any] = {"max_devices_per_minute": None}
+_NEWER_GATE_KEYS: dict[str, Any] = {"max_failure_fraction": 0.01}
 
 
 def target_path(model: str, version: str) -> str:
@@ -310,8 +328,16 @@ class Step:
     reason: str
 
 
-def next_step(state: RolloutState, gates: GateResult, now: float) -> Step:
-    """What the controller does with a staged rollout: hold, advance, complete or abort."""
+RAMP_STEP_S = 60.0  # a rate-limited rollout re-signs its cohort at most this often
+
+
+def next_step(state: RolloutState, gates: GateResult, now: float, fleet_devices: int = 0) -> Step:
+    """What the controller does with a staged rollout: hold, advance, complete or abort.
+
+    With `plan.max_devices_per_minute` and the model's `fleet_devices` known, an advance
+    between stages goes in ramp steps (each RAMP_STEP_S, no soak between them) so that at
+    most that many devices per minute are newly told to install; a stage soaks once reached.
+    """
     plan = state.plan or RolloutPlan()
     if not gates.ok:
         return Step("abort", 0.0, "gates failed: " + "; ".join(gates.failures))
@@ -319,9 +345,18 @@ def next_step(state: RolloutState, gates: GateResult, now: float) -> Step:
         return Step("hold", state.percent, "manual rollout")
     if gates.reports < plan.min_reports:
         return Step("hold", state.percent, f"waiting for a quorum of {plan.min_reports} devices")
-    if now - state.stage_started_at < plan.soak_s:
+    rate = plan.max_devices_per_minute if fleet_devices > 0 else None
+    ramping = rate is not None and state.percent not in plan.stages and state.percent < 100
+    since = now - state.stage_started_at
+    if not ramping and since < plan.soak_s:
         return Step("hold", state.percent, "soaking")
     if state.percent >= 100:
         return Step("complete", 100.0, "gates held at 100%")
     nxt = next((s for s in plan.stages if s > state.percent), 100.0)
-    return Step("advance", nxt, f"gates held at {state.percent:g}%")
+    if rate is None:
+        return Step("advance", nxt, f"gates held at {state.percent:g}%")
+    if ramping and since < RAMP_STEP_S:
+        return Step("hold", state.percent, f"ramping to {nxt:g}% at {rate:g} devices/min")
+    grow = 100.0 * rate * (RAMP_STEP_S / 60.0) / fleet_devices
+    to = min(nxt, round(state.percent + grow, 4))
+    return Step("advance", to, f"ramping to {nxt:g}% at {rate:g} devices/min")

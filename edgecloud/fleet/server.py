@@ -52,6 +52,7 @@ from edgecloud.fleet.events import log_event
 from edgecloud.fleet.lease import ControllerLease
 from edgecloud.fleet.metrics import FleetMetrics, FleetSnapshot
 from edgecloud.fleet.mirror import TIMESTAMP_MAX_AGE_S, Publisher, open_sink
+from edgecloud.fleet.polling import NEXT_POLL_HEADER, next_poll_hint
 from edgecloud.fleet.repository import ModelRepository
 from edgecloud.fleet.rollout import ModelRelease
 from edgecloud.fleet.state import DeviceReport, EnrolmentLimited, FleetStore, masked_url
@@ -97,6 +98,8 @@ class ServerConfig:
     enrol_rate_per_address: float = 5.0  # attempts per second per source address (burst 5 s)
     max_devices: int = 100_000
     controller: bool = True
+    poll_interval_s: float | None = None  # told to every device with each report's answer
+    shed_write_lag_s: float = 1.0  # group writes slower than this: devices told to wait longer
     mirrors: list[str] = field(default_factory=list)  # DIR or s3://BUCKET[/PREFIX]
     mirror_endpoint_url: str | None = None
     timestamp_max_age_s: int = TIMESTAMP_MAX_AGE_S
@@ -160,6 +163,7 @@ class FleetServer:
         )
         self._pending: list[tuple[DeviceReport, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
+        self._write_lag_s = 0.0
         self._meta_cache: dict[str, tuple[int, bytes]] = {}
         self.view = ControllerView()
         self.counts: Counter[str] = Counter()
@@ -379,7 +383,11 @@ class FleetServer:
                 "The fleet database is unavailable; the report was not stored. Retry later.",
                 headers={"retry-after": "5"},
             ) from None
-        await send_bytes(send, 204, b"", [])
+        hint = next_poll_hint(
+            self.config.poll_interval_s, self._write_lag_s, self.config.shed_write_lag_s
+        )
+        headers = [] if hint is None else [(NEXT_POLL_HEADER.encode(), f"{hint:.0f}".encode())]
+        await send_bytes(send, 204, b"", headers)
         return 204
 
     async def _store_report(self, report: DeviceReport) -> None:
@@ -395,8 +403,11 @@ class FleetServer:
         batch, self._pending = self._pending, []
         if not batch:
             return
+        t0 = time.monotonic()
         try:
             stored = await asyncio.to_thread(self.store.save, [r for r, _ in batch])
+            # how long a report waited for the database, smoothed: the load-shedding signal
+            self._write_lag_s = 0.8 * self._write_lag_s + 0.2 * (time.monotonic() - t0)
         except Exception as exc:
             for _, done in batch:
                 if not done.done():

@@ -394,6 +394,12 @@ class FleetStore:
         )
         return sample, int(total or 0)
 
+    def model_devices(self, model: str) -> int:
+        """Devices that last reported running `model` (the base of a rollout's rate limit)."""
+        with Session(self.engine) as s:
+            q = select(func.count()).select_from(DeviceRow).where(DeviceRow.model == model)
+            return int(s.scalar(q) or 0)
+
     def recent_events(self, limit: int = 50) -> list[dict[str, Any]]:
         with Session(self.engine) as s:
             rows = s.scalars(select(EventRow).order_by(EventRow.id.desc()).limit(limit)).all()
