@@ -196,7 +196,7 @@ def release_rotate_key(
 @release_app.command("publish")
 def release_publish(
     repo: Path = typer.Argument(...),
-    to: list[str] = typer.Option(..., help="DIR, file:///DIR or s3://BUCKET[/PREFIX]."),
+    to: list[str] = typer.Option(..., help="DIR, file:///DIR or s3://BUCKET/PREFIX."),
     endpoint_url: str | None = typer.Option(None, help="S3-compatible endpoint URL."),
     timestamp_max_age: int = typer.Option(60, help="Cache-Control max-age of timestamp.json."),
 ) -> None:
@@ -298,7 +298,7 @@ def fleet_serve(
     mirror: list[str] = typer.Option(
         [],
         help="Publish the repository here after every change (DIR, file:///DIR or "
-        "s3://BUCKET[/PREFIX]); repeatable. Done by the process holding the controller lease.",
+        "s3://BUCKET/PREFIX); repeatable. Done by the process holding the controller lease.",
     ),
     mirror_endpoint_url: str | None = typer.Option(
         None, help="S3-compatible endpoint for s3:// mirrors (MinIO, Ceph, R2...)."
