@@ -29,15 +29,17 @@ def find_nginx() -> str | None:
 def _origin(root: Path | None, upstream: str | None, timestamp_max_age_s: int) -> str:
     if upstream is not None:  # a bucket sends the Cache-Control it was given on upload
         return f"location / {{ proxy_pass {upstream.rstrip('/')}/; }}"
+    # no `always` on the immutable header: a 404 for the next root (N+1.root.json, asked on
+    # every refresh) must never be cached, or a key rotation would never reach devices
     return f"""
       root {root};
       location = /metadata/timestamp.json {{
         add_header Cache-Control "public, max-age={timestamp_max_age_s}" always;
       }}
       location ~ ^/metadata/[0-9]+\\.[a-z]+\\.json$ {{
-        add_header Cache-Control "{IMMUTABLE}" always;
+        add_header Cache-Control "{IMMUTABLE}";
       }}
-      location /targets/ {{ add_header Cache-Control "{IMMUTABLE}" always; }}
+      location /targets/ {{ add_header Cache-Control "{IMMUTABLE}"; }}
       location / {{ add_header Cache-Control "no-cache" always; }}
     """
 
