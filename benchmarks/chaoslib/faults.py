@@ -156,7 +156,7 @@ def sqlite_removed(path: Path) -> Iterator[None]:
 @contextlib.contextmanager
 def postgres_stopped(server: Any) -> Iterator[None]:
     """Stop a PostgreSQL server at once (`pg_ctl -m immediate`: no checkpoint, connections cut)
-    for the body, then start it again (a `tests.fleet.postgres.PostgresServer`)."""
+    for the body, then start it again (an `edgecloud.testing.postgres.PostgresServer`)."""
     server._run("pg_ctl", "-D", str(server.data), "-m", "immediate", "-w", "stop")
     server.started = False
     try:

@@ -90,7 +90,7 @@ class ChaosStack:
     tap: RecordingTap = field(default_factory=RecordingTap)
     wan: WanLink | None = None
     fleet_link: FaultyLink | None = None
-    postgres: Any = None  # a tests.fleet.postgres.PostgresServer when cfg.fleet_db is "postgres"
+    postgres: Any = None  # an edgecloud.testing.postgres.PostgresServer when cfg.fleet_db is "postgres"
     ports: dict[str, int] = field(default_factory=dict)
 
     # -- urls ----------------------------------------------------------------------------------
@@ -237,7 +237,7 @@ class ChaosStack:
         repo.add_model(self.cfg.model_path, MODEL, "1.0.0", stable=True, link=True)
         self.root_file = repo.root_file()
         if self.cfg.fleet_db == "postgres":
-            from tests.fleet.postgres import PostgresServer, find_bin_dir
+            from edgecloud.testing.postgres import PostgresServer, find_bin_dir
 
             bin_dir = find_bin_dir()
             if bin_dir is None:
