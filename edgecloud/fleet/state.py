@@ -25,7 +25,9 @@ from sqlalchemy import (
     create_engine,
     delete,
     func,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -231,6 +233,33 @@ def _insert(engine: Engine, table: Any) -> Any:
     raise FleetError(f"the fleet database must be PostgreSQL or SQLite, not {engine.dialect.name}")
 
 
+def _add_missing_columns(engine: Engine) -> None:
+    """Bring tables an older version created up to date: add the columns it did not have
+    (with their defaults; existing rows count again once their device reports) and the
+    indexes. Only additions: nothing is dropped or rewritten."""
+    found = inspect(engine)
+    with engine.begin() as conn:
+        for table in Base.metadata.sorted_tables:
+            have = {c["name"] for c in found.get_columns(table.name)}
+            for col in table.columns:
+                if col.name in have:
+                    continue
+                ddl = f"ALTER TABLE {table.name} ADD COLUMN {col.name} "
+                ddl += col.type.compile(engine.dialect)
+                default = col.default.arg if col.default is not None else None  # type: ignore[attr-defined]
+                if default is not None:
+                    ddl += (
+                        f" DEFAULT {default!r}"
+                        if isinstance(default, str)
+                        else (f" DEFAULT {default}")
+                    )
+                    ddl += " NOT NULL"
+                conn.execute(text(ddl))
+        for table in Base.metadata.sorted_tables:
+            for index in table.indexes:
+                index.create(conn, checkfirst=True)
+
+
 _DEVICE_COLUMNS = (
     "report",
     "updated_at",
@@ -260,6 +289,7 @@ class FleetStore:
         self.engine = create_engine(parsed, **kwargs)
         self.dialect = self.engine.dialect.name
         Base.metadata.create_all(self.engine)
+        _add_missing_columns(self.engine)
         with Session(self.engine) as s, s.begin():  # the bucket starts full (clamped on use)
             s.execute(
                 _insert(self.engine, BucketRow)

@@ -97,3 +97,33 @@ def test_numbered_events_are_stored_once_across_processes(tmp_path: Path) -> Non
     with sqlite3.connect(db) as conn:
         reasons = [r for (r,) in conn.execute("SELECT reason FROM fleet_events ORDER BY id")]
     assert reasons == ["r1", "r2", "r3", "r4", "r1", "r5"]
+
+
+def test_an_older_database_is_brought_up_to_date(tmp_path: Path) -> None:
+    """Tables an older version created (no gate columns, no event numbers) get the new
+    columns, and a report to them is stored."""
+    ModelRepository.init(tmp_path / "repo")
+    db = tmp_path / "fleet.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "CREATE TABLE fleet_devices (device_id VARCHAR(128) PRIMARY KEY, report TEXT "
+            "NOT NULL, updated_at FLOAT NOT NULL)"
+        )
+        conn.execute(
+            "CREATE TABLE fleet_events (id INTEGER PRIMARY KEY, device_id VARCHAR(128) NOT "
+            "NULL, at FLOAT NOT NULL, kind VARCHAR(32) NOT NULL, version VARCHAR(64) NOT NULL, "
+            "reason TEXT NOT NULL)"
+        )
+        conn.execute("INSERT INTO fleet_devices VALUES ('old', '{\"device_id\": \"old\"}', 1.0)")
+    server = FleetServer(
+        ServerConfig(repo=tmp_path / "repo", db_url=f"sqlite:///{db}", insecure=True)
+    )
+
+    async def scenario(send: Send) -> None:
+        assert (await send(_report("d1", "refused"))).status_code == 204
+
+    asyncio.run(_running(server, scenario))
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT device_id, cohort FROM fleet_devices ORDER BY 1").fetchall()
+        assert [r[0] for r in rows] == ["d1", "old"] and rows[1][1] == 100.0
+        assert conn.execute("SELECT kind FROM fleet_events").fetchall() == [("refused",)]
