@@ -45,7 +45,14 @@ from edgecloud.api.asgi import (
 from edgecloud.api.errors import APIError, BadRequest, NotFound, Unauthorized
 from edgecloud.api.guard import ServingLimits
 from edgecloud.fleet.controller import ControllerView, ControlPass, control_once
-from edgecloud.fleet.credentials import OperatorToken, RateLimiter, bearer, is_loopback
+from edgecloud.fleet.credentials import (
+    DEVICE_PREFIX,
+    OperatorToken,
+    RateLimiter,
+    bearer,
+    is_loopback,
+    split_token,
+)
 from edgecloud.fleet.enrolment import DeviceRegistry
 from edgecloud.fleet.errors import CredentialError, FleetError
 from edgecloud.fleet.events import log_event
@@ -161,7 +168,7 @@ class FleetServer:
         self.enrol_per_address = RateLimiter(
             config.enrol_rate_per_address, 5 * config.enrol_rate_per_address
         )
-        self._pending: list[tuple[DeviceReport, asyncio.Future[None]]] = []
+        self._pending: list[tuple[DeviceReport, str | None, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._write_lag_s = 0.0
         self._meta_cache: dict[str, tuple[int, bytes]] = {}
@@ -346,17 +353,17 @@ class FleetServer:
 
     async def _report(self, scope: Scope, receive: Receive, send: Send) -> int:
         self.counts["reports"] += 1
-        device: str | None = None
+        given: str | None = None
         if not self.config.insecure:
-            device = self.devices.device_of(bearer(header(scope, b"authorization")))
-            if device is None:
-                raise Unauthorized(
-                    "A valid device credential is required (Bearer); enrol the device first.",
-                    code="invalid_token",
-                )
-            wait = self.report_limit.take(device, time.monotonic())
+            given = bearer(header(scope, b"authorization"))
+            parts = split_token(given, DEVICE_PREFIX) if given else None
+            if parts is None:
+                raise _no_credential()
+            # keyed by the credential's id: garbage under a made-up id cannot use up a real
+            # device's allowance (the credential itself is checked with its group, below)
+            wait = self.report_limit.take(parts[0], time.monotonic())
             if wait:
-                raise RateLimited(f"Too many reports from {device}.", wait)
+                raise RateLimited("Too many reports from this device.", wait)
         body = await read_body(receive, REPORT_LIMIT, scope)
         try:
             report = DeviceReport.model_validate_json(body)
@@ -366,16 +373,13 @@ class FleetServer:
             raise BadRequest(
                 f"Invalid report at {loc}: {first['msg']}", status=422, code="invalid_report"
             ) from None
-        if device is not None and report.device_id != device:
-            raise Forbidden(
-                f"This credential belongs to {device}, not {report.device_id}.",
-                code="device_mismatch",
-            )
         report.received_at = time.time()
         report.events_seen = 0  # the server's to set
         self.metrics.reports.inc()
         try:
-            await self._store_report(report)
+            await self._store_report(report, given)
+        except APIError:  # its credential was refused
+            raise
         except Exception as exc:  # the agent keeps its events and sends them again later
             self.metrics.flush_errors.inc()
             log_event("db.write_failed", error=type(exc).__name__)
@@ -390,32 +394,37 @@ class FleetServer:
         await send_bytes(send, 204, b"", headers)
         return 204
 
-    async def _store_report(self, report: DeviceReport) -> None:
+    async def _store_report(self, report: DeviceReport, credential: str | None) -> None:
         """Queue the report for the next group write and wait until it is stored: a 204 means
-        the database has it, so a server killed at any moment loses no acknowledged report."""
+        the database has it, so a server killed at any moment loses no acknowledged report.
+        The group's credentials are checked against the database in one read first."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((report, done))
+        self._pending.append((report, credential, done))
         self._wake.set()
         await done
 
     async def flush(self) -> None:
-        """Write every queued report in one transaction and answer their waiters."""
+        """Check and write every queued report (one credential read, one transaction) and
+        answer their waiters."""
         batch, self._pending = self._pending, []
         if not batch:
             return
         t0 = time.monotonic()
         try:
-            stored = await asyncio.to_thread(self.store.save, [r for r, _ in batch])
+            stored, refused = await asyncio.to_thread(self._write_group, batch)
             # how long a report waited for the database, smoothed: the load-shedding signal
             self._write_lag_s = 0.8 * self._write_lag_s + 0.2 * (time.monotonic() - t0)
         except Exception as exc:
-            for _, done in batch:
+            for _, _, done in batch:
                 if not done.done():
                     done.set_exception(exc)
             raise
-        for _, done in batch:
+        for i, (_, _, done) in enumerate(batch):
             if not done.done():
-                done.set_result(None)
+                if i in refused:
+                    done.set_exception(refused[i])
+                else:
+                    done.set_result(None)
         for report in stored:
             if report.events:
                 self.metrics.device_events((ev.kind, ev.reason) for ev in report.events)
@@ -427,6 +436,27 @@ class FleetServer:
                     version=ev.version,
                     reason=ev.reason,
                 )
+
+    def _write_group(
+        self, batch: list[tuple[DeviceReport, str | None, asyncio.Future[None]]]
+    ) -> tuple[list[DeviceReport], dict[int, APIError]]:
+        """(blocking) The reports whose credential holds, stored; the refusals by position."""
+        refused: dict[int, APIError] = {}
+        ok = [r for r, _, _ in batch]
+        if not self.config.insecure:
+            devices = self.devices.devices_of([c for _, c, _ in batch])
+            ok = []
+            for i, ((report, _, _), device) in enumerate(zip(batch, devices, strict=True)):
+                if device is None:
+                    refused[i] = _no_credential()
+                elif device != report.device_id:
+                    refused[i] = Forbidden(
+                        f"This credential belongs to {device}, not {report.device_id}.",
+                        code="device_mismatch",
+                    )
+                else:
+                    ok.append(report)
+        return self.store.save(ok), refused
 
     async def _flush_loop(self) -> None:
         while True:
@@ -545,6 +575,13 @@ class FleetServer:
             "events": self.store.recent_events(50),
             "requests": dict(self.counts),
         }
+
+
+def _no_credential() -> Unauthorized:
+    return Unauthorized(
+        "A valid device credential is required (Bearer); enrol the device first.",
+        code="invalid_token",
+    )
 
 
 def _client_address(scope: Scope) -> str:

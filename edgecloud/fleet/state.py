@@ -22,6 +22,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    case,
     create_engine,
     delete,
     func,
@@ -310,29 +311,42 @@ class FleetStore:
         if not batch:
             return []
         ids = sorted({r.device_id for r in batch})
+        # only devices that sent events need their stored numbering read (most reports have
+        # none); the others keep theirs, marked by events_seen -1 in the upsert below
+        numbered = sorted({r.device_id for r in batch if r.events})
         with Session(self.engine) as s, s.begin():
             seen: dict[str, DeviceReport] = {}
-            for i in range(0, len(ids), 500):
+            for i in range(0, len(numbered), 500):
                 found = s.execute(
                     select(
                         DeviceRow.device_id, DeviceRow.event_stream, DeviceRow.events_seen
-                    ).where(DeviceRow.device_id.in_(ids[i : i + 500]))
+                    ).where(DeviceRow.device_id.in_(numbered[i : i + 500]))
                 ).all()
                 for device, stream, n in found:
                     seen[device] = DeviceReport(
-                        device_id=device, event_stream=stream, events_seen=n
+                        device_id=device, event_stream=stream, events_seen=max(0, n)
                     )
+            keep = set(ids) - set(numbered)
             for r in batch:  # in arrival order: a device may report twice in one group
-                r.take_new_events(seen.get(r.device_id))
-                seen[r.device_id] = r
+                if r.device_id not in keep:
+                    r.take_new_events(seen.get(r.device_id))
+                    seen[r.device_id] = r
             latest = {r.device_id: r for r in batch}
             rows = [self._device_row(latest[d]) for d in ids]  # sorted: one lock order
+            for row in rows:
+                if row["device_id"] in keep:
+                    row["events_seen"] = -1
             stmt = _insert(self.engine, DeviceRow)
+            kept = stmt.excluded.events_seen < 0
+            update_ = {c: stmt.excluded[c] for c in _DEVICE_COLUMNS}
+            update_["events_seen"] = case(
+                (kept, DeviceRow.events_seen), else_=stmt.excluded.events_seen
+            )
+            update_["event_stream"] = case(
+                (kept, DeviceRow.event_stream), else_=stmt.excluded.event_stream
+            )
             s.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=[DeviceRow.device_id],
-                    set_={c: stmt.excluded[c] for c in _DEVICE_COLUMNS},
-                ),
+                stmt.on_conflict_do_update(index_elements=[DeviceRow.device_id], set_=update_),
                 rows,
             )
             events = [
@@ -573,11 +587,20 @@ class FleetStore:
                 )
             )
 
-    def credential(self, token_id: str) -> DeviceCredential | None:
-        """The stored credential with this id (one primary-key read)."""
-        with Session(self.engine) as s:
-            row = s.get(CredentialRow, token_id)
-            return DeviceCredential(row.token_id, row.hash, row.device_id) if row else None
+    def credentials_by_id(self, token_ids: list[str]) -> dict[str, DeviceCredential]:
+        """The stored credentials with these ids (primary-key reads, 500 a query)."""
+        out: dict[str, DeviceCredential] = {}
+        c = CredentialRow.__table__.c
+        with self.engine.connect() as conn:
+            for i in range(0, len(token_ids), 500):
+                rows = conn.execute(
+                    select(c.token_id, c.hash, c.device_id).where(
+                        c.token_id.in_(token_ids[i : i + 500])
+                    )
+                )
+                for token_id, hash_, device in rows:
+                    out[token_id] = DeviceCredential(token_id, hash_, device)
+        return out
 
     def enrolled_count(self) -> int:
         with Session(self.engine) as s:
