@@ -94,14 +94,9 @@ class NodeClient:
             info = r.json()
         except ValueError:
             raise NodeUnreachable(f"node {self.base}: /admin/model is not JSON") from None
-        if (
-            isinstance(info, dict)
-            and info.get("loaded") is False
-            and info.get("state")
-            in (
-                "loading",
-                "swapping",
-            )
+        if isinstance(info, dict) and info.get("loaded") is False and info.get("state") in (
+            "loading",
+            "swapping",
         ):
             # A node that just (re)started is loading its configured model: wait for it, do
             # not swap over it (the swap would queue behind the load and load the model again).
