@@ -29,6 +29,7 @@ import io
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -299,12 +300,13 @@ def main() -> None:
     ap.add_argument("--interval", type=float, default=1800.0, help="the agents' poll interval")
     ap.add_argument("--compress", type=float, default=10.0, help="time compression factor")
     ap.add_argument("--steady-s", type=float, default=60.0)
+    ap.add_argument("--idle-s", type=float, default=10.0, help="idle measurement first")
     ap.add_argument("--rollout-timeout-s", type=float, default=240.0)
     ap.add_argument("--model-kb", type=int, default=64)
     ap.add_argument("--baseline-ref", default=BASELINE_REF)
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--kill-leader", action="store_true")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/fleet_scale.json"))
+    ap.add_argument("--out", type=Path, default=Path("out/fleet_scale.json"))
     args = ap.parse_args()
     rate = args.devices / args.interval * args.compress
     bin_dir = find_bin_dir()
@@ -352,6 +354,13 @@ def main() -> None:
         pg_ps = [psutil.Process(int((pg.data / "postmaster.pid").read_text().split()[0]))]
         me = psutil.Process()
 
+        # 0. idle: what the processes cost with no device (controller passes, lease tries,
+        # mirror checks), so the per-report figure can be split into fixed and marginal
+        i0, w0 = cpu_s(api_ps), time.monotonic()
+        time.sleep(args.idle_s)
+        idle_cores = (cpu_s(api_ps) - i0) / (time.monotonic() - w0)
+        result["api_idle_cores"] = round(idle_cores, 4)
+
         # 1. steady load
         c0, p0, m0 = cpu_s(api_ps), cpu_s(pg_ps), cpu_s([me])
         w0 = time.monotonic()
@@ -365,6 +374,9 @@ def main() -> None:
             "achieved_per_s": round(n / wall, 1),
             "errors": dict(sim.errors),
             "api_cpu_ms_per_report": round((c1 - c0) / max(1, n) * 1000, 3),
+            "api_marginal_cpu_ms_per_report": round(
+                (c1 - c0 - idle_cores * wall) / max(1, n) * 1000, 3
+            ),
             "pg_cpu_ms_per_report": round((p1 - p0) / max(1, n) * 1000, 3),
             "sim_cpu_ms_per_poll": round((m1 - m0) / max(1, started) * 1000, 3),
             "poll_ms": {
@@ -377,12 +389,15 @@ def main() -> None:
             },
         }
         result["steady"] = steady
-        per_report_s = (c1 - c0 + p1 - p0) / max(1, n)
+        # cores = the fixed cost of the processes + the reports' marginal cost (API and
+        # PostgreSQL); reports per second = devices / interval
+        marginal_s = max(0.0, (c1 - c0 - idle_cores * wall) / max(1, n))
+        pg_s = (p1 - p0) / max(1, n)
         result["projected_cores"] = {
             str(fleet): {
                 "reports_per_s": round(fleet / args.interval, 1),
-                "api_cores": round(fleet / args.interval * (c1 - c0) / max(1, n), 3),
-                "api_plus_pg_cores": round(fleet / args.interval * per_report_s, 3),
+                "api_cores": round(idle_cores + fleet / args.interval * marginal_s, 3),
+                "postgres_cores": round(fleet / args.interval * pg_s, 3),
             }
             for fleet in (100_000, 1_000_000)
         }
@@ -393,14 +408,19 @@ def main() -> None:
             base_db = pg.create_database("fleet_baseline")
             base_creds = provision(pg.url(base_db), devices, "old")
             tree = baseline_tree(tmp, args.baseline_ref)
+            base_repo = tmp / "baseline-repo"  # its own copy: its controller runs too
+            shutil.copytree(repo_path, base_repo)
             old = server(
-                tmp, "baseline", repo_path, pg.url(base_db), "--no-controller", pythonpath=tree
+                tmp, "baseline", base_repo, pg.url(base_db), "--tick", "1", pythonpath=tree
             )
             procs.append(old)
             old.start()
             old.wait_ready(120)
             bsim = Sim(base_creds, [old.url], cdn.url, dict.fromkeys(devices, "1.0.0"))  # type: ignore[attr-defined]
             old_ps = [psutil.Process(old.pid)]
+            i0, w0 = cpu_s(old_ps), time.monotonic()
+            time.sleep(args.idle_s)
+            old_idle = (cpu_s(old_ps) - i0) / (time.monotonic() - w0)
             c0 = cpu_s(old_ps)
             w0 = time.monotonic()
             asyncio.run(load(bsim, devices, rate, args.steady_s))
@@ -413,6 +433,10 @@ def main() -> None:
                 "achieved_per_s": round(bsim.reports_ok / wall, 1),
                 "errors": dict(bsim.errors),
                 "api_cpu_ms_per_report": round((c1 - c0) / max(1, bsim.reports_ok) * 1000, 3),
+                "api_idle_cores": round(old_idle, 4),
+                "api_marginal_cpu_ms_per_report": round(
+                    (c1 - c0 - old_idle * wall) / max(1, bsim.reports_ok) * 1000, 3
+                ),
                 "report_ms": {
                     "p50": round(percentile(bsim.report_ms, 0.5), 1),
                     "p99": round(percentile(bsim.report_ms, 0.99), 1),
