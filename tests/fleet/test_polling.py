@@ -107,3 +107,25 @@ def test_newer_plan_fields_stay_out_of_signed_metadata_at_their_defaults() -> No
     assert "max_devices_per_minute" not in plain and "max_failure_fraction" not in plain["gates"]
     set_ = custom(RolloutPlan(max_devices_per_minute=50, gates=Gates(max_failure_fraction=0.05)))
     assert set_["max_devices_per_minute"] == 50 and set_["gates"]["max_failure_fraction"] == 0.05
+
+
+def test_the_agent_waits_its_jittered_interval_and_never_less_than_asked(tmp_path: Path) -> None:
+    from edgecloud.fleet.agent import Agent, AgentConfig
+
+    agent = Agent(
+        AgentConfig(
+            server="http://127.0.0.1:9",
+            models_dir=tmp_path / "models",
+            node="http://127.0.0.1:9",
+            model="m",
+        )
+    )
+    try:
+        assert agent.config.interval_s == DEFAULT_POLL_S
+        waits = [agent.next_wait_s() for _ in range(200)]
+        assert 0.8 * DEFAULT_POLL_S <= min(waits) and max(waits) <= 1.2 * DEFAULT_POLL_S
+        agent.server_wait_s = 4 * DEFAULT_POLL_S  # the server sheds load
+        assert min(agent.next_wait_s() for _ in range(200)) >= 0.8 * 4 * DEFAULT_POLL_S
+    finally:
+        agent.http.close()
+        agent.node.close()
