@@ -33,8 +33,9 @@ class ControllerLease:
         if not self.shared:
             return True
         if self._conn is not None:
-            try:  # still ours while our session lives
+            try:  # still ours while our session lives (a session lock outlives commits)
                 self._conn.execute(text("SELECT 1"))
+                self._conn.commit()  # never left idle in a transaction
                 return True
             except Exception:
                 self._drop("lost")
