@@ -25,6 +25,7 @@ from sqlalchemy import (
     case,
     create_engine,
     delete,
+    event,
     func,
     inspect,
     select,
@@ -234,6 +235,17 @@ def _insert(engine: Engine, table: Any) -> Any:
     raise FleetError(f"the fleet database must be PostgreSQL or SQLite, not {engine.dialect.name}")
 
 
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    """Write-ahead log with NORMAL sync: a report is acknowledged only once committed, and a
+    commit costs no fsync (a killed process loses nothing committed; a power cut may lose the
+    last moments, which the agents send again). Waits for a lock instead of failing at once."""
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=5000")
+    cur.close()
+
+
 def _add_missing_columns(engine: Engine) -> None:
     """Bring tables an older version created up to date: add the columns it did not have
     (with their defaults; existing rows count again once their device reports) and the
@@ -289,6 +301,8 @@ class FleetStore:
             kwargs["pool_size"] = 10
         self.engine = create_engine(parsed, **kwargs)
         self.dialect = self.engine.dialect.name
+        if self.dialect == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
         Base.metadata.create_all(self.engine)
         _add_missing_columns(self.engine)
         with Session(self.engine) as s, s.begin():  # the bucket starts full (clamped on use)
