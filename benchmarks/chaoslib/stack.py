@@ -90,7 +90,7 @@ class ChaosStack:
     tap: RecordingTap = field(default_factory=RecordingTap)
     wan: WanLink | None = None
     fleet_link: FaultyLink | None = None
-    postgres: Any = None  # an edgecloud.testing.postgres.PostgresServer when cfg.fleet_db is "postgres"
+    postgres: Any = None  # edgecloud.testing.postgres.PostgresServer if cfg.fleet_db is "postgres"
     ports: dict[str, int] = field(default_factory=dict)
 
     # -- urls ----------------------------------------------------------------------------------
