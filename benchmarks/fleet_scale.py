@@ -285,12 +285,14 @@ def log_events(path: Path, event: str) -> list[dict[str, Any]]:
 
 
 def pg_figures(pg: PostgresServer, db: str) -> dict[str, Any]:
+    def one(conn: Any, sql: str) -> int:
+        row = conn.execute(sql).fetchone()
+        return int(row[0]) if row else 0
+
     with pg.connect(db) as conn:
-        size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
-        rows = {
-            t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-            for t in ("fleet_devices", "fleet_events", "fleet_device_credentials", "fleet_rollouts")
-        }
+        size = one(conn, "SELECT pg_database_size(current_database())")
+        tables = ("fleet_devices", "fleet_events", "fleet_device_credentials", "fleet_rollouts")
+        rows = {t: one(conn, f"SELECT count(*) FROM {t}") for t in tables}
     return {"size_mb": round(size / 1e6, 1), "rows": rows}
 
 
@@ -477,7 +479,9 @@ def main() -> None:
             if now - getattr(stop, "last", 0) < 1:
                 return False
             stop.last = now  # type: ignore[attr-defined]
-            rel = next((r for r in status().get("releases", []) if r["version"] == "1.1.0"), {})
+            rel: dict[str, Any] = next(
+                (r for r in status().get("releases", []) if r["version"] == "1.1.0"), {}
+            )
             if args.kill_leader and not killed and rel.get("percent", 0) >= 25:
                 leader = next(
                     p for p in (a, b) if log_events(Path(str(p.log_path)), "controller.lease_taken")
