@@ -436,8 +436,14 @@ def fleet_status(
         gates = " ".join(f"{k}={v}" for k, v in (g.get("values") or {}).items())
         rel.add_row(r["model"], r["version"], r["stage"], f"{r['percent']:g}", gates, r["reason"])
     console.print(rel)
+    total = data.get("devices_total", len(data["devices"]))
+    title = (
+        f"devices (the first {len(data['devices'])} of {total})"
+        if total > len(data["devices"])
+        else "devices"
+    )
     dev = Table(
-        "device", "version", "status", "error rate", "p95 ms", "eval", "failed", title="devices"
+        "device", "version", "status", "error rate", "p95 ms", "eval", "failed", title=title
     )
     for d in data["devices"]:
         m = d["metrics"]
