@@ -138,3 +138,34 @@ def test_publishing_to_an_s3_bucket_behind_the_cdn(
     d.run_once()
     assert d.active_version() == "1.0.0"
     assert rig.status()["requests"].get("targets", 0) == 0
+
+
+def test_publishing_writes_what_is_new_and_the_timestamp_last(tmp_path: Path) -> None:
+    from edgecloud.fleet.mirror import DirectorySink, Publisher
+    from edgecloud.fleet.repository import ModelRepository
+    from tests.fleet.standin_node import dummy_model
+
+    repo = ModelRepository.init(tmp_path / "repo")
+    model = tmp_path / "m.gguf"
+    model.write_bytes(dummy_model("1.0.0"))
+    repo.add_model(model, "m", "1.0.0", stable=True)
+    order: list[str] = []
+
+    class Recording(DirectorySink):
+        def put(self, key: str, source: Path, cache_control: str) -> None:
+            order.append(key)
+            super().put(key, source, cache_control)
+
+    publisher = Publisher(tmp_path / "repo", [Recording(tmp_path / "mirror")])
+    assert publisher.changed()
+    first = publisher.publish()
+    assert first == len(order) and order[-1] == "metadata/timestamp.json"
+    assert order[0].startswith("targets/")  # bytes before the metadata that names them
+    assert not publisher.changed()
+    order.clear()
+    assert publisher.publish() == 1 and order == ["metadata/timestamp.json"]  # nothing new
+    # a fresh publisher (a new controller) finds the immutable files already there
+    order.clear()
+    Publisher(tmp_path / "repo", [Recording(tmp_path / "mirror")]).publish()
+    assert order[-1] == "metadata/timestamp.json"
+    assert all(cache_control(k) != IMMUTABLE for k in order)  # nothing immutable again
