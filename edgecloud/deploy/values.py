@@ -185,6 +185,21 @@ class Database(_Strict):
     url_key: str = "url"
 
 
+class FleetMirror(_Strict):
+    """Where the controller publishes the TUF repository for a CDN: devices fetch metadata
+    and models there (`cdn_url`) and only report to the fleet API."""
+
+    # s3://BUCKET[/PREFIX] (or a directory a web server serves); empty: no mirror, devices
+    # fetch from the fleet API itself
+    url: str = ""
+    endpoint_url: str = ""  # S3-compatible endpoint (MinIO, Ceph, R2...); empty: AWS
+    # Secret whose keys become env vars: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    # AWS_DEFAULT_REGION (boto3's usual names); empty: the pod's workload identity
+    credentials_secret: str = ""
+    cdn_url: str = ""  # what agents get as --metadata-url CDN/metadata, --targets-url CDN/targets
+    timestamp_max_age_s: int = Field(default=60, ge=0)
+
+
 class Fleet(_Strict):
     enabled: bool = True
     # The fleet server has no llama.cpp: it runs from the slim gateway image.
@@ -201,6 +216,16 @@ class Fleet(_Strict):
     # the cluster (--allow-plain-http), with TLS ended by the Ingress in front of it.
     tls_secret: str = ""
     resources: Resources = Field(default_factory=Resources)
+    # The fleet API is stateless over PostgreSQL: several replicas, one of which runs the
+    # rollout controller (a PostgreSQL advisory lock; another takes over when it dies).
+    replicas: int = Field(default=2, ge=1)
+    pdb_max_unavailable: int = Field(default=1, ge=1)
+    # Every replica may become the controller, so all mount the repository: ReadWriteMany
+    # (NFS, CephFS, EFS, Filestore...) for more than one replica.
+    repo_access_mode: str = "ReadWriteMany"
+    mirror: FleetMirror = Field(default_factory=lambda: FleetMirror())
+    # Told to devices with each report's answer; None: each agent's own --interval.
+    poll_interval_s: float | None = Field(default=None, gt=0)
 
 
 class Postgres(_Strict):
