@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgecloud.testing.redis_server import RedisServer, find_redis_server
 from tests.gateway.gwrig import start_gateway, start_standin
 
-__all__ = ["start_gateway", "start_standin"]
-
-
-import os  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
-
-from edgecloud.testing.redis_server import RedisServer, find_redis_server  # noqa: E402
+__all__ = ["redis_server", "redis_url", "start_gateway", "start_standin"]
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +32,3 @@ def redis_url(redis_server: RedisServer) -> str:
     client.flushall()
     client.close()
     return redis_server.url
-
-
-__all__ += ["redis_server", "redis_url", "os"]
