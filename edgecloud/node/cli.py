@@ -56,6 +56,9 @@ def serve(
     admin_token_env: str | None = typer.Option(
         None, help="Env var with the admin bearer token [default: EDGECLOUD_ADMIN_TOKEN]."
     ),
+    api_key_env: str | None = typer.Option(
+        None, help="Env var with the key the inference routes require (Bearer or x-api-key)."
+    ),
     log_level: str | None = typer.Option(None, help="debug, info, warning [default: info]."),
 ) -> None:
     from edgecloud.api.serving import serve_forever
@@ -79,6 +82,7 @@ def serve(
         "preload": preload,
         "version": version,
         "admin_token_env": admin_token_env,
+        "api_key_env": api_key_env,
         "log_level": log_level,
     }
     try:
@@ -108,6 +112,7 @@ def serve(
         preload=cfg.preload,
         mmproj=cfg.mmproj,
         admin_api=app.admin_token is not None,
+        api_key=app.api_key is not None,
     )
     serve_forever(app, cfg.host, cfg.port, limits=cfg, drain_timeout_s=cfg.drain_timeout_s,
                   on_drain=app.begin_drain)
