@@ -235,10 +235,13 @@ class Forwarder:
         t_done = time.perf_counter()
         status = resp.status
         headers = self._headers(resp, state, rule)
-        headers.append((b"content-length", str(len(data)).encode()))
+        out = data  # a translated request's answer goes back in the client's API
+        if facts.api is not None and facts.original is not None:
+            out = facts.api.whole(data, status, facts.original)
+        headers.append((b"content-length", str(len(out)).encode()))
         record["status"] = status
         await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": data})
+        await send({"type": "http.response.body", "body": out})
         t_end = time.perf_counter()
         added = (t_end - t0) - (t_done - t_up)
         tokens = 0
@@ -261,6 +264,8 @@ class Forwarder:
         idle_s = state.config.timeout_s
         tokens = sent = 0
         cut = False
+        api = facts.api
+        codec = api.codec(facts.original or {}) if api is not None and status < 400 else None
         try:
             # A stream that stalls for idle_s (give or take half) is cut; the timer is moved
             # at most twice per idle_s, not once per chunk. A client that leaves moves it to now.
@@ -271,6 +276,8 @@ class Forwarder:
                 rearm_at = loop.time() + idle_s / 2
                 chunks = (resp.iter_any() if surrogates is None
                           else RestoredStream(resp.iter_any(), surrogates))
+                if codec is not None:
+                    chunks = api.stream(chunks, codec)  # type: ignore[union-attr]
                 async for chunk in chunks:
                     if first is None:
                         first = time.perf_counter()
@@ -289,8 +296,9 @@ class Forwarder:
                 state.breaker.failure(time.monotonic())
                 state.last_error = type(exc).__name__
                 self.metrics.upstream_failure(state.name, "cut")
-                await send({"type": "http.response.body", "more_body": True, "body": sse_error(
-                    UpstreamCut(f"{state.name} failed mid-stream; the answer is cut."))})
+                err = UpstreamCut(f"{state.name} failed mid-stream; the answer is cut.")
+                await send({"type": "http.response.body", "more_body": True,
+                            "body": sse_error(err) if codec is None else codec.error(err)})
         finally:
             watch.guard = None
             resp.close()  # a no-op after a clean end (the connection went back to the pool)

@@ -9,21 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from edgecloud.api.errors import APIError
 from edgecloud.api.messages import MessagesStream, anthropic_error, message_from_chat
+from edgecloud.api.replies import StreamCodec
 from edgecloud.api.responses import ResponsesStream, response_from_chat
-
-
-class StreamCodec(Protocol):
-    """Chat stream chunks in, the dialect's server-sent events out."""
-
-    def chunk(self, chunk: dict[str, Any]) -> bytes: ...
-
-    def done(self) -> bytes: ...
-
-    def error(self, err: APIError) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
