@@ -56,6 +56,9 @@ class NodeConfig(ServingLimits):
     api_key_env: str | None = Field(
         None, description="Env var holding the key the inference routes require (unset: none)"
     )
+    tracing: bool | None = Field(
+        None, description="OpenTelemetry spans; unset: on when the OTEL_* env asks for OTLP"
+    )
     embedding_pooling: Literal["mean", "last", "cls"] = Field(
         "mean", description="How /v1/embeddings pools the model's token states into one vector"
     )

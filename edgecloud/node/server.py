@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -47,6 +47,9 @@ from edgecloud.node.metrics import NodeMetrics
 from edgecloud.node.service import KEEP_PROJECTOR, Loaded, NodeService
 from edgecloud.node.structured import OutputPlan, plan_output
 from edgecloud.node.vision import MultimodalPrompt
+
+if TYPE_CHECKING:
+    from edgecloud.node.otel import NodeTracer
 
 log = logging.getLogger("edgecloud.node")
 
@@ -96,6 +99,7 @@ class NodeApp:
         self.images = ImagePromptReader(config)
         self.admin_token = os.environ.get(config.admin_token_env) or None
         self.api_key = (os.environ.get(config.api_key_env) or None) if config.api_key_env else None
+        self.tracer: NodeTracer | None = None  # None while tracing is off (nothing imported)
         self._stopping = False
         self.fatal_error: str | None = None
         self._load_task: asyncio.Task[Any] | None = None
@@ -132,6 +136,16 @@ class NodeApp:
 
     # -- lifespan -----------------------------------------------------------------------------
     async def _startup(self) -> None:
+        from edgecloud.gateway.config import TracingConfig
+        from edgecloud.gateway.tracing import resolve_tracing
+
+        service = os.environ.get("OTEL_SERVICE_NAME") or "edgecloud-node"
+        settings = resolve_tracing(TracingConfig(enabled=self.config.tracing,
+                                                 service_name=service), os.environ)
+        if settings is not None:
+            from edgecloud.node.otel import NodeTracer
+
+            self.tracer = NodeTracer(settings)
         if self.config.preload:
             self._load_task = asyncio.create_task(self._preload())
 
@@ -140,6 +154,8 @@ class NodeApp:
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
         await self.service.shutdown()
+        if self.tracer is not None:
+            await asyncio.to_thread(self.tracer.shutdown)  # exports what is still queued
         log_event(log, "node_stopped")
 
     async def _preload(self) -> None:
@@ -364,7 +380,7 @@ class NodeApp:
             body = parse_request(ChatCompletionRequest, data)
         else:
             body = parse_request(CompletionRequest, data)
-        return await self._run(receive, send, body, arrived)
+        return await self._run(scope, receive, send, body, arrived)
 
     async def _translated(self, scope: Scope, receive: Receive, send: Send,
                           dialect: Dialect) -> int:
@@ -375,9 +391,9 @@ class NodeApp:
         data = await self._read_json(scope, receive)
         translate = responses_to_chat if dialect is RESPONSES else messages_to_chat
         body = parse_request(ChatCompletionRequest, translate(data))
-        return await self._run(receive, send, body, arrived, dialect, data)
+        return await self._run(scope, receive, send, body, arrived, dialect, data)
 
-    async def _run(self, receive: Receive, send: Send,
+    async def _run(self, scope: Scope, receive: Receive, send: Send,
                    body: ChatCompletionRequest | CompletionRequest, arrived: float,
                    dialect: Dialect | None = None, original: Any = None) -> int:
         """Generate for a parsed request; a dialect's answer is translated from the chat one."""
@@ -409,6 +425,7 @@ class NodeApp:
         self.service.begin()
         self.metrics.prompt_tokens.inc(len(tokens))
         watcher = asyncio.ensure_future(self._watch_disconnect(receive, req))
+        status = 500  # until an answer says otherwise (an error raised mid-way)
         try:
             if body.stream:
                 status = await self._stream(send, body, req, answer, prompt_text, dialect,
@@ -429,6 +446,11 @@ class NodeApp:
                 self.metrics.ttft.observe(req.first_token_at - arrived)
             if req.finished_at is not None:
                 self.metrics.e2e.observe(req.finished_at - arrived)
+            if self.tracer is not None:
+                path = scope["path"]
+                route = path if path.startswith("/v1/") else "/v1" + path
+                self.tracer.record(scope["headers"], route, self._served(body), req, status,
+                                   arrived)
         return status
 
     async def _prompt(
