@@ -40,6 +40,10 @@ def messages_to_chat(data: Any, *, count_only: bool = False) -> dict[str, Any]:
     `count_only` (count_tokens) does not require max_tokens."""
     if not isinstance(data, dict):
         raise BadRequest("The request body must be a JSON object.")
+    for name in ("mcp_servers", "container"):
+        if data.get(name):
+            raise BadRequest(f"'{name}' is not available here (it needs Anthropic's servers).",
+                             param=name, code="unsupported_parameter")
     max_tokens = data.get("max_tokens")
     if not count_only and (type(max_tokens) is not int or max_tokens < 1):
         raise BadRequest("'max_tokens' is required and must be a positive integer.",

@@ -73,6 +73,7 @@ def serve(
         "port": port,
         "name": name,
         "aliases": alias or None,
+        "accept_any_model": accept_any_model,
         "threads": threads,
         "ctx": ctx,
         "parallel": parallel,
