@@ -51,6 +51,7 @@ from edgecloud.gateway.request import (
     RequestFacts,
     inspect_chat,
     inspect_completion,
+    inspect_count_tokens,
     inspect_embeddings,
     inspect_translated,
     parse_body,
@@ -109,6 +110,7 @@ class GatewayApp:
         self.routes.add("/v1/completions", self._text, POST)
         self.routes.add("/v1/responses", self._responses, POST)
         self.routes.add("/v1/messages", self._messages, POST)
+        self.routes.add("/v1/messages/count_tokens", self._count_tokens, POST)
         self.routes.add("/v1/embeddings", self._embeddings, POST)
         self.routes.add("/healthz", self._healthz, None)
         self.routes.add("/readyz", self._readyz, None)
@@ -137,6 +139,10 @@ class GatewayApp:
     async def _messages(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._proxy(scope, receive, send, "/chat/completions",
                           partial(inspect_translated, MESSAGES), MESSAGES)
+
+    async def _count_tokens(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._proxy(scope, receive, send, "/messages/count_tokens", inspect_count_tokens,
+                          MESSAGES)
 
     async def _embeddings(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._proxy(scope, receive, send, "/embeddings", inspect_embeddings)

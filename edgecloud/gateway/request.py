@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from edgecloud.api.errors import BadRequest
+from edgecloud.api.messages import messages_to_chat
 
 if TYPE_CHECKING:
     from edgecloud.gateway.translate import ClientAPI
@@ -311,6 +312,14 @@ def inspect_translated(api: ClientAPI, body: dict[str, Any]) -> RequestFacts:
     """A Responses or Messages body: translated to chat, then checked as chat (one scan)."""
     facts = inspect_chat(api.to_chat(body))
     facts.api, facts.original = api, body
+    return facts
+
+
+def inspect_count_tokens(body: dict[str, Any]) -> RequestFacts:
+    """A Messages count_tokens body: scanned as its chat translation, forwarded as it is to an
+    endpoint that serves Messages (the count is the endpoint's own tokenizer's)."""
+    facts = inspect_chat(messages_to_chat(body, count_only=True))
+    facts.body, facts.stream, facts.upstream_api = body, False, "messages"
     return facts
 
 

@@ -95,6 +95,9 @@ def test_every_api_reaches_the_keyed_node(keyed_node: str, echo_cloud: Standin,
                                 messages=[{"role": "user", "content": "Hi"}]) as mstream:
         final = mstream.get_final_message()
     assert final.usage.output_tokens > 0
+    count = claude.messages.count_tokens(model="auto",
+                                         messages=[{"role": "user", "content": "Hi"}])
+    assert count.input_tokens == m.usage.input_tokens + (m.usage.cache_read_input_tokens or 0)
 
     # Embeddings: only the node serves them (its /v1/models says so), so the cloud is not
     # a candidate even without the pin.
@@ -182,6 +185,7 @@ CASES = [
     ("/v1/messages", _messages(ID_CARD, "tool_result"), "privacy.pii.id_card"),
     ("/v1/embeddings", {"model": "m", "input": ["fine", f"mail {EMAIL}"]}, "privacy.pii.email"),
     ("/v1/embeddings", {"model": "m", "input": [[1, 2, 3]]}, "privacy.token_ids"),
+    ("/v1/messages/count_tokens", _messages(PHONE, "system"), "privacy.pii.phone"),
 ]
 
 
@@ -191,16 +195,16 @@ def test_private_data_with_no_edge_gets_the_apis_error(
     path: str, body: dict[str, Any], rule: str, stream: bool, echo_cloud: Standin,
     start_gateway: Callable[..., Gateway],
 ) -> None:
-    if stream and path == "/v1/embeddings":
-        pytest.skip("embeddings do not stream")
+    if stream and path in ("/v1/embeddings", "/v1/messages/count_tokens"):
+        pytest.skip("no stream on this route")
     config = _config(_down(), echo_cloud)
     for e in config["endpoints"]:  # both could serve it: only privacy decides
-        e["apis"] = ["chat.completions", "embeddings"]
+        e["apis"] = ["chat.completions", "messages", "embeddings"]
     gw = _gateway(start_gateway, config)
     r = HTTP.post(gw.base + path, json={**body, **({"stream": True} if stream else {})})
     assert r.status_code == 503, r.text
     assert r.headers["x-edgecloud-reason"] == rule
-    if path == "/v1/messages":
+    if path.startswith("/v1/messages"):
         assert r.json()["type"] == "error"
         assert r.json()["error"]["type"] == "overloaded_error"
     else:
