@@ -566,11 +566,7 @@ class NodeApp:
             if event.finish_reason is not None:
                 break
         if event.finish_reason in ("cancelled", "error"):
-            if event.finish_reason == "cancelled":
-                err = APIError("The node stopped before this request finished.", code="cancelled")
-            else:
-                err = APIError(f"Generation failed: {event.error}", code="error")
-            await send({**more, "body": sse_error(err)})
+            await send({**more, "body": sse_error(_stream_failure(event))})
         else:
             closing, finish = answer.closing(event.finish_reason)
             for piece in closing:
@@ -604,11 +600,7 @@ class NodeApp:
             if event.finish_reason is not None:
                 break
         if event.finish_reason in ("cancelled", "error"):
-            if event.finish_reason == "cancelled":
-                err = APIError("The node stopped before this request finished.", code="cancelled")
-            else:
-                err = APIError(f"Generation failed: {event.error}", code="error")
-            tail = codec.error(err)
+            tail = codec.error(_stream_failure(event))
         else:
             closing, finish = answer.closing(event.finish_reason)
             tail = b"".join(codec.chunk(reply.chunk(p.text, tool_calls=p.tool_calls))
@@ -619,6 +611,13 @@ class NodeApp:
             tail += codec.done()
         await send({"type": "http.response.body", "body": tail, "more_body": False})
         return 200
+
+
+def _stream_failure(event: StreamEvent) -> APIError:
+    """The error that ends a stream whose generation was cut (node stopping) or failed."""
+    if event.finish_reason == "cancelled":
+        return APIError("The node stopped before this request finished.", code="cancelled")
+    return APIError(f"Generation failed: {event.error}", code="error")
 
 
 def _user_stop(req: GenerationRequest, body: Any) -> str | None:
