@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -95,6 +96,11 @@ def serve(
         if path and not Path(path).is_file():
             typer.secho(f"error: {what} file not found: {path}", err=True, fg="red")
             raise typer.Exit(2)
+    if cfg.api_key_env and not os.environ.get(cfg.api_key_env):
+        # Asked for a key and given none: refuse to start rather than serve without one.
+        typer.secho(f"error: --api-key-env {cfg.api_key_env}: that variable is not set",
+                    err=True, fg="red")
+        raise typer.Exit(2)
     configure_logging(cfg.log_level)
     import logging
 

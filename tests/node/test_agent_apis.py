@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -305,3 +306,16 @@ def test_embeddings_bad_input(agent_node: str) -> None:
         r = httpx.post(f"{agent_node}/v1/embeddings", json=body, headers=headers)
         assert r.status_code == 400, r.text
         assert r.json()["error"]["param"] == param
+
+
+def test_a_key_asked_for_but_not_set_stops_the_start() -> None:
+    """--api-key-env naming an unset variable is an error, never a node open to all."""
+    import subprocess
+
+    from edgecloud.supervise import edgecloud_command
+
+    env = {k: v for k, v in os.environ.items() if k != "EDGECLOUD_TEST_UNSET_KEY"}
+    done = subprocess.run(edgecloud_command("serve", "--api-key-env", "EDGECLOUD_TEST_UNSET_KEY",
+                                            "--port", "1"),
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "EDGECLOUD_TEST_UNSET_KEY" in done.stderr
