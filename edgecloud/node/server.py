@@ -122,6 +122,7 @@ class NodeApp:
             routes.add(prefix + "/chat/completions", self._chat, POST, "/v1/chat/completions")
             routes.add(prefix + "/completions", self._text, POST, "/v1/completions")
             routes.add(prefix + "/responses", self._responses, POST, "/v1/responses")
+            routes.add(prefix + "/responses/*", self._stored_response, None, "/v1/responses/{id}")
             routes.add(prefix + "/messages", self._messages, POST, "/v1/messages")
             routes.add(prefix + "/messages/count_tokens", self._count_tokens, POST,
                        "/v1/messages/count_tokens")
@@ -186,6 +187,10 @@ class NodeApp:
 
     async def _responses(self, scope: Scope, receive: Receive, send: Send) -> int:
         return await self._translated(scope, receive, send, RESPONSES)
+
+    async def _stored_response(self, scope: Scope, receive: Receive, send: Send) -> int:
+        raise NotFound("Responses are not stored on this node (store is false): there is "
+                       "nothing to retrieve, cancel or delete.", code="response_not_stored")
 
     async def _messages(self, scope: Scope, receive: Receive, send: Send) -> int:
         try:

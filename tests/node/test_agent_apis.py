@@ -195,6 +195,9 @@ def test_responses_refuses_what_a_stateless_node_cannot_do(agent_node: str) -> N
                        json={"model": MODEL, "input": "hi", **extra})
         assert r.status_code == 400, r.text
         assert r.json()["error"]["param"] == param
+    stored = httpx.get(f"{agent_node}/v1/responses/resp_123", headers=headers)
+    assert stored.status_code == 404
+    assert stored.json()["error"]["code"] == "response_not_stored"
 
 
 # -- Messages ---------------------------------------------------------------------------------
