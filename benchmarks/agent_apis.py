@@ -1,8 +1,9 @@
 """The agent APIs against chat completions, side by side in one run.
 
 1. Node: output tokens/s at concurrency 1 and 4 through /v1/responses and /v1/messages vs
-   /v1/chat/completions on the same node (same prompt, temperature 0, streaming; rounds
-   alternate the APIs; medians). Target >= 0.95x.
+   /v1/chat/completions on the same node (same prompt, temperature 0, streaming; the APIs
+   interleaved request by request, so that they share the batch and the machine's drift;
+   medians per stream). Target >= 0.95x.
 2. Gateway: wall time per request of the gateway app driven in-process (its ASGI callable)
    against a stand-in provider over loopback, per API, whole and streamed; p50 and the
    difference to chat. Target <= +0.3 ms over chat.
@@ -71,23 +72,25 @@ def _output_tokens(api: str, text: str) -> int:
     raise RuntimeError(f"no usage in the {api} stream")
 
 
-async def node_level(base: str, api: str, conc: int, n: int) -> float:
-    """Output tokens/s of `n` streamed requests with `conc` in flight."""
+async def node_level(base: str, conc: int, per_api: int) -> dict[str, list[float]]:
+    """`conc` workers, each sending `per_api` requests of every API in turn (rotated per
+    worker), so that the APIs share the batch and the machine's drift alike; each request's
+    output tokens per second of its own wall time, per API."""
+    out: dict[str, list[float]] = {api: [] for api in APIS}
     async with httpx.AsyncClient(timeout=600) as client:
-        queue = list(range(n))
-        tokens = 0
 
-        async def worker() -> None:
-            nonlocal tokens
-            while queue:
-                queue.pop()
-                r = await client.post(base + PATHS[api], json=body(api))
-                r.raise_for_status()
-                tokens += _output_tokens(api, r.text)
+        async def worker(w: int) -> None:
+            order = APIS[w % 3:] + APIS[: w % 3]
+            for _ in range(per_api):
+                for api in order:
+                    t0 = time.perf_counter()
+                    r = await client.post(base + PATHS[api], json=body(api))
+                    r.raise_for_status()
+                    tokens = _output_tokens(api, r.text)
+                    out[api].append(tokens / (time.perf_counter() - t0))
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(conc)))
-        return tokens / (time.perf_counter() - t0)
+        await asyncio.gather(*(worker(w) for w in range(conc)))
+    return out
 
 
 def measure_node(model: str, threads: int, rounds: int, per_level: int) -> None:
@@ -98,17 +101,18 @@ def measure_node(model: str, threads: int, rounds: int, per_level: int) -> None:
     runs: dict[tuple[str, int], list[float]] = {}
     with ManagedProcess(cmd, f"{base}/readyz", name="node") as node:
         node.wait_ready(timeout_s=180)
-        for api in APIS:  # warm each path once
-            asyncio.run(node_level(base, api, 1, 1))
+        asyncio.run(node_level(base, 1, 1))  # warm each path once
         for r in range(rounds):
             for conc in (1, 4):
-                order = APIS if r % 2 == 0 else tuple(reversed(APIS))
-                for api in order:
-                    tok_s = asyncio.run(node_level(base, api, conc, per_level * conc))
-                    runs.setdefault((api, conc), []).append(tok_s)
-                    print(f"  round {r + 1} c={conc} {api:>9}: {tok_s:.1f} tok/s", flush=True)
-    print(f"\nnode: median output tokens/s over {rounds} rounds (max_tokens={MAX_TOKENS}, "
-          "streamed, temperature 0)")
+                res = asyncio.run(node_level(base, conc, per_level))
+                for api, rates in res.items():
+                    runs.setdefault((api, conc), []).extend(rates)
+                print(f"  round {r + 1} c={conc}: " + ", ".join(
+                    f"{api} {statistics.median(v):.1f}" for api, v in res.items())
+                    + " tok/s per stream", flush=True)
+    print(f"\nnode: output tokens/s per stream, median of {rounds * per_level} (c=1) and "
+          f"{rounds * per_level * 4} (c=4) requests per API (max_tokens={MAX_TOKENS}, streamed, "
+          "temperature 0, APIs interleaved)")
     print(f"{'c':>2} {'chat':>8} {'responses':>10} {'ratio':>6} {'messages':>9} {'ratio':>6}")
     for conc in (1, 4):
         chat = statistics.median(runs[("chat", conc)])
@@ -259,7 +263,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--requests-per-level", type=int, default=4)
+    ap.add_argument("--requests-per-level", type=int, default=4,
+                    help="requests of each API per worker and round")
     ap.add_argument("--gateway-requests", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-node", action="store_true")
