@@ -6,7 +6,7 @@ LLAMA_VERSION := 0.3.36
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.edgecloud-setup
 
-.PHONY: setup test test-fast lint demo bench clean
+.PHONY: setup test test-fast lint demo bench bench-report clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,10 @@ test-fast: setup
 
 demo: setup
 	$(BIN)/edgecloud demo
+
+# The README's performance tables, from the latest benchmarks/results/*.json.
+bench-report: setup
+	$(BIN)/python benchmarks/bench_report.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -6,7 +6,9 @@ Per-replica capacity comes from an `edgecloud bench` results file when given, el
 documented default (a 2-core CPU replica with 4 slots).
 
     python benchmarks/autoscale_sim.py                       # defaults, plus a sweep
-    python benchmarks/autoscale_sim.py --values my.yaml --bench results.json --json out.json
+    python benchmarks/autoscale_sim.py --values my.yaml --bench results.json
+
+Writes benchmarks/results/autoscale_sim.json.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from edgecloud.deploy.simulation import (
     simulate,
 )
 from edgecloud.deploy.values import load_values
+from edgecloud.testing.figures import write_result
 
 
 def _row(name: str, r: SimResult, fixed: SimResult, price: float) -> dict[str, object]:
@@ -70,7 +73,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--start-s", type=float, help="pod start delay (default: from bench or 45)")
     ap.add_argument("--price", type=float, default=0.10, help="price of one replica-hour")
     ap.add_argument("--no-sweep", action="store_true", help="only the rendered values")
-    ap.add_argument("--json", help="write the rows to this file")
     args = ap.parse_args(argv)
 
     values = load_values(args.values)
@@ -99,10 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
     for r in rows:
         print("  ".join(str(r[c]).ljust(w) for c, w in zip(cols, widths, strict=True)))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"capacity": dataclasses.asdict(cap),
-                                               "fixed_replicas": n_fixed, "rows": rows},
-                                              indent=2))
+    write_result("autoscale_sim", summary={"capacity": dataclasses.asdict(cap),
+                                           "fixed_replicas": n_fixed, "rows": rows},
+                 samples={"trace_rps_per_second": [round(x, 3) for x in trace[::60]]},
+                 params=vars(args))
     return 0
 
 

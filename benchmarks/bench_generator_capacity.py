@@ -1,9 +1,10 @@
 """How hard can `edgecloud bench` push? Side by side with wrk against one fast stand-in.
 
-Runs, in one go: a fast OpenAI stand-in (uvicorn + uvloop + httptools, tests/bench/
-standin_openai.py); wrk (1 thread) with the same chat body and connections; `edgecloud bench`
-closed loop with the same connections; then `edgecloud bench` open loop at 1,000 req/s, where
-every send should leave within 1 ms of its schedule. Prints the figures and the ratio.
+Runs, in one go: a fast OpenAI stand-in (uvicorn + uvloop + httptools,
+edgecloud/testing/standin_openai.py); wrk (1 thread) with the same chat body and connections;
+`edgecloud bench` closed loop with the same connections; then `edgecloud bench` open loop at
+1,000 req/s, where every send should leave within 1 ms of its schedule. Prints the figures
+and the ratio.
 
     python benchmarks/bench_generator_capacity.py [--connections 16] [--seconds 10]
 
@@ -28,6 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from edgecloud.bench.results import BenchResults  # noqa: E402
 from edgecloud.supervise import ManagedProcess, free_port  # noqa: E402
+from edgecloud.testing.figures import write_result  # noqa: E402
 
 BODY = {
     "model": "standin-model",
@@ -130,7 +132,8 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     env = {"PYTHONPATH": str(REPO)}
     standin = ManagedProcess(
-        [sys.executable, "-m", "tests.bench.standin_openai", "--port", str(port), "--tokens", "4"],
+        [sys.executable, "-m", "edgecloud.testing.standin_openai", "--port", str(port),
+         "--tokens", "4"],
         f"{url}/healthz",
         env=env,
         name="standin",
@@ -180,6 +183,20 @@ def main() -> None:
             f"  for comparison ({name}), a bare uvloop loop sleeping to the same schedule: p50 "
             f"{floor[len(floor) // 2]:.3f} ms, p99 {floor[int(0.99 * (len(floor) - 1))]:.3f} ms"
         )
+    floors = sorted(floor_before + floor_after)
+    summary = {
+        "bench_rps": c.requests_per_s,
+        "wrk_rps": wrk,
+        "bench_cpu_pct": cpu,
+        "rate": a.rate,
+        "lag_p99_ms": p99,
+        "floor_p99_ms": floors[int(0.99 * (len(floors) - 1))] if floors else None,
+    }
+    samples = {
+        "open_loop_send_lag_ms": [round(x, 4) for x in lags],
+        "bare_loop_lag_ms": [round(x, 4) for x in floors],
+    }
+    write_result("bench_generator_capacity", summary=summary, samples=samples, params=vars(a))
 
 
 if __name__ == "__main__":

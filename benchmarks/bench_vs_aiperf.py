@@ -409,6 +409,11 @@ def main() -> None:
 
             shutil.copytree(tmp, a.keep, dirs_exist_ok=True)
     report(rows, a)
+    from edgecloud.testing.figures import write_result
+
+    runs = [{"tool": tool, "tool_figures": fig, "node_truth": truth, "tool_cpu_share": cpu,
+             "wall_s": wall} for tool, fig, truth, cpu, wall in rows]
+    write_result("bench_vs_aiperf", summary={"runs": runs}, samples=None, params=vars(a))
 
 
 def report(

@@ -10,7 +10,8 @@ gateway sees every endpoint healthy, breakers closed), peak RSS of any part.
 
 Run:  python benchmarks/chaos.py [--faults kill9:edge-local,slowloris:1000] [--window 6]
       python benchmarks/chaos.py --soak 10
-Prints the table, then one JSON document (rows with details) on stdout.
+Prints the table, then one JSON document (rows with details) on stdout, and writes
+benchmarks/results/chaos.json (chaos_soak.json for --soak).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.chaoslib.campaign import (  # noqa: E402
+from edgecloud.testing.chaos.campaign import (  # noqa: E402
     Skip,
     all_faults,
     render,
@@ -34,7 +35,8 @@ from benchmarks.chaoslib.campaign import (  # noqa: E402
     run_fault,
     soak,
 )
-from benchmarks.chaoslib.stack import ChaosStack, StackConfig  # noqa: E402
+from edgecloud.testing.chaos.stack import ChaosStack, StackConfig  # noqa: E402
+from edgecloud.testing.figures import write_result  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             report = soak(stack, args.soak, args.workers)
             print(render_soak(report))
             print(json.dumps(report, indent=1))
+            write_result("chaos_soak", summary={"table": render_soak(report)}, samples=report,
+                         params=vars(args))
             return 0 if not report["leaks"] and not report["stuck_after"] else 1
         rows = []
         for name in chosen:
@@ -84,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             print(render([row]).splitlines()[-1], file=sys.stderr, flush=True)
         print(render(rows))
         print(json.dumps([asdict(r) for r in rows], indent=1))
+        write_result("chaos", summary={"table": render(rows)},
+                     samples={"rows": [asdict(r) for r in rows]}, params=vars(args))
         bad = any(r.leaks or r.stuck for r in rows)
         return 1 if bad else 0
     finally:

@@ -3,9 +3,11 @@ as a plain cloud endpoint and once as an attested confidential endpoint (the sam
 and requests), in one run, with wrk. Targets: >= 0.95x the req/s (concurrency 16) and at most
 +0.1 ms added p50 (concurrency 1); attestation is off the request path except on expiry.
 
-    python benchmarks/gateway_confidential.py [--seconds 8] [--json out.json]
+    python benchmarks/gateway_confidential.py [--seconds 8]
 
-The remote parties are the test stand-ins: the attestation service (tests/gateway/
+Writes benchmarks/results/gateway_confidential.json.
+
+The remote parties are stand-ins: the attestation service (edgecloud/testing/
 standin_attestation.py) and, here, the benchmarks' fast upstream served over TLS with a
 self-signed key and an evidence route. Needs wrk (apt-get install -y wrk).
 """
@@ -26,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.gateway_overhead import SMALL  # noqa: E402
 from benchmarks.gateway_peers import ROOT, Peers, wrk  # noqa: E402
 from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port  # noqa: E402
-
-VERIFIER = ROOT / "tests" / "gateway" / "standin_attestation.py"
+from edgecloud.testing.figures import write_result  # noqa: E402
+from edgecloud.testing.polling import wait_until  # noqa: E402
 
 
 def serve_upstream(port: int, key_file: Path, verifier: str) -> None:
@@ -40,7 +42,7 @@ def serve_upstream(port: int, key_file: Path, verifier: str) -> None:
     import uvicorn
 
     from benchmarks import gateway_upstream as fast
-    from tests.gateway.tlskeys import ensure_key, key_sha256, write_self_signed
+    from edgecloud.testing.tlskeys import ensure_key, key_sha256, write_self_signed
 
     bound = key_sha256(ensure_key(key_file))
     cert = key_file.with_suffix(".crt")
@@ -77,7 +79,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=8.0)
-    ap.add_argument("--json", type=Path)
     ap.add_argument("--serve-upstream", nargs=3, metavar=("PORT", "KEY_FILE", "VERIFIER"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -90,7 +91,8 @@ def main() -> None:
         tmp = Path(tmp_s)
         vport, uport = free_port(), free_port()
         verifier = f"http://127.0.0.1:{vport}"
-        p._run([sys.executable, str(VERIFIER), "--port", str(vport)], verifier + "/healthz",
+        p._run([sys.executable, "-m", "edgecloud.testing.standin_attestation", "--port",
+                str(vport)], verifier + "/healthz",
                "verifier")
         up_proc = ManagedProcess(
             [sys.executable, __file__, "--serve-upstream", str(uport), str(tmp / "up.key"),
@@ -104,7 +106,7 @@ def main() -> None:
                 "capabilities": ["text"], "max_concurrency": 64}
         plain = _gateway(p, tmp, "gateway-plain", {"name": "cloud", **base},
                          "--insecure-upstream-tls")
-        from tests.gateway.standin_attestation import GOOD_CLAIMS, ISSUER
+        from edgecloud.testing.standin_attestation import GOOD_CLAIMS, ISSUER
 
         attested = _gateway(p, tmp, "gateway-attested", {"name": "cloud-cc", **base,
                             "confidential": {
@@ -118,10 +120,12 @@ def main() -> None:
         print(f"{args.seconds:.0f} s per run; best of two runs each, interleaved\n")
         print(f"{'target':<10} {'conc':>4} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9} "
               f"{'errors':>6}")
+        runs: list[dict[str, object]] = []
         for conc in (1, 16):
             for name, url in (("plain", plain), ("attested", attested),
                               ("attested", attested), ("plain", plain)):
                 r = wrk(url, body, conc, args.seconds)
+                runs.append({"target": name, "concurrency": conc, **r})
                 print(f"{name:<10} {conc:>4} {r['rps']:>10.0f} {r['p50_ms']:>9.3f} "
                       f"{r['p99_ms']:>9.3f} {r['errors']:>6.0f}", flush=True)
                 best = results.setdefault(name, {}).get(f"c{conc}")
@@ -143,9 +147,8 @@ def main() -> None:
     print("\nattested vs plain (targets: >= 0.95x req/s, <= +0.1 ms p50)")
     for k, v in summary.items():
         print(f"  {k:<46} {v:10.3f}")
-    if args.json:
-        args.json.write_text(json.dumps({"results": results, "summary": summary}, indent=2),
-                             encoding="utf-8")
+    write_result("gateway_confidential", summary={"best_runs": results, "ratios": summary},
+                 samples={"wrk_runs": runs}, params=vars(args))
 
 
 def _median_added_ms(log: Path) -> float:
@@ -161,19 +164,17 @@ def _median_added_ms(log: Path) -> float:
 
 
 def _wait_tls(url: str, timeout_s: float = 30.0) -> None:
-    import time
-
+    """Until `url` answers 200 over TLS with the upstream's self-signed certificate (which
+    ManagedProcess.wait_ready, verifying certificates, would refuse)."""
     import httpx
 
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def up() -> bool:
         try:
-            if httpx.get(url, verify=False, timeout=2).status_code == 200:
-                return
+            return httpx.get(url, verify=False, timeout=2).status_code == 200
         except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} not up")
+            return False
+
+    wait_until(up, timeout_s, f"{url} answering")
 
 
 if __name__ == "__main__":

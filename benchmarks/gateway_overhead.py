@@ -1,8 +1,11 @@
 """What one gateway hop costs: direct vs nginx vs a bare Python pass-through vs edgecloud gateway
 vs the LiteLLM proxy, in one run, with wrk, a small chat body and a 2 MB screenshot body, at
-concurrency 1 and 16. Also times the privacy detector on its own.
+concurrency 1 and 16. Every target gets the same warm-up run (not counted) and the same
+measured duration. Also times the privacy detector on its own.
 
-    python benchmarks/gateway_overhead.py [--seconds 8] [--skip-litellm] [--json out.json]
+    python benchmarks/gateway_overhead.py [--seconds 8] [--warmup 2] [--skip-litellm]
+
+Writes benchmarks/results/gateway_overhead.json.
 
 Needs wrk and nginx (apt-get install -y wrk nginx-light); LiteLLM is installed into
 .venv-bench from benchmarks/requirements-bench.lock on first use.
@@ -23,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.gateway_peers import peers, wrk  # noqa: E402
+from edgecloud.testing.figures import write_result  # noqa: E402
 
 SMALL = {"model": "gpt-4o-mini", "max_tokens": 16, "messages": [
     {"role": "system", "content": "You are a helpful assistant."},
@@ -64,10 +68,10 @@ def privacy_cost() -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--seconds", type=float, default=8.0, help="measured, per target and level")
+    ap.add_argument("--warmup", type=float, default=2.0, help="unmeasured, before each run")
     ap.add_argument("--skip-litellm", action="store_true")
     ap.add_argument("--nginx-workers", default="auto")
-    ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     os.environ.setdefault("PYTHONPATH", str(Path(__file__).resolve().parent.parent))
 
@@ -83,14 +87,16 @@ def main() -> None:
                    "bare-python": p.bare(up), "edgecloud": p.gateway(up)}
         if not args.skip_litellm:
             targets["litellm"] = p.litellm(up)
-        print(f"2 MB body: {big.stat().st_size / 1e6:.2f} MB; {args.seconds:.0f} s per run\n")
+        print(f"2 MB body: {big.stat().st_size / 1e6:.2f} MB; {args.warmup:.0f} s warm-up and "
+              f"{args.seconds:.0f} s measured per run, every target\n")
         print(f"{'target':<12} {'body':<6} {'conc':>4} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9}"
               f" {'errors':>6}")
         for body_name, body in (("small", small), ("2MB", big)):
             for conc in (1, 16):
                 for name, url in targets.items():
-                    secs = args.seconds if name != "litellm" else max(args.seconds / 2, 4)
-                    r = wrk(url, body, conc, secs)
+                    if args.warmup > 0:
+                        wrk(url, body, conc, args.warmup)
+                    r = wrk(url, body, conc, args.seconds)
                     results.setdefault(name, {})[f"{body_name}/c{conc}"] = r
                     print(f"{name:<12} {body_name:<6} {conc:>4} {r['rps']:>10.0f} "
                           f"{r['p50_ms']:>9.3f} {r['p99_ms']:>9.3f} {r['errors']:>6.0f}",
@@ -103,9 +109,10 @@ def main() -> None:
     print("\nprivacy detector, microseconds per request (pure, in-process)")
     for k, v in pc.items():
         print(f"  {k:<48} {v:10.1f}")
-    if args.json:
-        args.json.write_text(json.dumps({"results": results, "summary": summary,
-                                         "privacy_us": pc}, indent=2), encoding="utf-8")
+    # wrk reports percentiles, not each request: its figures per run are the raw samples here.
+    write_result("gateway_overhead", summary={"results": results, "ratios": summary,
+                                              "privacy_us": pc},
+                 samples={"wrk_runs": results}, params=vars(args))
 
 
 def _ratios(res: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:

@@ -16,6 +16,7 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import yaml
 
 from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port
@@ -50,27 +51,48 @@ class Peers(contextlib.ExitStack):
     def __init__(self, tmp: Path) -> None:
         super().__init__()
         self.tmp = tmp
+        self.pids: dict[str, int] = {}  # base URL -> the process serving it
 
     def _run(self, cmd: list[str], ready: str, name: str, timeout_s: float = 120,
-             env: dict[str, str] | None = None) -> None:
+             env: dict[str, str] | None = None) -> str:
+        """Start `cmd`, wait until `ready` answers; returns the base URL of `ready`."""
         proc = ManagedProcess(cmd, ready, log_path=str(self.tmp / f"{name}.log"), name=name,
                               env=env)
         proc.start()
         self.callback(proc.stop)
         proc.wait_ready(timeout_s=timeout_s)
+        base = ready.split("/", 3)
+        url = "/".join(base[:3])
+        self.pids[url] = proc.pid
+        return url
+
+    def cpu_s(self, url: str) -> float | None:
+        """CPU seconds (user + system) used so far by the processes serving `url`: the one
+        started and its live children (nginx's workers). None for one not started here."""
+        pid = self.pids.get(url)
+        if pid is None:
+            return None
+        try:
+            root = psutil.Process(pid)
+            total = 0.0
+            for p in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    t = p.cpu_times()
+                    total += t.user + t.system
+            return total
+        except psutil.NoSuchProcess:
+            return None
 
     def upstream(self, chunks: int = 64, pace_ms: float = 20.0, content: str = "tok ") -> str:
         port = free_port()
-        self._run([sys.executable, str(HERE / "gateway_upstream.py"), "--port", str(port),
-                   "--chunks", str(chunks), "--pace-ms", str(pace_ms), "--content", content],
-                  f"http://127.0.0.1:{port}/readyz", "upstream")
-        return f"http://127.0.0.1:{port}"
+        return self._run([sys.executable, str(HERE / "gateway_upstream.py"), "--port", str(port),
+                          "--chunks", str(chunks), "--pace-ms", str(pace_ms),
+                          "--content", content], f"http://127.0.0.1:{port}/readyz", "upstream")
 
     def bare(self, upstream: str) -> str:
         port = free_port()
-        self._run([sys.executable, str(HERE / "bare_passthrough.py"), "--port", str(port),
-                   "--upstream", upstream], f"http://127.0.0.1:{port}/readyz", "bare")
-        return f"http://127.0.0.1:{port}"
+        return self._run([sys.executable, str(HERE / "bare_passthrough.py"), "--port", str(port),
+                          "--upstream", upstream], f"http://127.0.0.1:{port}/readyz", "bare")
 
     def gateway(self, upstream: str) -> str:
         port = free_port()
@@ -87,10 +109,9 @@ class Peers(contextlib.ExitStack):
         path = self.tmp / "gateway.yaml"
         path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
         # The per-request JSON log goes to a file, as it would in production.
-        self._run(edgecloud_command("gateway", "--config", str(path), "--port", str(port)),
-                  f"http://127.0.0.1:{port}/readyz", "gateway",
-                  env={"PYTHONPATH": str(ROOT)})
-        return f"http://127.0.0.1:{port}"
+        return self._run(
+            edgecloud_command("gateway", "--config", str(path), "--port", str(port)),
+            f"http://127.0.0.1:{port}/readyz", "gateway", env={"PYTHONPATH": str(ROOT)})
 
     def nginx(self, upstream: str, workers: str = "auto") -> str:
         binary = need("nginx", "nginx-light")
@@ -121,9 +142,8 @@ class Peers(contextlib.ExitStack):
               }}
             }}
             """), encoding="utf-8")
-        self._run([binary, "-c", str(conf), "-p", str(t), "-g", "daemon off;"],
-                  f"http://127.0.0.1:{port}/readyz", "nginx")
-        return f"http://127.0.0.1:{port}"
+        return self._run([binary, "-c", str(conf), "-p", str(t), "-g", "daemon off;"],
+                         f"http://127.0.0.1:{port}/readyz", "nginx")
 
     def litellm(self, upstream: str) -> str:
         bin_dir = ensure_bench_venv()
@@ -149,7 +169,9 @@ class Peers(contextlib.ExitStack):
         proc.start()
         self.callback(proc.stop)
         proc.wait_ready(timeout_s=240)
-        return f"http://127.0.0.1:{port}"
+        url = f"http://127.0.0.1:{port}"
+        self.pids[url] = proc.pid
+        return url
 
 
 @contextlib.contextmanager

@@ -6,14 +6,17 @@ cloud with `[EMAIL_1]` in its place, and every streamed chunk of the answer hold
 (the stand-in streams `--content "[EMAIL_1] "`: the worst case, each event parsed, restored and
 written again); public requests get the same chunks untouched.
 
-1. 100 concurrent streams of 64 chunks 20 ms apart (gateway_streams.py's measure), alternating
-   public and private rounds: TTFT and chunk delay. Targets: TTFT p50 and chunk delay p99 at
-   most 1 ms above the public stream.
-2. Small non-streamed requests, 8 at a time: the gateway process's CPU time per request
-   (from /proc). Target: a private request at most 1.3x a public one.
+1. 100 concurrent streams of 64 chunks 20 ms apart (gateway_streams.py's measure), public and
+   private runs in an order that swaps every round: TTFT and chunk delay. Targets: TTFT p50
+   and chunk delay p99 at most 1 ms above the public stream.
+2. Small non-streamed requests, 8 at a time, public-private-private-public: the gateway
+   process's CPU time per request (from /proc), the lower of each side's two. Target: a
+   private request at most 1.3x a public one.
 
     python benchmarks/gateway_pseudonymize.py [--streams 100] [--rounds 2] [--requests 3000]
                                               [--content "tok "]  (chunks without a surrogate)
+
+Writes benchmarks/results/gateway_pseudonymize.json.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -34,6 +37,7 @@ import yaml  # noqa: E402
 from benchmarks.gateway_peers import peers  # noqa: E402
 from benchmarks.gateway_streams import CHUNKS, PACE_MS, run  # noqa: E402
 from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port  # noqa: E402
+from edgecloud.testing.figures import write_result  # noqa: E402
 
 PUBLIC = "Write one sentence to the customer about the delayed parcel, kindly."
 PRIVATE = "Write one sentence to jane.doe@example.com about the delayed parcel."
@@ -45,6 +49,13 @@ def body(text: str, stream: bool) -> bytes:
                        "max_tokens": CHUNKS if stream else 16, "messages": [
                            {"role": "system", "content": "You are a helpful assistant."},
                            {"role": "user", "content": text}]}).encode()
+
+
+def alternating(rounds: int) -> list[tuple[str, str]]:
+    """Public and private runs, the order swapped every round (public first, then private
+    first, ...), so neither side always runs on a warmer or a quieter machine."""
+    pair = [("public", PUBLIC), ("private", PRIVATE)]
+    return [run for r in range(rounds) for run in (pair if r % 2 == 0 else pair[::-1])]
 
 
 def start_gateway(tmp: Path, upstream: str) -> tuple[ManagedProcess, str]:
@@ -68,12 +79,7 @@ def start_gateway(tmp: Path, upstream: str) -> tuple[ManagedProcess, str]:
     return proc, f"http://127.0.0.1:{port}"
 
 
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def cpu_per_request(url: str, pid: int, payload: bytes, n: int,
+async def cpu_per_request(url: str, cpu_s: Callable[[], float | None], payload: bytes, n: int,
                           concurrency: int = 8) -> tuple[float, str]:
     """Gateway CPU microseconds per request over `n` requests, and the reason it gave."""
     reasons: set[str] = set()
@@ -87,9 +93,9 @@ async def cpu_per_request(url: str, pid: int, payload: bytes, n: int,
                     reasons.add(f"{resp.status} {resp.headers.get('x-edgecloud-reason')}")
 
         await asyncio.gather(*(worker(200 // concurrency) for _ in range(concurrency)))  # warm
-        c0 = cpu_s(pid)
+        c0 = cpu_s() or 0.0
         await asyncio.gather(*(worker(n // concurrency) for _ in range(concurrency)))
-        used = cpu_s(pid) - c0
+        used = (cpu_s() or 0.0) - c0
     return used / (n // concurrency * concurrency) * 1e6, ", ".join(sorted(reasons))
 
 
@@ -100,7 +106,6 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="public/private stream rounds")
     ap.add_argument("--requests", type=int, default=3000, help="per CPU measurement")
     ap.add_argument("--content", default="[EMAIL_1] ", help="the text of every streamed chunk")
-    ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     try:
         import uvloop
@@ -110,26 +115,29 @@ def main() -> None:
         pass
     out: dict[str, list[dict[str, float]]] = {"public": [], "private": []}
     cpu: dict[str, float] = {}
+    cpu_runs: list[dict[str, float | str]] = []
+    raw: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="gw-pseudo-") as tmp_s, peers(Path(tmp_s)) as p:
         tmp = Path(tmp_s)
         up = p.upstream(CHUNKS, PACE_MS, content=args.content)
         gw, url = start_gateway(tmp, up)
         p.callback(gw.stop)
-        assert gw.proc is not None
+        p.pids[url] = gw.pid
         print(f"{'request':<8} {'streams':>7} {'ok':>5} {'TTFT p50':>9} {'TTFT p99':>9} "
               f"{'delay p50':>9} {'delay p99':>9}   (ms)")
-        for _ in range(args.rounds):
-            for name, text in (("public", PUBLIC), ("private", PRIVATE)):
-                r = asyncio.run(run(url, args.streams, False, body(text, True)))
-                out[name].append(r)
-                print(f"{name:<8} {args.streams:>7} {r['ok']:>5.0f} {r['ttft_p50_ms']:>9.2f} "
-                      f"{r['ttft_p99_ms']:>9.2f} {r['chunk_delay_p50_ms']:>9.2f} "
-                      f"{r['chunk_delay_p99_ms']:>9.2f}", flush=True)
-        for name, text in (("public", PUBLIC), ("private", PRIVATE), ("public", PUBLIC),
-                           ("private", PRIVATE)):
-            us, reasons = asyncio.run(cpu_per_request(url, gw.proc.pid, body(text, False),
-                                                      args.requests))
+        for name, text in alternating(args.rounds):
+            samples: dict[str, object] = {"request": name}
+            r = asyncio.run(run(url, args.streams, False, body(text, True), samples=samples))
+            out[name].append(r)
+            raw.append(samples)
+            print(f"{name:<8} {args.streams:>7} {r['ok']:>5.0f} {r['ttft_p50_ms']:>9.2f} "
+                  f"{r['ttft_p99_ms']:>9.2f} {r['chunk_delay_p50_ms']:>9.2f} "
+                  f"{r['chunk_delay_p99_ms']:>9.2f}", flush=True)
+        for name, text in alternating(2):
+            us, reasons = asyncio.run(cpu_per_request(url, lambda: p.cpu_s(url),
+                                                      body(text, False), args.requests))
             cpu[name] = min(cpu.get(name, us), us)
+            cpu_runs.append({"request": name, "cpu_us": us})
             print(f"CPU per small request, {name}: {us:.0f} us ({reasons})", flush=True)
         log = (tmp / "gateway.log").read_text(encoding="utf-8", errors="replace")
         assert "jane.doe" not in log, "an original value reached the gateway log"
@@ -144,10 +152,12 @@ def main() -> None:
           f"\n  TTFT p50 {ttft:+.2f} ms (target <= +1), chunk delay p99 {delay:+.2f} ms "
           f"(target <= +1)\n  CPU per small request {cpu['private']:.0f} us vs "
           f"{cpu['public']:.0f} us = {ratio:.2f}x (target <= 1.3x)")
-    if args.json:
-        args.json.write_text(json.dumps({"streams": out, "cpu_us": cpu, "ttft_p50_diff_ms": ttft,
-                                         "delay_p99_diff_ms": delay, "cpu_ratio": ratio},
-                                        indent=2), encoding="utf-8")
+    summary = {"ttft_p50_ms": {n: mean(n, "ttft_p50_ms") for n in out},
+               "delay_p99_ms": {n: mean(n, "chunk_delay_p99_ms") for n in out},
+               "ttft_p50_diff_ms": ttft, "delay_p99_diff_ms": delay, "cpu_us": cpu,
+               "cpu_ratio": ratio, "stream_runs": out}
+    write_result("gateway_pseudonymize", summary=summary,
+                 samples={"streams": raw, "cpu_per_request": cpu_runs}, params=vars(args))
 
 
 if __name__ == "__main__":

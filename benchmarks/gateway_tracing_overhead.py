@@ -94,10 +94,11 @@ def main() -> None:
     modes = [m for m in args.modes.split(",") if m]
 
     from edgecloud.supervise import ManagedProcess, free_port
+    from edgecloud.testing.figures import write_result
 
     up_port, col_port = free_port(), free_port()
     upstream = ManagedProcess(
-        [sys.executable, str(ROOT / "tests/gateway/standin_provider.py"), "--port", str(up_port)],
+        [sys.executable, "-m", "edgecloud.testing.standin_provider", "--port", str(up_port)],
         f"http://127.0.0.1:{up_port}/healthz",
         name="standin",
     )
@@ -119,10 +120,14 @@ def main() -> None:
                 results[mode].append(asyncio.run(_run(mode, up, col, args.requests)))
     print(f"{'mode':<12} {'cpu us/req (median of rounds)':>30} {'wall us/req':>12}")
     base = statistics.median(c for c, _ in results[modes[0]])
+    summary = {}
     for mode in modes:
         cpu = statistics.median(c for c, _ in results[mode])
         wall = statistics.median(w for _, w in results[mode])
+        summary[mode] = {"cpu_us": cpu, "wall_us": wall, "cpu_vs_first": cpu / base}
         print(f"{mode:<12} {cpu:>22.1f} ({cpu / base:4.2f}x) {wall:>12.1f}")
+    write_result("gateway_tracing_overhead", summary=summary,
+                 samples={"cpu_wall_us_per_round": results}, params=vars(args))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.llama_server_build import binary_path  # noqa: E402
 from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port  # noqa: E402
+from edgecloud.testing.figures import write_result  # noqa: E402
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -114,10 +115,13 @@ async def compare_logprobs(ours: str, peer: str) -> tuple[int, float]:
 
 
 def measure(
-    servers: dict[str, str], per_level: int, rounds: int
+    servers: dict[str, str],
+    per_level: int,
+    rounds: int,
+    runs: dict[tuple[str, bool, int], list[float]],
 ) -> dict[tuple[str, bool, int], float]:
-    """Alternate the servers level by level, round by round; each one's median tokens/s."""
-    runs: dict[tuple[str, bool, int], list[float]] = {}
+    """Alternate the servers level by level, round by round; each one's median tokens/s (every
+    round's figure goes into `runs`)."""
     names = list(servers)
     for r in range(rounds):
         for constrained in (True, False):
@@ -192,7 +196,8 @@ def main() -> None:
         n, diff = asyncio.run(compare_logprobs(ours_base, peer_base))
         print(f"chosen-token logprobs vs llama-server: {n} tokens, max |diff| {diff:.2e}")
         servers = {"edgecloud": ours_base, "llama-server": peer_base}
-        res = measure(servers, args.requests_per_level, args.rounds)
+        runs: dict[tuple[str, bool, int], list[float]] = {}
+        res = measure(servers, args.requests_per_level, args.rounds, runs)
     print(f"\nmedian output tokens/s over {args.rounds} rounds, max_tokens={MAX_TOKENS}:")
     print(f"{'':>8} {'c':>2} {'edgecloud':>10} {'llama-server':>13} {'ratio':>6}")
     for constrained in (True, False):
@@ -201,6 +206,40 @@ def main() -> None:
             peer_v = res[("llama-server", constrained, conc)]
             kind = "schema" if constrained else "free"
             print(f"{kind:>8} {conc:>2} {ours_v:>10.1f} {peer_v:>13.1f} {ours_v / peer_v:>6.2f}")
+    record(res, runs, n, diff, vars(args))
+
+
+def record(
+    res: dict[tuple[str, bool, int], float],
+    runs: dict[tuple[str, bool, int], list[float]],
+    logprob_tokens: int,
+    logprob_diff: float,
+    params: dict[str, object],
+) -> None:
+    """The result file, in the side-by-side shape (levels "schema c=1" ... "free c=4")."""
+
+    def level(constrained: bool, conc: int) -> str:
+        return f"{'schema' if constrained else 'free'}, c={conc}"
+
+    medians: dict[str, dict[str, dict[str, float]]] = {}
+    samples: dict[str, dict[str, list[float]]] = {}
+    for (name, constrained, conc), v in res.items():
+        medians.setdefault(name, {})[level(constrained, conc)] = {"tok_s": v}
+        samples.setdefault(name, {})[level(constrained, conc)] = runs[(name, constrained, conc)]
+    summary = {
+        "peer": "llama-server",
+        "ours": "edgecloud",
+        "keys": ["tok_s"],
+        "medians": medians,
+        "logprob_tokens": logprob_tokens,
+        "logprob_max_abs_diff": logprob_diff,
+    }
+    write_result(
+        "grammar_vs_llama_server",
+        summary=summary,
+        samples={"tok_s_per_round": samples},
+        params=params,
+    )
 
 
 if __name__ == "__main__":

@@ -16,18 +16,26 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edgecloud.supervise import ManagedProcess  # noqa: E402
+from edgecloud.testing.figures import write_result  # noqa: E402
 
 Level = Callable[[str, str, int, int], dict[str, float]]  # (name, base URL, concurrency, round)
 
 
+Runs = dict[str, dict[int, list[dict[str, float]]]]  # server -> level -> one dict per round
+
+
 def measure_interleaved(
-    servers: dict[str, str], rounds: int, level: Level, levels: tuple[int, ...] = (1, 4)
+    servers: dict[str, str],
+    rounds: int,
+    level: Level,
+    levels: tuple[int, ...] = (1, 4),
+    runs: Runs | None = None,
 ) -> dict[str, dict[int, dict[str, float]]]:
     """`level(name, base, concurrency, round)` for every server, level and round, alternating
-    the order each round; the median of each metric per server and level."""
-    runs: dict[str, dict[int, list[dict[str, float]]]] = {
-        n: {c: [] for c in levels} for n in servers
-    }
+    the order each round; the median of each metric per server and level. Every round's
+    figures go into `runs` when one is given (the raw samples of the result file)."""
+    runs = runs if runs is not None else {}
+    runs.update({n: {c: [] for c in levels} for n in servers})
     names = list(servers)
     for r in range(rounds):
         for conc in levels:
@@ -67,6 +75,19 @@ def servers_up(
         peer_proc.wait_ready(timeout_s)
         ours_proc.wait_ready(timeout_s)
         yield
+
+
+def record_side_by_side(
+    name: str,
+    peer: str,
+    medians: dict[str, dict[int, dict[str, float]]],
+    runs: Runs,
+    keys: tuple[str, ...],
+    params: dict[str, object],
+) -> None:
+    """The result file of a side-by-side benchmark: medians per level, every round's figures."""
+    summary = {"peer": peer, "ours": "edgecloud", "keys": list(keys), "medians": medians}
+    write_result(name, summary=summary, samples={"rounds_per_level": runs}, params=params)
 
 
 def print_ratios(

@@ -28,16 +28,27 @@ ROOT = Path(__file__).resolve().parent.parent
 PEER_VENV = ROOT / ".venv-peer"
 WHEEL_CACHE = Path(os.environ.get("WHEEL_CACHE", Path.home() / ".cache/edgecloud/wheels"))
 sys.path.insert(0, str(ROOT))
-# The node's wheel is portable (edgecloud/node/llama_build.py): ggml's CPU kernels load from
-# llama_cpp/lib at run time, which llama_cpp.server does not do by itself. The peer gets the
-# same kernels the node runs, registered the way the node registers them.
+# The portable wheel has its CPU kernels as loadable variants, and llama-cpp-python's server
+# does not load them: register them first, in the libggml copy that libllama uses (its soname),
+# as the node does (edgecloud/node/kernels.py load_cpu_variants).
 PEER_BOOT = (
-    "import runpy, llama_cpp, llama_cpp._ggml as g; from pathlib import Path; "
-    "g.libggml.ggml_backend_load_all_from_path(str(Path(llama_cpp.__file__).parent / 'lib')"
-    ".encode()); runpy.run_module('llama_cpp.server', run_name='__main__')"
+    "import ctypes, runpy, llama_cpp; from pathlib import Path; "
+    "d = Path(llama_cpp.__file__).parent / 'lib'; "
+    "s = sorted(d.glob('libggml.so.[0-9]*'), key=lambda p: len(p.name)); "
+    "g = ctypes.CDLL(str(s[0] if s else d / 'libggml.so')); "
+    "g.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]; "
+    "g.ggml_backend_load_all_from_path(str(d).encode()); "
+    "runpy.run_module('llama_cpp.server', run_name='__main__')"
 )
 
-from benchmarks.interleave import measure_interleaved, print_ratios, servers_up  # noqa: E402
+from benchmarks.interleave import (  # noqa: E402
+    Runs,
+    measure_interleaved,
+    print_ratios,
+    record_side_by_side,
+    servers_up,
+)  # noqa: E402
+from edgecloud.bench.sse import StreamScanner  # noqa: E402
 from edgecloud.node import llama_build  # noqa: E402
 from edgecloud.supervise import edgecloud_command, free_port  # noqa: E402
 
@@ -72,26 +83,16 @@ async def one_request(session: aiohttp.ClientSession, url: str, prompt: str) -> 
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+    scan = StreamScanner()
     t0 = time.perf_counter()
-    ttft = None
-    chunks = 0
-    usage_tokens = None
     async with session.post(url, json=body) as resp:
         resp.raise_for_status()
-        async for raw in resp.content:
-            line = raw.strip()
-            if not line.startswith(b"data: {"):
-                continue
-            if ttft is None and b'"text":""' not in line.replace(b" ", b""):
-                ttft = time.perf_counter() - t0
-            if b'"usage":{' in line.replace(b" ", b""):
-                import json
-
-                usage = json.loads(line[6:]).get("usage") or {}
-                usage_tokens = usage.get("completion_tokens")
-            else:
-                chunks += 1
-    return (ttft if ttft is not None else time.perf_counter() - t0), (usage_tokens or chunks)
+        async for data in resp.content.iter_any():
+            scan.feed(data, time.perf_counter())
+    ttft = (scan.token_times[0] if scan.token_times else time.perf_counter()) - t0
+    # The peer may give no usage: then each text-bearing chunk counts as one token.
+    tokens = (scan.usage or {}).get("completion_tokens") or len(scan.token_times)
+    return ttft, int(tokens)
 
 
 async def run_level(base: str, concurrency: int, total: int) -> dict[str, float]:
@@ -183,17 +184,20 @@ def main() -> None:
         (peer_cmd, f"{peer_base}/v1/models"), (ours_cmd, f"{ours_base}/readyz"), logdir, "bench",
         timeout_s=180,
     ):  # fmt: skip
+        runs: Runs = {}
         medians = measure_interleaved(
             {"peer": peer_base, "edgecloud": ours_base},
             args.rounds,
             lambda _name, base, conc, _round: asyncio.run(
                 run_level(base, conc, args.requests_per_level * conc)
             ),
+            runs=runs,
         )
     print()
     print(f"medians of {args.rounds} alternating rounds")
-    print_ratios("peer", medians["peer"], medians["edgecloud"],
-                 ("tok_s", "req_s", "ttft_p50_ms", "ttft_p95_ms"))  # fmt: skip
+    keys = ("tok_s", "req_s", "ttft_p50_ms", "ttft_p95_ms")
+    print_ratios("peer", medians["peer"], medians["edgecloud"], keys)
+    record_side_by_side("node_vs_llama_cpp_server", "peer", medians, runs, keys, vars(args))
     print()
     print("targets: tok_s ratio >= 1.0 at c=1, >= 2.0 at c=4; TTFT p95 at c=4 no worse than peer")
 

@@ -29,6 +29,7 @@ from edgecloud.fleet.enrolment import request_enrolment_token
 from edgecloud.fleet.repository import ModelRepository, repo_lock
 from edgecloud.fleet.rollout import Gates, RolloutPlan
 from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port
+from edgecloud.testing.polling import settle, wait_until
 
 MODEL = "gemma-3-270m"
 TOKEN = "bench-admin-token"
@@ -113,13 +114,14 @@ def rollout_benchmark(tmp: Path, model_path: str, n_agents: int) -> dict[str, An
             procs.append(agent.start())
             devices.append(log)
         # wait until every agent runs 1.0.0 from its slot
-        deadline = time.monotonic() + 300
-        while not all(
-            any(e.get("event") == "agent.activated" for e in _events(p)) for p in devices
-        ):
-            if time.monotonic() > deadline:
-                raise RuntimeError("agents did not install 1.0.0")
-            time.sleep(0.5)
+        wait_until(
+            lambda: all(
+                any(e.get("event") == "agent.activated" for e in _events(p)) for p in devices
+            ),
+            300,
+            "every agent installing 1.0.0",
+            0.5,
+        )
         copy = tmp / "v1.1.0.gguf"
         shutil.copyfile(model_path, copy)
         t0 = time.time()
@@ -135,22 +137,12 @@ def rollout_benchmark(tmp: Path, model_path: str, n_agents: int) -> dict[str, An
                     stages=[5, 25, 100], gates=Gates(max_error_rate=0.0), soak_s=1, min_reports=1
                 ),
             )
-        deadline = time.monotonic() + 600
-        while True:
-            rel = next(
-                x
-                for x in httpx.get(f"{url}/v1/fleet/status", headers=OPERATOR_AUTH).json()[
-                    "releases"
-                ]
-                if x["version"] == "1.1.0"
-            )
-            if rel["stage"] in ("stable", "aborted"):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("rollout did not finish")
-            time.sleep(0.2)
-        while True:  # the last devices activate after the controller marks it stable
-            acts = [
+        def release_stage() -> str:
+            status = httpx.get(f"{url}/v1/fleet/status", headers=OPERATOR_AUTH).json()
+            return str(next(x for x in status["releases"] if x["version"] == "1.1.0")["stage"])
+
+        def activations() -> list[list[dict[str, Any]]]:
+            return [
                 [
                     e
                     for e in _events(p)
@@ -158,9 +150,14 @@ def rollout_benchmark(tmp: Path, model_path: str, n_agents: int) -> dict[str, An
                 ]
                 for p in devices
             ]
-            if all(acts) or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+
+        waited = wait_until(
+            lambda: release_stage() in ("stable", "aborted"), 600, "the rollout finishing", 0.2
+        )
+        # The last devices activate after the controller marks it stable.
+        settle(lambda: [] if all(activations()) else ["activations"], 600 - waited, 0.2)
+        acts = activations()
+        final_stage = release_stage()
         t_all = max(a[0]["ts"] for a in acts if a)
         stage_s, activate_s = [], []
         for p in devices:
@@ -171,7 +168,7 @@ def rollout_benchmark(tmp: Path, model_path: str, n_agents: int) -> dict[str, An
                 activate_s.append(by["agent.activated"] - by["agent.staged"])
         return {
             "agents": n_agents,
-            "final_stage": rel["stage"],
+            "final_stage": final_stage,
             "publish_s": round(t_added - t0, 2),
             "publish_to_100pct_s": round(t_all - t0, 2),
             "agent_download_verify_stage_s": [round(x, 2) for x in stage_s],
@@ -448,6 +445,10 @@ def main() -> None:
             out["poll"] = poll_benchmark(tmp, a.sim_agents, a.sim_seconds, a.sim_procs)
             print("poll:", out["poll"], file=sys.stderr)
     print(json.dumps(out, indent=2))
+    from edgecloud.testing.figures import write_result
+
+    # Each entry of `out` keeps its per-round times beside its medians: they are the samples.
+    write_result("ota_update", summary=out, samples=None, params=vars(a))
 
 
 if __name__ == "__main__":

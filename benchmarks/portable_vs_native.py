@@ -18,7 +18,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -34,17 +33,17 @@ NATIVE_VENV = ROOT / ".venv-native"
 DECODE = r"""
 import ctypes, json, os, sys, time
 from pathlib import Path
-import llama_cpp as ll, llama_cpp._ggml as g
+import llama_cpp as ll
 lib = Path(ll.__file__).parent / "lib"
-if list(lib.glob("libggml-cpu-*.so")):
-    g.libggml.ggml_backend_load_all_from_path(str(lib).encode())
+if list(lib.glob("libggml-cpu-*.so")):  # as edgecloud.node.kernels.load_cpu_variants does
+    ctypes.CDLL(str(lib / "libggml.so.0")).ggml_backend_load_all_from_path(str(lib).encode())
 ll.llama_backend_init()
 model_path, n_tokens, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 model = ll.llama_model_load_from_file(model_path.encode(), ll.llama_model_default_params())
 vocab = ll.llama_model_get_vocab(model)
 n_vocab = ll.llama_vocab_n_tokens(vocab)
 variant = next((l.rsplit("/", 1)[-1] for l in open("/proc/self/maps")
-                if "libggml-cpu" in l), "built in")
+                if "libggml-cpu" in l), "built in").strip()
 out = {"variant": variant}
 for n_seq in (1, 4):
     cp = ll.llama_context_default_params()
@@ -143,21 +142,10 @@ def main() -> None:
         por = statistics.median(float(s[n]) for s in samples["portable"])
         medians[n] = {"native": nat, "portable": por, "ratio": por / nat}
         print(f"| {n} | {nat:.1f} | {por:.1f} | {por / nat:.2f}x |")
-    out = ROOT / "out"
-    out.mkdir(exist_ok=True)
-    (out / "portable_vs_native.json").write_text(
-        json.dumps(
-            {
-                "benchmark": "portable_vs_native",
-                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "machine": platform.machine(),
-                "args": vars(args),
-                "samples": samples,
-                "medians": medians,
-            },
-            indent=2,
-        )
-    )
+    from edgecloud.testing.figures import write_result
+
+    write_result("portable_vs_native", summary={"medians": medians}, samples=samples,
+                 params=vars(args))
 
 
 if __name__ == "__main__":

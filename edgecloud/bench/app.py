@@ -6,16 +6,29 @@ import asyncio
 import os
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from edgecloud.bench.client import Target, make_session
+from edgecloud.bench.coldstart import measure_cold_start
 from edgecloud.bench.errors import ColdStartError, TargetError, WorkloadError
 from edgecloud.bench.options import DEFAULT_MAX_TOKENS, BenchOptions
-from edgecloud.bench.results import BenchResults
+from edgecloud.bench.results import BenchResults, ColdStart
+from edgecloud.bench.runner import (
+    Connection,
+    RunSettings,
+    api_root,
+    new_results,
+    preflight,
+    run_bench,
+)
+from edgecloud.bench.workloads import Workload, encode_bodies
 from edgecloud.report import human_number
+from edgecloud.supervise import ManagedProcess
 
 EXIT_TARGET = 2
 EXIT_INTERRUPTED = 130
@@ -73,37 +86,31 @@ def print_summary(console: Console, results: BenchResults) -> None:
         )
 
 
-def run_command(target: str, o: BenchOptions) -> int:
+def run_command(target: str, options: BenchOptions) -> int:
     """Run a bench from CLI options; returns the exit code."""
-    from edgecloud.bench.workloads import encode_bodies, load_workload
+    from edgecloud.bench.workloads import load_workload
 
     console = Console(stderr=True, soft_wrap=True)  # messages stay whole lines (greppable)
     api_key = None
-    if o.api_key_env:
-        api_key = os.environ.get(o.api_key_env)
+    if options.api_key_env:
+        api_key = os.environ.get(options.api_key_env)
         if not api_key:
-            console.print(f"[red]env var {o.api_key_env} is not set (it should hold the key)")
+            console.print(f"[red]env var {options.api_key_env} is not set (it should hold the key)")
             return EXIT_TARGET
     try:
-        wl = load_workload(o.workload, seed=o.seed)
+        workload = load_workload(options.workload, seed=options.seed)
     except WorkloadError as exc:
         console.print(f"[red]{exc}")
         return EXIT_TARGET
-    try:
-        import uvloop
-
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    except ImportError:
-        runner = asyncio.Runner()
-    with runner:
-        results = runner.run(_main(target, o, wl, api_key, console, encode_bodies))
-    write_results(results, o.out)
-    if o.report:
+    with _event_loop() as runner:
+        results = runner.run(_main(target, options, workload, api_key, console))
+    write_results(results, options.out)
+    if options.report:
         from edgecloud.bench.render import render_run
 
-        o.report.write_text(render_run(results), encoding="utf-8")
+        options.report.write_text(render_run(results), encoding="utf-8")
     print_summary(console, results)
-    where = f"results: {o.out}" + (f", report: {o.report}" if o.report else "")
+    where = f"results: {options.out}" + (f", report: {options.report}" if options.report else "")
     if not results.complete:
         console.print(f"[yellow]partial run: {results.note}[/]\n{where}")
         return EXIT_INTERRUPTED if "interrupted" in results.note else EXIT_TARGET
@@ -111,112 +118,113 @@ def run_command(target: str, o: BenchOptions) -> int:
     return 0
 
 
-async def _main(
-    target: str,
-    o: BenchOptions,
-    wl: Any,
-    api_key: str | None,
-    console: Console,
-    encode_bodies: Any,
-) -> BenchResults:
-    from edgecloud.bench.client import Target
-    from edgecloud.bench.coldstart import measure_cold_start
-    from edgecloud.bench.runner import RunSettings, api_root, run_bench
+def _event_loop() -> asyncio.Runner:
+    """uvloop where it is installed: the load generator's loop is on the measuring path."""
+    try:
+        import uvloop
 
-    loop = asyncio.get_running_loop()
+        return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        return asyncio.Runner()
+
+
+def _stop_on_signals(console: Console) -> asyncio.Event:
+    """An event set by Ctrl-C or SIGTERM (the run then writes what it measured); a second
+    Ctrl-C quits at once."""
     stop = asyncio.Event()
 
     def on_signal() -> None:
-        if stop.is_set():  # second Ctrl-C: stop waiting for anything
+        if stop.is_set():
             os._exit(EXIT_INTERRUPTED)
         console.print("[yellow]stopping: writing what was measured (Ctrl-C again to quit)")
         stop.set()
 
+    loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
+    return stop
+
+
+def _run_settings(
+    options: BenchOptions, workload: Workload, bodies: list[bytes], server_pid: int | None
+) -> RunSettings:
+    return RunSettings(
+        scenario=options.scenario,
+        levels=options.levels,
+        bodies=bodies,
+        workload=workload.name,
+        requests=options.requests,
+        duration_s=options.duration,
+        slo=dict(options.slo),
+        seed=options.seed,
+        warmup=options.warmup,
+        label=options.label,
+        server_pid=server_pid,
+        watts_per_core=options.watts_per_core,
+        tokenizer=options.tokenizer,
+        images=workload.images,
+    )
+
+
+async def _cold_start(
+    options: BenchOptions, base: str, conn: Connection, body: bytes
+) -> tuple[ColdStart, ManagedProcess | None]:
+    """Launch the server command the asked number of times; the last one is kept running
+    for the load levels unless only the cold start was asked for. Raises ColdStartError."""
+    assert options.cold_start is not None
+    root = base[: -len("/v1")] if base.endswith("/v1") else base
+    target = Target(base, conn.model or "", conn.api_key, conn.route, True, conn.timeout_s)
+    return await measure_cold_start(
+        options.cold_start,
+        target,
+        root,
+        body,
+        runs=options.cold_start_runs,
+        timeout_s=max(options.timeout, 300.0),
+        keep_last=not options.cold_start_only,
+    )
+
+
+async def _main(
+    target: str,
+    options: BenchOptions,
+    workload: Workload,
+    api_key: str | None,
+    console: Console,
+) -> BenchResults:
+    """Cold start (if asked), then the load levels; always returns results to write."""
+    stop = _stop_on_signals(console)
+    base = api_root(target)
+    conn = Connection(model=options.model, api_key=api_key, stream=options.stream,
+                      route=workload.route, timeout_s=options.timeout)
+    max_tokens = options.max_tokens or workload.default_max_tokens or DEFAULT_MAX_TOKENS
+
+    def bodies(model: str | None) -> list[bytes]:
+        return encode_bodies(workload, model=model or "default", max_tokens=max_tokens,
+                             stream=options.stream)
 
     # The model id is needed before the bodies; preflight confirms it during the run.
-    model = o.model or ""
-    max_tokens = o.max_tokens or wl.default_max_tokens or DEFAULT_MAX_TOKENS
-    bodies = encode_bodies(
-        wl, model=model or "default", max_tokens=max_tokens, stream=o.stream
-    )
-    base = api_root(target)
-    kept = None
-    cold = None
-    server_pid = o.server_pid
-    if o.cold_start:
-        root = base[: -len("/v1")] if base.endswith("/v1") else base
-        tgt = Target(base, model, api_key, wl.route, True, o.timeout)
+    settings = _run_settings(options, workload, bodies(conn.model), options.server_pid)
+    cold, kept = None, None
+    if options.cold_start:
         try:
-            cold, kept = await measure_cold_start(
-                o.cold_start,
-                tgt,
-                root,
-                bodies[0],
-                runs=o.cold_start_runs,
-                timeout_s=max(o.timeout, 300.0),
-                keep_last=not o.cold_start_only,
-            )
+            cold, kept = await _cold_start(options, base, conn, settings.bodies[0])
         except ColdStartError as exc:
-            return BenchResults(
-                endpoint=base,
-                model=model,
-                scenario=o.scenario,
-                workload=wl.name,
-                label=o.label,
-                complete=False,
-                note=str(exc),
-            )
-        if kept is not None:
-            server_pid = kept.pid
+            results = new_results(base, settings, conn)
+            results.note = str(exc)
+            return results
     try:
-        if not model:
-            model = await _first_model(base, api_key)
-            if model:
-                bodies = encode_bodies(
-                    wl, model=model, max_tokens=max_tokens, stream=o.stream
-                )
-        settings = RunSettings(
-            scenario=o.scenario,
-            levels=o.levels,
-            bodies=bodies,
-            workload=wl.name,
-            requests=o.requests,
-            duration_s=o.duration,
-            slo=dict(o.slo),
-            seed=o.seed,
-            warmup=o.warmup,
-            label=o.label,
-            server_pid=server_pid,
-            watts_per_core=o.watts_per_core,
-            tokenizer=o.tokenizer,
-            images=wl.images,
-        )
-        if o.cold_start_only:
-            results = BenchResults(
-                endpoint=base,
-                model=model,
-                scenario=o.scenario,
-                workload=wl.name,
-                label=o.label,
-            )
+        if not conn.model:
+            conn = replace(conn, model=await _first_model(base, api_key) or None)
+        pid = kept.pid if kept is not None else options.server_pid
+        settings = _run_settings(options, workload, bodies(conn.model), pid)
+        if options.cold_start_only:
+            results = new_results(base, settings, conn)
+            results.complete = True
         else:
-            results = await _with_progress(
-                run_bench(
-                    base,
-                    settings,
-                    model=model or None,
-                    api_key=api_key,
-                    stream=o.stream,
-                    route=wl.route,
-                    timeout_s=o.timeout,
-                    stop=stop,
-                    progress=None if o.quiet else _Bar.update,
-                ),
-                quiet=o.quiet,
-                console=console,
-            )
+            progress = None if options.quiet else _Bar.update
+            run = run_bench(base, settings, conn, stop=stop, progress=progress)
+            results = await _with_progress(run, quiet=options.quiet, console=console)
     finally:
         if kept is not None:
             await asyncio.to_thread(kept.stop)
@@ -225,9 +233,6 @@ async def _main(
 
 
 async def _first_model(base: str, api_key: str | None) -> str:
-    from edgecloud.bench.client import make_session
-    from edgecloud.bench.runner import preflight
-
     session = make_session(1, 10.0)
     try:
         return await preflight(session, base, api_key, None, 10.0)

@@ -16,8 +16,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from edgecloud.bench.h1 import Done, Exchange
 from edgecloud.bench.results import RequestRecord
+from edgecloud.bench.timing_sink import Done, Exchange
 from edgecloud.http1 import Connection, H1Pool
 
 

@@ -15,7 +15,7 @@ from edgecloud.bench.errors import ColdStartError
 from edgecloud.bench.results import ColdStart
 from edgecloud.bench.sse import StreamScanner
 from edgecloud.bench.stats import summarize
-from edgecloud.supervise import ManagedProcess
+from edgecloud.supervise import ManagedProcess, StartFailed
 
 _POLL_S = 0.02
 
@@ -30,25 +30,20 @@ async def cold_start_once(
 ) -> tuple[dict[str, float], ManagedProcess]:
     """One launch; returns the timings (seconds from launch) and the running process."""
     t0 = time.perf_counter()
-    proc = ManagedProcess(command, None, log_path=log_path, name="cold-start").start()
+    proc = ManagedProcess(command, root_url + "/readyz", log_path=log_path, name="cold-start")
+    proc.start()
     timings: dict[str, float] = {}
     session = make_session(0, timeout_s)
     deadline = t0 + timeout_s
     try:
 
-        async def poll_ready() -> None:
-            while time.perf_counter() < deadline:
-                try:
-                    resp = await session.get(root_url + "/readyz")
-                    timings.setdefault("process_start_s", time.perf_counter() - t0)
-                    if resp.status_code == 200:
-                        timings["ready_s"] = time.perf_counter() - t0
-                        return
-                except httpx.HTTPError:
-                    pass
-                if not proc.alive():
-                    return
-                await asyncio.sleep(_POLL_S)
+        async def ready() -> None:
+            """The process's own readiness wait, on a thread beside the first-token probe."""
+            try:
+                await asyncio.to_thread(proc.wait_ready, timeout_s, _POLL_S)
+            except StartFailed:
+                return  # no ready_s; the first-token probe says why
+            timings["ready_s"] = time.perf_counter() - t0
 
         async def model_id() -> str:
             """The model to ask for: the given one, else the first the server lists."""
@@ -85,7 +80,7 @@ async def cold_start_once(
                     pass
                 await asyncio.sleep(_POLL_S)
 
-        await asyncio.gather(poll_ready(), first_token())
+        await asyncio.gather(ready(), first_token())
     finally:
         await session.aclose()
     if "first_token_s" not in timings:

@@ -19,6 +19,7 @@ from edgecloud.bench import loadgen
 from edgecloud.bench.client import RequestSender, Target, make_session
 from edgecloud.bench.errors import TargetError, TokenizerError
 from edgecloud.bench.options import Scenario
+from edgecloud.bench.resources import ResourceSampler, find_pid_by_port, machine_info
 from edgecloud.bench.results import BenchResults, ImageSet, LevelSummary, RequestRecord
 from edgecloud.bench.server_metrics import (
     image_ms_per_image,
@@ -117,53 +118,33 @@ async def preflight(
     return ids[0]
 
 
-async def _warmup(sender: RequestSender, bodies: Sequence[bytes], n: int) -> None:
-    for i in range(n):
-        rec = await sender.send(bodies[i % len(bodies)], 0.0)
-        if not rec.ok:
-            raise TargetError(_warmup_message(sender.target, rec))
+@dataclass(frozen=True)
+class Connection:
+    """How to reach the target: what `run_bench` sends every request with."""
+
+    model: str | None = None  # None: the first model the endpoint lists
+    api_key: str | None = None
+    stream: bool = True
+    route: str = "chat"
+    timeout_s: float = 120.0
 
 
-def _warmup_message(target: Target, rec: RequestRecord) -> str:
-    kind = rec.error or "error"
-    hints = {
-        "connect": "the connection was refused; is the server running?",
-        "http_401": "unauthorized; pass --api-key-env VAR",
-        "http_404": f"not found; does the server serve {target.url} and model {target.model!r}?",
-        "not_openai": "the answer is not an OpenAI completion (wrong URL?)",
-        "timeout": f"no complete answer within {target.timeout_s:g} s (the server hangs?)",
-        "stream_incomplete": "the stream ended before [DONE]",
-    }
-    return f"warm-up request to {target.url} failed ({kind}): {hints.get(kind, 'see the server')}"
+INTERRUPTED = "stopped before the end (interrupted); these are the levels measured"
 
 
-async def run_bench(
-    target_url: str,
-    settings: RunSettings,
-    *,
-    model: str | None = None,
-    api_key: str | None = None,
-    stream: bool = True,
-    route: str = "chat",
-    timeout_s: float = 120.0,
-    stop: asyncio.Event | None = None,
-    progress: Progress | None = None,
-) -> BenchResults:
-    """Run every level; always returns results (partial, with a note, when something failed)."""
-    from edgecloud.bench.resources import ResourceSampler, find_pid_by_port, machine_info
-
-    stop = stop or asyncio.Event()
-    base = api_root(target_url)
-    results = BenchResults(
+def new_results(base: str, settings: RunSettings, conn: Connection) -> BenchResults:
+    """The one builder of a run's results: what was asked, before anything is measured
+    (`complete` stays False until every level has run)."""
+    return BenchResults(
         label=settings.label,
         endpoint=base,
-        model=model or "",
+        model=conn.model or "",
         scenario=settings.scenario,
         workload=settings.workload,
         slo=dict(settings.slo),
         machine=machine_info(),
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        stream=stream,
+        stream=conn.stream,
         seed=settings.seed,
         complete=False,
         images=settings.images.model_copy() if settings.images is not None else None,
@@ -172,85 +153,152 @@ async def run_bench(
             "requests": settings.requests,
             "duration_s": settings.duration_s,
             "warmup": settings.warmup,
-            "route": route,
-            "timeout_s": timeout_s,
+            "route": conn.route,
+            "timeout_s": conn.timeout_s,
         },
     )
-    outcomes: list[loadgen.LevelOutcome] = []
-    limit = 0 if settings.scenario in ("rate", "burst") else int(max(settings.levels, default=1))
-    sampler = None
-    sender = None
-    counter: Callable[[str], int] | None = None
-    # Image workloads: the server's image counters, read around each level.
-    scrape = make_session(1, 10.0) if settings.images is not None else None
-    t0 = time.perf_counter()
-    try:
-        session = make_session(1, timeout_s)
-        try:
-            results.model = await preflight(session, base, api_key, model, min(timeout_s, 10.0))
-        finally:
-            await session.aclose()
-        target = Target(base, results.model, api_key, route, stream, timeout_s)
-        counter = None
-        if settings.tokenizer:
-            from edgecloud.bench.tokens import load_counter
 
-            try:
-                counter = await asyncio.to_thread(load_counter, settings.tokenizer)
-            except TokenizerError as exc:
-                raise TargetError(str(exc)) from None
-        sender = RequestSender(target, t0, limit, collect_text=counter is not None)
-        await _warmup(sender, settings.bodies, settings.warmup)
-        pid = settings.server_pid
-        if pid is None:
-            parts = urlsplit(base)
-            if parts.hostname in ("127.0.0.1", "localhost", "::1") and parts.port:
-                pid = find_pid_by_port(parts.port)
-        if settings.sample_resources:
-            sampler = ResourceSampler(pid, t0).start()
-            results.server_pid = sampler.server_pid
-        for level in settings.levels:
+
+def request_failed(target: Target, kind: str, what: str = "request") -> str:
+    """Why requests to the target fail, with a hint (`what`: "warm-up request", ...)."""
+    hints = {
+        "connect": "the connection was refused; is the server running?",
+        "http_401": "unauthorized; pass --api-key-env VAR",
+        "http_404": f"not found; does the server serve {target.url} and model {target.model!r}?",
+        "not_openai": "the answer is not an OpenAI completion (wrong URL?)",
+        "timeout": f"no complete answer within {target.timeout_s:g} s (the server hangs?)",
+        "stream_incomplete": "the stream ended before [DONE]",
+    }
+    return f"{what} to {target.url} failed ({kind}): {hints.get(kind, 'see the server')}"
+
+
+async def _warmup(sender: RequestSender, bodies: Sequence[bytes], n: int) -> None:
+    for i in range(n):
+        rec = await sender.send(bodies[i % len(bodies)], 0.0)
+        if not rec.ok:
+            kind = rec.error or "error"
+            raise TargetError(request_failed(sender.target, kind, "warm-up request"))
+
+
+async def _connect(base: str, conn: Connection, timeout_s: float) -> str:
+    """Preflight: the endpoint is OpenAI-compatible; the model id to request."""
+    session = make_session(1, timeout_s)
+    try:
+        return await preflight(session, base, conn.api_key, conn.model, min(timeout_s, 10.0))
+    finally:
+        await session.aclose()
+
+
+async def _token_counter(tokenizer: str | None) -> Callable[[str], int] | None:
+    """A tokenizer's counter, where the server gives no usage and one was named."""
+    if not tokenizer:
+        return None
+    from edgecloud.bench.tokens import load_counter
+
+    try:
+        return await asyncio.to_thread(load_counter, tokenizer)
+    except TokenizerError as exc:
+        raise TargetError(str(exc)) from None
+
+
+def _local_server_pid(base: str, given: int | None) -> int | None:
+    """The server process to sample: the given pid, else the one listening on a local port."""
+    if given is not None:
+        return given
+    parts = urlsplit(base)
+    if parts.hostname in ("127.0.0.1", "localhost", "::1") and parts.port:
+        return find_pid_by_port(parts.port)
+    return None
+
+
+@dataclass
+class _Run:
+    """What one run holds while it goes, so that a partial run still writes it all."""
+
+    settings: RunSettings
+    results: BenchResults
+    outcomes: list[loadgen.LevelOutcome] = field(default_factory=list)
+    sender: RequestSender | None = None
+    counter: Callable[[str], int] | None = None
+    sampler: ResourceSampler | None = None
+    scrape: httpx.AsyncClient | None = None  # image workloads: the server's image counters
+
+    async def levels(self, base: str, stop: asyncio.Event, progress: Progress | None) -> None:
+        assert self.sender is not None
+        for level in self.settings.levels:
             if stop.is_set():
-                break
+                return
+            scrape = self.scrape
             before = await read_image_counters(scrape, base) if scrape is not None else None
-            outcome = await _one_level(sender, settings, level, stop, progress)
+            outcome = await _one_level(self.sender, self.settings, level, stop, progress)
             if scrape is not None:
                 after = await read_image_counters(scrape, base)
                 outcome.server_images, outcome.image_ms = image_ms_per_image(before, after)
-            outcomes.append(outcome)
+            self.outcomes.append(outcome)
             if outcome.fatal:
-                kind = outcome.fatal
-                raise TargetError(
-                    _warmup_message(
-                        target, RequestRecord(level=level, start_s=0.0, ok=False, error=kind)
-                    ).replace("warm-up ", "")
-                )
+                raise TargetError(request_failed(self.sender.target, outcome.fatal))
+
+    async def finish(self) -> BenchResults:
+        """Close what the run opened and fill in what it measured."""
+        if self.scrape is not None:
+            await self.scrape.aclose()
+        if self.sender is not None:
+            self.sender.close()
+            if self.counter is not None and self.sender.texts:
+                _count_tokens(self.outcomes, self.sender.texts, self.counter)
+        results = self.results
+        _fill(results, self.outcomes, self.settings)
+        if self.sampler is not None:
+            ok = [r for r in results.records if r.ok]
+            results.energy = self.sampler.stop(
+                len(ok), sum(r.output_tokens for r in ok), self.settings.watts_per_core
+            )
+            results.resources = self.sampler.samples
+        return results
+
+
+async def run_bench(
+    target_url: str,
+    settings: RunSettings,
+    conn: Connection | None = None,
+    *,
+    stop: asyncio.Event | None = None,
+    progress: Progress | None = None,
+) -> BenchResults:
+    """Run every level; always returns results (partial, with a note, when something failed)."""
+    conn = conn or Connection()
+    stop = stop or asyncio.Event()
+    base = api_root(target_url)
+    run = _Run(settings, new_results(base, settings, conn))
+    run.scrape = make_session(1, 10.0) if settings.images is not None else None
+    t0 = time.perf_counter()
+    try:
+        run.results.model = await _connect(base, conn, conn.timeout_s)
+        target = Target(base, run.results.model, conn.api_key, conn.route, conn.stream,
+                        conn.timeout_s)
+        run.counter = await _token_counter(settings.tokenizer)
+        open_loop = settings.scenario in ("rate", "burst")
+        limit = 0 if open_loop else int(max(settings.levels, default=1))
+        run.sender = RequestSender(target, t0, limit, collect_text=run.counter is not None)
+        await _warmup(run.sender, settings.bodies, settings.warmup)
+        if settings.sample_resources:
+            run.sampler = ResourceSampler(_local_server_pid(base, settings.server_pid), t0).start()
+            run.results.server_pid = run.sampler.server_pid
+        await run.levels(base, stop, progress)
         if stop.is_set():
-            results.note = "stopped before the end (interrupted); these are the levels measured"
+            run.results.note = INTERRUPTED
         else:
-            results.complete = True
+            run.results.complete = True
     except TargetError as exc:
-        results.note = str(exc)
+        run.results.note = str(exc)
     except asyncio.CancelledError:
-        results.note = "stopped before the end (interrupted); these are the levels measured"
+        run.results.note = INTERRUPTED
     except Exception as exc:  # a bug of ours: still keep what was measured
         log.exception("bench_failed")
-        results.note = f"stopped by an unexpected error ({type(exc).__name__}: {exc})"
+        run.results.note = f"stopped by an unexpected error ({type(exc).__name__}: {exc})"
     finally:
-        if scrape is not None:
-            await scrape.aclose()
-        if sender is not None:
-            sender.close()
-            if counter is not None and sender.texts:
-                _count_tokens(outcomes, sender.texts, counter)
-        _fill(results, outcomes, settings)
-        if sampler is not None:
-            ok = [r for r in results.records if r.ok]
-            results.energy = sampler.stop(
-                len(ok), sum(r.output_tokens for r in ok), settings.watts_per_core
-            )
-            results.resources = sampler.samples
-    return results
+        await run.finish()
+    return run.results
 
 
 async def _one_level(

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 import httpx
 
 from edgecloud.bench.results import RequestRecord
-from edgecloud.deploy.metrics import NODE_IMAGE_SECONDS, NODE_IMAGES
+from edgecloud.metric_catalogue import NODE_IMAGE_SECONDS, NODE_IMAGES
 
 ImageCounters = tuple[float, float]  # images read, seconds spent on them
 

@@ -94,7 +94,7 @@ def load_workload(name_or_path: str, *, seed: int = 0, size: int = 64) -> Worklo
         # bodies (each carries its screenshot) bound the memory the encoded bodies take.
         size = min(size, PHONE_AGENT_BODIES)
         pngs = [png_bytes(seed * 100 + i) for i in range(min(size, 3))]
-        shots = [_data_uri(p) for p in pngs]
+        shots = [png_uri(p) for p in pngs]
         items = [_agent_turn(rng, shots, i) for i in range(size)]
         used = [len(pngs[i % len(pngs)]) for i in range(size)]
         images = ImageSet(
@@ -179,20 +179,23 @@ def _long_context(rng: random.Random) -> dict[str, Any]:
     }
 
 
+def screenshot_turn(text: str, image_url: str) -> dict[str, Any]:
+    """One user chat message with a text and an image (a URL or a `data:` URI), as the phone
+    agent sends a screenshot."""
+    return {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": text},
+            {"type": "image_url", "image_url": {"url": image_url}},
+        ],
+    }
+
+
 def _agent_turn(rng: random.Random, shots: Sequence[str], i: int) -> dict[str, Any]:
     task = rng.choice(("open the settings", "reply to the last message", "find the order status"))
-    return {
-        "messages": [
-            {"role": "system", "content": "You operate a phone. Answer with one action."},
-            {
-                "role": "user",
-                "content": [
-                    {"type": "text", "text": f"Task: {task}. Step {i % 7 + 1}. What next?"},
-                    {"type": "image_url", "image_url": {"url": shots[i % len(shots)]}},
-                ],
-            },
-        ]
-    }
+    system = {"role": "system", "content": "You operate a phone. Answer with one action."}
+    text = f"Task: {task}. Step {i % 7 + 1}. What next?"
+    return {"messages": [system, screenshot_turn(text, shots[i % len(shots)])]}
 
 
 def png_bytes(
@@ -233,8 +236,9 @@ def _png(width: int, height: int, idat: bytes) -> bytes:
 
 def png_data_uri(seed: int) -> str:
     """`png_bytes(seed)` as a `data:image/png;base64,...` URI."""
-    return _data_uri(png_bytes(seed))
+    return png_uri(png_bytes(seed))
 
 
-def _data_uri(png: bytes) -> str:
+def png_uri(png: bytes) -> str:
+    """A PNG as a `data:image/png;base64,...` URI."""
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")

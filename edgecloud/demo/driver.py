@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import orjson
 
+from edgecloud.bench.sse import StreamScanner
 from edgecloud.demo.scenario import DemoRequest
 
 
@@ -60,22 +61,15 @@ async def send(client: httpx.AsyncClient, base: str, req: DemoRequest, t0: float
                 except (orjson.JSONDecodeError, KeyError, TypeError):
                     error = raw[:200].decode("utf-8", "replace")
             elif req.body.get("stream"):
-                async for line in resp.aiter_lines():
-                    if not line.startswith("data: {"):
-                        continue
-                    chunk = orjson.loads(line[6:])
-                    if "error" in chunk:
-                        error = str(chunk["error"].get("message", "stream error"))
-                        break
-                    usage = chunk.get("usage")
-                    if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
-                        prompt_tokens = usage["prompt_tokens"]
-                    for choice in chunk.get("choices") or []:
-                        piece = (choice.get("delta") or {}).get("content")
-                        if piece:
-                            if ttft is None:
-                                ttft = (time.perf_counter() - start) * 1000
-                            texts.append(piece)
+                scan = StreamScanner(collect_text=True)
+                async for data in resp.aiter_bytes():
+                    scan.feed(data, time.perf_counter())
+                error = scan.error or ""
+                if scan.token_times:
+                    ttft = (scan.token_times[0] - start) * 1000
+                texts = scan.texts or []
+                if scan.usage and isinstance(scan.usage.get("prompt_tokens"), int):
+                    prompt_tokens = scan.usage["prompt_tokens"]
             else:
                 data = orjson.loads(await resp.aread())
                 ttft = (time.perf_counter() - start) * 1000

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgecloud.bench.workloads import png_bytes
+from edgecloud.bench.workloads import png_bytes, png_uri, screenshot_turn
 
 
 @dataclass(frozen=True)
@@ -115,19 +114,13 @@ def build_phases(max_tokens: int, quick: bool) -> dict[str, list[DemoRequest]]:
     ]
     # A phone-screenshot-like PNG, as the phone agent sends (about 0.5 MB quick, 1.5 MB full).
     png = png_bytes(seed=42, target_bytes=500_000 if quick else 1_500_000)
-    b64 = base64.b64encode(png).decode()
-    uri = "data:image/png;base64," + b64
+    uri = png_uri(png)
+    b64 = uri.partition(",")[2]
     shot = {
         "model": "autoglm-phone-9b",
         "messages": [
             {"role": "system", "content": "You operate the phone for the user."},
-            {
-                "role": "user",
-                "content": [
-                    {"type": "text", "text": "Open the settings app. Screen: screenshot-0042"},
-                    {"type": "image_url", "image_url": {"url": uri}},
-                ],
-            },
+            screenshot_turn("Open the settings app. Screen: screenshot-0042", uri),
         ],
         "max_tokens": max_tokens,
         "stream": True,

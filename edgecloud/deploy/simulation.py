@@ -19,6 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
+from edgecloud.bench.results import BenchResults
 from edgecloud.deploy.errors import CapacityError
 from edgecloud.deploy.values import ScalePolicy, Values
 
@@ -259,8 +260,6 @@ def fixed_fleet_size(trace: list[float], cap: ReplicaCapacity) -> int:
 def capacity_from_bench(data: dict[str, object], ttft_slo_s: float) -> ReplicaCapacity:
     """Per-replica capacity from an `edgecloud bench` results document: the load level with
     the most requests/s whose p95 TTFT meets the SLO and whose requests all succeeded."""
-    from edgecloud.bench.results import BenchResults
-
     res = BenchResults.model_validate(data)
     best = None
     for lv in res.levels:

@@ -214,9 +214,8 @@ def _decode_a_little(model_path: str) -> str | None:
     import llama_cpp as ll
     import numpy as np
 
-    from edgecloud.node.model import _init_backend
-
-    _init_backend()
+    load_cpu_variants()  # as the node does (node/model.py), then the backend
+    ll.llama_backend_init()
     model = ll.llama_model_load_from_file(model_path.encode(), ll.llama_model_default_params())
     if not model:
         print(f"llama.cpp could not load the model: {model_path}", file=sys.stderr)

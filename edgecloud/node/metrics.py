@@ -109,6 +109,12 @@ class NodeMetrics:
         self.model_info = Gauge(
             p + "model_info", "The model being served (value 1).", ["model", "version"], registry=r
         )
+        self.cpu_variant = Gauge(
+            p + "cpu_variant_info",
+            "llama.cpp's CPU kernels in use (value 1): the variant ggml picked for this CPU.",
+            ["variant"],
+            registry=r,
+        )
         self.swaps = Counter(
             p + "model_swaps", "Model hot swaps by result.", ["result"], registry=r
         )

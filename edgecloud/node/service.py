@@ -22,7 +22,7 @@ from edgecloud.node.config import NodeConfig
 from edgecloud.node.embeddings import EmbeddingError
 from edgecloud.node.engine import BatchEngine, GenerationRequest
 from edgecloud.node.errors import ModelLoadFailed, ModelPathNotAllowed, SwapInProgress
-from edgecloud.node.kernels import KernelCheckFailed, prove_kernels
+from edgecloud.node.kernels import KernelCheckFailed, active_variant, prove_kernels
 from edgecloud.node.metrics import NodeMetrics
 from edgecloud.node.model import (
     MAX_PIECE_BYTES,
@@ -215,6 +215,8 @@ class NodeService:
         async with self._transition:
             if self.current is not None:  # loaded (or swapped in) while this one waited
                 return self.current
+            if self.kernel_error is not None:  # failed while this one waited: not again
+                raise self.kernel_error
             self._refuse_if_stopped()
             self._set_state(ModelState.LOADING)
             path = self.config.model or str(await asyncio.to_thread(embedded_model_path))
@@ -292,7 +294,8 @@ class NodeService:
         """
         cfg = self.config
         if self._prove is not None and os.path.isfile(path):
-            self.cpu_variant = await asyncio.to_thread(self._prove, path)
+            # The variant the check ran; ggml picks the same one in this process.
+            self.cpu_variant = await asyncio.to_thread(self._prove, path) or active_variant()
         t0 = time.perf_counter()
         model = await asyncio.to_thread(
             self._open_model,
@@ -325,6 +328,8 @@ class NodeService:
         self.metrics.warmup.set(warm_s)
         self.metrics.model_info.clear()
         self.metrics.model_info.labels(model=cfg.name, version=version or "").set(1)
+        self.metrics.cpu_variant.clear()
+        self.metrics.cpu_variant.labels(variant=self.cpu_variant or "built-in").set(1)
         log_event(
             log,
             "model_loaded",

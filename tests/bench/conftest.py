@@ -1,4 +1,4 @@
-"""Bench fixtures: the stand-in OpenAI provider (tests/bench/standin_openai.py) as a real
+"""Bench fixtures: the stand-in OpenAI provider (edgecloud/testing/standin_openai.py) as a real
 process, started per test with the behaviour the test injects."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def standin_command(port: int, *options: str) -> list[str]:
-    return [sys.executable, "-m", "tests.bench.standin_openai", "--port", str(port), *options]
+    return [sys.executable, "-m", "edgecloud.testing.standin_openai", "--port", str(port), *options]
 
 
 def start_standin(tmp: Path, *options: str) -> tuple[ManagedProcess, str]:

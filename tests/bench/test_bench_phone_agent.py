@@ -14,8 +14,8 @@ import pytest
 from edgecloud.bench.results import BenchResults
 from edgecloud.bench.server_metrics import image_ms_per_image, metrics_url, parse_image_counters
 from edgecloud.bench.workloads import PHONE_AGENT_MAX_TOKENS, encode_bodies, load_workload
+from edgecloud.testing.standin_openai import IMAGE_TOKENS, TEXT_TOKENS
 from tests.bench.benchcli import run_bench_cli
-from tests.bench.standin_openai import IMAGE_TOKENS, TEXT_TOKENS
 from tests.conftest import start_node
 
 

@@ -6,7 +6,6 @@ import asyncio
 import random
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from edgecloud.bench.runner import RunSettings, run_bench
 from edgecloud.bench.stats import percentile
 from edgecloud.bench.workloads import encode_bodies, load_workload
 from edgecloud.supervise import free_port
+from edgecloud.testing.polling import settle
 from tests.bench.benchcli import run_bench_cli, start_bench_cli
 
 pytestmark = pytest.mark.slow
@@ -167,11 +167,8 @@ def test_ctrl_c_writes_what_was_measured(standin: Callable[..., str], tmp_path: 
         base, "--concurrency", "2", "--duration", "60", "--out", str(out), "--quiet"
     )
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if httpx.get(f"{base}/stats").json()["requests"] >= 12:
-                break
-            time.sleep(0.1)
+        settle(lambda: [] if httpx.get(f"{base}/stats").json()["requests"] >= 12 else ["<12"],
+               60)
         bench.send_signal(signal.SIGINT)
         _, err = bench.communicate(timeout=30)
     finally:

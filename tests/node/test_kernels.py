@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from edgecloud.api.errors import APIError
@@ -217,3 +218,11 @@ def test_a_swap_to_a_model_whose_kernels_crash_keeps_the_old_model(tmp_path: Pat
         await svc.shutdown()
 
     asyncio.run(main())
+
+
+def test_the_node_reports_its_cpu_variant_in_metrics(node: str) -> None:
+    text = httpx.get(node + "/metrics", timeout=10).text
+    lines = [ln for ln in text.splitlines() if ln.startswith("edgecloud_node_cpu_variant_info{")]
+    assert len(lines) == 1 and lines[0].endswith(" 1.0")
+    variant = lines[0].split('variant="', 1)[1].split('"', 1)[0]
+    assert (kernels.library_dir() / f"libggml-cpu-{variant}.so").exists()

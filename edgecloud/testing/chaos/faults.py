@@ -1,7 +1,6 @@
 """Fault drivers: things that go wrong on purpose, each started and ended by the campaign.
 
-The link to the fleet server that drops, garbles or trickles is the fleet tests' stand-in
-(tests/fleet/faulty_link.py).
+The link to the fleet server that drops, garbles or trickles is `edgecloud.testing.faulty_link`.
 
 Every driver is a context manager or a bounded function: it undoes what it did when it ends, and
 none runs for longer than it is told. They talk to real processes and sockets on 127.0.0.1 only.
@@ -156,7 +155,7 @@ def sqlite_removed(path: Path) -> Iterator[None]:
 @contextlib.contextmanager
 def postgres_stopped(server: Any) -> Iterator[None]:
     """Stop a PostgreSQL server at once (`pg_ctl -m immediate`: no checkpoint, connections cut)
-    for the body, then start it again (a `tests.fleet.postgres.PostgresServer`)."""
+    for the body, then start it again (an `edgecloud.testing.postgres.PostgresServer`)."""
     server._run("pg_ctl", "-D", str(server.data), "-m", "immediate", "-w", "stop")
     server.started = False
     try:

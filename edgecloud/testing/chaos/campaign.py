@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -13,17 +14,18 @@ from typing import Any
 import httpx
 import orjson
 
-from benchmarks.chaoslib import faults
-from benchmarks.chaoslib.checks import (
+from edgecloud.testing.chaos import faults
+from edgecloud.testing.chaos.checks import (
     RssMonitor,
     leaks,
     process_fds,
     process_rss_mb,
-    settle,
     stuck_states,
 )
-from benchmarks.chaoslib.stack import MODEL, ChaosStack
-from benchmarks.chaoslib.traffic import CLOUD_EU, CLOUD_US, EDGE, MixedTraffic, send_one
+from edgecloud.testing.chaos.stack import MODEL, ChaosStack
+from edgecloud.testing.chaos.traffic import CLOUD_EU, CLOUD_US, EDGE, MixedTraffic, send_one
+from edgecloud.testing.faulty_link import Mode
+from edgecloud.testing.polling import settle
 
 
 class Skip(Exception):
@@ -111,10 +113,13 @@ def _upstream(**control: Any) -> Fault:
 def _fail_then_ok(stack: ChaosStack, window_s: float) -> Iterator[list[str]]:
     """The cloud answers 500 for the first half of the window, then 200."""
     stack.standin_control(fail=500)
-    note: list[str] = []
+    heal = threading.Timer(window_s / 2, stack.standin_control, kwargs={"fail": None})
+    heal.start()
     try:
-        yield note
+        yield [f"500 for {window_s / 2:.1f}s"]
     finally:
+        heal.cancel()
+        heal.join()
         stack.standin_control(fail=None)
 
 
@@ -149,38 +154,51 @@ def _disconnects(stack: ChaosStack, window_s: float) -> Iterator[list[str]]:
         stack.standin_control(delay_ms=0)
 
 
-def slowloris_fault(count: int, samples: int = 12) -> Fault:
-    """`count` half-open connections at the gateway; the note compares the p99 latency of
-    `samples` normal requests before and while they are open."""
+P99_MIN_SAMPLES = 200  # fewer, and the tail figure is the max, named as such
+
+
+def slowloris_fault(count: int, samples: int = P99_MIN_SAMPLES) -> Fault:
+    """`count` half-open connections at the gateway; the note compares the tail latency of
+    `samples` normal requests before and while they are open: the p99 from 200 samples or more,
+    else the max."""
     @contextlib.contextmanager
     def run(stack: ChaosStack, window_s: float) -> Iterator[list[str]]:
-        note: list[str] = []
-        base = p99_latency(stack, samples)
+        base = latencies(stack, samples)
         with faults.slowloris(stack.ports["gateway"], count) as socks:
-            loaded = p99_latency(stack, samples)
-            note.append(f"{len(socks)} open; p99 {_ms(base)}->{_ms(loaded)} ms"
-                        + (f" (x{loaded / base:.1f})" if base and loaded else ""))
-            yield note
+            loaded = latencies(stack, samples)
+            yield [f"{len(socks)} open; {tail_note(base, loaded)}"]
     return run
+
+
+def tail_note(base: list[float], loaded: list[float]) -> str:
+    """`p99 of 200/200 934->516 ms (x0.6)`: the p99 when both sides have at least
+    P99_MIN_SAMPLES samples, else the max, named as the max."""
+    kind = "p99" if min(len(base), len(loaded)) >= P99_MIN_SAMPLES else "max"
+    b, v = tail(base, kind), tail(loaded, kind)
+    ratio = f" (x{v / b:.1f})" if b and v else ""
+    return f"{kind} of {len(base)}/{len(loaded)} {_ms(b)}->{_ms(v)} ms{ratio}"
+
+
+def tail(lat: list[float], kind: str) -> float | None:
+    if not lat:
+        return None
+    return statistics.quantiles(lat, n=100)[98] if kind == "p99" else max(lat)
 
 
 def _ms(x: float | None) -> str:
     return "-" if x is None else f"{x * 1000:.0f}"
 
 
-def p99_latency(stack: ChaosStack, n: int) -> float | None:
-    """p99 (the max, for small n) of `n` one-token public requests through the gateway."""
+def latencies(stack: ChaosStack, n: int) -> list[float]:
+    """Latencies of the served ones of `n` one-token public requests through the gateway."""
     import openai
     client = openai.OpenAI(base_url=f"{stack.gateway}/v1", api_key="chaos", max_retries=0,
                            timeout=30)
     try:
-        lat = [o.latency_s for o in (send_one(client, MODEL, "public", False, max_tokens=1)
-                                     for _ in range(n)) if o.result == "served"]
+        return [o.latency_s for o in (send_one(client, MODEL, "public", False, max_tokens=1)
+                                      for _ in range(n)) if o.result == "served"]
     finally:
         client.close()
-    if not lat:
-        return None
-    return statistics.quantiles(lat, n=100)[98] if len(lat) >= 2 else lat[0]
 
 
 @contextlib.contextmanager
@@ -208,7 +226,7 @@ def _bodies(stack: ChaosStack, window_s: float) -> Iterator[list[str]]:
     yield [f"2MB x64: {counts}; 60MB: {big}"]
 
 
-def _fleet_link(mode: str) -> Fault:
+def _fleet_link(mode: Mode) -> Fault:
     @contextlib.contextmanager
     def run(stack: ChaosStack, window_s: float) -> Iterator[list[str]]:
         assert stack.fleet_link is not None
@@ -292,10 +310,14 @@ def run_fault(stack: ChaosStack, name: str, fault: Fault, window_s: float, worke
             with fault(stack, window_s) as note:
                 time.sleep(window_s)
             # The fault has ended (the part is back, the link restored): time until the gateway
-            # sees every endpoint healthy with its breaker closed.
-            row.recover_s, left = settle(lambda: healthy_view(stack), 30.0, 0.05)
+            # sees every endpoint healthy with its breaker closed, polled ten times per health
+            # interval, given up after 60 intervals (and at least 30 s).
+            row.recover_s, left = settle(lambda: healthy_view(stack),
+                                         max(30.0, 60 * health_interval_s), health_interval_s / 10)
             if left:
                 row.stuck.extend(f"not recovered: {x}" for x in left)
+            elif row.recover_s is not None and row.recover_s > 2 * health_interval_s:
+                note.append(f"recovery over 2 health intervals ({health_interval_s:g}s)")
         finally:
             traffic.stop()
         row.note = "; ".join(note)
@@ -319,7 +341,6 @@ def run_fault(stack: ChaosStack, name: str, fault: Fault, window_s: float, worke
     row.leaks = leaks(stack, outs)
     row.failures = [f"{o.kind}/{'s' if o.stream else 'n'}: {o.detail}" for o in outs
                     if o.result == "failed"][:5]
-    _ = health_interval_s
     return row
 
 

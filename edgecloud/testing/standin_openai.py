@@ -1,6 +1,6 @@
 """A stand-in for a remote OpenAI-compatible provider, with latency we control.
 
-Run: python -m tests.bench.standin_openai --port P [options]. Raw ASGI on uvicorn (uvloop,
+Run: python -m edgecloud.testing.standin_openai --port P [options]. Raw ASGI on uvicorn (uvloop,
 httptools), so it is fast enough to be the "fast stand-in" of the generator benchmark too.
 
 Behaviours (all optional):

@@ -1,4 +1,5 @@
-"""The load generator's timing recorder: a response sink on the shared HTTP/1.1 client core.
+"""The load generator's timing sink: a response sink on the shared HTTP/1.1 client core
+(`edgecloud/http1.py`) that times what arrives.
 
 On a 2-core edge box the measuring tool must stay out of the way: the connection skeleton is
 `edgecloud.http1` (pooled keep-alive connections, httptools callbacks, TLS), and this module only

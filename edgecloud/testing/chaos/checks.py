@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import httpx
 import psutil
 
-from benchmarks.chaoslib.stack import ADMIN_TOKEN, ChaosStack
-from benchmarks.chaoslib.traffic import EDGE, FORBIDDEN_AT, Outcome
+from edgecloud.testing.chaos.stack import ADMIN_TOKEN, ChaosStack
+from edgecloud.testing.chaos.traffic import EDGE, FORBIDDEN_AT, Outcome
 
 
 def leaks(stack: ChaosStack, sent: Iterable[Outcome]) -> list[str]:
@@ -82,17 +81,6 @@ def unverified_model(stack: ChaosStack) -> list[str]:
     if sha != stack.model_sha256:
         return [f"edge serves sha256 {str(sha)[:12]}, published {stack.model_sha256[:12]}"]
     return []
-
-
-def settle(check: Callable[[], list[str]], timeout_s: float, interval_s: float = 0.1
-           ) -> tuple[float | None, list[str]]:
-    """Poll `check` until it returns nothing; (seconds taken or None, what was left)."""
-    t0 = time.monotonic()
-    left = check()
-    while left and time.monotonic() - t0 < timeout_s:
-        time.sleep(interval_s)
-        left = check()
-    return (None if left else time.monotonic() - t0), left
 
 
 @dataclass

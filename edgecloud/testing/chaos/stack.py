@@ -4,10 +4,10 @@ an agent, a stand-in cloud provider, and the links in between.
 - edge-local: `edgecloud serve` on the embedded model; the agent manages its model slot.
 - cloud-eu: a second `edgecloud serve` behind the demo's emulated WAN link; a recording tap on
   that link sees every byte that leaves towards it.
-- cloud-us: the stand-in cloud provider of the gateway tests (it records what it receives and
-  can misbehave on command), in a region EU data may not go to.
+- cloud-us: the stand-in cloud provider (`edgecloud.testing.standin_provider`: it records what
+  it receives and can misbehave on command), in a region EU data may not go to.
 - fleet: `edgecloud fleet serve` on a repository holding the embedded model as 1.0.0 (stable);
-  the agent (enrolled with a one-use token) reaches it through the fleet tests' `FaultyLink`,
+  the agent (enrolled with a one-use token) reaches it through `edgecloud.testing.faulty_link`,
   which can drop, garble or trickle.
 """
 
@@ -17,7 +17,6 @@ import re
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,13 +25,12 @@ from typing import Any
 import httpx
 import yaml
 
-from benchmarks.chaoslib.traffic import CLOUD_EU, CLOUD_US, EDGE, MARKER_RE
 from edgecloud.demo.wan import LinkProfile, WanLink
 from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port
-from tests.fleet.faulty_link import FaultyLink
+from edgecloud.testing.chaos.traffic import CLOUD_EU, CLOUD_US, EDGE, MARKER_RE
+from edgecloud.testing.faulty_link import FaultyLink
+from edgecloud.testing.polling import wait_until
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-STANDIN = REPO_ROOT / "tests" / "gateway" / "standin_provider.py"
 MODEL = "gemma-3-270m"
 ADMIN_TOKEN = "chaos-admin-token"  # the node's admin token (agent -> node swaps)
 OPERATOR_TOKEN = "chaos-operator-token-0123456789abcdef"  # the fleet server's operator token
@@ -90,7 +88,7 @@ class ChaosStack:
     tap: RecordingTap = field(default_factory=RecordingTap)
     wan: WanLink | None = None
     fleet_link: FaultyLink | None = None
-    postgres: Any = None  # a tests.fleet.postgres.PostgresServer when cfg.fleet_db is "postgres"
+    postgres: Any = None  # a testing.postgres.PostgresServer when cfg.fleet_db is "postgres"
     ports: dict[str, int] = field(default_factory=dict)
 
     # -- urls ----------------------------------------------------------------------------------
@@ -137,8 +135,8 @@ class ChaosStack:
     def _standin(self) -> ManagedProcess:
         port = self.ports[CLOUD_US]
         return ManagedProcess(
-            [sys.executable, str(STANDIN), "--port", str(port), "--name", CLOUD_US,
-             "--model-id", MODEL],
+            [sys.executable, "-m", "edgecloud.testing.standin_provider", "--port", str(port),
+             "--name", CLOUD_US, "--model-id", MODEL],
             f"http://127.0.0.1:{port}/healthz", log_path=self._log(CLOUD_US), name=CLOUD_US)
 
     def gateway_config(self) -> dict[str, Any]:
@@ -237,7 +235,7 @@ class ChaosStack:
         repo.add_model(self.cfg.model_path, MODEL, "1.0.0", stable=True, link=True)
         self.root_file = repo.root_file()
         if self.cfg.fleet_db == "postgres":
-            from tests.fleet.postgres import PostgresServer, find_bin_dir
+            from edgecloud.testing.postgres import PostgresServer, find_bin_dir
 
             bin_dir = find_bin_dir()
             if bin_dir is None:
@@ -259,13 +257,13 @@ class ChaosStack:
         """Wait until the agent's log shows `event` (its first install swaps the edge node's
         model: faults start after it, so that swap is not taken for a slow recovery)."""
         log = Path(self._log("agent"))
-        deadline = time.monotonic() + timeout_s
-        while f'"{event}"' not in (log.read_text(errors="replace") if log.exists() else ""):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the agent did not log {event} within {timeout_s:.0f} s")
+
+        def logged() -> bool:
             if not self.parts["agent"].proc.alive():
                 raise RuntimeError(f"the agent exited; see {log}")
-            time.sleep(0.2)
+            return f'"{event}"' in (log.read_text(errors="replace") if log.exists() else "")
+
+        wait_until(logged, timeout_s, f"the agent logging {event}", 0.2)
 
     @property
     def db_path(self) -> Path:

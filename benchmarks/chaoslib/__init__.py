@@ -1,3 +1,0 @@
-"""Fault campaign building blocks: the stack, fault drivers, traffic and invariant checks.
-
-`benchmarks/chaos.py` runs the whole campaign; `tests/test_chaos.py` runs a short one."""
