@@ -12,7 +12,11 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from edgecloud.api.asgi import (
     POST,
@@ -49,10 +53,14 @@ from edgecloud.gateway.request import (
     RequestFacts,
     inspect_chat,
     inspect_completion,
+    inspect_count_tokens,
+    inspect_embeddings,
+    inspect_translated,
     parse_body,
     parse_json,
 )
 from edgecloud.gateway.tracing import resolve_tracing
+from edgecloud.gateway.translate import MESSAGES, RESPONSES, ClientAPI
 from edgecloud.gateway.upstream import Upstream
 from edgecloud.logs import AccessLog, log_event
 
@@ -104,6 +112,10 @@ class GatewayApp:
         self.routes = Routes()
         self.routes.add("/v1/chat/completions", self._chat, POST)
         self.routes.add("/v1/completions", self._text, POST)
+        self.routes.add("/v1/responses", self._responses, POST)
+        self.routes.add("/v1/messages", self._messages, POST)
+        self.routes.add("/v1/messages/count_tokens", self._count_tokens, POST)
+        self.routes.add("/v1/embeddings", self._embeddings, POST)
         self.routes.add("/healthz", self._healthz, None)
         self.routes.add("/readyz", self._readyz, None)
         self.routes.add("/metrics", self._metrics, None)
@@ -122,6 +134,22 @@ class GatewayApp:
 
     async def _text(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._proxy(scope, receive, send, "/completions", inspect_completion)
+
+    # Responses and Messages: translated to chat (gateway/translate.py), placed as chat.
+    async def _responses(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._proxy(scope, receive, send, "/chat/completions",
+                          partial(inspect_translated, RESPONSES), RESPONSES)
+
+    async def _messages(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._proxy(scope, receive, send, "/chat/completions",
+                          partial(inspect_translated, MESSAGES), MESSAGES)
+
+    async def _count_tokens(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._proxy(scope, receive, send, "/messages/count_tokens", inspect_count_tokens,
+                          MESSAGES)
+
+    async def _embeddings(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._proxy(scope, receive, send, "/embeddings", inspect_embeddings)
 
     async def _healthz(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send_json(send, 200, {"status": "ok"})
@@ -264,7 +292,8 @@ class GatewayApp:
         return Hints(region_s or None, sensitivity, from_key, deadline_ms, pinned)
 
     async def _proxy(self, scope: Scope, receive: Receive, send: Send, upstream_path: str,
-                     inspect: Callable[[dict[str, Any]], RequestFacts]) -> None:
+                     inspect: Callable[[dict[str, Any]], RequestFacts],
+                     api: ClientAPI | None = None) -> None:
         t0 = time.perf_counter()
         record: dict[str, Any] = {"event": "request", "route": scope["path"]}
         trace = None if self.tracer is None else self.tracer.begin(scope)
@@ -273,7 +302,8 @@ class GatewayApp:
         try:
             headers = {k: v for k, v in scope["headers"] if k in _WANTED}
             try:
-                key = self._authenticate(scope, headers.get(b"authorization"))
+                key = self._authenticate(scope, headers.get(b"authorization")
+                                         or _bearer(headers.get(b"x-api-key")))
                 if key is not None:
                     record["key"] = key.name
                 ctype = headers.get(b"content-type")
@@ -283,6 +313,8 @@ class GatewayApp:
                 body, elided = parse_body(raw)
                 facts = inspect(body)
                 facts.elided = elided
+                if facts.api is not None:
+                    raw = orjson.dumps(facts.body)  # what goes upstream: the chat translation
                 self._check_model(facts.model)
                 hints = self._hints(headers, key)
                 if self.limiter.applies(key):
@@ -327,7 +359,7 @@ class GatewayApp:
             except ClientDisconnected:
                 return
             except APIError as err:  # raised before anything was sent
-                await self._refuse(send, err, record, t0)
+                await self._refuse(send, err, record, t0, api)
                 return
             except Exception as exc:
                 # A defect, never an answer to a bad body: an OpenAI-style 500 if nothing was
@@ -337,7 +369,7 @@ class GatewayApp:
                 if "status" in record:
                     raise
                 await self._refuse(send, APIError("The gateway failed on this request.",
-                                                  code="internal_error"), record, t0)
+                                                  code="internal_error"), record, t0, api)
                 return
             self.log.write(record)
         finally:
@@ -361,14 +393,20 @@ class GatewayApp:
         return decision, rewritten
 
     async def _refuse(self, send: Send, err: APIError, record: dict[str, Any],
-                      t0: float) -> None:
+                      t0: float, api: ClientAPI | None = None) -> None:
         reason = getattr(err, "rule", None) or f"request.{err.code or err.type}"
         if isinstance(err, NoAllowedEndpoint):
             self._reprobe.set()
         self.metrics.refusal(reason)
         self.metrics.request("none", "none", reason, err.status)
         record.update(status=err.status, reason=reason, error=err.code)
-        await send_error(send, err, [(b"x-edgecloud-reason", reason.encode())])
+        extra = [(b"x-edgecloud-reason", reason.encode())]
+        if api is not None and api.error_body is not None:  # in the client API's own shape
+            extra += [(k.encode(), v.encode()) for k, v in err.headers.items()]
+            await send_bytes(send, err.status, api.error_body(err),
+                             [(b"content-type", b"application/json"), *extra])
+        else:
+            await send_error(send, err, extra)
         record["total_ms"] = round((time.perf_counter() - t0) * 1000, 3)
         self.log.write(record)
 
@@ -378,7 +416,12 @@ class GatewayApp:
                                 param="model")
 
 
+def _bearer(key: bytes | None) -> bytes | None:
+    """An Anthropic client's x-api-key, as the Authorization value the key check reads."""
+    return None if key is None else b"Bearer " + key
+
+
 _WANTED = frozenset({
-    b"authorization", b"content-type", b"x-edgecloud-region", b"x-edgecloud-sensitivity",
-    b"x-edgecloud-deadline-ms", b"x-edgecloud-placement",
+    b"authorization", b"x-api-key", b"content-type", b"x-edgecloud-region",
+    b"x-edgecloud-sensitivity", b"x-edgecloud-deadline-ms", b"x-edgecloud-placement",
 })

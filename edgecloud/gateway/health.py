@@ -9,6 +9,8 @@ from enum import StrEnum
 from edgecloud.gateway.attestation import AttestationStatus
 from edgecloud.gateway.config import EndpointConfig
 
+# What an OpenAI-compatible server is assumed to serve when neither it nor the config says more.
+DEFAULT_APIS = ("chat.completions", "completions")
 # How often an endpoint's unconfigured model id and capabilities are read again.
 REDISCOVER_S = 30.0
 
@@ -148,6 +150,7 @@ class EndpointState:
     model_id: str | None = None
     last_error: str | None = None
     discovered_capabilities: tuple[str, ...] | None = None  # from the endpoint's /v1/models
+    discovered_apis: tuple[str, ...] | None = None  # edgecloud's /v1/models says which APIs
     discovered_at: float = float("-inf")  # monotonic time of the last /v1/models read
     attestation: AttestationStatus | None = None  # confidential endpoints only
 
@@ -161,6 +164,13 @@ class EndpointState:
         if self.config.capabilities is not None:
             return tuple(self.config.capabilities)
         return self.discovered_capabilities or ("text",)
+
+    @property
+    def apis(self) -> tuple[str, ...]:
+        """The APIs it serves: configured, else reported, else chat and text completions."""
+        if self.config.apis is not None:
+            return tuple(self.config.apis)
+        return self.discovered_apis or DEFAULT_APIS
 
     @property
     def needs_discovery(self) -> bool:

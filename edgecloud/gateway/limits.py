@@ -379,7 +379,7 @@ class Gate:
         actual cost: queued for the next batch, never blocking nor raising."""
         lim = self.limiter
         actual = float(record.get("cost_usd", 0.0)) if record.get("placement") == "cloud" else 0.0
-        completion = int(record.get("completion_tokens", 0))
+        completion = int(record.get("output_tokens", 0))
         key = self.key
         if key is not None:
             lim.metrics.key_request(key.name, record.get("placement", "none"),

@@ -155,5 +155,8 @@ class Upstream:
                 caps = first.get("capabilities") or (first.get("meta") or {}).get("capabilities")
                 said = isinstance(caps, list) and all(isinstance(c, str) for c in caps)
                 st.discovered_capabilities = tuple(caps) if said and caps else ()  # (): not said
+                apis = first.get("apis")
+                if isinstance(apis, list) and all(isinstance(a, str) for a in apis):
+                    st.discovered_apis = tuple(apis)
             except (orjson.JSONDecodeError, AttributeError, IndexError, TypeError):
                 pass

@@ -22,6 +22,7 @@ import llama_cpp as ll
 
 from edgecloud.node.backend import PENALTY_LAST_N, MediaEvaluator, MediaItem, SamplingParams
 from edgecloud.node.constrained import GrammarSampler, grammar_compiles, logits_at
+from edgecloud.node.embeddings import EmbeddingContext
 from edgecloud.node.kernels import load_cpu_variants
 from edgecloud.node.logprobs import TokenLogprob, token_logprob
 
@@ -143,6 +144,8 @@ class LoadedModel:
         self.eos_text = self._piece_text(ll.llama_vocab_eos(self.vocab))
         self._batch: Any = ll.llama_batch_init(n_batch, 0, 1)
         self.projector: MediaEvaluator | None = None  # set by vision.load_projector
+        self._embedder: EmbeddingContext | None = None  # made on the first embeddings request
+        self._embedder_lock = threading.Lock()
         self._pieces: dict[int, bytes] = {}
         self._grammars: dict[bytes, bool] = {}
         self._piece_buf = ctypes.create_string_buffer(MAX_PIECE_BYTES)
@@ -275,7 +278,18 @@ class LoadedModel:
             raise RuntimeError("this model has no projector")
         return self.projector.evaluate(item, seq, pos, self.n_batch)
 
+    def embedder(self, n_threads: int, pooling: str) -> EmbeddingContext:
+        """The embedding-mode context on these weights, made once (thread-safe)."""
+        with self._embedder_lock:
+            if self._embedder is None:
+                self._embedder = EmbeddingContext(self.model, self.n_ctx_seq, n_threads, pooling)
+            return self._embedder
+
     def free(self) -> None:
+        embedder = getattr(self, "_embedder", None)
+        if embedder is not None:
+            embedder.free()  # before the weights it reads
+            self._embedder = None
         projector = getattr(self, "projector", None)
         if projector is not None:
             projector.free()  # before the model it was loaded for
