@@ -112,11 +112,12 @@ class EndpointConfig(_Strict):
     )
     apis: list[Literal["chat.completions", "completions", "responses", "messages",
                        "embeddings"]] | None = Field(
-        None,
+        default=None,
         description="APIs it serves; unset: what its /v1/models says, else chat and completions",
     )
     provider: str | None = Field(
-        None, description="gen_ai.provider.name in traces; unset: edgecloud (edge), openai (cloud)"
+        default=None,
+        description="gen_ai.provider.name in traces; unset: edgecloud (edge), openai (cloud)",
     )
     max_concurrency: int = Field(default=4, ge=1)
     context: int | None = Field(default=None, ge=1, description="context window in tokens")
