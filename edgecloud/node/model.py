@@ -317,7 +317,7 @@ class LlamaSampler:
         self.ctx = model.ctx
         self.n_vocab = model.n_vocab
         self.logprobs = p.logprobs
-        self.chain: Any = _sampler_chain(model.n_vocab, p, prompt)
+        self.chain: Any = _sampler_chain(model.n_vocab, p, prompt, model.eog_ids)
         self.constrained: GrammarSampler | None = None
         if p.grammar is not None:
             self.constrained = GrammarSampler(model.vocab, p.grammar, self.chain, model.eog_ids)
@@ -343,11 +343,21 @@ class LlamaSampler:
             self.constrained = None
 
 
-def _sampler_chain(n_vocab: int, p: SamplingParams, prompt: Sequence[int]) -> Any:
-    """top-k -> penalties -> top-p -> min-p -> temperature -> seeded draw (or greedy)."""
+def _sampler_chain(
+    n_vocab: int, p: SamplingParams, prompt: Sequence[int], eog_ids: Sequence[int] = ()
+) -> Any:
+    """[no end tokens] -> top-k -> penalties -> top-p -> min-p -> temperature -> draw or greedy."""
     params = ll.llama_sampler_chain_default_params()
     params.no_perf = True
     chain = ll.llama_sampler_chain_init(params)
+    if p.ignore_eos and p.grammar is None and eog_ids:
+        # As llama-server's ignore_eos: end-of-generation tokens get -inf (a grammar must end).
+        biases = (ll.llama_logit_bias * len(eog_ids))(
+            *(ll.llama_logit_bias(token=t, bias=float("-inf")) for t in eog_ids)
+        )
+        ll.llama_sampler_chain_add(
+            chain, ll.llama_sampler_init_logit_bias(n_vocab, len(eog_ids), biases)
+        )
     penalties = p.frequency_penalty != 0.0 or p.presence_penalty != 0.0 or p.repeat_penalty != 1.0
     greedy = p.temperature <= 0.0
     if p.grammar is not None:

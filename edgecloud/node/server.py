@@ -68,6 +68,7 @@ def _sampling(body: ChatCompletionRequest | CompletionRequest, plan: OutputPlan)
         repeat_penalty=body.repeat_penalty or 1.0,
         grammar=plan.grammar,
         logprobs=plan.logprobs,
+        ignore_eos=bool(body.ignore_eos),
     )
 
 
