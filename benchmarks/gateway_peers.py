@@ -94,7 +94,10 @@ class Peers(contextlib.ExitStack):
         return self._run([sys.executable, str(HERE / "bare_passthrough.py"), "--port", str(port),
                           "--upstream", upstream], f"http://127.0.0.1:{port}/readyz", "bare")
 
-    def gateway(self, upstream: str) -> str:
+    def gateway(self, upstream: str, overrides: dict[str, object] | None = None,
+                args: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                name: str = "gateway") -> str:
+        """The edgecloud gateway on `upstream`; `overrides` are laid over its config's top."""
         port = free_port()
         cfg = {
             "endpoints": [
@@ -105,13 +108,15 @@ class Peers(contextlib.ExitStack):
                  "price": {"input_per_mtok": 0.5, "output_per_mtok": 1.5}},
             ],
             "policy": {"residency": {"eu": ["eu-central-1", "device"]}},
+            **(overrides or {}),
         }
-        path = self.tmp / "gateway.yaml"
+        path = self.tmp / f"{name}.yaml"
         path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
         # The per-request JSON log goes to a file, as it would in production.
         return self._run(
-            edgecloud_command("gateway", "--config", str(path), "--port", str(port)),
-            f"http://127.0.0.1:{port}/readyz", "gateway", env={"PYTHONPATH": str(ROOT)})
+            edgecloud_command("gateway", "--config", str(path), "--port", str(port), *args),
+            f"http://127.0.0.1:{port}/readyz", name,
+            env={"PYTHONPATH": str(ROOT), **(env or {})})
 
     def nginx(self, upstream: str, workers: str = "auto") -> str:
         binary = need("nginx", "nginx-light")
@@ -190,13 +195,16 @@ def _ms(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def wrk(url: str, body_file: Path, connections: int, seconds: float) -> dict[str, float]:
+def wrk(url: str, body_file: Path, connections: int, seconds: float,
+        headers: dict[str, str] | None = None) -> dict[str, float]:
     """Run wrk (1 thread) posting `body_file`; returns req/s, p50/p99 ms and error count."""
     binary = need("wrk", "wrk")
     script = body_file.with_suffix(".lua")
-    script.write_text(textwrap.dedent(f"""\
+    extra = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in (headers or {}).items())
+    script.write_text(textwrap.dedent("""\
         wrk.method = "POST"
         wrk.headers["Content-Type"] = "application/json"
+        """) + extra + textwrap.dedent(f"""\
         local f = io.open("{body_file}", "rb")
         wrk.body = f:read("*all")
         f:close()

@@ -363,7 +363,10 @@ def poll_benchmark(tmp: Path, n_sim: int, seconds: float, procs: int) -> dict[st
     repo_path = tmp / "poll-repo"
     ModelRepository.init(repo_path)
     # every simulated agent enrols at once and reports each second
-    server, url = _server(tmp, repo_path, "--enrol-rate", "100000", "--report-rate", "5")
+    server, url = _server(
+        tmp, repo_path, "--enrol-rate", "100000", "--enrol-rate-per-address", "100000",
+        "--report-rate", "5",
+    )
     try:
         enrol = request_enrolment_token(url, OPERATOR, uses=max(1, n_sim))
         per = n_sim // procs

@@ -26,4 +26,6 @@ EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s \
     CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"
 ENTRYPOINT ["edgecloud"]
+# Off loopback the gateway refuses to start without auth.keys in its config (no open relay):
+# add keys, or append "--allow-anonymous" only behind an authenticating proxy.
 CMD ["gateway", "--host", "0.0.0.0", "--port", "8080", "--config", "/etc/edgecloud/gateway.yaml"]

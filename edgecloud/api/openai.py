@@ -127,6 +127,7 @@ class _SamplingFields(_Lenient):
     frequency_penalty: Penalty | None = None
     presence_penalty: Penalty | None = None
     repeat_penalty: Annotated[float, Field(gt=0.0)] | None = None
+    ignore_eos: bool | None = None  # llama-server's and vLLM's: run to max_tokens
     stop: str | list[str] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None

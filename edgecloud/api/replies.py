@@ -8,11 +8,21 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from typing import Any, Protocol
 
 from edgecloud.api.errors import APIError
 
 FINGERPRINT = "edgecloud"
+
+
+class StreamCodec(Protocol):
+    """Chat stream chunks in, another API's server-sent events out (Responses, Messages)."""
+
+    def chunk(self, chunk: dict[str, Any]) -> bytes: ...
+
+    def done(self) -> bytes: ...
+
+    def error(self, err: APIError) -> bytes: ...
 
 
 def sse_error(err: APIError) -> bytes:

@@ -63,10 +63,12 @@ def serve_forever(
     ssl_keyfile: str | None = None,
     backlog: int = 2048,
     protocol: type[GuardedHttpToolsProtocol] = GuardedHttpToolsProtocol,
+    sockets: list[socket.socket] | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM, let in-flight requests finish (up to the drain timeout).
 
-    `on_drain(timeout_s)` is called in the event loop when the drain begins."""
+    `on_drain(timeout_s)` is called in the event loop when the drain begins. `sockets`: listen
+    on these, already bound (one worker of several sharing a port), instead of host:port."""
     limits = limits or ServingLimits()
     open_files = raise_open_files_limit()
     max_connections = limits.max_connections or default_max_connections(open_files)
@@ -85,4 +87,4 @@ def serve_forever(
         proxy_headers=False,
     )
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
-    _CleanExitServer(config, on_drain).run()
+    _CleanExitServer(config, on_drain).run(sockets=sockets)

@@ -11,6 +11,7 @@ from edgecloud.deploy.workloads import (
     labels,
     meta,
     name,
+    pod_disruption_budget,
     pod_spec,
     probe,
     resources,
@@ -27,11 +28,12 @@ def fleet_objects(values: Values) -> list[Obj]:
     f = values.fleet
     if not f.enabled:
         return []
+    access = f.repo_access_mode if f.replicas > 1 else "ReadWriteOnce"
     pvc: Obj = {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
         "metadata": meta(values, "fleet", "-repo"),
-        "spec": {"accessModes": ["ReadWriteOnce"],
+        "spec": {"accessModes": [access],
                  "resources": {"requests": {"storage": f.repo_storage}}},
     }
     env = [
@@ -39,8 +41,17 @@ def fleet_objects(values: Values) -> list[Obj]:
             "name": f.database.url_secret, "key": f.database.url_key}}},
         *tracing_env(values, "fleet"),
     ]
+    # The database URL (with its password) reaches the process through the environment
+    # only: never as an argument, where `ps` and /proc/PID/cmdline show it.
     args = ["fleet", "serve", "--host", "0.0.0.0", "--port", str(f.port),
-            "--repo", "/data/repo", "--db", "$(EDGECLOUD_FLEET_DB)"]
+            "--repo", "/data/repo", "--db-env", "EDGECLOUD_FLEET_DB"]
+    m = f.mirror
+    if m.url:
+        args += ["--mirror", m.url, "--timestamp-max-age", str(m.timestamp_max_age_s)]
+        if m.endpoint_url:
+            args += ["--mirror-endpoint-url", m.endpoint_url]
+    if f.poll_interval_s is not None:
+        args += ["--poll-interval", f"{f.poll_interval_s:g}"]
     env.append({"name": "EDGECLOUD_FLEET_TOKEN", "valueFrom": {"secretKeyRef": {
         "name": f.operator_token_secret, "key": "token"}}})
     args += ["--operator-token-env", "EDGECLOUD_FLEET_TOKEN"]
@@ -59,6 +70,8 @@ def fleet_objects(values: Values) -> list[Obj]:
         readinessProbe=ready, livenessProbe=live,
     )
     main["volumeMounts"].append({"name": "repo", "mountPath": "/data"})
+    if m.credentials_secret:
+        main["envFrom"] = [{"secretRef": {"name": m.credentials_secret}}]
     volumes: list[Obj] = [
         {"name": "repo", "persistentVolumeClaim": {"claimName": pvc["metadata"]["name"]}}
     ]
@@ -71,12 +84,24 @@ def fleet_objects(values: Values) -> list[Obj]:
         main["volumeMounts"].append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
         volumes.append({"name": "tls", "secret": {"secretName": f.tls_secret,
                                                   "defaultMode": 0o400}})
-    dep = deployment(
-        values, "fleet", 1, pod_spec([main], volumes), scrape_annotations(f.port)
-    )
-    # One writer of the rollout state and of the ReadWriteOnce repository volume.
-    dep["spec"]["strategy"] = {"type": "Recreate"}
-    return [pvc, dep, service(values, "fleet", f.port)]
+    annotations = {
+        **scrape_annotations(f.port),
+        # for readers of the manifest: who runs the rollout controller
+        "edgecloud.io/controller-lease": "postgresql-advisory-lock",
+    }
+    dep = deployment(values, "fleet", f.replicas, pod_spec([main], volumes), annotations)
+    objs = [pvc, dep, service(values, "fleet", f.port)]
+    if f.replicas > 1:
+        # Stateless replicas over PostgreSQL: roll one at a time, keep the rest serving.
+        dep["spec"]["strategy"] = {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 1},
+        }
+        objs.append(pod_disruption_budget(values, "fleet", f.pdb_max_unavailable))
+    else:
+        # One pod: the only writer of a ReadWriteOnce repository volume.
+        dep["spec"]["strategy"] = {"type": "Recreate"}
+    return objs
 
 
 def postgres_objects(values: Values) -> list[Obj]:

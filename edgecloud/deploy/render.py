@@ -12,6 +12,7 @@ from edgecloud.deploy.dashboard import dashboard
 from edgecloud.deploy.errors import DeployError
 from edgecloud.deploy.fleet_tier import fleet_objects, postgres_objects
 from edgecloud.deploy.monitoring import RULES_FILE, alert_rules, operator_objects, scrape_config
+from edgecloud.deploy.state_tier import redis_objects
 from edgecloud.deploy.values import Values
 from edgecloud.deploy.workloads import Obj, gateway_objects, namespace, node_objects
 
@@ -44,6 +45,7 @@ def kubernetes_objects(values: Values) -> dict[str, list[Obj]]:
         "00-namespace.yaml": [namespace(values)],
         "10-postgres.yaml": postgres_objects(values),
         "20-node.yaml": node_objects(values),
+        "25-redis.yaml": redis_objects(values),
         "30-gateway.yaml": gateway_objects(values),
         "40-fleet.yaml": fleet_objects(values),
         "50-autoscaling.yaml": autoscaling_objects(values),

@@ -131,6 +131,32 @@ class GatewayAutoscaling(_Strict):
     target_cpu_percent: int = Field(default=70, ge=10, le=100)
 
 
+class GatewayState(_Strict):
+    """Where the gateway replicas share limits, quotas and the budget's spend."""
+
+    # in_cluster: a Redis rendered here (AOF on a volume, so spend survives its restarts);
+    # external: a managed Redis whose URL is the `url_key` of Secret `url_secret`;
+    # none: each replica counts alone (limits and budgets multiply by the replica count).
+    redis: Literal["in_cluster", "external", "none"] = "in_cluster"
+    url_secret: str = ""
+    url_key: str = "url"
+    prefix: str = "edgecloud"
+    image: Image = Field(default_factory=lambda: Image(repository="redis", tag="7.2-alpine"))
+    storage: str = "1Gi"
+    resources: Resources = Field(
+        default_factory=lambda: Resources(
+            requests={"cpu": "100m", "memory": "128Mi"}, limits={"cpu": "1", "memory": "512Mi"}
+        )
+    )
+
+    @model_validator(mode="after")
+    def _secret_for_external(self) -> GatewayState:
+        if self.redis == "external" and not self.url_secret:
+            raise ValueError("redis: external needs url_secret (a Secret whose key "
+                             f"{self.url_key!r} is redis://... or rediss://...)")
+        return self
+
+
 class Gateway(_Strict):
     image: Image = Field(default_factory=lambda: Image(repository="edgecloud/gateway"))
     replicas: int = Field(default=2, ge=1)
@@ -144,6 +170,7 @@ class Gateway(_Strict):
     # The gateway's YAML configuration (shared/DESIGN.md shape), checked by the gateway's own
     # model; empty: one cloud endpoint, the in-cluster node Service.
     config: GatewayConfig | None = None
+    state: GatewayState = Field(default_factory=GatewayState)
 
     @field_validator("config", mode="before")
     @classmethod
@@ -156,6 +183,21 @@ class Database(_Strict):
 
     url_secret: str = "edgecloud-fleet-db"
     url_key: str = "url"
+
+
+class FleetMirror(_Strict):
+    """Where the controller publishes the TUF repository for a CDN: devices fetch metadata
+    and models there (`cdn_url`) and only report to the fleet API."""
+
+    # s3://BUCKET[/PREFIX] (or a directory a web server serves); empty: no mirror, devices
+    # fetch from the fleet API itself
+    url: str = ""
+    endpoint_url: str = ""  # S3-compatible endpoint (MinIO, Ceph, R2...); empty: AWS
+    # Secret whose keys become env vars: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    # AWS_DEFAULT_REGION (boto3's usual names); empty: the pod's workload identity
+    credentials_secret: str = ""
+    cdn_url: str = ""  # what agents get as --metadata-url CDN/metadata, --targets-url CDN/targets
+    timestamp_max_age_s: int = Field(default=60, ge=0)
 
 
 class Fleet(_Strict):
@@ -174,6 +216,16 @@ class Fleet(_Strict):
     # the cluster (--allow-plain-http), with TLS ended by the Ingress in front of it.
     tls_secret: str = ""
     resources: Resources = Field(default_factory=Resources)
+    # The fleet API is stateless over PostgreSQL: several replicas, one of which runs the
+    # rollout controller (a PostgreSQL advisory lock; another takes over when it dies).
+    replicas: int = Field(default=2, ge=1)
+    pdb_max_unavailable: int = Field(default=1, ge=1)
+    # Every replica may become the controller, so all mount the repository: ReadWriteMany
+    # (NFS, CephFS, EFS, Filestore...) for more than one replica.
+    repo_access_mode: str = "ReadWriteMany"
+    mirror: FleetMirror = Field(default_factory=lambda: FleetMirror())
+    # Told to devices with each report's answer; None: each agent's own --interval.
+    poll_interval_s: float | None = Field(default=None, gt=0)
 
 
 class Postgres(_Strict):

@@ -17,6 +17,7 @@ from edgecloud.gateway.config import (
     GatewayConfig,
     PolicyConfig,
     PrivacyConfig,
+    StateConfig,
     config_yaml,
 )
 
@@ -206,10 +207,49 @@ def default_gateway_config(values: Values) -> GatewayConfig:
 
 def gateway_config_text(values: Values) -> str:
     """The gateway's YAML: `gateway.config` (validated at load by the gateway's own model) or
-    the default."""
+    the default, pointed at the shared state (state_tier.py)."""
     if not (values.gateway.config or values.node.enabled):
         raise ValuesError("node.enabled is false: give the gateway's endpoints in gateway.config")
-    return config_yaml(values.gateway.config or default_gateway_config(values))
+    return config_yaml(with_state(values, values.gateway.config or default_gateway_config(values)))
+
+
+URL_ENV = "EDGECLOUD_REDIS_URL"
+
+
+def with_state(values: Values, config: GatewayConfig) -> GatewayConfig:
+    """The gateway config pointed at the shared Redis, unless it names its own state block."""
+    st = values.gateway.state
+    if st.redis == "none" or "state" in config.model_fields_set:
+        return config
+    state = StateConfig(backend="redis", url_env=URL_ENV, prefix=st.prefix)
+    return config.model_copy(update={"state": state})
+
+
+def state_env(values: Values) -> list[Obj]:
+    """The gateway container's EDGECLOUD_REDIS_URL (never the URL of an external one inline)."""
+    st = values.gateway.state
+    if st.redis == "external":
+        return [{"name": URL_ENV, "valueFrom": {"secretKeyRef": {
+            "name": st.url_secret, "key": st.url_key}}}]
+    if st.redis == "in_cluster":
+        return [{"name": URL_ENV,
+                 "value": f"redis://{name(values, 'redis')}.{values.namespace}.svc:6379/0"}]
+    return []
+
+
+
+def _exposure_args(values: Values, config_text: str) -> list[str]:
+    """A gateway without auth.keys is an open relay: inside the cluster (ClusterIP) it is
+    allowed, and said so; exposed outside it, refused."""
+    g = values.gateway
+    cfg = g.config or default_gateway_config(values)
+    if cfg.auth.keys:
+        return []
+    if g.service_type != "ClusterIP":
+        raise ValuesError(f"gateway.service_type is {g.service_type} but gateway.config has no "
+                          "auth.keys: anyone who reaches it would spend your cloud keys and "
+                          "budget. Add keys (edgecloud gateway --new-key NAME) or use ClusterIP")
+    return ["--allow-anonymous"]
 
 
 def gateway_objects(values: Values) -> list[Obj]:
@@ -222,9 +262,9 @@ def gateway_objects(values: Values) -> list[Obj]:
         "data": {"gateway.yaml": config_text},
     }
     args = ["gateway", "--host", "0.0.0.0", "--port", str(g.port),
-            "--config", "/etc/edgecloud/gateway.yaml"]
+            "--config", "/etc/edgecloud/gateway.yaml", *_exposure_args(values, config_text)]
     extra: Obj = {
-        "env": tracing_env(values, "gateway"),
+        "env": tracing_env(values, "gateway") + state_env(values),
         "resources": resources(g.resources),
         # /healthz, not /readyz: with every upstream down the gateway must stay in the Service
         # and answer a clear OpenAI 503, not vanish into connection errors.

@@ -41,6 +41,13 @@ from edgecloud.fleet.errors import (
 from edgecloud.fleet.events import log_event
 from edgecloud.fleet.fetcher import HttpxFetcher
 from edgecloud.fleet.node_client import DEFAULT_CANARIES, CanaryPrompt, CanaryResult, NodeClient
+from edgecloud.fleet.polling import (
+    DEFAULT_JITTER,
+    DEFAULT_POLL_S,
+    NEXT_POLL_HEADER,
+    accept_hint,
+    jittered,
+)
 from edgecloud.fleet.rollout import ModelRelease, choose_release, target_path
 from edgecloud.fleet.slots import MAX_INTERRUPTED, AgentState, Pending, SlotInfo, SlotStore
 from edgecloud.fleet.state import DeviceEvent, DeviceMetrics, DeviceReport
@@ -61,9 +68,13 @@ class AgentConfig:
     admin_token: str | None = field(default=None, repr=False)
     enrol_token: str | None = field(default=None, repr=False)  # spent once, on enrolment
     ca_file: Path | None = None  # the CA of an https fleet server with its own certificates
+    # where TUF metadata and model files come from: a mirror or CDN (default: the server)
+    metadata_url: str | None = None
+    targets_url: str | None = None
     allow_plain_http: bool = False  # http to a remote server (behind a trusted proxy only)
-    interval_s: float = 30.0
-    max_backoff_s: float = 300.0
+    interval_s: float = DEFAULT_POLL_S
+    jitter: float = DEFAULT_JITTER
+    max_backoff_s: float = 4 * DEFAULT_POLL_S
     limits: TransferLimits = field(default_factory=TransferLimits)
     canaries: list[CanaryPrompt] = field(default_factory=lambda: list(DEFAULT_CANARIES))
     canary_every_s: float = 300.0
@@ -122,8 +133,13 @@ class Agent:
 
     def __init__(self, config: AgentConfig) -> None:
         check_server_url(config.server, config.allow_plain_http)
+        for mirror in (config.metadata_url, config.targets_url):
+            if mirror is not None:
+                check_server_url(mirror, config.allow_plain_http)
         self.config = config
         self.base = config.server.rstrip("/")
+        self.metadata_url = (config.metadata_url or f"{self.base}/tuf/metadata").rstrip("/") + "/"
+        self.targets_url = (config.targets_url or f"{self.base}/tuf/targets").rstrip("/") + "/"
         self.store = SlotStore(config.models_dir)
         self.state: AgentState = self.store.load(config.device_id)
         self.store.save(self.state)
@@ -138,6 +154,7 @@ class Agent:
         self._said: set[tuple[str, str]] = set()  # refusals already reported this run
         self._faults: set[tuple[str, str]] = set()  # failures reported since the last good poll
         self.failures = 0  # polls in a row that did not complete
+        self.server_wait_s: float | None = None  # the last report's answer: when to come back
         self.status = "starting"
 
     # -- events and reports ----------------------------------------------------------------
@@ -210,6 +227,10 @@ class Agent:
         except (httpx.HTTPError, TransferTooSlow) as exc:
             log_event("agent.report_failed", error=type(exc).__name__)
             return False
+        # the server may say when to come back (its fleet interval, or longer to shed load)
+        self.server_wait_s = accept_hint(
+            r.headers.get(NEXT_POLL_HEADER) or r.headers.get("retry-after")
+        )
         if r.status_code >= 300:  # the events stay on disk for the next report
             log_event("agent.report_failed", status=r.status_code, error=_error_code(r))
             return False
@@ -235,8 +256,12 @@ class Agent:
             if n >= MAX_INTERRUPTED:
                 self.state.interrupted.pop(version, None)
                 self.state.failed_versions = [*self.state.failed_versions, version][-32:]
-                self._event("rolled_back", version, f"activation cut short {n} times: the node "
-                            "crashed or restarted while loading it")
+                self._event(
+                    "rolled_back",
+                    version,
+                    f"activation cut short {n} times: the node "
+                    "crashed or restarted while loading it",
+                )
             else:
                 self.state.interrupted[version] = n
                 self.store.save(self.state)
@@ -293,7 +318,6 @@ class Agent:
 
     def _updater(self) -> Updater:
         meta = self.store.tuf_dir
-        base = self.base
         bootstrap = None
         if not (meta / "root.json").exists():
             if self.config.root is None:
@@ -301,9 +325,9 @@ class Agent:
             bootstrap = self.config.root.read_bytes()
         return Updater(
             str(meta),
-            f"{base}/tuf/metadata/",
+            self.metadata_url,
             None,
-            f"{base}/tuf/targets/",
+            self.targets_url,
             fetcher=HttpxFetcher(self.http, self.config.limits),
             bootstrap=bootstrap,
         )
@@ -413,7 +437,7 @@ class Agent:
         sha = tf.hashes["sha256"]
         part = self.store.part_path(slot, sha)
         self.store.clean_partials(keep=part)
-        url = f"{self.base}/tuf/targets/{tf.get_prefixed_paths()[0]}"
+        url = f"{self.targets_url}{tf.get_prefixed_paths()[0]}"
         self.status = "downloading"
         digest = download_resumable(self.http, url, part, tf.length, self.config.limits)
         expected = tf.hashes.get("sha256")
@@ -493,6 +517,17 @@ class Agent:
 
     # -- loop ------------------------------------------------------------------------------
 
+    def next_wait_s(self) -> float:
+        """Seconds until the next poll: the interval with jitter, backed off after failures,
+        and never sooner than the server asked."""
+        if self.failures:
+            wait = backoff_s(self.config.interval_s, self.failures, self.config.max_backoff_s)
+        else:
+            wait = jittered(self.config.interval_s, self.config.jitter)
+        if self.server_wait_s is not None:
+            wait = max(wait, jittered(self.server_wait_s, self.config.jitter))
+        return wait
+
     def run(self, once: bool = False) -> None:
         """Poll every `interval_s` until SIGINT/SIGTERM (or once)."""
         stop = threading.Event()
@@ -504,7 +539,7 @@ class Agent:
         )
         while True:
             self.cycle()
-            wait = backoff_s(self.config.interval_s, self.failures, self.config.max_backoff_s)
+            wait = self.next_wait_s()
             if self.failures:
                 log_event(
                     "agent.backoff",

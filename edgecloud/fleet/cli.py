@@ -134,6 +134,12 @@ def release_rollout(
     max_p95_ms: float | None = typer.Option(None),
     min_eval_score: float | None = typer.Option(0.5),
     max_failures: int = typer.Option(0, help="Devices allowed to fail/roll back the version."),
+    max_failure_fraction: float = typer.Option(
+        0.01, help="Failures allowed as a fraction of the stage's devices (floor: max-failures)."
+    ),
+    max_devices_per_minute: float | None = typer.Option(
+        None, help="Tell at most this many more devices per minute to install (ramped stages)."
+    ),
     manual: bool = typer.Option(False, help="Do not advance by itself (gates still abort)."),
 ) -> None:
     """Stage a version for a percentage of the fleet; the fleet server advances or aborts it.
@@ -150,10 +156,12 @@ def release_rollout(
                 max_p95_ms=max_p95_ms,
                 min_eval_score=min_eval_score,
                 max_failures=max_failures,
+                max_failure_fraction=max_failure_fraction,
             ),
             soak_s=_seconds(soak),
             min_reports=min_reports,
             auto=not manual,
+            max_devices_per_minute=max_devices_per_minute,
         )
     except ValueError as exc:
         _fail(str(exc))
@@ -183,6 +191,28 @@ def release_rotate_key(
     with _locked_repository(repo) as r:
         keyid = r.rotate_key(role)
     typer.echo(f"{role} key rotated; new key id {keyid[:16]}")
+
+
+@release_app.command("publish")
+def release_publish(
+    repo: Path = typer.Argument(...),
+    to: list[str] = typer.Option(..., help="DIR, file:///DIR or s3://BUCKET/PREFIX."),
+    endpoint_url: str | None = typer.Option(None, help="S3-compatible endpoint URL."),
+    timestamp_max_age: int = typer.Option(60, help="Cache-Control max-age of timestamp.json."),
+) -> None:
+    """Copy the repository to mirrors (targets, then metadata, timestamp.json last). A
+    running `fleet serve --mirror` does this itself after every change."""
+    from edgecloud.fleet.errors import FleetError
+    from edgecloud.fleet.mirror import Publisher, open_sink
+    from edgecloud.fleet.repository import repo_lock
+
+    try:
+        with repo_lock(repo):
+            sinks = [open_sink(dest, endpoint_url) for dest in to]
+            written = Publisher(repo, sinks, timestamp_max_age).publish()
+    except FleetError as exc:
+        _fail(str(exc))
+    typer.echo(f"published {written} files to {', '.join(to)}")
 
 
 @release_app.command("list")
@@ -251,8 +281,31 @@ def fleet_serve(
     report_rate: float = typer.Option(1.0, help="Reports per second per device, sustained."),
     report_burst: float = typer.Option(10.0, help="Reports a device may send in a burst."),
     enrol_rate: float = typer.Option(20.0, help="Enrolments per second, fleet-wide."),
+    enrol_burst: float | None = typer.Option(
+        None, help="Enrolments in a burst, fleet-wide [5 s of --enrol-rate]."
+    ),
+    enrol_rate_per_address: float = typer.Option(
+        5.0, help="Enrolment attempts per second per source address (bursts of 5 s)."
+    ),
     max_devices: int = typer.Option(100_000, help="Most devices that may enrol."),
     no_controller: bool = typer.Option(False, help="Serve only; never advance or abort."),
+    poll_interval: float | None = typer.Option(
+        None, help="Tell every device to poll this often (s) [each device's own --interval]."
+    ),
+    shed_write_lag: float = typer.Option(
+        1.0, help="When report writes take longer than this (s), tell devices to come back later."
+    ),
+    mirror: list[str] = typer.Option(
+        [],
+        help="Publish the repository here after every change (DIR, file:///DIR or "
+        "s3://BUCKET/PREFIX); repeatable. Done by the process holding the controller lease.",
+    ),
+    mirror_endpoint_url: str | None = typer.Option(
+        None, help="S3-compatible endpoint for s3:// mirrors (MinIO, Ceph, R2...)."
+    ),
+    timestamp_max_age: int = typer.Option(
+        60, help="Cache-Control max-age (s) of timestamp.json on mirrors."
+    ),
     header_timeout: float = typer.Option(10.0, help="Seconds a client may take to send headers."),
     body_timeout: float = typer.Option(60.0, help="Seconds a client may take to send a body."),
     max_connections: int | None = typer.Option(
@@ -291,8 +344,15 @@ def fleet_serve(
             report_rate=report_rate,
             report_burst=report_burst,
             enrol_rate=enrol_rate,
+            enrol_burst=enrol_burst,
+            enrol_rate_per_address=enrol_rate_per_address,
             max_devices=max_devices,
             controller=not no_controller,
+            mirrors=mirror,
+            poll_interval_s=poll_interval,
+            shed_write_lag_s=shed_write_lag,
+            mirror_endpoint_url=mirror_endpoint_url,
+            timestamp_max_age_s=timestamp_max_age,
             limits=ServingLimits(
                 header_timeout_s=header_timeout,
                 body_timeout_s=body_timeout,
@@ -376,8 +436,14 @@ def fleet_status(
         gates = " ".join(f"{k}={v}" for k, v in (g.get("values") or {}).items())
         rel.add_row(r["model"], r["version"], r["stage"], f"{r['percent']:g}", gates, r["reason"])
     console.print(rel)
+    total = data.get("devices_total", len(data["devices"]))
+    title = (
+        f"devices (the first {len(data['devices'])} of {total})"
+        if total > len(data["devices"])
+        else "devices"
+    )
     dev = Table(
-        "device", "version", "status", "error rate", "p95 ms", "eval", "failed", title="devices"
+        "device", "version", "status", "error rate", "p95 ms", "eval", "failed", title=title
     )
     for d in data["devices"]:
         m = d["metrics"]
@@ -404,8 +470,11 @@ def agent(
     model: str = typer.Option(..., help="The model name this box runs."),
     root: Path | None = typer.Option(None, help="Trusted root.json for a new device."),
     device_id: str | None = typer.Option(None, help="Stable device id [generated once]."),
-    interval: float = typer.Option(30.0, help="Seconds between polls."),
-    max_backoff: float = typer.Option(300.0, help="Longest wait between polls that fail."),
+    interval: float = typer.Option(
+        1800.0, help="Seconds between polls (Mender's default; the server may ask for longer)."
+    ),
+    jitter: float = typer.Option(0.2, help="Spread each wait by +- this fraction."),
+    max_backoff: float = typer.Option(7200.0, help="Longest wait between polls that fail."),
     canary: Path | None = typer.Option(None, help="YAML list of {prompt, expect, max_tokens}."),
     canary_every: float = typer.Option(300.0, help="Seconds between health canaries."),
     min_eval_score: float = typer.Option(0.5, help="Local canary pass rate to keep a version."),
@@ -414,6 +483,12 @@ def agent(
         ENROL_TOKEN_ENV, help="Env var: enrolment token, spent once for this device's credential."
     ),
     ca_file: Path | None = typer.Option(None, help="CA bundle of the fleet server's certificate."),
+    metadata_url: str | None = typer.Option(
+        None, help="TUF metadata from this mirror or CDN URL [SERVER/tuf/metadata]."
+    ),
+    targets_url: str | None = typer.Option(
+        None, help="Model files from this mirror or CDN URL [SERVER/tuf/targets]."
+    ),
     allow_plain_http: bool = typer.Option(
         False, help="Allow http to a remote fleet server (only behind a trusted TLS proxy)."
     ),
@@ -447,8 +522,11 @@ def agent(
                 admin_token=os.environ.get(admin_token_env),
                 enrol_token=os.environ.get(enrol_token_env) or None,
                 ca_file=ca_file,
+                metadata_url=metadata_url,
+                targets_url=targets_url,
                 allow_plain_http=allow_plain_http,
                 interval_s=interval,
+                jitter=jitter,
                 max_backoff_s=max_backoff,
                 limits=TransferLimits(download_deadline, min_rate, rate_window),
                 canaries=load_canaries(canary),

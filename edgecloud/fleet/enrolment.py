@@ -3,15 +3,15 @@
 The operator issues an enrolment token (limited uses, an expiry, optionally bound to one
 device id); a device spends one use to get its own credential, bound to its device id. Reports
 are then accepted only with that credential and only for that device id. Tokens and credentials
-are stored as hashes; the in-memory map of credentials makes each report's check a dict lookup
-and one constant-time comparison.
+are stored as hashes, in the database only: each report's check is one primary-key read and
+one constant-time comparison, and every server process over the database agrees.
 """
 
 from __future__ import annotations
 
 import ssl
-import threading
 import time
+from collections.abc import Sequence
 
 import httpx
 
@@ -29,23 +29,27 @@ from edgecloud.fleet.state import FleetStore
 
 MAX_TOKEN_USES = 100_000
 MAX_TOKEN_TTL_S = 365 * 86400.0
+_NO_HASH = "0" * 64
 
 
 class DeviceRegistry:
-    """Enrolled devices and their credentials (blocking calls: run `issue`/`enrol` in a thread)."""
+    """Enrolled devices and their credentials, kept only in the database, so every server
+    process over it agrees at once (blocking calls: run them in a thread)."""
 
-    def __init__(self, store: FleetStore, max_devices: int) -> None:
+    def __init__(
+        self,
+        store: FleetStore,
+        max_devices: int,
+        enrol_rate: float = 20.0,
+        enrol_burst: float | None = None,
+    ) -> None:
         self.store = store
         self.max_devices = max_devices
-        self._lock = threading.Lock()
-        self._by_id: dict[str, DeviceCredential] = {c.token_id: c for c in store.credentials()}
-        self._devices = {c.device_id for c in self._by_id.values()}
+        self.enrol_rate = enrol_rate
+        self.enrol_burst = enrol_burst if enrol_burst is not None else 5 * enrol_rate
 
     def __len__(self) -> int:
-        return len(self._devices)
-
-    def enrolled(self, device_id: str) -> bool:
-        return device_id in self._devices
+        return self.store.enrolled_count()
 
     def issue_token(self, device_id: str | None, uses: int, ttl_s: float) -> str:
         """A new enrolment token (shown once; only its hash is kept)."""
@@ -59,11 +63,15 @@ class DeviceRegistry:
         )
         return new.token
 
-    def enrol(self, token: str, device_id: str) -> str:
-        """Spend one use of an enrolment token; the device's new credential (shown once)."""
-        parts = split_token(token, ENROLMENT_PREFIX)
+    def check_token(self, token: str | None, device_id: str) -> EnrolmentToken:
+        """The stored enrolment token that `token` proves, usable for `device_id`; raises
+        CredentialError otherwise. One indexed read and a constant-time comparison, before
+        the fleet-wide enrolment limit is charged, so garbage cannot use it up."""
+        parts = split_token(token, ENROLMENT_PREFIX) if token else None
         stored = self.store.enrolment_token(parts[0]) if parts else None
-        if parts is None or stored is None or not same_secret(parts[1], stored.hash):
+        # compare against a stand-in hash when there is nothing stored: the same work either way
+        known = same_secret(parts[1] if parts else "", stored.hash if stored else _NO_HASH)
+        if parts is None or stored is None or not known:
             raise CredentialError("A valid enrolment token is required.", 401, "invalid_token")
         if not stored.usable():
             raise CredentialError("The enrolment token is used up or expired.", 401, "token_spent")
@@ -73,45 +81,41 @@ class DeviceRegistry:
                 403,
                 "device_mismatch",
             )
+        return stored
+
+    def enrol(self, token: str, device_id: str) -> str:
+        """Spend one use of an enrolment token; the device's new credential (shown once).
+        Raises CredentialError (EnrolmentLimited when the fleet-wide limit is spent)."""
+        stored = self.check_token(token, device_id)
         # an open token may enrol new ids only; re-enrolling needs a token bound to the device
         replace = stored.device_id == device_id
-        with self._lock:
-            if device_id not in self._devices and len(self._devices) >= self.max_devices:
-                raise CredentialError(
-                    f"The fleet is full ({self.max_devices} devices); raise --max-devices.",
-                    403,
-                    "fleet_full",
-                )
-            if device_id in self._devices and not replace:
-                raise CredentialError(
-                    f"{device_id} is enrolled already; re-enrol it with a token bound to it.",
-                    409,
-                    "device_already_enrolled",
-                )
-            new = issue(DEVICE_PREFIX)
-            cred = DeviceCredential(new.token_id, new.hash, device_id)
-            if not self.store.enrol(stored.token_id, cred, replace):
-                raise CredentialError(
-                    "The enrolment token is used up, or the device is enrolled already.",
-                    409,
-                    "token_spent",
-                )
-            for tid, old in list(self._by_id.items()):
-                if old.device_id == device_id:
-                    del self._by_id[tid]
-            self._by_id[cred.token_id] = cred
-            self._devices.add(device_id)
+        new = issue(DEVICE_PREFIX)
+        self.store.enrol(
+            stored.token_id,
+            DeviceCredential(new.token_id, new.hash, device_id),
+            replace,
+            max_devices=self.max_devices,
+            rate=self.enrol_rate,
+            burst=self.enrol_burst,
+        )
         return new.token
 
     def device_of(self, credential: str | None) -> str | None:
         """The device id a credential belongs to, or None when it is not a valid one."""
-        parts = split_token(credential, DEVICE_PREFIX) if credential else None
-        if parts is None:
-            return None
-        cred = self._by_id.get(parts[0])
-        if cred is None or not same_secret(parts[1], cred.hash):
-            return None
-        return cred.device_id
+        return self.devices_of([credential])[0]
+
+    def devices_of(self, credentials: Sequence[str | None]) -> list[str | None]:
+        """`device_of` for a group of reports in one database read. Nothing is cached: a
+        device enrolled on any process is accepted at once, and a re-enrolled device's old
+        credential stops working everywhere at once."""
+        parts = [split_token(c, DEVICE_PREFIX) if c else None for c in credentials]
+        stored = self.store.credentials_by_id(sorted({p[0] for p in parts if p}))
+        out: list[str | None] = []
+        for p in parts:
+            cred = stored.get(p[0]) if p else None
+            ok = p is not None and cred is not None and same_secret(p[1], cred.hash)
+            out.append(cred.device_id if ok and cred is not None else None)
+        return out
 
 
 def request_enrolment_token(

@@ -8,7 +8,6 @@ Counters move on the request path (one increment each); everything that describe
 from __future__ import annotations
 
 import re
-from collections import Counter as Tally
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +24,6 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from edgecloud.fleet.rollout import ModelRelease
-from edgecloud.fleet.state import DeviceReport
 
 prometheus_client.disable_created_metrics()
 
@@ -34,15 +32,6 @@ EVENT_KINDS = frozenset({"activated", "refused", "rolled_back", "recovered"})
 MAX_REASONS = 64  # distinct refusal reasons kept as labels; the rest count as "other"
 _REASON = re.compile(r"[a-z][a-z0-9_]{0,47}")
 _PROSE_REASONS = (("needs agent", "agent_too_old"), ("failed its checks", "failed_before"))
-
-
-def count_devices(reports: Iterable[DeviceReport]) -> dict[tuple[str, str], int]:
-    """Devices per (model, version) by their latest report; devices on no version are skipped."""
-    tally: Tally[tuple[str, str]] = Tally()
-    for r in reports:
-        if r.version:
-            tally[(r.model, r.version)] += 1
-    return dict(tally)
 
 
 def refusal_reason(text: str) -> str:

@@ -44,18 +44,29 @@ from edgecloud.api.asgi import (
 )
 from edgecloud.api.errors import APIError, BadRequest, NotFound, Unauthorized
 from edgecloud.api.guard import ServingLimits
-from edgecloud.fleet.controller import ControllerView, control_once
-from edgecloud.fleet.credentials import OperatorToken, RateLimiter, bearer, is_loopback
+from edgecloud.fleet.controller import ControllerView, ControlPass, control_once
+from edgecloud.fleet.credentials import (
+    DEVICE_PREFIX,
+    OperatorToken,
+    RateLimiter,
+    bearer,
+    is_loopback,
+    split_token,
+)
 from edgecloud.fleet.enrolment import DeviceRegistry
 from edgecloud.fleet.errors import CredentialError, FleetError
 from edgecloud.fleet.events import log_event
-from edgecloud.fleet.metrics import FleetMetrics, FleetSnapshot, count_devices
+from edgecloud.fleet.lease import ControllerLease
+from edgecloud.fleet.metrics import FleetMetrics, FleetSnapshot
+from edgecloud.fleet.mirror import TIMESTAMP_MAX_AGE_S, Publisher, open_sink
+from edgecloud.fleet.polling import NEXT_POLL_HEADER, next_poll_hint
 from edgecloud.fleet.repository import ModelRepository
 from edgecloud.fleet.rollout import ModelRelease
-from edgecloud.fleet.state import DeviceReport, FleetStore, masked_url
+from edgecloud.fleet.state import DeviceReport, EnrolmentLimited, FleetStore, masked_url
 
 CHUNK = 1 << 20
 REPORT_LIMIT = 64 * 1024
+STATUS_DEVICES = 1000
 
 
 class Forbidden(APIError, status=403, type="permission_error", code="forbidden"):
@@ -69,6 +80,10 @@ class RateLimited(APIError, status=429, type="rate_limit_error", code="rate_limi
         super().__init__(message, headers={"retry-after": str(max(1, math.ceil(retry_after_s)))})
 
 
+class Unavailable(APIError, status=503, type="server_error", code="database_unavailable"):
+    """The fleet database cannot take the write now; retry later."""
+
+
 class RangeNotSatisfiable(Exception):
     """A Range header that no byte of the file satisfies (an HTTP 416)."""
 
@@ -79,15 +94,22 @@ class ServerConfig:
     db_url: str = field(repr=False)  # may hold a password: never printed
     keys_dir: Path | None = None
     tick_s: float = 2.0
-    flush_s: float = 0.5
+    flush_s: float = 0.005  # how long a report waits for others to share its transaction
     rate_limit_bps: float | None = None  # per target download; a fleet bandwidth cap
     operator_token: str | None = field(default=None, repr=False)
     insecure: bool = False  # no credentials at all: a developer's laptop only
     report_rate: float = 1.0  # reports per second per device, sustained
     report_burst: float = 10.0
     enrol_rate: float = 20.0  # enrolments per second (burst 5 s of it): bounds database writes
+    enrol_burst: float | None = None  # default: 5 s of enrol_rate
+    enrol_rate_per_address: float = 5.0  # attempts per second per source address (burst 5 s)
     max_devices: int = 100_000
     controller: bool = True
+    poll_interval_s: float | None = None  # told to every device with each report's answer
+    shed_write_lag_s: float = 1.0  # group writes slower than this: devices told to wait longer
+    mirrors: list[str] = field(default_factory=list)  # DIR or s3://BUCKET[/PREFIX]
+    mirror_endpoint_url: str | None = None
+    timestamp_max_age_s: int = TIMESTAMP_MAX_AGE_S
     limits: ServingLimits = field(default_factory=ServingLimits)  # read deadlines, connections
 
     def __post_init__(self) -> None:
@@ -128,12 +150,27 @@ class FleetServer:
         self.targets_dir = (config.repo / "targets").resolve()
         ModelRepository(config.repo, config.keys_dir)  # fail early when it is not a repository
         self.store = FleetStore(config.db_url)
-        self.devices = DeviceRegistry(self.store, config.max_devices)
+        self.devices = DeviceRegistry(
+            self.store, config.max_devices, config.enrol_rate, config.enrol_burst
+        )
+        self.lease = ControllerLease(self.store.engine)
+        self.publisher = (
+            Publisher(
+                config.repo,
+                [open_sink(m, config.mirror_endpoint_url) for m in config.mirrors],
+                config.timestamp_max_age_s,
+            )
+            if config.mirrors
+            else None
+        )
         self.operator = OperatorToken(config.operator_token) if config.operator_token else None
         self.report_limit = RateLimiter(config.report_rate, config.report_burst)
-        self.enrol_limit = RateLimiter(config.enrol_rate, 5 * config.enrol_rate)
-        self.reports: dict[str, DeviceReport] = self.store.load_reports()
-        self._dirty: dict[str, DeviceReport] = {}
+        self.enrol_per_address = RateLimiter(
+            config.enrol_rate_per_address, 5 * config.enrol_rate_per_address
+        )
+        self._pending: list[tuple[DeviceReport, str | None, asyncio.Future[None]]] = []
+        self._wake = asyncio.Event()
+        self._write_lag_s = 0.0
         self._meta_cache: dict[str, tuple[int, bytes]] = {}
         self.view = ControllerView()
         self.counts: Counter[str] = Counter()
@@ -174,8 +211,9 @@ class FleetServer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         try:
             await self.flush()
-        except Exception as exc:  # the reports stay unwritten; say so, then stop
-            log_event("db.flush_failed", error=str(exc), pending=len(self._dirty))
+        except Exception as exc:  # their agents were told (503) and send them again
+            log_event("db.flush_failed", error=str(exc))
+        await asyncio.to_thread(self.lease.release)
         self.store.close()
 
     async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -280,9 +318,7 @@ class FleetServer:
         if not isinstance(uses, int) or not isinstance(ttl_s, (int, float)):
             raise BadRequest("uses must be an integer and ttl_s a number.", status=422)
         try:
-            token = await asyncio.to_thread(
-                self.devices.issue_token, device_id, uses, float(ttl_s)
-            )
+            token = await asyncio.to_thread(self.devices.issue_token, device_id, uses, float(ttl_s))
         except CredentialError as exc:
             raise _refusal(exc) from None
         log_event("enrolment.token_issued", device=device_id, uses=uses, ttl_s=ttl_s)
@@ -292,9 +328,13 @@ class FleetServer:
         return 201
 
     async def _enrol(self, scope: Scope, receive: Receive, send: Send) -> None:
-        wait = self.enrol_limit.take("", time.monotonic())
+        # Order matters: the per-address limit first (cheap, in memory, per process), then the
+        # token (one indexed read, constant-time compare), and only a valid token is charged
+        # to the fleet-wide limit, so anonymous garbage cannot use it up for real devices.
+        now = time.monotonic()
+        wait = self.enrol_per_address.take(_client_address(scope), now)
         if wait:
-            raise RateLimited("Too many enrolments; try again later.", wait)
+            raise RateLimited("Too many enrolment attempts from this address.", wait)
         token = bearer(header(scope, b"authorization"))
         if token is None:
             raise Unauthorized("An enrolment token is required (Bearer).", code="invalid_token")
@@ -302,8 +342,10 @@ class FleetServer:
         device_id = data.get("device_id")
         if not isinstance(device_id, str) or not 0 < len(device_id) <= 128:
             raise BadRequest("device_id must be a string of 1..128 characters.", status=422)
-        try:
+        try:  # the token first, then the fleet-wide limit (in the database: every process)
             credential = await asyncio.to_thread(self.devices.enrol, token, device_id)
+        except EnrolmentLimited as exc:
+            raise RateLimited(str(exc), exc.retry_after_s) from None
         except CredentialError as exc:
             raise _refusal(exc) from None
         log_event("device.enrolled", device=device_id)
@@ -311,17 +353,17 @@ class FleetServer:
 
     async def _report(self, scope: Scope, receive: Receive, send: Send) -> int:
         self.counts["reports"] += 1
-        device: str | None = None
+        given: str | None = None
         if not self.config.insecure:
-            device = self.devices.device_of(bearer(header(scope, b"authorization")))
-            if device is None:
-                raise Unauthorized(
-                    "A valid device credential is required (Bearer); enrol the device first.",
-                    code="invalid_token",
-                )
-            wait = self.report_limit.take(device, time.monotonic())
+            given = bearer(header(scope, b"authorization"))
+            parts = split_token(given, DEVICE_PREFIX) if given else None
+            if parts is None:
+                raise _no_credential()
+            # keyed by the credential's id: garbage under a made-up id cannot use up a real
+            # device's allowance (the credential itself is checked with its group, below)
+            wait = self.report_limit.take(parts[0], time.monotonic())
             if wait:
-                raise RateLimited(f"Too many reports from {device}.", wait)
+                raise RateLimited("Too many reports from this device.", wait)
         body = await read_body(receive, REPORT_LIMIT, scope)
         try:
             report = DeviceReport.model_validate_json(body)
@@ -331,83 +373,133 @@ class FleetServer:
             raise BadRequest(
                 f"Invalid report at {loc}: {first['msg']}", status=422, code="invalid_report"
             ) from None
-        if device is not None and report.device_id != device:
-            raise Forbidden(
-                f"This credential belongs to {device}, not {report.device_id}.",
-                code="device_mismatch",
-            )
         report.received_at = time.time()
         report.events_seen = 0  # the server's to set
-        report.take_new_events(self.reports.get(report.device_id))
         self.metrics.reports.inc()
-        if report.events:
-            self.metrics.device_events((ev.kind, ev.reason) for ev in report.events)
-        for ev in report.events:
-            log_event(
-                "device.event",
-                device=report.device_id,
-                kind=ev.kind,
-                version=ev.version,
-                reason=ev.reason,
-            )
-        self.reports[report.device_id] = report
-        pending = self._dirty.get(report.device_id)
-        if pending is not None and pending.events:  # keep events of unflushed reports
-            report = report.model_copy(update={"events": [*pending.events, *report.events]})
-        self._dirty[report.device_id] = report
-        await send_bytes(send, 204, b"", [])
+        try:
+            await self._store_report(report, given)
+        except APIError:  # its credential was refused
+            raise
+        except Exception as exc:  # the agent keeps its events and sends them again later
+            self.metrics.flush_errors.inc()
+            log_event("db.write_failed", error=type(exc).__name__)
+            raise Unavailable(
+                "The fleet database is unavailable; the report was not stored. Retry later.",
+                headers={"retry-after": "5"},
+            ) from None
+        hint = next_poll_hint(
+            self.config.poll_interval_s, self._write_lag_s, self.config.shed_write_lag_s
+        )
+        headers = [] if hint is None else [(NEXT_POLL_HEADER.encode(), f"{hint:.0f}".encode())]
+        await send_bytes(send, 204, b"", headers)
         return 204
 
-    async def flush(self) -> None:
-        """Write the pending reports; they leave memory only once the write succeeded.
+    async def _store_report(self, report: DeviceReport, credential: str | None) -> None:
+        """Queue the report for the next group write and wait until it is stored: a 204 means
+        the database has it, so a server killed at any moment loses no acknowledged report.
+        The group's credentials are checked against the database in one read first."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((report, credential, done))
+        self._wake.set()
+        await done
 
-        Reports that arrive during the write replace their device's pending one and carry its
-        events first (see `_report`), so the events just written are cut from their front.
-        """
-        if not self._dirty:
+    async def flush(self) -> None:
+        """Check and write every queued report (one credential read, one transaction) and
+        answer their waiters."""
+        batch, self._pending = self._pending, []
+        if not batch:
             return
-        batch = dict(self._dirty)
-        await asyncio.to_thread(self.store.save, batch.values())
-        for device, written in batch.items():
-            now = self._dirty.get(device)
-            if now is written:
-                del self._dirty[device]
-            elif now is not None and written.events:
-                self._dirty[device] = now.model_copy(
-                    update={"events": now.events[len(written.events) :]}
+        t0 = time.monotonic()
+        try:
+            stored, refused = await asyncio.to_thread(self._write_group, batch)
+            # how long a report waited for the database, smoothed: the load-shedding signal
+            self._write_lag_s = 0.8 * self._write_lag_s + 0.2 * (time.monotonic() - t0)
+        except Exception as exc:
+            for _, _, done in batch:
+                if not done.done():
+                    done.set_exception(exc)
+            raise
+        for i, (_, _, done) in enumerate(batch):
+            if not done.done():
+                if i in refused:
+                    done.set_exception(refused[i])
+                else:
+                    done.set_result(None)
+        for report in stored:
+            if report.events:
+                self.metrics.device_events((ev.kind, ev.reason) for ev in report.events)
+            for ev in report.events:
+                log_event(
+                    "device.event",
+                    device=report.device_id,
+                    kind=ev.kind,
+                    version=ev.version,
+                    reason=ev.reason,
                 )
+
+    def _write_group(
+        self, batch: list[tuple[DeviceReport, str | None, asyncio.Future[None]]]
+    ) -> tuple[list[DeviceReport], dict[int, APIError]]:
+        """(blocking) The reports whose credential holds, stored; the refusals by position."""
+        refused: dict[int, APIError] = {}
+        ok = [r for r, _, _ in batch]
+        if not self.config.insecure:
+            devices = self.devices.devices_of([c for _, c, _ in batch])
+            ok = []
+            for i, ((report, _, _), device) in enumerate(zip(batch, devices, strict=True)):
+                if device is None:
+                    refused[i] = _no_credential()
+                elif device != report.device_id:
+                    refused[i] = Forbidden(
+                        f"This credential belongs to {device}, not {report.device_id}.",
+                        code="device_mismatch",
+                    )
+                else:
+                    ok.append(report)
+        return self.store.save(ok), refused
 
     async def _flush_loop(self) -> None:
         while True:
+            await self._wake.wait()
+            self._wake.clear()
+            # a moment for more reports to join this group: one transaction for all of them
             await asyncio.sleep(self.config.flush_s)
             try:
                 await self.flush()
-            except Exception as exc:  # keep serving; the next batch retries the write
-                self.metrics.flush_errors.inc()
-                log_event("db.flush_failed", error=str(exc), pending=len(self._dirty))
-
-    def _gate_reports(self) -> list[DeviceReport]:
-        """The reports the rollout gates may count: enrolled devices only (one each)."""
-        if self.config.insecure:
-            return list(self.reports.values())
-        return [r for r in self.reports.values() if self.devices.enrolled(r.device_id)]
+            except Exception as exc:  # the waiters were told; the next group tries again
+                log_event("db.flush_failed", error=str(exc))
 
     async def _control_loop(self) -> None:
         while True:
             try:
-                taken = await asyncio.to_thread(
-                    control_once,
-                    self.config.repo,
-                    self.config.keys_dir,
-                    self._gate_reports(),
-                    self.view,
-                )
-                for step in taken:
-                    self.metrics.rollout_step(step["model"], step["action"])
+                if await asyncio.to_thread(self.lease.held):
+                    done = await asyncio.to_thread(
+                        control_once,
+                        self.config.repo,
+                        self.config.keys_dir,
+                        self.store,
+                        self.view,
+                    )
+                    for step in done.steps:
+                        self.metrics.rollout_step(step["model"], step["action"])
+                    await self._after_control(done)
             except Exception as exc:
                 self.metrics.controller_errors.inc()
                 log_event("controller.failed", error=str(exc))
             await asyncio.sleep(self.config.tick_s)
+
+    async def _after_control(self, done: ControlPass) -> None:
+        """Publish to the mirrors when the signed metadata changed: a controller step or
+        re-sign here, or a `release` command since the last pass (a new timestamp)."""
+        if self.publisher is None or not (done.resigned or self.publisher.changed()):
+            return
+        try:
+            written = await asyncio.to_thread(self.publisher.publish)
+        except Exception as exc:  # the next pass tries again; devices keep the last good one
+            self.metrics.controller_errors.inc()
+            log_event("mirror.publish_failed", error=str(exc)[:300])
+            return
+        log_event("mirror.published", files=written)
 
     # -- metrics ---------------------------------------------------------------------------
 
@@ -429,31 +521,41 @@ class FleetServer:
     async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._operator(scope)
         releases = await asyncio.to_thread(self._current_releases)
+        devices = await asyncio.to_thread(self.store.devices_by_version)
         snapshot = FleetSnapshot(
-            devices=count_devices(list(self.reports.values())),
+            devices=devices,
             releases=releases,
             gates=dict(self.view.gates),
             controller_last_tick=self.view.last_tick,
-            pending_writes=len(self._dirty),
+            pending_writes=len(self._pending),
         )
         body = self.metrics.render(snapshot)
         headers = [(b"content-type", prometheus_client.CONTENT_TYPE_LATEST.encode())]
         await send_bytes(send, 200, body, headers)
 
     async def status(self) -> dict[str, Any]:
-        """The fleet at a glance: devices, releases with rollout state and gates, failures."""
+        """The fleet at a glance, the same from every process: releases with the rollout
+        state and gate values the controller stored, devices (the first STATUS_DEVICES by
+        id), recent events."""
+        return await asyncio.to_thread(self._status_now)
+
+    def _status_now(self) -> dict[str, Any]:
         repo = ModelRepository(self.config.repo, self.config.keys_dir, env={})
-        releases = [
-            {
-                "model": r.model,
-                "version": r.version,
-                "stage": r.rollout.stage,
-                "percent": r.rollout.percent,
-                "reason": r.rollout.reason,
-                "gates": self.view.gates.get(f"{r.model} {r.version}"),
-            }
-            for r in repo.releases()
-        ]
+        stored = self.store.rollouts()
+        releases = []
+        for r in repo.releases():
+            row = stored.get((r.model, r.version))
+            releases.append(
+                {
+                    "model": r.model,
+                    "version": r.version,
+                    "stage": r.rollout.stage,
+                    "percent": r.rollout.percent,
+                    "reason": r.rollout.reason,
+                    "gates": row.gates if row is not None else None,
+                }
+            )
+        now = time.time()
         devices = [
             {
                 "device_id": r.device_id,
@@ -462,17 +564,30 @@ class FleetServer:
                 "status": r.status,
                 "metrics": r.metrics.model_dump(),
                 "failed_versions": r.failed_versions,
-                "seen_s_ago": round(time.time() - r.received_at, 1),
+                "seen_s_ago": round(now - r.received_at, 1),
             }
-            for r in sorted(self.reports.values(), key=lambda r: r.device_id)
+            for r in self.store.reports(limit=STATUS_DEVICES)
         ]
-        events = await asyncio.to_thread(self.store.recent_events, 50)
         return {
             "releases": releases,
             "devices": devices,
-            "events": events,
+            "devices_total": self.store.device_count(),
+            "events": self.store.recent_events(50),
             "requests": dict(self.counts),
         }
+
+
+def _no_credential() -> Unauthorized:
+    return Unauthorized(
+        "A valid device credential is required (Bearer); enrol the device first.",
+        code="invalid_token",
+    )
+
+
+def _client_address(scope: Scope) -> str:
+    """The peer address of a request (the proxy's, behind one: limit there too)."""
+    client = scope.get("client")
+    return str(client[0]) if client else ""
 
 
 def _refusal(exc: CredentialError) -> APIError:

@@ -12,8 +12,10 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from edgecloud.api.asgi import (
     POST,
@@ -39,8 +41,10 @@ from edgecloud.api.errors import (
 from edgecloud.gateway.attester import AttestationCollector, attesters_for
 from edgecloud.gateway.clientwatch import follow
 from edgecloud.gateway.config import ApiKeyConfig, GatewayConfig
+from edgecloud.gateway.errors import NoAllowedEndpoint
 from edgecloud.gateway.forward import Forwarder
 from edgecloud.gateway.health import CircuitBreaker, EndpointState
+from edgecloud.gateway.limits import Gate, Limiter
 from edgecloud.gateway.metrics import GatewayMetrics
 from edgecloud.gateway.policy import Hints, PlacementDecision, PlacementPolicy
 from edgecloud.gateway.pseudonymize import Rewritten
@@ -48,10 +52,14 @@ from edgecloud.gateway.request import (
     RequestFacts,
     inspect_chat,
     inspect_completion,
+    inspect_count_tokens,
+    inspect_embeddings,
+    inspect_translated,
     parse_body,
     parse_json,
 )
 from edgecloud.gateway.tracing import resolve_tracing
+from edgecloud.gateway.translate import MESSAGES, RESPONSES, ClientAPI
 from edgecloud.gateway.upstream import Upstream
 from edgecloud.logs import AccessLog, log_event
 
@@ -63,6 +71,7 @@ _events = logging.getLogger(_LOGGER)
 _PLACEMENTS = ("edge", "cloud")
 _SENSITIVITIES = ("public", "private")
 _FORM_TYPES = (b"application/x-www-form-urlencoded", b"text/plain")
+REPROBE_S = 0.1  # the quickest a refused request makes the down endpoints be probed again
 
 
 class GatewayApp:
@@ -92,15 +101,20 @@ class GatewayApp:
             frozenset(allow) | frozenset(config.models.aliases) if allow is not None else None
         )
         self.forwarder = Forwarder(self.upstreams, self.metrics)
+        self.limiter = Limiter(config, self.metrics)
         self.tracing = resolve_tracing(config.tracing, os.environ)
         # None while tracing is off: then no OpenTelemetry object exists, per request or at all.
         self.tracer: GatewayTracer | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._month = datetime.now(UTC).strftime("%Y-%m")
+        self._reprobe = asyncio.Event()  # a request found no endpoint up: probe the down now
 
         self.routes = Routes()
         self.routes.add("/v1/chat/completions", self._chat, POST)
         self.routes.add("/v1/completions", self._text, POST)
+        self.routes.add("/v1/responses", self._responses, POST)
+        self.routes.add("/v1/messages", self._messages, POST)
+        self.routes.add("/v1/messages/count_tokens", self._count_tokens, POST)
+        self.routes.add("/v1/embeddings", self._embeddings, POST)
         self.routes.add("/healthz", self._healthz, None)
         self.routes.add("/readyz", self._readyz, None)
         self.routes.add("/metrics", self._metrics, None)
@@ -119,6 +133,22 @@ class GatewayApp:
 
     async def _text(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._proxy(scope, receive, send, "/completions", inspect_completion)
+
+    # Responses and Messages: translated to chat (gateway/translate.py), placed as chat.
+    async def _responses(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._proxy(scope, receive, send, "/chat/completions",
+                          partial(inspect_translated, RESPONSES), RESPONSES)
+
+    async def _messages(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._proxy(scope, receive, send, "/chat/completions",
+                          partial(inspect_translated, MESSAGES), MESSAGES)
+
+    async def _count_tokens(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._proxy(scope, receive, send, "/messages/count_tokens", inspect_count_tokens,
+                          MESSAGES)
+
+    async def _embeddings(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._proxy(scope, receive, send, "/embeddings", inspect_embeddings)
 
     async def _healthz(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send_json(send, 200, {"status": "ok"})
@@ -159,6 +189,7 @@ class GatewayApp:
         # Attest before the first probe: a confidential endpoint is unreachable until then.
         await asyncio.gather(*(a.start() for a in self.attesters.values()))
         await self._probe_all()
+        await self.limiter.start(self.states)
         self._tasks.append(asyncio.create_task(self._health_loop()))
         self._tasks.append(asyncio.create_task(self._flush_loop()))
         log_event(
@@ -174,6 +205,7 @@ class GatewayApp:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.limiter.stop()
         await asyncio.gather(*(a.stop() for a in self.attesters.values()))
         for up in self.upstreams.values():
             await up.close()
@@ -187,10 +219,23 @@ class GatewayApp:
         await asyncio.gather(*(up.probe() for up in self.upstreams.values()))
 
     async def _health_loop(self) -> None:
+        """Probe every endpoint each interval; between them, when a request was refused for
+        want of an endpoint, probe the down ones at once (at most every REPROBE_S), so an
+        edge that comes back is used within about that, not a whole interval later."""
         interval = self.config.limits.health_interval_s
+        loop = asyncio.get_running_loop()
+        due = loop.time() + interval
         while True:
-            await asyncio.sleep(interval)
-            await self._probe_all()
+            try:
+                await asyncio.wait_for(self._reprobe.wait(), max(due - loop.time(), 0))
+            except TimeoutError:
+                await self._probe_all()
+                due = loop.time() + interval
+                continue
+            down = [self.upstreams[s.name] for s in self.states if not s.healthy]
+            await asyncio.gather(*(up.probe() for up in down))
+            await asyncio.sleep(REPROBE_S)
+            self._reprobe.clear()
 
     async def _flush_loop(self) -> None:
         while True:
@@ -246,15 +291,18 @@ class GatewayApp:
         return Hints(region_s or None, sensitivity, from_key, deadline_ms, pinned)
 
     async def _proxy(self, scope: Scope, receive: Receive, send: Send, upstream_path: str,
-                     inspect: Callable[[dict[str, Any]], RequestFacts]) -> None:
+                     inspect: Callable[[dict[str, Any]], RequestFacts],
+                     api: ClientAPI | None = None) -> None:
         t0 = time.perf_counter()
         record: dict[str, Any] = {"event": "request", "route": scope["path"]}
         trace = None if self.tracer is None else self.tracer.begin(scope)
         watch = None
+        gate: Gate | None = None
         try:
             headers = {k: v for k, v in scope["headers"] if k in _WANTED}
             try:
-                key = self._authenticate(scope, headers.get(b"authorization"))
+                key = self._authenticate(scope, headers.get(b"authorization")
+                                         or _bearer(headers.get(b"x-api-key")))
                 if key is not None:
                     record["key"] = key.name
                 ctype = headers.get(b"content-type")
@@ -264,14 +312,21 @@ class GatewayApp:
                 body, elided = parse_body(raw)
                 facts = inspect(body)
                 facts.elided = elided
+                if facts.api is not None:
+                    raw = orjson.dumps(facts.body)  # what goes upstream: the chat translation
                 self._check_model(facts.model)
                 hints = self._hints(headers, key)
+                if self.limiter.applies(key):
+                    gate = self.limiter.gate(key, facts)
+                    send = gate.wrap(send)
                 decision = self.policy.choose_endpoint(
-                    facts, hints, self.states, time.monotonic(), self._cloud_spend()
+                    facts, hints, self.states, time.monotonic(), self.limiter.cloud_spend()
                 )
                 rewritten: Rewritten | None = None
                 if decision.without_surrogates is not None:
                     decision, rewritten = self._with_surrogates(decision, raw, facts, record)
+                if gate is not None:
+                    decision = await gate.place(decision)
                 record.update(model=facts.model, stream=facts.stream, images=facts.images,
                               body_bytes=len(raw), rule=decision.rule)
                 if hints.region:
@@ -287,9 +342,12 @@ class GatewayApp:
                     # The edge failed before a byte reached the client (it died before a probe
                     # or the breaker noticed): the cloud, with surrogates, if the policy allows.
                     fallback = self.policy.surrogate_fallback(
-                        failed, facts, hints, self.states, time.monotonic(), self._cloud_spend())
+                        failed, facts, hints, self.states, time.monotonic(),
+                        self.limiter.cloud_spend())
                     if fallback is not None:
                         fallback, rewritten = self._with_surrogates(fallback, raw, facts, record)
+                        if gate is not None:
+                            fallback = await gate.place(fallback)
                         if fallback.panic:
                             record["panic"] = True
                         failed = await self.forwarder.forward(
@@ -300,7 +358,7 @@ class GatewayApp:
             except ClientDisconnected:
                 return
             except APIError as err:  # raised before anything was sent
-                await self._refuse(send, err, record, t0)
+                await self._refuse(send, err, record, t0, api)
                 return
             except Exception as exc:
                 # A defect, never an answer to a bad body: an OpenAI-style 500 if nothing was
@@ -310,14 +368,14 @@ class GatewayApp:
                 if "status" in record:
                     raise
                 await self._refuse(send, APIError("The gateway failed on this request.",
-                                                  code="internal_error"), record, t0)
+                                                  code="internal_error"), record, t0, api)
                 return
-            if "cost_usd" in record:
-                self._add_spend(record)
             self.log.write(record)
         finally:
             if watch is not None:
                 watch.stop()
+            if gate is not None:
+                gate.finish(record)
             if trace is not None:
                 trace.finish(record)
 
@@ -334,12 +392,20 @@ class GatewayApp:
         return decision, rewritten
 
     async def _refuse(self, send: Send, err: APIError, record: dict[str, Any],
-                      t0: float) -> None:
+                      t0: float, api: ClientAPI | None = None) -> None:
         reason = getattr(err, "rule", None) or f"request.{err.code or err.type}"
+        if isinstance(err, NoAllowedEndpoint):
+            self._reprobe.set()
         self.metrics.refusal(reason)
         self.metrics.request("none", "none", reason, err.status)
         record.update(status=err.status, reason=reason, error=err.code)
-        await send_error(send, err, [(b"x-edgecloud-reason", reason.encode())])
+        extra = [(b"x-edgecloud-reason", reason.encode())]
+        if api is not None and api.error_body is not None:  # in the client API's own shape
+            extra += [(k.encode(), v.encode()) for k, v in err.headers.items()]
+            await send_bytes(send, err.status, api.error_body(err),
+                             [(b"content-type", b"application/json"), *extra])
+        else:
+            await send_error(send, err, extra)
         record["total_ms"] = round((time.perf_counter() - t0) * 1000, 3)
         self.log.write(record)
 
@@ -348,21 +414,13 @@ class GatewayApp:
             raise ModelNotFound(f"The model {model!r} does not exist here; see /v1/models.",
                                 param="model")
 
-    # A rough running total of estimated cloud spend this calendar month (for the budget rule).
-    _spend: float = 0.0
 
-    def _cloud_spend(self) -> float:
-        return self._spend
-
-    def _add_spend(self, record: dict[str, Any]) -> None:
-        month = datetime.now(UTC).strftime("%Y-%m")
-        if month != self._month:
-            self._month, self._spend = month, 0.0
-        if record.get("placement") == "cloud":
-            self._spend += float(record["cost_usd"])
+def _bearer(key: bytes | None) -> bytes | None:
+    """An Anthropic client's x-api-key, as the Authorization value the key check reads."""
+    return None if key is None else b"Bearer " + key
 
 
 _WANTED = frozenset({
-    b"authorization", b"content-type", b"x-edgecloud-region", b"x-edgecloud-sensitivity",
-    b"x-edgecloud-deadline-ms", b"x-edgecloud-placement",
+    b"authorization", b"x-api-key", b"content-type", b"x-edgecloud-region",
+    b"x-edgecloud-sensitivity", b"x-edgecloud-deadline-ms", b"x-edgecloud-placement",
 })

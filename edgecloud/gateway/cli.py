@@ -42,6 +42,16 @@ def gateway(
     new_key: str | None = typer.Option(
         None, "--new-key", metavar="NAME", help="Print a new client key and its config entry."
     ),
+    workers: int = typer.Option(
+        1, "--workers", min=1, max=64,
+        help="Processes sharing the port (SO_REUSEPORT); with limits or a budget, needs "
+        "state.backend: redis.",
+    ),
+    allow_anonymous: bool = typer.Option(
+        False, "--allow-anonymous",
+        help="Serve without auth.keys on a non-loopback address (an open relay to your cloud "
+        "keys and budget).",
+    ),
 ) -> None:
     """Run the gateway."""
     from rich.console import Console
@@ -56,10 +66,11 @@ def gateway(
 
     from edgecloud.gateway.config import load_config
     from edgecloud.gateway.errors import ConfigError
-    from edgecloud.gateway.server import serve
+    from edgecloud.gateway.server import check_workers, serve
 
     try:
         cfg = load_config(config)
+        check_workers(cfg, workers)
         if check:
             import os
 
@@ -73,14 +84,44 @@ def gateway(
                 err.print(f"[yellow]warning:[/] {warning}", highlight=False)
             for line in _confidential_summary(cfg):
                 err.print(line, highlight=False)
+            err.print(_state_summary(cfg), highlight=False)
+            if cfg.state.backend == "redis" and not os.environ.get(cfg.state.url_env):
+                err.print(f"[yellow]warning:[/] ${cfg.state.url_env} is not set here; the "
+                          "gateway will not start without it", highlight=False)
             return
+        _check_exposure(cfg, host, allow_anonymous)
         from edgecloud.logs import configure_logging
 
         configure_logging()
-        serve(cfg, host, port, tls_cert, tls_key, verify_upstream_tls=not insecure_upstream_tls)
+        serve(cfg, host, port, tls_cert, tls_key, verify_upstream_tls=not insecure_upstream_tls,
+              workers=workers)
     except ConfigError as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False)
         raise typer.Exit(2) from None
+
+
+def _check_exposure(cfg: GatewayConfig, host: str, allow_anonymous: bool) -> None:
+    """Off loopback with no keys the gateway would be an open relay: refuse unless asked."""
+    from edgecloud.fleet.credentials import is_loopback
+    from edgecloud.gateway.errors import ConfigError
+
+    if not cfg.auth.keys and not allow_anonymous and not is_loopback(host):
+        raise ConfigError(
+            f"--host {host} is reachable from other machines and auth.keys is empty: anyone who "
+            "reaches the gateway would spend your cloud keys and budget. Add keys (edgecloud "
+            "gateway --new-key NAME), bind 127.0.0.1, or pass --allow-anonymous.")
+
+
+def _state_summary(cfg: GatewayConfig) -> str:
+    st = cfg.state
+    limited = [k.name for k in cfg.auth.keys if k.limits is not None]
+    where = "this process" if st.backend == "memory" else f"redis (${st.url_env}, prefix " \
+        f"{st.prefix!r})"
+    b = cfg.policy.budget
+    budget = "none" if b.monthly_cloud_usd is None else (
+        f"{b.monthly_cloud_usd} USD/month, " + ("hard cap" if b.hard else "soft (cloud last)"))
+    return (f"state: {where}; budget: {budget}; keys with limits: "
+            f"{', '.join(limited) or 'none'}")
 
 
 def _print_new_key(name: str) -> None:

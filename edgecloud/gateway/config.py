@@ -110,6 +110,15 @@ class EndpointConfig(_Strict):
         None,
         description="what it reads (text, vision); unset: what its /v1/models says, else text",
     )
+    apis: list[Literal["chat.completions", "completions", "responses", "messages",
+                       "embeddings"]] | None = Field(
+        default=None,
+        description="APIs it serves; unset: what its /v1/models says, else chat and completions",
+    )
+    provider: str | None = Field(
+        default=None,
+        description="gen_ai.provider.name in traces; unset: edgecloud (edge), openai (cloud)",
+    )
     max_concurrency: int = Field(default=4, ge=1)
     context: int | None = Field(default=None, ge=1, description="context window in tokens")
     model: str | None = None
@@ -207,6 +216,11 @@ class OffloadConfig(_Strict):
 
 class BudgetConfig(_Strict):
     monthly_cloud_usd: float | None = Field(default=None, ge=0)
+    hard: bool = Field(
+        default=False,
+        description="true: once spent, no cloud request is sent (429 insufficient_quota where "
+        "only the cloud could answer); false: a spent budget makes the cloud a last resort",
+    )
 
 
 class PolicyConfig(_Strict):
@@ -233,6 +247,24 @@ class ModelsConfig(_Strict):
         return self
 
 
+class KeyLimits(_Strict):
+    """What one key may use: per minute (sliding), at once, and per calendar month (UTC)."""
+
+    rpm: int | None = Field(default=None, ge=1, description="requests per minute")
+    tpm: int | None = Field(
+        default=None, ge=1,
+        description="tokens per minute: the prompt (estimated) when admitted, the answer's after",
+    )
+    max_parallel: int | None = Field(default=None, ge=1, description="requests in flight at once")
+    monthly_cloud_usd: float | None = Field(
+        default=None, ge=0, description="a cap: once spent, the key's requests stay on the edge"
+    )
+
+    @property
+    def rate_limited(self) -> bool:
+        return self.rpm is not None or self.tpm is not None or self.max_parallel is not None
+
+
 class ApiKeyConfig(_Strict):
     """A client key, stored as the hex SHA-256 of the key (never the key itself)."""
 
@@ -240,10 +272,41 @@ class ApiKeyConfig(_Strict):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     region: str | None = None
     sensitivity: Literal["public", "private"] | None = None
+    limits: KeyLimits | None = None
 
 
 class AuthConfig(_Strict):
     keys: list[ApiKeyConfig] = Field(default_factory=list)
+
+    @field_validator("keys")
+    @classmethod
+    def _unique(cls, v: list[ApiKeyConfig]) -> list[ApiKeyConfig]:
+        for what, values in (("name", [k.name for k in v]), ("sha256", [k.sha256 for k in v])):
+            dupes = sorted({n for n in values if values.count(n) > 1})
+            if dupes:
+                raise ValueError(f"key {what}s must be unique (limits and metrics are kept per "
+                                 f"name); repeated: {', '.join(d[:12] for d in dupes)}")
+        return v
+
+
+class StateConfig(_Strict):
+    """Where limits, quotas and the budget's spend are kept: this process, or a shared Redis."""
+
+    backend: Literal["memory", "redis"] = Field(
+        default="memory", description="memory: one process; redis: shared by every replica"
+    )
+    url_env: str = Field(
+        default="EDGECLOUD_REDIS_URL", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="environment variable holding redis://[:password@]host:port/db or rediss://",
+    )
+    prefix: str = Field(default="edgecloud", pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+                        description="key prefix, so that two fleets can share one Redis")
+    timeout_s: float = Field(default=0.25, gt=0, le=10,
+                             description="per Redis call; past it the store counts as down")
+    lease_s: float = Field(
+        default=600.0, ge=10,
+        description="a slot or reservation a crashed replica left behind is freed after this",
+    )
 
 
 class LimitsConfig(ServingLimits):
@@ -287,6 +350,7 @@ class GatewayConfig(_Strict):
     auth: AuthConfig = AuthConfig()
     limits: LimitsConfig = LimitsConfig()
     tracing: TracingConfig = TracingConfig()
+    state: StateConfig = StateConfig()
 
     @field_validator("endpoints")
     @classmethod

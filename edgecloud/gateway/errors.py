@@ -38,3 +38,18 @@ class UpstreamFailed(RuleError, status=502, type="upstream_error", code="upstrea
 
 class UpstreamCut(APIError, status=502, type="upstream_error", code="upstream_cut"):
     """The endpoint failed after the stream began: the event that ends the client's stream."""
+
+
+class RateLimited(APIError, status=429, type="requests", code="rate_limit_exceeded"):
+    """A key is over its rpm, tpm or max_parallel; Retry-After says when to come back."""
+
+
+class InsufficientQuota(RuleError, status=429, type="insufficient_quota",
+                        code="insufficient_quota"):
+    """A budget cap is spent and only the cloud could take the request."""
+
+
+class BudgetUnavailable(RuleError, status=503, type="service_unavailable",
+                        code="budget_unavailable"):
+    """The shared store that keeps a capped budget is down, so the cloud is paused, and only
+    the cloud could take the request."""

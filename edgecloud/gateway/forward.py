@@ -35,14 +35,26 @@ if TYPE_CHECKING:
 _PASS_HEADERS = frozenset({b"content-type", b"content-encoding", b"retry-after", b"x-request-id",
                            b"openai-processing-ms"})
 _COMPLETION_TOKENS = b'"completion_tokens":'
+_PROMPT_TOKENS = b'"prompt_tokens":'
+# Usage counts in a stream's last events: chat's, then the Responses and Messages names.
+_INPUT_KEYS = (_PROMPT_TOKENS, b'"input_tokens":')
+_OUTPUT_KEYS = (_COMPLETION_TOKENS, b'"output_tokens":')
 
 
-def _completion_tokens(body: bytes) -> int:
-    """usage.completion_tokens found by a byte search (no second parse of the answer)."""
-    i = body.rfind(_COMPLETION_TOKENS)
+def _usage_count(data: bytes, keys: tuple[bytes, ...]) -> int | None:
+    for key in keys:
+        if key in data:
+            return _completion_tokens(data, key)
+    return None
+
+
+def _completion_tokens(body: bytes, key: bytes = _COMPLETION_TOKENS) -> int:
+    """usage.completion_tokens (or another usage count) found by a byte search (no second
+    parse of the answer)."""
+    i = body.rfind(key)
     if i < 0:
         return 0
-    j = i + len(_COMPLETION_TOKENS)
+    j = i + len(key)
     while j < len(body) and body[j] in b" \t":
         j += 1
     k = j
@@ -235,16 +247,20 @@ class Forwarder:
         t_done = time.perf_counter()
         status = resp.status
         headers = self._headers(resp, state, rule)
-        headers.append((b"content-length", str(len(data)).encode()))
+        out = data  # a translated request's answer goes back in the client's API
+        if facts.api is not None and facts.original is not None:
+            out = facts.api.whole(data, status, facts.original)
+        headers.append((b"content-length", str(len(out)).encode()))
         record["status"] = status
         await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": data})
+        await send({"type": "http.response.body", "body": out})
         t_end = time.perf_counter()
         added = (t_end - t0) - (t_done - t_up)
         tokens = 0
         if status < 400:
             tokens = _completion_tokens(data)
             state.latency.observe_total(t_done - t_up, tokens)
+            record["input_tokens"] = _completion_tokens(data, _PROMPT_TOKENS)
         self._account(state, rule, status, facts, record, len(data), tokens, t0, t_up, t_end,
                       added)
 
@@ -261,6 +277,9 @@ class Forwarder:
         idle_s = state.config.timeout_s
         tokens = sent = 0
         cut = False
+        prev = last = b""
+        api = facts.api
+        codec = api.codec(facts.original or {}) if api is not None and status < 400 else None
         try:
             # A stream that stalls for idle_s (give or take half) is cut; the timer is moved
             # at most twice per idle_s, not once per chunk. A client that leaves moves it to now.
@@ -271,7 +290,10 @@ class Forwarder:
                 rearm_at = loop.time() + idle_s / 2
                 chunks = (resp.iter_any() if surrogates is None
                           else RestoredStream(resp.iter_any(), surrogates))
+                if codec is not None:
+                    chunks = api.stream(chunks, codec)  # type: ignore[union-attr]
                 async for chunk in chunks:
+                    prev, last = last, chunk  # usage (if asked for) is in the last events
                     if first is None:
                         first = time.perf_counter()
                     tokens += chunk.count(b"data:")
@@ -289,8 +311,9 @@ class Forwarder:
                 state.breaker.failure(time.monotonic())
                 state.last_error = type(exc).__name__
                 self.metrics.upstream_failure(state.name, "cut")
-                await send({"type": "http.response.body", "more_body": True, "body": sse_error(
-                    UpstreamCut(f"{state.name} failed mid-stream; the answer is cut."))})
+                err = UpstreamCut(f"{state.name} failed mid-stream; the answer is cut.")
+                await send({"type": "http.response.body", "more_body": True,
+                            "body": sse_error(err) if codec is None else codec.error(err)})
         finally:
             watch.guard = None
             resp.close()  # a no-op after a clean end (the connection went back to the pool)
@@ -300,8 +323,16 @@ class Forwarder:
             state.latency.observe_stream(first - t_up, t_end - t_up, max(tokens - 2, 1))
         if cut:
             record.setdefault("error", "upstream_cut")
+        else:
+            last = prev + last
+            counted = _usage_count(last, _INPUT_KEYS)
+            if counted is not None:
+                record["input_tokens"] = counted
         self._account(state, rule, status, facts, record, sent, tokens, t0, t_up, t_end,
                       t_up - t0)
+        counted = None if cut else _usage_count(last, _OUTPUT_KEYS)
+        if counted is not None:
+            record["output_tokens"] = counted  # the endpoint's own count, not the events'
 
     def _account(self, state: EndpointState, rule: str, status: int, facts: RequestFacts,
                  record: dict[str, Any], sent: int, tokens: int, t0: float, t_up: float,
@@ -309,7 +340,10 @@ class Forwarder:
         tier = state.config.tier
         self.metrics.request(tier, state.name, rule, status)
         self.metrics.added_latency(added)
-        record.update(placement=tier, endpoint=state.name, reason=rule,
+        record.update(placement=tier, endpoint=state.name, reason=rule, output_tokens=tokens,
+                      upstream_model=state.model_id or facts.model,
+                      provider=state.config.provider or ("edgecloud" if tier == "edge"
+                                                         else "openai"),
                       resp_bytes=sent, upstream_ms=round((t_end - t_up) * 1000, 3),
                       added_ms=round(added * 1000, 3), total_ms=round((t_end - t0) * 1000, 3))
         price = state.config.price

@@ -9,6 +9,8 @@ from enum import StrEnum
 from edgecloud.gateway.attestation import AttestationStatus
 from edgecloud.gateway.config import EndpointConfig
 
+# What an OpenAI-compatible server is assumed to serve when neither it nor the config says more.
+DEFAULT_APIS = ("chat.completions", "completions")
 # How often an endpoint's unconfigured model id and capabilities are read again.
 REDISCOVER_S = 30.0
 
@@ -143,10 +145,12 @@ class EndpointState:
     breaker: CircuitBreaker
     latency: LatencyEstimator = field(default_factory=LatencyEstimator)
     healthy: bool = True
-    in_flight: int = 0
+    in_flight: int = 0  # this replica's
+    others_in_flight: int = 0  # the other replicas', as their last heartbeat said (limits.py)
     model_id: str | None = None
     last_error: str | None = None
     discovered_capabilities: tuple[str, ...] | None = None  # from the endpoint's /v1/models
+    discovered_apis: tuple[str, ...] | None = None  # edgecloud's /v1/models says which APIs
     discovered_at: float = float("-inf")  # monotonic time of the last /v1/models read
     attestation: AttestationStatus | None = None  # confidential endpoints only
 
@@ -160,6 +164,13 @@ class EndpointState:
         if self.config.capabilities is not None:
             return tuple(self.config.capabilities)
         return self.discovered_capabilities or ("text",)
+
+    @property
+    def apis(self) -> tuple[str, ...]:
+        """The APIs it serves: configured, else reported, else chat and text completions."""
+        if self.config.apis is not None:
+            return tuple(self.config.apis)
+        return self.discovered_apis or DEFAULT_APIS
 
     @property
     def needs_discovery(self) -> bool:
@@ -186,5 +197,10 @@ class EndpointState:
         return (self.healthy and self.breaker.allows(now)
                 and (self.attestation is None or self.attestation.attested(now)))
 
+    @property
+    def load(self) -> int:
+        """Requests in flight on the endpoint from every replica: what max_concurrency bounds."""
+        return self.in_flight + self.others_in_flight
+
     def queued(self) -> int:
-        return max(self.in_flight - self.config.max_concurrency + 1, 0)
+        return max(self.load - self.config.max_concurrency + 1, 0)

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -85,6 +85,27 @@ class GatewayMetrics:
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1),
             registry=r,
         )
+        # Per key: labels are key names from the config only, so cardinality stays bounded.
+        self._key_requests = Counter(
+            _PREFIX + "key_requests", "Answered requests per API key and placement",
+            ["key", "placement"], registry=r,
+        )
+        self._key_tokens = Counter(
+            _PREFIX + "key_tokens", "Tokens per API key (prompt estimated, completion counted)",
+            ["key", "kind"], registry=r,
+        )
+        self._key_spend = Counter(
+            _PREFIX + "key_cloud_spend_usd", "Estimated cloud spend per API key, USD",
+            ["key"], registry=r,
+        )
+        self._key_limited = Counter(
+            _PREFIX + "key_limited", "Requests refused or kept on the edge by a key's limit",
+            ["key", "limit"], registry=r,
+        )
+        self._state_up = Gauge(
+            _PREFIX + "state_up", "1 while the state store (memory or Redis) answers", registry=r,
+        )
+        self._state_up.set(1)
         r.register(_EndpointCollector(endpoints))
         self._children: dict[tuple[str, ...], Any] = {}
 
@@ -111,6 +132,21 @@ class GatewayMetrics:
             if child is None:
                 child = self._children[key] = self._pseudonymized.labels(kind)
             child.inc()
+
+    def key_request(self, key: str, placement: str, prompt_tokens: int, completion_tokens: int,
+                    cloud_usd: float) -> None:
+        self._key_requests.labels(key, placement).inc()
+        self._key_tokens.labels(key, "prompt").inc(prompt_tokens)
+        if completion_tokens:
+            self._key_tokens.labels(key, "completion").inc(completion_tokens)
+        if cloud_usd:
+            self._key_spend.labels(key).inc(cloud_usd)
+
+    def key_limited(self, key: str, limit: str) -> None:
+        self._key_limited.labels(key, limit).inc()
+
+    def state_up(self, up: bool) -> None:
+        self._state_up.set(1 if up else 0)
 
     def added_latency(self, seconds: float) -> None:
         self._added.observe(seconds)

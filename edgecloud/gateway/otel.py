@@ -44,13 +44,20 @@ _RECORD_ATTRIBUTES = (
     ("region", "edgecloud.region"),
     ("key", "edgecloud.key_name"),
     ("error", "error.type"),
+    ("upstream_model", "gen_ai.response.model"),
+    ("provider", "gen_ai.provider.name"),
+    ("input_tokens", "gen_ai.usage.input_tokens"),
+    ("output_tokens", "gen_ai.usage.output_tokens"),
 )
+# OpenTelemetry GenAI semantic conventions: the operation each route performs.
+_OPERATIONS = {"/v1/chat/completions": "chat", "/v1/responses": "chat", "/v1/messages": "chat",
+               "/v1/completions": "text_completion", "/v1/embeddings": "embeddings"}
 
 
 class GatewayTracer:
     """The gateway's tracer provider: OTLP/HTTP exporter behind a batch span processor."""
 
-    def __init__(self, settings: TracingSettings) -> None:
+    def __init__(self, settings: TracingSettings, scope_name: str = "edgecloud.gateway") -> None:
         sampler: Sampler | None = None
         if settings.sample_ratio is not None:
             sampler = ParentBased(TraceIdRatioBased(settings.sample_ratio))
@@ -63,7 +70,7 @@ class GatewayTracer:
         # Schedule delay, queue and batch sizes follow OTEL_BSP_* (defaults 5 s, 2048, 512).
         self.exporter = OTLPSpanExporter(endpoint=settings.endpoint)
         self.provider.add_span_processor(BatchSpanProcessor(self.exporter))
-        self.tracer = self.provider.get_tracer("edgecloud.gateway")
+        self.tracer = self.provider.get_tracer(scope_name)  # the node's spans use it too
 
     def begin(self, scope: MutableMapping[str, Any]) -> RequestTrace:
         """Start the server span of one request, continuing the client's trace if it sent one."""
@@ -77,7 +84,8 @@ class GatewayTracer:
             f"POST {path}",
             context=parent,
             kind=SpanKind.SERVER,
-            attributes={"http.request.method": "POST", "url.path": path, "http.route": path},
+            attributes={"http.request.method": "POST", "url.path": path, "http.route": path,
+                        "gen_ai.operation.name": _OPERATIONS.get(path, "chat")},
         )
         return RequestTrace(self.tracer, span)
 

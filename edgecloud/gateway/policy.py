@@ -79,6 +79,8 @@ class PlacementPolicy:
             return "privacy.key" if hints.sensitivity_from_key else "privacy.header"
         if facts.images and self.config.privacy.images == "edge_only":
             return "privacy.image"
+        if facts.opaque_input:
+            return "privacy.token_ids"  # token ids cannot be scanned: kept on the edge
         kind = self.detector.detect(facts.texts)
         return f"privacy.pii.{kind}" if kind is not None else None
 
@@ -273,7 +275,7 @@ class PlacementPolicy:
     def _edge_strained(self, e: EndpointState, facts: RequestFacts, hints: Hints) -> bool:
         """Queueing past the offload threshold, or predicted to miss the deadline."""
         cfg = self.config
-        if e.in_flight - e.config.max_concurrency > cfg.offload.edge_queue_above:
+        if e.load - e.config.max_concurrency > cfg.offload.edge_queue_above:
             return True
         deadline_ms = hints.deadline_ms if hints.deadline_ms is not None else cfg.slo_ms
         if deadline_ms is None:
@@ -305,6 +307,9 @@ class PlacementPolicy:
         rule: str | None,
         why: str,
     ) -> tuple[list[EndpointState], str | None, str]:
+        api = facts.upstream_api
+        if api != "chat.completions" or any(api not in e.apis for e in live):
+            live, rule, why = self._speaks(api, cands, live, rule, why)
         if facts.images:
             vision = [e for e in live if "vision" in e.capabilities]
             if not vision:
@@ -333,6 +338,21 @@ class PlacementPolicy:
         if rule is None and len(fits) < len(live):
             rule, why = "capability.context", f"about {need} tokens need a larger context"
         return fits, rule, why
+
+    @staticmethod
+    def _speaks(api: str, cands: list[EndpointState], live: list[EndpointState],
+                rule: str | None, why: str) -> tuple[list[EndpointState], str | None, str]:
+        """The live endpoints that speak `api` (from their /v1/models or the config)."""
+        speaking = [e for e in live if api in e.apis]
+        if not speaking:
+            if any(api in e.apis for e in cands):
+                raise NoAllowedEndpoint(rule or f"capability.{api}",
+                                        f"the allowed endpoints that serve {api} are unavailable")
+            raise CapabilityMissing(f"capability.{api}",
+                                    f"no allowed endpoint serves {api}", code="unsupported_api")
+        if rule is None and len(speaking) < len(live):
+            rule, why = f"capability.{api}", f"only some endpoints serve {api}"
+        return speaking, rule, why
 
     def _ordered(
         self,
@@ -376,7 +396,7 @@ class PlacementPolicy:
                 pin is not None and c.tier != pin,
                 over_budget and not is_edge,  # a spent budget makes cloud a last resort
                 misses, predicted if misses else 0.0,
-                is_edge and e.in_flight - c.max_concurrency > queue_above,
+                is_edge and e.load - c.max_concurrency > queue_above,
                 cost, not is_edge, predicted, i, e,
             ))
         kc = keyed[cheapest_i]

@@ -10,11 +10,15 @@ import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from edgecloud.api.errors import BadRequest
+from edgecloud.api.messages import messages_to_chat
+
+if TYPE_CHECKING:
+    from edgecloud.gateway.translate import ClientAPI
 
 _PART_TYPES = frozenset({"text", "image_url", "input_audio", "file", "refusal"})
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -36,6 +40,11 @@ class RequestFacts:
     text_chars: int = 0
     max_output_tokens: int | None = None
     elided: bool = False  # `body` holds placeholders for large images (see parse_body)
+    # The API the endpoint must speak; a Responses or Messages request speaks chat upstream.
+    upstream_api: str = "chat.completions"
+    api: ClientAPI | None = None  # the client's API when `body` is its chat translation
+    original: dict[str, Any] | None = None  # the client's body, when translated
+    opaque_input: bool = False  # input the privacy scan cannot read (token ids)
 
     @property
     def prompt_tokens_estimate(self) -> int:
@@ -299,10 +308,46 @@ def _strings(value: Any) -> list[str]:
     return out
 
 
+def inspect_translated(api: ClientAPI, body: dict[str, Any]) -> RequestFacts:
+    """A Responses or Messages body: translated to chat, then checked as chat (one scan)."""
+    facts = inspect_chat(api.to_chat(body))
+    facts.api, facts.original = api, body
+    return facts
+
+
+def inspect_count_tokens(body: dict[str, Any]) -> RequestFacts:
+    """A Messages count_tokens body: scanned as its chat translation, forwarded as it is to an
+    endpoint that serves Messages (the count is the endpoint's own tokenizer's)."""
+    facts = inspect_chat(messages_to_chat(body, count_only=True))
+    facts.body, facts.stream, facts.upstream_api = body, False, "messages"
+    return facts
+
+
+def inspect_embeddings(body: dict[str, Any]) -> RequestFacts:
+    """Check a /v1/embeddings body and collect its input texts; token ids are opaque."""
+    model = body.get("model", "auto")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("model must be a non-empty string.", param="model")
+    facts = RequestFacts(body=body, model=model, stream=False, upstream_api="embeddings",
+                         max_output_tokens=1)
+    value = body.get("input")
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        raise BadRequest("input must be a string or a non-empty list.", param="input")
+    for item in items:
+        if isinstance(item, str):
+            _text(facts, item)
+        elif type(item) is int or (isinstance(item, list) and all(type(t) is int for t in item)):
+            facts.opaque_input = True
+        else:
+            raise BadRequest("input must hold strings or token ids.", param="input")
+    return facts
+
+
 def inspect_completion(body: dict[str, Any]) -> RequestFacts:
     """Check a /v1/completions body and collect its prompt texts."""
     model, stream = _model_and_stream(body)
-    facts = RequestFacts(body=body, model=model, stream=stream)
+    facts = RequestFacts(body=body, model=model, stream=stream, upstream_api="completions")
     prompt = body.get("prompt")
     prompts = [prompt] if isinstance(prompt, str) else prompt
     if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):

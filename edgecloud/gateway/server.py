@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
+import socket
+import sys
 from pathlib import Path
 
 from edgecloud.gateway.app import GatewayApp
@@ -38,16 +41,98 @@ def serve(
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
     verify_upstream_tls: bool = True,
+    workers: int = 1,
 ) -> None:
-    """Serve until a signal arrives; uvicorn drains in-flight requests, then this returns."""
-    from edgecloud.api.serving import serve_forever
-    from edgecloud.gateway.cork import CorkedHttpToolsProtocol
+    """Serve until a signal arrives; uvicorn drains in-flight requests, then this returns.
 
+    workers > 1: that many processes share the port (SO_REUSEPORT, the kernel spreads the
+    connections); each keeps its own breakers and probes, and limits stay exact across them only
+    through a shared store, so a config with limits or a budget needs state.backend: redis."""
     if (tls_cert is None) != (tls_key is None):
         raise ConfigError("give both --tls-cert and --tls-key, or neither")
     for path in (tls_cert, tls_key):
         if path is not None and not path.is_file():
             raise ConfigError(f"TLS file {path} does not exist")
+    check_workers(config, workers)
+    if workers > 1:
+        _run_workers(workers, lambda: _serve_one(config, host, port, tls_cert, tls_key,
+                                                 verify_upstream_tls, _reuseport(host, port)))
+        return
+    _serve_one(config, host, port, tls_cert, tls_key, verify_upstream_tls, None)
+
+
+def check_workers(config: GatewayConfig, workers: int) -> None:
+    """Refuse --workers N > 1 where per-process state would multiply a limit or a budget."""
+    if workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    shared = [k.name for k in config.auth.keys if k.limits is not None]
+    budget = config.policy.budget.monthly_cloud_usd is not None
+    if workers > 1 and config.state.backend == "memory" and (shared or budget):
+        what = ("the budget" if budget else "") + (" and " if budget and shared else "") + (
+            f"the limits of key(s) {', '.join(shared)}" if shared else "")
+        raise ConfigError(
+            f"--workers {workers} with state.backend: memory would count {what} once per "
+            "worker; set state.backend: redis (and its URL), or run one worker")
+
+
+def _reuseport(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host.strip("[]"), port))
+    sock.listen(4096)
+    sock.set_inheritable(False)
+    return sock
+
+
+def _run_workers(workers: int, run: object) -> None:
+    """Fork `workers` processes that each call `run`; pass SIGINT/SIGTERM on; return when all
+    have exited (a worker that dies is not replaced: the orchestrator restarts the pod)."""
+    pids: list[int] = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 0
+            try:
+                run()  # type: ignore[operator]
+            except BaseException:  # noqa: BLE001 - report, then leave without the parent's atexit
+                import traceback
+
+                traceback.print_exc()
+                code = 1
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        pids.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for p in pids:
+            try:
+                os.kill(p, signum)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for p in pids:
+        while True:
+            try:
+                os.waitpid(p, 0)
+                break
+            except InterruptedError:
+                continue
+            except ChildProcessError:
+                break
+
+
+def _serve_one(config: GatewayConfig, host: str, port: int, tls_cert: Path | None,
+               tls_key: Path | None, verify_upstream_tls: bool,
+               sock: socket.socket | None) -> None:
+    from edgecloud.api.serving import serve_forever
+    from edgecloud.gateway.cork import CorkedHttpToolsProtocol
+
     tune_malloc()
     app = GatewayApp(config, verify_upstream_tls=verify_upstream_tls)
     # The corked protocol sends a response's headers and body in one write.
@@ -61,4 +146,5 @@ def serve(
         protocol=CorkedHttpToolsProtocol,
         ssl_certfile=str(tls_cert) if tls_cert else None,
         ssl_keyfile=str(tls_key) if tls_key else None,
+        sockets=None if sock is None else [sock],
     )

@@ -127,7 +127,12 @@ class Upstream:
         now = time.monotonic()
         if ok:
             st.latency.observe_rtt(time.perf_counter() - t0)
-            st.breaker.probe_passed(now)
+            if was_healthy:
+                st.breaker.probe_passed(now)
+            else:
+                # It was down and is back: the failures that opened the breaker were the outage
+                # the probes already knew of, so they do not hold back its return.
+                st.breaker.success()
         st.healthy = ok
         return ok
 
@@ -150,5 +155,8 @@ class Upstream:
                 caps = first.get("capabilities") or (first.get("meta") or {}).get("capabilities")
                 said = isinstance(caps, list) and all(isinstance(c, str) for c in caps)
                 st.discovered_capabilities = tuple(caps) if said and caps else ()  # (): not said
+                apis = first.get("apis")
+                if isinstance(apis, list) and all(isinstance(a, str) for a in apis):
+                    st.discovered_apis = tuple(apis)
             except (orjson.JSONDecodeError, AttributeError, IndexError, TypeError):
                 pass

@@ -85,6 +85,7 @@ class SamplingParams:
     repeat_penalty: float = 1.0
     grammar: str | None = None  # GBNF the output must match (structured output, forced calls)
     logprobs: int | None = None  # report each chosen token's log-probability and this top-k
+    ignore_eos: bool = False  # never end on an end-of-generation token (equal-length benchmarks)
 
 
 class Sampler(Protocol):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -56,6 +57,9 @@ def serve(
     admin_token_env: str | None = typer.Option(
         None, help="Env var with the admin bearer token [default: EDGECLOUD_ADMIN_TOKEN]."
     ),
+    api_key_env: str | None = typer.Option(
+        None, help="Env var with the key the inference routes require (Bearer or x-api-key)."
+    ),
     log_level: str | None = typer.Option(None, help="debug, info, warning [default: info]."),
 ) -> None:
     from edgecloud.api.serving import serve_forever
@@ -70,6 +74,7 @@ def serve(
         "port": port,
         "name": name,
         "aliases": alias or None,
+        "accept_any_model": accept_any_model,
         "threads": threads,
         "ctx": ctx,
         "parallel": parallel,
@@ -79,6 +84,7 @@ def serve(
         "preload": preload,
         "version": version,
         "admin_token_env": admin_token_env,
+        "api_key_env": api_key_env,
         "log_level": log_level,
     }
     try:
@@ -90,6 +96,11 @@ def serve(
         if path and not Path(path).is_file():
             typer.secho(f"error: {what} file not found: {path}", err=True, fg="red")
             raise typer.Exit(2)
+    if cfg.api_key_env and not os.environ.get(cfg.api_key_env):
+        # Asked for a key and given none: refuse to start rather than serve without one.
+        typer.secho(f"error: --api-key-env {cfg.api_key_env}: that variable is not set",
+                    err=True, fg="red")
+        raise typer.Exit(2)
     configure_logging(cfg.log_level)
     import logging
 
@@ -108,6 +119,7 @@ def serve(
         preload=cfg.preload,
         mmproj=cfg.mmproj,
         admin_api=app.admin_token is not None,
+        api_key=app.api_key is not None,
     )
     serve_forever(app, cfg.host, cfg.port, limits=cfg, drain_timeout_s=cfg.drain_timeout_s,
                   on_drain=app.begin_drain)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
@@ -52,6 +53,15 @@ class NodeConfig(ServingLimits):
         "EDGECLOUD_ADMIN_TOKEN", description="Env var holding the admin API bearer token"
     )
     version: str | None = Field(None, description="Version label of the model file")
+    api_key_env: str | None = Field(
+        None, description="Env var holding the key the inference routes require (unset: none)"
+    )
+    tracing: bool | None = Field(
+        None, description="OpenTelemetry spans; unset: on when the OTEL_* env asks for OTLP"
+    )
+    embedding_pooling: Literal["mean", "last", "cls"] = Field(
+        "mean", description="How /v1/embeddings pools the model's token states into one vector"
+    )
     model_dirs: list[str] = Field(
         default_factory=list,
         description="Directories the admin swap may load from; default: the startup model's",

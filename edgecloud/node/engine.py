@@ -75,6 +75,7 @@ class GenerationRequest:
     media: PromptMedia | None = None  # the items behind the MEDIA_TOKEN entries of `prompt`
     media_read: int = 0  # items evaluated so far
     media_seconds: float = 0.0  # engine time they took
+    stop_hit: str | None = None  # the stop string that ended it, if one did
 
     def cancel(self) -> None:
         """Called from the event loop when the client went away; the slot frees next step."""
@@ -564,6 +565,7 @@ class BatchEngine:
         cut = _first_stop(window, req.stop)
         if cut is not None:
             slot.held = ""
+            req.stop_hit = next((s for s in req.stop if window.startswith(s, cut)), None)
             return StreamEvent(text=window[:cut], finish_reason="stop")
         keep = _partial_stop_suffix(window, req.stop)
         slot.held = window[len(window) - keep :] if keep else ""

@@ -22,6 +22,7 @@ import llama_cpp as ll
 
 from edgecloud.node.backend import PENALTY_LAST_N, MediaEvaluator, MediaItem, SamplingParams
 from edgecloud.node.constrained import GrammarSampler, grammar_compiles, logits_at
+from edgecloud.node.embeddings import EmbeddingContext
 from edgecloud.node.kernels import load_cpu_variants
 from edgecloud.node.logprobs import TokenLogprob, token_logprob
 
@@ -143,6 +144,8 @@ class LoadedModel:
         self.eos_text = self._piece_text(ll.llama_vocab_eos(self.vocab))
         self._batch: Any = ll.llama_batch_init(n_batch, 0, 1)
         self.projector: MediaEvaluator | None = None  # set by vision.load_projector
+        self._embedder: EmbeddingContext | None = None  # made on the first embeddings request
+        self._embedder_lock = threading.Lock()
         self._pieces: dict[int, bytes] = {}
         self._grammars: dict[bytes, bool] = {}
         self._piece_buf = ctypes.create_string_buffer(MAX_PIECE_BYTES)
@@ -275,7 +278,18 @@ class LoadedModel:
             raise RuntimeError("this model has no projector")
         return self.projector.evaluate(item, seq, pos, self.n_batch)
 
+    def embedder(self, n_threads: int, pooling: str) -> EmbeddingContext:
+        """The embedding-mode context on these weights, made once (thread-safe)."""
+        with self._embedder_lock:
+            if self._embedder is None:
+                self._embedder = EmbeddingContext(self.model, self.n_ctx_seq, n_threads, pooling)
+            return self._embedder
+
     def free(self) -> None:
+        embedder = getattr(self, "_embedder", None)
+        if embedder is not None:
+            embedder.free()  # before the weights it reads
+            self._embedder = None
         projector = getattr(self, "projector", None)
         if projector is not None:
             projector.free()  # before the model it was loaded for
@@ -303,7 +317,7 @@ class LlamaSampler:
         self.ctx = model.ctx
         self.n_vocab = model.n_vocab
         self.logprobs = p.logprobs
-        self.chain: Any = _sampler_chain(model.n_vocab, p, prompt)
+        self.chain: Any = _sampler_chain(model.n_vocab, p, prompt, model.eog_ids)
         self.constrained: GrammarSampler | None = None
         if p.grammar is not None:
             self.constrained = GrammarSampler(model.vocab, p.grammar, self.chain, model.eog_ids)
@@ -329,11 +343,21 @@ class LlamaSampler:
             self.constrained = None
 
 
-def _sampler_chain(n_vocab: int, p: SamplingParams, prompt: Sequence[int]) -> Any:
-    """top-k -> penalties -> top-p -> min-p -> temperature -> seeded draw (or greedy)."""
+def _sampler_chain(
+    n_vocab: int, p: SamplingParams, prompt: Sequence[int], eog_ids: Sequence[int] = ()
+) -> Any:
+    """[no end tokens] -> top-k -> penalties -> top-p -> min-p -> temperature -> draw or greedy."""
     params = ll.llama_sampler_chain_default_params()
     params.no_perf = True
     chain = ll.llama_sampler_chain_init(params)
+    if p.ignore_eos and p.grammar is None and eog_ids:
+        # As llama-server's ignore_eos: end-of-generation tokens get -inf (a grammar must end).
+        biases = (ll.llama_logit_bias * len(eog_ids))(
+            *(ll.llama_logit_bias(token=t, bias=float("-inf")) for t in eog_ids)
+        )
+        ll.llama_sampler_chain_add(
+            chain, ll.llama_sampler_init_logit_bias(n_vocab, len(eog_ids), biases)
+        )
     penalties = p.frequency_penalty != 0.0 or p.presence_penalty != 0.0 or p.repeat_penalty != 1.0
     greedy = p.temperature <= 0.0
     if p.grammar is not None:

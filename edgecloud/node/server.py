@@ -8,13 +8,14 @@ import logging
 import os
 import signal
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from edgecloud.api import replies
 from edgecloud.api.asgi import (
     GET,
+    JSON_HEADERS,
     POST,
     SSE_DONE,
     SSE_HEADERS,
@@ -31,18 +32,24 @@ from edgecloud.api.asgi import (
     sse_event,
 )
 from edgecloud.api.errors import APIError, BadRequest, NotFound, ShuttingDown, Unauthorized
+from edgecloud.api.messages import anthropic_error, messages_to_chat
 from edgecloud.api.openai import ChatCompletionRequest, CompletionRequest, parse_request
 from edgecloud.api.replies import Reply, sse_error
+from edgecloud.api.responses import responses_to_chat
 from edgecloud.logs import log_event
 from edgecloud.node.answer import Answer
 from edgecloud.node.backend import SamplingParams
 from edgecloud.node.config import NodeConfig
+from edgecloud.node.dialects import MESSAGES, RESPONSES, Dialect
 from edgecloud.node.engine import GenerationRequest, StreamEvent
 from edgecloud.node.image_prompt import ImagePromptReader, has_images
 from edgecloud.node.metrics import NodeMetrics
 from edgecloud.node.service import KEEP_PROJECTOR, Loaded, NodeService
 from edgecloud.node.structured import OutputPlan, plan_output
 from edgecloud.node.vision import MultimodalPrompt
+
+if TYPE_CHECKING:
+    from edgecloud.node.otel import NodeTracer
 
 log = logging.getLogger("edgecloud.node")
 
@@ -61,6 +68,7 @@ def _sampling(body: ChatCompletionRequest | CompletionRequest, plan: OutputPlan)
         repeat_penalty=body.repeat_penalty or 1.0,
         grammar=plan.grammar,
         logprobs=plan.logprobs,
+        ignore_eos=bool(body.ignore_eos),
     )
 
 
@@ -91,6 +99,8 @@ class NodeApp:
         self.service = NodeService(config, self.metrics)
         self.images = ImagePromptReader(config)
         self.admin_token = os.environ.get(config.admin_token_env) or None
+        self.api_key = (os.environ.get(config.api_key_env) or None) if config.api_key_env else None
+        self.tracer: NodeTracer | None = None  # None while tracing is off (nothing imported)
         self._stopping = False
         self.fatal_error: str | None = None
         self._load_task: asyncio.Task[Any] | None = None
@@ -112,6 +122,12 @@ class NodeApp:
         for prefix in ("", "/v1"):  # the OpenAI routes answer with and without /v1
             routes.add(prefix + "/chat/completions", self._chat, POST, "/v1/chat/completions")
             routes.add(prefix + "/completions", self._text, POST, "/v1/completions")
+            routes.add(prefix + "/responses", self._responses, POST, "/v1/responses")
+            routes.add(prefix + "/responses/*", self._stored_response, None, "/v1/responses/{id}")
+            routes.add(prefix + "/messages", self._messages, POST, "/v1/messages")
+            routes.add(prefix + "/messages/count_tokens", self._count_tokens, POST,
+                       "/v1/messages/count_tokens")
+            routes.add(prefix + "/embeddings", self._embeddings, POST, "/v1/embeddings")
             routes.add(prefix + "/models", self._model_list, GET, "/v1/models")
             routes.add(prefix + "/models/*", self._model_one, GET, "/v1/models/{id}")
         routes.add("/healthz", self._healthz, GET, "/healthz")
@@ -122,6 +138,16 @@ class NodeApp:
 
     # -- lifespan -----------------------------------------------------------------------------
     async def _startup(self) -> None:
+        from edgecloud.gateway.config import TracingConfig
+        from edgecloud.gateway.tracing import resolve_tracing
+
+        service = os.environ.get("OTEL_SERVICE_NAME") or "edgecloud-node"
+        settings = resolve_tracing(TracingConfig(enabled=self.config.tracing,
+                                                 service_name=service), os.environ)
+        if settings is not None:
+            from edgecloud.node.otel import NodeTracer
+
+            self.tracer = NodeTracer(settings)
         if self.config.preload:
             self._load_task = asyncio.create_task(self._preload())
 
@@ -130,6 +156,8 @@ class NodeApp:
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
         await self.service.shutdown()
+        if self.tracer is not None:
+            await asyncio.to_thread(self.tracer.shutdown)  # exports what is still queued
         log_event(log, "node_stopped")
 
     async def _preload(self) -> None:
@@ -157,6 +185,54 @@ class NodeApp:
 
     async def _text(self, scope: Scope, receive: Receive, send: Send) -> int:
         return await self._generate(scope, receive, send, chat=False)
+
+    async def _responses(self, scope: Scope, receive: Receive, send: Send) -> int:
+        return await self._translated(scope, receive, send, RESPONSES)
+
+    async def _stored_response(self, scope: Scope, receive: Receive, send: Send) -> int:
+        raise NotFound("Responses are not stored on this node (store is false): there is "
+                       "nothing to retrieve, cancel or delete.", code="response_not_stored")
+
+    async def _messages(self, scope: Scope, receive: Receive, send: Send) -> int:
+        try:
+            return await self._translated(scope, receive, send, MESSAGES)
+        except APIError as err:
+            return await _send_anthropic_error(send, err)
+
+    async def _count_tokens(self, scope: Scope, receive: Receive, send: Send) -> int:
+        """Anthropic's count_tokens: the prompt the Messages request would have, in tokens."""
+        try:
+            self._check_key(scope)
+            data = await self._read_json(scope, receive)
+            body = parse_request(ChatCompletionRequest, messages_to_chat(data, count_only=True))
+            self.service.check_model_name(body.model)
+            loaded = await self.service.ensure_loaded()
+            plan = _output_plan(loaded, body)
+            _, tokens, _, media = await self._prompt(loaded, body, plan)
+            if media is not None:
+                media.free()
+            await send_json(send, 200, {"input_tokens": len(tokens)})
+            return 200
+        except APIError as err:
+            return await _send_anthropic_error(send, err)
+
+    async def _embeddings(self, scope: Scope, receive: Receive, send: Send) -> int:
+        self._check_key(scope)
+        data = await self._read_json(scope, receive)
+        loaded = await self.service.ensure_loaded()
+        await send_json(send, 200, await self.service.embed(loaded, data))
+        return 200
+
+    def _check_key(self, scope: Scope) -> None:
+        """The node's API key, when it has one: Bearer, or x-api-key (Anthropic clients)."""
+        if self.api_key is None:
+            return
+        auth = header(scope, b"authorization") or b""
+        given = auth[7:].strip() if auth[:7].lower() == b"bearer " else header(
+            scope, b"x-api-key") or b""
+        if not hmac.compare_digest(given, self.api_key.encode()):
+            raise Unauthorized("A valid API key is required: send Authorization: Bearer <key> "
+                               "(or x-api-key).")
 
     async def _healthz(self, scope: Scope, receive: Receive, send: Send) -> int:
         await send_json(send, 200, {"status": "ok"})
@@ -196,6 +272,7 @@ class NodeApp:
         return out
 
     def _models(self) -> list[dict[str, Any]]:
+        apis = ["chat.completions", "completions", "responses", "messages", "embeddings"]
         cur = self.service.current
         created = int(cur.info.loaded_at) if cur else int(time.time())
         meta: dict[str, Any] = {}
@@ -214,6 +291,7 @@ class NodeApp:
                 "object": "model",
                 "created": created,
                 "owned_by": "edgecloud",
+                "apis": apis,
                 "meta": meta,
             }
             for name in self.service.model_ids
@@ -294,16 +372,38 @@ class NodeApp:
         except orjson.JSONDecodeError as exc:
             raise BadRequest(f"The request body is not valid JSON: {exc}.") from None
 
-    async def _generate(self, scope: Scope, receive: Receive, send: Send, chat: bool) -> int:
-        arrived = time.perf_counter()
+    async def _read_json(self, scope: Scope, receive: Receive) -> Any:
         if self._stopping:
             raise ShuttingDown("This node is shutting down.")
-        data = self._decode(await read_body(receive, self.config.max_body_bytes, scope))
+        return self._decode(await read_body(receive, self.config.max_body_bytes, scope))
+
+    async def _generate(self, scope: Scope, receive: Receive, send: Send, chat: bool) -> int:
+        arrived = time.perf_counter()
+        self._check_key(scope)
+        data = await self._read_json(scope, receive)
         body: ChatCompletionRequest | CompletionRequest
         if chat:
             body = parse_request(ChatCompletionRequest, data)
         else:
             body = parse_request(CompletionRequest, data)
+        return await self._run(scope, receive, send, body, arrived)
+
+    async def _translated(self, scope: Scope, receive: Receive, send: Send,
+                          dialect: Dialect) -> int:
+        """A Responses or Messages request: translated to chat (api/), run on the chat path,
+        its answer translated back."""
+        arrived = time.perf_counter()
+        self._check_key(scope)
+        data = await self._read_json(scope, receive)
+        translate = responses_to_chat if dialect is RESPONSES else messages_to_chat
+        body = parse_request(ChatCompletionRequest, translate(data))
+        return await self._run(scope, receive, send, body, arrived, dialect, data)
+
+    async def _run(self, scope: Scope, receive: Receive, send: Send,
+                   body: ChatCompletionRequest | CompletionRequest, arrived: float,
+                   dialect: Dialect | None = None, original: Any = None) -> int:
+        """Generate for a parsed request; a dialect's answer is translated from the chat one."""
+        chat = isinstance(body, ChatCompletionRequest)
         _reject_unsupported(body)
         self.service.check_model_name(body.model)
         loaded = await self.service.ensure_loaded()
@@ -331,11 +431,14 @@ class NodeApp:
         self.service.begin()
         self.metrics.prompt_tokens.inc(len(tokens))
         watcher = asyncio.ensure_future(self._watch_disconnect(receive, req))
+        status = 500  # until an answer says otherwise (an error raised mid-way)
         try:
             if body.stream:
-                status = await self._stream(send, body, req, answer, prompt_text)
+                status = await self._stream(send, body, req, answer, prompt_text, dialect,
+                                            original)
             else:
-                status = await self._complete(send, body, req, answer, prompt_text)
+                status = await self._complete(send, body, req, answer, prompt_text, dialect,
+                                              original)
         finally:
             watcher.cancel()
             self.service.end()
@@ -349,6 +452,11 @@ class NodeApp:
                 self.metrics.ttft.observe(req.first_token_at - arrived)
             if req.finished_at is not None:
                 self.metrics.e2e.observe(req.finished_at - arrived)
+            if self.tracer is not None:
+                path = scope["path"]
+                route = path if path.startswith("/v1/") else "/v1" + path
+                self.tracer.record(scope["headers"], route, self._served(body), req, status,
+                                   arrived)
         return status
 
     async def _prompt(
@@ -400,7 +508,8 @@ class NodeApp:
         return replies.usage(len(req.prompt), req.output_tokens, req.cached_tokens)
 
     async def _complete(
-        self, send: Send, body: Any, req: GenerationRequest, answer: Answer, prompt_text: str
+        self, send: Send, body: Any, req: GenerationRequest, answer: Answer, prompt_text: str,
+        dialect: Dialect | None = None, original: Any = None,
     ) -> int:
         while True:
             event = await req.events.get()
@@ -425,7 +534,11 @@ class NodeApp:
             logprobs=whole.logprobs,
             tool_calls=whole.tool_calls,
         )
-        out["timings"] = req.timings()
+        if dialect is not None:
+            out["choices"][0]["stop_sequence"] = _user_stop(req, body)
+            out = dialect.whole(out, original, self._served(body))
+        else:
+            out["timings"] = req.timings()
         await send_json(send, 200, out)
         return 200
 
@@ -433,8 +546,11 @@ class NodeApp:
         return body.model or self.config.name
 
     async def _stream(
-        self, send: Send, body: Any, req: GenerationRequest, answer: Answer, prompt_text: str
+        self, send: Send, body: Any, req: GenerationRequest, answer: Answer, prompt_text: str,
+        dialect: Dialect | None = None, original: Any = None,
     ) -> int:
+        if dialect is not None:
+            return await self._stream_dialect(send, body, req, answer, dialect, original)
         chat = answer.chat
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         reply = Reply(self._served(body), chat=chat, include_usage=include_usage)
@@ -456,11 +572,7 @@ class NodeApp:
             if event.finish_reason is not None:
                 break
         if event.finish_reason in ("cancelled", "error"):
-            if event.finish_reason == "cancelled":
-                err = APIError("The node stopped before this request finished.", code="cancelled")
-            else:
-                err = APIError(f"Generation failed: {event.error}", code="error")
-            await send({**more, "body": sse_error(err)})
+            await send({**more, "body": sse_error(_stream_failure(event))})
         else:
             closing, finish = answer.closing(event.finish_reason)
             for piece in closing:
@@ -474,3 +586,54 @@ class NodeApp:
                 await send({**more, "body": sse_event(reply.usage_chunk(self._usage(req)))})
         await send({"type": "http.response.body", "body": SSE_DONE, "more_body": False})
         return 200
+
+    async def _stream_dialect(self, send: Send, body: Any, req: GenerationRequest,
+                              answer: Answer, dialect: Dialect, original: Any) -> int:
+        """A translated stream: the chat chunks go through the dialect's codec, not the wire."""
+        model = self._served(body)
+        codec = dialect.stream(original, model, len(req.prompt))
+        reply = Reply(model, chat=True)
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        more = {"type": "http.response.body", "more_body": True}
+        await send({**more, "body": codec.chunk(reply.chunk(role=True))})
+        while True:
+            event = await req.events.get()
+            if event.finish_reason == "cancelled" and req.cancelled:
+                return 499
+            piece = answer.delta(event.text)
+            if piece is not None and piece.text:
+                await send({**more, "body": codec.chunk(reply.chunk(piece.text))})
+            if event.finish_reason is not None:
+                break
+        if event.finish_reason in ("cancelled", "error"):
+            tail = codec.error(_stream_failure(event))
+        else:
+            closing, finish = answer.closing(event.finish_reason)
+            tail = b"".join(codec.chunk(reply.chunk(p.text, tool_calls=p.tool_calls))
+                            for p in closing)
+            last = reply.chunk(None, finish)
+            last["choices"][0]["stop_sequence"] = _user_stop(req, body)
+            tail += codec.chunk(last) + codec.chunk(reply.usage_chunk(self._usage(req)))
+            tail += codec.done()
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+        return 200
+
+
+def _stream_failure(event: StreamEvent) -> APIError:
+    """The error that ends a stream whose generation was cut (node stopping) or failed."""
+    if event.finish_reason == "cancelled":
+        return APIError("The node stopped before this request finished.", code="cancelled")
+    return APIError(f"Generation failed: {event.error}", code="error")
+
+
+def _user_stop(req: GenerationRequest, body: Any) -> str | None:
+    """The client's own stop string that ended the answer (not the template's end marker)."""
+    hit = req.stop_hit
+    return hit if hit is not None and hit in body.stop_list() else None
+
+
+async def _send_anthropic_error(send: Send, err: APIError) -> int:
+    """An error on a Messages route, in Anthropic's shape (`{"type": "error", ...}`)."""
+    headers = [*JSON_HEADERS, *((k.encode(), v.encode()) for k, v in err.headers.items())]
+    await send_bytes(send, err.status, anthropic_error(err), headers)
+    return err.status

@@ -14,10 +14,12 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from edgecloud.api.errors import BadRequest, ModelNotFound, NotReady, QueueFull
+from edgecloud.api.embeddings import embedding_reply, parse_embedding_request
+from edgecloud.api.errors import APIError, BadRequest, ModelNotFound, NotReady, QueueFull
 from edgecloud.logs import log_event
 from edgecloud.node.backend import SamplingParams
 from edgecloud.node.config import NodeConfig
+from edgecloud.node.embeddings import EmbeddingError
 from edgecloud.node.engine import BatchEngine, GenerationRequest
 from edgecloud.node.errors import ModelLoadFailed, ModelPathNotAllowed, SwapInProgress
 from edgecloud.node.kernels import KernelCheckFailed, active_variant, prove_kernels
@@ -409,6 +411,47 @@ class NodeService:
             return await asyncio.to_thread(loaded.model.tokenize, text)
         finally:
             loaded.engine.unlease()
+
+    async def embed(self, loaded: Loaded, data: Any) -> dict[str, Any]:
+        """A /v1/embeddings request on the loaded model (embedding context, worker thread)."""
+        req = parse_embedding_request(data)
+        self.check_model_name(req.model)
+        model = loaded.model
+        if not loaded.engine.lease():
+            raise NotReady("The model is being replaced; retry shortly.")
+        try:
+            try:
+                ctx = await asyncio.to_thread(model.embedder, self.config.threads,
+                                              self.config.embedding_pooling)
+            except EmbeddingError as exc:
+                raise APIError(f"Embeddings are unavailable: {exc}", code="embedding_failed"
+                               ) from None
+            if req.dimensions is not None and req.dimensions != ctx.n_embd:
+                raise BadRequest(
+                    f"This model's embeddings have {ctx.n_embd} dimensions and it was not "
+                    "trained to be shortened (Matryoshka); leave 'dimensions' out.",
+                    param="dimensions")
+            texts = req.texts
+            if texts is not None:
+                ids = await asyncio.to_thread(lambda: [model.tokenize(t) for t in texts])
+            else:
+                ids = req.token_ids or []
+                if any(t < 0 or t >= model.n_vocab for seq in ids for t in seq):
+                    raise BadRequest(f"Token ids must be in [0, {model.n_vocab}).", param="input")
+            longest = max(len(t) for t in ids)
+            if longest > ctx.n_ctx:
+                raise BadRequest(
+                    f"An input is {longest} tokens; this node embeds at most {ctx.n_ctx} tokens "
+                    "per input.", param="input", code="context_length_exceeded")
+            try:
+                vectors = await asyncio.to_thread(ctx.embed, ids)
+            except EmbeddingError as exc:
+                raise APIError(f"Embedding failed: {exc}", code="embedding_failed") from None
+        finally:
+            loaded.engine.unlease()
+        n = sum(len(t) for t in ids)
+        self.metrics.prompt_tokens.inc(n)
+        return embedding_reply(vectors, req.model or self.config.name, req.encoding_format, n)
 
     def plan_tokens(self, loaded: Loaded, prompt_tokens: int, requested: int | None) -> int:
         """How many tokens to generate; 400 when the prompt or max_tokens do not fit."""

@@ -177,6 +177,46 @@ def bench_generator_capacity(doc: Doc) -> str:
     return md_table(["what", "edgecloud bench", "target"], rows)
 
 
+_GATEWAY_CASES = (("chat", "chat, whole"), ("responses", "Responses, whole"),
+                  ("messages", "Messages, whole"), ("chat-stream", "chat, streamed (16 chunks)"),
+                  ("responses-stream", "Responses, streamed"),
+                  ("messages-stream", "Messages, streamed"), ("embeddings", "embeddings"))
+
+
+def agent_apis(doc: Doc) -> str:
+    """Three tables: the node per API, the gateway per API, embeddings (and the peer's)."""
+    s = doc["summary"]
+    out = []
+    if "node" in s:
+        rows = []
+        for conc, v in s["node"].items():
+            rows.append([conc, num(v["chat"]), num(v["responses"]),
+                         f"**{ratio(v['responses'], v['chat'])}**", num(v["messages"]),
+                         f"**{ratio(v['messages'], v['chat'])}**"])
+        out.append(md_table(["concurrency", "chat tok/s per stream", "Responses", "ratio",
+                             "Messages", "ratio"], rows))
+    if "gateway" in s:
+        g = s["gateway"]
+        rows = []
+        for key, label in _GATEWAY_CASES:
+            ref = g["chat-stream" if key.endswith("-stream") else "chat"]
+            v = g[key]
+            over = key not in ("chat", "chat-stream")
+            rows.append([label, num(v["wall_p50_ms"], 3),
+                         f"{v['wall_p50_ms'] - ref['wall_p50_ms']:+.3f}" if over else "–",
+                         num(v["added_p50_ms"], 3),
+                         f"{v['added_p50_ms'] - ref['added_p50_ms']:+.3f}" if over else "–"])
+        out.append(md_table(["gateway, ms per request (p50)", "wall", "over chat",
+                             "gateway's own `added_ms`", "over chat"], rows))
+    if "embeddings" in s:
+        e = s["embeddings"]
+        out.append(md_table(
+            [f"embeddings/s (batches of {e['batch']})", "`llama-server`", "`edgecloud`", "ratio"],
+            [["mean pooling, same model", num(e["llama-server"]), num(e["edgecloud"]),
+              ratio(e["edgecloud"], e["llama-server"])]]))
+    return "\n\n".join(out)
+
+
 RENDERERS: dict[str, Callable[[Doc], str]] = {
     "node_vs_llama_cpp_server": lambda doc: side_by_side(doc, "llama_cpp.server"),
     "grammar_vs_llama_server": side_by_side,
@@ -189,6 +229,7 @@ RENDERERS: dict[str, Callable[[Doc], str]] = {
     "autoscale_sim": autoscale_sim,
     "chaos": chaos,
     "bench_generator_capacity": bench_generator_capacity,
+    "agent_apis": agent_apis,
 }
 
 

@@ -1,4 +1,4 @@
-"""A throwaway PostgreSQL server for tests, from the distribution's binaries (Debian:
+"""A throwaway PostgreSQL server for tests and benchmarks, from the distribution's binaries (Debian:
 `apt-get install postgresql`, binaries in /usr/lib/postgresql/VERSION/bin).
 
 `initdb` refuses to run as root, so as root the cluster is created and run as the `postgres`

@@ -58,6 +58,9 @@ def _summary(path: str, headers: dict[bytes, bytes], raw: bytes) -> dict[str, An
                     texts.append(part["text"])
     if isinstance(body.get("prompt"), str):
         texts.append(body["prompt"])
+    if path == "/v1/embeddings":
+        value = body.get("input")
+        texts += [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)]
     return {
         "path": path,
         "model": body.get("model"),
@@ -102,6 +105,14 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
     elif path == "/_control":
         STATE["control"].update(orjson.loads(await _read(receive)))
         await _send_json(send, 200, STATE["control"])
+    elif path == "/v1/embeddings":  # records the inputs; answers one fixed vector per input
+        raw = await _read(receive)
+        STATE["received"].append(_summary(path, dict(scope["headers"]), raw))
+        value = orjson.loads(raw).get("input")
+        n = 1 if isinstance(value, str) else len(value)
+        await _send_json(send, 200, {"object": "list", "model": ARGS.model_id, "data": [
+            {"object": "embedding", "index": i, "embedding": [1.0, 0.0]} for i in range(n)],
+            "usage": {"prompt_tokens": n, "total_tokens": n}})
     elif path in ("/v1/chat/completions", "/v1/completions"):
         raw = await _read(receive)
         headers = dict(scope["headers"])

@@ -9,7 +9,7 @@ import yaml
 
 from edgecloud.deploy.errors import ValuesError
 from edgecloud.deploy.values import DEFAULT_VALUES_FILE, Values, load_values, parse_values
-from edgecloud.deploy.workloads import default_gateway_config, gateway_config_text
+from edgecloud.deploy.workloads import default_gateway_config, gateway_config_text, with_state
 from edgecloud.gateway.config import DEFAULT_DETECT, parse_config
 
 
@@ -56,12 +56,13 @@ def test_unreadable_and_non_mapping_files_get_clear_errors(tmp_path: Path) -> No
 
 def test_the_rendered_gateway_config_loads_back_as_built() -> None:
     for values in (Values(), parse_values("node: {port: 9000, autoscaling: {max_replicas: 4}}")):
-        built = default_gateway_config(values)
+        built = with_state(values, default_gateway_config(values))
         assert parse_config(gateway_config_text(values), "gateway.yaml") == built
+        assert built.state.backend == "redis"  # replicas share limits and the budget
         assert built.policy.privacy.detect == list(DEFAULT_DETECT)
     given = "gateway:\n  config:\n    endpoints: [{name: hosted, tier: cloud, url: 'https://x/v1'}]\n"
     values = parse_values(given)
-    assert parse_config(gateway_config_text(values)) == values.gateway.config
+    assert parse_config(gateway_config_text(values)) == with_state(values, values.gateway.config)
 
 
 def test_a_gateway_config_the_gateway_would_refuse_is_refused_at_its_line() -> None:

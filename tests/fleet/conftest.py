@@ -20,6 +20,7 @@ from edgecloud.fleet.enrolment import request_enrolment_token
 from edgecloud.fleet.repository import ModelRepository, repo_lock
 from edgecloud.fleet.rollout import Gates, RolloutPlan
 from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port
+from edgecloud.testing.nginx_cdn import NginxCDN, find_nginx
 from tests.fleet.standin_node import dummy_model
 
 MODEL = "tiny"
@@ -111,6 +112,15 @@ class Device:
         return {"EDGECLOUD_ADMIN_TOKEN": TOKEN, "EDGECLOUD_ENROL_TOKEN": self.enrol_token}
 
     def agent_args(self, interval: float = 0.2, *extra: str) -> list[str]:
+        cdn = self.rig.cdn
+        if cdn is not None:  # metadata and models from the CDN; reports to the fleet API
+            extra = (
+                "--metadata-url",
+                f"{cdn.url}/metadata",
+                "--targets-url",
+                f"{cdn.url}/targets",
+                *extra,
+            )
         return edgecloud_command(
             "agent",
             "--server",
@@ -133,6 +143,7 @@ class Device:
         )
 
     def run_once(self, *extra: str) -> subprocess.CompletedProcess[str]:
+        self.rig.sync_mirror()
         proc = subprocess.run(
             [*self.agent_args(0.2, *extra), "--once"],
             env={**os.environ, **self.env},
@@ -175,12 +186,28 @@ class Device:
 
 
 class Rig:
-    """A repository with `tiny 1.0.0` stable, served by a real fleet server."""
+    """A repository with `tiny 1.0.0` stable, served by a real fleet server; with `mirror`,
+    the server also publishes it to a directory behind a real nginx caching proxy (the CDN),
+    and agents take metadata and models from there."""
 
     def __init__(
-        self, tmp: Path, *, server_args: tuple[str, ...] = (), init: dict[str, Any] | None = None
+        self,
+        tmp: Path,
+        *,
+        server_args: tuple[str, ...] = (),
+        init: dict[str, Any] | None = None,
+        mirror: bool = False,
     ) -> None:
         self.tmp = tmp
+        self.cdn: NginxCDN | None = None
+        self.copy_to_mirror = mirror  # see sync_mirror
+        self.mirror_dir = tmp / "mirror"
+        if mirror:
+            if find_nginx() is None:
+                pytest.skip("nginx not found: apt-get install -y nginx-light to run mirror tests")
+            self.mirror_dir.mkdir()
+            server_args = (*server_args, "--mirror", str(self.mirror_dir))
+            self.cdn = NginxCDN(self.mirror_dir, timestamp_max_age_s=0).start()
         self.repo_path = tmp / "repo"
         self.repo = ModelRepository.init(self.repo_path, **(init or {}))
         self.root_file = tmp / "root.json"
@@ -210,6 +237,27 @@ class Rig:
         self.server.start()
         self.server.wait_ready(30)
         self.devices: list[Device] = []
+
+    def sync_mirror(self) -> None:
+        """Make the mirror serve exactly what the repository folder holds, tampered files
+        included: what a compromised or stale mirror would serve (the server publishes
+        signed changes by itself; the tests' attacks edit files behind its back)."""
+        if not self.copy_to_mirror:
+            return
+        for folder in ("targets", "metadata"):  # the timestamp last, as a publisher does
+            files = sorted(
+                (self.repo_path / folder).rglob("*"), key=lambda p: p.name == "timestamp.json"
+            )
+            for src in files:
+                if not src.is_file():
+                    continue
+                dest = self.mirror_dir / folder / src.relative_to(self.repo_path / folder)
+                data = src.read_bytes()
+                if not dest.exists() or dest.read_bytes() != data:
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = dest.with_name(f".sync-{dest.name}")
+                    tmp.write_bytes(data)
+                    tmp.replace(dest)
 
     def edit(self) -> ModelRepository:
         return ModelRepository(self.repo_path)
@@ -262,13 +310,18 @@ class Rig:
         for d in self.devices:
             d.stop()
         self.server.stop()
+        if self.cdn is not None:
+            self.cdn.stop()
 
 
 @pytest.fixture
-def rig_factory(tmp_path: Path) -> Iterator[Callable[..., Rig]]:
+def rig_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Rig]]:
+    """Rigs for a test; parametrized indirectly with "mirror", agents go through the CDN."""
     rigs: list[Rig] = []
+    via_mirror = getattr(request, "param", "server") == "mirror"
 
     def make(**kw: Any) -> Rig:
+        kw.setdefault("mirror", via_mirror)
         folder = tmp_path / f"rig{len(rigs)}"
         folder.mkdir()
         r = Rig(folder, **kw)

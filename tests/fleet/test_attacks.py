@@ -1,5 +1,6 @@
 """The attacks TUF exists for: each one refused by a real agent, reported, and the node keeps
-serving its verified version."""
+serving its verified version. Each runs twice: with the fleet server serving the repository,
+and with a mirror behind a real nginx caching proxy serving it (a CDN is not trusted either)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata
 
 from edgecloud.fleet.keys import load_signers
 from edgecloud.fleet.repository import ModelRepository, repo_lock
 from tests.fleet.conftest import Device, Rig, wait_for
+
+pytestmark = pytest.mark.parametrize("rig_factory", ["server", "mirror"], indirect=True)
 
 
 def _target_file(rig: Rig, version: str) -> Path:
@@ -50,6 +54,16 @@ def test_tampered_target_bytes_are_refused(rig: Rig) -> None:
     body = rig.publish("1.1.0", stable=True)
     f = _target_file(rig, "1.1.0")
     f.write_bytes(body[:-5] + b"EVIL!")
+    d.run_once()
+    _still_old(d)
+    _refused(rig, d, "target_hash_mismatch")
+
+
+def test_a_swapped_target_is_refused(rig: Rig) -> None:
+    d = _installed(rig)
+    rig.publish("1.1.0", stable=True)
+    # the mirror answers the new version's path with the old, genuine, signed model
+    _target_file(rig, "1.1.0").write_bytes(_target_file(rig, "1.0.0").read_bytes())
     d.run_once()
     _still_old(d)
     _refused(rig, d, "target_hash_mismatch")

@@ -4,11 +4,13 @@ reports (the server is what is under test here)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from edgecloud.fleet.metrics import count_devices, refusal_reason
-from edgecloud.fleet.state import DeviceReport
+from edgecloud.fleet.metrics import refusal_reason
+from edgecloud.fleet.state import DeviceReport, FleetStore
 from tests.fleet.conftest import MODEL, OPERATOR_AUTH, Rig, device_ids, wait_for
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -52,14 +54,17 @@ def test_refusal_reasons_are_bounded_codes() -> None:
     assert refusal_reason("Some Free Text {with: junk}") == "other"
 
 
-def test_count_devices_by_model_and_version() -> None:
+def test_count_devices_by_model_and_version(tmp_path: Path) -> None:
     reports = [
         DeviceReport(device_id="a", model="m", version="1.0.0"),
         DeviceReport(device_id="b", model="m", version="1.0.0"),
         DeviceReport(device_id="c", model="m", version="1.1.0"),
         DeviceReport(device_id="d", model="m", version=""),  # nothing installed yet
     ]
-    assert count_devices(reports) == {("m", "1.0.0"): 2, ("m", "1.1.0"): 1}
+    store = FleetStore(f"sqlite:///{tmp_path / 'fleet.db'}")
+    store.save(reports)
+    assert store.devices_by_version() == {("m", "1.0.0"): 2, ("m", "1.1.0"): 1}
+    store.close()
 
 
 def test_metrics_follow_reports_and_an_aborted_rollout(rig: Rig) -> None:

@@ -1,0 +1,318 @@
+"""Shared gateway state on a real redis-server, in one run:
+
+(a) correctness across replicas: 3 gateway processes share one Redis; a key with rpm 60 is
+    sent requests spread over them for --window seconds; then keys with spend caps (global hard
+    budget, a key's monthly_cloud_usd) are driven past them at concurrency 12;
+(b) cost: one gateway, a key with every limit and a hard budget (admit, reserve, settle and
+    release per request), memory against redis: req/s at concurrency 16, p50 at concurrency 1;
+(c) workers: `--workers 2` against nginx with 2 workers on the same stand-in upstream, small
+    body at concurrency 16 (and one gateway process for reference);
+(d) (with --only d) the rpm 60 run of (a) against 3 LiteLLM proxy processes on the same Redis;
+(e) (with --only e) req/s at concurrency 16: our gateway with Redis state (as in (b)) against
+    one LiteLLM proxy with no limits at all.
+
+    python benchmarks/gateway_state.py [--seconds 5] [--window 60] [--json out.json]
+
+Needs redis-server, wrk and nginx (apt-get install -y redis-server wrk nginx-light). Figures on
+a busy 2-core machine are noisy: wrk, the gateways, the upstream and Redis share the cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.gateway_peers import Peers, peers, wrk  # noqa: E402
+from edgecloud.testing.figures import write_result  # noqa: E402
+from edgecloud.testing.redis_server import RedisServer  # noqa: E402
+
+SMALL = {"model": "gpt-4o-mini", "max_tokens": 16, "messages": [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "Write one sentence about the sea."}]}
+KEYS = {"rpm60": "ec-bench-rpm60", "capped": "ec-bench-capped", "free": "ec-bench-free",
+        "limited": "ec-bench-limited"}
+# The stand-in cloud's price: a request of SMALL reserves (16 + 16) x 1000 / 1e6 = 0.032 USD
+# and costs (16 + 1) x 1000 / 1e6 = 0.017 USD once settled (its answer has 1 token).
+PRICE = {"input_per_mtok": 1000.0, "output_per_mtok": 1000.0}
+KEY_CAP, GLOBAL_CAP = 0.5, 3.0
+
+
+def _sha(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _config(state: str, budget: float | None = None) -> dict[str, Any]:
+    """Only a cloud endpoint: the caps decide between the cloud and a 429."""
+    keys = [
+        {"name": "rpm60", "sha256": _sha(KEYS["rpm60"]), "limits": {"rpm": 60}},
+        {"name": "capped", "sha256": _sha(KEYS["capped"]),
+         "limits": {"monthly_cloud_usd": KEY_CAP}},
+        {"name": "free", "sha256": _sha(KEYS["free"])},
+        {"name": "limited", "sha256": _sha(KEYS["limited"]),
+         "limits": {"rpm": 10_000_000, "tpm": 1_000_000_000, "max_parallel": 1000,
+                    "monthly_cloud_usd": 1e9}},
+    ]
+    return {"state": {"backend": state}, "auth": {"keys": keys},
+            "policy": {"budget": {"monthly_cloud_usd": budget if budget is not None else 1e9,
+                                  "hard": True}}}
+
+
+def _cloud_only(p: Peers, up: str, state: str, env: dict[str, str], name: str,
+                budget: float | None = None, args: tuple[str, ...] = ()) -> str:
+    cfg = {"endpoints": [{"name": "cloud", "tier": "cloud", "url": up + "/v1",
+                          "region": "eu-central-1", "capabilities": ["text"], "price": PRICE,
+                          "max_concurrency": 64}], **_config(state, budget)}
+    return p.gateway(up, cfg, args, env, name)
+
+
+def _hammer(urls: list[str], key: str, clients: int, seconds: float, pause_s: float
+            ) -> list[tuple[float, int]]:
+    """(time, status) of every answer; clients take the gateways in turn. Bounded in time."""
+    out: list[tuple[float, int]] = []
+    lock = threading.Lock()
+    t_end = time.monotonic() + seconds
+
+    def client(i: int) -> None:
+        with httpx.Client(timeout=10) as c:
+            n = i
+            while time.monotonic() < t_end:
+                try:
+                    status = c.post(urls[n % len(urls)] + "/v1/chat/completions", json=SMALL,
+                                    headers={"authorization": f"Bearer {key}"}).status_code
+                except httpx.TimeoutException:
+                    status = 0  # no answer within 10 s
+                with lock:
+                    out.append((time.monotonic(), status))
+                n += 1
+                if pause_s:
+                    time.sleep(pause_s)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def _spend(urls: list[str], key: str) -> float:
+    total = 0.0
+    for u in urls:
+        for line in httpx.get(u + "/metrics", timeout=5).text.splitlines():
+            if line.startswith(f'edgecloud_gateway_key_cloud_spend_usd_total{{key="{key}"}}'):
+                total += float(line.split()[-1])
+    return total
+
+
+def correctness(p: Peers, up: str, redis: RedisServer, window_s: float) -> dict[str, Any]:
+    env = {"EDGECLOUD_REDIS_URL": redis.url}
+    gws = [_cloud_only(p, up, "redis", env, f"gw{i}", GLOBAL_CAP) for i in range(3)]
+    got = _hammer(gws, KEYS["rpm60"], clients=3, seconds=window_s, pause_s=0.05)
+    t0 = got[0][0] if got else 0.0
+    ok = [t for t, s in got if s == 200]
+    in_first_minute = sum(1 for t in ok if t - t0 < 60)
+    # The most answers in any 60 s of the run (a client's view of "per minute").
+    most = max((sum(1 for u in ok if t <= u < t + 60) for t in ok), default=0)
+    res: dict[str, Any] = {"rpm60_attempts": len(got), "rpm60_answered": len(ok),
+                           "rpm60_answered_first_60s": in_first_minute,
+                           "rpm60_most_in_any_60s": most,
+                           "rpm60_window_s": window_s,
+                           "rpm60_errors": sum(1 for _, s in got if s not in (200, 429)),
+                           "rpm60_answer_times_s": [round(t - t0, 3) for t in ok]}
+    # Caps: a key's own, then the global hard budget (another key, no cap of its own).
+    for key, cap in (("capped", KEY_CAP), ("free", GLOBAL_CAP)):
+        got = _hammer(gws, KEYS[key], clients=12, seconds=6, pause_s=0.0)
+        spent = (_spend(gws, key) if key == "capped"
+                 else sum(_spend(gws, k) for k in KEYS))  # the global budget counts every key
+        res[f"cap_{key}"] = {"cap_usd": cap, "spent_usd": round(spent, 6),
+                             "answered": sum(1 for _, s in got if s == 200),
+                             "refused_429": sum(1 for _, s in got if s == 429),
+                             "other": sum(1 for _, s in got if s not in (200, 429))}
+    return res
+
+
+def redis_round_trip_ms(url: str, n: int = 2000) -> float:
+    """p50 of one PING through redis-py's asyncio client here: the floor of what a shared
+    store adds per request on this machine."""
+    import asyncio
+    import statistics
+
+    import redis.asyncio as aioredis
+
+    async def run() -> float:
+        client = aioredis.Redis.from_url(url)
+        await client.ping()
+        samples = []
+        for _ in range(n):
+            t = time.perf_counter()
+            await client.ping()
+            samples.append(time.perf_counter() - t)
+        await client.aclose()
+        return statistics.median(samples) * 1000
+
+    return asyncio.run(run())
+
+
+def litellm_drift(p: Peers, up: str, redis: RedisServer, window_s: float) -> dict[str, Any]:
+    """The same rpm 60 run against 3 LiteLLM proxy processes sharing one Redis (its router's
+    deployment rpm with usage-based routing and Redis, as its docs set up shared limits)."""
+    import yaml
+
+    from benchmarks.gateway_peers import ensure_bench_venv
+    from edgecloud.supervise import ManagedProcess, free_port
+
+    bin_dir = ensure_bench_venv()
+    host, port = redis.url.split("//", 1)[1].split("/", 1)[0].split(":")
+    cfg = {
+        "model_list": [{"model_name": "gpt-4o-mini", "litellm_params": {
+            "model": "openai/standin", "api_base": up + "/v1", "api_key": "none", "rpm": 60}}],
+        "router_settings": {"routing_strategy": "usage-based-routing-v2",
+                            "redis_host": host, "redis_port": int(port),
+                            "enable_pre_call_checks": True},
+        "litellm_settings": {"drop_params": True},
+    }
+    path = p.tmp / "litellm-rpm.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(LITELLM_LOG="ERROR", LITELLM_TELEMETRY="False", DISABLE_SCHEMA_UPDATE="true",
+               LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY="true")
+    urls = []
+    for i in range(3):
+        lport = free_port()
+        proc = ManagedProcess(
+            [str(bin_dir / "litellm"), "--config", str(path), "--port", str(lport),
+             "--host", "127.0.0.1", "--num_workers", "1"],
+            f"http://127.0.0.1:{lport}/health/liveliness",
+            log_path=str(p.tmp / f"litellm-{i}.log"), name=f"litellm-{i}")
+        proc.env = env
+        proc.start()
+        p.callback(proc.stop)
+        proc.wait_ready(timeout_s=300)
+        urls.append(f"http://127.0.0.1:{lport}")
+    got = _hammer(urls, "none", clients=3, seconds=window_s, pause_s=0.05)
+    ok = [t for t, s in got if s == 200]
+    t0 = got[0][0] if got else 0.0
+    return {"attempts": len(got), "answered": len(ok),
+            "answered_first_60s": sum(1 for t in ok if t - t0 < 60),
+            "most_in_any_60s": max((sum(1 for u in ok if t <= u < t + 60) for t in ok),
+                                   default=0),
+            "statuses": sorted({s for _, s in got}),
+            "timed_out_10s": sum(1 for _, s in got if s == 0)}
+
+
+def cost(p: Peers, up: str, redis: RedisServer, seconds: float, body: Path) -> dict[str, Any]:
+    env = {"EDGECLOUD_REDIS_URL": redis.url}
+    targets = {"memory": _cloud_only(p, up, "memory", env, "one-memory"),
+               "redis": _cloud_only(p, up, "redis", env, "one-redis")}
+    auth = {"Authorization": f"Bearer {KEYS['limited']}"}
+    out: dict[str, Any] = {}
+    for conc in (1, 16):
+        for name, url in targets.items():
+            r = wrk(url, body, conc, seconds, auth)
+            out[f"{name}/c{conc}"] = r
+            print(f"  {name:<8} c{conc:<3} {r['rps']:>9.0f} req/s  p50 {r['p50_ms']:.3f} ms  "
+                  f"p99 {r['p99_ms']:.3f} ms  errors {r['errors']:.0f}", flush=True)
+    out["redis_ping_p50_ms"] = redis_round_trip_ms(redis.url)
+    print(f"  one Redis round trip (PING, redis-py asyncio) p50 here: "
+          f"{out['redis_ping_p50_ms']:.3f} ms", flush=True)
+    out["rps_ratio_c16"] = out["redis/c16"]["rps"] / max(out["memory/c16"]["rps"], 1e-9)
+    out["added_p50_ms_c1"] = out["redis/c1"]["p50_ms"] - out["memory/c1"]["p50_ms"]
+    return out
+
+
+def workers(p: Peers, up: str, seconds: float, body: Path) -> dict[str, Any]:
+    targets = {"nginx-2": p.nginx(up, "2"), "edgecloud-1": p.gateway(up, name="gw-one"),
+               "edgecloud-w2": p.gateway(up, args=("--workers", "2"), name="gw-w2")}
+    out: dict[str, Any] = {}
+    for name, url in targets.items():
+        r = wrk(url, body, 16, seconds)
+        out[name] = r
+        print(f"  {name:<13} c16 {r['rps']:>9.0f} req/s  p50 {r['p50_ms']:.3f} ms  "
+              f"errors {r['errors']:.0f}", flush=True)
+    out["w2_vs_nginx2"] = out["edgecloud-w2"]["rps"] / max(out["nginx-2"]["rps"], 1e-9)
+    out["w1_vs_nginx2"] = out["edgecloud-1"]["rps"] / max(out["nginx-2"]["rps"], 1e-9)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=5.0, help="per wrk run")
+    ap.add_argument("--window", type=float, default=60.0, help="the rpm 60 run (a)")
+    ap.add_argument("--only", choices=["a", "b", "c", "d", "e"], action="append")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    parts = args.only or ["a", "b", "c"]
+    os.environ.setdefault("PYTHONPATH", str(Path(__file__).resolve().parent.parent))
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="gw-state-") as tmp_s, peers(Path(tmp_s)) as p:
+        tmp = Path(tmp_s)
+        redis = RedisServer(tmp / "redis").start()
+        p.callback(redis.stop)
+        body = tmp / "small.json"
+        body.write_text(json.dumps(SMALL), encoding="utf-8")
+        up = p.upstream()
+        if "a" in parts:
+            print(f"(a) 3 gateways, one Redis: rpm 60 for {args.window:.0f} s; then the caps",
+                  flush=True)
+            a = results["correctness"] = correctness(p, up, redis, args.window)
+            print(f"  rpm 60: {a['rpm60_answered_first_60s']} answered in the first 60 s, "
+                  f"{a['rpm60_most_in_any_60s']} at most in any 60 s "
+                  f"({a['rpm60_answered']} of {a['rpm60_attempts']} in {args.window:.0f} s; "
+                  f"{a['rpm60_errors']} errors other than 429)")
+            for k in ("cap_capped", "cap_free"):
+                c = a[k]
+                print(f"  {k}: cap {c['cap_usd']} USD, spent {c['spent_usd']} USD, "
+                      f"{c['answered']} answered, {c['refused_429']} refused (429), "
+                      f"{c['other']} other")
+        if "b" in parts:
+            print("(b) one gateway, a key with every limit and a hard budget: memory vs redis",
+                  flush=True)
+            b = results["cost"] = cost(p, up, redis, args.seconds, body)
+            print(f"  redis/memory req/s at c16: {b['rps_ratio_c16']:.2f}x (target >= 0.8x); "
+                  f"added p50 at c1: {b['added_p50_ms_c1']:+.3f} ms (target <= +0.3 ms)")
+        if "c" in parts:
+            print("(c) --workers 2 vs nginx with 2 workers, small body, c16", flush=True)
+            c = results["workers"] = workers(p, up, args.seconds, body)
+            print(f"  --workers 2 / nginx 2 workers: {c['w2_vs_nginx2']:.2f}x (target >= 0.35x);"
+                  f" one process: {c['w1_vs_nginx2']:.2f}x")
+        if "d" in parts and args.only:
+            print(f"(d) 3 LiteLLM proxies, one Redis: deployment rpm 60 for {args.window:.0f} s",
+                  flush=True)
+            d = results["litellm"] = litellm_drift(p, up, redis, args.window)
+            print(f"  rpm 60: {d['answered_first_60s']} answered in the first 60 s, "
+                  f"{d['most_in_any_60s']} at most in any 60 s ({d['answered']} of "
+                  f"{d['attempts']}; statuses {d['statuses']}; {d['timed_out_10s']} got no "
+                  "answer within 10 s)")
+        if "e" in parts and args.only:
+            print("(e) req/s at c16: edgecloud with Redis state vs LiteLLM (no limits)", flush=True)
+            gw = _cloud_only(p, up, "redis", {"EDGECLOUD_REDIS_URL": redis.url}, "one-redis")
+            ours = wrk(gw, body, 16, args.seconds, {"Authorization": f"Bearer {KEYS['limited']}"})
+            theirs = wrk(p.litellm(up), body, 16, max(args.seconds, 4))
+            e = results["vs_litellm"] = {"edgecloud_redis": ours, "litellm": theirs,
+                                         "ratio": ours["rps"] / max(theirs["rps"], 1e-9)}
+            print(f"  edgecloud (redis, every limit) {ours['rps']:.0f} req/s, LiteLLM "
+                  f"{theirs['rps']:.0f} req/s: {e['ratio']:.1f}x (target >= 50x)")
+    samples = {"rpm60_answer_times_s": results.get("correctness", {}).pop(
+        "rpm60_answer_times_s", [])}
+    name = "gateway_state" if not args.only else "gateway_state_" + "".join(sorted(parts))
+    write_result(name, summary=results, samples=samples,
+                 params={"seconds": args.seconds, "window_s": args.window, "parts": parts})
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,400 @@
+"""Keys as tenants, and the budget: what the request path asks before and after a request.
+
+The request path calls `Limiter.admit` once (rate limits: 429 or a `Gate`), `Gate.place` on
+each placement (budget: reserve the estimated cloud cost, or keep the request on the edge), and
+`Gate.finish` at the end (settle to the actual cost, free the parallel slot, count the answer's
+tokens). The state lives behind `StateStore` (state.py): this process, or a shared Redis.
+
+When the shared store is down (a call failed or took longer than `state.timeout_s`):
+- rate limits fall back to this replica's share (the limit divided by the live replicas last
+  seen), in memory;
+- a capped budget (`policy.budget.hard`, a key's `monthly_cloud_usd`) pauses the cloud: spend
+  that cannot be reserved is never sent; an uncapped budget keeps the cloud, and the spend is
+  settled once the store is back;
+- a background task pings the store every 0.1 s, so the shared state is used again within
+  about that of its return, and settlements held meanwhile are sent then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import uuid
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from edgecloud.api.asgi import Message, Send
+from edgecloud.gateway.config import ApiKeyConfig, GatewayConfig, KeyLimits
+from edgecloud.gateway.errors import (
+    BudgetUnavailable,
+    ConfigError,
+    InsufficientQuota,
+    RateLimited,
+)
+from edgecloud.gateway.policy import PlacementDecision
+from edgecloud.gateway.request import RequestFacts
+from edgecloud.gateway.state import (
+    NO_LIMIT,
+    Begin,
+    End,
+    MemoryStore,
+    StateStore,
+    StateUnavailable,
+    Usage,
+    month_now,
+    scaled,
+)
+from edgecloud.logs import log_event
+
+if TYPE_CHECKING:
+    from edgecloud.gateway.health import EndpointState
+    from edgecloud.gateway.metrics import GatewayMetrics
+
+_events = logging.getLogger("edgecloud.gateway")
+GLOBAL = "global"
+SYNC_UP_S = 0.25  # heartbeat and spend refresh while the store answers
+SYNC_DOWN_S = 0.1  # ping while it does not
+HEARTBEAT_TTL_S = 2.0
+MAX_PENDING = 10_000  # request ends held while the store is down
+
+
+def open_store(config: GatewayConfig) -> StateStore:
+    """The configured store; raises ConfigError when redis is chosen and its URL is not set."""
+    st = config.state
+    if st.backend == "memory":
+        return MemoryStore()
+    url = os.environ.get(st.url_env, "").strip()
+    if not url:
+        raise ConfigError(f"state.backend is redis, but ${st.url_env} is not set (give it "
+                          "redis://[:password@]host:port/db or rediss://...)")
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"${st.url_env} must be a redis:// or rediss:// URL")
+    from edgecloud.gateway.redis_state import RedisStore
+
+    return RedisStore(url, st.prefix, st.timeout_s)
+
+
+def duration(seconds: float) -> str:
+    """OpenAI's reset format: 20ms, 1.5s, 6m0s."""
+    if seconds < 1:
+        return f"{max(math.ceil(seconds * 1000), 0)}ms"
+    if seconds < 60:
+        return f"{seconds:.3g}s"
+    m, s = divmod(math.ceil(seconds), 60)
+    return f"{m}m{s}s"
+
+
+def ratelimit_headers(limits: tuple[int, int], usage: Usage) -> list[tuple[bytes, bytes]]:
+    """OpenAI's x-ratelimit-* triples for the limits a key has (rpm, tpm; NO_LIMIT: none)."""
+    out: list[tuple[bytes, bytes]] = []
+    rpm, tpm = limits
+    for kind, limit, used, reset_ms in (
+            (b"requests", rpm, usage.requests, usage.requests_reset_ms),
+            (b"tokens", tpm, usage.tokens, usage.tokens_reset_ms)):
+        if limit == NO_LIMIT:
+            continue
+        out += [
+            (b"x-ratelimit-limit-" + kind, str(limit).encode()),
+            (b"x-ratelimit-remaining-" + kind, str(max(limit - used, 0)).encode()),
+            (b"x-ratelimit-reset-" + kind, duration(reset_ms / 1000).encode()),
+        ]
+    return out
+
+
+class Limiter:
+    """Admission, budget and the shared store's health for one gateway process."""
+
+    def __init__(self, config: GatewayConfig, metrics: GatewayMetrics,
+                 store: StateStore | None = None) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.store = store if store is not None else open_store(config)
+        self.shared = config.state.backend == "redis"
+        # The rate-limit fallback while the shared store is down (the store itself in memory).
+        self.local = self.store if isinstance(self.store, MemoryStore) else MemoryStore()
+        self.lease_s = config.state.lease_s
+        self.budget = config.policy.budget
+        self.up = True
+        self.replicas = 1
+        self.replica_id = uuid.uuid4().hex[:12]
+        self._spent = 0.0  # global spend + reservations, as last read or counted here
+        # Request ends, sent in batches (one round trip for many) off the request's path; while
+        # the store is down they wait here and go once it is back.
+        self._ends: deque[End] = deque()
+        self._ends_ready = asyncio.Event()
+        self._states: list[EndpointState] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self, states: list[EndpointState]) -> None:
+        self._states = states
+        await self._sync()
+        self._tasks = [asyncio.create_task(self._sync_loop()),
+                       asyncio.create_task(self._end_loop())]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.up:
+            await self._send_ends()
+        if self._ends:
+            log_event(_events, "state.ends_lost", logging.ERROR, count=len(self._ends),
+                      usd=round(sum(e.actual for e in self._ends), 6))
+        await self.store.close()
+
+    def _down(self, exc: StateUnavailable) -> None:
+        if self.up:
+            self.up = False
+            self.metrics.state_up(False)
+            log_event(_events, "state.down", logging.WARNING, error=str(exc),
+                      replicas=self.replicas)
+
+    async def _sync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SYNC_UP_S if self.up else SYNC_DOWN_S)
+            await self._sync()
+
+    async def _sync(self) -> None:
+        """Heartbeat (in-flight counts, live replicas) and the budget's spend; while down, a
+        ping that brings the store back (and sends the ends held meanwhile)."""
+        try:
+            if not self.up:
+                await self.store.ping()
+                self.up = True
+                self.metrics.state_up(True)
+                log_event(_events, "state.up", pending=len(self._ends))
+                self._ends_ready.set()
+            if self.shared:
+                others, self.replicas = await self.store.heartbeat(
+                    self.replica_id, {s.name: s.in_flight for s in self._states},
+                    HEARTBEAT_TTL_S)
+                for s in self._states:
+                    s.others_in_flight = others.get(s.name, 0)
+            if self.budget.monthly_cloud_usd is not None:
+                self._spent = (await self.store.spent([GLOBAL], month_now()))[GLOBAL]
+        except StateUnavailable as exc:
+            self._down(exc)
+            for s in self._states:
+                s.others_in_flight = 0  # unknown: count this replica's alone
+
+    async def _end_loop(self) -> None:
+        while True:
+            await self._ends_ready.wait()
+            self._ends_ready.clear()
+            if self.up:
+                await self._send_ends()
+
+    async def _send_ends(self) -> None:
+        while self._ends and self.up:
+            batch = list(self._ends)
+            try:
+                await self.store.end_many(batch)
+            except StateUnavailable as exc:
+                self._down(exc)
+                return
+            for _ in batch:
+                self._ends.popleft()
+
+    def end(self, e: End) -> None:
+        """Queue a request's end for the next batch (never blocks the request)."""
+        if len(self._ends) >= MAX_PENDING:
+            log_event(_events, "state.end_dropped", logging.ERROR, usd=e.actual)
+            return
+        self._ends.append(e)
+        self._ends_ready.set()
+
+    # -- the request path ---------------------------------------------------------------------
+    def applies(self, key: ApiKeyConfig | None) -> bool:
+        """Whether a request needs a Gate (a key to count, or a budget to keep)."""
+        return key is not None or self.budget.monthly_cloud_usd is not None
+
+    def cloud_spend(self) -> float:
+        """This month's global cloud spend (and reservations) as last known, for the policy."""
+        return self._spent
+
+    def gate(self, key: ApiKeyConfig | None, facts: RequestFacts) -> Gate:
+        """The request's Gate; nothing is counted until its first `place`."""
+        return Gate(self, key, facts)
+
+    def limits_now(self, limits: KeyLimits | None) -> tuple[StateStore, int, int, int]:
+        """The store that counts a key's rate limits now, and the limits there: the shared
+        ones, or this replica's share while the shared store is down."""
+        if limits is None:
+            store: StateStore = self.store if self.up else self.local
+            return store, NO_LIMIT, NO_LIMIT, NO_LIMIT
+        if self.up:
+            return (self.store, _or_none(limits.rpm), _or_none(limits.tpm),
+                    _or_none(limits.max_parallel))
+        n = self.replicas
+        local: StateStore = self.local
+        return (local, scaled(limits.rpm, n), scaled(limits.tpm, n),
+                scaled(limits.max_parallel, n))
+
+    def scopes(self, key: ApiKeyConfig | None) -> dict[str, float]:
+        """The budgets a request counts against: scope -> cap (NO_LIMIT: counted, not capped)."""
+        out: dict[str, float] = {}
+        b = self.budget
+        if b.monthly_cloud_usd is not None:
+            out[GLOBAL] = b.monthly_cloud_usd if b.hard else NO_LIMIT
+        if key is not None and key.limits is not None and key.limits.monthly_cloud_usd is not None:
+            out["key:" + key.name] = key.limits.monthly_cloud_usd
+        return out
+
+
+def _or_none(v: int | None) -> int:
+    return NO_LIMIT if v is None else v
+
+
+def _rate_limited(name: str, usage: Usage, limits: tuple[int, int, int], tokens: int
+                  ) -> RateLimited:
+    """The 429; its x-ratelimit-* headers are added by Gate.wrap, as on every answer."""
+    rpm, tpm, par = limits
+    wait = max(usage.wait_ms, 1) / 1000
+    if usage.limited == "requests":
+        what = f"{rpm} requests per minute"
+    elif usage.limited == "tokens":
+        what = f"{tpm} tokens per minute (this request: about {tokens})"
+    else:
+        what = f"{par} requests in flight at once"
+    err = RateLimited(f"Rate limit reached for key {name!r}: {what}. Retry after "
+                      f"{duration(wait)}.", code="rate_limit_exceeded")
+    err.type = "tokens" if usage.limited == "tokens" else "requests"
+    err.headers = {"retry-after": str(max(math.ceil(wait), 1)),
+                   "retry-after-ms": str(max(math.ceil(wait * 1000), 1))}
+    return err
+
+
+class Gate:
+    """One request's hold on its key's limits and the budget: taken at its first placement
+    (one atomic step on the store), given back when it ends."""
+
+    __slots__ = ("limiter", "key", "facts", "lease", "headers", "_counted_in", "_scopes",
+                 "_reserved", "_month")
+
+    def __init__(self, limiter: Limiter, key: ApiKeyConfig | None, facts: RequestFacts) -> None:
+        self.limiter = limiter
+        self.key = key
+        self.facts = facts
+        self.lease = uuid.uuid4().hex
+        self.headers: list[tuple[bytes, bytes]] = []
+        # The store that holds this request's parallel slot and tokens; None: not counted yet.
+        self._counted_in: StateStore | None = None
+        self._scopes = limiter.scopes(key)
+        self._reserved = False
+        self._month = month_now()
+
+    def wrap(self, send: Send) -> Send:
+        """`send` with the key's x-ratelimit-* headers added to the answer's start."""
+        limits = self.key.limits if self.key is not None else None
+        if limits is None or not limits.rate_limited:
+            return send
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start" and self.headers:
+                message = {**message, "headers": [*message.get("headers", ()), *self.headers]}
+            await send(message)
+
+        return send_with_headers
+
+    async def place(self, decision: PlacementDecision) -> PlacementDecision:
+        """Count the request against its key's rate limits (once: raises RateLimited) and
+        reserve the decision's estimated cloud cost in every capped budget (once: a fallback or
+        retry reuses it). Where the reservation fails, the decision without the cloud, or
+        InsufficientQuota / BudgetUnavailable where only the cloud could take it."""
+        lim = self.limiter
+        key = self.key
+        limits = key.limits if key is not None else None
+        rate = (self._counted_in is None and key is not None and limits is not None
+                and limits.rate_limited)
+        clouds = [e for e in decision.order if e.config.tier == "cloud"]
+        capped = any(cap != NO_LIMIT for cap in self._scopes.values())
+        amount = 0.0
+        if clouds and capped and not self._reserved:
+            f = self.facts
+            out = f.max_output_tokens or lim.config.policy.default_output_tokens
+            amount = max((e.config.price.input_per_mtok * f.prompt_tokens_estimate
+                          + e.config.price.output_per_mtok * out) / 1e6 for e in clouds)
+            if not lim.up and not rate:
+                return self._without_cloud(decision, None)
+        if not rate and amount <= 0:
+            return decision
+        store, rpm, tpm, par = lim.limits_now(limits if rate else None)
+        tokens = self.facts.prompt_tokens_estimate
+        shared_budget = amount > 0 and lim.up
+        begin = Begin(key.name if rate and key is not None else None, rpm, tpm, par, tokens,
+                      self.lease, lim.lease_s, self._scopes if store is lim.store else {},
+                      amount if store is lim.store else 0.0, self._month)
+        try:
+            usage, reserved = await store.begin(begin)
+        except StateUnavailable as exc:
+            lim._down(exc)
+            shared_budget = False
+            store, rpm, tpm, par = lim.limits_now(limits if rate else None)
+            begin = Begin(begin.key, rpm, tpm, par, tokens, self.lease, lim.lease_s, {}, 0.0,
+                          self._month)
+            usage, reserved = await store.begin(begin)
+        if usage is not None and key is not None:
+            self.headers = ratelimit_headers((rpm, tpm), usage)
+            if usage.limited is not None:
+                lim.metrics.key_limited(key.name, usage.limited)
+                raise _rate_limited(key.name, usage, (rpm, tpm, par), tokens)
+            self._counted_in = store
+        if amount <= 0:
+            return decision
+        if not shared_budget or reserved is None:
+            return self._without_cloud(decision, None)
+        if GLOBAL in reserved.spent:
+            lim._spent = reserved.spent[GLOBAL]
+        if reserved.refused is not None:
+            return self._without_cloud(decision, reserved.refused)
+        self._reserved = True
+        return decision
+
+    def _without_cloud(self, decision: PlacementDecision, refused: str | None
+                       ) -> PlacementDecision:
+        if refused is None:
+            rule = "budget.unavailable"
+            why = "the budget's shared store is down: the cloud is paused"
+        elif refused == GLOBAL:
+            rule, why = "budget.hard", "the monthly cloud budget is spent (hard cap)"
+        else:
+            name = refused[4:]
+            rule, why = "budget.key", f"key {name!r} has spent its monthly cloud budget"
+            self.limiter.metrics.key_limited(name, "budget")
+        edges = tuple(e for e in decision.order if e.config.tier == "edge")
+        if not edges:
+            if refused is None:
+                raise BudgetUnavailable(rule, why + "; no edge endpoint may take this request")
+            raise InsufficientQuota(rule, why + "; no edge endpoint may take this request")
+        primary_moved = decision.order[0].config.tier == "cloud"
+        return PlacementDecision(edges, rule if primary_moved else decision.rule,
+                                 why if primary_moved else decision.explanation,
+                                 decision.restricted, panic=decision.panic)
+
+    def finish(self, record: dict[str, Any]) -> None:
+        """Give back the parallel slot, count the answer's tokens, settle the budget to the
+        actual cost: queued for the next batch, never blocking nor raising."""
+        lim = self.limiter
+        actual = float(record.get("cost_usd", 0.0)) if record.get("placement") == "cloud" else 0.0
+        completion = int(record.get("output_tokens", 0))
+        key = self.key
+        if key is not None:
+            lim.metrics.key_request(key.name, record.get("placement", "none"),
+                                    self.facts.prompt_tokens_estimate, completion, actual)
+        counted = self._counted_in
+        # The answer's tokens count against tpm (only a key that has one keeps a token log).
+        tpm_tokens = completion if key is not None and key.limits is not None and \
+            key.limits.tpm is not None else 0
+        if counted is not None and counted is not lim.store and key is not None:
+            lim.local.release_now(key.name, self.lease, tpm_tokens)  # counted while down
+            counted = None
+        scopes = tuple(self._scopes) if (self._reserved or actual > 0) else ()
+        if GLOBAL in scopes and not self._reserved:
+            lim._spent += actual
+        if counted is None and not scopes:
+            return
+        lim.end(End(key.name if counted is not None and key is not None else None, self.lease,
+                    tpm_tokens, scopes, actual, self._month))

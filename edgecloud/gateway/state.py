@@ -1,0 +1,285 @@
+"""The gateway's shared state seam: key limits and usage, budget spend, replicas' in-flight counts.
+
+`StateStore` is the one seam; `MemoryStore` keeps it in this process (the default, and the
+fallback for rate limits while a shared store is down), `RedisStore` (redis_state.py) shares it
+between replicas with server-side scripts. Both implement the same rules, written once here as
+pure functions:
+
+- rpm and tpm are exact over any 60 s: a log of what each request took, with its time (requests,
+  tokens at admission, answer tokens at the end); entries older than 60 s drop out. State per
+  key is one entry per request of the last minute.
+- max_parallel and budget reservations are leases with an expiry, so a replica that dies
+  mid-request frees what it held after `lease_s`, not never.
+- a budget reservation is refused when spent + reserved + the new estimate would pass the cap,
+  so concurrent requests cannot all pass a cap that only one of them fits under.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+WINDOW_MS = 60_000
+NO_LIMIT = -1
+
+
+class StateUnavailable(Exception):
+    """The shared store cannot be reached or answered too late; the caller falls back."""
+
+
+@dataclass(slots=True, frozen=True)
+class Usage:
+    """A key's last 60 s as an admit saw it (the request included, if admitted)."""
+
+    limited: str | None  # None: admitted; else "requests", "tokens" or "parallel"
+    requests: int  # requests in the last 60 s
+    tokens: int  # tokens in the last 60 s
+    requests_reset_ms: int  # until the requests of the last 60 s have all dropped out
+    tokens_reset_ms: int
+    wait_ms: int  # refused: until this request would fit (60 s: it never fits the limit)
+    parallel: int
+
+
+class _Log:
+    """One limit's log of the last WINDOW_MS: (time, amount) in time order, and their sum."""
+
+    __slots__ = ("entries", "total")
+
+    def __init__(self) -> None:
+        self.entries: deque[tuple[int, int]] = deque()
+        self.total = 0
+
+    def trim(self, now: int) -> None:
+        while self.entries and self.entries[0][0] <= now - WINDOW_MS:
+            self.total -= self.entries.popleft()[1]
+
+    def add(self, now: int, amount: int) -> None:
+        self.entries.append((now, amount))
+        self.total += amount
+
+    def reset_ms(self, now: int) -> int:
+        return self.entries[-1][0] + WINDOW_MS - now if self.entries else 0
+
+    def wait_ms(self, now: int, need: int, limit: int) -> int:
+        """Until `need` more fits under `limit` as old entries drop out."""
+        if need > limit:
+            return WINDOW_MS
+        left = self.total
+        for t, amount in self.entries:
+            left -= amount
+            if left + need <= limit:
+                return t + WINDOW_MS - now
+        return WINDOW_MS
+
+
+@dataclass(slots=True, frozen=True)
+class Reserved:
+    """A budget reservation's verdict: `refused` names the scope whose cap it would pass."""
+
+    refused: str | None
+    spent: dict[str, float] = field(default_factory=dict)  # spent + reserved per scope, after
+
+
+@dataclass(slots=True, frozen=True)
+class Begin:
+    """What one request takes as it starts: a key's rate limits (key None: none) and a budget
+    reservation (amount 0 or no scopes: none), in one atomic step."""
+
+    key: str | None
+    rpm: int
+    tpm: int
+    max_parallel: int
+    tokens: int
+    lease: str
+    lease_s: float
+    scopes: dict[str, float]  # scope -> cap (NO_LIMIT: counted, not capped)
+    amount: float
+    month: str
+
+
+@dataclass(slots=True, frozen=True)
+class End:
+    """What one request gives back as it ends: its parallel slot and the answer's tokens
+    (key None: nothing), and its reservation settled to the actual cost (no scopes: none)."""
+
+    key: str | None
+    lease: str
+    tokens: int
+    scopes: tuple[str, ...]
+    actual: float
+    month: str
+
+
+class StateStore(Protocol):
+    """What the gateway shares between replicas. Every method is atomic; all raise
+    StateUnavailable when the store cannot answer."""
+
+    async def admit(self, key: str, rpm: int, tpm: int, max_parallel: int, tokens: int,
+                    lease: str, lease_s: float) -> Usage:
+        """Count one request of `tokens` (estimated) against a key's limits, or refuse it."""
+        ...
+
+    async def release(self, key: str, lease: str, tokens: int) -> None:
+        """The request ended: free its parallel slot; add `tokens` (the answer's) to tpm."""
+        ...
+
+    async def reserve(self, scopes: dict[str, float], amount: float, rid: str, month: str,
+                      lease_s: float) -> Reserved:
+        """Reserve `amount` USD in every scope (scope -> cap, NO_LIMIT for none), or none."""
+        ...
+
+    async def settle(self, scopes: list[str], rid: str, actual: float, month: str) -> None:
+        """Drop reservation `rid` (if held) and add the actual cost to every scope's spend."""
+        ...
+
+    async def spent(self, scopes: list[str], month: str) -> dict[str, float]:
+        """Spent + reserved this month, per scope."""
+        ...
+
+    async def begin(self, b: Begin) -> tuple[Usage | None, Reserved | None]:
+        """admit then (if admitted) reserve, as one step; None for a part not asked for."""
+        ...
+
+    async def end_many(self, ends: list[End]) -> None:
+        """release and settle for many requests at once (one round trip)."""
+        ...
+
+    async def heartbeat(self, replica: str, in_flight: dict[str, int],
+                        ttl_s: float) -> tuple[dict[str, int], int]:
+        """Publish this replica's in-flight counts; the other live replicas' summed per
+        endpoint, and how many replicas are live (this one included)."""
+        ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def month_now() -> str:
+    return time.strftime("%Y-%m", time.gmtime())
+
+
+class MemoryStore:
+    """StateStore in this process: exact for one process, shared by nothing."""
+
+    def __init__(self, clock: object = None) -> None:
+        self._clock = clock if callable(clock) else time.time
+        self._logs: dict[tuple[str, str], _Log] = {}
+        self._leases: dict[str, dict[str, float]] = {}
+        self._spend: dict[tuple[str, str], float] = {}
+        self._reservations: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)  # type: ignore[operator]
+
+    def _log(self, key: str, kind: str, now: int) -> _Log:
+        log = self._logs.get((key, kind))
+        if log is None:
+            log = self._logs[(key, kind)] = _Log()
+        log.trim(now)
+        return log
+
+    async def admit(self, key: str, rpm: int, tpm: int, max_parallel: int, tokens: int,
+                    lease: str, lease_s: float) -> Usage:
+        now = self._now_ms()
+        req, tok = self._log(key, "r", now), self._log(key, "t", now)
+        leases = self._leases.setdefault(key, {})
+        for k in [k for k, exp in leases.items() if exp <= now]:
+            del leases[k]
+        par = len(leases)
+        limited, wait = None, 0
+        if rpm != NO_LIMIT and req.total + 1 > rpm:
+            limited, wait = "requests", req.wait_ms(now, 1, rpm)
+        elif tpm != NO_LIMIT and tok.total + tokens > tpm:
+            limited, wait = "tokens", tok.wait_ms(now, tokens, tpm)
+        elif max_parallel != NO_LIMIT and par + 1 > max_parallel:
+            limited, wait = "parallel", 1000
+        else:
+            if rpm != NO_LIMIT:
+                req.add(now, 1)
+            if tpm != NO_LIMIT:
+                tok.add(now, tokens)
+            if max_parallel != NO_LIMIT:
+                leases[lease] = now + lease_s * 1000
+                par += 1
+        return Usage(limited, req.total, tok.total, req.reset_ms(now), tok.reset_ms(now), wait,
+                     par)
+
+    async def release(self, key: str, lease: str, tokens: int) -> None:
+        self.release_now(key, lease, tokens)
+
+    def release_now(self, key: str, lease: str, tokens: int) -> None:
+        self._leases.get(key, {}).pop(lease, None)
+        if tokens:
+            now = self._now_ms()
+            self._log(key, "t", now).add(now, tokens)
+
+    async def begin(self, b: Begin) -> tuple[Usage | None, Reserved | None]:
+        usage = None
+        if b.key is not None:
+            usage = await self.admit(b.key, b.rpm, b.tpm, b.max_parallel, b.tokens, b.lease,
+                                     b.lease_s)
+            if usage.limited is not None:
+                return usage, None
+        if not b.scopes or b.amount <= 0:
+            return usage, None
+        return usage, await self.reserve(b.scopes, b.amount, b.lease, b.month, b.lease_s)
+
+    async def end_many(self, ends: list[End]) -> None:
+        for e in ends:
+            if e.key is not None:
+                self.release_now(e.key, e.lease, e.tokens)
+            if e.scopes:
+                await self.settle(list(e.scopes), e.lease, e.actual, e.month)
+
+    def _purge(self, scope: str, month: str, now: int) -> dict[str, tuple[float, float]]:
+        held = self._reservations.setdefault((scope, month), {})
+        for rid in [r for r, (_, exp) in held.items() if exp <= now]:
+            del held[rid]
+        return held
+
+    def _total(self, scope: str, month: str) -> float:
+        held = self._reservations.get((scope, month), {})
+        return self._spend.get((scope, month), 0.0) + sum(a for a, _ in held.values())
+
+    async def reserve(self, scopes: dict[str, float], amount: float, rid: str, month: str,
+                      lease_s: float) -> Reserved:
+        now = self._now_ms()
+        for scope, cap in scopes.items():
+            self._purge(scope, month, now)
+            if cap != NO_LIMIT and self._total(scope, month) + amount > cap + 1e-9:  # float sums
+                return Reserved(scope, {s: self._total(s, month) for s in scopes})
+        for scope in scopes:
+            self._reservations[(scope, month)][rid] = (amount, now + lease_s * 1000)
+        return Reserved(None, {s: self._total(s, month) for s in scopes})
+
+    async def settle(self, scopes: list[str], rid: str, actual: float, month: str) -> None:
+        for scope in scopes:
+            self._reservations.get((scope, month), {}).pop(rid, None)
+            self._spend[(scope, month)] = self._spend.get((scope, month), 0.0) + actual
+
+    async def spent(self, scopes: list[str], month: str) -> dict[str, float]:
+        now = self._now_ms()
+        for scope in scopes:
+            self._purge(scope, month, now)
+        return {s: self._total(s, month) for s in scopes}
+
+    async def heartbeat(self, replica: str, in_flight: dict[str, int],
+                        ttl_s: float) -> tuple[dict[str, int], int]:
+        return {}, 1
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+def scaled(limit: int | None, replicas: int) -> int:
+    """A shared limit's share for one replica while the shared store is down (at least 1)."""
+    if limit is None:
+        return NO_LIMIT
+    return max(1, math.floor(limit / max(replicas, 1)))

@@ -1,0 +1,251 @@
+"""The StateStore contract, run against the memory store and a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from edgecloud.gateway.redis_state import RedisStore
+from edgecloud.gateway.state import (
+    NO_LIMIT,
+    Begin,
+    End,
+    MemoryStore,
+    StateStore,
+    StateUnavailable,
+    Usage,
+)
+from edgecloud.supervise import free_port
+
+Body = Callable[[StateStore], Awaitable[None]]
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> Callable[[Body], None]:
+    """Runs a test body on a fresh store of each kind, in its own event loop."""
+    url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+
+    def run(body: Body) -> None:
+        async def main() -> None:
+            s: StateStore = MemoryStore() if url is None else RedisStore(url, "t")
+            try:
+                await body(s)
+            finally:
+                await s.close()
+
+        asyncio.run(main())
+
+    return run
+
+
+def test_rpm_admits_up_to_the_limit_then_refuses(store: Callable[[Body], None]) -> None:
+    store(_test_rpm_admits_up_to_the_limit_then_refuses)
+
+
+async def _test_rpm_admits_up_to_the_limit_then_refuses(store: StateStore) -> None:
+    seen = [await store.admit("a", 5, NO_LIMIT, NO_LIMIT, 0, f"l{i}", 60) for i in range(7)]
+    assert [u.limited for u in seen] == [None] * 5 + ["requests"] * 2
+    assert seen[4].requests == 5 and seen[4].wait_ms == 0
+    assert 0 < seen[5].wait_ms <= 60_000 and seen[5].requests_reset_ms > 59_000
+    other = await store.admit("b", 5, NO_LIMIT, NO_LIMIT, 0, "x", 60)
+    assert other.limited is None  # keys do not share a window
+
+
+def test_tpm_counts_estimate_then_answer(store: Callable[[Body], None]) -> None:
+    store(_test_tpm_counts_estimate_then_answer)
+
+
+async def _test_tpm_counts_estimate_then_answer(store: StateStore) -> None:
+    first = await store.admit("a", NO_LIMIT, 100, NO_LIMIT, 60, "l1", 60)
+    assert first.limited is None and first.tokens == 60
+    await store.release("a", "l1", 30)  # the answer's tokens
+    second = await store.admit("a", NO_LIMIT, 100, NO_LIMIT, 20, "l2", 60)
+    assert second.limited == "tokens" and second.tokens == 90
+    small = await store.admit("a", NO_LIMIT, 100, NO_LIMIT, 10, "l3", 60)
+    assert small.limited is None and small.tokens == 100
+
+
+def test_max_parallel_leases_are_freed(store: Callable[[Body], None]) -> None:
+    store(_test_max_parallel_leases_are_freed)
+
+
+async def _test_max_parallel_leases_are_freed(store: StateStore) -> None:
+    a = await store.admit("k", NO_LIMIT, NO_LIMIT, 2, 0, "one", 60)
+    b = await store.admit("k", NO_LIMIT, NO_LIMIT, 2, 0, "two", 60)
+    c = await store.admit("k", NO_LIMIT, NO_LIMIT, 2, 0, "three", 60)
+    assert (a.limited, b.limited, c.limited) == (None, None, "parallel")
+    await store.release("k", "one", 0)
+    d = await store.admit("k", NO_LIMIT, NO_LIMIT, 2, 0, "four", 60)
+    assert d.limited is None and d.parallel == 2
+
+
+def test_concurrent_admits_never_pass_the_limit(store: Callable[[Body], None]) -> None:
+    store(_test_concurrent_admits_never_pass_the_limit)
+
+
+async def _test_concurrent_admits_never_pass_the_limit(store: StateStore) -> None:
+    results = await asyncio.gather(*(store.admit("c", 10, NO_LIMIT, NO_LIMIT, 0, f"l{i}", 60)
+                                     for i in range(40)))
+    assert sum(u.limited is None for u in results) == 10
+
+
+def test_budget_reserve_settle_and_cap(store: Callable[[Body], None]) -> None:
+    store(_test_budget_reserve_settle_and_cap)
+
+
+async def _test_budget_reserve_settle_and_cap(store: StateStore) -> None:
+    scopes = {"global": 1.0, "key:a": NO_LIMIT}
+    first = await store.reserve(scopes, 0.6, "r1", "2026-12", 60)
+    assert first.refused is None and first.spent["global"] == pytest.approx(0.6)
+    second = await store.reserve(scopes, 0.6, "r2", "2026-12", 60)
+    assert second.refused == "global"  # 0.6 reserved + 0.6 would pass 1.0
+    await store.settle(list(scopes), "r1", 0.1, "2026-12")  # the answer cost less
+    assert (await store.spent(list(scopes), "2026-12"))["global"] == pytest.approx(0.1)
+    third = await store.reserve(scopes, 0.6, "r3", "2026-12", 60)
+    assert third.refused is None
+    await store.settle(list(scopes), "r3", 0.5, "2026-12")
+    await store.settle(list(scopes), "r3", 0.0, "2026-12")  # settling twice adds nothing
+    spent = await store.spent(list(scopes), "2026-12")
+    assert spent == {"global": pytest.approx(0.6), "key:a": pytest.approx(0.6)}
+    assert (await store.spent(["global"], "2027-01"))["global"] == 0.0  # a new month
+
+
+def test_concurrent_reservations_stay_under_the_cap(store: Callable[[Body], None]) -> None:
+    store(_test_concurrent_reservations_stay_under_the_cap)
+
+
+async def _test_concurrent_reservations_stay_under_the_cap(store: StateStore) -> None:
+    got = await asyncio.gather(*(store.reserve({"g": 1.0}, 0.1, f"r{i}", "m", 60)
+                                 for i in range(30)))
+    assert sum(r.refused is None for r in got) == 10
+
+
+def test_expired_leases_and_reservations_are_freed(store: Callable[[Body], None]) -> None:
+    store(_test_expired_leases_and_reservations_are_freed)
+
+
+async def _test_expired_leases_and_reservations_are_freed(store: StateStore) -> None:
+    # A replica that died holding them: a lease of 0.05 s is gone soon after.
+    await store.admit("k", NO_LIMIT, NO_LIMIT, 1, 0, "dead", 0.05)
+    await store.reserve({"g": 1.0}, 1.0, "dead", "m", 0.05)
+    await asyncio.sleep(0.1)
+    assert (await store.admit("k", NO_LIMIT, NO_LIMIT, 1, 0, "new", 60)).limited is None
+    assert (await store.reserve({"g": 1.0}, 1.0, "new", "m", 60)).refused is None
+
+
+def test_heartbeat_sums_other_replicas(redis_url: str) -> None:
+    asyncio.run(_test_heartbeat_sums_other_replicas(redis_url))
+
+
+async def _test_heartbeat_sums_other_replicas(redis_url: str) -> None:
+    a, b = RedisStore(redis_url, "t"), RedisStore(redis_url, "t")
+    try:
+        await a.heartbeat("ra", {"edge": 3, "cloud": 1}, 2.0)
+        others, live = await b.heartbeat("rb", {"edge": 2}, 2.0)
+        assert others == {"edge": 3, "cloud": 1} and live == 2
+        others, live = await a.heartbeat("ra", {"edge": 0}, 2.0)
+        assert others == {"edge": 2} and live == 2
+    finally:
+        await a.close()
+        await b.close()
+
+
+def test_prefixes_keep_fleets_apart(redis_url: str) -> None:
+    asyncio.run(_test_prefixes_keep_fleets_apart(redis_url))
+
+
+async def _test_prefixes_keep_fleets_apart(redis_url: str) -> None:
+    a, b = RedisStore(redis_url, "fleet-a"), RedisStore(redis_url, "fleet-b")
+    try:
+        assert (await a.admit("k", 1, NO_LIMIT, NO_LIMIT, 0, "1", 60)).limited is None
+        assert (await b.admit("k", 1, NO_LIMIT, NO_LIMIT, 0, "1", 60)).limited is None
+        assert (await a.admit("k", 1, NO_LIMIT, NO_LIMIT, 0, "2", 60)).limited == "requests"
+    finally:
+        await a.close()
+        await b.close()
+
+
+def test_unreachable_redis_raises_state_unavailable() -> None:
+    asyncio.run(_test_unreachable_redis_raises_state_unavailable())
+
+
+async def _test_unreachable_redis_raises_state_unavailable() -> None:
+    s = RedisStore(f"redis://127.0.0.1:{free_port()}/0", "t", timeout_s=0.2)
+    try:
+        with pytest.raises(StateUnavailable):
+            await s.admit("k", 1, NO_LIMIT, NO_LIMIT, 0, "1", 60)
+        with pytest.raises(StateUnavailable):
+            await s.ping()
+    finally:
+        await s.close()
+
+
+def test_the_minute_is_exact_over_any_60_s() -> None:
+    """With a clock of our own: rpm N admits N in any 60 s, whenever they came."""
+    now = [1000.0]
+    store = MemoryStore(clock=lambda: now[0])
+
+    def admit(tokens: int = 0) -> Usage:
+        return asyncio.run(store.admit("k", 3, 100, NO_LIMIT, tokens, "l", 60))
+
+    assert admit().limited is None
+    now[0] += 50  # two more near the end of the first minute
+    assert admit().limited is None and admit().limited is None
+    refused = admit()
+    assert refused.limited == "requests" and refused.wait_ms == 10_000  # the first drops out
+    now[0] += 10
+    assert admit().limited is None  # the first left the last 60 s: one slot, no more
+    assert admit().limited == "requests"
+    now[0] += 49.9
+    assert admit().limited == "requests"  # the two of second 1050 still count
+    now[0] += 0.1
+    ok = admit(tokens=90)
+    assert ok.limited is None and ok.requests == 2 and ok.tokens == 90
+    big = admit(tokens=20)
+    assert big.limited == "tokens" and big.wait_ms == 60_000  # 90 of 100 until they drop out
+    assert asyncio.run(store.admit("k", NO_LIMIT, 100, NO_LIMIT, 101, "x", 60)).wait_ms == 60_000
+
+
+def test_begin_and_end_take_and_give_back_in_one_step(store: Callable[[Body], None]) -> None:
+    store(_test_begin_and_end_take_and_give_back_in_one_step)
+
+
+async def _test_begin_and_end_take_and_give_back_in_one_step(store: StateStore) -> None:
+    def begin(lease: str, amount: float, key: str | None = "k") -> Begin:
+        return Begin(key, 2, 100, 1, 10, lease, 60, {"global": 1.0, "key:k": NO_LIMIT},
+                     amount, "m")
+
+    usage, reserved = await store.begin(begin("a", 0.7))
+    assert usage is not None and usage.limited is None and usage.parallel == 1
+    assert reserved is not None and reserved.refused is None
+    # max_parallel 1: refused, and then nothing is reserved.
+    usage, reserved = await store.begin(begin("b", 0.1))
+    assert usage is not None and usage.limited == "parallel" and reserved is None
+    await store.end_many([End("k", "a", 5, ("global", "key:k"), 0.2, "m")])
+    assert (await store.spent(["global", "key:k"], "m")) == {
+        "global": pytest.approx(0.2), "key:k": pytest.approx(0.2)}
+    # The slot is free; the cap refuses what would pass it; the key's window counted 2.
+    usage, reserved = await store.begin(begin("c", 0.9))
+    assert usage is not None and usage.limited is None and usage.tokens == 25
+    assert reserved is not None and reserved.refused == "global"
+    usage, reserved = await store.begin(begin("d", 0.5, key=None))  # a reservation alone
+    assert usage is None and reserved is not None and reserved.refused is None
+    assert (await store.begin(begin("e", 0.0, key=None))) == (None, None)
+    await store.end_many([End(None, "d", 0, ("global", "key:k"), 0.0, "m"),
+                          End("k", "c", 0, (), 0.0, "m")])
+    assert (await store.spent(["global"], "m"))["global"] == pytest.approx(0.2)
+
+
+def test_concurrent_begins_are_batched_and_exact(store: Callable[[Body], None]) -> None:
+    store(_test_concurrent_begins_are_batched_and_exact)
+
+
+async def _test_concurrent_begins_are_batched_and_exact(store: StateStore) -> None:
+    got = await asyncio.gather(*(store.begin(Begin("k", 10, NO_LIMIT, NO_LIMIT, 0, f"l{i}", 60,
+                                                   {"g": 0.5}, 0.1, "m"))
+                                 for i in range(40)))
+    admitted = [r for u, r in got if u is not None and u.limited is None]
+    assert len(admitted) == 10
+    assert sum(1 for r in admitted if r is not None and r.refused is None) == 5
