@@ -64,6 +64,7 @@ QEMU = "qemu-aarch64-static"
 # edge box this is for; ggml then runs its armv8.2_2 variant. `--cpu max` emulates SVE2 and I8MM.
 DEFAULT_CPU = "cortex-a76"
 MODEL_NAME = "gemma-3-270m"
+EM_AARCH64 = 183  # the ELF header's e_machine of an arm64 library
 
 
 class StepFailed(Exception):
@@ -119,11 +120,9 @@ def cross_build(paths: Paths, jobs: int) -> dict[str, Any]:
         raise StepFailed(f"the cross build left no libllama or no CPU variants in {package}/lib")
     if not any(n.startswith("libmtmd") for n in libs):
         raise StepFailed(f"the cross build left no libmtmd in {package}/lib")
-    machine = subprocess.run(
-        ["file", "-L", str(package / "lib" / "libllama.so")], capture_output=True, text=True
-    ).stdout
-    if "aarch64" not in machine:
-        raise StepFailed(f"libllama.so is not an arm64 library: {machine.strip()}")
+    header = (package / "lib" / "libllama.so").read_bytes()[:20]
+    if header[:4] != b"\x7fELF" or int.from_bytes(header[18:20], "little") != EM_AARCH64:
+        raise StepFailed(f"{package}/lib/libllama.so is not an arm64 ELF library")
     return {"package": str(package), "libraries": libs, "cpu_variants": variants}
 
 
