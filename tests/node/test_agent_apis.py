@@ -202,7 +202,10 @@ def test_responses_refuses_what_a_stateless_node_cannot_do(agent_node: str) -> N
 
 # -- Messages ---------------------------------------------------------------------------------
 def test_messages_create_and_stop_sequence(claude: anthropic.Anthropic) -> None:
+    # Greedy, so the base model's answer is the same each run (sampled, it may be only
+    # whitespace or the start of the next turn, which leaves no text block).
     m = claude.messages.create(model=MODEL, max_tokens=8, system="Be brief.",
+                               extra_body={"temperature": 0},
                                messages=[{"role": "user", "content": "Say something."}])
     assert m.type == "message" and m.role == "assistant"
     assert m.stop_reason in ("end_turn", "max_tokens")
@@ -217,7 +220,7 @@ def test_messages_create_and_stop_sequence(claude: anthropic.Anthropic) -> None:
 
 
 def test_messages_stream_text(claude: anthropic.Anthropic) -> None:
-    with claude.messages.stream(model=MODEL, max_tokens=10,
+    with claude.messages.stream(model=MODEL, max_tokens=10, extra_body={"temperature": 0},
                                 messages=[{"role": "user", "content": "Count: one, two,"}]
                                 ) as stream:
         kinds = [event.type for event in stream]
