@@ -144,7 +144,9 @@ def main() -> None:
         print(f"| {n} | {nat:.1f} | {por:.1f} | {por / nat:.2f}x |")
     from edgecloud.testing.figures import write_result
 
-    write_result("portable_vs_native", summary={"medians": medians}, samples=samples,
+    variants = {name: str(samples[name][0]["variant"]) for name in builds}
+    write_result("portable_vs_native", summary={"medians": medians, "variants": variants},
+                 samples=samples,
                  params=vars(args))
 
 

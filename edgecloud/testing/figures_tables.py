@@ -217,7 +217,20 @@ def agent_apis(doc: Doc) -> str:
     return "\n\n".join(out)
 
 
+def portable_vs_native(doc: Doc) -> str:
+    """The portable build (CPU variants chosen at run time) against a native one, per batch."""
+    s = doc["summary"]
+    variants = s.get("variants", {})
+    rows = [[n, num(v["native"]), num(v["portable"]), f"**{ratio(v['portable'], v['native'])}**"]
+            for n, v in s["medians"].items()]
+    head = ["sequences decoded together",
+            f"native tok/s ({variants.get('native', 'built in')})",
+            f"portable tok/s ({variants.get('portable', '?')})", "portable/native"]
+    return md_table(head, rows)
+
+
 RENDERERS: dict[str, Callable[[Doc], str]] = {
+    "portable_vs_native": portable_vs_native,
     "node_vs_llama_cpp_server": lambda doc: side_by_side(doc, "llama_cpp.server"),
     "grammar_vs_llama_server": side_by_side,
     "vision_vs_llama_server": side_by_side,

@@ -14,8 +14,8 @@ from tuf.api import exceptions as tuf_exc
 
 from edgecloud.fleet.fetcher import HttpxFetcher
 from edgecloud.fleet.transport import TransferLimits, agent_client
+from edgecloud.testing.faulty_link import FaultyLink
 from tests.fleet.conftest import TOKEN, Device, Rig, wait_for
-from tests.fleet.faulty_link import FaultyLink
 from tests.fleet.standin_node import dummy_model
 
 ADMIN = {"authorization": f"Bearer {TOKEN}"}

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from edgecloud.supervise import ManagedProcess, free_port
-from tests.gateway.standin_attestation import GOOD_CLAIMS, ISSUER
+from edgecloud.testing.standin_attestation import GOOD_CLAIMS, ISSUER
 
 HERE = Path(__file__).parent
 
@@ -50,8 +50,8 @@ class CCEndpoint:
 def start_verifier(tmp: Path, started: list[ManagedProcess]) -> Verifier:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = ManagedProcess([sys.executable, str(HERE / "standin_attestation.py"), "--port",
-                           str(port)], f"{base}/healthz",
+    proc = ManagedProcess([sys.executable, "-m", "edgecloud.testing.standin_attestation",
+                           "--port", str(port)], f"{base}/healthz",
                           log_path=str(tmp / f"verifier-{port}.log"), name="standin-verifier")
     started.append(proc)
     proc.start()

@@ -17,8 +17,6 @@ import yaml
 
 from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port
 
-STANDIN = Path(__file__).with_name("standin_provider.py")
-
 
 def start_node(tmp: Path, *extra: str, name: str = "node") -> tuple[ManagedProcess, str]:
     """Start a real `edgecloud serve` (see tests/conftest.py); returns (process, base URL)."""
@@ -79,7 +77,8 @@ def launch_standin(tmp: Path, started: list[ManagedProcess], name: str = "standi
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = ManagedProcess(
-        [sys.executable, str(STANDIN), "--port", str(port), "--name", name, "--model-id", model_id],
+        [sys.executable, "-m", "edgecloud.testing.standin_provider", "--port", str(port),
+         "--name", name, "--model-id", model_id],
         f"{base}/healthz", log_path=str(tmp / f"{name}-{port}.log"), name=name,
     )
     started.append(proc)

@@ -1,6 +1,6 @@
 """A stand-in for a confidential cloud endpoint (vLLM in a TDX VM), for tests: HTTPS with its own
-self-signed key, the OpenAI routes of standin_provider.py (recording what it receives), and an
-evidence route. Run:
+self-signed key, the OpenAI routes of edgecloud.testing.standin_provider (recording what it
+receives), and an evidence route. Run:
   python tests/gateway/standin_confidential.py --port P --verifier URL --key-file F [--mitm URL]
 Routes besides standin_provider's:
   GET /attestation?nonce=HEX -> {"token": JWT}: asks the verifier for a token binding the nonce
@@ -26,8 +26,8 @@ import uvicorn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from edgecloud.api.asgi import send_json  # noqa: E402
-from tests.gateway import standin_provider as provider  # noqa: E402
-from tests.gateway.tlskeys import ensure_key, key_sha256, write_self_signed  # noqa: E402
+from edgecloud.testing import standin_provider as provider  # noqa: E402
+from edgecloud.testing.tlskeys import ensure_key, key_sha256, write_self_signed  # noqa: E402
 
 ARGS = argparse.Namespace()
 EVIDENCE: dict[str, Any] = {"first": None, "served": 0}

@@ -11,7 +11,7 @@ from joserfc.jwk import OctKey, RSAKey
 
 from edgecloud.gateway import attestation as at
 from edgecloud.gateway.attestation import AttestationFailure, AttestationStatus, Expectations
-from tests.gateway.standin_attestation import (
+from edgecloud.testing.standin_attestation import (
     GOOD_CLAIMS,
     ISSUER,
     jwks_of,

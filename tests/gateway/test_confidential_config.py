@@ -12,7 +12,7 @@ import pytest
 from edgecloud.gateway.config import parse_config
 from edgecloud.gateway.errors import ConfigError
 from edgecloud.supervise import edgecloud_command
-from tests.gateway.standin_attestation import jwks_of, make_signer
+from edgecloud.testing.standin_attestation import jwks_of, make_signer
 
 BLOCK = """\
 endpoints:

@@ -19,7 +19,7 @@ from edgecloud.gateway.errors import CapabilityMissing, NoAllowedEndpoint
 from edgecloud.gateway.health import CircuitBreaker, EndpointState
 from edgecloud.gateway.policy import UNATTESTED, Hints, PlacementPolicy
 from edgecloud.gateway.request import inspect_chat
-from tests.gateway.tlskeys import self_signed
+from edgecloud.testing.tlskeys import self_signed
 
 CC = ConfidentialConfig(evidence_url="https://127.0.0.1:1/attestation", issuer="https://v.test",
                         jwks_url="https://v.test/certs", claims={"tdx_is_debuggable": False})

@@ -144,7 +144,7 @@ def test_api_keys_allow_list_and_upstream_key(tmp_path: Path) -> None:
 
 
 def _self_signed(tmp: Path) -> tuple[Path, Path]:
-    from tests.gateway.tlskeys import write_self_signed
+    from edgecloud.testing.tlskeys import write_self_signed
 
     cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
     write_self_signed(key_path, cert_path)
