@@ -281,6 +281,7 @@ def build_server(version: str, cache: Path, sdist: Path | None = None, jobs: int
     work = cache / settings_tag(version, SERVER_OPTIONS)
     target = work / "bin" / "llama-server"
     if target.exists():
+        _run_from_own_folder(work / "bin")  # a copy cached before this step existed
         return target
     work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="llama-server-") as tmp:
@@ -323,9 +324,24 @@ def build_server(version: str, cache: Path, sdist: Path | None = None, jobs: int
         for item in (build_dir / "bin").iterdir():
             if item.is_file() and (item.name == "llama-server" or ".so" in item.name):
                 shutil.copy2(item, staged / item.name, follow_symlinks=True)
+        _run_from_own_folder(staged)
         shutil.rmtree(work / "bin", ignore_errors=True)
         staged.replace(work / "bin")
     return target
+
+
+def _run_from_own_folder(folder: Path) -> None:
+    """Point the copied binary and libraries at their own folder ($ORIGIN): CMake left them the
+    temporary build folder as their run path, which is gone once the build is cached."""
+    patchelf = shutil.which("patchelf")
+    if patchelf is None:
+        raise RuntimeError("patchelf is needed to cache llama-server: apt-get install patchelf")
+    for item in sorted(folder.iterdir()):
+        if item.is_file() and not item.is_symlink():
+            current = subprocess.run([patchelf, "--print-rpath", str(item)], capture_output=True,
+                                     text=True, check=True).stdout.strip()
+            if current != "$ORIGIN":
+                subprocess.run([patchelf, "--set-rpath", "$ORIGIN", str(item)], check=True)
 
 
 def build_cross_package(
