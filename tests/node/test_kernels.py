@@ -124,10 +124,26 @@ def test_cpu_flags_are_read_on_x86_and_arm() -> None:
 
 
 # -- the check, with real child processes ------------------------------------------------------
-def test_a_child_that_crashes_becomes_a_kernel_check_failure() -> None:
-    crash = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"]
-    with pytest.raises(KernelCheckFailed, match="SIGSEGV"):
+@pytest.mark.parametrize("sig", ["SIGSEGV", "SIGILL"])
+def test_a_child_that_crashes_becomes_a_kernel_check_failure(sig: str) -> None:
+    crash = [sys.executable, "-c", f"import os, signal; os.kill(os.getpid(), signal.{sig})"]
+    with pytest.raises(KernelCheckFailed, match=sig):
         prove_kernels("m.gguf", child=crash, mode="always")
+
+
+@pytest.mark.skipif(not llama_build.is_x86(), reason="emulates an older x86 CPU")
+def test_the_same_wheel_decodes_on_an_older_cpu_with_its_own_kernels(
+    embedded_model_path: str,
+) -> None:
+    """Under qemu-user emulating a Nehalem (SSE4.2, no AVX), ggml picks the sse42 variant and
+    the check decodes: a native build from an AVX-512 machine dies there with SIGILL."""
+    qemu = shutil.which("qemu-x86_64-static") or shutil.which("qemu-x86_64")
+    assert qemu, "qemu-user-static is needed to run the wheel on an emulated older CPU"
+    argv = [qemu, "-cpu", "Nehalem", sys.executable, "-m", "edgecloud.node.kernels", "--child",
+            "--model", embedded_model_path]
+    outcome = kernels.run_check(argv, timeout_s=600)
+    assert outcome.returncode == 0, outcome.stderr_tail
+    assert outcome.variant == "sse42"
 
 
 def test_a_child_that_hangs_is_cut_and_reported(monkeypatch: pytest.MonkeyPatch) -> None:
