@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from edgecloud.gateway.state import Begin, End, Reserved, StateUnavailable, Usage
 
@@ -283,6 +285,134 @@ class _Script:
             return await self.client.eval(self.source, len(keys), *keys, *args)
 
 
+def _bulk(value: Any) -> bytes:
+    b = value if isinstance(value, bytes) else str(value).encode()
+    return b"$%d\r\n%s\r\n" % (len(b), b)
+
+
+def _command(*parts: Any) -> bytes:
+    """One command in Redis's protocol (an array of bulk strings)."""
+    return b"*%d\r\n" % len(parts) + b"".join(_bulk(p) for p in parts)
+
+
+# One entry of a batch: the command, its caller's future, and the script to load and send it
+# again with if Redis answers NOSCRIPT (None once it was).
+_Entry = tuple[bytes, "asyncio.Future[Any]", "_Script | None"]
+
+
+class _Channel:
+    """The request path's own connection to Redis, one batch in flight at a time: the script
+    calls made while a batch is out go together in the next one (one write, one read of all
+    the replies). A request alone pays one round trip; sixteen at once share theirs, and the
+    request ends share them with the starts.
+
+    redis-py opens the connection (the URL, AUTH, TLS, the database) and hiredis parses the
+    replies; what is left out is redis-py's per-command machinery (its pipeline, retry and
+    per-read timeouts), which cost more CPU per request than the rest of the limiter: measured
+    by benchmarks/gateway_state.py (b). A batch that fails or takes longer than the timeout
+    fails every call in it, and the connection is opened afresh for the next."""
+
+    def __init__(self, client: aioredis.Redis, timeout_s: float) -> None:
+        self._pool = client.connection_pool
+        self._timeout_s = timeout_s
+        self._conn: Any = None
+        self._parser: Any = None
+        self._queue: list[_Entry] = []
+        self._task: asyncio.Task[None] | None = None
+        self._renew = False
+
+    def renew(self) -> None:
+        """Open a fresh connection for the next batch: the one held may be to a server that
+        has since died (the store was down, and nothing here has noticed)."""
+        self._renew = True
+
+    def call(self, script: _Script, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
+        """Run `script` in the next batch; the future holds its reply or the error."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((_command(b"EVALSHA", script.sha, len(keys), *keys, *args), fut,
+                            script))
+        if self._task is None:
+            self._task = asyncio.create_task(self._flush())
+        return fut
+
+    async def _flush(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                try:
+                    async with asyncio.timeout(self._timeout_s):
+                        replies = await self._round_trip([c for c, _, _ in batch])
+                except (RedisError, OSError, TimeoutError) as exc:
+                    await self._drop()
+                    for _, fut, _ in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
+                again: list[_Entry] = []
+                for (cmd, fut, script), reply in zip(batch, replies, strict=True):
+                    if isinstance(reply, hiredis.ReplyError):
+                        if script is not None and str(reply).startswith("NOSCRIPT"):
+                            again.append((cmd, fut, None))  # Redis restarted and forgot it
+                            continue
+                        if not fut.done():
+                            fut.set_exception(ResponseError(str(reply)))
+                    elif not fut.done():
+                        fut.set_result(reply)
+                if again:
+                    loads = {id(s): s for _, _, s in batch if s is not None}
+                    self._queue[:0] = [
+                        *(_load_entry(s) for s in loads.values()), *again]
+        except BaseException:
+            await self._drop()
+            for _, fut, _ in self._queue:
+                fut.cancel()
+            self._queue = []
+            raise
+        finally:
+            self._task = None
+
+    async def _round_trip(self, commands: list[bytes]) -> list[Any]:
+        if self._renew:
+            self._renew = False
+            await self._drop()
+        if self._conn is None:
+            conn = self._pool.make_connection()
+            await conn.connect()
+            self._conn, self._parser = conn, hiredis.Reader(encoding="utf-8")
+        reader, writer, parser = self._conn._reader, self._conn._writer, self._parser
+        writer.write(b"".join(commands))
+        await writer.drain()
+        out: list[Any] = []
+        while len(out) < len(commands):
+            reply = parser.gets()
+            if reply is False:
+                data = await reader.read(1 << 16)
+                if not data:
+                    raise RedisConnectionError("Redis closed the connection")
+                parser.feed(data)
+            else:
+                out.append(reply)
+        return out
+
+    async def _drop(self) -> None:
+        conn, self._conn, self._parser = self._conn, None, None
+        if conn is not None:
+            await conn.disconnect(nowait=True)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._drop()
+
+
+def _load_entry(script: _Script) -> _Entry:
+    """SCRIPT LOAD, its reply waited for by nobody: the entries after it run the script."""
+    fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+    return (_command(b"SCRIPT", b"LOAD", script.source), fut, None)
+
+
 class RedisStore:
     """StateStore shared by every replica through one Redis."""
 
@@ -303,9 +433,7 @@ class RedisStore:
         self._heartbeat = _Script(self.client, _HEARTBEAT)
         self._begin = _Script(self.client, _BEGIN)
         self._end = _Script(self.client, _END)
-        self._begin_out = False  # a begin call or batch is on its way
-        self._waiting: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
-        self._batches: set[asyncio.Task[None]] = set()
+        self._channel = _Channel(self.client, timeout_s)
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}:key:{key}"
@@ -317,6 +445,12 @@ class RedisStore:
         try:
             return await script(keys, args)
         except (RedisError, OSError) as exc:
+            raise StateUnavailable(f"redis: {type(exc).__name__}") from None
+
+    async def _channel_call(self, script: _Script, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await self._channel.call(script, keys, args)
+        except (TimeoutError, RedisError, OSError) as exc:
             raise StateUnavailable(f"redis: {type(exc).__name__}") from None
 
     async def admit(self, key: str, rpm: int, tpm: int, max_parallel: int, tokens: int,
@@ -332,7 +466,7 @@ class RedisStore:
             return None, None
         keys = [self._key(b.key) if b.key is not None else ""]
         keys += [self._budget(s, b.month) for s in scopes]
-        r = await self._begin_batched(keys, [
+        r = await self._channel_call(self._begin, keys, [
             b.rpm, b.tpm, b.max_parallel, b.tokens, b.lease, int(b.lease_s * 1000), _WINDOW_MS,
             repr(b.amount), *(repr(float(b.scopes[s])) for s in scopes)])
         usage = _usage(r[0]) if r[0] else None
@@ -343,79 +477,19 @@ class RedisStore:
                                 {s: float(v) for s, v in zip(scopes, totals, strict=True)})
         return usage, reserved
 
-    async def _begin_batched(self, keys: list[str], args: list[Any]) -> Any:
-        """One begin call, or, while one is out, a place in the next batch: the begins that
-        arrive during a round trip go together in one pipeline (a request alone pays nothing
-        for this; sixteen at once share their round trips)."""
-        if not self._begin_out:
-            self._begin_out = True
-            try:
-                return await self._run(self._begin, keys, args)
-            finally:
-                self._next_batch()
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiting.append((keys, args, fut))
-        return await fut
-
-    def _next_batch(self) -> None:
-        if not self._waiting:
-            self._begin_out = False
-            return
-        batch, self._waiting = self._waiting, []
-        task = asyncio.create_task(self._send_batch(batch))
-        self._batches.add(task)
-        task.add_done_callback(self._batches.discard)
-
-    async def _send_batch(self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]
-                          ) -> None:
-        try:
-            for attempt in (1, 2):
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for keys, args, _ in batch:
-                        pipe.evalsha(self._begin.sha, len(keys), *keys, *args)
-                    results = await pipe.execute(raise_on_error=False)
-                if attempt == 1 and any(isinstance(x, NoScriptError) for x in results):
-                    await self.client.script_load(_BEGIN)  # Redis restarted: load, send again
-                    continue
-                break
-            for (_, _, fut), res in zip(batch, results, strict=True):
-                if fut.done():
-                    continue
-                if isinstance(res, Exception):
-                    fut.set_exception(StateUnavailable(f"redis: {type(res).__name__}"))
-                else:
-                    fut.set_result(res)
-        except (RedisError, OSError) as exc:
-            for _, _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(StateUnavailable(f"redis: {type(exc).__name__}"))
-        except BaseException:
-            for _, _, fut in batch:
-                if not fut.done():
-                    fut.cancel()
-            raise
-        finally:
-            self._next_batch()
-
     async def end_many(self, ends: list[End]) -> None:
-        """Every End in one pipeline: one round trip, however many requests ended."""
-        try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for e in ends:
-                    keys = [self._key(e.key) if e.key is not None else ""]
-                    keys += [self._budget(s, e.month) for s in e.scopes]
-                    pipe.evalsha(self._end.sha, len(keys), *keys, e.lease, e.tokens, _WINDOW_MS,
-                                 repr(e.actual))
-                results = await pipe.execute(raise_on_error=False)
-            if any(isinstance(x, NoScriptError) for x in results):
-                # Redis restarted and forgot the script: load it, then again (End is idempotent
-                # but for `actual`, so only the ones that failed).
-                await self.client.script_load(_END)
-                again = [e for e, x in zip(ends, results, strict=True)
-                         if isinstance(x, NoScriptError)]
-                await self.end_many(again)
-        except (RedisError, OSError) as exc:
-            raise StateUnavailable(f"redis: {type(exc).__name__}") from None
+        """Every End in the channel's next batch: one round trip, however many requests ended
+        (and shared with the begins that go meanwhile)."""
+        calls = []
+        for e in ends:
+            keys = [self._key(e.key) if e.key is not None else ""]
+            keys += [self._budget(s, e.month) for s in e.scopes]
+            calls.append(self._channel.call(
+                self._end, keys, [e.lease, e.tokens, _WINDOW_MS, repr(e.actual)]))
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if failed is not None:
+            raise StateUnavailable(f"redis: {type(failed).__name__}")
 
     async def release(self, key: str, lease: str, tokens: int) -> None:
         await self._run(self._release, [self._key(key)], [lease, tokens, _WINDOW_MS])
@@ -452,8 +526,10 @@ class RedisStore:
         try:
             await self.client.connection_pool.disconnect()
             await self.client.ping()
+            self._channel.renew()
         except (RedisError, OSError) as exc:
             raise StateUnavailable(f"redis: {type(exc).__name__}") from None
 
     async def close(self) -> None:
+        await self._channel.close()
         await self.client.aclose()

@@ -249,3 +249,59 @@ async def _test_concurrent_begins_are_batched_and_exact(store: StateStore) -> No
     admitted = [r for u, r in got if u is not None and u.limited is None]
     assert len(admitted) == 10
     assert sum(1 for r in admitted if r is not None and r.refused is None) == 5
+
+
+def test_a_redis_that_forgot_its_scripts_is_taught_them_again(redis_url: str) -> None:
+    """After SCRIPT FLUSH (as after a restart), the begins and ends of one batch still run:
+    the channel loads the scripts and sends the calls that got NOSCRIPT once more."""
+    asyncio.run(_test_forgot_scripts(redis_url))
+
+
+async def _test_forgot_scripts(redis_url: str) -> None:
+    import redis.asyncio as aioredis
+
+    store = RedisStore(redis_url, "flush")
+    admin = aioredis.Redis.from_url(redis_url)
+    try:
+        await admin.script_flush()
+        got = await asyncio.gather(*(store.begin(Begin("k", 100, NO_LIMIT, 5, 0, f"l{i}", 60,
+                                                       {"g": NO_LIMIT}, 0.1, "m"))
+                                     for i in range(8)))
+        assert [u.limited if u else "?" for u, _ in got] == [None] * 5 + ["parallel"] * 3
+        await admin.script_flush()
+        await store.end_many([End("k", f"l{i}", 0, ("g",), 0.05, "m") for i in range(5)])
+        assert (await store.spent(["g"], "m"))["g"] == pytest.approx(0.25)
+        usage, _ = await store.begin(Begin("k", 100, NO_LIMIT, 5, 0, "again", 60, {}, 0.0, "m"))
+        assert usage is not None and usage.limited is None and usage.parallel == 1
+    finally:
+        await store.close()
+        await admin.aclose()
+
+
+def test_a_dropped_connection_fails_one_batch_then_is_opened_again(redis_url: str) -> None:
+    """Redis drops the request path's connection (CLIENT KILL, as a failover would): the calls
+    in flight fail as StateUnavailable, quickly, and the next batch opens a new connection."""
+    asyncio.run(_test_dropped_connection(redis_url))
+
+
+async def _test_dropped_connection(redis_url: str) -> None:
+    import redis.asyncio as aioredis
+
+    store = RedisStore(redis_url, "drop", timeout_s=0.5)
+    admin = aioredis.Redis.from_url(redis_url)
+    try:
+        b = Begin("k", 1000, NO_LIMIT, NO_LIMIT, 0, "a", 60, {}, 0.0, "m")
+        assert (await store.begin(b))[0] is not None
+        await admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        outcomes = []
+        for i in range(3):
+            try:
+                u, _ = await store.begin(Begin("k", 1000, NO_LIMIT, NO_LIMIT, 0, f"b{i}", 60, {},
+                                               0.0, "m"))
+                outcomes.append(u is not None and u.limited is None)
+            except StateUnavailable:
+                outcomes.append(False)
+        assert outcomes[-1] is True and outcomes.count(False) <= 1
+    finally:
+        await store.close()
+        await admin.aclose()
