@@ -2,7 +2,7 @@
 
 `StateStore` is the one seam; `MemoryStore` keeps it in this process (the default, and the
 fallback for rate limits while a shared store is down), `RedisStore` (redis_state.py) shares it
-between replicas with server-side scripts. Both implement the same rules, written once here as
+between replicas with server-side functions. Both implement the same rules, written once here as
 pure functions:
 
 - rpm and tpm are exact over any 60 s: a log of what each request took, with its time (requests,

@@ -263,12 +263,12 @@ async def _test_forgot_scripts(redis_url: str) -> None:
     store = RedisStore(redis_url, "flush")
     admin = aioredis.Redis.from_url(redis_url)
     try:
-        await admin.script_flush()
+        await admin.function_flush()
         got = await asyncio.gather(*(store.begin(Begin("k", 100, NO_LIMIT, 5, 0, f"l{i}", 60,
                                                        {"g": NO_LIMIT}, 0.1, "m"))
                                      for i in range(8)))
         assert [u.limited if u else "?" for u, _ in got] == [None] * 5 + ["parallel"] * 3
-        await admin.script_flush()
+        await admin.function_flush()
         await store.end_many([End("k", f"l{i}", 0, ("g",), 0.05, "m") for i in range(5)])
         assert (await store.spent(["g"], "m"))["g"] == pytest.approx(0.25)
         usage, _ = await store.begin(Begin("k", 100, NO_LIMIT, 5, 0, "again", 60, {}, 0.0, "m"))
@@ -302,6 +302,28 @@ async def _test_dropped_connection(redis_url: str) -> None:
             except StateUnavailable:
                 outcomes.append(False)
         assert outcomes[-1] is True and outcomes.count(False) <= 1
+    finally:
+        await store.close()
+        await admin.aclose()
+
+
+def test_spend_kept_by_the_first_version_still_counts(redis_url: str) -> None:
+    """A gateway upgraded mid-month keeps the month's spend that the first version of the
+    functions kept (a float `spent` field in USD), and adds to it in nano-USD."""
+    asyncio.run(_test_first_version_spend(redis_url))
+
+
+async def _test_first_version_spend(redis_url: str) -> None:
+    import redis.asyncio as aioredis
+
+    store = RedisStore(redis_url, "upgrade")
+    admin = aioredis.Redis.from_url(redis_url)
+    try:
+        await admin.hset("upgrade:budget:global:m:s", "spent", "0.75")
+        await store.settle(["global"], "r1", 0.125, "m")
+        assert (await store.spent(["global"], "m"))["global"] == pytest.approx(0.875)
+        refused = await store.reserve({"global": 1.0}, 0.2, "r2", "m", 60)
+        assert refused.refused == "global"
     finally:
         await store.close()
         await admin.aclose()
