@@ -18,6 +18,7 @@ When the shared store is down (a call failed or took longer than `state.timeout_
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import os
@@ -119,6 +120,7 @@ class Limiter:
         self.up = True
         self.replicas = 1
         self.replica_id = uuid.uuid4().hex[:12]
+        self._leases = itertools.count()
         self._spent = 0.0  # global spend + reservations, as last read or counted here
         # Request ends, sent in batches (one round trip for many) off the request's path; while
         # the store is down they wait here and go once it is back.
@@ -215,6 +217,11 @@ class Limiter:
         """This month's global cloud spend (and reservations) as last known, for the policy."""
         return self._spent
 
+    def next_lease(self) -> str:
+        """A request's id in the shared store: unique across replicas (the replica's id and a
+        count), and cheaper than a uuid4 per request."""
+        return f"{self.replica_id}{next(self._leases):x}"
+
     def gate(self, key: ApiKeyConfig | None, facts: RequestFacts) -> Gate:
         """The request's Gate; nothing is counted until its first `place`."""
         return Gate(self, key, facts)
@@ -278,7 +285,7 @@ class Gate:
         self.limiter = limiter
         self.key = key
         self.facts = facts
-        self.lease = uuid.uuid4().hex
+        self.lease = limiter.next_lease()
         self.headers: list[tuple[bytes, bytes]] = []
         # The store that holds this request's parallel slot and tokens; None: not counted yet.
         self._counted_in: StateStore | None = None

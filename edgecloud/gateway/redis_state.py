@@ -62,14 +62,15 @@ class _Function:
             return await self.client.fcall(self.name, len(keys), *keys, *args)
 
 
-def _bulk(value: Any) -> bytes:
-    b = value if isinstance(value, bytes) else str(value).encode()
-    return b"$%d\r\n%s\r\n" % (len(b), b)
+def _bulks(parts: tuple[Any, ...] | list[Any]) -> bytes:
+    """Bulk strings in Redis's protocol, one per part."""
+    enc = [p if isinstance(p, bytes) else str(p).encode() for p in parts]
+    return b"".join([b"$%d\r\n%s\r\n" % (len(b), b) for b in enc])
 
 
 def _command(*parts: Any) -> bytes:
     """One command in Redis's protocol (an array of bulk strings)."""
-    return b"*%d\r\n" % len(parts) + b"".join(_bulk(p) for p in parts)
+    return b"*%d\r\n" % len(parts) + _bulks(parts)
 
 
 # One entry of a batch: the command, its caller's future, and whether it may be sent once more
@@ -97,6 +98,8 @@ class _Channel:
         self._queue: list[_Entry] = []
         self._task: asyncio.Task[None] | None = None
         self._renew = False
+        # FCALL, the function and its keys, packed once (per function, key and month)
+        self._heads: dict[tuple[str, ...], bytes] = {}
 
     def renew(self) -> None:
         """Open a fresh connection for the next batch: the one held may be to a server that
@@ -106,7 +109,14 @@ class _Channel:
     def call(self, fn: _Function, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
         """Run `fn` in the next batch; the future holds its reply or the error."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((_command(b"FCALL", fn.name, len(keys), *keys, *args), fut, True))
+        head_key = (fn.name, *keys)
+        head = self._heads.get(head_key)
+        if head is None:
+            if len(self._heads) > 4096:
+                self._heads.clear()
+            head = self._heads[head_key] = _bulks([b"FCALL", fn.name, len(keys), *keys])
+        n = 3 + len(keys) + len(args)
+        self._queue.append((b"*%d\r\n%s%s" % (n, head, _bulks(args)), fut, True))
         if self._task is None:
             self._task = asyncio.create_task(self._flush())
         return fut
