@@ -107,14 +107,18 @@ class GatewayMetrics:
         )
         self._state_up.set(1)
         r.register(_EndpointCollector(endpoints))
-        self._children: dict[tuple[str, ...], Any] = {}
+        self._children: dict[tuple[Any, ...], Any] = {}
 
-    def request(self, placement: str, endpoint: str, reason: str, status: int) -> None:
-        key = (placement, endpoint, reason, str(status))
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, cached (label values are bounded: names from the config)."""
+        key = (id(metric), *labels)
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = self._requests.labels(*key)
-        child.inc()
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def request(self, placement: str, endpoint: str, reason: str, status: int) -> None:
+        self._child(self._requests, placement, endpoint, reason, str(status)).inc()
 
     def fallback(self, endpoint: str, cause: str) -> None:
         self._fallbacks.labels(endpoint, cause).inc()
@@ -127,20 +131,16 @@ class GatewayMetrics:
 
     def pseudonymized(self, kinds: Iterable[str]) -> None:
         for kind in kinds:
-            key = ("pseudonymized", kind)
-            child = self._children.get(key)
-            if child is None:
-                child = self._children[key] = self._pseudonymized.labels(kind)
-            child.inc()
+            self._child(self._pseudonymized, kind).inc()
 
     def key_request(self, key: str, placement: str, prompt_tokens: int, completion_tokens: int,
                     cloud_usd: float) -> None:
-        self._key_requests.labels(key, placement).inc()
-        self._key_tokens.labels(key, "prompt").inc(prompt_tokens)
+        self._child(self._key_requests, key, placement).inc()
+        self._child(self._key_tokens, key, "prompt").inc(prompt_tokens)
         if completion_tokens:
-            self._key_tokens.labels(key, "completion").inc(completion_tokens)
+            self._child(self._key_tokens, key, "completion").inc(completion_tokens)
         if cloud_usd:
-            self._key_spend.labels(key).inc(cloud_usd)
+            self._child(self._key_spend, key).inc(cloud_usd)
 
     def key_limited(self, key: str, limit: str) -> None:
         self._key_limited.labels(key, limit).inc()
