@@ -327,3 +327,15 @@ async def _test_first_version_spend(redis_url: str) -> None:
     finally:
         await store.close()
         await admin.aclose()
+
+
+def test_the_library_and_its_functions_carry_one_version() -> None:
+    """A change to the functions bumps the library's number in both places, so that replicas
+    of two versions can share a Redis during a rollout (each calls its own functions)."""
+    import re
+
+    from edgecloud.gateway.redis_state import _FN, LIBRARY
+
+    assert LIBRARY.splitlines()[0] == f"#!lua name={_FN[:-1]}"
+    names = re.findall(r"register_function\('([a-z0-9_]+)'", LIBRARY)
+    assert len(names) == 8 and all(n.startswith(_FN) for n in names)
