@@ -143,6 +143,18 @@ def correctness(p: Peers, up: str, redis: RedisServer, window_s: float) -> dict[
     return res
 
 
+def redis_cpu_s(url: str) -> float:
+    """CPU seconds redis-server has used so far (INFO cpu)."""
+    import redis as redis_sync
+
+    client = redis_sync.Redis.from_url(url)
+    try:
+        info = client.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    finally:
+        client.close()
+
+
 def redis_round_trip_ms(url: str, n: int = 2000) -> float:
     """p50 of one PING through redis-py's asyncio client here: the floor of what a shared
     store adds per request on this machine."""
@@ -220,10 +232,16 @@ def cost(p: Peers, up: str, redis: RedisServer, seconds: float, body: Path) -> d
     out: dict[str, Any] = {}
     for conc in (1, 16):
         for name, url in targets.items():
+            gw0, redis0 = p.cpu_s(url) or 0.0, redis_cpu_s(redis.url)
             r = wrk(url, body, conc, seconds, auth)
+            requests = max(r["rps"] * max(int(seconds), 1), 1.0)
+            r["gateway_cpu_us_per_request"] = ((p.cpu_s(url) or 0.0) - gw0) / requests * 1e6
+            r["redis_cpu_us_per_request"] = (redis_cpu_s(redis.url) - redis0) / requests * 1e6
             out[f"{name}/c{conc}"] = r
             print(f"  {name:<8} c{conc:<3} {r['rps']:>9.0f} req/s  p50 {r['p50_ms']:.3f} ms  "
-                  f"p99 {r['p99_ms']:.3f} ms  errors {r['errors']:.0f}", flush=True)
+                  f"p99 {r['p99_ms']:.3f} ms  errors {r['errors']:.0f}  CPU per request: "
+                  f"gateway {r['gateway_cpu_us_per_request']:.0f} us, redis-server "
+                  f"{r['redis_cpu_us_per_request']:.0f} us", flush=True)
     out["redis_ping_p50_ms"] = redis_round_trip_ms(redis.url)
     print(f"  one Redis round trip (PING, redis-py asyncio) p50 here: "
           f"{out['redis_ping_p50_ms']:.3f} ms", flush=True)
