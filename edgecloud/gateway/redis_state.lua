@@ -1,4 +1,4 @@
-#!lua name=edgecloud_state_2
+#!lua name=edgecloud_state_3
 -- The gateway's shared state on Redis (redis_state.py): one library of functions, loaded once,
 -- each one atomic. The clock is Redis's own (TIME), so replicas whose clocks differ share one
 -- window. Key names are built here, so this needs one Redis (or a primary behind Sentinel), not
@@ -22,49 +22,94 @@ local function int(x)
   return string.format('%d', x)
 end
 
--- A key (`base`): `:rl` a sorted set of its requests (member: the request's lease, score: its
--- time); `:tl` one of token entries (member: lease:kind:tokens, kind a at admission, e at the
--- end); `:par` the parallel slots (score: when the lease expires); `:h` a hash with `ts`, the
--- sum of `:tl`, and `x`/`xe`, when admit/release last refreshed the expiries. Entries older
--- than W drop out before each check, so the limits are exact over any W.
+-- A key (`base`): its requests and tokens in 100 ms buckets. `:w` is a hash with `r<i>` and
+-- `t<i>`, the requests and tokens of bucket i (the ms times i*B to (i+1)*B), their sums `rs`
+-- and `ts`, and `x`/`xe`, when admit/release last refreshed the expiries; `:b` a sorted set of
+-- the buckets in use (member and score i); `:par` the parallel slots (member: the request's
+-- lease, score: when the lease expires). A bucket counts until all of it is older than W, so a
+-- limit is never passed over any W, and a refused request waits at most one bucket longer than
+-- with a log of every request; the state of a key is at most W / B buckets, whatever its rate.
 
-local function keep(keys, ttl, h, field, now)
+local B = 100
+
+local function bucket(now)
+  return math.floor(now / B)
+end
+
+-- Drops the buckets wholly older than W from the sums; -> requests, tokens in the window.
+local function trim(w, b, rs, ts, now)
+  local cut = math.floor((now - W) / B) - 1
+  local old = redis.call('ZRANGEBYSCORE', b, '-inf', cut)
+  if #old == 0 then return rs, ts end
+  local fields = {}
+  for _, i in ipairs(old) do
+    fields[#fields + 1] = 'r' .. i
+    fields[#fields + 1] = 't' .. i
+  end
+  local v = redis.call('HMGET', w, unpack(fields))
+  local dr, dt = 0, 0
+  for j = 1, #v, 2 do
+    dr = dr + tonumber(v[j] or '0')
+    dt = dt + tonumber(v[j + 1] or '0')
+  end
+  redis.call('HDEL', w, unpack(fields))
+  redis.call('ZREMRANGEBYSCORE', b, '-inf', cut)
+  rs = redis.call('HINCRBY', w, 'rs', int(-dr))
+  ts = redis.call('HINCRBY', w, 'ts', int(-dt))
+  if rs < 0 then redis.call('HSET', w, 'rs', 0); rs = 0 end
+  if ts < 0 then redis.call('HSET', w, 'ts', 0); ts = 0 end
+  return rs, ts
+end
+
+-- Until `need` more of `kind` (r or t) fits under `limit` as the oldest buckets drop out.
+local function wait_ms(w, b, kind, used, need, limit, now)
+  if need > limit then return W end
+  local ids = redis.call('ZRANGE', b, 0, -1)
+  local fields = {}
+  for j, i in ipairs(ids) do fields[j] = kind .. i end
+  if #fields == 0 then return W end
+  local v = redis.call('HMGET', w, unpack(fields))
+  local left = used
+  for j, i in ipairs(ids) do
+    left = left - tonumber(v[j] or '0')
+    if left + need <= limit then return (tonumber(i) + 1) * B + W - now end
+  end
+  return W
+end
+
+-- Until the window is empty again if nothing else comes (0: empty now).
+local function reset_ms(b, now)
+  local last = redis.call('ZRANGE', b, -1, -1)
+  if #last == 0 then return 0 end
+  return (tonumber(last[1]) + 1) * B + W - now
+end
+
+local function add(w, b, kind, amount, now)
+  local i = bucket(now)
+  if redis.call('HINCRBY', w, kind .. i, amount) == amount then
+    redis.call('ZADD', b, i, i)  -- the bucket's first entry of this kind (ZADD again: no-op)
+  end
+  return redis.call('HINCRBY', w, kind .. 's', amount)
+end
+
+local function keep(keys, ttl, w, field, now)
   for _, k in ipairs(keys) do redis.call('PEXPIRE', k, ttl) end
-  redis.call('HSET', h, field, now)
+  redis.call('HSET', w, field, now)
 end
 
 local function stale(mark, now)
   return not mark or now - tonumber(mark) >= REFRESH_MS
 end
 
-local function trim_tokens(tl, h, ts, now)
-  local old = redis.call('ZRANGEBYSCORE', tl, '-inf', now - W)
-  if #old == 0 then return ts end
-  local gone = 0
-  for _, m in ipairs(old) do gone = gone + tonumber(string.match(m, ':(%d+)$')) end
-  redis.call('ZREMRANGEBYSCORE', tl, '-inf', now - W)
-  local left = redis.call('HINCRBY', h, 'ts', int(-gone))
-  if left < 0 then redis.call('HSET', h, 'ts', 0); left = 0 end
-  return left
-end
-
-local function reset_ms(key, now)
-  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-  if #last == 0 then return 0 end
-  return tonumber(last[2]) + W - now
-end
-
 -- -> {limited ('' none, requests, tokens, parallel), requests, tokens, requests reset ms,
 --     tokens reset ms, wait ms, parallel}
 local function admit(now, base, rpm, tpm, maxpar, tokens, lease, lease_ms)
-  local rl, tl, par, h = base .. ':rl', base .. ':tl', base .. ':par', base .. ':h'
-  local hv = redis.call('HMGET', h, 'ts', 'x')
+  local w, b, par = base .. ':w', base .. ':b', base .. ':par'
+  local hv = redis.call('HMGET', w, 'rs', 'ts', 'x')
   local nreq, ntok, npar = 0, 0, 0
-  if rpm >= 0 then
-    redis.call('ZREMRANGEBYSCORE', rl, '-inf', now - W)
-    nreq = redis.call('ZCARD', rl)
+  if rpm >= 0 or tpm >= 0 then
+    nreq, ntok = trim(w, b, tonumber(hv[1] or '0'), tonumber(hv[2] or '0'), now)
   end
-  if tpm >= 0 then ntok = trim_tokens(tl, h, tonumber(hv[1] or '0'), now) end
   if maxpar >= 0 then
     npar = redis.call('ZCARD', par)
     if npar + 1 > maxpar then
@@ -75,57 +120,38 @@ local function admit(now, base, rpm, tpm, maxpar, tokens, lease, lease_ms)
   end
   local limited, wait = '', 0
   if rpm >= 0 and nreq + 1 > rpm then
-    limited = 'requests'
-    if rpm < 1 then wait = W else
-      -- the (nreq - rpm + 1)-th oldest must drop out
-      local e = redis.call('ZRANGE', rl, nreq - rpm, nreq - rpm, 'WITHSCORES')
-      wait = tonumber(e[2]) + W - now
-    end
+    limited, wait = 'requests', wait_ms(w, b, 'r', nreq, 1, rpm, now)
   elseif tpm >= 0 and ntok + tokens > tpm then
-    limited = 'tokens'
-    wait = W
-    if tokens <= tpm then
-      local left = ntok
-      local entries = redis.call('ZRANGE', tl, 0, 999, 'WITHSCORES')
-      for j = 1, #entries, 2 do
-        left = left - tonumber(string.match(entries[j], ':(%d+)$'))
-        if left + tokens <= tpm then wait = tonumber(entries[j + 1]) + W - now; break end
-      end
-    end
+    limited, wait = 'tokens', wait_ms(w, b, 't', ntok, tokens, tpm, now)
   elseif maxpar >= 0 and npar + 1 > maxpar then
     limited, wait = 'parallel', 1000
   else
-    if rpm >= 0 then
-      redis.call('ZADD', rl, now, lease)
-      nreq = nreq + 1
-    end
-    if tpm >= 0 then
-      redis.call('ZADD', tl, now, lease .. ':a:' .. tokens)
-      ntok = redis.call('HINCRBY', h, 'ts', tokens)
-    end
+    if rpm >= 0 then nreq = add(w, b, 'r', 1, now) end
+    if tpm >= 0 and tokens > 0 then ntok = add(w, b, 't', tokens, now) end
     if maxpar >= 0 then
       redis.call('ZADD', par, now + lease_ms, lease)
       npar = npar + 1
     end
-    if stale(hv[2], now) then
+    if stale(hv[3], now) then
       -- every key lives at least W (or a lease) past its newest entry
       redis.call('PEXPIRE', par, math.max(W, lease_ms) + 2 * REFRESH_MS)
-      keep({rl, tl, h}, W + 2 * REFRESH_MS, h, 'x', now)
+      keep({w, b}, W + B + 2 * REFRESH_MS, w, 'x', now)
     end
-    -- just added with the time now: the log is empty again W from now (if it has entries)
-    return {limited, nreq, ntok, nreq > 0 and W or 0, ntok > 0 and W or 0, wait, npar}
+    -- just added to the bucket of now: the window is empty again W after it ends
+    local reset = (bucket(now) + 1) * B + W - now
+    return {limited, nreq, ntok, nreq > 0 and reset or 0, ntok > 0 and reset or 0, wait, npar}
   end
-  return {limited, nreq, ntok, reset_ms(rl, now), reset_ms(tl, now), wait, npar}
+  local reset = reset_ms(b, now)
+  return {limited, nreq, ntok, nreq > 0 and reset or 0, ntok > 0 and reset or 0, wait, npar}
 end
 
 local function release(now, base, lease, tokens)
   redis.call('ZREM', base .. ':par', lease)
   if tokens > 0 then
-    local tl, h = base .. ':tl', base .. ':h'
-    redis.call('ZADD', tl, now, lease .. ':e:' .. tokens)
-    redis.call('HINCRBY', h, 'ts', tokens)
-    if stale(redis.call('HGET', h, 'xe'), now) then
-      keep({tl, h}, W + 2 * REFRESH_MS, h, 'xe', now)
+    local w, b = base .. ':w', base .. ':b'
+    add(w, b, 't', tokens, now)
+    if stale(redis.call('HGET', w, 'xe'), now) then
+      keep({w, b}, W + B + 2 * REFRESH_MS, w, 'xe', now)
     end
   end
 end
@@ -217,30 +243,30 @@ local function caps_of(args, from, n)
 end
 
 -- keys: the key base. args: rpm, tpm, max_parallel (-1: none), tokens, lease, lease_ms
-redis.register_function('edgecloud_state_2_admit', function(keys, args)
+redis.register_function('edgecloud_state_3_admit', function(keys, args)
   return admit(now_ms(), keys[1], tonumber(args[1]), tonumber(args[2]), tonumber(args[3]),
                tonumber(args[4]), args[5], tonumber(args[6]))
 end)
 
 -- keys: the key base. args: lease, tokens (the answer's: 0 for a key without tpm)
-redis.register_function('edgecloud_state_2_release', function(keys, args)
+redis.register_function('edgecloud_state_3_release', function(keys, args)
   release(now_ms(), keys[1], args[1], tonumber(args[2]))
   return 0
 end)
 
 -- keys: budget bases. args: amount (nano-USD), id, lease_ms, then one cap per base (-1: none)
-redis.register_function('edgecloud_state_2_reserve', function(keys, args)
+redis.register_function('edgecloud_state_3_reserve', function(keys, args)
   return reserve(now_ms(), keys, caps_of(args, 4, #keys), args[1], args[2], tonumber(args[3]))
 end)
 
 -- keys: budget bases. args: id, actual (nano-USD)
-redis.register_function('edgecloud_state_2_settle', function(keys, args)
+redis.register_function('edgecloud_state_3_settle', function(keys, args)
   settle(keys, args[1], args[2])
   return 0
 end)
 
 -- keys: budget bases -> spent + reserved (nano-USD) each
-redis.register_function('edgecloud_state_2_spent', function(keys, args)
+redis.register_function('edgecloud_state_3_spent', function(keys, args)
   local now, out = now_ms(), {}
   for i, b in ipairs(keys) do out[i] = total(b, now) end
   return out
@@ -248,7 +274,7 @@ end)
 
 -- One request's start. keys[1]: the key base ('' for no rate limits), keys[2..]: budget bases.
 -- args: rpm, tpm, max_parallel, tokens, lease, lease_ms, amount (nano-USD), caps...
-redis.register_function('edgecloud_state_2_begin', function(keys, args)
+redis.register_function('edgecloud_state_3_begin', function(keys, args)
   local now = now_ms()
   local usage = 0  -- not nil: a nil would end the reply array
   if keys[1] ~= '' then
@@ -261,7 +287,7 @@ redis.register_function('edgecloud_state_2_begin', function(keys, args)
 end)
 
 -- One request's end. keys as begin. args: lease, tokens, actual (nano-USD)
-redis.register_function('edgecloud_state_2_end', function(keys, args)
+redis.register_function('edgecloud_state_3_end', function(keys, args)
   if keys[1] ~= '' then release(now_ms(), keys[1], args[1], tonumber(args[2])) end
   settle(tail(keys, 2), args[1], args[3])
   return 0
@@ -269,7 +295,7 @@ end)
 
 -- keys: the fleet base. args: replica, ttl_ms, then endpoint, count pairs
 -- -> {live replicas, then endpoint, in-flight count pairs summed over the other replicas}
-redis.register_function('edgecloud_state_2_heartbeat', function(keys, args)
+redis.register_function('edgecloud_state_3_heartbeat', function(keys, args)
   local now = now_ms()
   local base, me, ttl = keys[1], args[1], tonumber(args[2])
   redis.call('ZREMRANGEBYSCORE', base .. ':replicas', '-inf', now)

@@ -23,7 +23,7 @@ from redis.exceptions import RedisError, ResponseError
 from edgecloud.gateway.state import NO_LIMIT, Begin, End, Reserved, StateUnavailable, Usage
 
 LIBRARY = resources.files("edgecloud.gateway").joinpath("redis_state.lua").read_text("utf-8")
-_FN = "edgecloud_state_2_"  # the library's version: redis_state.lua's first line names it
+_FN = "edgecloud_state_3_"  # the library's version: redis_state.lua's first line names it
 _NOT_LOADED = ("ERR Function not found", "Function not found")  # hiredis, redis-py
 
 

@@ -2,12 +2,14 @@
 
 `StateStore` is the one seam; `MemoryStore` keeps it in this process (the default, and the
 fallback for rate limits while a shared store is down), `RedisStore` (redis_state.py) shares it
-between replicas with server-side functions. Both implement the same rules, written once here as
-pure functions:
+between replicas with server-side functions (redis_state.lua). Both keep the same rules, stated
+here and tested on both by tests/gateway/test_state_store.py:
 
-- rpm and tpm are exact over any 60 s: a log of what each request took, with its time (requests,
-  tokens at admission, answer tokens at the end); entries older than 60 s drop out. State per
-  key is one entry per request of the last minute.
+- rpm and tpm are never passed over any 60 s. Here they are exact: a log of what each request
+  took, with its time (requests, tokens at admission, answer tokens at the end); entries older
+  than 60 s drop out. On Redis they are counted in 100 ms buckets (bounded state whatever the
+  rate; a bucket counts until all of it is older than 60 s, so a refusal may last up to one
+  bucket longer).
 - max_parallel and budget reservations are leases with an expiry, so a replica that dies
   mid-request frees what it held after `lease_s`, not never.
 - a budget reservation is refused when spent + reserved + the new estimate would pass the cap,
