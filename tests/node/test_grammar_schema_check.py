@@ -75,6 +75,8 @@ REFUSED: list[tuple[Any, str, str]] = [
     ({"type": ["string", "null"], "enum": ["a"]}, TYPE_LIST, "#"),
     ({"type": ["object"], "properties": {}}, TYPE_LIST, "#"),
     ({"type": ["array"], "items": {}}, TYPE_LIST, "#"),
+    ({"type": [["x"]]}, bad_type("['x']"), "#"),  # unhashable values: a 400, not a crash
+    ({"type": {"a": 1}}, bad_type("{'a': 1}"), "#"),
     # $ref
     ({"$ref": 5}, "'$ref' must point inside the schema ('#/...'), not 5.", "#"),
     ({"$ref": "http://x"}, "'$ref' must point inside the schema ('#/...'), not 'http://x'.", "#"),
@@ -97,6 +99,8 @@ REFUSED: list[tuple[Any, str, str]] = [
     # strings
     ({"type": "string", "format": "email"}, bad_format("email"), "#"),
     ({"format": 5}, bad_format("5"), "#"),
+    ({"format": ["date"]}, bad_format("['date']"), "#"),
+    ({"format": {}}, bad_format("{}"), "#"),
     ({"format": "email", "pattern": "a"}, bad_format("email"), "#"),
     ({"pattern": "a", "format": "date"}, "'pattern' and 'format' cannot be combined.", "#"),
     ({"pattern": 5, "format": "date"}, "'pattern' and 'format' cannot be combined.", "#"),
@@ -133,6 +137,7 @@ REFUSED: list[tuple[Any, str, str]] = [
     ({"type": "integer", "maximum": float("nan")}, "'maximum' must be a number.", "#"),
     ({"type": "integer", "maximum": 10**16}, "'maximum' is out of range.", "#"),
     ({"type": "integer", "maximum": 1e300}, "'maximum' is out of range.", "#"),
+    ({"type": "integer", "minimum": -(10**400)}, "'minimum' is out of range.", "#"),
     ({"type": "integer", "minimum": 5, "maximum": 1}, NO_INTEGER, "#"),
     ({"type": "integer", "exclusiveMinimum": 1, "exclusiveMaximum": 2}, NO_INTEGER, "#"),
     ({"type": "integer", "minimum": 1.5, "maximum": 1.9}, NO_INTEGER, "#"),
