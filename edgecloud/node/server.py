@@ -43,13 +43,13 @@ from edgecloud.node.backend import SamplingParams
 from edgecloud.node.config import NodeConfig
 from edgecloud.node.dialects import MESSAGES, RESPONSES, Dialect
 from edgecloud.node.engine import GenerationRequest, StreamEvent
-from edgecloud.node.image_prompt import ImagePromptReader, has_images
+from edgecloud.node.image_projector import MultimodalPrompt
+from edgecloud.node.image_reader import ImagePromptReader, has_images
 from edgecloud.node.kernels import prove_kernels
 from edgecloud.node.metrics import NodeMetrics
 from edgecloud.node.model import LoadedModel
 from edgecloud.node.service import KEEP_PROJECTOR, Loaded, NodeService
 from edgecloud.node.structured import OutputPlan, plan_output
-from edgecloud.node.vision import MultimodalPrompt
 
 if TYPE_CHECKING:
     from edgecloud.node.otel import NodeTracer
