@@ -27,7 +27,7 @@ $(STAMP): requirements.lock pyproject.toml edgecloud/node/llama_build.py
 
 lint: setup
 	$(BIN)/ruff check edgecloud tests benchmarks
-	$(BIN)/mypy edgecloud/api edgecloud/node edgecloud/fleet edgecloud/bench edgecloud/report edgecloud/gateway edgecloud/decide edgecloud/deploy edgecloud/demo edgecloud/testing edgecloud/supervise.py edgecloud/http1.py edgecloud/logs.py
+	$(BIN)/mypy edgecloud/api edgecloud/node edgecloud/fleet edgecloud/bench edgecloud/html_report edgecloud/gateway edgecloud/decide edgecloud/deploy edgecloud/demo edgecloud/testing edgecloud/supervise.py edgecloud/http1.py edgecloud/logs.py
 
 test: setup lint
 	$(BIN)/python -m pytest -q -x -rs --durations=15

@@ -1,7 +1,8 @@
 """Every YAML input, loaded one way: YAML -> pydantic, each error naming file, line and field.
 
 The gateway config, the node config, decide's workload and prices and deploy's values all go
-through `load_model` (or `parse_model` for text in hand). A problem is reported as one line,
+through `load_model` (or `parse_model` for text in hand); a file that is a list of entries (the
+fleet agent's canary prompts) through `load_list`. A problem is reported as one line,
 `FILE:LINE: FIELD: MESSAGE`, the way compilers do, so editors and CI logs can jump to it;
 several problems give several lines. Packages raise their own subclass of `ConfigError` (pass
 it as `error`) so that callers catch what they mean.
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 Location = tuple[int | str, ...]
 M = TypeVar("M", bound=BaseModel)
@@ -94,14 +95,23 @@ def load_model(
 ) -> M:
     """Read the YAML file at `path` and validate it as `model` (see `parse_model`)."""
     p = Path(path)
+    return parse_model(_read(p, error), model, str(p), base=base, overrides=overrides,
+                       error=error)
+
+
+def load_list(path: str | Path, item: type[M], *, error: type[ConfigError] = ConfigError
+              ) -> list[M]:
+    """Read the YAML file at `path`, a list at the top level, and validate each entry as
+    `item`; a problem names the file, the line and the entry (`FILE:LINE: 2.FIELD: ...`)."""
+    p = Path(path)
+    source = str(p)
+    root, data = _compose(_read(p, error), source, error)
+    if not isinstance(data, list):
+        raise error("expected a list of entries at the top level", file=source, line=1)
     try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise error("file not found", file=str(p)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise error(f"cannot read it ({reason})", file=str(p)) from None
-    return parse_model(text, model, str(p), base=base, overrides=overrides, error=error)
+        return TypeAdapter(list[item]).validate_python(data)  # type: ignore[valid-type]
+    except ValidationError as exc:
+        raise error(problems=[_problem(e, root, source, {}) for e in exc.errors()]) from None
 
 
 def parse_model(
@@ -118,14 +128,7 @@ def parse_model(
     `base` is a mapping the document is laid over (nested mappings merge); `overrides` are
     top-level values from the command line, applied last and reported as such.
     """
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data: Any = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise error(f"not valid YAML: {problem}", file=source, line=line) from None
+    root, data = _compose(text, source, error)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -138,6 +141,27 @@ def parse_model(
     except ValidationError as exc:
         problems = [_problem(err, root, source, given) for err in exc.errors()]
         raise error(problems=problems) from None
+
+
+def _read(path: Path, error: type[ConfigError]) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error("file not found", file=str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise error(f"cannot read it ({reason})", file=str(path)) from None
+
+
+def _compose(text: str, source: str, error: type[ConfigError]) -> tuple[yaml.Node | None, Any]:
+    """The document's node tree (for line numbers) and its data; bad YAML names its line."""
+    try:
+        return yaml.compose(text, Loader=yaml.SafeLoader), yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise error(f"not valid YAML: {problem}", file=source, line=line) from None
 
 
 def _problem(

@@ -27,7 +27,7 @@ from edgecloud.bench.runner import (
     run_bench,
 )
 from edgecloud.bench.workloads import Workload, encode_bodies
-from edgecloud.report import human_number
+from edgecloud.html_report import human_number
 from edgecloud.supervise import ManagedProcess
 
 EXIT_TARGET = 2

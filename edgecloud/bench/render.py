@@ -1,4 +1,4 @@
-"""HTML reports of bench results (one run, or several side by side) on edgecloud.report."""
+"""HTML reports of bench results (one run, or several side by side) on edgecloud.html_report."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 
 from edgecloud.bench.results import BenchResults, LevelSummary
-from edgecloud.report import (
+from edgecloud.html_report import (
     Section,
     escape,
     figure_svg,

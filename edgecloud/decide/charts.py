@@ -1,4 +1,4 @@
-"""The decision report's charts: matplotlib figures turned into inline SVG by edgecloud.report."""
+"""The decision report's charts: matplotlib figures made inline SVG by edgecloud.html_report."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from edgecloud.decide.analysis import Decision
 from edgecloud.decide.decision import LABEL
-from edgecloud.report import figure_svg, new_figure
+from edgecloud.html_report import figure_svg, new_figure
 
 COLORS = {"edge": "#2a9d8f", "cloud": "#457b9d", "hybrid": "#e9c46a"}
 

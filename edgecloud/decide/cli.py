@@ -64,7 +64,7 @@ def decide(
     print_summary(decision)
     written = []
     if report is not None:
-        from edgecloud.decide.report import render_report
+        from edgecloud.decide.decision_report import render_report
 
         report.write_text(render_report(decision), encoding="utf-8")
         written.append(str(report))

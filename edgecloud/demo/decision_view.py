@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgecloud.report import escape, table_html
+from edgecloud.html_report import escape, table_html
 
 
 def decision_summary_html(doc: dict[str, Any]) -> str:

@@ -22,7 +22,7 @@ from rich.console import Console
 
 from edgecloud.demo.driver import Outcome, send
 from edgecloud.demo.live import LiveView
-from edgecloud.demo.report import write_report
+from edgecloud.demo.run_report import write_report
 from edgecloud.demo.scenario import DemoRequest, build_phases
 from edgecloud.demo.stack import DemoStack, StackOptions
 from edgecloud.demo.types import DemoOptions, DemoResult

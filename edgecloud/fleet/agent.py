@@ -10,6 +10,7 @@ the committed slot's verified sha256: anything else is swapped back.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
@@ -38,7 +39,6 @@ from edgecloud.fleet.errors import (
     TransferTooSlow,
     UpdateRefused,
 )
-from edgecloud.fleet.events import log_event
 from edgecloud.fleet.fetcher import HttpxFetcher
 from edgecloud.fleet.node_client import DEFAULT_CANARIES, CanaryPrompt, CanaryResult, NodeClient
 from edgecloud.fleet.polling import (
@@ -52,6 +52,9 @@ from edgecloud.fleet.rollout import ModelRelease, choose_release, target_path
 from edgecloud.fleet.slots import MAX_INTERRUPTED, AgentState, Pending, SlotInfo, SlotStore
 from edgecloud.fleet.state import DeviceEvent, DeviceMetrics, DeviceReport
 from edgecloud.fleet.transport import TransferLimits, agent_client, within
+from edgecloud.logs import log_event
+
+log = logging.getLogger("edgecloud.fleet")
 
 AGENT_VERSION = __version__
 T = TypeVar("T")
@@ -174,7 +177,7 @@ class Agent:
             if seen in once:
                 return
             once.add(seen)
-        log_event(f"agent.{kind}", device=self.state.device_id, version=version, reason=reason)
+        log_event(log, f"agent.{kind}", device=self.state.device_id, version=version, reason=reason)
         self.state.add_event(DeviceEvent(kind=kind, version=version, reason=reason, at=time.time()))
         self.store.save(self.state)
 
@@ -192,14 +195,14 @@ class Agent:
                 )
             credential = r.json().get("credential") if r.status_code == 200 else None
         except (httpx.HTTPError, TransferTooSlow, ValueError, AttributeError) as exc:
-            log_event("agent.enrol_failed", error=type(exc).__name__)
+            log_event(log, "agent.enrol_failed", error=type(exc).__name__)
             return
         if not isinstance(credential, str):
-            log_event("agent.enrol_failed", status=r.status_code, error=_error_code(r))
+            log_event(log, "agent.enrol_failed", status=r.status_code, error=_error_code(r))
             return
         self.store.save_credential(self.state.device_id, credential)
         self.credential = credential
-        log_event("agent.enrolled", device=self.state.device_id)
+        log_event(log, "agent.enrolled", device=self.state.device_id)
 
     def report(self) -> bool:
         info = self.state.active_info
@@ -225,14 +228,14 @@ class Agent:
                     headers=headers,
                 )
         except (httpx.HTTPError, TransferTooSlow) as exc:
-            log_event("agent.report_failed", error=type(exc).__name__)
+            log_event(log, "agent.report_failed", error=type(exc).__name__)
             return False
         # the server may say when to come back (its fleet interval, or longer to shed load)
         self.server_wait_s = accept_hint(
             r.headers.get(NEXT_POLL_HEADER) or r.headers.get("retry-after")
         )
         if r.status_code >= 300:  # the events stay on disk for the next report
-            log_event("agent.report_failed", status=r.status_code, error=_error_code(r))
+            log_event(log, "agent.report_failed", status=r.status_code, error=_error_code(r))
             return False
         if self.state.events:
             self.state.events = []
@@ -302,7 +305,7 @@ class Agent:
             except NodeBusy:
                 if time.monotonic() + delay > t_end:
                     raise
-                log_event("agent.node_busy_retry", device=self.state.device_id, slot=slot)
+                log_event(log, "agent.node_busy_retry", device=self.state.device_id, slot=slot)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
         self.node.wait_ready(max(1.0, t_end - time.monotonic()))
@@ -371,10 +374,10 @@ class Agent:
             self._event("refused", r.version, text, self._faults, key=r.reason)
         except NodeBusy as exc:
             self.status = "node_busy"
-            log_event("agent.node_busy", device=self.state.device_id, error=str(exc)[:200])
+            log_event(log, "agent.node_busy", device=self.state.device_id, error=str(exc)[:200])
         except NodeUnreachable as exc:
             self.status = "node_unreachable"
-            log_event("agent.node_unreachable", error=str(exc)[:200])
+            log_event(log, "agent.node_unreachable", error=str(exc)[:200])
         except NodeAdminRefused as exc:  # this box's setup, not the version's fault
             self.status = "failed"
             text = f"node_admin_refused: {exc}"[:500]
@@ -390,7 +393,7 @@ class Agent:
             self.enrol()
             reported = self.report()
         except Exception as exc:  # e.g. a full disk while saving the state
-            log_event("agent.report_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+            log_event(log, "agent.report_failed", error=f"{type(exc).__name__}: {exc}"[:300])
             reported = False
         if done:
             self._faults.clear()  # a fault that comes back is reported again
@@ -418,7 +421,8 @@ class Agent:
             self._maybe_canary()
             return
         log_event(
-            "agent.update", device=self.state.device_id, version=want.version, why=choice.reason
+            log, "agent.update", device=self.state.device_id, version=want.version,
+            why=choice.reason,
         )
         tf = self._tuf(lambda: updater.get_targetinfo(target_path(want.model, want.version)))
         if tf is None:
@@ -458,7 +462,7 @@ class Agent:
         self.store.install(part, slot)
         self.state.slots[slot] = SlotInfo(version=want.version, sha256=sha, size=tf.length)
         self.store.save(self.state)
-        log_event("agent.staged", device=self.state.device_id, version=want.version, slot=slot)
+        log_event(log, "agent.staged", device=self.state.device_id, version=want.version, slot=slot)
 
     def _activate(self, slot: str, want: ModelRelease) -> None:
         previous = self.state.active
@@ -535,14 +539,15 @@ class Agent:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: stop.set())
         log_event(
-            "agent.start", device=self.state.device_id, server=self.config.server, pid=os.getpid()
+            log, "agent.start", device=self.state.device_id, server=self.config.server,
+            pid=os.getpid(),
         )
         while True:
             self.cycle()
             wait = self.next_wait_s()
             if self.failures:
                 log_event(
-                    "agent.backoff",
+                    log, "agent.backoff",
                     device=self.state.device_id,
                     status=self.status,
                     failures=self.failures,

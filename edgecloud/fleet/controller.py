@@ -9,16 +9,19 @@ Only the process holding the controller lease (`lease.py`) calls it.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgecloud.fleet.events import log_event
 from edgecloud.fleet.repository import ModelRepository, repo_lock
 from edgecloud.fleet.rollout import RolloutPlan, judge_stage, next_step
 from edgecloud.fleet.state import FleetStore, StoredRollout
+from edgecloud.logs import log_event
+
+log = logging.getLogger("edgecloud.fleet")
 
 
 @dataclass
@@ -75,7 +78,7 @@ def control_once(
                         "percent": step.percent,
                         "reason": step.reason,
                     }
-                    log_event("rollout.step", **entry)
+                    log_event(log, "rollout.step", **entry)
                     taken.append(entry)
             r = release.rollout
             states.append(
@@ -85,7 +88,7 @@ def control_once(
             )
         resigned = repo.refresh_timestamp()
         if resigned:
-            log_event("timestamp.refreshed")
+            log_event(log, "timestamp.refreshed")
         view.last_tick = now
     store.save_rollouts(states)
     return ControlPass(taken, resigned or bool(taken))

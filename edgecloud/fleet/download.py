@@ -9,6 +9,7 @@ decides trust: the caller compares the digest with the signed TUF target info.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import queue
 import threading
@@ -19,8 +20,10 @@ from pathlib import Path
 import httpx
 
 from edgecloud.fleet.errors import TransferTooSlow, UpdateRefused
-from edgecloud.fleet.events import log_event
 from edgecloud.fleet.transport import TransferLimits, within
+from edgecloud.logs import log_event
+
+log = logging.getLogger("edgecloud.fleet")
 
 
 class _Worker:
@@ -165,7 +168,7 @@ def download_resumable(
         return _Sink(part, have).finish()
     headers = {"Range": f"bytes={have}-"} if have else {}
     if have:
-        log_event("download.resume", url=url, offset=have, length=length)
+        log_event(log, "download.resume", url=url, offset=have, length=length)
     sink: _Sink | None = None
     try:
         with (

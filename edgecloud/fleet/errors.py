@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from edgecloud.api.yamlconfig import ConfigError
+
 
 class FleetError(Exception):
     """Base of every error raised by edgecloud.fleet."""
+
+
+class CanaryFileError(ConfigError, FleetError):
+    """The agent's canary file is unreadable or an entry is invalid (`FILE:LINE: FIELD: ...`)."""
 
 
 class ReleaseError(FleetError):

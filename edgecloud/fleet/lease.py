@@ -8,12 +8,15 @@ embedded database, so that process always holds the lease.
 
 from __future__ import annotations
 
+import logging
 import zlib
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
-from edgecloud.fleet.events import log_event
+from edgecloud.logs import log_event
+
+log = logging.getLogger("edgecloud.fleet")
 
 # a fixed 64-bit key in PostgreSQL's advisory lock space, derived from a name
 LOCK_KEY = zlib.crc32(b"edgecloud.fleet.controller")
@@ -51,7 +54,7 @@ class ControllerLease:
             conn.close()
             return False
         self._conn = conn
-        log_event("controller.lease_taken")
+        log_event(log, "controller.lease_taken")
         return True
 
     def _drop(self, why: str) -> None:
@@ -61,7 +64,7 @@ class ControllerLease:
                 conn.invalidate()  # never back to the pool: the lock must go with the session
             except Exception:
                 pass
-        log_event("controller.lease_" + why)
+        log_event(log, "controller.lease_" + why)
 
     def release(self) -> None:
         if self._conn is not None:

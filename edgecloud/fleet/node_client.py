@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from edgecloud.api.yamlconfig import load_list
 from edgecloud.fleet.errors import (
     ActivationFailed,
-    FleetError,
+    CanaryFileError,
     NodeAdminRefused,
     NodeBusy,
     NodeUnreachable,
@@ -24,6 +24,8 @@ from edgecloud.fleet.errors import (
 class CanaryPrompt(BaseModel):
     """One canary: a prompt, and optionally text the answer must contain."""
 
+    # A misspelt key (`expected:`) would leave a canary that checks nothing: refuse it.
+    model_config = ConfigDict(extra="forbid")
     prompt: str = Field(min_length=1)
     expect: str | None = None
     max_tokens: int = Field(default=8, ge=1, le=256)
@@ -36,16 +38,10 @@ DEFAULT_CANARIES = [
 
 
 def load_canaries(path: str | Path | None) -> list[CanaryPrompt]:
-    """Canary prompts from a YAML list; an error names the item and field."""
+    """Canary prompts from a YAML list; an error names the file, line, item and field."""
     if path is None:
         return list(DEFAULT_CANARIES)
-    data = yaml.safe_load(Path(path).read_text())
-    try:
-        return TypeAdapter(list[CanaryPrompt]).validate_python(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(x) for x in first["loc"])
-        raise FleetError(f"{path}: canary item {loc}: {first['msg']}") from None
+    return load_list(path, CanaryPrompt, error=CanaryFileError)
 
 
 @dataclass(frozen=True)

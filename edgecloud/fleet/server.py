@@ -18,6 +18,7 @@ signed, and the agent trusts nothing else.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
 import time
@@ -55,7 +56,6 @@ from edgecloud.fleet.credentials import (
 )
 from edgecloud.fleet.enrolment import DeviceRegistry
 from edgecloud.fleet.errors import CredentialError, FleetError
-from edgecloud.fleet.events import log_event
 from edgecloud.fleet.lease import ControllerLease
 from edgecloud.fleet.metrics import FleetMetrics, FleetSnapshot
 from edgecloud.fleet.mirror import TIMESTAMP_MAX_AGE_S, Publisher, open_sink
@@ -63,6 +63,9 @@ from edgecloud.fleet.polling import NEXT_POLL_HEADER, next_poll_hint
 from edgecloud.fleet.repository import ModelRepository
 from edgecloud.fleet.rollout import ModelRelease
 from edgecloud.fleet.state import DeviceReport, EnrolmentLimited, FleetStore, masked_url
+from edgecloud.logs import log_event
+
+log = logging.getLogger("edgecloud.fleet")
 
 CHUNK = 1 << 20
 REPORT_LIMIT = 64 * 1024
@@ -212,7 +215,7 @@ class FleetServer:
         try:
             await self.flush()
         except Exception as exc:  # their agents were told (503) and send them again
-            log_event("db.flush_failed", error=str(exc))
+            log_event(log, "db.flush_failed", error=str(exc))
         await asyncio.to_thread(self.lease.release)
         self.store.close()
 
@@ -321,7 +324,7 @@ class FleetServer:
             token = await asyncio.to_thread(self.devices.issue_token, device_id, uses, float(ttl_s))
         except CredentialError as exc:
             raise _refusal(exc) from None
-        log_event("enrolment.token_issued", device=device_id, uses=uses, ttl_s=ttl_s)
+        log_event(log, "enrolment.token_issued", device=device_id, uses=uses, ttl_s=ttl_s)
         await send_json(
             send, 201, {"token": token, "device_id": device_id, "uses": uses, "ttl_s": ttl_s}
         )
@@ -348,7 +351,7 @@ class FleetServer:
             raise RateLimited(str(exc), exc.retry_after_s) from None
         except CredentialError as exc:
             raise _refusal(exc) from None
-        log_event("device.enrolled", device=device_id)
+        log_event(log, "device.enrolled", device=device_id)
         await send_json(send, 200, {"device_id": device_id, "credential": credential})
 
     async def _report(self, scope: Scope, receive: Receive, send: Send) -> int:
@@ -382,7 +385,7 @@ class FleetServer:
             raise
         except Exception as exc:  # the agent keeps its events and sends them again later
             self.metrics.flush_errors.inc()
-            log_event("db.write_failed", error=type(exc).__name__)
+            log_event(log, "db.write_failed", error=type(exc).__name__)
             raise Unavailable(
                 "The fleet database is unavailable; the report was not stored. Retry later.",
                 headers={"retry-after": "5"},
@@ -430,7 +433,7 @@ class FleetServer:
                 self.metrics.device_events((ev.kind, ev.reason) for ev in report.events)
             for ev in report.events:
                 log_event(
-                    "device.event",
+                    log, "device.event",
                     device=report.device_id,
                     kind=ev.kind,
                     version=ev.version,
@@ -467,7 +470,7 @@ class FleetServer:
             try:
                 await self.flush()
             except Exception as exc:  # the waiters were told; the next group tries again
-                log_event("db.flush_failed", error=str(exc))
+                log_event(log, "db.flush_failed", error=str(exc))
 
     async def _control_loop(self) -> None:
         while True:
@@ -485,7 +488,7 @@ class FleetServer:
                     await self._after_control(done)
             except Exception as exc:
                 self.metrics.controller_errors.inc()
-                log_event("controller.failed", error=str(exc))
+                log_event(log, "controller.failed", error=str(exc))
             await asyncio.sleep(self.config.tick_s)
 
     async def _after_control(self, done: ControlPass) -> None:
@@ -497,9 +500,9 @@ class FleetServer:
             written = await asyncio.to_thread(self.publisher.publish)
         except Exception as exc:  # the next pass tries again; devices keep the last good one
             self.metrics.controller_errors.inc()
-            log_event("mirror.publish_failed", error=str(exc)[:300])
+            log_event(log, "mirror.publish_failed", error=str(exc)[:300])
             return
-        log_event("mirror.published", files=written)
+        log_event(log, "mirror.published", files=written)
 
     # -- metrics ---------------------------------------------------------------------------
 
@@ -623,7 +626,7 @@ def serve(
     check_listen(host, tls_cert is not None, allow_plain_http)
     app = FleetServer(config)
     log_event(
-        "fleet.serve",
+        log, "fleet.serve",
         host=host,
         port=port,
         https=tls_cert is not None,

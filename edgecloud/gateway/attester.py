@@ -1,9 +1,9 @@
 """Keeps one confidential endpoint attested: fetch evidence with a fresh nonce, verify it, bind
 the TLS key, re-attest before expiry in the background, and pin every upstream connection.
 
-I/O lives here; the checks are attestation.py's. Nothing on a request's path waits for this
-module except `check_peer` (a hash compare on each new connection) and `AttestationStatus`
-reads.
+I/O lives here; the checks are attestation_checks.py's (pure). Nothing on a request's path
+waits for this module except `check_peer` (a hash compare on each new connection) and
+`AttestationStatus` reads.
 """
 
 from __future__ import annotations
@@ -24,8 +24,12 @@ from joserfc.jwk import KeySet
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from edgecloud.gateway import attestation as at
-from edgecloud.gateway.attestation import AttestationFailure, AttestationStatus, Expectations
+from edgecloud.gateway import attestation_checks as at
+from edgecloud.gateway.attestation_checks import (
+    AttestationFailure,
+    AttestationStatus,
+    Expectations,
+)
 from edgecloud.gateway.config import ConfidentialConfig
 from edgecloud.gateway.health import EndpointState
 from edgecloud.logs import log_event

@@ -87,7 +87,7 @@ class ConfidentialConfig(_Strict):
 
 
 def _check_jwks_file(path: str) -> None:
-    from edgecloud.gateway.attestation import load_jwks
+    from edgecloud.gateway.attestation_checks import load_jwks
 
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))  # JSON is YAML

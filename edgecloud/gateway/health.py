@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from edgecloud.gateway.attestation import AttestationStatus
+from edgecloud.gateway.attestation_checks import AttestationStatus
 from edgecloud.gateway.config import EndpointConfig
 
 # What an OpenAI-compatible server is assumed to serve when neither it nor the config says more.

@@ -10,7 +10,7 @@ from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 from edgecloud.api.guard import ServingLimits
 from edgecloud.api.yamlconfig import COMMAND_LINE, load_model, parse_model
 from edgecloud.node.errors import ConfigError
-from edgecloud.node.images import ImageLimits, RemoteImagePolicy
+from edgecloud.node.image_checks import ImageLimits, RemoteImagePolicy
 
 __all__ = ["ConfigError", "NodeConfig", "build_config", "default_threads"]
 

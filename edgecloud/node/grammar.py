@@ -113,108 +113,134 @@ def _unsupported(msg: str, ptr: str, param: str) -> UnsupportedSchema:
 
 
 def _check_node(node: Any, ptr: str, param: str) -> None:
+    """Refuse one subschema for the first of `_NODE_CHECKS` it breaks (its children are
+    checked as nodes of their own by `check_schema`)."""
     if node is True or node == {}:
         return
     if not isinstance(node, dict):
         raise _unsupported("a subschema must be a JSON object (or true).", ptr, param)
+    for check in _NODE_CHECKS:
+        problem = check(node)
+        if problem is not None:
+            raise _unsupported(problem, ptr, param)
+
+
+# Each check takes one subschema (a dict) and returns what is wrong with it, or None.
+
+
+def _unknown_keyword(node: dict[str, Any]) -> str | None:
     for key in node:
         if key not in SUPPORTED_KEYWORDS and key not in ANNOTATION_KEYWORDS:
-            raise _unsupported(
-                f"the keyword '{key}' is not supported in structured output; remove it or "
-                "express it with supported keywords.",
-                ptr,
-                param,
-            )
+            return (f"the keyword '{key}' is not supported in structured output; remove it or "
+                    "express it with supported keywords.")
+    return None
+
+
+def _bad_type(node: dict[str, Any]) -> str | None:
     types = node.get("type")
-    type_list = types if isinstance(types, list) else [types] if types is not None else []
-    for t in type_list:
-        if t not in TYPES:
-            raise _unsupported(f"'type' must be one of {sorted(TYPES)}, not {t!r}.", ptr, param)
+    for t in types if isinstance(types, list) else [types] if types is not None else []:
+        if not isinstance(t, str) or t not in TYPES:
+            return f"'type' must be one of {sorted(TYPES)}, not {t!r}."
     if isinstance(types, list) and any(k in node for k in ("properties", "items", "enum")):
-        raise _unsupported(
-            "a list of types cannot be combined with 'properties', 'items' or 'enum'; use 'anyOf'.",
-            ptr,
-            param,
-        )
+        return ("a list of types cannot be combined with 'properties', 'items' or 'enum'; "
+                "use 'anyOf'.")
+    return None
+
+
+def _bad_ref(node: dict[str, Any]) -> str | None:
     ref = node.get("$ref")
-    if ref is not None:
-        if not isinstance(ref, str) or not ref.startswith("#/"):
-            raise _unsupported(
-                f"'$ref' must point inside the schema ('#/...'), not {ref!r}.", ptr, param
-            )
-        extra = [k for k in node if k != "$ref" and k not in ANNOTATION_KEYWORDS]
-        if extra:
-            raise _unsupported(
-                f"the keyword '{extra[0]}' beside '$ref' is not supported.", ptr, param
-            )
+    if ref is None:
+        return None
+    if not isinstance(ref, str) or not ref.startswith("#/"):
+        return f"'$ref' must point inside the schema ('#/...'), not {ref!r}."
+    extra = [k for k in node if k != "$ref" and k not in ANNOTATION_KEYWORDS]
+    return f"the keyword '{extra[0]}' beside '$ref' is not supported." if extra else None
+
+
+def _bad_list(node: dict[str, Any]) -> str | None:
     for key in ("enum", "anyOf", "oneOf", "allOf"):
         if key in node and (not isinstance(node[key], list) or not node[key]):
-            raise _unsupported(f"'{key}' must be a non-empty list.", ptr, param)
-    if "allOf" in node:
-        for sub in node["allOf"]:
-            if not isinstance(sub, dict) or not ("properties" in sub or "$ref" in sub):
-                raise _unsupported(
-                    "'allOf' is supported only for merging objects "
-                    "(members with 'properties' or a '$ref').",
-                    ptr,
-                    param,
-                )
+            return f"'{key}' must be a non-empty list."
+    if any(not isinstance(sub, dict) or not ("properties" in sub or "$ref" in sub)
+           for sub in node.get("allOf", ())):
+        return ("'allOf' is supported only for merging objects "
+                "(members with 'properties' or a '$ref').")
+    return None
+
+
+def _bad_string_rule(node: dict[str, Any]) -> str | None:
     fmt = node.get("format")
-    if fmt is not None and fmt not in FORMATS:
-        raise _unsupported(
-            f"the string format '{fmt}' is not supported (supported: "
-            f"{', '.join(sorted(FORMATS))}).",
-            ptr,
-            param,
-        )
-    string_rules = [k for k in ("pattern", "format", "minLength") if k in node]
-    string_rules += ["maxLength"] if "maxLength" in node else []
-    if len(string_rules) > 1 and not set(string_rules) <= {"minLength", "maxLength"}:
-        raise _unsupported(
-            f"'{string_rules[0]}' and '{string_rules[1]}' cannot be combined.", ptr, param
-        )
+    if fmt is not None and (not isinstance(fmt, str) or fmt not in FORMATS):
+        return (f"the string format '{fmt}' is not supported (supported: "
+                f"{', '.join(sorted(FORMATS))}).")
+    rules = [k for k in ("pattern", "format", "minLength", "maxLength") if k in node]
+    if len(rules) > 1 and not set(rules) <= {"minLength", "maxLength"}:
+        return f"'{rules[0]}' and '{rules[1]}' cannot be combined."
     pattern = node.get("pattern")
-    if pattern is not None:
-        if not isinstance(pattern, str):
-            raise _unsupported("'pattern' must be a string.", ptr, param)
-        counts = [g for m in _QUANTIFIER.finditer(pattern) for g in m.groups() if g]
-        if any(len(n) > 6 or int(n) > MAX_REPEAT for n in counts):
-            raise _unsupported(
-                f"repetition counts above {MAX_REPEAT} in 'pattern' are not supported.", ptr, param
-            )
+    if pattern is None:
+        return None
+    if not isinstance(pattern, str):
+        return "'pattern' must be a string."
+    counts = [g for m in _QUANTIFIER.finditer(pattern) for g in m.groups() if g]
+    if any(len(n) > 6 or int(n) > MAX_REPEAT for n in counts):
+        return f"repetition counts above {MAX_REPEAT} in 'pattern' are not supported."
+    return None
+
+
+def _bad_count(node: dict[str, Any]) -> str | None:
     for key in ("minItems", "maxItems", "minLength", "maxLength"):
         v = node.get(key)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
-            raise _unsupported(f"'{key}' must be a non-negative integer.", ptr, param)
+            return f"'{key}' must be a non-negative integer."
         if isinstance(v, int) and v > MAX_REPEAT:
-            raise _unsupported(f"'{key}' above {MAX_REPEAT} is not supported.", ptr, param)
-    bounds = [
-        k for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum") if k in node
-    ]
-    if bounds:
-        if types != "integer":
-            raise _unsupported(f"'{bounds[0]}' is supported only on integers.", ptr, param)
-        for k in bounds:
-            v = node[k]
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                raise _unsupported(f"'{k}' must be a number.", ptr, param)
-            if abs(v) >= 10**MAX_INT_DIGITS:
-                raise _unsupported(f"'{k}' is out of range.", ptr, param)
-        lo, hi = _int_bounds(node)
-        if lo is not None and hi is not None and lo > hi:
-            raise _unsupported("no integer lies within the bounds.", ptr, param)
+            return f"'{key}' above {MAX_REPEAT} is not supported."
+    return None
+
+
+def _bad_bounds(node: dict[str, Any]) -> str | None:
+    bounds = [k for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+              if k in node]
+    if not bounds:
+        return None
+    if node.get("type") != "integer":
+        return f"'{bounds[0]}' is supported only on integers."
+    for k in bounds:
+        v = node[k]
+        if isinstance(v, bool) or not isinstance(v, int | float) or (
+            isinstance(v, float) and not math.isfinite(v)
+        ):
+            return f"'{k}' must be a number."
+        if abs(v) >= 10**MAX_INT_DIGITS:
+            return f"'{k}' is out of range."
+    lo, hi = _int_bounds(node)
+    if lo is not None and hi is not None and lo > hi:
+        return "no integer lies within the bounds."
+    return None
+
+
+def _bad_object(node: dict[str, Any]) -> str | None:
     props = node.get("properties")
     if props is not None and not isinstance(props, dict):
-        raise _unsupported("'properties' must be an object.", ptr, param)
+        return "'properties' must be an object."
     required = node.get("required")
-    if required is not None:
-        if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
-            raise _unsupported("'required' must be a list of property names.", ptr, param)
-        missing = [r for r in required if r not in (props or {})]
-        if missing:
-            raise _unsupported(
-                f"'required' names '{missing[0]}', which is not in 'properties'.", ptr, param
-            )
+    if required is None:
+        return None
+    if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+        return "'required' must be a list of property names."
+    missing = [r for r in required if r not in (props or {})]
+    return f"'required' names '{missing[0]}', which is not in 'properties'." if missing else None
+
+
+_NODE_CHECKS = (
+    _unknown_keyword,
+    _bad_type,
+    _bad_ref,
+    _bad_list,
+    _bad_string_rule,
+    _bad_count,
+    _bad_bounds,
+    _bad_object,
+)
 
 
 def _nodes(node: Any, ptr: str) -> Iterator[tuple[Any, str]]:

@@ -12,7 +12,7 @@ import asyncio
 import httpx
 
 from edgecloud.node.errors import ImageFetchFailed, ImageLimitExceeded
-from edgecloud.node.images import ImageRef, RemoteImagePolicy
+from edgecloud.node.image_checks import ImageRef, RemoteImagePolicy
 
 
 async def fetch_image(ref: ImageRef, policy: RemoteImagePolicy) -> bytes:

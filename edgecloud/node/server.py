@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -42,11 +43,13 @@ from edgecloud.node.backend import SamplingParams
 from edgecloud.node.config import NodeConfig
 from edgecloud.node.dialects import MESSAGES, RESPONSES, Dialect
 from edgecloud.node.engine import GenerationRequest, StreamEvent
-from edgecloud.node.image_prompt import ImagePromptReader, has_images
+from edgecloud.node.image_projector import MultimodalPrompt
+from edgecloud.node.image_reader import ImagePromptReader, has_images
+from edgecloud.node.kernels import prove_kernels
 from edgecloud.node.metrics import NodeMetrics
+from edgecloud.node.model import LoadedModel
 from edgecloud.node.service import KEEP_PROJECTOR, Loaded, NodeService
 from edgecloud.node.structured import OutputPlan, plan_output
-from edgecloud.node.vision import MultimodalPrompt
 
 if TYPE_CHECKING:
     from edgecloud.node.otel import NodeTracer
@@ -91,12 +94,21 @@ def _output_plan(loaded: Loaded, body: ChatCompletionRequest | CompletionRequest
 
 
 class NodeApp:
-    """The ASGI application of `edgecloud serve`."""
+    """The ASGI application of `edgecloud serve`.
 
-    def __init__(self, config: NodeConfig) -> None:
+    `open_model` and `prove` are the service's seams to llama.cpp (see `NodeService`): the
+    in-process tests pass a scripted model and no kernel check.
+    """
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        open_model: Callable[..., LoadedModel] = LoadedModel,
+        prove: Callable[[str], str | None] | None = prove_kernels,
+    ) -> None:
         self.config = config
         self.metrics = NodeMetrics()
-        self.service = NodeService(config, self.metrics)
+        self.service = NodeService(config, self.metrics, open_model, prove)
         self.images = ImagePromptReader(config)
         self.admin_token = os.environ.get(config.admin_token_env) or None
         self.api_key = (os.environ.get(config.api_key_env) or None) if config.api_key_env else None

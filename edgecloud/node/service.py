@@ -22,6 +22,7 @@ from edgecloud.node.config import NodeConfig
 from edgecloud.node.embeddings import EmbeddingError
 from edgecloud.node.engine import BatchEngine, GenerationRequest
 from edgecloud.node.errors import ModelLoadFailed, ModelPathNotAllowed, SwapInProgress
+from edgecloud.node.image_projector import VisionProjector, load_projector
 from edgecloud.node.kernels import KernelCheckFailed, active_variant, prove_kernels
 from edgecloud.node.metrics import NodeMetrics
 from edgecloud.node.model import (
@@ -32,7 +33,6 @@ from edgecloud.node.model import (
     file_sha256,
 )
 from edgecloud.node.prompt import ChatTemplate
-from edgecloud.node.vision import VisionProjector, load_projector
 
 log = logging.getLogger("edgecloud.node")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edgecloud.bench.results import BenchResults
-from edgecloud.report.screenshot import find_chromium, screenshot_html
+from edgecloud.html_report.screenshot import find_chromium, screenshot_html
 from tests.bench.benchcli import run_bench_cli
 
 pytestmark = pytest.mark.slow

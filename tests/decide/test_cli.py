@@ -92,7 +92,7 @@ def test_missing_file_and_mismatched_bench(tmp_path: Path) -> None:
 
 
 def test_the_report_draws_in_a_browser(tmp_path: Path) -> None:
-    from edgecloud.report.screenshot import BrowserMissing, find_chromium, screenshot_html
+    from edgecloud.html_report.screenshot import BrowserMissing, find_chromium, screenshot_html
 
     if find_chromium() is None:
         pytest.skip("no headless Chromium here")

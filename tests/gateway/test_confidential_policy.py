@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgecloud.gateway.attestation import TLS_KEY_CHANGED, Verified, spki_sha256
+from edgecloud.gateway.attestation_checks import TLS_KEY_CHANGED, Verified, spki_sha256
 from edgecloud.gateway.attester import Attester, ConfidentialRefused
 from edgecloud.gateway.config import ConfidentialConfig, EndpointConfig, PolicyConfig
 from edgecloud.gateway.errors import CapabilityMissing, NoAllowedEndpoint

@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from edgecloud.node.backend import MEDIA_TOKEN, SamplingParams
 from edgecloud.node.model import ModelInfo
 
@@ -146,23 +148,50 @@ class ScriptedBackend:
         self.freed += 1
 
 
+class ScriptedEmbedder:
+    """Stands in for `EmbeddingContext`: a text's vector is its byte histogram folded into
+    `n_embd` buckets and normalised, so equal texts embed equally and different ones differ."""
+
+    def __init__(self, n_ctx: int, n_embd: int = 8) -> None:
+        self.n_ctx = n_ctx
+        self.n_embd = n_embd
+
+    def embed(self, inputs: Sequence[Sequence[int]]) -> np.ndarray:
+        out = np.zeros((len(inputs), self.n_embd), dtype=np.float32)
+        for row, tokens in enumerate(inputs):
+            for tok in tokens:
+                out[row, tok % self.n_embd] += 1.0
+            norm = float(np.linalg.norm(out[row]))
+            if norm:
+                out[row] /= norm
+        return out
+
+
 class ScriptedModel(ScriptedBackend):
     """A ScriptedBackend that also stands in for `LoadedModel` where the service opens one.
 
+    Its vocabulary is the 256 byte values (plus the end token 0), it has no chat template (the
+    plain transcript is used), it accepts every grammar without enforcing it, and each reply
+    is `script(prompt)`: subclass and override it to script the answers.
     `opened` (a class-level gate) holds every open until set, to line loads up with swaps.
     """
 
     opened = threading.Event()
     instances: list[ScriptedModel] = []
     projector = None  # no vision
+    n_vocab = 256
 
-    def __init__(self, path: str, *, model_id: str, n_seq: int, n_batch: int, **_: object) -> None:
+    def __init__(
+        self, path: str, *, model_id: str, n_seq: int, n_batch: int, n_ctx_seq: int = 512,
+        **_: object,
+    ) -> None:
         if not ScriptedModel.opened.wait(20):
             raise TimeoutError("the test never released the load")
-        super().__init__(n_seq=n_seq, n_batch=n_batch)
+        super().__init__(n_seq=n_seq, n_batch=n_batch, n_ctx_seq=n_ctx_seq, reply=self.script)
         ScriptedModel.instances.append(self)
         self.path = path
         self.bos_text = self.eos_text = ""
+        self.grammars: list[str] = []  # every grammar a request asked to compile
         self.info = ModelInfo(
             id=model_id,
             path=path,
@@ -176,5 +205,16 @@ class ScriptedModel(ScriptedBackend):
             version=_.get("version"),  # type: ignore[arg-type]
         )
 
+    def script(self, prompt: Sequence[int]) -> bytes:
+        """The reply to `prompt` (token ids, i.e. its bytes)."""
+        return b"ok"
+
     def tokenize(self, text: str) -> list[int]:
         return list(text.encode())
+
+    def grammar_compiles(self, grammar: str) -> bool:
+        self.grammars.append(grammar)
+        return bool(grammar.strip())
+
+    def embedder(self, n_threads: int, pooling: str) -> ScriptedEmbedder:
+        return ScriptedEmbedder(self.n_ctx_seq)

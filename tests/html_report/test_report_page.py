@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from edgecloud.report import Section, figure_svg, new_figure, render_page, table_html
-from edgecloud.report.screenshot import find_chromium, screenshot_html
+from edgecloud.html_report import Section, figure_svg, new_figure, render_page, table_html
+from edgecloud.html_report.screenshot import find_chromium, screenshot_html
 
 
 def _page() -> str:
@@ -59,7 +59,7 @@ def test_page_renders_in_headless_chromium(tmp_path: Path) -> None:
 
 
 def test_numbers_are_written_for_people() -> None:
-    from edgecloud.report import human_number
+    from edgecloud.html_report import human_number
 
     cases = {10000.0: "10,000", 123456.7: "123,457", 12.3456: "12.35", 0.00123: "0.00123",
              0.0: "0", 42: "42", 2026: "2026", 1_500_000: "1,500,000", True: "True",

@@ -1,9 +1,9 @@
 """A chat request with images, made ready for the engine: read, checked, decoded, tokenised.
 
-The checks are the pure ones of images.py; this module adds the I/O around them: fetching an
-allowed remote URL, and decoding and tokenising on worker threads (never on the event loop),
-at most `DECODE_AT_ONCE` requests at a time so a burst of screenshots cannot hold many decoded
-bitmaps in memory together.
+The checks are the pure ones of image_checks.py; this module adds the I/O around them:
+fetching an allowed remote URL, and decoding and tokenising on worker threads (never on the
+event loop), at most `DECODE_AT_ONCE` requests at a time so a burst of screenshots cannot hold
+many decoded bitmaps in memory together.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from edgecloud.api.errors import BadRequest
 from edgecloud.api.openai import ChatMessage
 from edgecloud.node.config import NodeConfig
 from edgecloud.node.errors import ModelSwapped
-from edgecloud.node.image_fetch import fetch_image
-from edgecloud.node.images import (
+from edgecloud.node.image_checks import (
     DecodedImage,
     ImageLimits,
     ImageRef,
@@ -28,13 +27,14 @@ from edgecloud.node.images import (
     is_remote,
     refuse_remote,
 )
-from edgecloud.node.prompt import ChatTemplate
-from edgecloud.node.vision import (
+from edgecloud.node.image_fetch import fetch_image
+from edgecloud.node.image_projector import (
     MultimodalPrompt,
     MultimodalTokenizeError,
     ProjectorClosed,
     VisionProjector,
 )
+from edgecloud.node.prompt import ChatTemplate
 
 DECODE_AT_ONCE = 2
 

@@ -9,8 +9,12 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import OctKey, RSAKey
 
-from edgecloud.gateway import attestation as at
-from edgecloud.gateway.attestation import AttestationFailure, AttestationStatus, Expectations
+from edgecloud.gateway import attestation_checks as at
+from edgecloud.gateway.attestation_checks import (
+    AttestationFailure,
+    AttestationStatus,
+    Expectations,
+)
 from edgecloud.testing.standin_attestation import (
     GOOD_CLAIMS,
     ISSUER,

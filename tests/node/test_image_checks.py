@@ -14,7 +14,7 @@ from PIL import Image
 
 from edgecloud.api.errors import BadRequest
 from edgecloud.api.openai import ChatMessage
-from edgecloud.node.images import (
+from edgecloud.node.image_checks import (
     DecodedImage,
     ImageLimitExceeded,
     ImageLimits,

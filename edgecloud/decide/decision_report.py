@@ -1,4 +1,4 @@
-"""The decision report: one self-contained HTML page built with the shared edgecloud.report."""
+"""The decision report: one self-contained HTML page built with the shared edgecloud.html_report."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from edgecloud.decide import charts
 from edgecloud.decide.analysis import Decision
 from edgecloud.decide.decision import LABEL
 from edgecloud.decide.sizing import vision_lines
-from edgecloud.report import Section, escape, render_page, table_html
+from edgecloud.html_report import Section, escape, render_page, table_html
 
 
 def _k(x: float) -> str:

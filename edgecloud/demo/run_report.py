@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from edgecloud.demo.types import DemoOptions, DemoResult
-from edgecloud.report import Section, escape, figure_svg, new_figure, render_page, table_html
+from edgecloud.html_report import Section, escape, figure_svg, new_figure, render_page, table_html
 
 LANES = {"edge": 2, "cloud": 1, "refused": 0, "error": 0}
 COLORS = [

@@ -20,7 +20,7 @@ from typing import Any
 import llama_cpp as ll
 
 from edgecloud.node.backend import MEDIA_TOKEN
-from edgecloud.node.images import DecodedImage
+from edgecloud.node.image_checks import DecodedImage
 from edgecloud.node.model import LoadedModel, ModelLoadError
 from edgecloud.node.model import _drop_log as quiet_log_callback  # one log sink for llama.cpp
 

@@ -9,15 +9,15 @@ import llama_cpp as ll
 import pytest
 
 from edgecloud.bench.workloads import png_bytes
-from edgecloud.node.images import DecodedImage, ImageLimits, ImageRef, decode_image
-from edgecloud.node.model import LoadedModel
-from edgecloud.node.vision import (
+from edgecloud.node.image_checks import DecodedImage, ImageLimits, ImageRef, decode_image
+from edgecloud.node.image_projector import (
     ImageChunk,
     MultimodalTokenizeError,
     ProjectorClosed,
     ProjectorLoadError,
     VisionProjector,
 )
+from edgecloud.node.model import LoadedModel
 from edgecloud.testing.tiny_mmproj import TowerShape, write_tiny_mmproj
 
 

@@ -11,7 +11,8 @@ NVIDIA NRAS, or any verifier that signs JWTs and publishes a JWKS). The generic 
   ...             any configured claims (measurements, debug off, TCB status)
 
 `verify_token` runs every check and raises AttestationFailure naming the one that failed; the
-reasons are stable strings (metrics labels, log fields, docs/gateway.md).
+reasons are stable strings (metrics labels, log fields, docs/gateway.md). The I/O (fetching
+evidence, re-attesting, pinning connections) is attester.py's.
 """
 
 from __future__ import annotations
