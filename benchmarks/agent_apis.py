@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.llama_server_build import binary_path  # noqa: E402
 from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port  # noqa: E402
+from edgecloud.testing.asgi_once import asgi_status, post_scope  # noqa: E402
 from edgecloud.testing.figures import write_result  # noqa: E402
 
 PROMPT = "Write a short story about a lighthouse keeper and a storm."
@@ -129,27 +130,6 @@ def measure_node(model: str, threads: int, rounds: int, per_level: int
 
 
 # -- gateway, in process -----------------------------------------------------------------------
-async def _one(app: Any, path: str, raw: bytes) -> int:
-    sent = [False]
-    status = [0]
-
-    async def receive() -> dict[str, Any]:
-        if not sent[0]:
-            sent[0] = True
-            return {"type": "http.request", "body": raw, "more_body": False}
-        await asyncio.sleep(3600)  # the client stays
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            status[0] = message["status"]
-
-    scope = {"type": "http", "method": "POST", "path": path,
-             "headers": [(b"content-type", b"application/json")]}
-    await app(scope, receive, send)
-    return status[0]
-
-
 async def _gateway_round(upstream: str, n: int
                          ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     from edgecloud.gateway.app import GatewayApp
@@ -167,11 +147,11 @@ async def _gateway_round(upstream: str, n: int
     await app.start()
     for path, raw in cases.values():
         for _ in range(100):
-            await _one(app, path, raw)
+            await asgi_status(app, post_scope(path), raw)
     for i in range(n):  # the cases interleaved, so that drift hits them alike
         for name, (path, raw) in cases.items():
             t0 = time.perf_counter()
-            assert await _one(app, path, raw) == 200, name
+            assert await asgi_status(app, post_scope(path), raw) == 200, name
             out[name].append((time.perf_counter() - t0) * 1e3)
         if i % 200 == 0:
             await asyncio.sleep(0)

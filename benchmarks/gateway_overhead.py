@@ -16,10 +16,8 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import random
 import sys
-import tempfile
 import timeit
 from pathlib import Path
 
@@ -73,11 +71,10 @@ def main() -> None:
     ap.add_argument("--skip-litellm", action="store_true")
     ap.add_argument("--nginx-workers", default="auto")
     args = ap.parse_args()
-    os.environ.setdefault("PYTHONPATH", str(Path(__file__).resolve().parent.parent))
 
     results: dict[str, dict[str, dict[str, float]]] = {}
-    with tempfile.TemporaryDirectory(prefix="gw-bench-") as tmp_s, peers(Path(tmp_s)) as p:
-        tmp = Path(tmp_s)
+    with peers("gw-bench-") as p:
+        tmp = p.tmp
         small = tmp / "small.json"
         small.write_text(json.dumps(SMALL), encoding="utf-8")
         big = tmp / "image.json"

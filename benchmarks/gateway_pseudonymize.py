@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -117,8 +116,8 @@ def main() -> None:
     cpu: dict[str, float] = {}
     cpu_runs: list[dict[str, float | str]] = []
     raw: list[dict[str, object]] = []
-    with tempfile.TemporaryDirectory(prefix="gw-pseudo-") as tmp_s, peers(Path(tmp_s)) as p:
-        tmp = Path(tmp_s)
+    with peers("gw-pseudo-") as p:
+        tmp = p.tmp
         up = p.upstream(CHUNKS, PACE_MS, content=args.content)
         gw, url = start_gateway(tmp, up)
         p.callback(gw.stop)

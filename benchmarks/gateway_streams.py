@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -105,7 +103,6 @@ def main() -> None:
     ap.add_argument("--burst", action="store_true", help="start all streams at once")
     ap.add_argument("--skip-litellm", action="store_true")
     args = ap.parse_args()
-    os.environ.setdefault("PYTHONPATH", str(Path(__file__).resolve().parent.parent))
     try:
         import uvloop
 
@@ -114,7 +111,7 @@ def main() -> None:
         pass
     out: dict[str, list[dict[str, float]]] = {}
     raw: dict[str, dict[str, object]] = {}
-    with tempfile.TemporaryDirectory(prefix="gw-streams-") as tmp_s, peers(Path(tmp_s)) as p:
+    with peers("gw-streams-") as p:
         up = p.upstream(CHUNKS, PACE_MS)
         targets = {"direct": up, "nginx": p.nginx(up), "bare-python": p.bare(up),
                    "edgecloud": p.gateway(up)}

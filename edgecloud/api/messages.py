@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from edgecloud.api.errors import APIError, BadRequest
-from edgecloud.api.responses import new_id
+from edgecloud.api.responses import new_id, tools_to_chat
 
 _IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
@@ -68,7 +68,7 @@ def messages_to_chat(data: Any, *, count_only: bool = False) -> dict[str, Any]:
     stops = data.get("stop_sequences")
     if stops:
         out["stop"] = stops
-    tools = _tools(data.get("tools"))
+    tools = tools_to_chat(data.get("tools"), _function)
     if tools:
         out["tools"] = tools
     choice = data.get("tool_choice")
@@ -171,25 +171,17 @@ def _result_text(content: Any, where: str) -> str:
     raise BadRequest(f"{where}.content must be a string or text blocks.", param=where)
 
 
-def _tools(value: Any) -> list[dict[str, Any]]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise BadRequest("'tools' must be a list.", param="tools")
-    out = []
-    for i, tool in enumerate(value):
-        where = f"tools[{i}]"
-        if (not isinstance(tool, dict) or tool.get("type") not in (None, "custom")
-                or not isinstance(tool.get("name"), str)):
-            kind = tool.get("type") if isinstance(tool, dict) else None
-            raise BadRequest(f"{where}: only client tools (name, input_schema) are supported "
-                             f"here, not {kind!r}.", param=where)
-        fn: dict[str, Any] = {"name": tool["name"],
-                              "parameters": tool.get("input_schema") or {"type": "object"}}
-        if tool.get("description"):
-            fn["description"] = tool["description"]
-        out.append({"type": "function", "function": fn})
-    return out
+def _function(tool: Any, where: str) -> dict[str, Any]:
+    if (not isinstance(tool, dict) or tool.get("type") not in (None, "custom")
+            or not isinstance(tool.get("name"), str)):
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        raise BadRequest(f"{where}: only client tools (name, input_schema) are supported "
+                         f"here, not {kind!r}.", param=where)
+    fn: dict[str, Any] = {"name": tool["name"],
+                          "parameters": tool.get("input_schema") or {"type": "object"}}
+    if tool.get("description"):
+        fn["description"] = tool["description"]
+    return fn
 
 
 def _tool_choice(choice: Any) -> tuple[Any, bool | None]:

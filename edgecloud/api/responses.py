@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -63,7 +64,7 @@ def responses_to_chat(data: Any) -> dict[str, Any]:
         out["max_completion_tokens"] = data["max_output_tokens"]
     if data.get("stream"):
         out["stream_options"] = {"include_usage": True}
-    tools = _tools(data.get("tools"))
+    tools = tools_to_chat(data.get("tools"), _function)
     if tools:
         out["tools"] = tools
     choice = data.get("tool_choice")
@@ -152,22 +153,25 @@ def _content(content: Any, where: str) -> str | list[dict[str, Any]]:
     return parts
 
 
-def _tools(value: Any) -> list[dict[str, Any]]:
+def tools_to_chat(value: Any,
+                  function: Callable[[Any, str], dict[str, Any]]) -> list[dict[str, Any]]:
+    """A request's 'tools' as chat completions tools: `function(tool, where)` checks one item
+    (raising BadRequest at `where`) and returns its chat function."""
     if value is None:
         return []
     if not isinstance(value, list):
         raise BadRequest("'tools' must be a list.", param="tools")
-    out = []
-    for i, tool in enumerate(value):
-        where = f"tools[{i}]"
-        if not isinstance(tool, dict) or tool.get("type") != "function":
-            kind = tool.get("type") if isinstance(tool, dict) else None
-            raise BadRequest(f"{where}: only function tools are supported here, not {kind!r} "
-                             "(hosted tools run on OpenAI's servers).", param=where)
-        fn = {k: tool[k] for k in ("name", "description", "parameters", "strict")
-              if tool.get(k) is not None}
-        out.append({"type": "function", "function": fn})
-    return out
+    return [{"type": "function", "function": function(tool, f"tools[{i}]")}
+            for i, tool in enumerate(value)]
+
+
+def _function(tool: Any, where: str) -> dict[str, Any]:
+    if not isinstance(tool, dict) or tool.get("type") != "function":
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        raise BadRequest(f"{where}: only function tools are supported here, not {kind!r} "
+                         "(hosted tools run on OpenAI's servers).", param=where)
+    return {k: tool[k] for k in ("name", "description", "parameters", "strict")
+            if tool.get(k) is not None}
 
 
 def _tool_choice(choice: Any) -> Any:
