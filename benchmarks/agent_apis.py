@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import importlib.metadata
 import io
@@ -36,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.llama_server_build import binary_path  # noqa: E402
 from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port  # noqa: E402
 from edgecloud.testing.asgi_once import asgi_status, post_scope  # noqa: E402
-from edgecloud.testing.figures import write_result  # noqa: E402
+from edgecloud.testing.figures import benchmark_parser, write_result  # noqa: E402
 
 PROMPT = "Write a short story about a lighthouse keeper and a storm."
 MAX_TOKENS = 64
@@ -255,8 +254,7 @@ def measure_embeddings(model: str, threads: int, peer_bin: Path, rounds: int
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = benchmark_parser(__doc__)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--requests-per-level", type=int, default=4,
                     help="requests of each API per worker and round")

@@ -16,7 +16,6 @@ benchmarks/results/chaos.json (chaos_soak.json for --soak).
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import json
 import sys
@@ -36,12 +35,11 @@ from edgecloud.testing.chaos.campaign import (  # noqa: E402
     soak,
 )
 from edgecloud.testing.chaos.stack import ChaosStack, StackConfig  # noqa: E402
-from edgecloud.testing.figures import write_result  # noqa: E402
+from edgecloud.testing.figures import benchmark_parser, write_result  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = benchmark_parser(__doc__)
     ap.add_argument("--faults", default="*",
                     help="comma-separated names or globs of faults to run [all]")
     ap.add_argument("--window", type=float, default=6.0, help="seconds each fault lasts")

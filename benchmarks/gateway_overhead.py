@@ -13,7 +13,6 @@ Needs wrk and nginx (apt-get install -y wrk nginx-light); LiteLLM is installed i
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import random
@@ -24,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.gateway_peers import peers, wrk  # noqa: E402
-from edgecloud.testing.figures import write_result  # noqa: E402
+from edgecloud.testing.figures import benchmark_parser, write_result  # noqa: E402
 
 SMALL = {"model": "gpt-4o-mini", "max_tokens": 16, "messages": [
     {"role": "system", "content": "You are a helpful assistant."},
@@ -64,8 +63,7 @@ def privacy_cost() -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = benchmark_parser(__doc__)
     ap.add_argument("--seconds", type=float, default=8.0, help="measured, per target and level")
     ap.add_argument("--warmup", type=float, default=2.0, help="unmeasured, before each run")
     ap.add_argument("--skip-litellm", action="store_true")

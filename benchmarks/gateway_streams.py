@@ -14,7 +14,6 @@ streams first. Writes benchmarks/results/gateway_streams.json.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import sys
@@ -28,7 +27,7 @@ import aiohttp  # noqa: E402
 
 from benchmarks.gateway_peers import peers  # noqa: E402
 from edgecloud.bench.sse import StreamScanner  # noqa: E402
-from edgecloud.testing.figures import write_result  # noqa: E402
+from edgecloud.testing.figures import benchmark_parser, write_result  # noqa: E402
 
 CHUNKS = 64
 PACE_MS = 20.0
@@ -97,8 +96,7 @@ async def run(url: str, n: int, burst: bool, body: bytes = BODY,
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = benchmark_parser(__doc__)
     ap.add_argument("--streams", type=int, nargs="+", default=[100, 500])
     ap.add_argument("--burst", action="store_true", help="start all streams at once")
     ap.add_argument("--skip-litellm", action="store_true")

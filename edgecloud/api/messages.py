@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from edgecloud.api.errors import APIError, BadRequest
-from edgecloud.api.responses import new_id, tools_to_chat
+from edgecloud.api.responses import ChatStreamTranslator, new_id, tools_to_chat
 
 _IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
@@ -242,7 +242,7 @@ def message_from_chat(chat: dict[str, Any], model: str | None = None) -> dict[st
             "stop_sequence": stop_sequence, "usage": _usage(chat.get("usage"))}
 
 
-class MessagesStream:
+class MessagesStream(ChatStreamTranslator):
     """Chat stream chunks in, Anthropic Messages server-sent events out (bytes)."""
 
     def __init__(self, model: str, input_tokens: int = 0) -> None:
@@ -268,37 +268,29 @@ class MessagesStream:
             "usage": {"input_tokens": self.input_tokens, "output_tokens": 0}}
         return self._event("message_start", {"type": "message_start", "message": message})
 
-    def chunk(self, chunk: dict[str, Any]) -> bytes:
-        out = b"" if self.started else self.start()
-        if chunk.get("usage"):
-            self._usage = chunk["usage"]
-        for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") or {}
-            text = delta.get("content")
-            if text:
-                if self._block != "text":
-                    out += self._open({"type": "text", "text": ""}, "text")
-                out += self._event("content_block_delta", {
-                    "type": "content_block_delta", "index": self._index,
-                    "delta": {"type": "text_delta", "text": text}})
-            for call in delta.get("tool_calls") or ():
-                key = int(call.get("index", 0))
-                fn = call.get("function") or {}
-                if key not in self._calls:
-                    out += self._open({"type": "tool_use", "id": call.get("id") or
-                                       new_id("toolu"), "name": fn.get("name") or "",
-                                       "input": {}}, "tool_use")
-                    self._calls[key] = self._index
-                if fn.get("arguments"):
-                    out += self._event("content_block_delta", {
-                        "type": "content_block_delta", "index": self._calls[key],
-                        "delta": {"type": "input_json_delta",
-                                  "partial_json": fn["arguments"]}})
-            if choice.get("finish_reason") is not None:
-                self._finish = choice["finish_reason"]
-                self._stop_sequence = choice.get("stop_sequence")
-                out += self._close()
+    def _text_delta(self, text: str) -> bytes:
+        out = b"" if self._block == "text" else self._open({"type": "text", "text": ""}, "text")
+        return out + self._event("content_block_delta", {
+            "type": "content_block_delta", "index": self._index,
+            "delta": {"type": "text_delta", "text": text}})
+
+    def _call_delta(self, call: dict[str, Any]) -> bytes:
+        out = b""
+        key = int(call.get("index", 0))
+        fn = call.get("function") or {}
+        if key not in self._calls:
+            out += self._open({"type": "tool_use", "id": call.get("id") or new_id("toolu"),
+                               "name": fn.get("name") or "", "input": {}}, "tool_use")
+            self._calls[key] = self._index
+        if fn.get("arguments"):
+            out += self._event("content_block_delta", {
+                "type": "content_block_delta", "index": self._calls[key],
+                "delta": {"type": "input_json_delta", "partial_json": fn["arguments"]}})
         return out
+
+    def _finished(self, choice: dict[str, Any]) -> bytes:
+        self._stop_sequence = choice.get("stop_sequence")
+        return self._close()
 
     def _open(self, block: dict[str, Any], kind: str) -> bytes:
         out = self._close()

@@ -276,7 +276,45 @@ def response_from_chat(chat: dict[str, Any], request: dict[str, Any],
     return shell.body("completed", output, chat.get("usage"), choice.get("finish_reason"))
 
 
-class ResponsesStream:
+class ChatStreamTranslator:
+    """The walk over chat stream chunks that each API's stream shares: the usage is kept, and
+    each choice's text, tool-call deltas and finish go to the subclass, which returns the bytes
+    of the events they stand for."""
+
+    started = False
+    _usage: dict[str, Any] | None = None
+    _finish: str | None = None
+
+    def start(self) -> bytes:
+        raise NotImplementedError
+
+    def _text_delta(self, text: str) -> bytes:
+        raise NotImplementedError
+
+    def _call_delta(self, call: dict[str, Any]) -> bytes:
+        raise NotImplementedError
+
+    def _finished(self, choice: dict[str, Any]) -> bytes:
+        raise NotImplementedError
+
+    def chunk(self, chunk: dict[str, Any]) -> bytes:
+        """One chat chunk (a dict) as the events it stands for."""
+        out = b"" if self.started else self.start()
+        if chunk.get("usage"):
+            self._usage = chunk["usage"]
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                out += self._text_delta(delta["content"])
+            for call in delta.get("tool_calls") or ():
+                out += self._call_delta(call)
+            if choice.get("finish_reason") is not None:
+                self._finish = choice["finish_reason"]
+                out += self._finished(choice)
+        return out
+
+
+class ResponsesStream(ChatStreamTranslator):
     """Chat stream chunks in, Responses server-sent events out (bytes)."""
 
     def __init__(self, request: dict[str, Any], model: str) -> None:
@@ -301,22 +339,8 @@ class ResponsesStream:
         return (self._event("response.created", response=body)
                 + self._event("response.in_progress", response=body))
 
-    def chunk(self, chunk: dict[str, Any]) -> bytes:
-        """One chat chunk (a dict) as the events it stands for."""
-        out = b"" if self.started else self.start()
-        if chunk.get("usage"):
-            self._usage = chunk["usage"]
-        for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") or {}
-            text = delta.get("content")
-            if text:
-                out += self._text_delta(text)
-            for call in delta.get("tool_calls") or ():
-                out += self._call_delta(call)
-            if choice.get("finish_reason") is not None:
-                self._finish = choice["finish_reason"]
-                out += self._close_all()
-        return out
+    def _finished(self, choice: dict[str, Any]) -> bytes:
+        return self._close_all()
 
     def _text_delta(self, text: str) -> bytes:
         out = b""

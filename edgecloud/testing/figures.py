@@ -11,6 +11,7 @@ hand. The renderers (`figures_tables.py`) are pure: a result document in, Markdo
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -21,6 +22,12 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_DIR = "results"  # beside the benchmark scripts
+
+
+def benchmark_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark's command line: its docstring, as written, is its --help."""
+    return argparse.ArgumentParser(description=doc,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def machine() -> dict[str, Any]:

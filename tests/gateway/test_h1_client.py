@@ -134,26 +134,10 @@ def test_body_delimited_by_connection_close() -> None:
     _serve(handler, test)
 
 
-def test_an_idle_connection_the_server_dropped_is_retried_on_a_new_one() -> None:
-    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter,
-                      stats: dict[str, int]) -> None:
-        await _request(r)
-        stats["requests"] += 1
-        w.write(_ok())  # keep-alive by the headers, but the server closes right after
-        await w.drain()
-
-    async def test(pool: H1Pool, stats: dict[str, int]) -> None:
-        for _ in range(3):
-            resp = await pool.request(b"POST", b"/v1/chat/completions", b"{}")
-            assert await resp.read() == JSON
-            await asyncio.sleep(0.05)  # the close reaches the client (usually)
-        assert stats["requests"] == 3 and stats["connections"] == 3
-
-    _serve(handler, test)
-
-
-def test_a_stale_connection_is_retried_even_when_the_close_comes_late() -> None:
-    """The server closes the idle connection only when the next request arrives."""
+@pytest.mark.parametrize("close", ["after_the_answer", "at_the_next_request"])
+def test_a_connection_the_server_dropped_is_retried_on_a_new_one(close: str) -> None:
+    """The server answers one request per connection, keep-alive by the headers, and closes
+    right after its answer or only when the next request arrives (that one is dropped)."""
 
     async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter,
                       stats: dict[str, int]) -> None:
@@ -161,13 +145,16 @@ def test_a_stale_connection_is_retried_even_when_the_close_comes_late() -> None:
         stats["requests"] += 1
         w.write(_ok())
         await w.drain()
-        await _request(r)  # the second request on this connection: dropped unanswered
+        if close == "at_the_next_request":
+            await _request(r)  # the second request on this connection: dropped unanswered
 
     async def test(pool: H1Pool, stats: dict[str, int]) -> None:
         for _ in range(3):
             resp = await pool.request(b"POST", b"/v1/chat/completions", b"{}")
             assert await resp.read() == JSON
-        assert stats["requests"] == 3
+            if close == "after_the_answer":
+                await asyncio.sleep(0.05)  # the close reaches the client (usually)
+        assert stats["requests"] == 3 and stats["connections"] == 3
 
     _serve(handler, test)
 
