@@ -35,7 +35,11 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.llama_server_build import binary_path  # noqa: E402
 from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port  # noqa: E402
 from edgecloud.testing.asgi_once import asgi_status, post_scope  # noqa: E402
-from edgecloud.testing.figures import benchmark_parser, write_result  # noqa: E402
+from edgecloud.testing.figures import (  # noqa: E402
+    benchmark_parser,
+    sample_digest,
+    write_result,
+)
 
 PROMPT = "Write a short story about a lighthouse keeper and a storm."
 MAX_TOKENS = 64
@@ -186,9 +190,11 @@ def measure_gateway(n: int) -> tuple[dict[str, Any], dict[str, Any]]:
               f"{a50:>10.3f} {a50 - statistics.median(added[ref]):>+8.3f}")
     summary = {name: {"wall_p50_ms": statistics.median(v),
                       "added_p50_ms": statistics.median(added[name])} for name, v in res.items()}
-    # Samples to the microsecond: finer digits are noise, and they would fill the result file.
-    return summary, {"wall_ms": {k: [round(x, 3) for x in v] for k, v in res.items()},
-                     "added_ms": {k: [round(x, 3) for x in v] for k, v in added.items()}}
+    # Samples to the microsecond (finer digits are noise), thousands of them as a digest.
+    return summary, {"wall_ms": {k: sample_digest([round(x, 3) for x in v])
+                                 for k, v in res.items()},
+                     "added_ms": {k: sample_digest([round(x, 3) for x in v])
+                                  for k, v in added.items()}}
 
 
 # -- embeddings ------------------------------------------------------------------------------

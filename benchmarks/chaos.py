@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             report = soak(stack, args.soak, args.workers)
             print(render_soak(report))
             print(json.dumps(report, indent=1))
-            write_result("chaos_soak", summary={"table": render_soak(report)}, samples=report,
-                         params=vars(args))
+            series = report.pop("samples")
+            write_result("chaos_soak", summary=report, samples=series, params=vars(args))
             return 0 if not report["leaks"] and not report["stuck_after"] else 1
         rows = []
         for name in chosen:
