@@ -113,7 +113,8 @@ def test_the_ota_table_orders_links_by_speed_with_loopback_last() -> None:
     summary = {"cpus": 2, "download": _download("loopback", 0.29, 0.4, 1.35),
                "download_link_100MBps": _download("100 MB/s", 2.55, 2.55, 3.5),
                "download_link_50MBps": _download("50 MB/s", 5.08, 5.07, 5.9),
-               "rollout": {"agents": 2, "final_stage": 100, "publish_to_100pct_s": 7.6},
+               "rollout": {"agents": 2, "final_stage": "stable", "publish_to_100pct_s": 7.6,
+                           "agent_activate_s": [0.9, 1.1]},
                "poll": {"simulated_agents": 1000, "offered_req_s": 3000, "held_req_s": 2916,
                         "server_cpu_cores": 0.3, "p50_ms": 232.0, "p99_ms": 951.0,
                         "errors": 0}}
@@ -122,8 +123,10 @@ def test_the_ota_table_orders_links_by_speed_with_loopback_last() -> None:
             or line.startswith("| loopback")]
     assert [r.split(" | ")[0] for r in rows] == ["| emulated 50 MB/s", "| emulated 100 MB/s",
                                                  "| loopback (same cores)"]
-    assert rows[0].endswith("| 5.08 s | 5.07 s | **1.00x** | 5.90 s | **1.16x** |")
-    assert "2,916 of 3,000 req/s" in text and "7.6 s" in text
+    assert rows[0].endswith("| 5.08 s | 5.07 s | 1.00x | 5.90 s | **1.16x** |")
+    assert rows[1].endswith("| 2.55 s | 2.55 s | 1.00x | 3.50 s | 1.37x (not met) |")
+    assert "2,916 of 3,000 req/s" in text
+    assert "7.6 s (the release ends stable); each agent's activation 0.9 s, 1.1 s." in text
 
 
 def test_the_aiperf_table_gives_each_tools_cpu_and_error_against_the_node() -> None:
