@@ -505,7 +505,9 @@ def main() -> None:
                 continue  # the killed one
             for k, v in got.json().get("requests", {}).items():
                 counts[k] = counts.get(k, 0) + v
-        steps = [e for p in (a, b) for e in log_events(Path(str(p.log_path)), "rollout.step")]
+        steps = sorted((e for p in (a, b) for e in log_events(Path(str(p.log_path)),
+                                                              "rollout.step")),
+                       key=lambda e: str(e.get("ts", "")))  # both processes' steps, in time order
         # every acknowledged report is in the database (none lost, whichever process took it)
         with Session(FleetStore(pg.url(db)).engine) as s:
             stored: dict[str, str] = dict(

@@ -352,20 +352,23 @@ def fleet_scale(doc: Doc) -> str:
     if "rollout" in r:
         ro = r["rollout"]
         killed = ro.get("killed")
-        steps = ", ".join(f"`{action} {pct:g}`" for action, pct in ro["steps"])
+        # by stage (a result from before the script sorted them lists them per process)
+        ordered = sorted(ro["steps"], key=lambda st: (st[1], st[0] == "complete"))
+        steps = ", ".join(f"`{action} {pct:g}`" for action, pct in ordered)
         cdn = ro["cdn_bytes_served"]
         tuf = ro["api_tuf_requests"]
         out.append(
-            f"Rollout under the same load: {ro['final']['stage']} at {ro['final']['percent']}% "
+            f"Rollout under the same load: {ro['final']['stage']} at {ro['final']['percent']:g}% "
             f"in {ro['seconds']:g} s; steps {steps}"
-            + (f"; {killed['name']} SIGKILLed at {killed['at_percent']}%" if killed else "")
+            + (f"; {killed['name']} SIGKILLed at {killed['at_percent']:g}%" if killed else "")
             + f"; {num(ro['reports_ok'], 0)} reports, {_errors(ro['errors'])} errors "
             f"({num(ro['failovers'], 0)} failed over), "
             f"**{ro['acknowledged_reports_missing_in_db']} acknowledged reports missing** from "
             f"the database. The API served {num(ro['api_bytes_served'], 0)} bytes "
             f"({tuf['metadata'] + tuf['targets']} TUF requests); the CDN "
             f"{cdn['targets'] / 1e6:.1f} MB of models and {cdn['metadata'] / 1e6:.1f} MB of "
-            f"metadata ({ro['cdn_cache_hits']} of {ro['cdn_requests']} requests from its cache).")
+            f"metadata ({num(ro['cdn_cache_hits'], 0)} of {num(ro['cdn_requests'], 0)} requests "
+            "from its cache).")
     return "\n\n".join(out)
 
 

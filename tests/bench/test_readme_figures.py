@@ -183,7 +183,7 @@ def test_the_fleet_table_puts_the_api_processes_beside_todays_server() -> None:
         "ratio_cpu_per_report_new_over_baseline": 1.14,
         "projected_cores": {"100000": {"api_cores": 0.13, "postgres_cores": 0.02}},
         "rollout": {"final": {"stage": "stable", "percent": 100}, "seconds": 31.7,
-                    "steps": [["advance", 25], ["advance", 100], ["complete", 100]],
+                    "steps": [["advance", 100], ["complete", 100], ["advance", 25]],
                     "killed": {"name": "api-a", "at_percent": 25}, "reports_ok": 1725,
                     "errors": {}, "failovers": 571, "acknowledged_reports_missing_in_db": 0,
                     "api_bytes_served": 0, "api_tuf_requests": {"metadata": 0, "targets": 0},
@@ -196,5 +196,6 @@ def test_the_fleet_table_puts_the_api_processes_beside_todays_server() -> None:
     assert "| reports, errors | 6,666, **0** | 6,666, 1 |" in text
     assert "2.07 ms (2.02 ms): **1.14x** |" in text
     assert "**0.13 API cores + 0.02 PostgreSQL cores for 100,000 devices**" in text
+    assert "steps `advance 25`, `advance 100`, `complete 100`;" in text
     assert "api-a SIGKILLed at 25%" in text and "**0 acknowledged reports missing**" in text
-    assert "49.5 MB of models" in text and "996 of 1000 requests" in text
+    assert "49.5 MB of models" in text and "996 of 1,000 requests" in text
