@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import importlib.metadata
 import io
@@ -35,7 +34,12 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.llama_server_build import binary_path  # noqa: E402
 from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port  # noqa: E402
-from edgecloud.testing.figures import write_result  # noqa: E402
+from edgecloud.testing.asgi_once import asgi_status, post_scope  # noqa: E402
+from edgecloud.testing.figures import (  # noqa: E402
+    benchmark_parser,
+    sample_digest,
+    write_result,
+)
 
 PROMPT = "Write a short story about a lighthouse keeper and a storm."
 MAX_TOKENS = 64
@@ -129,27 +133,6 @@ def measure_node(model: str, threads: int, rounds: int, per_level: int
 
 
 # -- gateway, in process -----------------------------------------------------------------------
-async def _one(app: Any, path: str, raw: bytes) -> int:
-    sent = [False]
-    status = [0]
-
-    async def receive() -> dict[str, Any]:
-        if not sent[0]:
-            sent[0] = True
-            return {"type": "http.request", "body": raw, "more_body": False}
-        await asyncio.sleep(3600)  # the client stays
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            status[0] = message["status"]
-
-    scope = {"type": "http", "method": "POST", "path": path,
-             "headers": [(b"content-type", b"application/json")]}
-    await app(scope, receive, send)
-    return status[0]
-
-
 async def _gateway_round(upstream: str, n: int
                          ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     from edgecloud.gateway.app import GatewayApp
@@ -167,11 +150,11 @@ async def _gateway_round(upstream: str, n: int
     await app.start()
     for path, raw in cases.values():
         for _ in range(100):
-            await _one(app, path, raw)
+            await asgi_status(app, post_scope(path), raw)
     for i in range(n):  # the cases interleaved, so that drift hits them alike
         for name, (path, raw) in cases.items():
             t0 = time.perf_counter()
-            assert await _one(app, path, raw) == 200, name
+            assert await asgi_status(app, post_scope(path), raw) == 200, name
             out[name].append((time.perf_counter() - t0) * 1e3)
         if i % 200 == 0:
             await asyncio.sleep(0)
@@ -207,9 +190,11 @@ def measure_gateway(n: int) -> tuple[dict[str, Any], dict[str, Any]]:
               f"{a50:>10.3f} {a50 - statistics.median(added[ref]):>+8.3f}")
     summary = {name: {"wall_p50_ms": statistics.median(v),
                       "added_p50_ms": statistics.median(added[name])} for name, v in res.items()}
-    # Samples to the microsecond: finer digits are noise, and they would fill the result file.
-    return summary, {"wall_ms": {k: [round(x, 3) for x in v] for k, v in res.items()},
-                     "added_ms": {k: [round(x, 3) for x in v] for k, v in added.items()}}
+    # Samples to the microsecond (finer digits are noise), thousands of them as a digest.
+    return summary, {"wall_ms": {k: sample_digest([round(x, 3) for x in v])
+                                 for k, v in res.items()},
+                     "added_ms": {k: sample_digest([round(x, 3) for x in v])
+                                  for k, v in added.items()}}
 
 
 # -- embeddings ------------------------------------------------------------------------------
@@ -275,8 +260,7 @@ def measure_embeddings(model: str, threads: int, peer_bin: Path, rounds: int
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = benchmark_parser(__doc__)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--requests-per-level", type=int, default=4,
                     help="requests of each API per worker and round")

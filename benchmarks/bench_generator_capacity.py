@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from edgecloud.bench.results import BenchResults  # noqa: E402
 from edgecloud.supervise import ManagedProcess, free_port  # noqa: E402
-from edgecloud.testing.figures import write_result  # noqa: E402
+from edgecloud.testing.figures import sample_digest, write_result  # noqa: E402
 
 BODY = {
     "model": "standin-model",
@@ -193,8 +193,8 @@ def main() -> None:
         "floor_p99_ms": floors[int(0.99 * (len(floors) - 1))] if floors else None,
     }
     samples = {
-        "open_loop_send_lag_ms": [round(x, 4) for x in lags],
-        "bare_loop_lag_ms": [round(x, 4) for x in floors],
+        "open_loop_send_lag_ms": sample_digest([round(x, 4) for x in lags]),
+        "bare_loop_lag_ms": sample_digest([round(x, 4) for x in floors]),
     }
     write_result("bench_generator_capacity", summary=summary, samples=samples, params=vars(a))
 

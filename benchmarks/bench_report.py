@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     tables = render_all(load_results(args.results))
     new, left = replace_marked(text, tables)
     for name in left:
-        print(f"{name}: no result in {args.results.name}/ (run benchmarks/{name}.py); "
+        print(f"{name}: no result in {args.results.name}/ (run the command its block names); "
               "block left as it is", file=sys.stderr)
     unused = sorted(set(tables) - set(marked_names(text)))
     for name in unused:

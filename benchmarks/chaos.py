@@ -16,7 +16,6 @@ benchmarks/results/chaos.json (chaos_soak.json for --soak).
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import json
 import sys
@@ -36,12 +35,11 @@ from edgecloud.testing.chaos.campaign import (  # noqa: E402
     soak,
 )
 from edgecloud.testing.chaos.stack import ChaosStack, StackConfig  # noqa: E402
-from edgecloud.testing.figures import write_result  # noqa: E402
+from edgecloud.testing.figures import benchmark_parser, write_result  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = benchmark_parser(__doc__)
     ap.add_argument("--faults", default="*",
                     help="comma-separated names or globs of faults to run [all]")
     ap.add_argument("--window", type=float, default=6.0, help="seconds each fault lasts")
@@ -73,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             report = soak(stack, args.soak, args.workers)
             print(render_soak(report))
             print(json.dumps(report, indent=1))
-            write_result("chaos_soak", summary={"table": render_soak(report)}, samples=report,
-                         params=vars(args))
+            series = report.pop("samples")
+            write_result("chaos_soak", summary=report, samples=series, params=vars(args))
             return 0 if not report["leaks"] and not report["stuck_after"] else 1
         rows = []
         for name in chosen:

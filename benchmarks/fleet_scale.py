@@ -52,6 +52,7 @@ from edgecloud.fleet.repository import ModelRepository, repo_lock
 from edgecloud.fleet.rollout import Gates, ModelRelease, RolloutPlan, choose_release
 from edgecloud.fleet.state import CredentialRow, FleetStore
 from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port
+from edgecloud.testing.figures import sample_digest, write_result
 from edgecloud.testing.nginx_cdn import NginxCDN
 from edgecloud.testing.postgres import PostgresServer, find_bin_dir
 
@@ -308,7 +309,6 @@ def main() -> None:
     ap.add_argument("--baseline-ref", default=BASELINE_REF)
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--kill-leader", action="store_true")
-    ap.add_argument("--out", type=Path, default=Path("out/fleet_scale.json"))
     args = ap.parse_args()
     rate = args.devices / args.interval * args.compress
     bin_dir = find_bin_dir()
@@ -505,7 +505,9 @@ def main() -> None:
                 continue  # the killed one
             for k, v in got.json().get("requests", {}).items():
                 counts[k] = counts.get(k, 0) + v
-        steps = [e for p in (a, b) for e in log_events(Path(str(p.log_path)), "rollout.step")]
+        steps = sorted((e for p in (a, b) for e in log_events(Path(str(p.log_path)),
+                                                              "rollout.step")),
+                       key=lambda e: str(e.get("ts", "")))  # both processes' steps, in time order
         # every acknowledged report is in the database (none lost, whichever process took it)
         with Session(FleetStore(pg.url(db)).engine) as s:
             stored: dict[str, str] = dict(
@@ -540,10 +542,9 @@ def main() -> None:
         if cdn is not None:
             cdn.stop()
         pg.stop()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    samples = {"poll_ms": sim.poll_ms, "report_ms": sim.report_ms}
-    args.out.write_text(json.dumps({**result, "samples": samples}))
+    samples = {"poll_ms": sample_digest(sim.poll_ms), "report_ms": sample_digest(sim.report_ms)}
     print(json.dumps(result, indent=2))
+    write_result("fleet_scale", summary=result, samples=samples, params=vars(args))
     _summary(result)
 
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.gateway_overhead import SMALL  # noqa: E402
 from benchmarks.gateway_peers import ROOT, Peers, wrk  # noqa: E402
 from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port  # noqa: E402
-from edgecloud.testing.figures import write_result  # noqa: E402
+from edgecloud.testing.figures import benchmark_parser, write_result  # noqa: E402
 from edgecloud.testing.polling import wait_until  # noqa: E402
 
 
@@ -76,8 +76,7 @@ def _gateway(peers: Peers, tmp: Path, name: str, endpoint: dict[str, Any], *extr
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = benchmark_parser(__doc__)
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--serve-upstream", nargs=3, metavar=("PORT", "KEY_FILE", "VERIFIER"),
                     help=argparse.SUPPRESS)

@@ -13,20 +13,17 @@ Needs wrk and nginx (apt-get install -y wrk nginx-light); LiteLLM is installed i
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
-import os
 import random
 import sys
-import tempfile
 import timeit
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.gateway_peers import peers, wrk  # noqa: E402
-from edgecloud.testing.figures import write_result  # noqa: E402
+from edgecloud.testing.figures import benchmark_parser, write_result  # noqa: E402
 
 SMALL = {"model": "gpt-4o-mini", "max_tokens": 16, "messages": [
     {"role": "system", "content": "You are a helpful assistant."},
@@ -66,18 +63,16 @@ def privacy_cost() -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = benchmark_parser(__doc__)
     ap.add_argument("--seconds", type=float, default=8.0, help="measured, per target and level")
     ap.add_argument("--warmup", type=float, default=2.0, help="unmeasured, before each run")
     ap.add_argument("--skip-litellm", action="store_true")
     ap.add_argument("--nginx-workers", default="auto")
     args = ap.parse_args()
-    os.environ.setdefault("PYTHONPATH", str(Path(__file__).resolve().parent.parent))
 
     results: dict[str, dict[str, dict[str, float]]] = {}
-    with tempfile.TemporaryDirectory(prefix="gw-bench-") as tmp_s, peers(Path(tmp_s)) as p:
-        tmp = Path(tmp_s)
+    with peers("gw-bench-") as p:
+        tmp = p.tmp
         small = tmp / "small.json"
         small.write_text(json.dumps(SMALL), encoding="utf-8")
         big = tmp / "image.json"

@@ -1,7 +1,7 @@
 """Processes the gateway benchmarks compare: the stand-in upstream, a bare Python pass-through,
 `edgecloud gateway`, nginx (Debian nginx-light) and the LiteLLM proxy (in its own .venv-bench).
 
-Shared by gateway_overhead.py and gateway_streams.py. Every process is stopped on exit.
+Shared by the gateway_*.py benchmarks. Every process is stopped on exit.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,10 +55,13 @@ class Peers(contextlib.ExitStack):
         self.pids: dict[str, int] = {}  # base URL -> the process serving it
 
     def _run(self, cmd: list[str], ready: str, name: str, timeout_s: float = 120,
-             env: dict[str, str] | None = None) -> str:
-        """Start `cmd`, wait until `ready` answers; returns the base URL of `ready`."""
+             env: dict[str, str] | None = None, unset: tuple[str, ...] = ()) -> str:
+        """Start `cmd` (our environment with `env`, less `unset`), wait until `ready` answers;
+        returns the base URL of `ready`."""
         proc = ManagedProcess(cmd, ready, log_path=str(self.tmp / f"{name}.log"), name=name,
                               env=env)
+        for key in unset:
+            proc.env.pop(key, None)
         proc.start()
         self.callback(proc.stop)
         proc.wait_ready(timeout_s=timeout_s)
@@ -151,37 +155,37 @@ class Peers(contextlib.ExitStack):
                          f"http://127.0.0.1:{port}/readyz", "nginx")
 
     def litellm(self, upstream: str) -> str:
-        bin_dir = ensure_bench_venv()
-        port = free_port()
         cfg = {
             "model_list": [{"model_name": name, "litellm_params": {
                 "model": "openai/standin", "api_base": upstream + "/v1", "api_key": "none"}}
                 for name in ("gpt-4o-mini", "autoglm-phone-9b")],
             "litellm_settings": {"drop_params": True},
         }
-        path = self.tmp / "litellm.yaml"
-        path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        return self.litellm_proxy(cfg)
+
+    def litellm_proxy(self, config: dict[str, object], name: str = "litellm",
+                      timeout_s: float = 240) -> str:
+        """One LiteLLM proxy process (one worker) with `config`; its base URL."""
+        bin_dir = ensure_bench_venv()
+        path = self.tmp / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config), encoding="utf-8")
         # No master key (a local benchmark; it also spares LiteLLM its auth work per request).
-        env.update(LITELLM_LOG="ERROR", LITELLM_TELEMETRY="False", DISABLE_SCHEMA_UPDATE="true",
-                   LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY="true")
-        proc = ManagedProcess(
-            [str(bin_dir / "litellm"), "--config", str(path), "--port", str(port),
-             "--host", "127.0.0.1", "--num_workers", "1"],
-            f"http://127.0.0.1:{port}/health/liveliness",
-            log_path=str(self.tmp / "litellm.log"), name="litellm")
-        proc.env = env
-        proc.start()
-        self.callback(proc.stop)
-        proc.wait_ready(timeout_s=240)
-        url = f"http://127.0.0.1:{port}"
-        self.pids[url] = proc.pid
-        return url
+        env = {"LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False",
+               "DISABLE_SCHEMA_UPDATE": "true",
+               "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true"}
+        port = free_port()
+        return self._run([str(bin_dir / "litellm"), "--config", str(path), "--port", str(port),
+                          "--host", "127.0.0.1", "--num_workers", "1"],
+                         f"http://127.0.0.1:{port}/health/liveliness", name, timeout_s, env,
+                         unset=("PYTHONPATH",))
 
 
 @contextlib.contextmanager
-def peers(tmp: Path) -> Iterator[Peers]:
-    with Peers(tmp) as p:
+def peers(prefix: str) -> Iterator[Peers]:
+    """Peers in a fresh temporary folder (`p.tmp`), removed with them at the end; the processes
+    this starts import this checkout's edgecloud unless PYTHONPATH says otherwise."""
+    os.environ.setdefault("PYTHONPATH", str(ROOT))
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp, Peers(Path(tmp)) as p:
         yield p
 
 

@@ -21,11 +21,9 @@ Writes benchmarks/results/gateway_pseudonymize.json.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,7 +35,7 @@ import yaml  # noqa: E402
 from benchmarks.gateway_peers import peers  # noqa: E402
 from benchmarks.gateway_streams import CHUNKS, PACE_MS, run  # noqa: E402
 from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port  # noqa: E402
-from edgecloud.testing.figures import write_result  # noqa: E402
+from edgecloud.testing.figures import benchmark_parser, write_result  # noqa: E402
 
 PUBLIC = "Write one sentence to the customer about the delayed parcel, kindly."
 PRIVATE = "Write one sentence to jane.doe@example.com about the delayed parcel."
@@ -100,8 +98,7 @@ async def cpu_per_request(url: str, cpu_s: Callable[[], float | None], payload: 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = benchmark_parser(__doc__)
     ap.add_argument("--streams", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=2, help="public/private stream rounds")
     ap.add_argument("--requests", type=int, default=3000, help="per CPU measurement")
@@ -117,8 +114,8 @@ def main() -> None:
     cpu: dict[str, float] = {}
     cpu_runs: list[dict[str, float | str]] = []
     raw: list[dict[str, object]] = []
-    with tempfile.TemporaryDirectory(prefix="gw-pseudo-") as tmp_s, peers(Path(tmp_s)) as p:
-        tmp = Path(tmp_s)
+    with peers("gw-pseudo-") as p:
+        tmp = p.tmp
         up = p.upstream(CHUNKS, PACE_MS, content=args.content)
         gw, url = start_gateway(tmp, up)
         p.callback(gw.stop)

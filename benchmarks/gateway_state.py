@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -180,12 +178,6 @@ def redis_round_trip_ms(url: str, n: int = 2000) -> float:
 def litellm_drift(p: Peers, up: str, redis: RedisServer, window_s: float) -> dict[str, Any]:
     """The same rpm 60 run against 3 LiteLLM proxy processes sharing one Redis (its router's
     deployment rpm with usage-based routing and Redis, as its docs set up shared limits)."""
-    import yaml
-
-    from benchmarks.gateway_peers import ensure_bench_venv
-    from edgecloud.supervise import ManagedProcess, free_port
-
-    bin_dir = ensure_bench_venv()
     host, port = redis.url.split("//", 1)[1].split("/", 1)[0].split(":")
     cfg = {
         "model_list": [{"model_name": "gpt-4o-mini", "litellm_params": {
@@ -195,24 +187,7 @@ def litellm_drift(p: Peers, up: str, redis: RedisServer, window_s: float) -> dic
                             "enable_pre_call_checks": True},
         "litellm_settings": {"drop_params": True},
     }
-    path = p.tmp / "litellm-rpm.yaml"
-    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(LITELLM_LOG="ERROR", LITELLM_TELEMETRY="False", DISABLE_SCHEMA_UPDATE="true",
-               LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY="true")
-    urls = []
-    for i in range(3):
-        lport = free_port()
-        proc = ManagedProcess(
-            [str(bin_dir / "litellm"), "--config", str(path), "--port", str(lport),
-             "--host", "127.0.0.1", "--num_workers", "1"],
-            f"http://127.0.0.1:{lport}/health/liveliness",
-            log_path=str(p.tmp / f"litellm-{i}.log"), name=f"litellm-{i}")
-        proc.env = env
-        proc.start()
-        p.callback(proc.stop)
-        proc.wait_ready(timeout_s=300)
-        urls.append(f"http://127.0.0.1:{lport}")
+    urls = [p.litellm_proxy(cfg, f"litellm-{i}", timeout_s=300) for i in range(3)]
     got = _hammer(urls, "none", clients=3, seconds=window_s, pause_s=0.05)
     ok = [t for t, s in got if s == 200]
     t0 = got[0][0] if got else 0.0
@@ -273,10 +248,9 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     parts = args.only or ["a", "b", "c"]
-    os.environ.setdefault("PYTHONPATH", str(Path(__file__).resolve().parent.parent))
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="gw-state-") as tmp_s, peers(Path(tmp_s)) as p:
-        tmp = Path(tmp_s)
+    with peers("gw-state-") as p:
+        tmp = p.tmp
         redis = RedisServer(tmp / "redis").start()
         p.callback(redis.stop)
         body = tmp / "small.json"

@@ -14,12 +14,9 @@ streams first. Writes benchmarks/results/gateway_streams.json.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +27,7 @@ import aiohttp  # noqa: E402
 
 from benchmarks.gateway_peers import peers  # noqa: E402
 from edgecloud.bench.sse import StreamScanner  # noqa: E402
-from edgecloud.testing.figures import write_result  # noqa: E402
+from edgecloud.testing.figures import benchmark_parser, write_result  # noqa: E402
 
 CHUNKS = 64
 PACE_MS = 20.0
@@ -99,13 +96,11 @@ async def run(url: str, n: int, burst: bool, body: bytes = BODY,
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = benchmark_parser(__doc__)
     ap.add_argument("--streams", type=int, nargs="+", default=[100, 500])
     ap.add_argument("--burst", action="store_true", help="start all streams at once")
     ap.add_argument("--skip-litellm", action="store_true")
     args = ap.parse_args()
-    os.environ.setdefault("PYTHONPATH", str(Path(__file__).resolve().parent.parent))
     try:
         import uvloop
 
@@ -114,7 +109,7 @@ def main() -> None:
         pass
     out: dict[str, list[dict[str, float]]] = {}
     raw: dict[str, dict[str, object]] = {}
-    with tempfile.TemporaryDirectory(prefix="gw-streams-") as tmp_s, peers(Path(tmp_s)) as p:
+    with peers("gw-streams-") as p:
         up = p.upstream(CHUNKS, PACE_MS)
         targets = {"direct": up, "nginx": p.nginx(up), "bare-python": p.bare(up),
                    "edgecloud": p.gateway(up)}

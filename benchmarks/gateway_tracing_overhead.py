@@ -42,44 +42,21 @@ def _config(mode: str, upstream: str, collector: str) -> Any:
     return parse_config(text)
 
 
-async def _one(app: Any, scope: dict[str, Any]) -> int:
-    sent = [False]
-    status = [0]
-
-    async def receive() -> dict[str, Any]:
-        if not sent[0]:
-            sent[0] = True
-            return {"type": "http.request", "body": BODY, "more_body": False}
-        await asyncio.sleep(3600)  # the client stays
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            status[0] = message["status"]
-
-    await app(scope, receive, send)
-    return status[0]
-
-
 async def _run(mode: str, upstream: str, collector: str, n: int) -> tuple[float, float]:
     from edgecloud.gateway.app import GatewayApp
     from edgecloud.logs import AccessLog
+    from edgecloud.testing.asgi_once import asgi_status, post_scope
 
     with open(os.devnull, "wb") as devnull:
         app = GatewayApp(_config(mode, upstream, collector),
                          log=AccessLog("edgecloud.gateway", devnull))
         await app.start()
-        scope = {
-            "type": "http",
-            "method": "POST",
-            "path": "/v1/chat/completions",
-            "headers": [(b"content-type", b"application/json")],
-        }
+        scope = post_scope("/v1/chat/completions")
         for _ in range(200):  # warm the pool and the code
-            await _one(app, scope)
+            await asgi_status(app, scope, BODY)
         cpu0, wall0 = time.process_time(), time.perf_counter()
         for _ in range(n):
-            assert await _one(app, scope) == 200
+            assert await asgi_status(app, scope, BODY) == 200
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
         await app.stop()  # flushes spans; not timed
     return cpu / n * 1e6, wall / n * 1e6

@@ -14,7 +14,6 @@ benchmarks/llama_server_build.py; LLAMA_SERVER_CACHE overrides the root).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import importlib.metadata
 import sys
@@ -30,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.llama_server_build import binary_path  # noqa: E402
 from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port  # noqa: E402
-from edgecloud.testing.figures import write_result  # noqa: E402
+from edgecloud.testing.figures import benchmark_parser, write_result  # noqa: E402
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -142,9 +141,7 @@ def measure(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = benchmark_parser(__doc__)
     ap.add_argument("--llama-server", type=Path, default=None, help="llama-server binary")
     ap.add_argument("--requests-per-level", type=int, default=4, help="per unit of concurrency")
     ap.add_argument("--threads", type=int, default=2)

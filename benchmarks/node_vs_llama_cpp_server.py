@@ -12,7 +12,6 @@ using the same cached llama-cpp-python wheel), created on the first run.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import subprocess
@@ -51,6 +50,7 @@ from benchmarks.interleave import (  # noqa: E402
 from edgecloud.bench.sse import StreamScanner  # noqa: E402
 from edgecloud.node import llama_build  # noqa: E402
 from edgecloud.supervise import edgecloud_command, free_port  # noqa: E402
+from edgecloud.testing.figures import benchmark_parser  # noqa: E402
 
 
 def ensure_peer_venv() -> Path:
@@ -127,9 +127,7 @@ async def run_level(base: str, concurrency: int, total: int) -> dict[str, float]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = benchmark_parser(__doc__)
     ap.add_argument(
         "--requests-per-level", type=int, default=4, help="requests per unit of concurrency"
     )

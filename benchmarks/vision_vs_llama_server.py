@@ -18,7 +18,6 @@ llama-server gets a chat template file that writes the node's plain transcript
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import functools
 import sys
@@ -43,6 +42,7 @@ from benchmarks.llama_server_build import build, installed_version  # noqa: E402
 from edgecloud.bench.sse import StreamScanner  # noqa: E402
 from edgecloud.bench.workloads import png_bytes, png_uri, screenshot_turn  # noqa: E402
 from edgecloud.supervise import edgecloud_command, free_port  # noqa: E402
+from edgecloud.testing.figures import benchmark_parser  # noqa: E402
 from edgecloud.testing.tiny_mmproj import cached_tiny_mmproj  # noqa: E402
 
 OUTPUT_TOKENS = 16
@@ -152,9 +152,7 @@ def measure(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = benchmark_parser(__doc__)
     ap.add_argument("--requests-per-level", type=int, default=4, help="per unit of concurrency")
     ap.add_argument("--rounds", type=int, default=1, help="alternating rounds; medians reported")
     ap.add_argument("--threads", type=int, default=2)

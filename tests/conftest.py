@@ -38,17 +38,26 @@ def start_node(
     return proc, base
 
 
-@pytest.fixture(scope="session")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One preloaded node on the embedded model, shared by the session; yields its base URL."""
-    proc, base = start_node(
-        tmp_path_factory.mktemp("node"), "--preload", "--parallel", "4", "--ctx", "2048"
-    )
+def serve_node(
+    tmp: Path, *extra: str, name: str = "node", env: dict[str, str] | None = None,
+    ready_timeout_s: float = 180.0,
+) -> Iterator[str]:
+    """The body of a node fixture (`yield from serve_node(...)`): start a node as start_node
+    does, wait until it is ready, yield its base URL, stop it at the end."""
+    proc, base = start_node(tmp, *extra, name=name, env=env)
     try:
-        proc.wait_ready(timeout_s=180)
+        proc.wait_ready(timeout_s=ready_timeout_s)
         yield base
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One preloaded node on the embedded model, shared by the session; yields its base URL."""
+    yield from serve_node(
+        tmp_path_factory.mktemp("node"), "--preload", "--parallel", "4", "--ctx", "2048"
+    )
 
 
 @pytest.fixture(scope="session")

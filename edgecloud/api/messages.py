@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from edgecloud.api.errors import APIError, BadRequest
-from edgecloud.api.responses import new_id
+from edgecloud.api.responses import ChatStreamTranslator, new_id, tools_to_chat
 
 _IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
@@ -68,7 +68,7 @@ def messages_to_chat(data: Any, *, count_only: bool = False) -> dict[str, Any]:
     stops = data.get("stop_sequences")
     if stops:
         out["stop"] = stops
-    tools = _tools(data.get("tools"))
+    tools = tools_to_chat(data.get("tools"), _function)
     if tools:
         out["tools"] = tools
     choice = data.get("tool_choice")
@@ -171,25 +171,17 @@ def _result_text(content: Any, where: str) -> str:
     raise BadRequest(f"{where}.content must be a string or text blocks.", param=where)
 
 
-def _tools(value: Any) -> list[dict[str, Any]]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise BadRequest("'tools' must be a list.", param="tools")
-    out = []
-    for i, tool in enumerate(value):
-        where = f"tools[{i}]"
-        if (not isinstance(tool, dict) or tool.get("type") not in (None, "custom")
-                or not isinstance(tool.get("name"), str)):
-            kind = tool.get("type") if isinstance(tool, dict) else None
-            raise BadRequest(f"{where}: only client tools (name, input_schema) are supported "
-                             f"here, not {kind!r}.", param=where)
-        fn: dict[str, Any] = {"name": tool["name"],
-                              "parameters": tool.get("input_schema") or {"type": "object"}}
-        if tool.get("description"):
-            fn["description"] = tool["description"]
-        out.append({"type": "function", "function": fn})
-    return out
+def _function(tool: Any, where: str) -> dict[str, Any]:
+    if (not isinstance(tool, dict) or tool.get("type") not in (None, "custom")
+            or not isinstance(tool.get("name"), str)):
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        raise BadRequest(f"{where}: only client tools (name, input_schema) are supported "
+                         f"here, not {kind!r}.", param=where)
+    fn: dict[str, Any] = {"name": tool["name"],
+                          "parameters": tool.get("input_schema") or {"type": "object"}}
+    if tool.get("description"):
+        fn["description"] = tool["description"]
+    return fn
 
 
 def _tool_choice(choice: Any) -> tuple[Any, bool | None]:
@@ -250,7 +242,7 @@ def message_from_chat(chat: dict[str, Any], model: str | None = None) -> dict[st
             "stop_sequence": stop_sequence, "usage": _usage(chat.get("usage"))}
 
 
-class MessagesStream:
+class MessagesStream(ChatStreamTranslator):
     """Chat stream chunks in, Anthropic Messages server-sent events out (bytes)."""
 
     def __init__(self, model: str, input_tokens: int = 0) -> None:
@@ -276,37 +268,29 @@ class MessagesStream:
             "usage": {"input_tokens": self.input_tokens, "output_tokens": 0}}
         return self._event("message_start", {"type": "message_start", "message": message})
 
-    def chunk(self, chunk: dict[str, Any]) -> bytes:
-        out = b"" if self.started else self.start()
-        if chunk.get("usage"):
-            self._usage = chunk["usage"]
-        for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") or {}
-            text = delta.get("content")
-            if text:
-                if self._block != "text":
-                    out += self._open({"type": "text", "text": ""}, "text")
-                out += self._event("content_block_delta", {
-                    "type": "content_block_delta", "index": self._index,
-                    "delta": {"type": "text_delta", "text": text}})
-            for call in delta.get("tool_calls") or ():
-                key = int(call.get("index", 0))
-                fn = call.get("function") or {}
-                if key not in self._calls:
-                    out += self._open({"type": "tool_use", "id": call.get("id") or
-                                       new_id("toolu"), "name": fn.get("name") or "",
-                                       "input": {}}, "tool_use")
-                    self._calls[key] = self._index
-                if fn.get("arguments"):
-                    out += self._event("content_block_delta", {
-                        "type": "content_block_delta", "index": self._calls[key],
-                        "delta": {"type": "input_json_delta",
-                                  "partial_json": fn["arguments"]}})
-            if choice.get("finish_reason") is not None:
-                self._finish = choice["finish_reason"]
-                self._stop_sequence = choice.get("stop_sequence")
-                out += self._close()
+    def _text_delta(self, text: str) -> bytes:
+        out = b"" if self._block == "text" else self._open({"type": "text", "text": ""}, "text")
+        return out + self._event("content_block_delta", {
+            "type": "content_block_delta", "index": self._index,
+            "delta": {"type": "text_delta", "text": text}})
+
+    def _call_delta(self, call: dict[str, Any]) -> bytes:
+        out = b""
+        key = int(call.get("index", 0))
+        fn = call.get("function") or {}
+        if key not in self._calls:
+            out += self._open({"type": "tool_use", "id": call.get("id") or new_id("toolu"),
+                               "name": fn.get("name") or "", "input": {}}, "tool_use")
+            self._calls[key] = self._index
+        if fn.get("arguments"):
+            out += self._event("content_block_delta", {
+                "type": "content_block_delta", "index": self._calls[key],
+                "delta": {"type": "input_json_delta", "partial_json": fn["arguments"]}})
         return out
+
+    def _finished(self, choice: dict[str, Any]) -> bytes:
+        self._stop_sequence = choice.get("stop_sequence")
+        return self._close()
 
     def _open(self, block: dict[str, Any], kind: str) -> bytes:
         out = self._close()

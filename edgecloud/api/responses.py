@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -63,7 +64,7 @@ def responses_to_chat(data: Any) -> dict[str, Any]:
         out["max_completion_tokens"] = data["max_output_tokens"]
     if data.get("stream"):
         out["stream_options"] = {"include_usage": True}
-    tools = _tools(data.get("tools"))
+    tools = tools_to_chat(data.get("tools"), _function)
     if tools:
         out["tools"] = tools
     choice = data.get("tool_choice")
@@ -152,22 +153,25 @@ def _content(content: Any, where: str) -> str | list[dict[str, Any]]:
     return parts
 
 
-def _tools(value: Any) -> list[dict[str, Any]]:
+def tools_to_chat(value: Any,
+                  function: Callable[[Any, str], dict[str, Any]]) -> list[dict[str, Any]]:
+    """A request's 'tools' as chat completions tools: `function(tool, where)` checks one item
+    (raising BadRequest at `where`) and returns its chat function."""
     if value is None:
         return []
     if not isinstance(value, list):
         raise BadRequest("'tools' must be a list.", param="tools")
-    out = []
-    for i, tool in enumerate(value):
-        where = f"tools[{i}]"
-        if not isinstance(tool, dict) or tool.get("type") != "function":
-            kind = tool.get("type") if isinstance(tool, dict) else None
-            raise BadRequest(f"{where}: only function tools are supported here, not {kind!r} "
-                             "(hosted tools run on OpenAI's servers).", param=where)
-        fn = {k: tool[k] for k in ("name", "description", "parameters", "strict")
-              if tool.get(k) is not None}
-        out.append({"type": "function", "function": fn})
-    return out
+    return [{"type": "function", "function": function(tool, f"tools[{i}]")}
+            for i, tool in enumerate(value)]
+
+
+def _function(tool: Any, where: str) -> dict[str, Any]:
+    if not isinstance(tool, dict) or tool.get("type") != "function":
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        raise BadRequest(f"{where}: only function tools are supported here, not {kind!r} "
+                         "(hosted tools run on OpenAI's servers).", param=where)
+    return {k: tool[k] for k in ("name", "description", "parameters", "strict")
+            if tool.get(k) is not None}
 
 
 def _tool_choice(choice: Any) -> Any:
@@ -272,7 +276,45 @@ def response_from_chat(chat: dict[str, Any], request: dict[str, Any],
     return shell.body("completed", output, chat.get("usage"), choice.get("finish_reason"))
 
 
-class ResponsesStream:
+class ChatStreamTranslator:
+    """The walk over chat stream chunks that each API's stream shares: the usage is kept, and
+    each choice's text, tool-call deltas and finish go to the subclass, which returns the bytes
+    of the events they stand for."""
+
+    started = False
+    _usage: dict[str, Any] | None = None
+    _finish: str | None = None
+
+    def start(self) -> bytes:
+        raise NotImplementedError
+
+    def _text_delta(self, text: str) -> bytes:
+        raise NotImplementedError
+
+    def _call_delta(self, call: dict[str, Any]) -> bytes:
+        raise NotImplementedError
+
+    def _finished(self, choice: dict[str, Any]) -> bytes:
+        raise NotImplementedError
+
+    def chunk(self, chunk: dict[str, Any]) -> bytes:
+        """One chat chunk (a dict) as the events it stands for."""
+        out = b"" if self.started else self.start()
+        if chunk.get("usage"):
+            self._usage = chunk["usage"]
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                out += self._text_delta(delta["content"])
+            for call in delta.get("tool_calls") or ():
+                out += self._call_delta(call)
+            if choice.get("finish_reason") is not None:
+                self._finish = choice["finish_reason"]
+                out += self._finished(choice)
+        return out
+
+
+class ResponsesStream(ChatStreamTranslator):
     """Chat stream chunks in, Responses server-sent events out (bytes)."""
 
     def __init__(self, request: dict[str, Any], model: str) -> None:
@@ -297,22 +339,8 @@ class ResponsesStream:
         return (self._event("response.created", response=body)
                 + self._event("response.in_progress", response=body))
 
-    def chunk(self, chunk: dict[str, Any]) -> bytes:
-        """One chat chunk (a dict) as the events it stands for."""
-        out = b"" if self.started else self.start()
-        if chunk.get("usage"):
-            self._usage = chunk["usage"]
-        for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") or {}
-            text = delta.get("content")
-            if text:
-                out += self._text_delta(text)
-            for call in delta.get("tool_calls") or ():
-                out += self._call_delta(call)
-            if choice.get("finish_reason") is not None:
-                self._finish = choice["finish_reason"]
-                out += self._close_all()
-        return out
+    def _finished(self, choice: dict[str, Any]) -> bytes:
+        return self._close_all()
 
     def _text_delta(self, text: str) -> bytes:
         out = b""

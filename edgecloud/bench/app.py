@@ -148,21 +148,12 @@ def _stop_on_signals(console: Console) -> asyncio.Event:
 def _run_settings(
     options: BenchOptions, workload: Workload, bodies: list[bytes], server_pid: int | None
 ) -> RunSettings:
+    o = options
     return RunSettings(
-        scenario=options.scenario,
-        levels=options.levels,
-        bodies=bodies,
-        workload=workload.name,
-        requests=options.requests,
-        duration_s=options.duration,
-        slo=dict(options.slo),
-        seed=options.seed,
-        warmup=options.warmup,
-        label=options.label,
-        server_pid=server_pid,
-        watts_per_core=options.watts_per_core,
-        tokenizer=options.tokenizer,
-        images=workload.images,
+        scenario=o.scenario, levels=o.levels, bodies=bodies, workload=workload.name,
+        requests=o.requests, duration_s=o.duration, slo=dict(o.slo), seed=o.seed,
+        warmup=o.warmup, label=o.label, server_pid=server_pid, watts_per_core=o.watts_per_core,
+        tokenizer=o.tokenizer, images=workload.images,
     )
 
 

@@ -10,14 +10,14 @@ from collections.abc import Sequence
 import httpx
 import orjson
 
-from edgecloud.bench.client import Target, make_session
+from edgecloud.bench.client import RequestSender, Target, make_session
 from edgecloud.bench.errors import ColdStartError
 from edgecloud.bench.results import ColdStart
-from edgecloud.bench.sse import StreamScanner
 from edgecloud.bench.stats import summarize
 from edgecloud.supervise import ManagedProcess, StartFailed
 
 _POLL_S = 0.02
+_NO_ANSWER = ("connect", "timeout", "tls", "disconnect")  # a server not yet answering
 
 
 async def cold_start_once(
@@ -59,26 +59,21 @@ async def cold_start_once(
             return target.model
 
         async def first_token() -> None:
+            """The first streamed completion that answers, sent and timed as the load's are."""
             model = await model_id()
             request = orjson.dumps({**orjson.loads(body), "model": model})
-            while time.perf_counter() < deadline and proc.alive():
-                try:
-                    async with session.stream(
-                        "POST", target.url, content=request, headers=target.headers()
-                    ) as resp:
-                        timings.setdefault("process_start_s", time.perf_counter() - t0)
-                        if resp.status_code == 200:
-                            scan = StreamScanner()
-                            async for data in resp.aiter_raw():
-                                scan.feed(data, time.perf_counter())
-                                if scan.token_times:
-                                    timings["first_token_s"] = scan.token_times[0] - t0
-                                    return
-                        else:
-                            await resp.aread()
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(_POLL_S)
+            sender = RequestSender(target, t0, limit=1)
+            try:
+                while time.perf_counter() < deadline and proc.alive():
+                    rec = await sender.send(request, level=0)
+                    if rec.error not in _NO_ANSWER:
+                        timings.setdefault("process_start_s", rec.start_s)
+                    if rec.ok and rec.ttft_ms is not None:
+                        timings["first_token_s"] = rec.start_s + rec.ttft_ms / 1000
+                        return
+                    await asyncio.sleep(_POLL_S)
+            finally:
+                sender.close()
 
         await asyncio.gather(ready(), first_token())
     finally:

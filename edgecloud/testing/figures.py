@@ -11,16 +11,26 @@ hand. The renderers (`figures_tables.py`) are pure: a result document in, Markdo
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 RESULTS_DIR = "results"  # beside the benchmark scripts
+SAMPLE_CAP = 1001  # raw values kept per series in a result file (see sample_digest)
+
+
+def benchmark_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark's command line: its docstring, as written, is its --help."""
+    return argparse.ArgumentParser(description=doc,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def machine() -> dict[str, Any]:
@@ -75,6 +85,26 @@ def write_result(name: str, *, summary: dict[str, Any], samples: Any,
     path.write_text(json.dumps(doc, indent=1, default=_plain) + "\n", encoding="utf-8")
     print(f"result written to {path}", file=sys.stderr)
     return path
+
+
+def sample_digest(values: Sequence[float], cap: int = SAMPLE_CAP) -> list[float] | dict[str, Any]:
+    """One series of raw samples as a result file keeps it: up to `cap` values as they are;
+    a longer one as its count, mean and exact median, and its sorted values at `cap` evenly
+    spaced ranks (the minimum, the maximum and every quantile in steps of 1/(cap - 1), so a
+    p50, p90 or p99 is read off at its rank), which keeps the file small."""
+    if len(values) <= cap:
+        return list(values)
+    ordered = sorted(values)
+    last = len(ordered) - 1
+    return {"n": len(ordered), "mean": statistics.fmean(ordered),
+            "median": statistics.median(ordered),
+            "sorted_at_ranks": [ordered[round(i * last / (cap - 1))] for i in range(cap)]}
+
+
+def digest_quantile(series: list[float] | dict[str, Any], q: float) -> float:
+    """The `q` quantile (0..1, nearest rank) of a series that sample_digest kept."""
+    ordered = series["sorted_at_ranks"] if isinstance(series, dict) else sorted(series)
+    return float(ordered[round(q * (len(ordered) - 1))])
 
 
 def _plain(value: object) -> object:

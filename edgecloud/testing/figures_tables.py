@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -229,6 +230,148 @@ def portable_vs_native(doc: Doc) -> str:
     return md_table(head, rows)
 
 
+# -- over-the-air updates, the bench against AIPerf, the soak ---------------------------------
+
+
+def _link_order(key: str) -> float:
+    """Emulated links by speed, loopback (`download`) last."""
+    if not key.startswith("download_link_"):
+        return math.inf
+    return float(key.removeprefix("download_link_").removesuffix("MBps"))
+
+
+def ota_update(doc: Doc) -> str:
+    """Per link: a plain download, the agent's verify + stage and verify + activate (medians)."""
+    s = doc["summary"]
+    rows = []
+    for key in sorted((k for k in s if k.startswith("download")), key=_link_order):
+        v = s[key]
+        link = f"emulated {v['link']}" if key != "download" else "loopback (same cores)"
+        rows.append([link, num(v["plain_download_s"], 2, " s"),
+                     num(v["agent_refresh_download_verify_stage_s"], 2, " s"),
+                     f"{v['stage_ratio_vs_plain']:.2f}x",
+                     num(v["agent_update_with_activation_s"], 2, " s"),
+                     f"**{v['update_ratio_vs_plain']:.2f}x**" if v["update_ratio_vs_plain"] <= 1.2
+                     else f"{v['update_ratio_vs_plain']:.2f}x (not met)"])
+    out = []
+    if rows:
+        out.append(md_table(["link", "plain download", "verify + stage", "ratio",
+                             "verify + activate", "ratio (target ≤ 1.2x)"], rows))
+    if "rollout" in s:
+        r = s["rollout"]
+        out.append(f"Publish to 100% of a {r['agents']}-box fleet: "
+                   f"{num(r['publish_to_100pct_s'], 1, ' s')} (the release ends "
+                   f"{r['final_stage']}); each agent's activation "
+                   + ", ".join(num(x, 1, " s") for x in r["agent_activate_s"]) + ".")
+    if "poll" in s:
+        p = s["poll"]
+        out.append(f"The fleet server held {num(p['held_req_s'], 0)} of "
+                   f"{num(p['offered_req_s'], 0)} req/s offered by "
+                   f"{num(p['simulated_agents'], 0)} simulated agents polling every second, "
+                   f"{p['server_cpu_cores']} of a core, p50 {num(p['p50_ms'], 0, ' ms')} and p99 "
+                   f"{num(p['p99_ms'], 0, ' ms')}, {p['errors']} errors.")
+    return "\n\n".join(out)
+
+
+_AIPERF_KEYS = (("output_tok_s", "output tokens/s"), ("e2e_p50_ms", "e2e p50"),
+                ("ttft_p50_ms", "TTFT p50"))
+
+
+def _off_by(fig: dict[str, float], truth: dict[str, float], key: str) -> float:
+    return 100 * (fig[key] - truth[key]) / truth[key] if truth.get(key) else math.nan
+
+
+def bench_vs_aiperf(doc: Doc) -> str:
+    """Per tool (medians over its runs): its own CPU, and how far its figures are from the
+    node's own counters."""
+    by_tool: dict[str, list[dict[str, Any]]] = {}
+    for run in doc["summary"]["runs"]:
+        by_tool.setdefault(run["tool"], []).append(run)
+    rows = []
+    for tool, runs in by_tool.items():
+        cells = [f"`{tool}` ({len(runs)} run{'s' if len(runs) > 1 else ''})",
+                 num(100 * statistics.median(r["tool_cpu_share"] for r in runs), 1, "%")]
+        for key, _ in _AIPERF_KEYS:
+            off = statistics.median(_off_by(r["tool_figures"], r["node_truth"], key)
+                                    for r in runs)
+            cells.append("–" if math.isnan(off) else f"{off:+.1f}%")
+        rows.append(cells)
+    head = ["tool", "its CPU (of one core; target ≤ 10%)",
+            *(f"{label} vs the node's counters" for _, label in _AIPERF_KEYS)]
+    return md_table(head, rows)
+
+
+def chaos_soak(doc: Doc) -> str:
+    """Steady mixed load: each part's memory, open files and event-loop tasks, first vs last."""
+    s = doc["summary"]
+    rows = [[name, num(p["rss_mb"][0]), num(p["rss_mb"][1]),
+             "–" if p["rss_growth_pct"] is None else f"{p['rss_growth_pct']:+.1f}%",
+             f"{p['fds'][0]} → {p['fds'][1]}",
+             "–" if p["tasks"][0] is None else f"{p['tasks'][0]} → {p['tasks'][1]}"]
+            for name, p in s["parts"].items()]
+    head = (f"{s['minutes']:g} minutes: {num(s['requests'], 0)} requests, "
+            f"{num(s['served'], 0)} served (the rest refused as the policy says), "
+            f"{s['failed']} failed, {len(s['leaks'])} leaks, stuck after it: "
+            f"{', '.join(s['stuck_after']) if s['stuck_after'] else 'nothing'}.")
+    return head + "\n\n" + md_table(["part", "RSS MB first", "RSS MB last",
+                                      "growth (target < 5%)", "open files", "asyncio tasks"],
+                                     rows)
+
+
+def _errors(errors: dict[str, int]) -> int:
+    return sum(errors.values())
+
+
+def fleet_scale(doc: Doc) -> str:
+    """Simulated devices against the stateless API processes over PostgreSQL (and today's
+    single server on the same load when it ran), then the rollout under that load."""
+    r, s = doc["summary"], doc["summary"]["steady"]
+    b = r.get("baseline")
+    seconds = doc.get("params", {}).get("steady_s")
+    title = (f"{num(r['devices'], 0)} devices, {r['polls_per_s']:g} polls/s"
+             + (f", {seconds:g} s" if seconds else ""))
+    rows = [["reports, errors", f"{num(s['reports_ok'], 0)}, **{_errors(s['errors'])}**",
+             f"{num(b['reports_ok'], 0)}, {_errors(b['errors'])}" if b else "–"],
+            [f"API CPU per report (marginal; idle {r['api_idle_cores']:g} cores)",
+             f"{s['api_cpu_ms_per_report']:.2f} ms ({s['api_marginal_cpu_ms_per_report']:.2f} ms)",
+             f"{b['api_cpu_ms_per_report']:.2f} ms ({b['api_marginal_cpu_ms_per_report']:.2f} "
+             f"ms): **{r['ratio_cpu_per_report_new_over_baseline']:.2f}x**" if b else "–"],
+            ["PostgreSQL CPU per report", f"{s['pg_cpu_ms_per_report']:.2f} ms",
+             "(written behind, in batches)" if b else "–"],
+            ["report p50 / p99", f"{s['report_ms']['p50']} / **{s['report_ms']['p99']} ms**",
+             f"{b['report_ms']['p50']} / {b['report_ms']['p99']} ms" if b else "–"],
+            ["poll (CDN `timestamp.json`) p50 / p99",
+             f"{s['poll_ms']['p50']} / {s['poll_ms']['p99']} ms", "–"]]
+    out = [md_table([title, "the API processes (stateless)", "today's single server"], rows)]
+    proj = r.get("projected_cores", {})
+    if proj:
+        out.append("Projected from the measured cost (idle + marginal per report × devices / "
+                   "interval): " + "; ".join(
+                       f"**{v['api_cores']:g} API cores + {v['postgres_cores']:g} PostgreSQL "
+                       f"cores for {num(int(n), 0)} devices**" for n, v in proj.items()) + ".")
+    if "rollout" in r:
+        ro = r["rollout"]
+        killed = ro.get("killed")
+        # by stage (a result from before the script sorted them lists them per process)
+        ordered = sorted(ro["steps"], key=lambda st: (st[1], st[0] == "complete"))
+        steps = ", ".join(f"`{action} {pct:g}`" for action, pct in ordered)
+        cdn = ro["cdn_bytes_served"]
+        tuf = ro["api_tuf_requests"]
+        out.append(
+            f"Rollout under the same load: {ro['final']['stage']} at {ro['final']['percent']:g}% "
+            f"in {ro['seconds']:g} s; steps {steps}"
+            + (f"; {killed['name']} SIGKILLed at {killed['at_percent']:g}%" if killed else "")
+            + f"; {num(ro['reports_ok'], 0)} reports, {_errors(ro['errors'])} errors "
+            f"({num(ro['failovers'], 0)} failed over), "
+            f"**{ro['acknowledged_reports_missing_in_db']} acknowledged reports missing** from "
+            f"the database. The API served {num(ro['api_bytes_served'], 0)} bytes "
+            f"({tuf['metadata'] + tuf['targets']} TUF requests); the CDN "
+            f"{cdn['targets'] / 1e6:.1f} MB of models and {cdn['metadata'] / 1e6:.1f} MB of "
+            f"metadata ({num(ro['cdn_cache_hits'], 0)} of {num(ro['cdn_requests'], 0)} requests "
+            "from its cache).")
+    return "\n\n".join(out)
+
+
 RENDERERS: dict[str, Callable[[Doc], str]] = {
     "portable_vs_native": portable_vs_native,
     "node_vs_llama_cpp_server": lambda doc: side_by_side(doc, "llama_cpp.server"),
@@ -243,6 +386,10 @@ RENDERERS: dict[str, Callable[[Doc], str]] = {
     "chaos": chaos,
     "bench_generator_capacity": bench_generator_capacity,
     "agent_apis": agent_apis,
+    "ota_update": ota_update,
+    "bench_vs_aiperf": bench_vs_aiperf,
+    "chaos_soak": chaos_soak,
+    "fleet_scale": fleet_scale,
 }
 
 

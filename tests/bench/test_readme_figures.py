@@ -4,11 +4,20 @@
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-from edgecloud.testing.figures import load_results, replace_marked, write_result
+from edgecloud.testing.figures import (
+    SAMPLE_CAP,
+    digest_quantile,
+    load_results,
+    replace_marked,
+    sample_digest,
+    write_result,
+)
 from edgecloud.testing.figures_tables import render
 
 REPO = Path(__file__).resolve().parents[2]
@@ -83,3 +92,110 @@ def test_bench_report_rewrites_the_readme_and_check_sees_the_difference(tmp_path
     assert report().returncode == 0
     assert "by hand" not in readme.read_text() and "1.17 s" in readme.read_text()
     assert report("--check").returncode == 0
+
+
+def _doc(name: str, summary: dict[str, Any]) -> dict[str, Any]:
+    return {"benchmark": name, "command": f"python benchmarks/{name}.py",
+            "date": "2026-12-05T20:00:00+00:00", "git": {"sha": "abcdef1234567", "dirty": False},
+            "machine": {"cores": 2, "cpu": "x", "load_1m_at_start": 1.0}, "summary": summary,
+            "samples": {}}
+
+
+def _download(link: str, plain: float, stage: float, update: float) -> dict[str, Any]:
+    return {"link": link, "plain_download_s": plain,
+            "agent_refresh_download_verify_stage_s": stage,
+            "agent_update_with_activation_s": update,
+            "stage_ratio_vs_plain": round(stage / plain, 2),
+            "update_ratio_vs_plain": round(update / plain, 2)}
+
+
+def test_the_ota_table_orders_links_by_speed_with_loopback_last() -> None:
+    summary = {"cpus": 2, "download": _download("loopback", 0.29, 0.4, 1.35),
+               "download_link_100MBps": _download("100 MB/s", 2.55, 2.55, 3.5),
+               "download_link_50MBps": _download("50 MB/s", 5.08, 5.07, 5.9),
+               "rollout": {"agents": 2, "final_stage": "stable", "publish_to_100pct_s": 7.6,
+                           "agent_activate_s": [0.9, 1.1]},
+               "poll": {"simulated_agents": 1000, "offered_req_s": 3000, "held_req_s": 2916,
+                        "server_cpu_cores": 0.3, "p50_ms": 232.0, "p99_ms": 951.0,
+                        "errors": 0}}
+    text = render(_doc("ota_update", summary))
+    rows = [line for line in text.splitlines() if line.startswith("| emulated")
+            or line.startswith("| loopback")]
+    assert [r.split(" | ")[0] for r in rows] == ["| emulated 50 MB/s", "| emulated 100 MB/s",
+                                                 "| loopback (same cores)"]
+    assert rows[0].endswith("| 5.08 s | 5.07 s | 1.00x | 5.90 s | **1.16x** |")
+    assert rows[1].endswith("| 2.55 s | 2.55 s | 1.00x | 3.50 s | 1.37x (not met) |")
+    assert "2,916 of 3,000 req/s" in text
+    assert "7.6 s (the release ends stable); each agent's activation 0.9 s, 1.1 s." in text
+
+
+def test_the_aiperf_table_gives_each_tools_cpu_and_error_against_the_node() -> None:
+    truth = {"output_tok_s": 100.0, "e2e_p50_ms": 200.0, "ttft_p50_ms": 50.0}
+    runs = [{"tool": "edgecloud bench", "tool_cpu_share": share, "node_truth": truth,
+             "tool_figures": {"output_tok_s": 100.0, "e2e_p50_ms": 200.4, "ttft_p50_ms": 51.0}}
+            for share in (0.002, 0.004)]
+    runs.append({"tool": "aiperf", "tool_cpu_share": 0.48, "node_truth": truth,
+                 "tool_figures": {"output_tok_s": 90.0, "e2e_p50_ms": 230.0,
+                                  "ttft_p50_ms": 55.0}})
+    text = render(_doc("bench_vs_aiperf", {"runs": runs}))
+    assert "| `edgecloud bench` (2 runs) | 0.3% | +0.0% | +0.2% | +2.0% |" in text
+    assert "| `aiperf` (1 run) | 48.0% | -10.0% | +15.0% | +10.0% |" in text
+
+
+def test_the_soak_table_shows_growth_per_part_and_the_invariants() -> None:
+    summary = {"minutes": 10, "requests": 3427, "served": 2938, "failed": 0, "leaks": [],
+               "stuck_after": [],
+               "parts": {"gateway": {"rss_mb": [100.0, 100.8], "rss_growth_pct": 0.8,
+                                     "fds": [30, 31], "tasks": [12, 12]},
+                         "agent": {"rss_mb": [40.0, 40.0], "rss_growth_pct": 0.0,
+                                   "fds": [9, 9], "tasks": [None, None]}}}
+    text = render(_doc("chaos_soak", summary))
+    assert text.startswith("10 minutes: 3,427 requests, 2,938 served")
+    assert "0 failed, 0 leaks, stuck after it: nothing." in text
+    assert "| gateway | 100.0 | 100.8 | +0.8% | 30 → 31 | 12 → 12 |" in text
+    assert "| agent | 40.0 | 40.0 | +0.0% | 9 → 9 | – |" in text
+
+
+def test_long_sample_series_are_kept_as_a_digest_that_gives_the_figures_back() -> None:
+    short = [3.0, 1.0, 2.0]
+    assert sample_digest(short) == short
+    values = [float((i * 7919) % 10_000) for i in range(10_000)]  # 0..9999, shuffled
+    kept = sample_digest(values)
+    assert isinstance(kept, dict)
+    assert kept["n"] == 10_000 and len(kept["sorted_at_ranks"]) == SAMPLE_CAP
+    assert kept["median"] == statistics.median(values) and kept["mean"] == 4999.5
+    ordered = sorted(values)
+    for q in (0.0, 0.5, 0.9, 0.99, 1.0):
+        assert digest_quantile(kept, q) == ordered[round(q * (len(ordered) - 1))]
+    assert len(json.dumps(kept)) < len(json.dumps(values)) / 5
+
+
+def test_the_fleet_table_puts_the_api_processes_beside_todays_server() -> None:
+    ms = {"p50": 14.1, "p99": 31.2}
+    summary = {
+        "devices": 100_000, "polls_per_s": 55.6, "api_idle_cores": 0.005,
+        "steady": {"reports_ok": 6666, "errors": {}, "api_cpu_ms_per_report": 2.37,
+                   "api_marginal_cpu_ms_per_report": 2.28, "pg_cpu_ms_per_report": 0.42,
+                   "report_ms": ms, "poll_ms": {"p50": 0.3, "p99": 6.8}},
+        "baseline": {"reports_ok": 6666, "errors": {"503": 1}, "api_cpu_ms_per_report": 2.07,
+                     "api_marginal_cpu_ms_per_report": 2.02,
+                     "report_ms": {"p50": 11.0, "p99": 38.9}},
+        "ratio_cpu_per_report_new_over_baseline": 1.14,
+        "projected_cores": {"100000": {"api_cores": 0.13, "postgres_cores": 0.02}},
+        "rollout": {"final": {"stage": "stable", "percent": 100}, "seconds": 31.7,
+                    "steps": [["advance", 100], ["complete", 100], ["advance", 25]],
+                    "killed": {"name": "api-a", "at_percent": 25}, "reports_ok": 1725,
+                    "errors": {}, "failovers": 571, "acknowledged_reports_missing_in_db": 0,
+                    "api_bytes_served": 0, "api_tuf_requests": {"metadata": 0, "targets": 0},
+                    "cdn_bytes_served": {"targets": 49_500_000, "metadata": 4_000_000},
+                    "cdn_cache_hits": 996, "cdn_requests": 1000}}
+    doc = _doc("fleet_scale", summary)
+    doc["params"] = {"steady_s": 120.0}
+    text = render(doc)
+    assert "| 100,000 devices, 55.6 polls/s, 120 s |" in text
+    assert "| reports, errors | 6,666, **0** | 6,666, 1 |" in text
+    assert "2.07 ms (2.02 ms): **1.14x** |" in text
+    assert "**0.13 API cores + 0.02 PostgreSQL cores for 100,000 devices**" in text
+    assert "steps `advance 25`, `advance 100`, `complete 100`;" in text
+    assert "api-a SIGKILLed at 25%" in text and "**0 acknowledged reports missing**" in text
+    assert "49.5 MB of models" in text and "996 of 1,000 requests" in text

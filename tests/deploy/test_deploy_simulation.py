@@ -37,50 +37,44 @@ def test_desired_is_ceil_of_metric_over_target() -> None:
     assert ctl.step(15, current=4, total_inflight=8 * 2.6) == math.ceil(8 * 2.6 / 2)
 
 
+def _replay(params: HpaParams, steps: list[tuple[float, int, float]]) -> list[int]:
+    """The counts a fresh controller recommends at each (time, current count, total in-flight)."""
+    ctl = HpaController(params)
+    return [ctl.step(t, current=current, total_inflight=load) for t, current, load in steps]
+
+
 def test_within_tolerance_nothing_changes() -> None:
-    ctl = HpaController(_params())
-    # ratio 1.09 and 0.91: inside the 0.1 tolerance.
-    assert ctl.step(15, current=10, total_inflight=21.8) == 10
-    assert ctl.step(30, current=10, total_inflight=18.2) == 10
-    assert ctl.step(45, current=10, total_inflight=23.0) == 12
+    # ratio 1.09 and 0.91: inside the 0.1 tolerance; 1.15 is not.
+    steps = [(15, 10, 21.8), (30, 10, 18.2), (45, 10, 23.0)]
+    assert _replay(_params(), steps) == [10, 10, 12]
 
 
 def test_min_and_max_bound_the_count() -> None:
-    ctl = HpaController(_params(min_replicas=3, max_replicas=6))
-    assert ctl.step(15, current=4, total_inflight=100) == 6
-    assert ctl.step(30, current=6, total_inflight=0) == 3
+    steps = [(15, 4, 100), (30, 6, 0)]
+    assert _replay(_params(min_replicas=3, max_replicas=6), steps) == [6, 3]
 
 
 def test_scale_down_waits_for_its_stabilisation_window() -> None:
     down = Direction(120, (Policy("Percent", 100, 15),))
-    ctl = HpaController(_params(scale_down=down))
-    assert ctl.step(15, current=8, total_inflight=16) == 8
-    # Load drops: the window still holds the recommendation of 8.
-    assert ctl.step(30, current=8, total_inflight=2) == 8
-    assert ctl.step(120, current=8, total_inflight=2) == 8
-    # 120 s after the high recommendation, it goes.
-    assert ctl.step(140, current=8, total_inflight=2) == 1
+    # Load drops at 30 s: the window holds the recommendation of 8 until 120 s after it.
+    steps = [(15, 8, 16), (30, 8, 2), (120, 8, 2), (140, 8, 2)]
+    assert _replay(_params(scale_down=down), steps) == [8, 8, 8, 1]
 
 
 def test_scale_up_rate_policies_limit_each_period() -> None:
     up = Direction(0, (Policy("Pods", 2, 60), Policy("Percent", 50, 60)), select="Max")
-    ctl = HpaController(_params(scale_up=up))
-    # From 4: Pods allows 6, Percent allows 6 -> 6.
-    assert ctl.step(15, current=4, total_inflight=40) == 6
-    # Same period: both limits are measured from the period start (4).
-    assert ctl.step(30, current=6, total_inflight=40) == 6
-    # After the period, from 6: Pods 8, Percent 9 -> Max picks 9.
-    assert ctl.step(90, current=6, total_inflight=40) == 9
-    ctl_min = HpaController(_params(scale_up=dataclasses.replace(up, select="Min")))
-    assert ctl_min.step(15, current=6, total_inflight=40) == 8
+    # From 4: Pods allows 6, Percent allows 6 -> 6. Same period: both limits are measured from
+    # the period start (4). After the period, from 6: Pods 8, Percent 9 -> Max picks 9.
+    steps = [(15, 4, 40), (30, 6, 40), (90, 6, 40)]
+    assert _replay(_params(scale_up=up), steps) == [6, 6, 9]
+    min_up = dataclasses.replace(up, select="Min")
+    assert _replay(_params(scale_up=min_up), [(15, 6, 40)]) == [8]
 
 
 def test_scale_down_rate_policy() -> None:
     down = Direction(0, (Policy("Percent", 25, 60),))
-    ctl = HpaController(_params(scale_down=down))
-    assert ctl.step(15, current=8, total_inflight=0) == 6
-    assert ctl.step(30, current=6, total_inflight=0) == 6
-    assert ctl.step(90, current=6, total_inflight=0) == 4
+    steps = [(15, 8, 0), (30, 6, 0), (90, 6, 0)]
+    assert _replay(_params(scale_down=down), steps) == [6, 6, 4]
 
 
 def test_new_pods_take_traffic_only_after_their_start_delay() -> None:

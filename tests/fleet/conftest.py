@@ -44,6 +44,21 @@ def wait_for(fn: Callable[[], T | None], timeout_s: float = 20.0, what: str = ""
         time.sleep(0.05)
 
 
+@pytest.fixture
+def rollout_repo(tmp_path: Path) -> Path:
+    """A release repository: MODEL 1.0.0 stable and 1.1.0 rolling out at its first stage (50%,
+    then 100%; two reports a stage, no soak, p95 under 500 ms)."""
+    path = tmp_path / "repo"
+    repo = ModelRepository.init(path)
+    for version, stable in (("1.0.0", True), ("1.1.0", False)):
+        f = tmp_path / f"{version}.gguf"
+        f.write_bytes(dummy_model(version))
+        repo.add_model(f, MODEL, version, stable=stable)
+    plan = RolloutPlan(stages=[50, 100], soak_s=0, min_reports=2, gates=Gates(max_p95_ms=500))
+    repo.start_rollout(MODEL, "1.1.0", 50, plan)
+    return path
+
+
 def enrol_device(url: str, device_id: str) -> str:
     """Enrol `device_id` with a token bound to it, as an agent does; its credential."""
     token = request_enrolment_token(url, OPERATOR, device_id=device_id)

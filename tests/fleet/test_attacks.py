@@ -29,7 +29,10 @@ def _latest(rig: Rig, role: str) -> Path:
     return max(files, key=lambda p: int(p.name.split(".")[0]))
 
 
-def _refused(rig: Rig, d: Device, reason: str) -> None:
+def _update_refused(rig: Rig, d: Device, reason: str, kept: str = "1.0.0") -> None:
+    """One agent pass: the device keeps `kept` (model and node) and reports the refusal."""
+    d.run_once()
+    _still_old(d, kept)
     ev = wait_for(
         lambda: [e for e in rig.events(d.id, "refused") if reason in e["reason"]],
         what=f"refusal {reason}",
@@ -54,9 +57,7 @@ def test_tampered_target_bytes_are_refused(rig: Rig) -> None:
     body = rig.publish("1.1.0", stable=True)
     f = _target_file(rig, "1.1.0")
     f.write_bytes(body[:-5] + b"EVIL!")
-    d.run_once()
-    _still_old(d)
-    _refused(rig, d, "target_hash_mismatch")
+    _update_refused(rig, d, "target_hash_mismatch")
 
 
 def test_a_swapped_target_is_refused(rig: Rig) -> None:
@@ -64,18 +65,14 @@ def test_a_swapped_target_is_refused(rig: Rig) -> None:
     rig.publish("1.1.0", stable=True)
     # the mirror answers the new version's path with the old, genuine, signed model
     _target_file(rig, "1.1.0").write_bytes(_target_file(rig, "1.0.0").read_bytes())
-    d.run_once()
-    _still_old(d)
-    _refused(rig, d, "target_hash_mismatch")
+    _update_refused(rig, d, "target_hash_mismatch")
 
 
 def test_a_target_longer_than_signed_is_cut_off(rig: Rig) -> None:
     d = _installed(rig)
     body = rig.publish("1.1.0", stable=True)
     _target_file(rig, "1.1.0").write_bytes(body + b"\0" * (1 << 20))
-    d.run_once()
-    _still_old(d)
-    _refused(rig, d, "target_too_long")
+    _update_refused(rig, d, "target_too_long")
 
 
 def test_replayed_older_metadata_is_refused(rig: Rig) -> None:
@@ -85,9 +82,7 @@ def test_replayed_older_metadata_is_refused(rig: Rig) -> None:
     d.run_once()
     _still_old(d, "1.1.0")
     (rig.repo_path / "metadata/timestamp.json").write_bytes(old_ts)
-    d.run_once()
-    _still_old(d, "1.1.0")
-    _refused(rig, d, "metadata_version_rollback")
+    _update_refused(rig, d, "metadata_version_rollback", "1.1.0")
 
 
 def test_frozen_expired_timestamp_is_refused(rig_factory: Callable[..., Rig]) -> None:
@@ -98,9 +93,7 @@ def test_frozen_expired_timestamp_is_refused(rig_factory: Callable[..., Rig]) ->
         repo = ModelRepository(rig.repo_path)
         repo.config.expiry_s["timestamp"] = -60  # what a frozen mirror serves after a while
         repo.do_timestamp(force=True)
-    d.run_once()
-    _still_old(d)
-    _refused(rig, d, "metadata_expired")
+    _update_refused(rig, d, "metadata_expired")
 
 
 def test_mix_and_match_metadata_is_refused(rig: Rig) -> None:
@@ -108,9 +101,7 @@ def test_mix_and_match_metadata_is_refused(rig: Rig) -> None:
     before = _latest(rig, "targets").read_bytes()
     rig.publish("1.1.0", stable=True)
     _latest(rig, "targets").write_bytes(before)  # an old targets under the new snapshot
-    d.run_once()
-    _still_old(d)
-    _refused(rig, d, "metadata_version_rollback")
+    _update_refused(rig, d, "metadata_version_rollback")
 
 
 def _resign(path: Path, keep: int, extra: CryptoSigner | None = None) -> None:
@@ -130,18 +121,14 @@ def test_signatures_below_threshold_are_refused(rig_factory: Callable[..., Rig])
     target = _latest(rig, "targets")
     assert len(json.loads(target.read_text())["signatures"]) == 2
     _resign(target, keep=1)
-    d.run_once()
-    _still_old(d)
-    _refused(rig, d, "metadata_bad_signatures")
+    _update_refused(rig, d, "metadata_bad_signatures")
 
 
 def test_a_key_the_root_does_not_trust_is_refused(rig: Rig) -> None:
     d = _installed(rig)
     rig.publish("1.1.0", stable=True)
     _resign(_latest(rig, "targets"), keep=0, extra=CryptoSigner.generate_ed25519())
-    d.run_once()
-    _still_old(d)
-    _refused(rig, d, "metadata_bad_signatures")
+    _update_refused(rig, d, "metadata_bad_signatures")
 
 
 def test_key_rotation_reaches_a_device_that_was_offline(rig: Rig) -> None:
@@ -164,6 +151,4 @@ def test_key_rotation_reaches_a_device_that_was_offline(rig: Rig) -> None:
     (signer,) = load_signers(tmp, env={}).values()
     rig.publish("1.2.0", stable=True)
     _resign(_latest(rig, "targets"), keep=0, extra=signer)
-    d.run_once()
-    _still_old(d, "1.1.0")
-    _refused(rig, d, "metadata_bad_signatures")
+    _update_refused(rig, d, "metadata_bad_signatures", "1.1.0")

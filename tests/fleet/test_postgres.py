@@ -16,7 +16,6 @@ import httpx
 import pytest
 
 from edgecloud.fleet.repository import ModelRepository
-from edgecloud.fleet.rollout import Gates, RolloutPlan
 from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port
 from tests.fleet.conftest import (
     MODEL,
@@ -27,7 +26,6 @@ from tests.fleet.conftest import (
     wait_for,
 )
 from tests.fleet.postgres import PASSWORD, PostgresServer, postgres_server
-from tests.fleet.standin_node import dummy_model
 
 
 @pytest.fixture(scope="module")
@@ -98,30 +96,16 @@ class FleetServer:
         return {"authorization": f"Bearer {self.credentials[key]}"}
 
 
-def _repo(tmp: Path) -> Path:
-    path = tmp / "repo"
-    repo = ModelRepository.init(path)
-    for version, stable in (("1.0.0", True), ("1.1.0", False)):
-        f = tmp / f"{version}.gguf"
-        f.write_bytes(dummy_model(version))
-        repo.add_model(f, MODEL, version, stable=stable)
-    plan = RolloutPlan(
-        stages=[50, 100], soak_s=0, min_reports=2, gates=Gates(max_p95_ms=500, min_eval_score=0.5)
-    )
-    repo.start_rollout(MODEL, "1.1.0", 50, plan)
-    return path
-
-
 def _rows(pg: PostgresServer, db: str, sql: str) -> list[tuple[Any, ...]]:
     with pg.connect(db) as conn:
         return list(conn.execute(sql).fetchall())
 
 
 def test_reports_and_the_controller_round_trip_through_postgresql(
-    pg: PostgresServer, tmp_path: Path
+    pg: PostgresServer, tmp_path: Path, rollout_repo: Path
 ) -> None:
     db = pg.create_database("fleet_roundtrip")
-    repo = _repo(tmp_path)
+    repo = rollout_repo
     canaries = device_ids(50, 2, inside=True)
     others = device_ids(50, 2, inside=False)
 
@@ -161,10 +145,10 @@ def test_reports_and_the_controller_round_trip_through_postgresql(
 
 
 def test_bad_reports_stored_in_postgresql_abort_after_a_restart(
-    pg: PostgresServer, tmp_path: Path
+    pg: PostgresServer, tmp_path: Path, rollout_repo: Path
 ) -> None:
     db = pg.create_database("fleet_abort")
-    repo = _repo(tmp_path)
+    repo = rollout_repo
     with FleetServer(repo, tmp_path / "s1.log", "--db", pg.url(db), "--no-controller") as s1:
         for d in device_ids(50, 2, inside=True):
             s1.report(d, "1.1.0", p95_ms=2000)  # breaks the 500 ms gate
@@ -173,9 +157,11 @@ def test_bad_reports_stored_in_postgresql_abort_after_a_restart(
         assert "p95_ms" in rel["reason"]
 
 
-def test_db_env_keeps_the_password_out_of_argv_and_logs(pg: PostgresServer, tmp_path: Path) -> None:
+def test_db_env_keeps_the_password_out_of_argv_and_logs(
+    pg: PostgresServer, tmp_path: Path, rollout_repo: Path
+) -> None:
     db = pg.create_database("fleet_env")
-    repo = _repo(tmp_path)
+    repo = rollout_repo
     log = tmp_path / "server.log"
     # a bare postgresql:// URL works too (it means psycopg 3, the driver edgecloud ships)
     env = {"FLEET_TEST_DB": pg.url(db, driver="postgresql")}

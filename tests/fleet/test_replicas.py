@@ -14,29 +14,14 @@ from typing import Any
 import httpx
 import pytest
 
-from edgecloud.fleet.repository import ModelRepository
-from edgecloud.fleet.rollout import Gates, RolloutPlan
 from tests.fleet.conftest import MODEL, OPERATOR_AUTH, device_ids, enrol_device, wait_for
 from tests.fleet.postgres import PostgresServer, postgres_server
-from tests.fleet.standin_node import dummy_model
 from tests.fleet.test_postgres import FleetServer
 
 
 @pytest.fixture(scope="module")
 def pg() -> Iterator[PostgresServer]:
     yield from postgres_server()
-
-
-def _repo(tmp: Path) -> Path:
-    path = tmp / "repo"
-    repo = ModelRepository.init(path)
-    for version, stable in (("1.0.0", True), ("1.1.0", False)):
-        f = tmp / f"{version}.gguf"
-        f.write_bytes(dummy_model(version))
-        repo.add_model(f, MODEL, version, stable=stable)
-    plan = RolloutPlan(stages=[50, 100], soak_s=0, min_reports=2, gates=Gates(max_p95_ms=500))
-    repo.start_rollout(MODEL, "1.1.0", 50, plan)
-    return path
 
 
 def _post_report(url: str, cred: str, body: dict[str, Any]) -> httpx.Response:
@@ -56,9 +41,11 @@ def _log_events(log: Path, event: str) -> list[dict[str, Any]]:
     return out
 
 
-def test_enrol_on_one_replica_report_to_the_other(pg: PostgresServer, tmp_path: Path) -> None:
+def test_enrol_on_one_replica_report_to_the_other(
+    pg: PostgresServer, tmp_path: Path, rollout_repo: Path
+) -> None:
     db = pg.create_database("fleet_replicas_api")
-    repo = _repo(tmp_path)
+    repo = rollout_repo
     args = ("--db", pg.url(db), "--no-controller", "--max-devices", "3")
     with (
         FleetServer(repo, tmp_path / "a.log", *args) as a,
@@ -111,9 +98,11 @@ def _enrol_new(server: FleetServer, device_id: str) -> int:
     return r.status_code
 
 
-def test_one_controller_and_a_takeover_when_it_dies(pg: PostgresServer, tmp_path: Path) -> None:
+def test_one_controller_and_a_takeover_when_it_dies(
+    pg: PostgresServer, tmp_path: Path, rollout_repo: Path
+) -> None:
     db = pg.create_database("fleet_replicas_controller")
-    repo = _repo(tmp_path)
+    repo = rollout_repo
     logs = {"a": tmp_path / "a.log", "b": tmp_path / "b.log"}
     a = FleetServer(repo, logs["a"], "--db", pg.url(db))
     b = FleetServer(repo, logs["b"], "--db", pg.url(db))

@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from edgecloud.supervise import free_port
-from tests.conftest import start_node
+from tests.conftest import serve_node
 from tests.gateway.gwrig import Gateway, Standin, endpoint, fast_limits, png_data_uri
 
 KEY = "edge-node-key"
@@ -31,14 +31,9 @@ HTTP = httpx.Client(timeout=120)
 @pytest.fixture(scope="module")
 def keyed_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real node that requires an API key (EDGE_NODE_KEY)."""
-    proc, base = start_node(tmp_path_factory.mktemp("keyed-node"), "--parallel", "2", "--ctx",
-                            "2048", "--api-key-env", "EDGE_NODE_KEY", name="keyed-node",
-                            env={"EDGE_NODE_KEY": KEY})
-    try:
-        proc.wait_ready(timeout_s=180)
-        yield base
-    finally:
-        proc.stop()
+    yield from serve_node(tmp_path_factory.mktemp("keyed-node"), "--parallel", "2", "--ctx",
+                          "2048", "--api-key-env", "EDGE_NODE_KEY", name="keyed-node",
+                          env={"EDGE_NODE_KEY": KEY})
 
 
 def _down() -> str:

@@ -12,14 +12,7 @@ import httpx
 import pytest
 
 from edgecloud.supervise import edgecloud_command
-from tests.gateway.gwrig import (
-    Gateway,
-    Standin,
-    endpoint,
-    launch_gateway,
-    launch_standin,
-    stopped_after,
-)
+from tests.gateway.gwrig import Gateway, Standin, endpoint, launch_standin, stopped_after
 
 KEY_A, KEY_B = "ec-test-key-a", "ec-test-key-b"
 CHAT = {"model": "auto", "max_tokens": 4, "messages": [{"role": "user", "content": "hello"}]}
@@ -54,14 +47,13 @@ def clouds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Standin, 
 
 
 @pytest.fixture
-def gateways(clouds: tuple[Standin, Standin, Path], redis_url: str
-             ) -> Iterator[Callable[..., Gateway]]:
-    _, _, tmp = clouds
-    with stopped_after() as started:
-        def start(config: dict[str, Any], *extra: str) -> Gateway:
-            return launch_gateway(tmp, started, config, *extra,
-                                  env={"EDGECLOUD_REDIS_URL": redis_url})
-        yield start
+def gateways(start_gateway: Callable[..., Gateway], redis_url: str) -> Callable[..., Gateway]:
+    """Start gateways that share the test's Redis (stopped when the test ends)."""
+
+    def start(config: dict[str, Any], *extra: str) -> Gateway:
+        return start_gateway(config, *extra, env={"EDGECLOUD_REDIS_URL": redis_url})
+
+    return start
 
 
 def _post(gw: Gateway, key: str, **headers: str) -> httpx.Response:

@@ -38,8 +38,11 @@ def _ok(body: bytes = JSON, extra: bytes = b"") -> bytes:
             + b"content-length: %d\r\n\r\n" % len(body) + body)
 
 
-def _serve(handler: Handler, test: Callable[[str, dict[str, int]], Awaitable[None]],
-           tls: ssl.SSLContext | None = None) -> None:
+def _serve(handler: Handler, test: Callable[[H1Pool, dict[str, int]], Awaitable[None]],
+           tls: ssl.SSLContext | None = None, **pool_kw: Any) -> None:
+    """Serve `handler` on a free port and run `test` with a pool to it (closed at the end) and
+    the server's counts of connections and requests."""
+
     async def main() -> None:
         stats = {"connections": 0, "requests": 0}
 
@@ -55,11 +58,12 @@ def _serve(handler: Handler, test: Callable[[str, dict[str, int]], Awaitable[Non
         server = await asyncio.start_server(on_conn, "127.0.0.1", 0, ssl=tls)
         port = server.sockets[0].getsockname()[1]
         scheme = "https" if tls else "http"
+        pool = _pool(f"{scheme}://127.0.0.1:{port}", **pool_kw)
         try:
             async with asyncio.timeout(20):
-                await test(f"{scheme}://127.0.0.1:{port}", stats)
+                await test(pool, stats)
         finally:
-            server.close()
+                server.close()
 
     asyncio.run(main())
 
@@ -79,13 +83,11 @@ async def _keep_alive(r: asyncio.StreamReader, w: asyncio.StreamWriter,
 
 
 def test_keep_alive_reuses_one_connection() -> None:
-    async def test(url: str, stats: dict[str, int]) -> None:
-        pool = _pool(url)
+    async def test(pool: H1Pool, stats: dict[str, int]) -> None:
         for _ in range(5):
             resp = await pool.request(b"POST", b"/v1/chat/completions", b'{"q":1}')
             assert resp.status == 200 and await resp.read() == JSON
             assert (b"content-type", b"application/json") in resp.raw_headers
-        pool.close()
         assert stats == {"connections": 1, "requests": 5}
 
     _serve(_keep_alive, test)
@@ -106,14 +108,12 @@ def test_chunked_stream_arrives_piece_by_piece_and_in_order() -> None:
         await w.drain()
         await _request(r)  # keep the connection open until the client is done
 
-    async def test(url: str, stats: dict[str, int]) -> None:
-        pool = _pool(url)
+    async def test(pool: H1Pool, stats: dict[str, int]) -> None:
         resp = await pool.request(b"POST", b"/v1/chat/completions", b"{}")
         got = [chunk async for chunk in resp.iter_any()]
         assert b"".join(got) == b"".join(parts)
         assert len(got) > 5  # handed over as it came, not buffered to the end
         assert len(pool._idle) == 1  # a clean end: the connection is kept
-        pool.close()
 
     _serve(handler, test)
 
@@ -125,39 +125,19 @@ def test_body_delimited_by_connection_close() -> None:
         w.write(b'{"long":"' + b"x" * 100_000 + b'"}')
         await w.drain()
 
-    async def test(url: str, stats: dict[str, int]) -> None:
-        pool = _pool(url)
+    async def test(pool: H1Pool, stats: dict[str, int]) -> None:
         resp = await pool.request(b"POST", b"/v1/completions", b"{}")
         data = await resp.read()
         assert len(data) == 100_011 and data.endswith(b'"}')
         assert not pool._idle  # not reusable
-        pool.close()
 
     _serve(handler, test)
 
 
-def test_an_idle_connection_the_server_dropped_is_retried_on_a_new_one() -> None:
-    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter,
-                      stats: dict[str, int]) -> None:
-        await _request(r)
-        stats["requests"] += 1
-        w.write(_ok())  # keep-alive by the headers, but the server closes right after
-        await w.drain()
-
-    async def test(url: str, stats: dict[str, int]) -> None:
-        pool = _pool(url)
-        for _ in range(3):
-            resp = await pool.request(b"POST", b"/v1/chat/completions", b"{}")
-            assert await resp.read() == JSON
-            await asyncio.sleep(0.05)  # the close reaches the client (usually)
-        pool.close()
-        assert stats["requests"] == 3 and stats["connections"] == 3
-
-    _serve(handler, test)
-
-
-def test_a_stale_connection_is_retried_even_when_the_close_comes_late() -> None:
-    """The server closes the idle connection only when the next request arrives."""
+@pytest.mark.parametrize("close", ["after_the_answer", "at_the_next_request"])
+def test_a_connection_the_server_dropped_is_retried_on_a_new_one(close: str) -> None:
+    """The server answers one request per connection, keep-alive by the headers, and closes
+    right after its answer or only when the next request arrives (that one is dropped)."""
 
     async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter,
                       stats: dict[str, int]) -> None:
@@ -165,15 +145,16 @@ def test_a_stale_connection_is_retried_even_when_the_close_comes_late() -> None:
         stats["requests"] += 1
         w.write(_ok())
         await w.drain()
-        await _request(r)  # the second request on this connection: dropped unanswered
+        if close == "at_the_next_request":
+            await _request(r)  # the second request on this connection: dropped unanswered
 
-    async def test(url: str, stats: dict[str, int]) -> None:
-        pool = _pool(url)
+    async def test(pool: H1Pool, stats: dict[str, int]) -> None:
         for _ in range(3):
             resp = await pool.request(b"POST", b"/v1/chat/completions", b"{}")
             assert await resp.read() == JSON
-        pool.close()
-        assert stats["requests"] == 3
+            if close == "after_the_answer":
+                await asyncio.sleep(0.05)  # the close reaches the client (usually)
+        assert stats["requests"] == 3 and stats["connections"] == 3
 
     _serve(handler, test)
 
@@ -184,13 +165,11 @@ def test_cut_mid_body_is_an_error_and_the_connection_is_not_reused() -> None:
         w.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n" + b"x" * 10)
         await w.drain()
 
-    async def test(url: str, stats: dict[str, int]) -> None:
-        pool = _pool(url)
+    async def test(pool: H1Pool, stats: dict[str, int]) -> None:
         resp = await pool.request(b"POST", b"/v1/completions", b"{}")
         with pytest.raises(UpstreamError):
             await resp.read()
         assert not pool._idle
-        pool.close()
 
     _serve(handler, test)
 
@@ -202,11 +181,9 @@ def test_garbage_and_silence_are_errors_not_hangs() -> None:
         await w.drain()
         await asyncio.sleep(1)
 
-    async def test_garbage(url: str, stats: dict[str, int]) -> None:
-        pool = _pool(url)
+    async def test_garbage(pool: H1Pool, stats: dict[str, int]) -> None:
         with pytest.raises(UpstreamError):
             await pool.request(b"POST", b"/v1/completions", b"{}")
-        pool.close()
 
     _serve(garbage, test_garbage)
 
@@ -214,13 +191,11 @@ def test_garbage_and_silence_are_errors_not_hangs() -> None:
         await _request(r)
         await asyncio.sleep(5)
 
-    async def test_silent(url: str, stats: dict[str, int]) -> None:
-        pool = _pool(url)
+    async def test_silent(pool: H1Pool, stats: dict[str, int]) -> None:
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.3):
                 await pool.request(b"POST", b"/v1/completions", b"{}")
         assert not pool._all  # the half-used connection was closed
-        pool.close()
 
     _serve(silent, test_silent)
 
@@ -249,8 +224,7 @@ def test_large_bodies_both_ways_and_an_interim_100_answer() -> None:
             w.write(_ok(big, b"content-type: application/octet-stream\r\n"))
             await w.drain()
 
-    async def test(url: str, stats: dict[str, int]) -> None:
-        pool = _pool(url)
+    async def test(pool: H1Pool, stats: dict[str, int]) -> None:
         resp = await pool.request(b"POST", b"/v1/chat/completions", big)
         assert resp.status == 200 and await resp.read() == big
         resp = await pool.request(b"POST", b"/v1/chat/completions", big)
@@ -259,7 +233,6 @@ def test_large_bodies_both_ways_and_an_interim_100_answer() -> None:
             got += chunk
             await asyncio.sleep(0.001)  # a slow reader: reading pauses and resumes
         assert bytes(got) == big
-        pool.close()
         assert stats["connections"] == 1
 
     _serve(handler, test)
@@ -270,17 +243,16 @@ def test_tls_upstream_verified_or_not(tmp_path: Path) -> None:
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_ctx.load_cert_chain(cert, key)
 
-    async def test(url: str, stats: dict[str, int]) -> None:
-        strict = _pool(url)  # the self-signed certificate is not trusted
-        with pytest.raises(ssl.SSLError):
-            await strict.request(b"POST", b"/v1/chat/completions", b'{"q":1}')
-        strict.close()
-        lax = _pool(url, verify_tls=False)
-        resp = await lax.request(b"POST", b"/v1/chat/completions", b'{"q":1}')
-        assert resp.status == 200 and await resp.read() == JSON
-        lax.close()
+    async def strict(pool: H1Pool, stats: dict[str, int]) -> None:
+        with pytest.raises(ssl.SSLError):  # the self-signed certificate is not trusted
+            await pool.request(b"POST", b"/v1/chat/completions", b'{"q":1}')
 
-    _serve(_keep_alive, test, tls=server_ctx)
+    async def lax(pool: H1Pool, stats: dict[str, int]) -> None:
+        resp = await pool.request(b"POST", b"/v1/chat/completions", b'{"q":1}')
+        assert resp.status == 200 and await resp.read() == JSON
+
+    _serve(_keep_alive, strict, tls=server_ctx)
+    _serve(_keep_alive, lax, tls=server_ctx, verify_tls=False)
 
 
 def test_an_answer_nobody_asked_for_is_ignored_and_the_connection_dropped() -> None:
@@ -290,12 +262,10 @@ def test_an_answer_nobody_asked_for_is_ignored_and_the_connection_dropped() -> N
             w.write(_ok() + _ok(b'{"ok":false}'))  # a broken server: two answers to one request
             await w.drain()
 
-    async def test(url: str, stats: dict[str, int]) -> None:
-        pool = _pool(url)
+    async def test(pool: H1Pool, stats: dict[str, int]) -> None:
         for _ in range(2):
             resp = await pool.request(b"POST", b"/v1/chat/completions", b"{}")
             assert resp.status == 200 and await resp.read() == JSON
-        pool.close()
         assert stats["connections"] == 2
 
     _serve(handler, test)

@@ -20,7 +20,7 @@ import openai
 import pytest
 
 from edgecloud.bench.workloads import png_bytes
-from tests.conftest import start_node
+from tests.conftest import serve_node
 
 pytestmark = pytest.mark.slow
 
@@ -50,16 +50,11 @@ def _png_b64(seed: int) -> str:
 def agent_node(tmp_path_factory: pytest.TempPathFactory, tiny_mmproj_path: str) -> Iterator[str]:
     """A node with the generated projector (images) and an API key."""
     tmp = tmp_path_factory.mktemp("agent-node")
-    proc, base = start_node(
+    yield from serve_node(
         tmp, "--mmproj", tiny_mmproj_path, "--parallel", "4", "--ctx", "2048",
         "--api-key-env", "EDGECLOUD_TEST_NODE_KEY", name="agent-node",
-        env={"EDGECLOUD_TEST_NODE_KEY": KEY},
+        env={"EDGECLOUD_TEST_NODE_KEY": KEY}, ready_timeout_s=300,
     )  # fmt: skip
-    try:
-        proc.wait_ready(timeout_s=300)
-        yield base
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")

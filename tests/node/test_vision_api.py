@@ -24,7 +24,7 @@ from PIL import Image
 
 from edgecloud.bench.workloads import png_bytes
 from edgecloud.supervise import ManagedProcess
-from tests.conftest import start_node
+from tests.conftest import serve_node, start_node
 
 pytestmark = pytest.mark.slow
 
@@ -60,16 +60,11 @@ def vision_node(tmp_path_factory: pytest.TempPathFactory, tiny_mmproj_path: str)
     tmp = tmp_path_factory.mktemp("vision-node")
     config = tmp / "node.yaml"
     config.write_text(LIMITS_YAML)
-    proc, base = start_node(
+    yield from serve_node(
         tmp, "--config", str(config),
         "--mmproj", tiny_mmproj_path, "--parallel", "4", "--ctx", "1024",
-        name="vision-node",
+        name="vision-node", ready_timeout_s=300,
     )  # fmt: skip
-    try:
-        proc.wait_ready(timeout_s=300)
-        yield base
-    finally:
-        proc.stop()
 
 
 def test_models_list_vision(vision_node: str) -> None:

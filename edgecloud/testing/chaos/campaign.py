@@ -383,7 +383,7 @@ def asyncio_tasks(stack: ChaosStack, part: str) -> int | None:
 def soak(stack: ChaosStack, minutes: float, workers: int, sample_s: float = 15.0
          ) -> dict[str, Any]:
     """Steady mixed load; resident memory and open files of every part, first vs last sample
-    (the first is taken after one sample period of warm-up)."""
+    (the first is taken after one sample period of warm-up); every sample under `samples`."""
     traffic = MixedTraffic(f"{stack.gateway}/v1", MODEL, workers=workers)
     samples: list[dict[str, tuple[float, int, int | None]]] = []
     traffic.start()
@@ -411,4 +411,6 @@ def soak(stack: ChaosStack, minutes: float, workers: int, sample_s: float = 15.0
             "served": sum(o.result == "served" for o in outs),
             "failed": sum(o.result == "failed" for o in outs),
             "leaks": leaks(stack, outs), "parts": parts,
-            "stuck_after": settle(lambda: stuck_states(stack), 15.0)[1]}
+            "stuck_after": settle(lambda: stuck_states(stack), 15.0)[1],
+            "samples": {n: [[round(x[n][0], 1), x[n][1], x[n][2]] for x in samples if n in x]
+                        for n in first}}

@@ -71,6 +71,9 @@ class Part:
 
 @dataclass
 class StackConfig:
+    """What the stack runs: the model, the node's slots and context, the gateway's health
+    interval, the fleet server's database and the simulated WAN's round trip."""
+
     out_dir: Path
     model_path: str
     health_interval_s: float = 0.5
