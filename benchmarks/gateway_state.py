@@ -114,21 +114,33 @@ def _spend(urls: list[str], key: str) -> float:
     return total
 
 
+def _minute(got: list[tuple[float, int]], window_s: float) -> dict[str, Any]:
+    """What a limit of 60 a minute let through: answers in the first 60 s and the most in any
+    60 s of the run (a client's view of "per minute"), and what else the clients got."""
+    t0 = got[0][0] if got else 0.0
+    ok = [t for t, s in got if s == 200]
+    return {"attempts": len(got), "answered": len(ok), "window_s": window_s,
+            "answered_first_60s": sum(1 for t in ok if t - t0 < 60),
+            "most_in_any_60s": max((sum(1 for u in ok if t <= u < t + 60) for t in ok),
+                                   default=0),
+            "errors": sum(1 for _, s in got if s not in (200, 429)),
+            "statuses": sorted({s for _, s in got}),
+            "timed_out_10s": sum(1 for _, s in got if s == 0),
+            "answer_times_s": [round(t - t0, 3) for t in ok]}
+
+
+def _print_minute(m: dict[str, Any]) -> None:
+    print(f"  rpm 60: {m['answered_first_60s']} answered in the first 60 s, "
+          f"{m['most_in_any_60s']} at most in any 60 s ({m['answered']} of {m['attempts']} in "
+          f"{m['window_s']:.0f} s; statuses {m['statuses']}; {m['errors']} other than 200 or "
+          f"429; {m['timed_out_10s']} got no answer within 10 s)", flush=True)
+
+
 def correctness(p: Peers, up: str, redis: RedisServer, window_s: float) -> dict[str, Any]:
     env = {"EDGECLOUD_REDIS_URL": redis.url}
     gws = [_cloud_only(p, up, "redis", env, f"gw{i}", GLOBAL_CAP) for i in range(3)]
-    got = _hammer(gws, KEYS["rpm60"], clients=3, seconds=window_s, pause_s=0.05)
-    t0 = got[0][0] if got else 0.0
-    ok = [t for t, s in got if s == 200]
-    in_first_minute = sum(1 for t in ok if t - t0 < 60)
-    # The most answers in any 60 s of the run (a client's view of "per minute").
-    most = max((sum(1 for u in ok if t <= u < t + 60) for t in ok), default=0)
-    res: dict[str, Any] = {"rpm60_attempts": len(got), "rpm60_answered": len(ok),
-                           "rpm60_answered_first_60s": in_first_minute,
-                           "rpm60_most_in_any_60s": most,
-                           "rpm60_window_s": window_s,
-                           "rpm60_errors": sum(1 for _, s in got if s not in (200, 429)),
-                           "rpm60_answer_times_s": [round(t - t0, 3) for t in ok]}
+    res: dict[str, Any] = {"rpm60": _minute(
+        _hammer(gws, KEYS["rpm60"], clients=3, seconds=window_s, pause_s=0.05), window_s)}
     # Caps: a key's own, then the global hard budget (another key, no cap of its own).
     for key, cap in (("capped", KEY_CAP), ("free", GLOBAL_CAP)):
         got = _hammer(gws, KEYS[key], clients=12, seconds=6, pause_s=0.0)
@@ -188,15 +200,7 @@ def litellm_drift(p: Peers, up: str, redis: RedisServer, window_s: float) -> dic
         "litellm_settings": {"drop_params": True},
     }
     urls = [p.litellm_proxy(cfg, f"litellm-{i}", timeout_s=300) for i in range(3)]
-    got = _hammer(urls, "none", clients=3, seconds=window_s, pause_s=0.05)
-    ok = [t for t, s in got if s == 200]
-    t0 = got[0][0] if got else 0.0
-    return {"attempts": len(got), "answered": len(ok),
-            "answered_first_60s": sum(1 for t in ok if t - t0 < 60),
-            "most_in_any_60s": max((sum(1 for u in ok if t <= u < t + 60) for t in ok),
-                                   default=0),
-            "statuses": sorted({s for _, s in got}),
-            "timed_out_10s": sum(1 for _, s in got if s == 0)}
+    return _minute(_hammer(urls, "none", clients=3, seconds=window_s, pause_s=0.05), window_s)
 
 
 def cost(p: Peers, up: str, redis: RedisServer, seconds: float, body: Path) -> dict[str, Any]:
@@ -260,10 +264,7 @@ def main() -> None:
             print(f"(a) 3 gateways, one Redis: rpm 60 for {args.window:.0f} s; then the caps",
                   flush=True)
             a = results["correctness"] = correctness(p, up, redis, args.window)
-            print(f"  rpm 60: {a['rpm60_answered_first_60s']} answered in the first 60 s, "
-                  f"{a['rpm60_most_in_any_60s']} at most in any 60 s "
-                  f"({a['rpm60_answered']} of {a['rpm60_attempts']} in {args.window:.0f} s; "
-                  f"{a['rpm60_errors']} errors other than 429)")
+            _print_minute(a["rpm60"])
             for k in ("cap_capped", "cap_free"):
                 c = a[k]
                 print(f"  {k}: cap {c['cap_usd']} USD, spent {c['spent_usd']} USD, "
@@ -283,11 +284,7 @@ def main() -> None:
         if "d" in parts and args.only:
             print(f"(d) 3 LiteLLM proxies, one Redis: deployment rpm 60 for {args.window:.0f} s",
                   flush=True)
-            d = results["litellm"] = litellm_drift(p, up, redis, args.window)
-            print(f"  rpm 60: {d['answered_first_60s']} answered in the first 60 s, "
-                  f"{d['most_in_any_60s']} at most in any 60 s ({d['answered']} of "
-                  f"{d['attempts']}; statuses {d['statuses']}; {d['timed_out_10s']} got no "
-                  "answer within 10 s)")
+            _print_minute(results.setdefault("litellm", litellm_drift(p, up, redis, args.window)))
         if "e" in parts and args.only:
             print("(e) req/s at c16: edgecloud with Redis state vs LiteLLM (no limits)", flush=True)
             gw = _cloud_only(p, up, "redis", {"EDGECLOUD_REDIS_URL": redis.url}, "one-redis")
@@ -297,8 +294,11 @@ def main() -> None:
                                          "ratio": ours["rps"] / max(theirs["rps"], 1e-9)}
             print(f"  edgecloud (redis, every limit) {ours['rps']:.0f} req/s, LiteLLM "
                   f"{theirs['rps']:.0f} req/s: {e['ratio']:.1f}x (target >= 50x)")
-    samples = {"rpm60_answer_times_s": results.get("correctness", {}).pop(
-        "rpm60_answer_times_s", [])}
+    samples = {}
+    if "correctness" in results:
+        samples["rpm60_answer_times_s"] = results["correctness"]["rpm60"].pop("answer_times_s")
+    if "litellm" in results:
+        samples["litellm_answer_times_s"] = results["litellm"].pop("answer_times_s")
     name = "gateway_state" if not args.only else "gateway_state_" + "".join(sorted(parts))
     write_result(name, summary=results, samples=samples,
                  params={"seconds": args.seconds, "window_s": args.window, "parts": parts})
