@@ -7,11 +7,15 @@
     release per request), memory against redis: req/s at concurrency 16, p50 at concurrency 1;
 (c) workers: `--workers 2` against nginx with 2 workers on the same stand-in upstream, small
     body at concurrency 16 (and one gateway process for reference);
-(d) (with --only d) the rpm 60 run of (a) against 3 LiteLLM proxy processes on the same Redis;
-(e) (with --only e) req/s at concurrency 16: our gateway with Redis state (as in (b)) against
-    one LiteLLM proxy with no limits at all.
+(d) the rpm 60 run of (a) against 3 LiteLLM proxy processes on the same Redis;
+(e) req/s at concurrency 16: our gateway with Redis state (as in (b)) against one LiteLLM proxy
+    with no limits at all.
 
-    python benchmarks/gateway_state.py [--seconds 5] [--window 60] [--json out.json]
+    python benchmarks/gateway_state.py [--seconds 5] [--window 90] [--only a ...]
+
+Every part by default (the README's table, benchmarks/results/gateway_state.json); `--only`
+runs some (results/gateway_state_PARTS.json). LiteLLM runs from its own .venv-bench, made on
+first use from benchmarks/requirements-bench.lock.
 
 Needs redis-server, wrk and nginx (apt-get install -y redis-server wrk nginx-light). Figures on
 a busy 2-core machine are noisy: wrk, the gateways, the upstream and Redis share the cores.
@@ -247,11 +251,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=5.0, help="per wrk run")
-    ap.add_argument("--window", type=float, default=60.0, help="the rpm 60 run (a)")
+    ap.add_argument("--window", type=float, default=90.0, help="the rpm 60 runs (a) and (d)")
     ap.add_argument("--only", choices=["a", "b", "c", "d", "e"], action="append")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    parts = args.only or ["a", "b", "c"]
+    parts = args.only or ["a", "b", "c", "d", "e"]
     results: dict[str, Any] = {}
     with peers("gw-state-") as p:
         tmp = p.tmp
@@ -281,11 +285,11 @@ def main() -> None:
             c = results["workers"] = workers(p, up, args.seconds, body)
             print(f"  --workers 2 / nginx 2 workers: {c['w2_vs_nginx2']:.2f}x (target >= 0.35x);"
                   f" one process: {c['w1_vs_nginx2']:.2f}x")
-        if "d" in parts and args.only:
+        if "d" in parts:
             print(f"(d) 3 LiteLLM proxies, one Redis: deployment rpm 60 for {args.window:.0f} s",
                   flush=True)
             _print_minute(results.setdefault("litellm", litellm_drift(p, up, redis, args.window)))
-        if "e" in parts and args.only:
+        if "e" in parts:
             print("(e) req/s at c16: edgecloud with Redis state vs LiteLLM (no limits)", flush=True)
             gw = _cloud_only(p, up, "redis", {"EDGECLOUD_REDIS_URL": redis.url}, "one-redis")
             ours = wrk(gw, body, 16, args.seconds, {"Authorization": f"Bearer {KEYS['limited']}"})

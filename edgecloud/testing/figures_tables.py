@@ -372,6 +372,74 @@ def fleet_scale(doc: Doc) -> str:
     return "\n\n".join(out)
 
 
+def _met(ok: bool, text: str) -> str:
+    """A measured figure, bold where it meets its target and marked where it does not."""
+    return f"**{text}**" if ok else f"{text} (not met)"
+
+
+def gateway_state(doc: Doc) -> str:
+    """Shared limits on Redis: correctness across 3 replicas (ours, then LiteLLM's), the cost
+    of Redis against memory, `--workers 2` against nginx, and the LiteLLM ratio."""
+    res = doc["summary"]
+    rows: list[list[str]] = []
+    a = res.get("correctness")
+    if a:
+        m = a["rpm60"]
+        rows.append([f"3 gateway processes on one Redis, a key with `rpm: 60`, 3 clients spread "
+                     f"over them for {m['window_s']:.0f} s ({m['attempts']:,} tries)",
+                     f"**{m['answered_first_60s']}** answers in the first 60 s, "
+                     f"**{m['most_in_any_60s']}** at most in any 60 s, {m['errors']} errors "
+                     "other than 429", "60 ± 2 per minute"])
+        for key, what in (("cap_capped", "a key's `monthly_cloud_usd`"),
+                          ("cap_free", "the global `budget: {hard: true}`")):
+            c = a[key]
+            rows.append([f"the same 3 gateways, {what} of {c['cap_usd']} USD, 12 clients at once",
+                         f"spent **{c['spent_usd']:.3f}** USD ({c['answered']} answered), then "
+                         f"429 ({c['refused_429']:,}); {c['other']} other",
+                         "never above the cap"])
+    b = res.get("cost")
+    if b:
+        mem, red = b["memory/c16"], b["redis/c16"]
+        r = b["rps_ratio_c16"]
+        rows.append(["one gateway, a key with every limit and a hard budget: redis / memory, "
+                     "req/s at concurrency 16",
+                     f"{num(red['rps'], 0)} / {num(mem['rps'], 0)} = "
+                     + _met(r >= 0.8, f"{r:.2f}x"), "≥ 0.8x"])
+        added = b["added_p50_ms_c1"]
+        rows.append(["the same, added p50 at concurrency 1",
+                     f"{b['redis/c1']['p50_ms']:.3f} − {b['memory/c1']['p50_ms']:.3f} = "
+                     + _met(added <= 0.3, f"{added:+.3f} ms")
+                     + f" (one Redis PING here: {b['redis_ping_p50_ms']:.2f} ms)", "≤ +0.3 ms"])
+        if "gateway_cpu_us_per_request" in red:
+            rows.append(["the same, CPU per request at concurrency 16: gateway (memory → redis), "
+                         "redis-server",
+                         f"{mem['gateway_cpu_us_per_request']:.0f} → "
+                         f"{red['gateway_cpu_us_per_request']:.0f} µs, "
+                         f"{red['redis_cpu_us_per_request']:.0f} µs", "–"])
+    e = res.get("vs_litellm")
+    if e:
+        rows.append(["the same gateway (Redis, every limit) / one LiteLLM proxy with no limits, "
+                     "req/s at concurrency 16",
+                     f"{num(e['edgecloud_redis']['rps'], 0)} / {num(e['litellm']['rps'], 0)} = "
+                     + _met(e["ratio"] >= 50, f"{e['ratio']:.0f}x"), "≥ 50x"])
+    c = res.get("workers")
+    if c:
+        w2 = c["w2_vs_nginx2"]
+        rows.append(["`--workers 2` / nginx with 2 workers, small body, concurrency 16",
+                     f"{num(c['edgecloud-w2']['rps'], 0)} / {num(c['nginx-2']['rps'], 0)} = "
+                     + _met(w2 >= 0.35, f"{w2:.2f}x")
+                     + f" (one process: {num(c['edgecloud-1']['rps'], 0)}, "
+                     f"{c['w1_vs_nginx2']:.2f}x)", "≥ 0.35x"])
+    d = res.get("litellm")
+    if d:
+        rows.append([f"the rpm 60 run against 3 LiteLLM proxies on the same Redis (deployment "
+                     f"`rpm: 60`, `usage-based-routing-v2`) for {d['window_s']:.0f} s",
+                     f"**{d['answered_first_60s']}** answers in the first 60 s, "
+                     f"{d['most_in_any_60s']} at most in any 60 s; {d['timed_out_10s']} of "
+                     f"{d['attempts']} got no answer within 10 s", "–"])
+    return md_table(["what", "measured", "target"], rows)
+
+
 RENDERERS: dict[str, Callable[[Doc], str]] = {
     "portable_vs_native": portable_vs_native,
     "node_vs_llama_cpp_server": lambda doc: side_by_side(doc, "llama_cpp.server"),
@@ -390,6 +458,7 @@ RENDERERS: dict[str, Callable[[Doc], str]] = {
     "bench_vs_aiperf": bench_vs_aiperf,
     "chaos_soak": chaos_soak,
     "fleet_scale": fleet_scale,
+    "gateway_state": gateway_state,
 }
 
 

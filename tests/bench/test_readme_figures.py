@@ -199,3 +199,39 @@ def test_the_fleet_table_puts_the_api_processes_beside_todays_server() -> None:
     assert "steps `advance 25`, `advance 100`, `complete 100`;" in text
     assert "api-a SIGKILLed at 25%" in text and "**0 acknowledged reports missing**" in text
     assert "49.5 MB of models" in text and "996 of 1,000 requests" in text
+
+
+def test_the_shared_state_table_marks_each_target_met_or_not() -> None:
+    wrk = {"p99_ms": 1.0, "errors": 0.0}
+    summary = {
+        "correctness": {
+            "rpm60": {"window_s": 90.0, "attempts": 4995, "answered_first_60s": 60,
+                      "most_in_any_60s": 60, "errors": 0},
+            "cap_capped": {"cap_usd": 0.5, "spent_usd": 0.468, "answered": 26,
+                           "refused_429": 7558, "other": 0},
+            "cap_free": {"cap_usd": 3.0, "spent_usd": 2.97, "answered": 79,
+                         "refused_429": 7783, "other": 0}},
+        "cost": {"memory/c1": {"rps": 4000, "p50_ms": 0.25, **wrk},
+                 "redis/c1": {"rps": 3000, "p50_ms": 0.5, **wrk},
+                 "memory/c16": {"rps": 5000, "p50_ms": 3.0, "gateway_cpu_us_per_request": 190,
+                                "redis_cpu_us_per_request": 0, **wrk},
+                 "redis/c16": {"rps": 4100, "p50_ms": 3.5, "gateway_cpu_us_per_request": 200,
+                               "redis_cpu_us_per_request": 40, **wrk},
+                 "redis_ping_p50_ms": 0.07, "rps_ratio_c16": 0.82, "added_p50_ms_c1": 0.25},
+        "workers": {"nginx-2": {"rps": 44000, **wrk}, "edgecloud-1": {"rps": 9600, **wrk},
+                    "edgecloud-w2": {"rps": 11000, **wrk}, "w2_vs_nginx2": 0.25,
+                    "w1_vs_nginx2": 0.218},
+        "litellm": {"window_s": 90.0, "attempts": 146, "answered_first_60s": 128,
+                    "most_in_any_60s": 128, "timed_out_10s": 18},
+        "vs_litellm": {"edgecloud_redis": {"rps": 4100, **wrk}, "litellm": {"rps": 80, **wrk},
+                       "ratio": 51.25},
+    }
+    text = render(_doc("gateway_state", summary))
+    assert "**60** answers in the first 60 s, **60** at most in any 60 s" in text
+    assert "spent **0.468** USD (26 answered), then 429 (7,558)" in text
+    assert "4,100 / 5,000 = **0.82x**" in text
+    assert "= **+0.250 ms**" in text
+    assert "190 → 200 µs, 40 µs" in text
+    assert "4,100 / 80 = **51x**" in text
+    assert "11,000 / 44,000 = 0.25x (not met)" in text
+    assert "**128** answers in the first 60 s" in text
