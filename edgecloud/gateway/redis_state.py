@@ -56,6 +56,9 @@ class _Function:
         try:
             return await self.client.fcall(self.name, len(keys), *keys, *args)
         except ResponseError as exc:
+            if str(exc).lower().startswith("unknown command"):
+                raise StateUnavailable("redis: this server has no functions (FCALL): the "
+                                       "gateway needs Redis 7 or later") from None
             if not str(exc).startswith(_NOT_LOADED):
                 raise
             await self.client.function_load(LIBRARY, replace=True)
