@@ -10,6 +10,7 @@ Redis 7 or later (or a primary behind Sentinel), not Redis Cluster.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from importlib import resources
 from typing import Any
 
@@ -76,128 +77,163 @@ def _command(*parts: Any) -> bytes:
     return b"*%d\r\n" % len(parts) + _bulks(parts)
 
 
-# One entry of a batch: the command, its caller's future, and whether it may be sent once more
-# after loading the library (Redis restarted and forgot it).
-_Entry = tuple[bytes, "asyncio.Future[Any]", bool]
-
-
 class _Channel:
-    """The request path's own connection to Redis, one batch in flight at a time: the script
-    calls made while a batch is out go together in the next one (one write, one read of all
-    the replies). A request alone pays one round trip; sixteen at once share theirs, and the
-    request ends share them with the starts.
+    """The request path's own connection to Redis, pipelined: the calls made in one turn of the
+    event loop go out in one write at its end, without waiting for the replies of earlier
+    writes, and one reader hands each reply to its caller in order (Redis answers in order). A
+    request alone pays one round trip; concurrent requests share writes and reads and never
+    wait for each other's round trips.
 
     redis-py opens the connection (the URL, AUTH, TLS, the database) and hiredis parses the
     replies; what is left out is redis-py's per-command machinery (its pipeline, retry and
     per-read timeouts), which cost more CPU per request than the rest of the limiter: measured
-    by benchmarks/gateway_state.py (b). A batch that fails or takes longer than the timeout
-    fails every call in it, and the connection is opened afresh for the next."""
+    by benchmarks/gateway_state.py (b). A call without its reply after the timeout fails, with
+    every call still waiting on that connection, and the next call opens a fresh one."""
 
     def __init__(self, client: aioredis.Redis, timeout_s: float) -> None:
         self._pool = client.connection_pool
         self._timeout_s = timeout_s
         self._conn: Any = None
-        self._parser: Any = None
-        self._queue: list[_Entry] = []
-        self._task: asyncio.Task[None] | None = None
-        self._renew = False
+        self._connecting: asyncio.Task[None] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._out: list[bytes] = []  # to write at the end of this turn of the loop
+        self._flush_soon = False
+        # Sent (or to send), waiting for a reply, in order: (command, future, when sent,
+        # whether it may be sent again once the library is loaded)
+        self._waiting: deque[tuple[bytes, asyncio.Future[Any], float, bool]] = deque()
+        self._watchdog: asyncio.TimerHandle | None = None
         # FCALL, the function and its keys, packed once (per function, key and month)
         self._heads: dict[tuple[str, ...], bytes] = {}
 
     def renew(self) -> None:
-        """Open a fresh connection for the next batch: the one held may be to a server that
-        has since died (the store was down, and nothing here has noticed)."""
-        self._renew = True
+        """Open a fresh connection for the next call: the one held may be to a server that has
+        since died (the store was down, and nothing here has noticed)."""
+        if not self._waiting:
+            self._drop(None)
 
     def call(self, fn: _Function, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
-        """Run `fn` in the next batch; the future holds its reply or the error."""
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        """Run `fn`; the future holds its reply or the error."""
         head_key = (fn.name, *keys)
         head = self._heads.get(head_key)
         if head is None:
             if len(self._heads) > 4096:
                 self._heads.clear()
             head = self._heads[head_key] = _bulks([b"FCALL", fn.name, len(keys), *keys])
-        n = 3 + len(keys) + len(args)
-        self._queue.append((b"*%d\r\n%s%s" % (n, head, _bulks(args)), fut, True))
-        if self._task is None:
-            self._task = asyncio.create_task(self._flush())
+        cmd = b"*%d\r\n%s%s" % (3 + len(keys) + len(args), head, _bulks(args))
+        return self._send(cmd, True)
+
+    def _send(self, cmd: bytes, retry: bool,
+              fut: asyncio.Future[Any] | None = None) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        if fut is None:
+            fut = loop.create_future()
+        self._waiting.append((cmd, fut, loop.time(), retry))
+        self._out.append(cmd)
+        if not self._flush_soon:
+            self._flush_soon = True
+            loop.call_soon(self._flush)
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(self._timeout_s, self._check)
         return fut
 
-    async def _flush(self) -> None:
-        try:
-            while self._queue:
-                batch, self._queue = self._queue, []
-                try:
-                    async with asyncio.timeout(self._timeout_s):
-                        replies = await self._round_trip([c for c, _, _ in batch])
-                except (RedisError, OSError, TimeoutError) as exc:
-                    await self._drop()
-                    for _, fut, _ in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                    continue
-                again: list[_Entry] = []
-                for (cmd, fut, retry), reply in zip(batch, replies, strict=True):
-                    if isinstance(reply, hiredis.ReplyError):
-                        if retry and str(reply).startswith(_NOT_LOADED):
-                            again.append((cmd, fut, False))  # Redis restarted and forgot it
-                            continue
-                        if not fut.done():
-                            fut.set_exception(ResponseError(str(reply)))
-                    elif not fut.done():
-                        fut.set_result(reply)
-                if again:
-                    self._queue[:0] = [_load_entry(), *again]
-        except BaseException:
-            await self._drop()
-            for _, fut, _ in self._queue:
-                fut.cancel()
-            self._queue = []
-            raise
-        finally:
-            self._task = None
-
-    async def _round_trip(self, commands: list[bytes]) -> list[Any]:
-        if self._renew:
-            self._renew = False
-            await self._drop()
+    def _flush(self) -> None:
+        self._flush_soon = False
         if self._conn is None:
-            conn = self._pool.make_connection()
-            await conn.connect()
-            self._conn, self._parser = conn, hiredis.Reader(encoding="utf-8")
-        reader, writer, parser = self._conn._reader, self._conn._writer, self._parser
-        writer.write(b"".join(commands))
-        await writer.drain()
-        out: list[Any] = []
-        while len(out) < len(commands):
-            reply = parser.gets()
-            if reply is False:
-                data = await reader.read(1 << 16)
+            if self._connecting is None:
+                self._connecting = asyncio.create_task(self._connect())
+            return  # written once connected
+        data, self._out = b"".join(self._out), []
+        try:
+            self._conn._writer.write(data)
+        except (OSError, RuntimeError) as exc:
+            self._drop(RedisConnectionError(f"writing to Redis: {exc}"))
+
+    async def _connect(self) -> None:
+        conn = self._pool.make_connection()
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await conn.connect()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._connecting = None
+            conn._close()
+            self._drop(exc)
+            return
+        self._connecting = None
+        self._conn = conn
+        self._reader = asyncio.create_task(self._read(conn))
+        if self._out:
+            self._flush()
+
+    async def _read(self, conn: Any) -> None:
+        parser = hiredis.Reader(encoding="utf-8")
+        stream = conn._reader
+        try:
+            while True:
+                data = await stream.read(1 << 16)
                 if not data:
                     raise RedisConnectionError("Redis closed the connection")
                 parser.feed(data)
-            else:
-                out.append(reply)
-        return out
+                while (reply := parser.gets()) is not False:
+                    self._deliver(reply)
+        except asyncio.CancelledError:
+            raise
+        except (RedisError, OSError) as exc:
+            if self._conn is conn:
+                self._drop(exc)
 
-    async def _drop(self) -> None:
-        conn, self._conn, self._parser = self._conn, None, None
+    def _deliver(self, reply: Any) -> None:
+        cmd, fut, _, retry = self._waiting.popleft()
+        if isinstance(reply, hiredis.ReplyError):
+            if retry and str(reply).startswith(_NOT_LOADED):
+                # Redis restarted and forgot the library: load it, then send this again.
+                self._send(_command(b"FUNCTION", b"LOAD", b"REPLACE", LIBRARY), False,
+                           _ignored())
+                self._send(cmd, False, fut)
+            elif not fut.done():
+                fut.set_exception(ResponseError(str(reply)))
+        elif not fut.done():
+            fut.set_result(reply)
+
+    def _check(self) -> None:
+        """The watchdog: the oldest call waiting longer than the timeout fails them all."""
+        self._watchdog = None
+        if not self._waiting:
+            return
+        loop = asyncio.get_running_loop()
+        late = loop.time() - self._waiting[0][2]
+        if late >= self._timeout_s:
+            self._drop(TimeoutError("Redis answered too late"))
+        else:
+            self._watchdog = loop.call_later(self._timeout_s - late, self._check)
+
+    def _drop(self, exc: BaseException | None) -> None:
+        """Close the connection; every call waiting on it fails with `exc`."""
+        conn, self._conn = self._conn, None
+        if self._reader is not None:
+            self._reader.cancel()
+            self._reader = None
         if conn is not None:
-            await conn.disconnect(nowait=True)
+            conn._close()  # redis-py's own silent close: the transport, without waiting
+        waiting, self._waiting, self._out = self._waiting, deque(), []
+        for _, fut, _, _ in waiting:
+            if not fut.done():
+                fut.set_exception(exc or RedisConnectionError("connection renewed"))
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        await self._drop()
+        if self._connecting is not None:
+            self._connecting.cancel()
+            await asyncio.gather(self._connecting, return_exceptions=True)
+        self._drop(RedisConnectionError("the store is closing"))
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
 
 
-def _load_entry() -> _Entry:
-    """FUNCTION LOAD, its reply waited for by nobody: the entries after it call the library."""
+def _ignored() -> asyncio.Future[Any]:
+    """A future whose outcome nobody waits for (FUNCTION LOAD's reply)."""
     fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     fut.add_done_callback(lambda f: f.cancelled() or f.exception())
-    return (_command(b"FUNCTION", b"LOAD", b"REPLACE", LIBRARY), fut, False)
+    return fut
 
 
 class RedisStore:
