@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +21,7 @@ from edgecloud.gateway.state import (
     Usage,
 )
 from edgecloud.supervise import free_port
+from edgecloud.testing.redis_server import RedisServer, find_redis_server
 
 Body = Callable[[StateStore], Awaitable[None]]
 
@@ -373,3 +377,42 @@ async def _test_bounded_state(redis_url: str) -> None:
     finally:
         await store.close()
         await admin.aclose()
+
+
+def test_a_redis_that_stops_answering_fails_the_calls_in_time_then_serves_again(
+        tmp_path: Path) -> None:
+    """redis-server frozen (SIGSTOP, as a stalled host): the calls waiting on it fail as
+    StateUnavailable after about the timeout, not never; once it runs again, so do the calls."""
+    if find_redis_server() is None:
+        pytest.skip("redis-server is not installed (Debian package redis-server; CI installs it)")
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        asyncio.run(_test_frozen_redis(server))
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+        server.stop()
+
+
+async def _test_frozen_redis(server: RedisServer) -> None:
+    import time
+
+    store = RedisStore(server.url, "frozen", timeout_s=0.3)
+
+    def begin(lease: str) -> Begin:
+        return Begin("k", 1000, NO_LIMIT, NO_LIMIT, 0, lease, 60, {}, 0.0, "m")
+
+    try:
+        assert (await store.begin(begin("a")))[0] is not None
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        got = await asyncio.gather(*(store.begin(begin(f"b{i}")) for i in range(5)),
+                                   return_exceptions=True)
+        waited = time.monotonic() - t0
+        assert all(isinstance(g, StateUnavailable) for g in got), got
+        assert waited < 3.0  # the timeout (0.3 s) and the loop's slack, far from a hang
+        os.kill(server.proc.pid, signal.SIGCONT)
+        await store.ping()
+        usage, _ = await store.begin(begin("c"))
+        assert usage is not None and usage.limited is None
+    finally:
+        await store.close()
