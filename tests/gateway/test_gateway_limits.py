@@ -79,7 +79,7 @@ def test_rpm_refuses_with_429_retry_after_and_openai_headers(
         assert "x-ratelimit-remaining-tokens" in r.headers
     refused = answers[-1]
     assert refused.json()["error"]["code"] == "rate_limit_exceeded"
-    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert 1 <= int(refused.headers["retry-after"]) <= 61  # Redis: 100 ms buckets
     # Another key is not held back, and an unlimited key gets no x-ratelimit headers.
     other = _post(gw, KEY_B)
     assert other.status_code == 200 and "x-ratelimit-limit-requests" not in other.headers
