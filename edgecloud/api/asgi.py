@@ -161,6 +161,29 @@ async def send_bytes(
     await send({"type": "http.response.body", "body": body})
 
 
+class StreamedReply:
+    """A reply sent in pieces: start() sends the status and headers, chunk() each piece of the
+    body, end() the last one."""
+
+    __slots__ = ("_send",)
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+
+    @classmethod
+    async def start(cls, send: Send, status: int,
+                    headers: Iterable[tuple[bytes, bytes]]) -> StreamedReply:
+        await send({"type": "http.response.start", "status": status, "headers": list(headers)})
+        return cls(send)
+
+    async def chunk(self, body: bytes, more: bool = True) -> None:
+        """One piece of the body; `more=False` makes it the last."""
+        await self._send({"type": "http.response.body", "body": body, "more_body": more})
+
+    async def end(self, body: bytes = b"") -> None:
+        await self._send({"type": "http.response.body", "body": body, "more_body": False})
+
+
 async def send_json(
     send: Send, status: int, obj: Any, extra: Iterable[tuple[bytes, bytes]] = ()
 ) -> None:

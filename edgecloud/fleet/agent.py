@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import signal
 import ssl
 import threading
@@ -53,6 +52,7 @@ from edgecloud.fleet.slots import MAX_INTERRUPTED, AgentState, Pending, SlotInfo
 from edgecloud.fleet.state import DeviceEvent, DeviceMetrics, DeviceReport
 from edgecloud.fleet.transport import TransferLimits, agent_client, within
 from edgecloud.logs import log_event
+from edgecloud.retry import backoff_s
 
 log = logging.getLogger("edgecloud.fleet")
 
@@ -95,15 +95,6 @@ def check_server_url(url: str, allow_plain_http: bool) -> None:
             f"--server {url} is plain http to another machine: use https (and --ca-file for "
             "the fleet's own CA), or --allow-plain-http behind a trusted TLS proxy."
         )
-
-
-def backoff_s(interval_s: float, failures: int, cap_s: float) -> float:
-    """The wait before the next poll: the interval, doubled per failed poll in a row up to
-    `cap_s`, with jitter so a fleet that lost its server does not return in lockstep."""
-    if failures <= 0:
-        return interval_s
-    ceiling = max(interval_s, min(cap_s, interval_s * 2 ** min(failures, 20)))
-    return max(interval_s, random.uniform(0.5, 1.0) * ceiling)
 
 
 # Most specific first: several TUF errors derive from DownloadError.
@@ -297,17 +288,18 @@ class Agent:
         """
         info = self.state.slots[slot]
         t_end = time.monotonic() + self.config.ready_timeout_s
-        delay = 0.2
+        busy = 0
         while True:
             try:
                 self.node.swap(self.store.model_path(slot), info.version)
                 break
             except NodeBusy:
+                delay = backoff_s(0.2, busy, 5.0)
+                busy += 1
                 if time.monotonic() + delay > t_end:
                     raise
                 log_event(log, "agent.node_busy_retry", device=self.state.device_id, slot=slot)
                 time.sleep(delay)
-                delay = min(delay * 2, 5.0)
         self.node.wait_ready(max(1.0, t_end - time.monotonic()))
         current = self.node.current()
         served = current.get("sha256") if current is not None else None
@@ -525,7 +517,10 @@ class Agent:
         """Seconds until the next poll: the interval with jitter, backed off after failures,
         and never sooner than the server asked."""
         if self.failures:
-            wait = backoff_s(self.config.interval_s, self.failures, self.config.max_backoff_s)
+            # Doubled per failed poll in a row up to the cap, with jitter so that a fleet that
+            # lost its server does not return in lockstep.
+            wait = backoff_s(self.config.interval_s, self.failures, self.config.max_backoff_s,
+                             jitter=0.5)
         else:
             wait = jittered(self.config.interval_s, self.config.jitter)
         if self.server_wait_s is not None:

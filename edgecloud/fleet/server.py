@@ -38,6 +38,7 @@ from edgecloud.api.asgi import (
     Receive,
     Scope,
     Send,
+    StreamedReply,
     header,
     read_body,
     send_bytes,
@@ -267,9 +268,9 @@ class FleetServer:
             headers.append((b"content-range", f"bytes {start}-{end}/{size}".encode()))
             self.counts["range"] += 1
         headers.append((b"content-length", str(end - start + 1).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+        stream = await StreamedReply.start(send, status, headers)
         if scope["method"] == "HEAD":
-            await send({"type": "http.response.body", "body": b""})
+            await stream.end()
             return status
         rate = self.config.rate_limit_bps
         t0 = time.monotonic()
@@ -284,7 +285,7 @@ class FleetServer:
                     break
                 left -= len(chunk)
                 sent += len(chunk)
-                await send({"type": "http.response.body", "body": chunk, "more_body": left > 0})
+                await stream.chunk(chunk, more=left > 0)
                 if rate is not None:
                     ahead = sent / rate - (time.monotonic() - t0)
                     if ahead > 0:

@@ -33,9 +33,9 @@ from edgecloud.gateway.attestation_checks import (
 from edgecloud.gateway.config import ConfidentialConfig
 from edgecloud.gateway.health import EndpointState
 from edgecloud.logs import log_event
+from edgecloud.retry import backoff_s
 
 _JWKS_CACHE_S = 600.0  # refetch the issuer's keys this often (and at once for an unknown kid)
-_RETRY_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # after a failure, while un-attested
 _MAX_TOKEN_BYTES = 64 * 1024
 
 _events = logging.getLogger("edgecloud.gateway")
@@ -136,7 +136,7 @@ class Attester:
             return max(remaining - max(span / 4, 2.0), 0.05)
         # Un-attested: retry with backoff, never slower than a tenth of the token's life.
         cap = max(1.0, self.cfg.max_age_s / 10)
-        return min(_RETRY_S[min(failures_in_a_row, len(_RETRY_S) - 1)], cap)
+        return min(backoff_s(1.0, failures_in_a_row, 30.0), cap)
 
     async def _loop(self) -> None:
         in_a_row = 0 if self.status.attested(time.monotonic()) else 1

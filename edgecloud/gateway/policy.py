@@ -62,6 +62,34 @@ def _names(endpoints: Sequence[EndpointState]) -> str:
     return ", ".join(e.name for e in endpoints) or "none configured"
 
 
+def _live(
+    cands: list[EndpointState], rule: str | None, unattested: str | None, now: float
+) -> tuple[list[EndpointState], bool]:
+    """The allowed endpoints that may be tried now, and whether that is panic mode. Raises
+    NoAllowedEndpoint, naming the rule that kept the others out, when none may."""
+    live = [e for e in cands if e.available(now)]
+    if live:
+        return live, False
+    # Panic mode (Envoy's panic threshold): every allowed endpoint is marked down by its last
+    # probe, which may be stale (an edge that just came up). Try them anyway, once each; their
+    # breakers still hold back the ones that keep failing.
+    # (Attestation is trust, not health: an un-attested endpoint is never tried.)
+    live = [e for e in cands if e.breaker.allows(now)
+            and (e.attestation is None or e.attestation.attested(now))]
+    if live:
+        return live, True
+    down = _names(cands)
+    if unattested is not None:
+        raise NoAllowedEndpoint(unattested, f"no edge endpoint is available ({down}) "
+                                "and no confidential endpoint is attested now")
+    if rule is not None:
+        raise NoAllowedEndpoint(
+            rule, f"no healthy endpoint may take this request ({down} unavailable); "
+            "it was not sent anywhere else"
+        )
+    raise NoAllowedEndpoint("fallback", f"no endpoint is healthy ({down} unavailable)")
+
+
 class PlacementPolicy:
     """Applies the configured policy chain; holds no I/O and no clock of its own."""
 
@@ -116,11 +144,43 @@ class PlacementPolicy:
         cloud_spend_usd: float,
         private: str | None,
     ) -> PlacementDecision:
+        # `unattested`: the rule to name if only unattested confidential endpoints were left.
+        cands, rule, why, unattested = self._allowed(hints, endpoints, now, private)
+        restricted = rule is not None  # privacy or residency narrowed the choice: no fallback
+        live, panic = _live(cands, rule, unattested, now)
+        out_tokens = facts.max_output_tokens or self.config.default_output_tokens
+        try:
+            live, rule, why = self._capabilities(facts, cands, live, out_tokens, rule, why)
+        except CapabilityMissing as exc:
+            if unattested is None:
+                raise
+            # What the edge cannot do, an attested confidential endpoint could: a 503 (retry
+            # later) naming the lapsed attestation, not a 400.
+            raise NoAllowedEndpoint(unattested, f"{exc.message.split(': ', 1)[-1]}; no "
+                                    "confidential endpoint is attested now") from None
+
+        pin = hints.pinned if hints.pinned in ("edge", "cloud") else None
+        if pin is not None:
+            pinned = [e for e in live if e.config.tier == pin]
+            if not pinned:
+                pin = None  # the pinned tier is unavailable or not allowed: policy decides
+            elif rule is None and len(pinned) < len(live):
+                rule, why = "pinned", f"the client pinned the request to {pin}"
+        decision = self._ordered(live, pin, facts, hints, out_tokens, rule, why, restricted,
+                                 cloud_spend_usd)
+        decision.panic = panic
+        return decision
+
+    def _allowed(
+        self, hints: Hints, endpoints: Sequence[EndpointState], now: float, private: str | None
+    ) -> tuple[list[EndpointState], str | None, str, str | None]:
+        """(candidates, rule, why, unattested): the endpoints that privacy and residency allow,
+        the rule that narrowed them, and the rule to name if only unattested confidential ones
+        were left. Raises NoAllowedEndpoint when none is left."""
         rule: str | None = None
         why = ""
         cands = list(endpoints)
-
-        unattested: str | None = None  # the rule to name if only unattested endpoints remain
+        unattested: str | None = None
         if private is not None:
             cands, unattested = self._private_candidates(cands, now)
             rule, why = private, "private data stays on edge endpoints"
@@ -146,52 +206,7 @@ class PlacementPolicy:
             if rule is None and len(kept) < len(cands):
                 rule, why = f"residency.{tag}", f"data tagged {tag!r} stays in {sorted(regions)}"
             cands = kept
-        restricted = rule is not None
-
-        live = [e for e in cands if e.available(now)]
-        panic = False
-        if not live:
-            # Panic mode (Envoy's panic threshold): every allowed endpoint is marked down by its
-            # last probe, which may be stale (an edge that just came up). Try them anyway, once
-            # each; their breakers still hold back the ones that keep failing.
-            # (Attestation is trust, not health: an un-attested endpoint is never tried.)
-            live = [e for e in cands if e.breaker.allows(now)
-                    and (e.attestation is None or e.attestation.attested(now))]
-            panic = True
-        if not live:
-            down = _names(cands)
-            if unattested is not None:
-                raise NoAllowedEndpoint(unattested, f"no edge endpoint is available ({down}) "
-                                        "and no confidential endpoint is attested now")
-            if restricted and rule is not None:
-                raise NoAllowedEndpoint(
-                    rule, f"no healthy endpoint may take this request ({down} unavailable); "
-                    "it was not sent anywhere else"
-                )
-            raise NoAllowedEndpoint("fallback", f"no endpoint is healthy ({down} unavailable)")
-
-        out_tokens = facts.max_output_tokens or self.config.default_output_tokens
-        try:
-            live, rule, why = self._capabilities(facts, cands, live, out_tokens, rule, why)
-        except CapabilityMissing as exc:
-            if unattested is None:
-                raise
-            # What the edge cannot do, an attested confidential endpoint could: a 503 (retry
-            # later) naming the lapsed attestation, not a 400.
-            raise NoAllowedEndpoint(unattested, f"{exc.message.split(': ', 1)[-1]}; no "
-                                    "confidential endpoint is attested now") from None
-
-        pin = hints.pinned if hints.pinned in ("edge", "cloud") else None
-        if pin is not None:
-            pinned = [e for e in live if e.config.tier == pin]
-            if not pinned:
-                pin = None  # the pinned tier is unavailable or not allowed: policy decides
-            elif rule is None and len(pinned) < len(live):
-                rule, why = "pinned", f"the client pinned the request to {pin}"
-        decision = self._ordered(live, pin, facts, hints, out_tokens, rule, why, restricted,
-                                 cloud_spend_usd)
-        decision.panic = panic
-        return decision
+        return cands, rule, why, unattested
 
     def _private_candidates(
         self, cands: list[EndpointState], now: float

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import phonenumbers
 from stdnum import iban as _iban
@@ -48,6 +48,10 @@ _SECRET = re.compile(
     r"|(?i:api[_-]?key|secret|passw(?:or)?d|access[_-]?token|密码|口令)\s*[:=：]\s*[^\s,;，；]{6,}"
 )
 
+Find = tuple[int, int, str]
+"""A detected value: (start, end, kind) in its text."""
+
+
 _SEPARATORS = str.maketrans("", "", " -().+")
 
 
@@ -79,12 +83,21 @@ def _valid_phone(raw: str, digits: str) -> bool:
     return False
 
 
+def _valid_cn_id(compact: str) -> bool:
+    try:
+        return _cn_ric.is_valid(compact)
+    except KeyError:
+        # python-stdnum's place table lacks the county of some prefecture codes (411100...) and
+        # raises instead of answering; the checksum and birth date held by then: fail closed.
+        return True
+
+
 def _classify_number(raw: str) -> str | None:
     compact = raw.translate(_SEPARATORS)
     digits = compact.rstrip("Xx")
     if not digits.isdigit():
         return None
-    if len(compact) == 18 and _cn_ric.is_valid(compact.upper()):
+    if len(compact) == 18 and _valid_cn_id(compact.upper()):
         return "id_card"
     if 13 <= len(compact) <= 19 and compact.isdigit() and _luhn.is_valid(compact):
         return "bank_card"
@@ -94,87 +107,52 @@ def _classify_number(raw: str) -> str | None:
 
 
 class PrivacyDetector:
-    """Finds the first kind of personal data in a set of texts (or None)."""
+    """Finds personal data in texts: the first kind (detect) or every place (spans)."""
 
     def __init__(self, kinds: Iterable[str], patterns: Mapping[str, str] | None = None) -> None:
         self.kinds = frozenset(kinds)
         self.extra = [(name, re.compile(p)) for name, p in (patterns or {}).items()]
 
     def detect(self, texts: Sequence[str]) -> str | None:
-        """The detected kind (e.g. `email`, or a custom pattern's name), else None."""
+        """The detected kind (e.g. `email`, or a custom pattern's name), else None: the kind of
+        the first find of the walk that spans() runs to its end."""
+        found: list[Find] = []
         for text in texts:
-            kind = self._detect_one(text)
-            if kind is not None:
-                return kind
+            if self._walk(text, found, True):
+                return found[0][2]
         return None
 
-    def _detect_one(self, text: str) -> str | None:
-        kinds = self.kinds
-        for name, pattern in self.extra:
-            if pattern.search(text):
-                return name
-        if "email" in kinds and "@" in text and _EMAIL.search(text):
-            return "email"
-        if _DIGIT_RUN.search(text):
-            kind = self._digitish(text)
-            if kind is not None:
-                return kind
-        if "ip" in kinds and ("::" in text or text.count(":") >= 2):
-            for m in _IPV6.finditer(text):
-                if _valid_ip(m.group()):
-                    return "ip"
-        if "secret" in kinds and _maybe_secret(text) and _SECRET.search(text):
-            return "secret"
-        return None
-
-    def _digitish(self, text: str) -> str | None:
-        kinds = self.kinds
-        for m in _DIGITISH.finditer(text):
-            group = m.lastgroup
-            value = m.group()
-            if group == "num":
-                kind = _classify_number(value)
-                if kind is None and " " in value:
-                    kind = _classify_groups(value.split(), kinds)
-                if kind in kinds:
-                    return kind
-                if "ip" in kinds and value.count(".") >= 3 and _ipv4_inside(value):
-                    return "ip"
-            elif group == "ipv4":
-                if "ip" in kinds and _valid_ip(value):
-                    return "ip"
-            elif group == "iban" and "iban" in kinds and _valid_iban(value):
-                return "iban"
-        return None
-
-
-    def spans(self, text: str) -> list[tuple[int, int, str]]:
+    def spans(self, text: str) -> list[Find]:
         """Every detected value as (start, end, kind), sorted; finds of different detectors may
-        overlap.
-
-        The slower sibling of detect(), for rewriting a text: the same candidates and validators,
-        but all of them, with their places. detect() run on the rewritten text is the check that
-        nothing was missed."""
-        kinds = self.kinds
-        found: list[tuple[int, int, str]] = []
-        for name, pattern in self.extra:
-            found += ((m.start(), m.end(), name) for m in pattern.finditer(text)
-                      if m.end() > m.start())
-        if "email" in kinds and "@" in text:
-            found += ((m.start(), m.end(), "email") for m in _EMAIL.finditer(text))
-        if _DIGIT_RUN.search(text):
-            found += self._digitish_spans(text)
-        if "ip" in kinds and ("::" in text or text.count(":") >= 2):
-            found += ((m.start(), m.end(), "ip") for m in _IPV6.finditer(text)
-                      if _valid_ip(m.group()))
-        if "secret" in kinds and _maybe_secret(text):
-            found += ((m.start(), m.end(), "secret") for m in _SECRET.finditer(text))
+        overlap. detect() run on a text rewritten from these is the check that nothing was
+        missed."""
+        found: list[Find] = []
+        self._walk(text, found, False)
         found.sort()
         return found
 
-    def _digitish_spans(self, text: str) -> list[tuple[int, int, str]]:
+    def _walk(self, text: str, found: list[Find], first: bool) -> bool:
+        """The one walk over a text: custom patterns, e-mail, digit runs, IPv6, secrets, each
+        behind its cheap gate, appending finds to `found`. With `first` it stops at the first
+        find and says so (True)."""
         kinds = self.kinds
-        out: list[tuple[int, int, str]] = []
+        for name, pattern in self.extra:
+            if _add(found, pattern, text, name, first):
+                return True
+        if "email" in kinds and "@" in text and _add(found, _EMAIL, text, "email", first):
+            return True
+        if _DIGIT_RUN.search(text) and self._digitish(text, found, first):
+            return True
+        if ("ip" in kinds and ("::" in text or text.count(":") >= 2)
+                and _add(found, _IPV6, text, "ip", first, _valid_ip)):
+            return True
+        if "secret" in kinds and _maybe_secret(text):
+            return _add(found, _SECRET, text, "secret", first)
+        return False
+
+    def _digitish(self, text: str, found: list[Find], first: bool) -> bool:
+        """The digit-run detectors (phone, ID card, bank card, IPv4, IBAN), as _walk."""
+        kinds = self.kinds
         for m in _DIGITISH.finditer(text):
             group = m.lastgroup
             value = m.group()
@@ -182,29 +160,48 @@ class PrivacyDetector:
             if group == "num":
                 kind = _classify_number(value)
                 if kind is not None and kind in kinds:
-                    out.append((start, m.end(), kind))
+                    found.append((start, m.end(), kind))
                 elif " " in value:
-                    out += _group_spans(value, start, kinds)
+                    found += _group_finds(value, start, kinds)
                 if "ip" in kinds and value.count(".") >= 3:
-                    out += ((start + a, start + b, "ip") for a, b in _ipv4_inside(value))
+                    found += ((start + a, start + b, "ip") for a, b in _ipv4_inside(value))
             elif group == "ipv4":
                 if "ip" in kinds and _valid_ip(value):
-                    out.append((start, m.end(), "ip"))
+                    found.append((start, m.end(), "ip"))
             elif group == "iban" and "iban" in kinds:
-                n = _iban_length(value)
-                if n:
-                    out.append((start, start + n, "iban"))
-        return out
+                length = _iban_length(value)
+                if length:
+                    found.append((start, start + length, "iban"))
+            if first and found:  # empty on entry when `first`
+                return True
+        return False
+
+
+def _add(found: list[Find], pattern: re.Pattern[str], text: str, kind: str, first: bool,
+         valid: Callable[[str], bool] | None = None) -> bool:
+    """Appends the matches of `pattern` (that `valid` accepts) as finds of `kind`; with `first`
+    it stops at the first and says so (True). A search loop: cheaper than finditer()."""
+    pos, n = 0, len(text)
+    while pos <= n and (m := pattern.search(text, pos)):
+        start, end = m.span()
+        pos = end if end > start else end + 1  # an empty match holds no data: step past it
+        if end > start and (valid is None or valid(m.group())):
+            found.append((start, end, kind))
+            if first:
+                return True
+    return False
 
 
 def _maybe_secret(text: str) -> bool:
     """The cheap gate before the secret patterns: one of their fixed pieces occurs."""
     low = text.lower()
-    # An unrolled chain of substring checks: ~1 us, where any() or a regex costs 3-20.
+    # An unrolled chain of substring checks: ~1 us, where any() or a regex costs 3-20. The
+    # Chinese pieces are looked for only in text that is not all ASCII (a flag, no scan).
     return (
         "key" in low or "secret" in low or "passw" in low or "token" in low
         or "k-" in low or "akia" in low or "gh" in low or "xox" in low or "aiza" in low
-        or "-----" in low or "eyj" in low or "密码" in low or "口令" in low
+        or "-----" in low or "eyj" in low
+        or (not text.isascii() and ("密码" in text or "口令" in text))
     )
 
 
@@ -213,28 +210,36 @@ def _ipv4_inside(value: str) -> list[tuple[int, int]]:
     return [m.span() for m in _IPV4_INSIDE.finditer(value) if _valid_ip(m.group())]
 
 
-def _group_spans(value: str, offset: int, kinds: frozenset[str]) -> list[tuple[int, int, str]]:
-    """The values inside a space-separated run that failed as a whole, left to right, each the
-    longest run of consecutive groups that validates (see _classify_groups)."""
-    groups = [(m.start(), m.end()) for m in re.finditer(r"\S+", value)]
-    out: list[tuple[int, int, str]] = []
+def _group_finds(value: str, offset: int, kinds: frozenset[str]) -> Iterator[Find]:
+    """The values inside a space-separated run that failed as a whole ("4111 1111 1111 1111 2",
+    "13812345678 11010519491231002X"), left to right, each the longest run of consecutive groups
+    from its first group that validates as a kind in `kinds`."""
+    groups = value.split()
+    starts: list[int] = []  # where each group starts in `value`: found only once needed
     i, n = 0, len(groups)
     while i < n:
-        for j in range(n - 1, i - 1, -1):
-            piece = value[groups[i][0] : groups[j][1]]
-            if len(piece) - piece.count(" ") < 7:
+        # From the first group, the whole run (already classified) is not tried again.
+        for j in range(n - 1 if i else n - 2, i - 1, -1):
+            piece = " ".join(groups[i : j + 1])
+            if len(piece) - (j - i) < 7:
                 continue
             kind = _classify_number(piece)
             if kind is not None and kind in kinds:
-                out.append((offset + groups[i][0], offset + groups[j][1], kind))
+                if not starts:
+                    at = 0
+                    for group in groups:
+                        at = value.index(group, at)
+                        starts.append(at)
+                        at += len(group)
+                yield offset + starts[i], offset + starts[j] + len(groups[j]), kind
                 i = j
                 break
         i += 1
-    return out
 
 
 def _iban_length(value: str) -> int:
-    """The length of the valid IBAN at the start of `value` (0 if none), as _valid_iban."""
+    """The length of the valid IBAN at the start of `value` (0 if none). The pattern is greedy
+    across spaces ("DE89 3704 ... 00 IBAN DE89"): shorter prefixes are tried too."""
     groups = value.split(" ")
     for n in range(len(groups), 0, -1):
         candidate = "".join(groups[:n])
@@ -243,26 +248,6 @@ def _iban_length(value: str) -> int:
         if _iban.is_valid(candidate):
             return len(" ".join(groups[:n]))
     return 0
-
-
-def _classify_groups(groups: list[str], kinds: frozenset[str]) -> str | None:
-    """A run like "4111 1111 1111 1111 2" or "13812345678 11010519491231002X": try the runs of
-    consecutive groups, longest first (only reached for candidates that failed as a whole)."""
-    n = len(groups)
-    for length in range(n - 1, 0, -1):
-        for start in range(0, n - length + 1):
-            piece = " ".join(groups[start : start + length])
-            if len(piece) - piece.count(" ") < 7:
-                continue
-            kind = _classify_number(piece)
-            if kind in kinds:
-                return kind
-    return None
-
-
-def _valid_iban(value: str) -> bool:
-    # The pattern is greedy across spaces ("DE89 3704 ... 00 IBAN DE89"): try shorter prefixes.
-    return _iban_length(value) > 0
 
 
 def _valid_ip(value: str) -> bool:

@@ -24,6 +24,7 @@ from edgecloud.api.asgi import (
     Routes,
     Scope,
     Send,
+    StreamedReply,
     dispatch,
     header,
     lifespan,
@@ -566,13 +567,11 @@ class NodeApp:
         chat = answer.chat
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         reply = Reply(self._served(body), chat=chat, include_usage=include_usage)
-        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-
-        more = {"type": "http.response.body", "more_body": True}
+        stream = await StreamedReply.start(send, 200, SSE_HEADERS)
         if chat:
-            await send({**more, "body": sse_event(reply.chunk(role=True))})
+            await stream.chunk(sse_event(reply.chunk(role=True)))
         elif getattr(body, "echo", False) and prompt_text:
-            await send({**more, "body": sse_event(reply.chunk(prompt_text))})
+            await stream.chunk(sse_event(reply.chunk(prompt_text)))
         while True:
             event = await req.events.get()
             if event.finish_reason == "cancelled" and req.cancelled:
@@ -580,23 +579,23 @@ class NodeApp:
             piece = answer.delta(event.text, event.logprobs)
             if piece is not None:
                 chunk = reply.chunk(piece.text, logprobs=piece.logprobs)
-                await send({**more, "body": sse_event(chunk)})
+                await stream.chunk(sse_event(chunk))
             if event.finish_reason is not None:
                 break
         if event.finish_reason in ("cancelled", "error"):
-            await send({**more, "body": sse_error(_stream_failure(event))})
+            await stream.chunk(sse_error(_stream_failure(event)))
         else:
             closing, finish = answer.closing(event.finish_reason)
             for piece in closing:
                 calls = piece.tool_calls
                 chunk = reply.chunk(piece.text, logprobs=piece.logprobs, tool_calls=calls)
-                await send({**more, "body": sse_event(chunk)})
+                await stream.chunk(sse_event(chunk))
             last = reply.chunk(None, finish)
             last["timings"] = req.timings()  # as llama-server: on the finishing chunk
-            await send({**more, "body": sse_event(last)})
+            await stream.chunk(sse_event(last))
             if include_usage:
-                await send({**more, "body": sse_event(reply.usage_chunk(self._usage(req)))})
-        await send({"type": "http.response.body", "body": SSE_DONE, "more_body": False})
+                await stream.chunk(sse_event(reply.usage_chunk(self._usage(req))))
+        await stream.end(SSE_DONE)
         return 200
 
     async def _stream_dialect(self, send: Send, body: Any, req: GenerationRequest,
@@ -605,16 +604,15 @@ class NodeApp:
         model = self._served(body)
         codec = dialect.stream(original, model, len(req.prompt))
         reply = Reply(model, chat=True)
-        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-        more = {"type": "http.response.body", "more_body": True}
-        await send({**more, "body": codec.chunk(reply.chunk(role=True))})
+        stream = await StreamedReply.start(send, 200, SSE_HEADERS)
+        await stream.chunk(codec.chunk(reply.chunk(role=True)))
         while True:
             event = await req.events.get()
             if event.finish_reason == "cancelled" and req.cancelled:
                 return 499
             piece = answer.delta(event.text)
             if piece is not None and piece.text:
-                await send({**more, "body": codec.chunk(reply.chunk(piece.text))})
+                await stream.chunk(codec.chunk(reply.chunk(piece.text)))
             if event.finish_reason is not None:
                 break
         if event.finish_reason in ("cancelled", "error"):
@@ -627,7 +625,7 @@ class NodeApp:
             last["choices"][0]["stop_sequence"] = _user_stop(req, body)
             tail += codec.chunk(last) + codec.chunk(reply.usage_chunk(self._usage(req)))
             tail += codec.done()
-        await send({"type": "http.response.body", "body": tail, "more_body": False})
+        await stream.end(tail)
         return 200
 
 

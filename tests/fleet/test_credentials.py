@@ -1,10 +1,9 @@
-"""Pure parts of the fleet's defences: tokens, rate limits, transfer limits, backoff."""
+"""Pure parts of the fleet's defences: tokens, rate limits, transfer limits."""
 
 from __future__ import annotations
 
 import pytest
 
-from edgecloud.fleet.agent import backoff_s
 from edgecloud.fleet.credentials import (
     DEVICE_PREFIX,
     OperatorToken,
@@ -72,14 +71,6 @@ def test_a_trickle_and_an_endless_download_are_cut() -> None:
     with pytest.raises(TransferTooSlow) as late:
         fast.feed(20_000, now=101.0)
     assert late.value.reason == "download_deadline"
-
-
-def test_backoff_grows_with_failures_up_to_the_cap() -> None:
-    assert backoff_s(30, 0, 300) == 30
-    waits = [backoff_s(30, n, 300) for n in range(1, 12)]
-    assert all(30 <= w <= 300 for w in waits)
-    assert max(backoff_s(30, 10, 300) for _ in range(50)) > 60
-    assert backoff_s(0.2, 50, 0.5) <= 0.5
 
 
 def test_loopback_hosts() -> None:

@@ -312,3 +312,34 @@ def test_config_defaults_are_safe() -> None:
     cfg = GatewayConfig(endpoints=[EndpointConfig(name="e", tier="edge", url="http://x:1/v1")])
     assert cfg.policy.privacy.images == "edge_only"
     assert set(cfg.policy.privacy.detect) >= {"email", "phone", "id_card", "bank_card", "secret"}
+
+
+def _down(fleet: list[EndpointState]) -> list[EndpointState]:
+    for e in fleet:
+        e.healthy = False
+        e.breaker.failure(0.0)
+        e.breaker.failure(0.0)
+    return fleet
+
+
+@pytest.mark.parametrize(("text", "hints", "fleet", "rule", "message"), [
+    ("hi", Hints(sensitivity="private"), lambda: _fleet()[1:], "privacy.header",
+     "private request, and no edge endpoint exists"),
+    ("hi", Hints(region="cn"), _fleet, "residency.cn",
+     "no allowed endpoint is in a region permitted for 'cn' (cn)"),
+    ("hi", Hints(), lambda: _down(_fleet()), "fallback",
+     "no endpoint is healthy (edge, cloud-eu, cloud-us unavailable)"),
+    ("a@b.io", Hints(), lambda: _down(_fleet()), "privacy.pii.email",
+     "no healthy endpoint may take this request (edge unavailable); it was not sent anywhere "
+     "else"),
+    ("hi", Hints(region="eu"), lambda: _down(_fleet()), "residency.eu",
+     "no healthy endpoint may take this request (edge, cloud-eu unavailable); it was not sent "
+     "anywhere else"),
+])
+def test_each_refusal_names_its_rule_and_says_why(text: str, hints: Hints, fleet: Any,
+                                                  rule: str, message: str) -> None:
+    # Pins what placement answers when nothing may take a request, rule and message alike.
+    with pytest.raises(NoAllowedEndpoint) as exc:
+        _choose(_chat(text), hints, fleet(), now=0.5)
+    assert (exc.value.rule, exc.value.message) == (rule, f"{rule}: {message}")
+    assert exc.value.status == 503
