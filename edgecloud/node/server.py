@@ -479,7 +479,11 @@ class NodeApp:
         model = loaded.model
         stops = body.stop_list()
         if isinstance(body, ChatCompletionRequest):
-            stops = stops + tuple(s for s in loaded.template.default_stops if s not in stops)
+            if not body.ignore_eos:
+                # The plain transcript's end of turn stands for an end-of-generation token, so
+                # ignore_eos (run to max_tokens, as llama-server's) passes it too.
+                stops = stops + tuple(s for s in loaded.template.default_stops
+                                      if s not in stops)
             projector = loaded.projector
             if projector is not None and has_images(body.messages):
                 text, media = await self.images.read(

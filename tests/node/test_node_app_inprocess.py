@@ -376,3 +376,35 @@ def test_embeddings_are_unit_vectors_in_float_and_base64(tmp_path: Path) -> None
             assert error["param"] == "dimensions"
 
     run(main)
+
+
+class TurnEndModel(ScriptedModel):
+    """Answers with a reply that goes on into the next turn of the plain transcript."""
+
+    def script(self, prompt: Sequence[int]) -> bytes:
+        return b"Sure.\nUser: and more"
+
+
+def test_ignore_eos_passes_the_plain_transcripts_end_of_turn(tmp_path: Path) -> None:
+    """The plain transcript ends a turn at "\\nUser:", its stand-in for an end-of-generation
+    token: a chat stops there, and one with ignore_eos (run to max_tokens, as llama-server's)
+    does not; a stop string the client gave still applies."""
+    async def main() -> None:
+        model = tmp_path / "scripted.gguf"
+        model.write_bytes(b"GGUF scripted")
+        ScriptedModel.opened.set()
+        app = NodeApp(NodeConfig(model=str(model), name=NAME, parallel=2),
+                      open_model=TurnEndModel, prove=None)
+        async with in_process(app) as client:
+            await until_ready(client)
+            body = {"model": NAME, "messages": USER, "max_tokens": 64}
+            plain = (await client.post("/v1/chat/completions", json=body)).json()
+            assert plain["choices"][0]["message"]["content"] == "Sure."
+            run_on = (await client.post("/v1/chat/completions",
+                                        json={**body, "ignore_eos": True})).json()
+            assert run_on["choices"][0]["message"]["content"].startswith("Sure.\nUser: and more")
+            stopped = (await client.post("/v1/chat/completions",
+                                         json={**body, "ignore_eos": True, "stop": ["more"]}))
+            assert stopped.json()["choices"][0]["message"]["content"] == "Sure.\nUser: and "
+
+    run(main)
