@@ -42,7 +42,7 @@ from edgecloud.gateway.attester import AttestationCollector, attesters_for
 from edgecloud.gateway.clientwatch import follow
 from edgecloud.gateway.config import ApiKeyConfig, GatewayConfig
 from edgecloud.gateway.errors import NoAllowedEndpoint
-from edgecloud.gateway.forward import Forwarder
+from edgecloud.gateway.forward import Exchange, Forwarder
 from edgecloud.gateway.health import CircuitBreaker, EndpointState
 from edgecloud.gateway.limits import Gate, Limiter
 from edgecloud.gateway.metrics import GatewayMetrics
@@ -335,9 +335,8 @@ class GatewayApp:
                     record["panic"] = True
                 watch = follow(scope, receive)
                 failures: list[str] = []
-                failed = await self.forwarder.forward(send, watch, upstream_path, raw, facts,
-                                                      decision, record, t0, trace, rewritten,
-                                                      failures)
+                exchange = Exchange(send, watch, upstream_path, raw, facts, record, t0, trace)
+                failed = await self.forwarder.forward(exchange, decision, rewritten, failures)
                 if failed is not None and decision.surrogates_if_failed and not watch.gone:
                     # The edge failed before a byte reached the client (it died before a probe
                     # or the breaker noticed): the cloud, with surrogates, if the policy allows.
@@ -350,9 +349,8 @@ class GatewayApp:
                             fallback = await gate.place(fallback)
                         if fallback.panic:
                             record["panic"] = True
-                        failed = await self.forwarder.forward(
-                            send, watch, upstream_path, raw, facts, fallback, record, t0, trace,
-                            rewritten, failures)
+                        failed = await self.forwarder.forward(exchange, fallback, rewritten,
+                                                              failures)
                 if failed is not None:
                     raise failed
             except ClientDisconnected:

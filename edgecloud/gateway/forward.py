@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -63,6 +64,41 @@ def _completion_tokens(body: bytes, key: bytes = _COMPLETION_TOKENS) -> int:
     return int(body[j:k]) if k > j else 0
 
 
+@dataclass(slots=True)
+class Exchange:
+    """One client request on its way upstream: what every endpoint tried is sent, and where
+    the answer and the request's record go."""
+
+    send: Send
+    watch: ClientWatch
+    path: str
+    raw: bytes
+    facts: RequestFacts
+    record: dict[str, Any]
+    t0: float
+    trace: RequestTrace | None = None
+
+
+class _Attempt:
+    """One endpoint tried: its place in the order, the answer as it arrives, and what its trace
+    span will say."""
+
+    __slots__ = ("state", "index", "last", "surrogates", "resp", "data", "t_up", "status",
+                 "error")
+
+    def __init__(self, state: EndpointState, index: int, last: bool,
+                 surrogates: Surrogates | None) -> None:
+        self.state = state
+        self.index = index
+        self.last = last
+        self.surrogates = surrogates  # a pseudonymised request's, to restore in the answer
+        self.resp: StreamedResponse | None = None
+        self.data: bytes | None = None  # a non-streamed answer, read whole
+        self.t_up = 0.0
+        self.status: int | None = None
+        self.error: str | None = None
+
+
 class Forwarder:
     """Sends placed requests upstream and relays the answers; records what happened."""
 
@@ -70,9 +106,7 @@ class Forwarder:
         self.upstreams = upstreams
         self.metrics = metrics
 
-    async def forward(self, send: Send, watch: ClientWatch, path: str, raw: bytes,
-                      facts: RequestFacts, decision: PlacementDecision, record: dict[str, Any],
-                      t0: float, trace: RequestTrace | None = None,
+    async def forward(self, ex: Exchange, decision: PlacementDecision,
                       rewritten: Rewritten | None = None, failures: list[str] | None = None
                       ) -> RuleError | None:
         """Try the decision's endpoints in order and relay the first usable answer.
@@ -87,118 +121,129 @@ class Forwarder:
         if failures is None:
             failures = []
         earlier = len(failures)
-        rule = decision.rule
         order = decision.order
-        loop = asyncio.get_running_loop()
-        for attempt, state in enumerate(order):
-            if watch.gone:
-                self._client_gone(state, rule, record, t0)
+        for index, state in enumerate(order):
+            if ex.watch.gone:
+                self._client_gone(state, decision.rule, ex.record, ex.t0)
                 return None
-            # Built before anything is taken, so that a refusal here leaves no state behind.
-            # A pseudonymised request: cloud endpoints get the surrogates, edge ones the original.
-            sent_as = rewritten if state.config.tier == "cloud" else None
-            surrogates = sent_as.surrogates if sent_as is not None else None
-            body = _body(raw, facts, state, sent_as)
-            ticket = state.breaker.acquire(time.monotonic())
-            if not ticket:
-                failures.append(f"{state.name}: circuit open")
-                continue
-            up = self.upstreams[state.name]
-            span = trace_headers = None
-            if trace is not None:
-                span = trace.attempt(state.name, state.config.tier, up.base + path, attempt + 1,
-                                     sum(len(p) for p in body))
-                trace_headers = span.headers
-            state.in_flight += 1
-            resp: StreamedResponse | None = None
-            data: bytes | None = None
-            streaming = False
-            span_status: int | None = None
-            span_error: str | None = None
-            t_up = time.perf_counter()
-            try:
-                try:
-                    # One read deadline for the answer: its headers, and a non-streamed body.
-                    async with asyncio.timeout_at(loop.time() + state.config.timeout_s) as guard:
-                        watch.guard = guard
-                        if watch.gone:
-                            raise TimeoutError  # left between the check above and now
-                        if state.model_id is None and not state.healthy:
-                            # Never probed up (panic mode): learn its model id first, as a
-                            # passing probe would have.
-                            await up.discover_model(state.config.connect_timeout_s)
-                            if state.model_id is not None:
-                                body = _body(raw, facts, state, sent_as)
-                        resp = await up.request(path, body, trace_headers)
-                        span_status = status = resp.status
-                        streaming = _is_stream(resp)
-                        if not streaming and status < 500:
-                            data = await resp.read()
-                except TRANSPORT_ERRORS as exc:
-                    if resp is not None:
-                        resp.close()
-                    if watch.gone:
-                        span_error = "client_gone"
-                        self._client_gone(state, rule, record, t0)
-                        return None
-                    span_status, span_error = None, type(exc).__name__
-                    phase = "connect" if resp is None else "read"
-                    self._failed(state, phase, exc)
-                    failures.append(f"{state.name}: {type(exc).__name__}"
-                                    + (" while reading the answer" if resp is not None else ""))
-                    continue
-                except BaseException:  # cancelled (shutdown): the exchange is mid-way
-                    if resp is not None:
-                        resp.close()
-                    raise
-                finally:
-                    watch.guard = None
-                assert resp is not None
-                last = attempt + 1 == len(order)
-                if status >= 500 or (status == 429 and not last):
-                    resp.release()
-                    if status >= 500:
-                        state.breaker.failure(time.monotonic())
-                        self.metrics.upstream_failure(state.name, f"status_{status}")
-                    else:
-                        state.breaker.success()  # 429: alive, just full
-                        state.healthy = True
-                    self.metrics.fallback(state.name, f"status_{status}")
-                    failures.append(f"{state.name}: HTTP {status}")
-                    continue
-                if data is not None and not self._judge(state, status, data) and not last:
-                    # A 2xx that is not JSON, nothing sent yet: the next endpoint may do better
-                    # (the last one's is relayed as it came, and counted as a failure).
-                    resp.release()
-                    self.metrics.fallback(state.name, "invalid_json")
-                    failures.append(f"{state.name}: HTTP {status} with an invalid JSON answer")
-                    continue
-                # It answered: up, whatever the last probe said (ends a panic-mode wait at once).
-                state.healthy = True
-                if attempt > 0:
-                    rule = "fallback"
-                record["fallbacks"] = attempt + earlier
-                if data is not None:
-                    if surrogates is not None and status < 400:
-                        data = restore_answer(data, surrogates)
-                    await self._relay_body(send, resp, data, state, rule, facts, record, t0, t_up)
-                else:
-                    state.breaker.success()  # a stream started: the trial is over
-                    await self._relay_stream(send, watch, resp, state, rule, facts, record, t0,
-                                             t_up, surrogates)
-                span_status, span_error = record.get("status"), record.get("error")
+            failed = await self._try(ex, decision.rule, rewritten, earlier,
+                                     state, index, index + 1 == len(order))
+            if failed is None:
                 return None
-            finally:
-                state.in_flight -= 1
-                state.breaker.release(ticket)
-                if span is not None:
-                    span.end(span_status, span_error)
+            failures.append(failed)
         # Nothing answered. Fail closed with the rule that restricted the request, if any.
         detail = "; ".join(failures) or "no endpoint was tried"
         if decision.restricted:
             return NoAllowedEndpoint(decision.rule, f"every allowed endpoint failed ({detail}); "
                                      "the request was not sent anywhere else")
         return UpstreamFailed("fallback", f"every endpoint failed ({detail})")
+
+    async def _try(self, ex: Exchange, rule: str, rewritten: Rewritten | None, earlier: int,
+                   state: EndpointState, index: int, last: bool) -> str | None:
+        """One endpoint: what failed, to note before the next is tried (nothing reached the
+        client), or None once the exchange is over (relayed, or the client left)."""
+        # Built before anything is taken, so that a refusal here leaves no state behind.
+        # A pseudonymised request: cloud endpoints get the surrogates, edge ones the original.
+        sent_as = rewritten if state.config.tier == "cloud" else None
+        at = _Attempt(state, index, last, sent_as.surrogates if sent_as is not None else None)
+        body = _body(ex.raw, ex.facts, state, sent_as)
+        ticket = state.breaker.acquire(time.monotonic())
+        if not ticket:
+            return f"{state.name}: circuit open"
+        up = self.upstreams[state.name]
+        span = None
+        if ex.trace is not None:
+            span = ex.trace.attempt(state.name, state.config.tier, up.base + ex.path, index + 1,
+                                    sum(len(p) for p in body))
+        state.in_flight += 1
+        at.t_up = time.perf_counter()
+        try:
+            try:
+                await self._fetch(ex, at, up, body, sent_as,
+                                  span.headers if span is not None else None)
+            except TRANSPORT_ERRORS as exc:
+                if ex.watch.gone:
+                    at.error = "client_gone"
+                    self._client_gone(state, rule, ex.record, ex.t0)
+                    return None
+                at.status, at.error = None, type(exc).__name__
+                self._failed(state, "connect" if at.resp is None else "read", exc)
+                return (f"{state.name}: {type(exc).__name__}"
+                        + (" while reading the answer" if at.resp is not None else ""))
+            return await self._answer(ex, at, rule, earlier)
+        finally:
+            state.in_flight -= 1
+            state.breaker.release(ticket)
+            if span is not None:
+                span.end(at.status, at.error)
+
+    async def _fetch(self, ex: Exchange, at: _Attempt, up: Upstream,
+                     body: Sequence[bytes | memoryview],
+                     sent_as: Rewritten | None, trace_headers: Any) -> None:
+        """The answer's head into `at`, and its whole body unless it streams or failed (5xx),
+        within one read deadline. Raises what the transport raised, the exchange closed."""
+        state = at.state
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout_at(loop.time() + state.config.timeout_s) as guard:
+                ex.watch.guard = guard
+                if ex.watch.gone:
+                    raise TimeoutError  # left between the caller's check and now
+                if state.model_id is None and not state.healthy:
+                    # Never probed up (panic mode): learn its model id first, as a passing
+                    # probe would have.
+                    await up.discover_model(state.config.connect_timeout_s)
+                    if state.model_id is not None:
+                        body = _body(ex.raw, ex.facts, state, sent_as)
+                resp = at.resp = await up.request(ex.path, body, trace_headers)
+                at.status = resp.status
+                if not _is_stream(resp) and resp.status < 500:
+                    at.data = await resp.read()
+        except BaseException:  # a transport error, or cancelled (shutdown): mid-way
+            if at.resp is not None:
+                at.resp.close()
+            raise
+        finally:
+            ex.watch.guard = None
+
+    async def _answer(self, ex: Exchange, at: _Attempt, rule: str, earlier: int) -> str | None:
+        """The endpoint answered: fall back on a 5xx (a 429 or an invalid JSON answer too,
+        unless it is the last endpoint), else relay the answer."""
+        state, resp, data = at.state, at.resp, at.data
+        assert resp is not None
+        status = resp.status
+        if status >= 500 or (status == 429 and not at.last):
+            resp.release()
+            if status >= 500:
+                state.breaker.failure(time.monotonic())
+                self.metrics.upstream_failure(state.name, f"status_{status}")
+            else:
+                state.breaker.success()  # 429: alive, just full
+                state.healthy = True
+            self.metrics.fallback(state.name, f"status_{status}")
+            return f"{state.name}: HTTP {status}"
+        if data is not None and not self._judge(state, status, data) and not at.last:
+            # A 2xx that is not JSON, nothing sent yet: the next endpoint may do better (the
+            # last one's is relayed as it came, and counted as a failure).
+            resp.release()
+            self.metrics.fallback(state.name, "invalid_json")
+            return f"{state.name}: HTTP {status} with an invalid JSON answer"
+        # It answered: up, whatever the last probe said (ends a panic-mode wait at once).
+        state.healthy = True
+        if at.index > 0:
+            rule = "fallback"
+        ex.record["fallbacks"] = at.index + earlier
+        if data is not None:
+            if at.surrogates is not None and status < 400:
+                data = restore_answer(data, at.surrogates)
+            await self._relay_body(ex.send, resp, data, state, rule, ex.facts, ex.record, ex.t0,
+                                   at.t_up)
+        else:
+            state.breaker.success()  # a stream started: the trial is over
+            await self._relay_stream(ex.send, ex.watch, resp, state, rule, ex.facts, ex.record,
+                                     ex.t0, at.t_up, at.surrogates)
+        at.status, at.error = ex.record.get("status"), ex.record.get("error")
+        return None
 
     def _failed(self, state: EndpointState, cause: str, exc: BaseException) -> None:
         state.breaker.failure(time.monotonic())
