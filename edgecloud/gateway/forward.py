@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from edgecloud.api.asgi import Send
+from edgecloud.api.asgi import Send, StreamedReply
 from edgecloud.api.replies import sse_error
 from edgecloud.gateway.clientwatch import ClientWatch
 from edgecloud.gateway.errors import NoAllowedEndpoint, RuleError, UpstreamCut, UpstreamFailed
@@ -315,8 +315,7 @@ class Forwarder:
                             surrogates: Surrogates | None = None) -> None:
         status = resp.status
         record["status"] = status
-        await send({"type": "http.response.start", "status": status,
-                    "headers": self._headers(resp, state, rule)})
+        reply = await StreamedReply.start(send, status, self._headers(resp, state, rule))
         first: float | None = None
         loop = asyncio.get_running_loop()
         idle_s = state.config.timeout_s
@@ -343,7 +342,7 @@ class Forwarder:
                         first = time.perf_counter()
                     tokens += chunk.count(b"data:")
                     sent += len(chunk)
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    await reply.chunk(chunk)
                     now = loop.time()
                     if now > rearm_at:
                         guard.reschedule(now + idle_s)
@@ -357,12 +356,11 @@ class Forwarder:
                 state.last_error = type(exc).__name__
                 self.metrics.upstream_failure(state.name, "cut")
                 err = UpstreamCut(f"{state.name} failed mid-stream; the answer is cut.")
-                await send({"type": "http.response.body", "more_body": True,
-                            "body": sse_error(err) if codec is None else codec.error(err)})
+                await reply.chunk(sse_error(err) if codec is None else codec.error(err))
         finally:
             watch.guard = None
             resp.close()  # a no-op after a clean end (the connection went back to the pool)
-        await send({"type": "http.response.body", "body": b""})
+        await reply.end()
         t_end = time.perf_counter()
         if first is not None and status < 400 and not cut:
             state.latency.observe_stream(first - t_up, t_end - t_up, max(tokens - 2, 1))
