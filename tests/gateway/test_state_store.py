@@ -256,13 +256,14 @@ async def _test_concurrent_begins_are_batched_and_exact(store: StateStore) -> No
     assert sum(1 for r in admitted if r is not None and r.refused is None) == 5
 
 
-def test_a_redis_that_forgot_its_scripts_is_taught_them_again(redis_url: str) -> None:
-    """After SCRIPT FLUSH (as after a restart), the begins and ends of one batch still run:
-    the channel loads the scripts and sends the calls that got NOSCRIPT once more."""
-    asyncio.run(_test_forgot_scripts(redis_url))
+def test_a_redis_that_forgot_its_functions_is_taught_them_again(redis_url: str) -> None:
+    """After FUNCTION FLUSH (as after a restart without persistence), concurrent begins and
+    ends still run: the channel loads the library and sends the calls that got "Function not
+    found" once more."""
+    asyncio.run(_test_forgot_functions(redis_url))
 
 
-async def _test_forgot_scripts(redis_url: str) -> None:
+async def _test_forgot_functions(redis_url: str) -> None:
     import redis.asyncio as aioredis
 
     store = RedisStore(redis_url, "flush")
