@@ -6,7 +6,7 @@
 (b) cost: one gateway, a key with every limit and a hard budget (admit, reserve, settle and
     release per request), memory against redis: req/s at concurrency 16, p50 at concurrency 1;
 (c) workers: `--workers 2` against nginx with 2 workers on the same stand-in upstream, small
-    body at concurrency 16 (and one gateway process for reference);
+    body at concurrency 16 (and one gateway process for reference), in 3 alternating rounds;
 (d) the rpm 60 run of (a) against 3 LiteLLM proxy processes on the same Redis;
 (e) req/s at concurrency 16: our gateway with Redis state (a key with every limit as in (b),
     and a key with none, under the hard global budget) against one LiteLLM proxy with no limits
@@ -235,15 +235,30 @@ def cost(p: Peers, up: str, redis: RedisServer, seconds: float, body: Path) -> d
     return out
 
 
-def workers(p: Peers, up: str, seconds: float, body: Path) -> dict[str, Any]:
+def workers(p: Peers, up: str, seconds: float, body: Path, rounds: int = 3) -> dict[str, Any]:
+    """Each target in turn, `rounds` times (this machine's speed drifts within a run); per
+    target the round with the median req/s, and the CPU per request of it and the upstream."""
     targets = {"nginx-2": p.nginx(up, "2"), "edgecloud-1": p.gateway(up, name="gw-one"),
                "edgecloud-w2": p.gateway(up, args=("--workers", "2"), name="gw-w2")}
+    runs: dict[str, list[dict[str, float]]] = {}
+    for _ in range(rounds):
+        for name, url in targets.items():
+            cpu0, up0 = p.cpu_s(url) or 0.0, p.cpu_s(up) or 0.0
+            r = wrk(url, body, 16, seconds)
+            n = max(r["rps"] * max(int(seconds), 1), 1.0)
+            r["proxy_cpu_us_per_request"] = ((p.cpu_s(url) or 0.0) - cpu0) / n * 1e6
+            r["upstream_cpu_us_per_request"] = ((p.cpu_s(up) or 0.0) - up0) / n * 1e6
+            runs.setdefault(name, []).append(r)
     out: dict[str, Any] = {}
-    for name, url in targets.items():
-        r = wrk(url, body, 16, seconds)
-        out[name] = r
+    for name, rs in runs.items():
+        mid = statistics.median(x["rps"] for x in rs)
+        r = out[name] = min(rs, key=lambda x: abs(x["rps"] - mid))
+        r["rounds_rps"] = [x["rps"] for x in rs]
         print(f"  {name:<13} c16 {r['rps']:>9.0f} req/s  p50 {r['p50_ms']:.3f} ms  "
-              f"errors {r['errors']:.0f}", flush=True)
+              f"errors {r['errors']:.0f}  CPU per request: proxy "
+              f"{r['proxy_cpu_us_per_request']:.0f} us, upstream "
+              f"{r['upstream_cpu_us_per_request']:.0f} us  (rounds: "
+              f"{', '.join(f'{x:.0f}' for x in r['rounds_rps'])})", flush=True)
     out["w2_vs_nginx2"] = out["edgecloud-w2"]["rps"] / max(out["nginx-2"]["rps"], 1e-9)
     out["w1_vs_nginx2"] = out["edgecloud-1"]["rps"] / max(out["nginx-2"]["rps"], 1e-9)
     return out

@@ -109,12 +109,21 @@ class GatewayApp:
         self._reprobe = asyncio.Event()  # a request found no endpoint up: probe the down now
 
         self.routes = Routes()
-        self.routes.add("/v1/chat/completions", self._chat, POST)
-        self.routes.add("/v1/completions", self._text, POST)
-        self.routes.add("/v1/responses", self._responses, POST)
-        self.routes.add("/v1/messages", self._messages, POST)
-        self.routes.add("/v1/messages/count_tokens", self._count_tokens, POST)
-        self.routes.add("/v1/embeddings", self._embeddings, POST)
+        # The proxied routes: _proxy with the upstream path, the body check and, for Responses
+        # and Messages, the client API their chat translation answers in (gateway/translate.py).
+        for path, upstream_path, inspect, api in (
+            ("/v1/chat/completions", "/chat/completions", inspect_chat, None),
+            ("/v1/completions", "/completions", inspect_completion, None),
+            ("/v1/responses", "/chat/completions", partial(inspect_translated, RESPONSES),
+             RESPONSES),
+            ("/v1/messages", "/chat/completions", partial(inspect_translated, MESSAGES),
+             MESSAGES),
+            ("/v1/messages/count_tokens", "/messages/count_tokens", inspect_count_tokens,
+             MESSAGES),
+            ("/v1/embeddings", "/embeddings", inspect_embeddings, None),
+        ):
+            self.routes.add(path, partial(self._proxy, upstream_path=upstream_path,
+                                          inspect=inspect, api=api), POST)
         self.routes.add("/healthz", self._healthz, None)
         self.routes.add("/readyz", self._readyz, None)
         self.routes.add("/metrics", self._metrics, None)
@@ -127,28 +136,6 @@ class GatewayApp:
             await dispatch(self.routes, scope, receive, send)
         elif kind == "lifespan":
             await lifespan(receive, send, self.start, self.stop)
-
-    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._proxy(scope, receive, send, "/chat/completions", inspect_chat)
-
-    async def _text(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._proxy(scope, receive, send, "/completions", inspect_completion)
-
-    # Responses and Messages: translated to chat (gateway/translate.py), placed as chat.
-    async def _responses(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._proxy(scope, receive, send, "/chat/completions",
-                          partial(inspect_translated, RESPONSES), RESPONSES)
-
-    async def _messages(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._proxy(scope, receive, send, "/chat/completions",
-                          partial(inspect_translated, MESSAGES), MESSAGES)
-
-    async def _count_tokens(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._proxy(scope, receive, send, "/messages/count_tokens", inspect_count_tokens,
-                          MESSAGES)
-
-    async def _embeddings(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._proxy(scope, receive, send, "/embeddings", inspect_embeddings)
 
     async def _healthz(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send_json(send, 200, {"status": "ok"})

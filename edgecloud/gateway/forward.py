@@ -64,6 +64,11 @@ def _completion_tokens(body: bytes, key: bytes = _COMPLETION_TOKENS) -> int:
     return int(body[j:k]) if k > j else 0
 
 
+def _count(value: Any) -> int:
+    """A usage count as _completion_tokens reads it: a non-negative integer, else 0."""
+    return value if type(value) is int and value >= 0 else 0
+
+
 @dataclass(slots=True)
 class Exchange:
     """One client request on its way upstream: what every endpoint tried is sent, and where
@@ -83,8 +88,8 @@ class _Attempt:
     """One endpoint tried: its place in the order, the answer as it arrives, and what its trace
     span will say."""
 
-    __slots__ = ("state", "index", "last", "surrogates", "resp", "data", "t_up", "status",
-                 "error")
+    __slots__ = ("state", "index", "last", "surrogates", "resp", "data", "usage", "t_up",
+                 "status", "error")
 
     def __init__(self, state: EndpointState, index: int, last: bool,
                  surrogates: Surrogates | None) -> None:
@@ -94,6 +99,7 @@ class _Attempt:
         self.surrogates = surrogates  # a pseudonymised request's, to restore in the answer
         self.resp: StreamedResponse | None = None
         self.data: bytes | None = None  # a non-streamed answer, read whole
+        self.usage: Any = None  # its parsed "usage" (a 2xx answer is parsed once, by _judge)
         self.t_up = 0.0
         self.status: int | None = None
         self.error: str | None = None
@@ -222,7 +228,7 @@ class Forwarder:
                 state.healthy = True
             self.metrics.fallback(state.name, f"status_{status}")
             return f"{state.name}: HTTP {status}"
-        if data is not None and not self._judge(state, status, data) and not at.last:
+        if data is not None and not self._judge(at, status, data) and not at.last:
             # A 2xx that is not JSON, nothing sent yet: the next endpoint may do better (the
             # last one's is relayed as it came, and counted as a failure).
             resp.release()
@@ -236,8 +242,8 @@ class Forwarder:
         if data is not None:
             if at.surrogates is not None and status < 400:
                 data = restore_answer(data, at.surrogates)
-            await self._relay_body(ex.send, resp, data, state, rule, ex.facts, ex.record, ex.t0,
-                                   at.t_up)
+            await self._relay_body(ex.send, resp, data, at.usage, state, rule, ex.facts,
+                                   ex.record, ex.t0, at.t_up)
         else:
             state.breaker.success()  # a stream started: the trial is over
             await self._relay_stream(ex.send, ex.watch, resp, state, rule, ex.facts, ex.record,
@@ -251,16 +257,20 @@ class Forwarder:
         self.metrics.upstream_failure(state.name, cause)
         self.metrics.fallback(state.name, cause)
 
-    def _judge(self, state: EndpointState, status: int, data: bytes) -> bool:
-        """The breaker's verdict on a whole non-streamed answer: a 2xx must be JSON."""
+    def _judge(self, at: _Attempt, status: int, data: bytes) -> bool:
+        """The breaker's verdict on a whole non-streamed answer: a 2xx must be JSON (its
+        "usage" is kept in `at`, so the answer is parsed once)."""
+        state = at.state
         if status < 300:
             try:
-                orjson.loads(data)
+                answer = orjson.loads(data)
             except orjson.JSONDecodeError:
                 state.breaker.failure(time.monotonic())
                 state.last_error = "invalid JSON answer"
                 self.metrics.upstream_failure(state.name, "invalid_json")
                 return False
+            if type(answer) is dict:
+                at.usage = answer.get("usage")
         state.breaker.success()
         return True
 
@@ -286,7 +296,7 @@ class Forwarder:
         ]
         return headers
 
-    async def _relay_body(self, send: Send, resp: StreamedResponse, data: bytes,
+    async def _relay_body(self, send: Send, resp: StreamedResponse, data: bytes, usage: Any,
                           state: EndpointState, rule: str, facts: RequestFacts,
                           record: dict[str, Any], t0: float, t_up: float) -> None:
         t_done = time.perf_counter()
@@ -303,9 +313,13 @@ class Forwarder:
         added = (t_end - t0) - (t_done - t_up)
         tokens = 0
         if status < 400:
-            tokens = _completion_tokens(data)
+            if type(usage) is dict:  # parsed by _judge
+                tokens = _count(usage.get("completion_tokens"))
+                record["input_tokens"] = _count(usage.get("prompt_tokens"))
+            else:
+                tokens = _completion_tokens(data)
+                record["input_tokens"] = _completion_tokens(data, _PROMPT_TOKENS)
             state.latency.observe_total(t_done - t_up, tokens)
-            record["input_tokens"] = _completion_tokens(data, _PROMPT_TOKENS)
         self._account(state, rule, status, facts, record, len(data), tokens, t0, t_up, t_end,
                       added)
 

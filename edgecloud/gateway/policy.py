@@ -323,8 +323,10 @@ class PlacementPolicy:
         why: str,
     ) -> tuple[list[EndpointState], str | None, str]:
         api = facts.upstream_api
-        if api != "chat.completions" or any(api not in e.apis for e in live):
-            live, rule, why = self._speaks(api, cands, live, rule, why)
+        for e in live:
+            if api not in e.apis:
+                live, rule, why = self._speaks(api, cands, live, rule, why)
+                break
         if facts.images:
             vision = [e for e in live if "vision" in e.capabilities]
             if not vision:
@@ -342,7 +344,7 @@ class PlacementPolicy:
                 rule, why = "capability.vision", "image parts need a vision endpoint"
             live = vision
         need = facts.prompt_tokens_estimate + out_tokens
-        fits = [e for e in live if e.config.context is None or e.config.context >= need]
+        fits = [e for e in live if (ctx := e.config.context) is None or ctx >= need]
         if not fits:
             raise CapabilityMissing(
                 "capability.context",
@@ -400,18 +402,21 @@ class PlacementPolicy:
         cheapest_i = 0
         for i, e in enumerate(live):
             c = e.config
-            is_edge = c.tier == "edge"
-            predicted = e.latency.predict_s(out_tokens, e.queued())
+            tier = c.tier
+            is_edge = tier == "edge"
+            over = e.in_flight + e.others_in_flight - c.max_concurrency  # load past the limit
+            predicted = e.latency.predict_s(out_tokens, over + 1 if over >= 0 else 0)
             misses = deadline_s is not None and predicted > deadline_s
-            cost = (c.price.input_per_mtok * prompt_tokens
-                    + c.price.output_per_mtok * out_tokens) / 1e6
+            price = c.price
+            cost = (price.input_per_mtok * prompt_tokens
+                    + price.output_per_mtok * out_tokens) / 1e6
             if best_cost is None or (cost, not is_edge, i) < best_cost:
                 best_cost, cheapest_i = (cost, not is_edge, i), i
             keyed.append((
-                pin is not None and c.tier != pin,
+                pin is not None and tier != pin,
                 over_budget and not is_edge,  # a spent budget makes cloud a last resort
                 misses, predicted if misses else 0.0,
-                is_edge and e.load - c.max_concurrency > queue_above,
+                is_edge and over > queue_above,
                 cost, not is_edge, predicted, i, e,
             ))
         kc = keyed[cheapest_i]

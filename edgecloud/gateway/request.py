@@ -197,7 +197,8 @@ def _check_image(part: dict[str, Any], where: str) -> None:
         )
 
 
-def _content(facts: RequestFacts, content: Any, where: str) -> None:
+def _content(facts: RequestFacts, content: Any, i: int) -> None:
+    """A message's content into `facts`; `i` names the message in errors (messages[i])."""
     if content is None:
         return
     if isinstance(content, str):
@@ -205,35 +206,42 @@ def _content(facts: RequestFacts, content: Any, where: str) -> None:
         facts.text_chars += len(content)
         return
     if not isinstance(content, list):
+        where = f"messages[{i}]"
         raise BadRequest(f"{where}.content must be a string or a list of parts.", param=where)
     for j, part in enumerate(content):
-        pw = f"{where}.content[{j}]"
         if not isinstance(part, dict):
+            pw = f"messages[{i}].content[{j}]"
             raise BadRequest(f"{pw} must be an object with a type.", param=pw)
         ptype = part.get("type")
         if ptype == "text":
             text = part.get("text")
             if not isinstance(text, str):
+                pw = f"messages[{i}].content[{j}]"
                 raise BadRequest(f"{pw}.text must be a string.", param=pw)
             facts.texts.append(text)
             facts.text_chars += len(text)
         elif ptype == "image_url":
-            _check_image(part, pw)
+            _check_image(part, f"messages[{i}].content[{j}]")
             facts.images += 1
         elif ptype not in _PART_TYPES:
+            pw = f"messages[{i}].content[{j}]"
             raise BadRequest(f"{pw}.type {ptype!r} is not a known content part type.", param=pw)
 
 
+_NUMBERS = ("temperature", "top_p", "frequency_penalty", "presence_penalty")
+
+
 def _common(facts: RequestFacts, body: dict[str, Any]) -> None:
+    get = body.get
     for name in ("max_tokens", "max_completion_tokens"):
-        value = body.get(name)
+        value = get(name)
         if value is not None:
             if type(value) is not int or value < 1:
                 raise BadRequest(f"{name} must be a positive integer.", param=name)
             facts.max_output_tokens = value
-    for name in ("temperature", "top_p", "frequency_penalty", "presence_penalty"):
-        value = body.get(name)
-        if value is not None and (type(value) not in (int, float)):
+    for name in _NUMBERS:
+        value = get(name)
+        if value is not None and type(value) is not float and type(value) is not int:
             raise BadRequest(f"{name} must be a number.", param=name)
 
 
@@ -254,27 +262,31 @@ def inspect_chat(body: dict[str, Any]) -> RequestFacts:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("messages must be a non-empty list.", param="messages")
+    # Error texts (messages[i]...) are formatted only when raised: this runs for every request.
     for i, msg in enumerate(messages):
-        where = f"messages[{i}]"
         if not isinstance(msg, dict):
+            where = f"messages[{i}]"
             raise BadRequest(f"{where} must be an object.", param=where)
-        role = msg.get("role")
-        if role not in _ROLES:
+        if msg.get("role") not in _ROLES:
+            where = f"messages[{i}]"
             raise BadRequest(f"{where}.role must be one of {sorted(_ROLES)}.", param=where)
-        _content(facts, msg.get("content"), where)
+        _content(facts, msg.get("content"), i)
         calls = msg.get("tool_calls")
         legacy = msg.get("function_call")
-        for call in [*(calls if isinstance(calls, list) else ()), {"function": legacy}]:
-            fn = call.get("function") if isinstance(call, dict) else None
-            if isinstance(fn, dict) and "arguments" in fn:
-                _text(facts, _as_text(fn["arguments"]))
+        if calls is not None or legacy is not None:
+            for call in [*(calls if isinstance(calls, list) else ()), {"function": legacy}]:
+                fn = call.get("function") if isinstance(call, dict) else None
+                if isinstance(fn, dict) and "arguments" in fn:
+                    _text(facts, _as_text(fn["arguments"]))
     # Tool definitions reach the model's prompt too: their descriptions, enums and defaults.
     tools = body.get("tools")
-    for tool in [*(tools if isinstance(tools, list) else ()), *_list(body.get("functions"))]:
-        fn = tool.get("function", tool) if isinstance(tool, dict) else None
-        if isinstance(fn, dict):
-            for text in _strings([fn.get("description"), fn.get("parameters")]):
-                _text(facts, text)
+    functions = body.get("functions")
+    if tools is not None or functions is not None:
+        for tool in [*(tools if isinstance(tools, list) else ()), *_list(functions)]:
+            fn = tool.get("function", tool) if isinstance(tool, dict) else None
+            if isinstance(fn, dict):
+                for text in _strings([fn.get("description"), fn.get("parameters")]):
+                    _text(facts, text)
     _common(facts, body)
     return facts
 
