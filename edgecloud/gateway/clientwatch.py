@@ -2,7 +2,7 @@
 
 The gateway's server protocol (cork.CorkedHttpToolsProtocol) puts a ClientWatch into each
 request's scope and calls `client_left()` from its `connection_lost`, so no task per request
-waits on `receive()`. The forwarder hands the watch the deadline (an asyncio.Timeout) of the
+waits on `receive()`. The forwarder hands the watch the deadline (deadline.Deadline) of the
 upstream wait it is in; the disconnect moves that deadline to now, which ends the wait at once
 with TimeoutError, and `gone` tells that apart from a real timeout. Under another ASGI server the
 scope has no watch: `follow()` then makes one fed by a task that waits on `receive()`.
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 
 from edgecloud.api.asgi import Receive, Scope
+from edgecloud.gateway.deadline import Deadline
 
 SCOPE_KEY = "edgecloud.client_watch"
 
@@ -24,7 +25,7 @@ class ClientWatch:
 
     def __init__(self) -> None:
         self.gone = False
-        self.guard: asyncio.Timeout | None = None
+        self.guard: Deadline | None = None
         self.task: asyncio.Task[None] | None = None
 
     def client_left(self) -> None:

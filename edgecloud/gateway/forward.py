@@ -20,6 +20,7 @@ import orjson
 from edgecloud.api.asgi import Send, StreamedReply
 from edgecloud.api.replies import sse_error
 from edgecloud.gateway.clientwatch import ClientWatch
+from edgecloud.gateway.deadline import Deadlines
 from edgecloud.gateway.errors import NoAllowedEndpoint, RuleError, UpstreamCut, UpstreamFailed
 from edgecloud.gateway.health import EndpointState
 from edgecloud.gateway.metrics import GatewayMetrics
@@ -111,6 +112,7 @@ class Forwarder:
     def __init__(self, upstreams: dict[str, Upstream], metrics: GatewayMetrics) -> None:
         self.upstreams = upstreams
         self.metrics = metrics
+        self.deadlines = Deadlines()  # the upstream waits' deadlines, on one timer
 
     async def forward(self, ex: Exchange, decision: PlacementDecision,
                       rewritten: Rewritten | None = None, failures: list[str] | None = None
@@ -191,7 +193,7 @@ class Forwarder:
         state = at.state
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout_at(loop.time() + state.config.timeout_s) as guard:
+            with self.deadlines.at(loop.time() + state.config.timeout_s) as guard:
                 ex.watch.guard = guard
                 if ex.watch.gone:
                     raise TimeoutError  # left between the caller's check and now
@@ -341,7 +343,7 @@ class Forwarder:
         try:
             # A stream that stalls for idle_s (give or take half) is cut; the timer is moved
             # at most twice per idle_s, not once per chunk. A client that leaves moves it to now.
-            async with asyncio.timeout_at(loop.time() + idle_s) as guard:
+            with self.deadlines.at(loop.time() + idle_s) as guard:
                 watch.guard = guard
                 if watch.gone:
                     raise TimeoutError
