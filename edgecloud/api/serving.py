@@ -81,7 +81,7 @@ def serve_forever(
         ssl_keyfile=ssl_keyfile, loop="uvloop", lifespan="on",
         http=functools.partial(protocol, guard=guard),  # type: ignore[arg-type]
         timeout_graceful_shutdown=math.ceil(drain_timeout_s),  # int(0.5) would be no drain
-        timeout_keep_alive=30,
+        timeout_keep_alive=math.ceil(limits.keep_alive_s),  # the guard's sweep enforces it
         # No access log, Server or Date header, proxy headers: the apps log what they need.
         access_log=False, log_level="warning", server_header=False, date_header=False,
         proxy_headers=False,

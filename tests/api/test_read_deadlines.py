@@ -123,6 +123,37 @@ def test_stalled_body_gets_408_and_is_closed(short_deadlines: tuple[str, int]) -
     assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
 
 
+def test_idle_keep_alive_connection_is_closed_after_keep_alive_s(tmp_path: Path) -> None:
+    """The guard's sweep, not a timer per response, closes an idle keep-alive connection; a
+    request before then is served on it, and resets the idle time."""
+    cfg = tmp_path / "gateway.yaml"
+    cfg.write_text(
+        "endpoints:\n"
+        f"  - {{name: edge-box, tier: edge, url: 'http://127.0.0.1:{free_port()}/v1'}}\n"
+        "limits: {keep_alive_s: 0.6}\n"
+    )
+    port = free_port()
+    proc = ManagedProcess(edgecloud_command("gateway", "--config", str(cfg), "--port", str(port)),
+                          f"http://127.0.0.1:{port}/healthz", log_path=str(tmp_path / "gw.log"),
+                          name="gateway")
+    proc.start()
+    try:
+        proc.wait_ready(60)
+        request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.settimeout(10)
+            for _ in range(3):  # each within the idle limit: the same connection serves them
+                sock.sendall(request)
+                assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+                time.sleep(0.4)
+            idle_from = time.monotonic()
+            assert _read_until_closed(sock, limit_s=10) == b""
+            idle = time.monotonic() - idle_from + 0.4
+        assert 0.6 <= idle < 3.0, idle  # the limit, plus at most a sweep interval or so
+    finally:
+        proc.stop()
+
+
 def _open_stalled(port: int, n: int) -> list[socket.socket]:
     """`n` connections that each sent the start of a request and then nothing."""
     socks = []
