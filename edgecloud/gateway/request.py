@@ -10,6 +10,7 @@ import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -407,6 +408,12 @@ def with_model(raw: bytes, body: dict[str, Any], model: str) -> bytes:
     return raw if parts[0] is raw else b"".join(parts)
 
 
+@lru_cache(maxsize=64)
+def _json_text(value: str) -> bytes:
+    """`value` as the inside of a JSON string (model ids: a few, from the config or endpoints)."""
+    return orjson.dumps(value)[1:-1]
+
+
 def with_model_parts(
     raw: bytes, body: dict[str, Any], model: str, elided: bool = False
 ) -> Sequence[bytes | memoryview]:
@@ -420,10 +427,18 @@ def with_model_parts(
         # be the top-level one (inside JSON strings a quote is escaped, so it cannot match there).
         if len(keys) == 1:
             key = keys[0]
-            m = _MODEL_VALUE.match(raw, key + 7)
-            if m is not None and m.group(1) == current.encode():
+            value = current.encode()
+            if raw.startswith(b':"%s"' % value, key + 7):  # compact JSON, most clients' form
+                start, end = key + 9, key + 9 + len(value)
+            else:
+                m = _MODEL_VALUE.match(raw, key + 7)
+                if m is None or m.group(1) != value:
+                    start = end = -1
+                else:
+                    start, end = m.span(1)
+            if start >= 0:
                 mv = memoryview(raw)
-                return (mv[: m.start(1)], orjson.dumps(model)[1:-1], mv[m.end(1) :])
+                return (mv[:start], _json_text(model), mv[end:])
     if elided:  # the parsed body holds placeholders: re-encode from the whole body
         body = parse_json(raw)
     try:
