@@ -219,31 +219,35 @@ class _Leases:
         self.next_expiry = min(self.next_expiry, expiry)
 
 
-_EXACT = 1 << 1074  # every finite float is a whole number of 2**-1074
-
-
-def _exact(usd: float) -> int:
-    """`usd` as a whole number of 2**-1074, exactly: sums of these have no rounding error."""
-    n, d = usd.as_integer_ratio()  # d is a power of two, at most 2**1074
-    return n << (1075 - d.bit_length())
-
-
 class _Budget:
-    """A budget scope's month: its spend, its reservations (id -> exact amount, expiry in ms)
-    with their running sum (exact, so it is the sum of what is held however many came and
-    went), and a time no later than the earliest expiry, as for _Leases."""
+    """A budget scope's month: its spend, its reservations (id -> amount, expiry in ms), their
+    running sum, and a time no later than the earliest expiry, as for _Leases.
 
-    __slots__ = ("spend", "held", "reserved", "next_expiry")
+    The running sum is exact, so it stays the sum of what is held however many reservations
+    came and went (a float sum would keep the rounding of each): a whole number of 2**-scale
+    USD, where the scale grows to the finest amount seen (a float is n / 2**k)."""
+
+    __slots__ = ("spend", "held", "reserved", "scale", "unit", "next_expiry")
 
     def __init__(self) -> None:
         self.spend = 0.0
-        self.held: dict[str, tuple[int, float]] = {}
-        self.reserved = 0  # the sum of held, in 2**-1074 USD
+        self.held: dict[str, tuple[float, float]] = {}
+        self.reserved = 0  # the sum of held, in units of 2**-scale USD
+        self.scale = 0
+        self.unit = 1  # 2**scale
         self.next_expiry = math.inf
 
     def total(self) -> float:
         """Spent + reserved, USD."""
-        return self.spend + self.reserved / _EXACT  # int / int: correctly rounded
+        return self.spend + self.reserved / self.unit  # int / int: correctly rounded
+
+    def _units(self, usd: float) -> int:
+        n, d = usd.as_integer_ratio()  # d is a power of two
+        k = d.bit_length() - 1
+        if k > self.scale:
+            self.reserved <<= k - self.scale
+            self.scale, self.unit = k, d
+        return n << (self.scale - k)
 
     def purge(self, now: int) -> None:
         if now >= self.next_expiry:
@@ -251,21 +255,22 @@ class _Budget:
             for rid, (amount, expiry) in list(self.held.items()):
                 if expiry <= now:
                     del self.held[rid]
-                    self.reserved -= amount
+                    self.reserved -= self._units(amount)  # never rescales: held already
                 elif expiry < first:
                     first = expiry
             self.next_expiry = first
 
-    def hold(self, rid: str, amount: int, expiry: float) -> None:
+    def hold(self, rid: str, amount: float, expiry: float) -> None:
         self.drop(rid)
         self.held[rid] = (amount, expiry)
-        self.reserved += amount
+        units = self._units(amount)  # first: it may rescale `reserved`
+        self.reserved += units
         self.next_expiry = min(self.next_expiry, expiry)
 
     def drop(self, rid: str) -> None:
         gone = self.held.pop(rid, None)
         if gone is not None:
-            self.reserved -= gone[0]
+            self.reserved -= self._units(gone[0])  # never rescales: held already
 
 
 class MemoryStore:
@@ -361,10 +366,10 @@ class MemoryStore:
             if cap != NO_LIMIT and budget.total() + amount > cap + 1e-9:  # float sums
                 return Reserved(scope, self._totals(scopes, month))
             budgets.append(budget)
-        exact, expiry = _exact(amount), now + lease_s * 1000
+        expiry = now + lease_s * 1000
         for budget in budgets:
-            budget.hold(rid, exact, expiry)
-        return Reserved(None, self._totals(scopes, month))
+            budget.hold(rid, amount, expiry)
+        return Reserved(None, {s: b.total() for s, b in zip(scopes, budgets, strict=True)})
 
     async def settle(self, scopes: list[str], rid: str, actual: float, month: str) -> None:
         for scope in scopes:
