@@ -249,7 +249,7 @@ class Limiter:
         """The request's Gate; nothing is counted until its first `place`."""
         return Gate(self, key, facts)
 
-    def terms(self, key: ApiKeyConfig | None) -> _KeyTerms:
+    def _terms_of(self, key: ApiKeyConfig | None) -> _KeyTerms:
         """What every request of `key` asks of the limiter, worked out once per key (the
         config is frozen)."""
         terms = self._terms.get(id(key))
@@ -307,9 +307,10 @@ class _KeyTerms:
         # The answer's tokens count against tpm (only a key that has one keeps a token log).
         self.counts_tokens = limits is not None and limits.tpm is not None
         # The limits on the shared store (limits_now's, while it answers).
-        self.shared = (_or_none(limits.rpm), _or_none(limits.tpm),
-                       _or_none(limits.max_parallel)) if limits is not None and self.rate else (
-                           NO_LIMIT, NO_LIMIT, NO_LIMIT)
+        self.shared = _UNLIMITED
+        if limits is not None and self.rate:
+            self.shared = (_or_none(limits.rpm), _or_none(limits.tpm),
+                           _or_none(limits.max_parallel))
         self.scopes = limiter.scopes(key)  # never changed: every Begin of the key shares it
         self.scope_names = tuple(self.scopes)
         self.capped = any(cap != NO_LIMIT for cap in self.scopes.values())
@@ -348,7 +349,7 @@ class Gate:
         self.facts = facts
         self.lease = limiter.next_lease()
         self.headers: list[tuple[bytes, bytes]] = []
-        self._terms = limiter.terms(key)
+        self._terms = limiter._terms_of(key)
         self._send: Send | None = None
         # The store that holds this request's parallel slot and tokens; None: not counted yet.
         self._counted_in: StateStore | None = None
