@@ -18,6 +18,7 @@ When the shared store is down (a call failed or took longer than `state.timeout_
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import math
@@ -89,19 +90,40 @@ def duration(seconds: float) -> str:
 
 def ratelimit_headers(limits: tuple[int, int], usage: Usage) -> list[tuple[bytes, bytes]]:
     """OpenAI's x-ratelimit-* triples for the limits a key has (rpm, tpm; NO_LIMIT: none)."""
-    out: list[tuple[bytes, bytes]] = []
-    rpm, tpm = limits
-    for kind, limit, used, reset_ms in (
-            (b"requests", rpm, usage.requests, usage.requests_reset_ms),
-            (b"tokens", tpm, usage.tokens, usage.tokens_reset_ms)):
-        if limit == NO_LIMIT:
-            continue
-        out += [
-            (b"x-ratelimit-limit-" + kind, str(limit).encode()),
-            (b"x-ratelimit-remaining-" + kind, str(max(limit - used, 0)).encode()),
-            (b"x-ratelimit-reset-" + kind, duration(reset_ms / 1000).encode()),
-        ]
-    return out
+    return _RateHeaders(*limits)(usage)
+
+
+@functools.lru_cache(maxsize=4096)
+def _reset_value(reset_ms: int) -> bytes:
+    # A handful of values in practice (an admitted request's reset is the window, give or take
+    # a bucket), so formatted once each.
+    return duration(reset_ms / 1000).encode()
+
+
+class _RateHeaders:
+    """The x-ratelimit-* headers for one pair of limits: names and limits encoded once."""
+
+    __slots__ = ("limits", "requests", "tokens")
+
+    def __init__(self, rpm: int, tpm: int) -> None:
+        self.limits = (rpm, tpm)
+        self.requests = None if rpm == NO_LIMIT else (rpm, str(rpm).encode())
+        self.tokens = None if tpm == NO_LIMIT else (tpm, str(tpm).encode())
+
+    def __call__(self, usage: Usage) -> list[tuple[bytes, bytes]]:
+        out: list[tuple[bytes, bytes]] = []
+        if self.requests is not None:
+            limit, value = self.requests
+            out += [(b"x-ratelimit-limit-requests", value),
+                    (b"x-ratelimit-remaining-requests",
+                     str(max(limit - usage.requests, 0)).encode()),
+                    (b"x-ratelimit-reset-requests", _reset_value(usage.requests_reset_ms))]
+        if self.tokens is not None:
+            limit, value = self.tokens
+            out += [(b"x-ratelimit-limit-tokens", value),
+                    (b"x-ratelimit-remaining-tokens", str(max(limit - usage.tokens, 0)).encode()),
+                    (b"x-ratelimit-reset-tokens", _reset_value(usage.tokens_reset_ms))]
+        return out
 
 
 class Limiter:
@@ -128,6 +150,7 @@ class Limiter:
         self._ends_ready = asyncio.Event()
         self._states: list[EndpointState] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._terms: dict[int, _KeyTerms] = {}  # id(key) -> its terms
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self, states: list[EndpointState]) -> None:
@@ -226,6 +249,16 @@ class Limiter:
         """The request's Gate; nothing is counted until its first `place`."""
         return Gate(self, key, facts)
 
+    def _terms_of(self, key: ApiKeyConfig | None) -> _KeyTerms:
+        """What every request of `key` asks of the limiter, worked out once per key (the
+        config is frozen)."""
+        terms = self._terms.get(id(key))
+        if terms is None or terms.key is not key:
+            if len(self._terms) >= 4096:  # keys come from the config: only a leak gets here
+                self._terms.clear()
+            terms = self._terms[id(key)] = _KeyTerms(self, key)
+        return terms
+
     def limits_now(self, limits: KeyLimits | None) -> tuple[StateStore, int, int, int]:
         """The store that counts a key's rate limits now, and the limits there: the shared
         ones, or this replica's share while the shared store is down."""
@@ -251,8 +284,37 @@ class Limiter:
         return out
 
 
+_UNLIMITED = (NO_LIMIT, NO_LIMIT, NO_LIMIT)
+
+
 def _or_none(v: int | None) -> int:
     return NO_LIMIT if v is None else v
+
+
+class _KeyTerms:
+    """One key's limits and budgets as the request path uses them (key None: the budget
+    alone): its rate limits, the scopes it counts against, the x-ratelimit-* headers."""
+
+    __slots__ = ("key", "name", "rate", "counts_tokens", "limits", "shared", "scopes",
+                 "scope_names", "capped", "headers")
+
+    def __init__(self, limiter: Limiter, key: ApiKeyConfig | None) -> None:
+        limits = key.limits if key is not None else None
+        self.key = key
+        self.name = key.name if key is not None else None
+        self.limits = limits
+        self.rate = limits is not None and limits.rate_limited
+        # The answer's tokens count against tpm (only a key that has one keeps a token log).
+        self.counts_tokens = limits is not None and limits.tpm is not None
+        # The limits on the shared store (limits_now's, while it answers).
+        self.shared = _UNLIMITED
+        if limits is not None and self.rate:
+            self.shared = (_or_none(limits.rpm), _or_none(limits.tpm),
+                           _or_none(limits.max_parallel))
+        self.scopes = limiter.scopes(key)  # never changed: every Begin of the key shares it
+        self.scope_names = tuple(self.scopes)
+        self.capped = any(cap != NO_LIMIT for cap in self.scopes.values())
+        self.headers = _RateHeaders(*self.shared[:2])
 
 
 def _rate_limited(name: str, usage: Usage, limits: tuple[int, int, int], tokens: int
@@ -278,8 +340,8 @@ class Gate:
     """One request's hold on its key's limits and the budget: taken at its first placement
     (one atomic step on the store), given back when it ends."""
 
-    __slots__ = ("limiter", "key", "facts", "lease", "headers", "_counted_in", "_scopes",
-                 "_reserved", "_month")
+    __slots__ = ("limiter", "key", "facts", "lease", "headers", "_terms", "_send",
+                 "_counted_in", "_reserved", "_month")
 
     def __init__(self, limiter: Limiter, key: ApiKeyConfig | None, facts: RequestFacts) -> None:
         self.limiter = limiter
@@ -287,24 +349,24 @@ class Gate:
         self.facts = facts
         self.lease = limiter.next_lease()
         self.headers: list[tuple[bytes, bytes]] = []
+        self._terms = limiter._terms_of(key)
+        self._send: Send | None = None
         # The store that holds this request's parallel slot and tokens; None: not counted yet.
         self._counted_in: StateStore | None = None
-        self._scopes = limiter.scopes(key)
         self._reserved = False
         self._month = month_now()
 
     def wrap(self, send: Send) -> Send:
         """`send` with the key's x-ratelimit-* headers added to the answer's start."""
-        limits = self.key.limits if self.key is not None else None
-        if limits is None or not limits.rate_limited:
+        if not self._terms.rate:
             return send
+        self._send = send
+        return self._send_with_headers
 
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start" and self.headers:
-                message = {**message, "headers": [*message.get("headers", ()), *self.headers]}
-            await send(message)
-
-        return send_with_headers
+    async def _send_with_headers(self, message: Message) -> None:
+        if message["type"] == "http.response.start" and self.headers:
+            message = {**message, "headers": [*message.get("headers", ()), *self.headers]}
+        await self._send(message)  # type: ignore[misc]  # set by wrap
 
     async def place(self, decision: PlacementDecision) -> PlacementDecision:
         """Count the request against its key's rate limits (once: raises RateLimited) and
@@ -312,42 +374,57 @@ class Gate:
         retry reuses it). Where the reservation fails, the decision without the cloud, or
         InsufficientQuota / BudgetUnavailable where only the cloud could take it."""
         lim = self.limiter
-        key = self.key
-        limits = key.limits if key is not None else None
-        rate = (self._counted_in is None and key is not None and limits is not None
-                and limits.rate_limited)
-        clouds = [e for e in decision.order if e.config.tier == "cloud"]
-        capped = any(cap != NO_LIMIT for cap in self._scopes.values())
+        terms = self._terms
+        rate = terms.rate and self._counted_in is None
         amount = 0.0
-        if clouds and capped and not self._reserved:
+        if terms.capped and not self._reserved:
+            # The dearest cloud endpoint of the decision (none: nothing to reserve).
+            clouds = False
             f = self.facts
+            prompt = f.prompt_tokens_estimate
             out = f.max_output_tokens or lim.config.policy.default_output_tokens
-            amount = max((e.config.price.input_per_mtok * f.prompt_tokens_estimate
-                          + e.config.price.output_per_mtok * out) / 1e6 for e in clouds)
-            if not lim.up and not rate:
+            for e in decision.order:
+                config = e.config
+                if config.tier == "cloud":
+                    price = config.price
+                    cost = (price.input_per_mtok * prompt + price.output_per_mtok * out) / 1e6
+                    if not clouds or cost > amount:
+                        amount = cost
+                    clouds = True
+            if clouds and not lim.up and not rate:
                 return self._without_cloud(decision, None)
         if not rate and amount <= 0:
             return decision
-        store, rpm, tpm, par = lim.limits_now(limits if rate else None)
+        if lim.up:
+            store: StateStore = lim.store
+            rpm, tpm, par = terms.shared if rate else _UNLIMITED
+        else:
+            store, rpm, tpm, par = lim.limits_now(terms.limits if rate else None)
         tokens = self.facts.prompt_tokens_estimate
         shared_budget = amount > 0 and lim.up
-        begin = Begin(key.name if rate and key is not None else None, rpm, tpm, par, tokens,
-                      self.lease, lim.lease_s, self._scopes if store is lim.store else {},
-                      amount if store is lim.store else 0.0, self._month)
+        name = terms.name if rate else None
+        if store is lim.store:
+            begin = Begin(name, rpm, tpm, par, tokens, self.lease, lim.lease_s, terms.scopes,
+                          amount, self._month)
+        else:
+            begin = Begin(name, rpm, tpm, par, tokens, self.lease, lim.lease_s, {}, 0.0,
+                          self._month)
         try:
             usage, reserved = await store.begin(begin)
         except StateUnavailable as exc:
             lim._down(exc)
             shared_budget = False
-            store, rpm, tpm, par = lim.limits_now(limits if rate else None)
-            begin = Begin(begin.key, rpm, tpm, par, tokens, self.lease, lim.lease_s, {}, 0.0,
+            store, rpm, tpm, par = lim.limits_now(terms.limits if rate else None)
+            begin = Begin(name, rpm, tpm, par, tokens, self.lease, lim.lease_s, {}, 0.0,
                           self._month)
             usage, reserved = await store.begin(begin)
-        if usage is not None and key is not None:
-            self.headers = ratelimit_headers((rpm, tpm), usage)
+        if usage is not None and terms.name is not None:
+            headers = terms.headers
+            self.headers = (headers(usage) if headers.limits == (rpm, tpm)
+                            else ratelimit_headers((rpm, tpm), usage))
             if usage.limited is not None:
-                lim.metrics.key_limited(key.name, usage.limited)
-                raise _rate_limited(key.name, usage, (rpm, tpm, par), tokens)
+                lim.metrics.key_limited(terms.name, usage.limited)
+                raise _rate_limited(terms.name, usage, (rpm, tpm, par), tokens)
             self._counted_in = store
         if amount <= 0:
             return decision
@@ -385,23 +462,23 @@ class Gate:
         """Give back the parallel slot, count the answer's tokens, settle the budget to the
         actual cost: queued for the next batch, never blocking nor raising."""
         lim = self.limiter
-        actual = float(record.get("cost_usd", 0.0)) if record.get("placement") == "cloud" else 0.0
+        terms = self._terms
+        placement = record.get("placement", "none")
+        actual = float(record.get("cost_usd", 0.0)) if placement == "cloud" else 0.0
         completion = int(record.get("output_tokens", 0))
-        key = self.key
-        if key is not None:
-            lim.metrics.key_request(key.name, record.get("placement", "none"),
-                                    self.facts.prompt_tokens_estimate, completion, actual)
+        name = terms.name
+        if name is not None:
+            lim.metrics.key_request(name, placement, self.facts.prompt_tokens_estimate,
+                                    completion, actual)
         counted = self._counted_in
-        # The answer's tokens count against tpm (only a key that has one keeps a token log).
-        tpm_tokens = completion if key is not None and key.limits is not None and \
-            key.limits.tpm is not None else 0
-        if counted is not None and counted is not lim.store and key is not None:
-            lim.local.release_now(key.name, self.lease, tpm_tokens)  # counted while down
+        tpm_tokens = completion if terms.counts_tokens else 0
+        if counted is not None and counted is not lim.store and name is not None:
+            lim.local.release_now(name, self.lease, tpm_tokens)  # counted while down
             counted = None
-        scopes = tuple(self._scopes) if (self._reserved or actual > 0) else ()
+        scopes = terms.scope_names if (self._reserved or actual > 0) else ()
         if GLOBAL in scopes and not self._reserved:
             lim._spent += actual
         if counted is None and not scopes:
             return
-        lim.end(End(key.name if counted is not None and key is not None else None, self.lease,
-                    tpm_tokens, scopes, actual, self._month))
+        lim.end(End(name if counted is not None else None, self.lease, tpm_tokens, scopes,
+                    actual, self._month))

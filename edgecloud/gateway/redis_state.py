@@ -29,7 +29,7 @@ _NOT_LOADED = ("ERR Function not found", "Function not found")  # hiredis, redis
 
 
 def _usage(r: list[Any]) -> Usage:
-    return Usage(r[0] or None, *(int(x) for x in r[1:7]))
+    return Usage(r[0] or None, int(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]), int(r[6]))
 
 
 def _nano(usd: float) -> str:
@@ -72,6 +72,10 @@ def _bulks(parts: tuple[Any, ...] | list[Any]) -> bytes:
     return b"".join([b"$%d\r\n%s\r\n" % (len(b), b) for b in enc])
 
 
+def _bulk(part: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(part), part)
+
+
 def _command(*parts: Any) -> bytes:
     """One command in Redis's protocol (an array of bulk strings)."""
     return b"*%d\r\n" % len(parts) + _bulks(parts)
@@ -102,8 +106,6 @@ class _Channel:
         # whether it may be sent again once the library is loaded)
         self._waiting: deque[tuple[bytes, asyncio.Future[Any], float, bool]] = deque()
         self._watchdog: asyncio.TimerHandle | None = None
-        # FCALL, the function and its keys, packed once (per function, key and month)
-        self._heads: dict[tuple[str, ...], bytes] = {}
 
     def renew(self) -> None:
         """Open a fresh connection for the next call: the one held may be to a server that has
@@ -111,15 +113,8 @@ class _Channel:
         if not self._waiting:
             self._drop(None)
 
-    def call(self, fn: _Function, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
-        """Run `fn`; the future holds its reply or the error."""
-        head_key = (fn.name, *keys)
-        head = self._heads.get(head_key)
-        if head is None:
-            if len(self._heads) > 4096:
-                self._heads.clear()
-            head = self._heads[head_key] = _bulks([b"FCALL", fn.name, len(keys), *keys])
-        cmd = b"*%d\r\n%s%s" % (3 + len(keys) + len(args), head, _bulks(args))
+    def send(self, cmd: bytes) -> asyncio.Future[Any]:
+        """Run one FCALL, already in Redis's protocol; the future holds its reply or the error."""
         return self._send(cmd, True)
 
     def _send(self, cmd: bytes, retry: bool,
@@ -257,6 +252,11 @@ class RedisStore:
         self._begin = _Function(self.client, "begin")
         self._end = _Function(self.client, "end")
         self._channel = _Channel(self.client, timeout_s)
+        # The parts of the request path's FCALLs that are the same for every request of a key
+        # (its key names, limits, caps), in Redis's protocol: what each request adds is a few
+        # bulk strings (see _begin_shape and _end_head).
+        self._begins: dict[tuple[Any, ...], tuple[bytes, bytes, bytes, list[str]]] = {}
+        self._ends: dict[tuple[Any, ...], bytes] = {}
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}:key:{key}"
@@ -271,27 +271,45 @@ class RedisStore:
         except (RedisError, OSError) as exc:
             raise StateUnavailable(f"redis: {type(exc).__name__}") from None
 
-    async def _channel_call(self, fn: _Function, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return await self._channel.call(fn, keys, args)
-        except (TimeoutError, RedisError, OSError) as exc:
-            raise StateUnavailable(f"redis: {type(exc).__name__}") from None
-
     async def admit(self, key: str, rpm: int, tpm: int, max_parallel: int, tokens: int,
                     lease: str, lease_s: float) -> Usage:
         r = await self._run(self._admit, [self._key(key)],
                             [rpm, tpm, max_parallel, tokens, lease, int(lease_s * 1000)])
         return _usage(r)
 
+    def _begin_shape(self, b: Begin, reserve: bool
+                     ) -> tuple[bytes, bytes, bytes, list[str]]:
+        """begin's FCALL around what changes per request (tokens, lease; the amount): the
+        head (keys, limits), the lease's expiry, the caps; and the budget scopes."""
+        shape = (b.key, b.rpm, b.tpm, b.max_parallel, b.lease_s, b.month,
+                 tuple(b.scopes.items()) if reserve else ())
+        got = self._begins.get(shape)
+        if got is None:
+            if len(self._begins) >= 4096:
+                self._begins.clear()
+            scopes = list(b.scopes) if reserve else []
+            keys = [self._key(b.key) if b.key is not None else ""]
+            keys += [self._budget(s, b.month) for s in scopes]
+            caps = _caps(b.scopes, scopes)
+            head = b"*%d\r\n%s" % (3 + len(keys) + 7 + len(caps), _bulks(
+                [b"FCALL", self._begin.name, len(keys), *keys, b.rpm, b.tpm, b.max_parallel]))
+            got = self._begins[shape] = (head, _bulks([int(b.lease_s * 1000)]), _bulks(caps),
+                                         scopes)
+        return got
+
     async def begin(self, b: Begin) -> tuple[Usage | None, Reserved | None]:
-        scopes = list(b.scopes) if b.amount > 0 else []
-        if b.key is None and not scopes:
+        reserve = b.amount > 0 and bool(b.scopes)
+        if b.key is None and not reserve:
             return None, None
-        keys = [self._key(b.key) if b.key is not None else ""]
-        keys += [self._budget(s, b.month) for s in scopes]
-        r = await self._channel_call(self._begin, keys, [
-            b.rpm, b.tpm, b.max_parallel, b.tokens, b.lease, int(b.lease_s * 1000),
-            _nano(b.amount), *_caps(b.scopes, scopes)])
+        head, lease_ms, caps, scopes = self._begin_shape(b, reserve)
+        # FCALL begin: keys, then rpm, tpm, max_parallel (in head), tokens, lease, lease_ms,
+        # amount, caps (as _Channel.call would write them)
+        cmd = b"%s%s%s%s%s%s" % (head, _bulk(str(b.tokens).encode()), _bulk(b.lease.encode()),
+                                 lease_ms, _bulk(_nano(b.amount).encode()), caps)
+        try:
+            r = await self._channel.send(cmd)
+        except (TimeoutError, RedisError, OSError) as exc:
+            raise StateUnavailable(f"redis: {type(exc).__name__}") from None
         usage = _usage(r[0]) if r[0] else None
         reserved = None
         if len(r) > 1:
@@ -299,17 +317,39 @@ class RedisStore:
             reserved = Reserved(scopes[idx - 1] if idx else None, _usd(totals, scopes))
         return usage, reserved
 
+    def _end_head(self, e: End) -> bytes:
+        """end's FCALL up to its args (lease, tokens, actual)."""
+        shape = (e.key, e.scopes, e.month)
+        head = self._ends.get(shape)
+        if head is None:
+            if len(self._ends) >= 4096:
+                self._ends.clear()
+            keys = [self._key(e.key) if e.key is not None else ""]
+            keys += [self._budget(s, e.month) for s in e.scopes]
+            head = self._ends[shape] = b"*%d\r\n%s" % (
+                3 + len(keys) + 3, _bulks([b"FCALL", self._end.name, len(keys), *keys]))
+        return head
+
     async def end_many(self, ends: list[End]) -> None:
         """Every End in the channel's next batch: one round trip, however many requests ended
         (and shared with the begins that go meanwhile)."""
-        calls = []
-        for e in ends:
-            keys = [self._key(e.key) if e.key is not None else ""]
-            keys += [self._budget(s, e.month) for s in e.scopes]
-            calls.append(self._channel.call(
-                self._end, keys, [e.lease, e.tokens, _nano(e.actual)]))
-        results = await asyncio.gather(*calls, return_exceptions=True)
-        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        send = self._channel.send
+        calls = [send(b"%s%s%s%s" % (self._end_head(e), _bulk(e.lease.encode()),
+                                     _bulk(str(e.tokens).encode()),
+                                     _bulk(_nano(e.actual).encode())))
+                 for e in ends]
+        failed: BaseException | None = None
+        try:
+            for call in calls:  # answered in order: by the last, all are
+                try:
+                    await call
+                except Exception as exc:
+                    failed = failed or exc
+        except asyncio.CancelledError:
+            for call in calls:
+                if not call.cancel() and not call.cancelled():
+                    call.exception()  # retrieved: no "never retrieved" warning
+            raise
         if failed is not None:
             raise StateUnavailable(f"redis: {type(failed).__name__}")
 

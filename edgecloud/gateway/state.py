@@ -18,9 +18,11 @@ here and tested on both by tests/gateway/test_state_store.py:
 
 from __future__ import annotations
 
+import calendar
 import math
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -32,7 +34,12 @@ class StateUnavailable(Exception):
     """The shared store cannot be reached or answered too late; the caller falls back."""
 
 
-@dataclass(slots=True, frozen=True)
+# The value types below are built on every request (Usage, Begin, End, Reserved), so they are
+# plain slotted dataclasses, treated as values but not frozen: a frozen dataclass's __init__ sets
+# each field through object.__setattr__, about 1 us more per object.
+
+
+@dataclass(slots=True)
 class Usage:
     """A key's last 60 s as an admit saw it (the request included, if admitted)."""
 
@@ -77,7 +84,7 @@ class _Log:
         return WINDOW_MS
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Reserved:
     """A budget reservation's verdict: `refused` names the scope whose cap it would pass."""
 
@@ -85,7 +92,7 @@ class Reserved:
     spent: dict[str, float] = field(default_factory=dict)  # spent + reserved per scope, after
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Begin:
     """What one request takes as it starts: a key's rate limits (key None: none) and a budget
     reservation (amount 0 or no scopes: none), in one atomic step."""
@@ -102,7 +109,7 @@ class Begin:
     month: str
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class End:
     """What one request gives back as it ends: its parallel slot and the answer's tokens
     (key None: nothing), and its reservation settled to the actual cost (no scopes: none)."""
@@ -160,8 +167,110 @@ class StateStore(Protocol):
     async def close(self) -> None: ...
 
 
-def month_now() -> str:
-    return time.strftime("%Y-%m", time.gmtime())
+class _MonthClock:
+    """This month (UTC) as YYYY-MM, named once a month rather than on every request: the
+    month's bounds are kept, and the clock only compared with them."""
+
+    __slots__ = ("start", "end", "name")
+
+    def __init__(self) -> None:
+        self.start = self.end = 0.0
+        self.name = ""
+
+    def __call__(self) -> str:
+        t = time.time()
+        if self.start <= t < self.end:
+            return self.name
+        now = time.gmtime(t)  # what time.strftime("%Y-%m", time.gmtime()) names
+        year, month = now.tm_year, now.tm_mon
+        self.start = calendar.timegm((year, month, 1, 0, 0, 0))
+        self.end = calendar.timegm((year + month // 12, month % 12 + 1, 1, 0, 0, 0))
+        self.name = f"{year}-{month:02d}"
+        return self.name
+
+
+month_now = _MonthClock()
+
+
+class _Leases:
+    """A key's parallel slots: lease -> expiry (ms), and a time no later than the earliest
+    expiry, so that the expired are looked for only once one may have expired."""
+
+    __slots__ = ("expiries", "next_expiry")
+
+    def __init__(self) -> None:
+        self.expiries: dict[str, float] = {}
+        self.next_expiry = math.inf
+
+    def live(self, now: int) -> int:
+        """How many are held at `now` (the expired dropped)."""
+        if now >= self.next_expiry:
+            first = math.inf
+            for lease, expiry in list(self.expiries.items()):
+                if expiry <= now:
+                    del self.expiries[lease]
+                elif expiry < first:
+                    first = expiry
+            self.next_expiry = first
+        return len(self.expiries)
+
+    def hold(self, lease: str, expiry: float) -> None:
+        self.expiries[lease] = expiry
+        self.next_expiry = min(self.next_expiry, expiry)
+
+
+class _Budget:
+    """A budget scope's month: its spend, its reservations (id -> amount, expiry in ms), their
+    running sum, and a time no later than the earliest expiry, as for _Leases.
+
+    The running sum is exact, so it stays the sum of what is held however many reservations
+    came and went (a float sum would keep the rounding of each): a whole number of 2**-scale
+    USD, where the scale grows to the finest amount seen (a float is n / 2**k)."""
+
+    __slots__ = ("spend", "held", "reserved", "scale", "unit", "next_expiry")
+
+    def __init__(self) -> None:
+        self.spend = 0.0
+        self.held: dict[str, tuple[float, float]] = {}
+        self.reserved = 0  # the sum of held, in units of 2**-scale USD
+        self.scale = 0
+        self.unit = 1  # 2**scale
+        self.next_expiry = math.inf
+
+    def total(self) -> float:
+        """Spent + reserved, USD."""
+        return self.spend + self.reserved / self.unit  # int / int: correctly rounded
+
+    def _units(self, usd: float) -> int:
+        n, d = usd.as_integer_ratio()  # d is a power of two
+        k = d.bit_length() - 1
+        if k > self.scale:
+            self.reserved <<= k - self.scale
+            self.scale, self.unit = k, d
+        return n << (self.scale - k)
+
+    def purge(self, now: int) -> None:
+        if now >= self.next_expiry:
+            first = math.inf
+            for rid, (amount, expiry) in list(self.held.items()):
+                if expiry <= now:
+                    del self.held[rid]
+                    self.reserved -= self._units(amount)  # never rescales: held already
+                elif expiry < first:
+                    first = expiry
+            self.next_expiry = first
+
+    def hold(self, rid: str, amount: float, expiry: float) -> None:
+        self.drop(rid)
+        self.held[rid] = (amount, expiry)
+        units = self._units(amount)  # first: it may rescale `reserved`
+        self.reserved += units
+        self.next_expiry = min(self.next_expiry, expiry)
+
+    def drop(self, rid: str) -> None:
+        gone = self.held.pop(rid, None)
+        if gone is not None:
+            self.reserved -= self._units(gone[0])  # never rescales: held already
 
 
 class MemoryStore:
@@ -170,9 +279,8 @@ class MemoryStore:
     def __init__(self, clock: object = None) -> None:
         self._clock = clock if callable(clock) else time.time
         self._logs: dict[tuple[str, str], _Log] = {}
-        self._leases: dict[str, dict[str, float]] = {}
-        self._spend: dict[tuple[str, str], float] = {}
-        self._reservations: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
+        self._leases: dict[str, _Leases] = {}
+        self._budgets: dict[tuple[str, str], _Budget] = {}
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)  # type: ignore[operator]
@@ -188,10 +296,10 @@ class MemoryStore:
                     lease: str, lease_s: float) -> Usage:
         now = self._now_ms()
         req, tok = self._log(key, "r", now), self._log(key, "t", now)
-        leases = self._leases.setdefault(key, {})
-        for k in [k for k, exp in leases.items() if exp <= now]:
-            del leases[k]
-        par = len(leases)
+        leases = self._leases.get(key)
+        if leases is None:
+            leases = self._leases[key] = _Leases()
+        par = leases.live(now)
         limited, wait = None, 0
         if rpm != NO_LIMIT and req.total + 1 > rpm:
             limited, wait = "requests", req.wait_ms(now, 1, rpm)
@@ -205,7 +313,7 @@ class MemoryStore:
             if tpm != NO_LIMIT:
                 tok.add(now, tokens)
             if max_parallel != NO_LIMIT:
-                leases[lease] = now + lease_s * 1000
+                leases.hold(lease, now + lease_s * 1000)
                 par += 1
         return Usage(limited, req.total, tok.total, req.reset_ms(now), tok.reset_ms(now), wait,
                      par)
@@ -214,7 +322,9 @@ class MemoryStore:
         self.release_now(key, lease, tokens)
 
     def release_now(self, key: str, lease: str, tokens: int) -> None:
-        self._leases.get(key, {}).pop(lease, None)
+        leases = self._leases.get(key)
+        if leases is not None:
+            leases.expiries.pop(lease, None)
         if tokens:
             now = self._now_ms()
             self._log(key, "t", now).add(now, tokens)
@@ -237,37 +347,41 @@ class MemoryStore:
             if e.scopes:
                 await self.settle(list(e.scopes), e.lease, e.actual, e.month)
 
-    def _purge(self, scope: str, month: str, now: int) -> dict[str, tuple[float, float]]:
-        held = self._reservations.setdefault((scope, month), {})
-        for rid in [r for r, (_, exp) in held.items() if exp <= now]:
-            del held[rid]
-        return held
+    def _budget(self, scope: str, month: str) -> _Budget:
+        budget = self._budgets.get((scope, month))
+        if budget is None:
+            budget = self._budgets[(scope, month)] = _Budget()
+        return budget
 
-    def _total(self, scope: str, month: str) -> float:
-        held = self._reservations.get((scope, month), {})
-        return self._spend.get((scope, month), 0.0) + sum(a for a, _ in held.values())
+    def _totals(self, scopes: Iterable[str], month: str) -> dict[str, float]:
+        return {s: self._budget(s, month).total() for s in scopes}
 
     async def reserve(self, scopes: dict[str, float], amount: float, rid: str, month: str,
                       lease_s: float) -> Reserved:
         now = self._now_ms()
+        budgets = []
         for scope, cap in scopes.items():
-            self._purge(scope, month, now)
-            if cap != NO_LIMIT and self._total(scope, month) + amount > cap + 1e-9:  # float sums
-                return Reserved(scope, {s: self._total(s, month) for s in scopes})
-        for scope in scopes:
-            self._reservations[(scope, month)][rid] = (amount, now + lease_s * 1000)
-        return Reserved(None, {s: self._total(s, month) for s in scopes})
+            budget = self._budget(scope, month)
+            budget.purge(now)
+            if cap != NO_LIMIT and budget.total() + amount > cap + 1e-9:  # float sums
+                return Reserved(scope, self._totals(scopes, month))
+            budgets.append(budget)
+        expiry = now + lease_s * 1000
+        for budget in budgets:
+            budget.hold(rid, amount, expiry)
+        return Reserved(None, {s: b.total() for s, b in zip(scopes, budgets, strict=True)})
 
     async def settle(self, scopes: list[str], rid: str, actual: float, month: str) -> None:
         for scope in scopes:
-            self._reservations.get((scope, month), {}).pop(rid, None)
-            self._spend[(scope, month)] = self._spend.get((scope, month), 0.0) + actual
+            budget = self._budget(scope, month)
+            budget.drop(rid)
+            budget.spend += actual
 
     async def spent(self, scopes: list[str], month: str) -> dict[str, float]:
         now = self._now_ms()
         for scope in scopes:
-            self._purge(scope, month, now)
-        return {s: self._total(s, month) for s in scopes}
+            self._budget(scope, month).purge(now)
+        return self._totals(scopes, month)
 
     async def heartbeat(self, replica: str, in_flight: dict[str, int],
                         ttl_s: float) -> tuple[dict[str, int], int]:

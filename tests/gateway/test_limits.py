@@ -12,10 +12,11 @@ import pytest
 from edgecloud.gateway.config import parse_config
 from edgecloud.gateway.errors import BudgetUnavailable, RateLimited
 from edgecloud.gateway.health import CircuitBreaker, EndpointState
-from edgecloud.gateway.limits import Limiter, duration
+from edgecloud.gateway.limits import Limiter, duration, ratelimit_headers
 from edgecloud.gateway.metrics import GatewayMetrics
 from edgecloud.gateway.policy import PlacementDecision
 from edgecloud.gateway.request import inspect_chat
+from edgecloud.gateway.state import NO_LIMIT, Usage
 from edgecloud.supervise import free_port
 
 SHA = hashlib.sha256(b"k").hexdigest()
@@ -90,3 +91,15 @@ def test_cloud_only_request_gets_503_budget_unavailable_while_down(
 def test_duration_is_openais_format() -> None:
     assert [duration(s) for s in (0.0204, 1.5, 59.9, 360, 61.2)] == [
         "21ms", "1.5s", "59.9s", "6m0s", "1m2s"]
+
+
+def test_ratelimit_headers_are_openais_for_the_limits_a_key_has() -> None:
+    usage = Usage(None, 12, 120, 59_950, 20, 0, 1)
+    assert ratelimit_headers((10, 100), usage) == [
+        (b"x-ratelimit-limit-requests", b"10"), (b"x-ratelimit-remaining-requests", b"0"),
+        (b"x-ratelimit-reset-requests", b"60s"), (b"x-ratelimit-limit-tokens", b"100"),
+        (b"x-ratelimit-remaining-tokens", b"0"), (b"x-ratelimit-reset-tokens", b"20ms")]
+    assert ratelimit_headers((NO_LIMIT, 1000), usage) == [
+        (b"x-ratelimit-limit-tokens", b"1000"), (b"x-ratelimit-remaining-tokens", b"880"),
+        (b"x-ratelimit-reset-tokens", b"20ms")]
+    assert ratelimit_headers((NO_LIMIT, NO_LIMIT), usage) == []

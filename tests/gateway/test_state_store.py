@@ -140,6 +140,30 @@ async def _test_expired_leases_and_reservations_are_freed(store: StateStore) -> 
     assert (await store.reserve({"g": 1.0}, 1.0, "new", "m", 60)).refused is None
 
 
+def test_reservations_that_came_and_went_leave_no_remainder(
+        store: Callable[[Body], None]) -> None:
+    store(_test_reservations_that_came_and_went_leave_no_remainder)
+
+
+async def _test_reservations_that_came_and_went_leave_no_remainder(store: StateStore) -> None:
+    amounts = [0.1, 0.2, 0.3, 1 / 3, 0.7, 1e-9, 2.5]
+    for n in range(3):
+        for i, amount in enumerate(amounts):
+            assert (await store.reserve({"g": 10.0}, amount, f"r{n}.{i}", "m", 60)).refused is None
+        for i in range(len(amounts)):
+            await store.settle(["g"], f"r{n}.{i}", 0.0, "m")
+    assert (await store.spent(["g"], "m"))["g"] == 0.0  # exactly: no rounding left behind
+    # One that expires among others held: only it is dropped.
+    await store.reserve({"g": 10.0}, 0.3, "short", "m", 0.05)
+    await store.reserve({"g": 10.0}, 0.1, "long", "m", 60)
+    await store.admit("k", NO_LIMIT, NO_LIMIT, 2, 0, "short", 0.05)
+    await store.admit("k", NO_LIMIT, NO_LIMIT, 2, 0, "long", 60)
+    await asyncio.sleep(0.1)
+    assert (await store.spent(["g"], "m"))["g"] == pytest.approx(0.1)
+    usage = await store.admit("k", NO_LIMIT, NO_LIMIT, 2, 0, "new", 60)
+    assert usage.limited is None and usage.parallel == 2
+
+
 def test_heartbeat_sums_other_replicas(redis_url: str) -> None:
     asyncio.run(_test_heartbeat_sums_other_replicas(redis_url))
 
