@@ -36,6 +36,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,9 +168,11 @@ async def poll(s: aiohttp.ClientSession, sim: Sim, device: str) -> None:
     sim.err("report_unreachable")
 
 
-async def load(sim: Sim, devices: list[str], rate: float, seconds: float, stop: Any = None) -> int:
-    """Polls at `rate` per second for `seconds` (or until `stop()`), devices in a shuffled
-    round; at most 512 in flight. Returns the number of polls started."""
+async def load(sim: Sim, devices: list[str], rate: float, seconds: float,
+               stop: Callable[[], Awaitable[bool]] | None = None) -> int:
+    """Polls at `rate` per second for `seconds` (or until `await stop()`), devices in a
+    shuffled round; at most 512 in flight. Returns the number of polls started. `stop` runs
+    on the event loop: it must not block it (the simulated devices would stall)."""
     conn = aiohttp.TCPConnector(limit=512)
     timeout = aiohttp.ClientTimeout(total=30)
     started = 0
@@ -178,7 +181,7 @@ async def load(sim: Sim, devices: list[str], rate: float, seconds: float, stop: 
     tasks: set[asyncio.Task[None]] = set()
     async with aiohttp.ClientSession(connector=conn, timeout=timeout) as s:
         t0 = time.monotonic()
-        while time.monotonic() - t0 < seconds and not (stop and stop()):
+        while time.monotonic() - t0 < seconds and not (stop is not None and await stop()):
             due = int((time.monotonic() - t0) * rate)
             while started < due and len(tasks) < 512:
                 device = order[started % len(order)]
@@ -465,23 +468,24 @@ def main() -> None:
         killed: dict[str, Any] = {}
         t_roll = time.monotonic()
 
-        def status() -> dict[str, Any]:
-            for u in urls:
-                try:
-                    got = httpx.get(f"{u}/v1/fleet/status", headers=OPERATOR_AUTH, timeout=10)
-                    return dict(got.json())
-                except httpx.HTTPError:
-                    continue
+        async def status() -> dict[str, Any]:
+            async with httpx.AsyncClient(timeout=10) as client:
+                for u in urls:
+                    try:
+                        got = await client.get(f"{u}/v1/fleet/status", headers=OPERATOR_AUTH)
+                        return dict(got.json())
+                    except httpx.HTTPError:
+                        continue
             return {}
 
-        def stop() -> bool:
+        async def stop() -> bool:
             now = time.monotonic()
             if now - getattr(stop, "last", 0) < 1:
                 return False
             stop.last = now  # type: ignore[attr-defined]
             rel: dict[str, Any] = next(
-                (r for r in status().get("releases", []) if r["version"] == "1.1.0"), {}
-            )
+                (r for r in (await status()).get("releases", []) if r["version"] == "1.1.0"),
+                {})
             if args.kill_leader and not killed and rel.get("percent", 0) >= 25:
                 leader = next(
                     p for p in (a, b) if log_events(Path(str(p.log_path)), "controller.lease_taken")
@@ -494,7 +498,7 @@ def main() -> None:
 
         polls = asyncio.run(load(sim, devices, rate, args.rollout_timeout_s, stop))
         final: dict[str, Any] = next(
-            (r for r in status()["releases"] if r["version"] == "1.1.0"), {}
+            (r for r in asyncio.run(status())["releases"] if r["version"] == "1.1.0"), {}
         )
         served = cdn.served()[cdn_before:]
         counts: dict[str, int] = {}
