@@ -44,6 +44,9 @@ class Deadlines:
         return Deadline(self, when)
 
     def _push(self, d: Deadline) -> None:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # the first deadline, or this app now runs on another loop
+            self._loop, self._heap, self._timer, self._timer_at = loop, [], None, float("inf")
         heap = self._heap
         heapq.heappush(heap, (d.when, next(self._seq), d, d.version))
         if len(heap) > 64 and len(heap) > 4 * self._active:
@@ -55,8 +58,7 @@ class Deadlines:
 
     def _arm(self, when: float) -> None:
         loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
+        assert loop is not None  # set by _push
         when = max(when, loop.time() + TICK_S)
         if when >= self._timer_at:
             return
@@ -127,7 +129,7 @@ class Deadline:
             raise RuntimeError("the deadline is not running")
         self.when = when
         self.version += 1
-        loop = self.owner._loop or asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         if when <= loop.time():
             loop.call_soon(self.fire)
         else:

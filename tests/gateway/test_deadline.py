@@ -86,3 +86,19 @@ def test_deadlines_that_end_leave_no_pile_of_heap_entries() -> None:
         return len(d._heap)
 
     assert run(main()) <= 65
+
+
+def test_one_set_of_deadlines_serves_a_later_event_loop() -> None:
+    """An app built once and run on two loops one after the other (tests do that)."""
+    d = Deadlines()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        with pytest.raises(TimeoutError):
+            with d.at(loop.time() + 0.02):
+                await asyncio.sleep(5)
+        with d.at(loop.time() + 60):  # left armed: its loop ends with it pending
+            pass
+
+    run(main())
+    run(main())
