@@ -32,20 +32,6 @@ ROOT = HERE.parent
 CONCURRENCY = 16
 
 
-def _config(upstream: str) -> dict[str, Any]:
-    """The endpoints the other gateway benchmarks use (benchmarks/gateway_peers.py)."""
-    return {
-        "endpoints": [
-            {"name": "edge-box", "tier": "edge", "url": upstream + "/v1",
-             "capabilities": ["text", "vision"], "max_concurrency": 64},
-            {"name": "cloud", "tier": "cloud", "url": upstream + "/v1",
-             "region": "eu-central-1", "capabilities": ["text", "vision"],
-             "price": {"input_per_mtok": 0.5, "output_per_mtok": 1.5}},
-        ],
-        "policy": {"residency": {"eu": ["eu-central-1", "device"]}},
-    }
-
-
 def child(upstream: str, body_name: str, requests: int) -> None:
     """Run `requests` chat requests through the app (imported from sys.path[0]'s checkout)."""
     import io
@@ -60,9 +46,10 @@ def child(upstream: str, body_name: str, requests: int) -> None:
 
     sys.path.append(str(ROOT))  # for the bodies (benchmarks/gateway_overhead.py)
     from benchmarks.gateway_overhead import SMALL, image_body
+    from benchmarks.gateway_peers import gateway_config
 
     raw = orjson.dumps(SMALL if body_name == "small" else image_body())
-    app = GatewayApp(GatewayConfig.model_validate(_config(upstream)),
+    app = GatewayApp(GatewayConfig.model_validate(gateway_config(upstream)),
                      log=AccessLog("edgecloud.gateway.access", io.BytesIO()))
     headers = [(b"host", b"gateway"), (b"content-type", b"application/json"),
                (b"content-length", str(len(raw)).encode())]

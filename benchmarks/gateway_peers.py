@@ -46,6 +46,21 @@ def need(tool: str, package: str) -> str:
     return path
 
 
+def gateway_config(upstream: str) -> dict[str, object]:
+    """The gateway config every gateway benchmark starts from: an edge and a cloud endpoint,
+    both on `upstream`, and an EU residency rule."""
+    return {
+        "endpoints": [
+            {"name": "edge-box", "tier": "edge", "url": upstream + "/v1",
+             "capabilities": ["text", "vision"], "max_concurrency": 64},
+            {"name": "cloud", "tier": "cloud", "url": upstream + "/v1",
+             "region": "eu-central-1", "capabilities": ["text", "vision"],
+             "price": {"input_per_mtok": 0.5, "output_per_mtok": 1.5}},
+        ],
+        "policy": {"residency": {"eu": ["eu-central-1", "device"]}},
+    }
+
+
 class Peers(contextlib.ExitStack):
     """Starts processes on free ports and stops them all when the block ends."""
 
@@ -103,17 +118,7 @@ class Peers(contextlib.ExitStack):
                 name: str = "gateway") -> str:
         """The edgecloud gateway on `upstream`; `overrides` are laid over its config's top."""
         port = free_port()
-        cfg = {
-            "endpoints": [
-                {"name": "edge-box", "tier": "edge", "url": upstream + "/v1",
-                 "capabilities": ["text", "vision"], "max_concurrency": 64},
-                {"name": "cloud", "tier": "cloud", "url": upstream + "/v1",
-                 "region": "eu-central-1", "capabilities": ["text", "vision"],
-                 "price": {"input_per_mtok": 0.5, "output_per_mtok": 1.5}},
-            ],
-            "policy": {"residency": {"eu": ["eu-central-1", "device"]}},
-            **(overrides or {}),
-        }
+        cfg = {**gateway_config(upstream), **(overrides or {})}
         path = self.tmp / f"{name}.yaml"
         path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
         # The per-request JSON log goes to a file, as it would in production.
