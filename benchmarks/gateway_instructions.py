@@ -39,8 +39,8 @@ def child(upstream: str, body_name: str, requests: int) -> None:
     import orjson
     import uvloop
 
+    from edgecloud.api.clientwatch import SCOPE_KEY, ClientWatch
     from edgecloud.gateway.app import GatewayApp
-    from edgecloud.gateway.clientwatch import SCOPE_KEY, ClientWatch
     from edgecloud.gateway.config import GatewayConfig
     from edgecloud.logs import AccessLog
 

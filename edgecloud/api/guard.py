@@ -1,10 +1,10 @@
 """Read deadlines and a connection limit for our HTTP servers (node, gateway, fleet server).
 
-uvicorn closes idle keep-alive connections but puts no deadline on *reading* a request: a
-client that sends half a header block, or announces a body and stalls, holds its connection
-and a file descriptor for ever, and a thousand such clients exhaust the open-files limit so
-that every normal request fails. `GuardedHttpToolsProtocol` (uvicorn's httptools protocol
-plus a `ConnectionGuard`) adds:
+Without a deadline on *reading* a request, a client that sends half a header block, or
+announces a body and stalls, holds its connection and a file descriptor for ever, and a
+thousand such clients exhaust the open-files limit so that every normal request fails. Our
+server protocol (`edgecloud.api.protocol.HttpProtocol`) reports each connection's phases to a
+`ConnectionGuard`, which adds:
 
 - a header deadline: from a connection's start, or a request's first byte, until its header
   block is complete (408, then closed);
@@ -16,8 +16,8 @@ plus a `ConnectionGuard`) adds:
 
 Deadlines are checked by one sweep timer, not a timer per request: a request only stores a
 timestamp when it changes phase, which keeps the gateway's hot path as it was. The same sweep
-closes keep-alive connections idle for uvicorn's `timeout_keep_alive` (uvicorn arms and cancels
-a timer per response for that: about 2 µs a request on uvloop).
+closes keep-alive connections idle for `keep_alive_s` (a timer armed and cancelled per response
+would cost about 2 µs a request on uvloop).
 """
 
 from __future__ import annotations
@@ -26,12 +26,11 @@ import asyncio
 import logging
 import resource
 from http import HTTPStatus
-from typing import Any
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from edgecloud.api.errors import APIError, RequestTimeout, TooManyConnections
+from edgecloud.api.errors import APIError
 from edgecloud.logs import log_event
 
 log = logging.getLogger("edgecloud.serving")
@@ -79,6 +78,18 @@ def default_max_connections(open_files: int) -> int:
     return max(16, (open_files - _RESERVED_FDS) // 2)
 
 
+class Guarded(Protocol):
+    """A connection as the guard sees it (api/protocol.HttpProtocol)."""
+
+    loop: asyncio.AbstractEventLoop
+
+    def read_timed_out(self, message: str) -> None: ...
+
+    def make_room(self) -> None: ...
+
+    def keep_alive_ended(self) -> None: ...
+
+
 class ConnectionGuard:
     """Deadlines and the connection limit, shared by every connection of one server."""
 
@@ -88,10 +99,10 @@ class ConnectionGuard:
         self.max_connections = max_connections
         self.open = 0
         # Insertion order is start order: the oldest entry is first, so a sweep stops early.
-        self.headers: dict[GuardedHttpToolsProtocol, float] = {}
-        self.bodies: dict[GuardedHttpToolsProtocol, float] = {}
+        self.headers: dict[Guarded, float] = {}
+        self.bodies: dict[Guarded, float] = {}
         # Keep-alive connections between requests, since their last answer ended.
-        self.idle: dict[GuardedHttpToolsProtocol, float] = {}
+        self.idle: dict[Guarded, float] = {}
         self.keep_alive_s = limits.keep_alive_s  # uvicorn's timeout_keep_alive
         self._sweeper: asyncio.TimerHandle | None = None
         self._interval = min(1.0, max(0.05, min(self.header_timeout_s, self.body_timeout_s,
@@ -101,7 +112,7 @@ class ConnectionGuard:
         self._last_limit_log = float("-inf")
 
     # -- connection events --------------------------------------------------------------------
-    def admit(self, conn: GuardedHttpToolsProtocol, now: float) -> bool:
+    def admit(self, conn: Guarded, now: float) -> bool:
         """A new connection: make room at the limit; False when it must be refused."""
         self.open += 1
         if self._sweeper is None:
@@ -118,7 +129,7 @@ class ConnectionGuard:
         self.headers[conn] = now
         return True
 
-    def closed(self, conn: GuardedHttpToolsProtocol) -> None:
+    def closed(self, conn: Guarded) -> None:
         self.open -= 1
         self.headers.pop(conn, None)
         self.bodies.pop(conn, None)
@@ -153,8 +164,8 @@ class ConnectionGuard:
                          if self.open > 0 else None)
 
 
-def _expired(started: dict[GuardedHttpToolsProtocol, float], before: float
-             ) -> list[GuardedHttpToolsProtocol]:
+def _expired(started: dict[Guarded, float], before: float
+             ) -> list[Guarded]:
     out = []
     for conn, since in started.items():
         if since > before:
@@ -163,94 +174,7 @@ def _expired(started: dict[GuardedHttpToolsProtocol, float], before: float
     return out
 
 
-class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with read deadlines and the connection limit."""
-
-    def __init__(self, *args: Any, guard: ConnectionGuard, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.guard = guard
-        self._guarded = False
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._guarded = True
-        if not self.guard.admit(self, self.loop.time()):
-            self._refuse()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._guarded:
-            self._guarded = False
-            self.guard.closed(self)
-        super().connection_lost(exc)
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        guard = self.guard
-        if self not in guard.headers:  # not the connection's first request
-            guard.idle.pop(self, None)
-            guard.headers[self] = self.loop.time()
-
-    def on_headers_complete(self) -> None:
-        guard = self.guard
-        guard.headers.pop(self, None)
-        guard.bodies[self] = self.loop.time()
-        super().on_headers_complete()
-
-    def on_message_complete(self) -> None:
-        self.guard.bodies.pop(self, None)
-        super().on_message_complete()
-
-    def on_response_complete(self) -> None:
-        # uvicorn's, but the keep-alive idle deadline is the guard's sweep, not a timer per
-        # response (see the module doc).
-        self.server_state.total_requests += 1
-        if self.transport.is_closing():
-            return
-        self._unset_keepalive_if_required()
-        self.flow.resume_reading()
-        if self.pipeline:
-            cycle, app = self.pipeline.pop()
-            self._start_asgi_task(cycle, app)
-        else:
-            self.guard.idle[self] = self.loop.time()
-
-    # -- ours ---------------------------------------------------------------------------------
-    def keep_alive_ended(self) -> None:
-        """Idle between requests for the keep-alive timeout: closed, as uvicorn does."""
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
-
-    def read_timed_out(self, message: str) -> None:
-        """A read deadline passed: answer 408 unless an answer started, and close."""
-        self._close_with(RequestTimeout(message))
-
-    def make_room(self) -> None:
-        """Closed to make room for a new connection at the limit."""
-        self._close_with(TooManyConnections("The server is at its connection limit."))
-
-    def _close_with(self, err: APIError) -> None:
-        guard = self.guard
-        guard.headers.pop(self, None)
-        guard.bodies.pop(self, None)
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        cycle = self.cycle
-        if cycle is None or cycle.response_complete or not cycle.response_started:
-            transport.write(_raw_error(err))
-        if cycle is not None and not cycle.response_complete:
-            # The app waiting in receive() sees a disconnect; its own answer is dropped.
-            cycle.disconnected = True
-            cycle.message_event.set()
-        transport.close()
-
-    def _refuse(self) -> None:
-        self.transport.write(_raw_error(TooManyConnections("The server is at its connection "
-                                                           "limit.")))
-        self.transport.close()
-
-
-def _raw_error(err: APIError) -> bytes:
+def raw_error(err: APIError) -> bytes:
     """A whole HTTP/1.1 error answer that closes the connection (written past the app)."""
     body = err.body()
     head = [b"HTTP/1.1 %d %s\r\n" % (err.status, HTTPStatus(err.status).phrase.encode()),

@@ -1,7 +1,9 @@
-"""Run an ASGI app on uvicorn (uvloop + httptools) and exit 0 after a clean drain.
+"""Run an ASGI app on uvicorn's server (uvloop, our httptools protocol) and exit 0 after a
+clean drain.
 
-Every server of ours (node, gateway, fleet server) starts here, so each gets the same read
-deadlines and connection limit (`edgecloud.api.guard`) and the same open-files limit.
+Every server of ours (node, gateway, fleet server) starts here, so each gets the same HTTP/1.1
+protocol (`edgecloud.api.protocol`), read deadlines and connection limit (`edgecloud.api.guard`)
+and the same open-files limit.
 uvicorn re-raises the SIGINT/SIGTERM it caught once it has shut down, which turns a clean drain
 into "killed by signal"; `serve_forever` keeps uvicorn's drain and exits normally instead.
 """
@@ -20,11 +22,11 @@ import uvicorn
 
 from edgecloud.api.guard import (
     ConnectionGuard,
-    GuardedHttpToolsProtocol,
     ServingLimits,
     default_max_connections,
     raise_open_files_limit,
 )
+from edgecloud.api.protocol import HttpProtocol
 from edgecloud.logs import log_event
 
 log = logging.getLogger("edgecloud.serving")
@@ -62,7 +64,6 @@ def serve_forever(
     ssl_certfile: str | None = None,
     ssl_keyfile: str | None = None,
     backlog: int = 2048,
-    protocol: type[GuardedHttpToolsProtocol] = GuardedHttpToolsProtocol,
     sockets: list[socket.socket] | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM, let in-flight requests finish (up to the drain timeout).
@@ -79,7 +80,7 @@ def serve_forever(
     config = uvicorn.Config(
         app, host=host, port=port, backlog=backlog, ssl_certfile=ssl_certfile,
         ssl_keyfile=ssl_keyfile, loop="uvloop", lifespan="on",
-        http=functools.partial(protocol, guard=guard),  # type: ignore[arg-type]
+        http=functools.partial(HttpProtocol, guard=guard),  # type: ignore[arg-type]
         timeout_graceful_shutdown=math.ceil(drain_timeout_s),  # int(0.5) would be no drain
         timeout_keep_alive=math.ceil(limits.keep_alive_s),  # the guard's sweep enforces it
         # No access log, Server or Date header, proxy headers: the apps log what they need.

@@ -31,6 +31,7 @@ from edgecloud.api.asgi import (
     send_error,
     send_json,
 )
+from edgecloud.api.clientwatch import follow
 from edgecloud.api.errors import (
     APIError,
     BadRequest,
@@ -39,7 +40,6 @@ from edgecloud.api.errors import (
     UnsupportedMediaType,
 )
 from edgecloud.gateway.attester import AttestationCollector, attesters_for
-from edgecloud.gateway.clientwatch import follow
 from edgecloud.gateway.config import ApiKeyConfig, GatewayConfig
 from edgecloud.gateway.errors import NoAllowedEndpoint
 from edgecloud.gateway.forward import Exchange, Forwarder

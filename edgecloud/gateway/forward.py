@@ -4,7 +4,7 @@ Fallback happens only before the first byte reaches the client, and only along t
 order, which policy built from allowed endpoints alone. A non-streamed answer is read whole
 before anything is sent, so a failure while reading it falls back too. Each attempt releases its
 in-flight count and any breaker trial it took in `finally`, on every path; a client that leaves
-ends the upstream exchange at once (clientwatch.py), in every phase.
+ends the upstream exchange at once (api/clientwatch.py), in every phase.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from edgecloud.api.asgi import Send, StreamedReply
+from edgecloud.api.clientwatch import ClientWatch
 from edgecloud.api.replies import sse_error
-from edgecloud.gateway.clientwatch import ClientWatch
 from edgecloud.gateway.deadline import Deadlines
 from edgecloud.gateway.errors import NoAllowedEndpoint, RuleError, UpstreamCut, UpstreamFailed
 from edgecloud.gateway.health import EndpointState

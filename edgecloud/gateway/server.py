@@ -131,11 +131,9 @@ def _serve_one(config: GatewayConfig, host: str, port: int, tls_cert: Path | Non
                tls_key: Path | None, verify_upstream_tls: bool,
                sock: socket.socket | None) -> None:
     from edgecloud.api.serving import serve_forever
-    from edgecloud.gateway.cork import CorkedHttpToolsProtocol
 
     tune_malloc()
     app = GatewayApp(config, verify_upstream_tls=verify_upstream_tls)
-    # The corked protocol sends a response's headers and body in one write.
     serve_forever(
         app,
         host,
@@ -143,7 +141,6 @@ def _serve_one(config: GatewayConfig, host: str, port: int, tls_cert: Path | Non
         limits=config.limits,
         drain_timeout_s=30,
         backlog=4096,
-        protocol=CorkedHttpToolsProtocol,
         ssl_certfile=str(tls_cert) if tls_cert else None,
         ssl_keyfile=str(tls_key) if tls_key else None,
         sockets=None if sock is None else [sock],

@@ -1,35 +1,44 @@
-"""Noticing a client that leaves while the gateway waits on a silent upstream.
+"""Noticing a client that leaves while a request waits on something silent (an upstream).
 
-The gateway's server protocol (cork.CorkedHttpToolsProtocol) puts a ClientWatch into each
-request's scope and calls `client_left()` from its `connection_lost`, so no task per request
-waits on `receive()`. The forwarder hands the watch the deadline (deadline.Deadline) of the
-upstream wait it is in; the disconnect moves that deadline to now, which ends the wait at once
-with TimeoutError, and `gone` tells that apart from a real timeout. Under another ASGI server the
-scope has no watch: `follow()` then makes one fed by a task that waits on `receive()`.
+Our server protocol (api/protocol.py) puts the request's ClientWatch into its scope and calls
+`client_left()` from its `connection_lost`, so no task per request waits on `receive()`. The
+gateway's forwarder hands the watch the deadline (gateway/deadline.Deadline, or an
+asyncio.Timeout) of the upstream wait it is in; the disconnect moves that deadline to now, which
+ends the wait at once with TimeoutError, and `gone` tells that apart from a real timeout. Under
+another ASGI server the scope has no watch: `follow()` then makes one fed by a task that waits on
+`receive()`.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol
 
 from edgecloud.api.asgi import Receive, Scope
-from edgecloud.gateway.deadline import Deadline
 
 SCOPE_KEY = "edgecloud.client_watch"
 
 
+class Reschedulable(Protocol):
+    """A deadline that can be moved (asyncio.Timeout, gateway.deadline.Deadline)."""
+
+    def expired(self) -> bool: ...
+
+    def reschedule(self, when: float) -> None: ...
+
+
 class ClientWatch:
-    """Whether the client is gone, and the upstream deadline to cut short when it goes."""
+    """Whether the client is gone, and the deadline to cut short when it goes."""
 
     __slots__ = ("gone", "guard", "task")
 
     def __init__(self) -> None:
         self.gone = False
-        self.guard: Deadline | None = None
+        self.guard: Reschedulable | None = None
         self.task: asyncio.Task[None] | None = None
 
     def client_left(self) -> None:
-        """The client's connection closed: end the upstream wait now (see the module doc)."""
+        """The client's connection closed: end the guarded wait now (see the module doc)."""
         if self.gone:
             return
         self.gone = True
