@@ -76,6 +76,13 @@ def _bulks(parts: tuple[Any, ...] | list[Any]) -> bytes:
     return b"".join([b"$%d\r\n%s\r\n" % (len(b), b) for b in enc])
 
 
+def _bulk_texts(parts: list[str]) -> bytes:
+    """Bulk strings for many str parts: formatted as one text where all of it is ASCII (a
+    lease's or reservation's id: then a length in characters is one in bytes)."""
+    text = "".join([f"${len(p)}\r\n{p}\r\n" for p in parts])
+    return text.encode() if text.isascii() else _bulks(parts)
+
+
 def _bulk(part: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(part), part)
 
@@ -329,16 +336,20 @@ class RedisStore:
         """FCALL ends for one batch (redis_state.lua names its keys and args)."""
         names = [*batch.leases, *(k for k in batch.tokens if k not in batch.leases)]
         keys = [self._mark]
-        args: list[Any] = [batch.seq, len(names)]
+        args: list[bytes] = [_bulks([batch.seq, len(names)])]
+        nargs = 2
         for key in names:
-            leases = batch.leases.get(key, ())
+            leases = batch.leases.get(key, [])
             keys.append(self._key(key))
-            args += [batch.tokens.get(key, 0), len(leases), *leases]
+            args += [_bulks([batch.tokens.get(key, 0), len(leases)]), _bulk_texts(leases)]
+            nargs += 2 + len(leases)
         for (scope, month), actual in batch.spend.items():
-            rids = batch.reservations.get((scope, month), ())
+            rids = batch.reservations.get((scope, month), [])
             keys.append(self._budget(scope, month))
-            args += [_nano(actual), len(rids), *rids]
-        return _command(b"FCALL", self._ends_fn.name, len(keys), *keys, *args)
+            args += [_bulks([_nano(actual), len(rids)]), _bulk_texts(rids)]
+            nargs += 2 + len(rids)
+        head = [b"FCALL", self._ends_fn.name, len(keys), *keys]
+        return b"*%d\r\n%s%s" % (len(head) + nargs, _bulks(head), b"".join(args))
 
     async def end_many(self, batches: list[Ends]) -> None:
         """Every batch in the channel's next write: one round trip, shared with the begins that

@@ -16,7 +16,7 @@ import pytest
 from edgecloud.gateway.config import parse_config
 from edgecloud.gateway.errors import BudgetUnavailable, RateLimited
 from edgecloud.gateway.health import CircuitBreaker, EndpointState
-from edgecloud.gateway.limits import Gate, Limiter, duration, ratelimit_headers
+from edgecloud.gateway.limits import EndQueue, Gate, Limiter, duration, ratelimit_headers
 from edgecloud.gateway.metrics import GatewayMetrics
 from edgecloud.gateway.policy import PlacementDecision
 from edgecloud.gateway.request import inspect_chat
@@ -277,3 +277,25 @@ def test_merged_ends_leave_the_state_that_ending_each_does() -> None:
     together = asyncio.run(run([merged]))
     assert together[1:] == one_by_one[1:] and together[1] == 1 + 1500  # the probe, odd slots
     assert together[0] == pytest.approx(one_by_one[0], abs=1e-9)
+
+
+def test_the_end_queue_seals_full_batches_and_never_merges_into_one_sent() -> None:
+    """EndQueue on its own: a batch is sealed at its names, at most `most` go per send, a
+    batch taken (perhaps applied, its answer lost) is sent again as it was, and the open one
+    waits while sealed ones do; ends without names only add to sums."""
+    q = EndQueue(names=4)
+    for i in range(10):  # a slot and one reservation each: two names
+        q.add(End("k", f"l{i}", 1, ("global",), 0.5, "m"))
+    assert len(q) == 10 and q.held() == (5, 20)
+    sent = q.take(most=1)
+    assert len(sent) == 1 and sent[0].count == 2 and sent[0].names == 4
+    q.add(End("k", "late", 1, ("global",), 0.5, "m", slot=False, reserved=False))
+    assert q.take(most=1)[0] is sent[0]  # not applied: the same batch again, unchanged
+    q.done(1)
+    assert [b.count for b in q.take()] == [2, 2, 2, 2]  # the open one waits for these
+    q.done(4)
+    last = q.take()
+    assert [b.count for b in last] == [1] and last[0].names == 0
+    assert last[0].tokens == {"k": 1} and last[0].spend == {("global", "m"): 0.5}
+    q.done(1)
+    assert not q and q.take() == []
