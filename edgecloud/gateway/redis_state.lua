@@ -1,4 +1,4 @@
-#!lua name=edgecloud_state_3
+#!lua name=edgecloud_state_4
 -- The gateway's shared state on Redis (redis_state.py): one library of functions, loaded once,
 -- each one atomic. The clock is Redis's own (TIME), so replicas whose clocks differ share one
 -- window. Key names are built here, so this needs one Redis (or a primary behind Sentinel), not
@@ -145,14 +145,31 @@ local function admit(now, base, rpm, tpm, maxpar, tokens, lease, lease_ms)
   return {limited, nreq, ntok, nreq > 0 and reset or 0, ntok > 0 and reset or 0, wait, npar}
 end
 
-local function release(now, base, lease, tokens)
-  redis.call('ZREM', base .. ':par', lease)
+-- The answers' tokens, counted against tpm in the bucket of now.
+local function count_tokens(now, base, tokens)
   if tokens > 0 then
     local w, b = base .. ':w', base .. ':b'
     add(w, b, 't', tokens, now)
     if stale(redis.call('HGET', w, 'xe'), now) then
       keep({w, b}, W + B + 2 * REFRESH_MS, w, 'xe', now)
     end
+  end
+end
+
+local function release(now, base, lease, tokens)
+  redis.call('ZREM', base .. ':par', lease)
+  count_tokens(now, base, tokens)
+end
+
+local SLICE = 500  -- values per unpack (Lua's stack takes a few thousand at most)
+
+-- args[from .. to], in slices of SLICE, each passed to fn
+local function slices(args, from, to, fn)
+  local i = from
+  while i <= to do
+    local j = math.min(i + SLICE - 1, to)
+    fn(unpack(args, i, j))
+    i = j + 1
   end
 end
 
@@ -230,6 +247,30 @@ local function settle(bases, rid, actual)
   end
 end
 
+-- Many requests' settlements in one budget base: drop the reservations `fields` (r:<id>,
+-- those still held) and add `actual` (nano-USD) to the spend, as settle does for each.
+local function settle_many(b, fields, actual)
+  local found = 0
+  slices(fields, 1, #fields, function(...)
+    local v = redis.call('HMGET', b, ...)
+    local held = 0
+    for j = 1, select('#', ...) do
+      if v[j] then
+        held = held + tonumber(string.match(v[j], '^(%d+)'))
+        found = found + 1
+      end
+    end
+    if held > 0 then
+      redis.call('HDEL', b, ...)
+      redis.call('HINCRBY', b, 'rn', int(-held))
+    end
+  end)
+  if actual ~= '0' then
+    local after = redis.call('HINCRBY', b, 'sn', actual)
+    if found == 0 and after == tonumber(actual) then redis.call('PEXPIRE', b, KEEP_MS) end
+  end
+end
+
 local function tail(keys, from)
   local out = {}
   for i = from, #keys do out[#out + 1] = keys[i] end
@@ -243,30 +284,30 @@ local function caps_of(args, from, n)
 end
 
 -- keys: the key base. args: rpm, tpm, max_parallel (-1: none), tokens, lease, lease_ms
-redis.register_function('edgecloud_state_3_admit', function(keys, args)
+redis.register_function('edgecloud_state_4_admit', function(keys, args)
   return admit(now_ms(), keys[1], tonumber(args[1]), tonumber(args[2]), tonumber(args[3]),
                tonumber(args[4]), args[5], tonumber(args[6]))
 end)
 
 -- keys: the key base. args: lease, tokens (the answer's: 0 for a key without tpm)
-redis.register_function('edgecloud_state_3_release', function(keys, args)
+redis.register_function('edgecloud_state_4_release', function(keys, args)
   release(now_ms(), keys[1], args[1], tonumber(args[2]))
   return 0
 end)
 
 -- keys: budget bases. args: amount (nano-USD), id, lease_ms, then one cap per base (-1: none)
-redis.register_function('edgecloud_state_3_reserve', function(keys, args)
+redis.register_function('edgecloud_state_4_reserve', function(keys, args)
   return reserve(now_ms(), keys, caps_of(args, 4, #keys), args[1], args[2], tonumber(args[3]))
 end)
 
 -- keys: budget bases. args: id, actual (nano-USD)
-redis.register_function('edgecloud_state_3_settle', function(keys, args)
+redis.register_function('edgecloud_state_4_settle', function(keys, args)
   settle(keys, args[1], args[2])
   return 0
 end)
 
 -- keys: budget bases -> spent + reserved (nano-USD) each
-redis.register_function('edgecloud_state_3_spent', function(keys, args)
+redis.register_function('edgecloud_state_4_spent', function(keys, args)
   local now, out = now_ms(), {}
   for i, b in ipairs(keys) do out[i] = total(b, now) end
   return out
@@ -274,7 +315,7 @@ end)
 
 -- One request's start. keys[1]: the key base ('' for no rate limits), keys[2..]: budget bases.
 -- args: rpm, tpm, max_parallel, tokens, lease, lease_ms, amount (nano-USD), caps...
-redis.register_function('edgecloud_state_3_begin', function(keys, args)
+redis.register_function('edgecloud_state_4_begin', function(keys, args)
   local now = now_ms()
   local usage = 0  -- not nil: a nil would end the reply array
   if keys[1] ~= '' then
@@ -286,16 +327,37 @@ redis.register_function('edgecloud_state_3_begin', function(keys, args)
                          tonumber(args[6]))}
 end)
 
--- One request's end. keys as begin. args: lease, tokens, actual (nano-USD)
-redis.register_function('edgecloud_state_3_end', function(keys, args)
-  if keys[1] ~= '' then release(now_ms(), keys[1], args[1], tonumber(args[2])) end
-  settle(tail(keys, 2), args[1], args[3])
-  return 0
+-- Many requests' ends, merged (redis_state.py end_many). keys[1]: the writer's mark (the
+-- number of the last batch it applied), then nk key bases, then budget bases. args: the
+-- batch's number, nk, then per key base: tokens, n, n leases; per budget base: actual
+-- (nano-USD), n, n reservation ids. A writer numbers its batches in the order it sends them
+-- and sends a batch whose answer it lost again, so one numbered no higher than the mark was
+-- applied already: -> 0 for that, 1 applied now.
+redis.register_function('edgecloud_state_4_ends', function(keys, args)
+  local seq = tonumber(args[1])
+  local mark = redis.call('GET', keys[1])
+  if mark and tonumber(mark) >= seq then return 0 end
+  local now, nk, a = now_ms(), tonumber(args[2]), 3
+  for i = 2, nk + 1 do
+    local base, tokens, n = keys[i], tonumber(args[a]), tonumber(args[a + 1])
+    local par = base .. ':par'
+    slices(args, a + 2, a + 1 + n, function(...) redis.call('ZREM', par, ...) end)
+    count_tokens(now, base, tokens)
+    a = a + 2 + n
+  end
+  for i = nk + 2, #keys do
+    local n, fields = tonumber(args[a + 1]), {}
+    for j = 1, n do fields[j] = 'r:' .. args[a + 1 + j] end
+    settle_many(keys[i], fields, args[a])
+    a = a + 2 + n
+  end
+  redis.call('SET', keys[1], args[1], 'PX', KEEP_MS)
+  return 1
 end)
 
 -- keys: the fleet base. args: replica, ttl_ms, then endpoint, count pairs
 -- -> {live replicas, then endpoint, in-flight count pairs summed over the other replicas}
-redis.register_function('edgecloud_state_3_heartbeat', function(keys, args)
+redis.register_function('edgecloud_state_4_heartbeat', function(keys, args)
   local now = now_ms()
   local base, me, ttl = keys[1], args[1], tonumber(args[2])
   redis.call('ZREMRANGEBYSCORE', base .. ':replicas', '-inf', now)

@@ -4,12 +4,16 @@ own (TIME), so replicas whose clocks differ still share one window. Money is kep
 nano-USD there.
 
 Keys live under `{prefix}:`; key names are built inside the functions, so this needs a single
-Redis 7 or later (or a primary behind Sentinel), not Redis Cluster.
+Redis 7 or later (or a primary behind Sentinel), not Redis Cluster. Request ends come in merged
+batches (state.Ends), each numbered by the store that sends it; `{prefix}:ends:<writer>` keeps
+the last number applied (40 days, as a budget's month), so a batch sent again is applied once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import uuid
 from collections import deque
 from importlib import resources
 from typing import Any
@@ -21,10 +25,10 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
-from edgecloud.gateway.state import NO_LIMIT, Begin, End, Reserved, StateUnavailable, Usage
+from edgecloud.gateway.state import NO_LIMIT, Begin, Ends, Reserved, StateUnavailable, Usage
 
 LIBRARY = resources.files("edgecloud.gateway").joinpath("redis_state.lua").read_text("utf-8")
-_FN = "edgecloud_state_3_"  # the library's version: redis_state.lua's first line names it
+_FN = "edgecloud_state_4_"  # the library's version: redis_state.lua's first line names it
 _NOT_LOADED = ("ERR Function not found", "Function not found")  # hiredis, redis-py
 
 
@@ -70,6 +74,13 @@ def _bulks(parts: tuple[Any, ...] | list[Any]) -> bytes:
     """Bulk strings in Redis's protocol, one per part."""
     enc = [p if isinstance(p, bytes) else str(p).encode() for p in parts]
     return b"".join([b"$%d\r\n%s\r\n" % (len(b), b) for b in enc])
+
+
+def _bulk_texts(parts: list[str]) -> bytes:
+    """Bulk strings for many str parts: formatted as one text where all of it is ASCII (a
+    lease's or reservation's id: then a length in characters is one in bytes)."""
+    text = "".join([f"${len(p)}\r\n{p}\r\n" for p in parts])
+    return text.encode() if text.isascii() else _bulks(parts)
 
 
 def _bulk(part: bytes) -> bytes:
@@ -250,13 +261,17 @@ class RedisStore:
         self._spent = _Function(self.client, "spent")
         self._heartbeat = _Function(self.client, "heartbeat")
         self._begin = _Function(self.client, "begin")
-        self._end = _Function(self.client, "end")
+        self._ends_fn = _Function(self.client, "ends")
         self._channel = _Channel(self.client, timeout_s)
         # The parts of the request path's FCALLs that are the same for every request of a key
         # (its key names, limits, caps), in Redis's protocol: what each request adds is a few
-        # bulk strings (see _begin_shape and _end_head).
+        # bulk strings (see _begin_shape).
         self._begins: dict[tuple[Any, ...], tuple[bytes, bytes, bytes, list[str]]] = {}
-        self._ends: dict[tuple[Any, ...], bytes] = {}
+        # end_many numbers the batches it sends, and Redis keeps the last number it applied
+        # under this writer's mark, so that a batch sent again after its answer was lost (a
+        # timeout, a dropped connection) is not applied twice.
+        self._mark = f"{prefix}:ends:{uuid.uuid4().hex}"
+        self._seq = itertools.count(1)
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}:key:{key}"
@@ -317,36 +332,49 @@ class RedisStore:
             reserved = Reserved(scopes[idx - 1] if idx else None, _usd(totals, scopes))
         return usage, reserved
 
-    def _end_head(self, e: End) -> bytes:
-        """end's FCALL up to its args (lease, tokens, actual)."""
-        shape = (e.key, e.scopes, e.month)
-        head = self._ends.get(shape)
-        if head is None:
-            if len(self._ends) >= 4096:
-                self._ends.clear()
-            keys = [self._key(e.key) if e.key is not None else ""]
-            keys += [self._budget(s, e.month) for s in e.scopes]
-            head = self._ends[shape] = b"*%d\r\n%s" % (
-                3 + len(keys) + 3, _bulks([b"FCALL", self._end.name, len(keys), *keys]))
-        return head
+    def _ends_command(self, batch: Ends) -> bytes:
+        """FCALL ends for one batch (redis_state.lua names its keys and args)."""
+        names = [*batch.leases, *(k for k in batch.tokens if k not in batch.leases)]
+        keys = [self._mark]
+        args: list[bytes] = [_bulks([batch.seq, len(names)])]
+        nargs = 2
+        for key in names:
+            leases = batch.leases.get(key, [])
+            keys.append(self._key(key))
+            args += [_bulks([batch.tokens.get(key, 0), len(leases)]), _bulk_texts(leases)]
+            nargs += 2 + len(leases)
+        for (scope, month), actual in batch.spend.items():
+            rids = batch.reservations.get((scope, month), [])
+            keys.append(self._budget(scope, month))
+            args += [_bulks([_nano(actual), len(rids)]), _bulk_texts(rids)]
+            nargs += 2 + len(rids)
+        head = [b"FCALL", self._ends_fn.name, len(keys), *keys]
+        return b"*%d\r\n%s%s" % (len(head) + nargs, _bulks(head), b"".join(args))
 
-    async def end_many(self, ends: list[End]) -> None:
-        """Every End in the channel's next batch: one round trip, however many requests ended
-        (and shared with the begins that go meanwhile)."""
+    async def end_many(self, batches: list[Ends]) -> None:
+        """Every batch in the channel's next write: one round trip, shared with the begins that
+        go meanwhile. A batch keeps its number until Redis answers it, so one sent again is
+        applied at most once; Redis applies them in the order sent on one connection, so the
+        batches already numbered go first, in order, then the new ones. A batch that Redis
+        refused (an error reply: not applied) is numbered afresh when sent again."""
         send = self._channel.send
-        calls = [send(b"%s%s%s%s" % (self._end_head(e), _bulk(e.lease.encode()),
-                                     _bulk(str(e.tokens).encode()),
-                                     _bulk(_nano(e.actual).encode())))
-                 for e in ends]
+        sending = sorted(batches, key=lambda b: (b.seq == 0, b.seq))
+        for batch in sending:
+            if batch.seq == 0:
+                batch.seq = next(self._seq)
+        calls = [(batch, send(self._ends_command(batch))) for batch in sending]
         failed: BaseException | None = None
         try:
-            for call in calls:  # answered in order: by the last, all are
+            for batch, call in calls:  # answered in order: by the last, all are
                 try:
                     await call
+                except ResponseError as exc:
+                    batch.seq = 0
+                    failed = failed or exc
                 except Exception as exc:
                     failed = failed or exc
         except asyncio.CancelledError:
-            for call in calls:
+            for _, call in calls:
                 if not call.cancel() and not call.cancelled():
                     call.exception()  # retrieved: no "never retrieved" warning
             raise

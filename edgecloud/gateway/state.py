@@ -112,7 +112,9 @@ class Begin:
 @dataclass(slots=True)
 class End:
     """What one request gives back as it ends: its parallel slot and the answer's tokens
-    (key None: nothing), and its reservation settled to the actual cost (no scopes: none)."""
+    (key None: nothing), and its reservation settled to the actual cost (no scopes: none).
+    `slot` and `reserved` say whether it holds a slot and a reservation to drop by name (a key
+    without max_parallel holds no slot; spend counted while the store was down, no reservation)."""
 
     key: str | None
     lease: str
@@ -120,6 +122,59 @@ class End:
     scopes: tuple[str, ...]
     actual: float
     month: str
+    slot: bool = True
+    reserved: bool = True
+
+
+@dataclass(slots=True)
+class Ends:
+    """Many requests' ends merged into one step: per key, the slots to free (by lease) and the
+    answers' tokens summed; per budget scope and month, the reservations to drop (by id) and
+    the actual cost summed. Applying it leaves the state that ending each request would: the
+    sums commute, and a name is dropped once whatever the order. Its size is the names it holds
+    (`names`) plus one entry per key and scope, however many requests it merges (`count`)."""
+
+    tokens: dict[str, int] = field(default_factory=dict)  # key -> answer tokens
+    leases: dict[str, list[str]] = field(default_factory=dict)  # key -> slots to free
+    spend: dict[tuple[str, str], float] = field(default_factory=dict)  # (scope, month) -> USD
+    reservations: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # -> ids
+    count: int = 0  # requests merged
+    names: int = 0  # leases + reservation ids held
+    seq: int = 0  # a store's number for it, so that a batch sent again is applied once
+
+    @classmethod
+    def of(cls, ends: Iterable[End]) -> Ends:
+        batch = cls()
+        for e in ends:
+            batch.add(e)
+        return batch
+
+    def add(self, e: End) -> None:
+        """Merge one request's end."""
+        self.count += 1
+        key = e.key
+        if key is not None:
+            if e.tokens:
+                self.tokens[key] = self.tokens.get(key, 0) + e.tokens
+            if e.slot:
+                leases = self.leases.get(key)
+                if leases is None:
+                    leases = self.leases[key] = []
+                leases.append(e.lease)
+                self.names += 1
+        for scope in e.scopes:
+            group = (scope, e.month)
+            self.spend[group] = self.spend.get(group, 0.0) + e.actual
+            if e.reserved:
+                rids = self.reservations.get(group)
+                if rids is None:
+                    rids = self.reservations[group] = []
+                rids.append(e.lease)
+                self.names += 1
+
+    def usd(self) -> float:
+        """The cost it settles, summed over the budgets' scopes (for a log line)."""
+        return sum(self.spend.values())
 
 
 class StateStore(Protocol):
@@ -152,8 +207,10 @@ class StateStore(Protocol):
         """admit then (if admitted) reserve, as one step; None for a part not asked for."""
         ...
 
-    async def end_many(self, ends: list[End]) -> None:
-        """release and settle for many requests at once (one round trip)."""
+    async def end_many(self, batches: list[Ends]) -> None:
+        """release and settle for many requests at once (one round trip), batch by batch in
+        order. After StateUnavailable the same batches are sent again: one that was applied
+        but whose answer was lost is not applied twice."""
         ...
 
     async def heartbeat(self, replica: str, in_flight: dict[str, int],
@@ -340,12 +397,26 @@ class MemoryStore:
             return usage, None
         return usage, await self.reserve(b.scopes, b.amount, b.lease, b.month, b.lease_s)
 
-    async def end_many(self, ends: list[End]) -> None:
-        for e in ends:
-            if e.key is not None:
-                self.release_now(e.key, e.lease, e.tokens)
-            if e.scopes:
-                await self.settle(list(e.scopes), e.lease, e.actual, e.month)
+    async def end_many(self, batches: list[Ends]) -> None:
+        for batch in batches:
+            self.end_now(batch)
+
+    def end_now(self, batch: Ends) -> None:
+        """Apply a batch of ends (end_many, for the caller that holds this store)."""
+        for key, leases in batch.leases.items():
+            slots = self._leases.get(key)
+            if slots is not None:
+                for lease in leases:
+                    slots.expiries.pop(lease, None)
+        if batch.tokens:
+            now = self._now_ms()
+            for key, tokens in batch.tokens.items():
+                self._log(key, "t", now).add(now, tokens)
+        for (scope, month), actual in batch.spend.items():
+            budget = self._budget(scope, month)
+            for rid in batch.reservations.get((scope, month), ()):
+                budget.drop(rid)
+            budget.spend += actual  # every group with reservations has a sum, 0 or more
 
     def _budget(self, scope: str, month: str) -> _Budget:
         budget = self._budgets.get((scope, month))

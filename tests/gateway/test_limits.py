@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,12 +16,13 @@ import pytest
 from edgecloud.gateway.config import parse_config
 from edgecloud.gateway.errors import BudgetUnavailable, RateLimited
 from edgecloud.gateway.health import CircuitBreaker, EndpointState
-from edgecloud.gateway.limits import Limiter, duration, ratelimit_headers
+from edgecloud.gateway.limits import EndQueue, Gate, Limiter, duration, ratelimit_headers
 from edgecloud.gateway.metrics import GatewayMetrics
 from edgecloud.gateway.policy import PlacementDecision
 from edgecloud.gateway.request import inspect_chat
-from edgecloud.gateway.state import NO_LIMIT, Usage
+from edgecloud.gateway.state import NO_LIMIT, Begin, End, Ends, MemoryStore, Usage, month_now
 from edgecloud.supervise import free_port
+from edgecloud.testing.redis_server import RedisServer, find_redis_server
 
 SHA = hashlib.sha256(b"k").hexdigest()
 CONFIG = f"""
@@ -103,3 +108,194 @@ def test_ratelimit_headers_are_openais_for_the_limits_a_key_has() -> None:
         (b"x-ratelimit-limit-tokens", b"1000"), (b"x-ratelimit-remaining-tokens", b"880"),
         (b"x-ratelimit-reset-tokens", b"20ms")]
     assert ratelimit_headers((NO_LIMIT, NO_LIMIT), usage) == []
+
+
+# -- request ends under a flood: nothing lost, memory bounded ------------------------------------
+
+FLOOD_CONFIG = f"""
+endpoints:
+  - {{name: edge, tier: edge, url: 'http://127.0.0.1:9/v1'}}
+  - {{name: cloud, tier: cloud, url: 'https://x.example/v1',
+     price: {{input_per_mtok: 1, output_per_mtok: 1}}}}
+auth: {{keys: [{{name: a, sha256: {SHA},
+                limits: {{tpm: 1000000000, max_parallel: 100000, monthly_cloud_usd: CAP}}}}]}}
+policy: {{budget: {{monthly_cloud_usd: 1000000, hard: HARD}}}}
+state: {{backend: redis, timeout_s: 0.2, prefix: flood}}
+"""
+COMPLETION = 3
+
+
+def _flood_setup(monkeypatch: pytest.MonkeyPatch, url: str, capped: bool
+                 ) -> tuple[Limiter, list[EndpointState]]:
+    monkeypatch.setenv("EDGECLOUD_REDIS_URL", url)
+    text = FLOOD_CONFIG.replace("HARD", "true" if capped else "false")
+    text = text.replace(", monthly_cloud_usd: CAP" if not capped else "CAP",
+                        "" if not capped else "1000000")
+    cfg = parse_config(text)
+    states = [EndpointState(e, CircuitBreaker()) for e in cfg.endpoints]
+    return Limiter(cfg, GatewayMetrics(states)), states
+
+
+def _cost(i: int) -> float:
+    return (i % 7 + 1) * 0.0001  # 0.0001 .. 0.0007 USD: a total that float sums get exactly
+
+
+async def _placed(limiter: Limiter, states: list[EndpointState], n: int) -> list[Gate]:
+    """`n` requests of key a placed on the cloud-first decision (200 at a time)."""
+    key = limiter.config.auth.keys[0]
+    decision = PlacementDecision((states[1], states[0]), "cost", "cheapest", False)
+    gates = []
+    for start in range(0, n, 200):
+        batch = [limiter.gate(key, inspect_chat(CHAT)) for _ in range(start, min(start + 200, n))]
+        await asyncio.gather(*(g.place(decision) for g in batch))
+        gates += batch
+    return gates
+
+
+def _finish(gates: list[Gate], first: int = 0) -> float:
+    """End them all in one turn of the loop (the flood); the cost they settle."""
+    total = 0.0
+    for i, gate in enumerate(gates, first):
+        total += _cost(i)
+        gate.finish({"placement": "cloud", "cost_usd": _cost(i), "output_tokens": COMPLETION})
+    return total
+
+
+async def _until(cond: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not cond():
+        assert loop.time() < deadline, f"{what} within {timeout_s} s"
+        await asyncio.sleep(0.01)
+
+
+async def _shared(url: str) -> tuple[int, int]:
+    """What Redis holds for key a: slots held, tokens in the window."""
+    import redis.asyncio as aioredis
+
+    admin = aioredis.Redis.from_url(url, decode_responses=True)
+    try:
+        slots = await admin.zcard("flood:key:a:par")
+        tokens = int(await admin.hget("flood:key:a:w", "ts") or 0)
+    finally:
+        await admin.aclose()
+    return slots, tokens
+
+
+def test_a_flood_of_ends_on_a_live_store_loses_nothing(monkeypatch: pytest.MonkeyPatch,
+                                                       redis_url: str) -> None:
+    """30,000 requests end in one turn of the loop, each with a slot and a reservation in two
+    capped budgets: every slot is freed, every reservation replaced by the actual cost (the
+    spend is the exact total), every answer's tokens counted, and the queue merged them."""
+    limiter, states = _flood_setup(monkeypatch, redis_url, capped=True)
+    n = 30_000
+    prompt = inspect_chat(CHAT).prompt_tokens_estimate
+
+    async def run() -> None:
+        await limiter.start(states)
+        gates = await _placed(limiter, states, n)
+        assert limiter.up and all(g._reserved for g in gates)
+        total = _finish(gates)
+        assert len(limiter._ends) == n  # none dropped, none sent yet
+        batches, names = limiter._ends.held()
+        assert names == 3 * n and batches <= 3 * n // 500 + 1  # a slot, two reservations each
+        await _until(lambda: not limiter._ends, "the ends applied")
+        spent = await limiter.store.spent(["global", "key:a"], month_now())
+        assert spent == {"global": pytest.approx(total, abs=1e-9),
+                         "key:a": pytest.approx(total, abs=1e-9)}
+        slots, tokens = await _shared(redis_url)
+        assert slots == 0 and tokens == n * (prompt + COMPLETION)
+        await limiter.stop()
+
+    asyncio.run(run())
+
+
+def test_ends_held_through_an_outage_are_bounded_and_all_applied_once(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Redis frozen (SIGSTOP) while 10,000 requests that it admitted end, then 20,000 more
+    requests come and end while it is down (uncapped spend: they keep the cloud). What waits
+    names only the first 10,000's slots; the rest is sums. Once Redis runs again, the first
+    batch, which it may apply late as well, counts once: the spend is the exact total of all
+    30,000, every slot is freed, the admitted requests' tokens are counted."""
+    if find_redis_server() is None:
+        pytest.skip("redis-server is not installed (Debian package redis-server; CI installs it)")
+    server = RedisServer(tmp_path / "redis").start()
+    limiter, states = _flood_setup(monkeypatch, server.url, capped=False)
+    first, later = 10_000, 20_000
+    prompt = inspect_chat(CHAT).prompt_tokens_estimate
+
+    async def run() -> None:
+        await limiter.start(states)
+        gates = await _placed(limiter, states, first)
+        assert limiter.up and all(g._counted_in is limiter.store for g in gates)
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            total = _finish(gates)  # sent at once, unanswered: the store goes down
+            await _until(lambda: not limiter.up, "the store seen down")
+            for start in range(first, first + later, 2000):
+                more = await _placed(limiter, states, 2000)
+                assert all(g._counted_in is limiter.local for g in more)
+                total += _finish(more, start)
+            assert len(limiter._ends) == first + later
+            batches, names = limiter._ends.held()
+            assert names == first and batches <= first // 500 + 2
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        await _until(lambda: limiter.up and not limiter._ends, "the held ends applied")
+        assert (await limiter.store.spent(["global"], month_now()))["global"] == pytest.approx(
+            total, abs=1e-9)
+        slots, tokens = await _shared(server.url)
+        assert slots == 0 and tokens == first * (prompt + COMPLETION)
+        await limiter.stop()
+
+    try:
+        asyncio.run(run())
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+        server.stop()
+
+
+def test_merged_ends_leave_the_state_that_ending_each_does() -> None:
+    """The memory store: the same ends applied one by one and merged give the same spend,
+    slots and tokens; a merged batch holds one sum per key and scope, and only the names."""
+    ends = [End("k", f"l{i}", i % 5, ("global", "key:k"), _cost(i), "m", slot=i % 2 == 0,
+                reserved=i % 3 == 0) for i in range(3000)]
+
+    async def run(batches: list[Ends]) -> tuple[dict[str, float], int, int]:
+        store = MemoryStore()
+        for i in range(3000):
+            await store.begin(Begin("k", NO_LIMIT, 10**9, 10**6, 1, f"l{i}", 60,
+                                    {"global": NO_LIMIT, "key:k": 10**6}, 0.5, "m"))
+        await store.end_many(batches)
+        usage = await store.admit("k", NO_LIMIT, 10**9, 10**6, 0, "probe", 60)
+        return await store.spent(["global", "key:k"], "m"), usage.parallel, usage.tokens
+
+    one_by_one = asyncio.run(run([Ends.of([e]) for e in ends]))
+    merged = Ends.of(ends)
+    assert merged.count == 3000 and merged.names == 1500 + 1000 * 2
+    assert len(merged.tokens) == 1 and len(merged.spend) == 2
+    together = asyncio.run(run([merged]))
+    assert together[1:] == one_by_one[1:] and together[1] == 1 + 1500  # the probe, odd slots
+    assert together[0] == pytest.approx(one_by_one[0], abs=1e-9)
+
+
+def test_the_end_queue_seals_full_batches_and_never_merges_into_one_sent() -> None:
+    """EndQueue on its own: a batch is sealed at its names, at most `most` go per send, a
+    batch taken (perhaps applied, its answer lost) is sent again as it was, and the open one
+    waits while sealed ones do; ends without names only add to sums."""
+    q = EndQueue(names=4)
+    for i in range(10):  # a slot and one reservation each: two names
+        q.add(End("k", f"l{i}", 1, ("global",), 0.5, "m"))
+    assert len(q) == 10 and q.held() == (5, 20)
+    sent = q.take(most=1)
+    assert len(sent) == 1 and sent[0].count == 2 and sent[0].names == 4
+    q.add(End("k", "late", 1, ("global",), 0.5, "m", slot=False, reserved=False))
+    assert q.take(most=1)[0] is sent[0]  # not applied: the same batch again, unchanged
+    q.done(1)
+    assert [b.count for b in q.take()] == [2, 2, 2, 2]  # the open one waits for these
+    q.done(4)
+    last = q.take()
+    assert [b.count for b in last] == [1] and last[0].names == 0
+    assert last[0].tokens == {"k": 1} and last[0].spend == {("global", "m"): 0.5}
+    q.done(1)
+    assert not q and q.take() == []

@@ -15,6 +15,7 @@ from edgecloud.gateway.state import (
     NO_LIMIT,
     Begin,
     End,
+    Ends,
     MemoryStore,
     StateStore,
     StateUnavailable,
@@ -252,7 +253,7 @@ async def _test_begin_and_end_take_and_give_back_in_one_step(store: StateStore) 
     # max_parallel 1: refused, and then nothing is reserved.
     usage, reserved = await store.begin(begin("b", 0.1))
     assert usage is not None and usage.limited == "parallel" and reserved is None
-    await store.end_many([End("k", "a", 5, ("global", "key:k"), 0.2, "m")])
+    await store.end_many([Ends.of([End("k", "a", 5, ("global", "key:k"), 0.2, "m")])])
     assert (await store.spent(["global", "key:k"], "m")) == {
         "global": pytest.approx(0.2), "key:k": pytest.approx(0.2)}
     # The slot is free; the cap refuses what would pass it; the key's window counted 2.
@@ -262,8 +263,8 @@ async def _test_begin_and_end_take_and_give_back_in_one_step(store: StateStore) 
     usage, reserved = await store.begin(begin("d", 0.5, key=None))  # a reservation alone
     assert usage is None and reserved is not None and reserved.refused is None
     assert (await store.begin(begin("e", 0.0, key=None))) == (None, None)
-    await store.end_many([End(None, "d", 0, ("global", "key:k"), 0.0, "m"),
-                          End("k", "c", 0, (), 0.0, "m")])
+    await store.end_many([Ends.of([End(None, "d", 0, ("global", "key:k"), 0.0, "m"),
+                                   End("k", "c", 0, (), 0.0, "m")])])
     assert (await store.spent(["global"], "m"))["global"] == pytest.approx(0.2)
 
 
@@ -299,7 +300,8 @@ async def _test_forgot_functions(redis_url: str) -> None:
                                      for i in range(8)))
         assert [u.limited if u else "?" for u, _ in got] == [None] * 5 + ["parallel"] * 3
         await admin.function_flush()
-        await store.end_many([End("k", f"l{i}", 0, ("g",), 0.05, "m") for i in range(5)])
+        await store.end_many([Ends.of([End("k", f"l{i}", 0, ("g",), 0.05, "m")])
+                              for i in range(5)])
         assert (await store.spent(["g"], "m"))["g"] == pytest.approx(0.25)
         usage, _ = await store.begin(Begin("k", 100, NO_LIMIT, 5, 0, "again", 60, {}, 0.0, "m"))
         assert usage is not None and usage.limited is None and usage.parallel == 1
@@ -441,3 +443,45 @@ async def _test_frozen_redis(server: RedisServer) -> None:
         assert usage is not None and usage.limited is None
     finally:
         await store.close()
+
+
+def test_a_merged_batch_of_ends_frees_every_slot_and_settles_every_reservation(
+        store: Callable[[Body], None]) -> None:
+    store(_test_merged_batch)
+
+
+async def _test_merged_batch(store: StateStore) -> None:
+    n = 1200  # more names than one unpack takes in the functions
+    scopes = {"g": 1000.0, "key:k": NO_LIMIT}
+    got = await asyncio.gather(*(store.begin(Begin("k", NO_LIMIT, 10**6, n, 2, f"l{i}", 60,
+                                                   scopes, 0.25, "m")) for i in range(n)))
+    assert all(r is not None and r.refused is None for _, r in got)
+    assert (await store.spent(["g"], "m"))["g"] == pytest.approx(0.25 * n)
+    batch = Ends.of(End("k", f"l{i}", 3, ("g", "key:k"), 0.125, "m") for i in range(n))
+    assert batch.names == 3 * n and batch.tokens == {"k": 3 * n}
+    await store.end_many([batch])
+    assert (await store.spent(["g", "key:k"], "m")) == {"g": pytest.approx(0.125 * n),
+                                                       "key:k": pytest.approx(0.125 * n)}
+    usage = await store.admit("k", NO_LIMIT, 10**6, 1, 0, "probe", 60)
+    assert usage.limited is None and usage.parallel == 1 and usage.tokens == 5 * n
+
+
+def test_a_batch_of_ends_sent_again_is_applied_once(redis_url: str) -> None:
+    """A batch whose answer was lost is sent again as it was: Redis applies it once. Another
+    writer's batch of the same number is its own."""
+    asyncio.run(_test_sent_again(redis_url))
+
+
+async def _test_sent_again(redis_url: str) -> None:
+    store, other = RedisStore(redis_url, "again"), RedisStore(redis_url, "again")
+    try:
+        batch = Ends.of([End(None, "x", 0, ("g",), 0.5, "m")])
+        await store.end_many([batch])
+        await store.end_many([batch])  # as after a timeout: the same batch, the same number
+        later = Ends.of([End(None, "y", 0, ("g",), 0.25, "m")])
+        await store.end_many([batch, later])
+        await other.end_many([Ends.of([End(None, "z", 0, ("g",), 1.0, "m")])])
+        assert (await store.spent(["g"], "m"))["g"] == pytest.approx(1.75)
+    finally:
+        await store.close()
+        await other.close()
