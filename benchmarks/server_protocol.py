@@ -7,7 +7,9 @@ the gateway sends), so what is measured is the server stack alone: uvicorn's ser
 server of ours). wrk posts a small body at concurrency 16; each side's CPU per request comes
 from its process's CPU time.
 
-    python benchmarks/server_protocol.py [--rounds 6] [--seconds 3] [--json FILE]
+    python benchmarks/server_protocol.py [--rounds 6] [--seconds 3]
+
+Writes benchmarks/results/server_protocol.json.
 
 Needs wrk (apt-get install -y wrk).
 """
@@ -67,7 +69,6 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--seconds", type=float, default=3.0)
-    ap.add_argument("--json", type=Path)
     ap.add_argument("--serve", nargs=2, metavar=("SIDE", "PORT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
@@ -77,6 +78,7 @@ def main() -> None:
     from benchmarks.gateway_overhead import SMALL
     from benchmarks.gateway_peers import wrk
     from edgecloud.supervise import free_port
+    from edgecloud.testing.figures import write_result
 
     procs: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
     with tempfile.TemporaryDirectory(prefix="server-protocol-") as d:
@@ -132,8 +134,8 @@ def main() -> None:
     out["rps_ratio"] = out["edgecloud"]["rps"] / max(out["uvicorn"]["rps"], 1e-9)
     print(f"edgecloud / uvicorn: CPU per request {out['cpu_ratio']:.2f}x, "
           f"req/s {out['rps_ratio']:.2f}x (medians of {args.rounds} alternating rounds)")
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2), encoding="utf-8")
+    write_result("server_protocol", summary=out, samples=runs,
+                 params={"rounds": args.rounds, "seconds": args.seconds, "concurrency": 16})
 
 
 if __name__ == "__main__":
