@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -46,6 +47,7 @@ from edgecloud.gateway.forward import Exchange, Forwarder
 from edgecloud.gateway.health import CircuitBreaker, EndpointState
 from edgecloud.gateway.limits import Gate, Limiter
 from edgecloud.gateway.metrics import GatewayMetrics
+from edgecloud.gateway.metrics_share import SHARE_EVERY_S, WorkerShare
 from edgecloud.gateway.policy import Hints, PlacementDecision, PlacementPolicy
 from edgecloud.gateway.pseudonymize import Rewritten
 from edgecloud.gateway.request import (
@@ -78,7 +80,10 @@ class GatewayApp:
     """The ASGI callable; owns endpoint state, upstream clients, policy, metrics and log."""
 
     def __init__(self, config: GatewayConfig, log: AccessLog | None = None,
-                 verify_upstream_tls: bool = True) -> None:
+                 verify_upstream_tls: bool = True, worker: tuple[Path, int] | None = None
+                 ) -> None:
+        """`worker`: (directory, index) of one worker of several, whose /metrics merges every
+        worker's (metrics_share.py)."""
         self.config = config
         lim = config.limits
         self.states = [
@@ -92,6 +97,8 @@ class GatewayApp:
                           for s in self.states}
         self.policy = PlacementPolicy(config.policy)
         self.metrics = GatewayMetrics(self.states)
+        self.share = (None if worker is None
+                      else WorkerShare(worker[0], worker[1], self.metrics.registry))
         if self.attesters:
             self.metrics.registry.register(AttestationCollector(list(self.attesters.values())))
         self.log = log or AccessLog(_LOGGER)
@@ -149,7 +156,11 @@ class GatewayApp:
         return 200 if ready else 503
 
     async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send_bytes(send, 200, self.metrics.render(),
+        if self.share is None:
+            body = self.metrics.render()
+        else:  # one worker of several: theirs merged in
+            body = self.share.render(await asyncio.to_thread(self.share.others))
+        await send_bytes(send, 200, body,
                          [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")])
 
     async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -179,6 +190,8 @@ class GatewayApp:
         await self.limiter.start(self.states)
         self._tasks.append(asyncio.create_task(self._health_loop()))
         self._tasks.append(asyncio.create_task(self._flush_loop()))
+        if self.share is not None:
+            self._tasks.append(asyncio.create_task(self._share_loop()))
         log_event(
             _events, "gateway.started",
             endpoints={s.name: ("healthy" if s.healthy else s.last_error) for s in self.states},
@@ -199,6 +212,8 @@ class GatewayApp:
         if self.tracer is not None:
             await asyncio.to_thread(self.tracer.shutdown)  # exports what is still queued
             self.tracer = None
+        if self.share is not None:  # the last counts stay for the workers still running
+            await asyncio.to_thread(self.share.write, self.share.encode())
         self.log.flush()
         log_event(_events, "gateway.stopped")
 
@@ -223,6 +238,17 @@ class GatewayApp:
             await asyncio.gather(*(up.probe() for up in down))
             await asyncio.sleep(REPROBE_S)
             self._reprobe.clear()
+
+    async def _share_loop(self) -> None:
+        share = self.share
+        assert share is not None
+        while True:
+            try:
+                await asyncio.to_thread(share.write, share.encode())
+            except OSError as exc:  # a full disk, say: the others see this worker's older counts
+                log_event(_events, "metrics.share_failed", logging.WARNING,
+                          error=type(exc).__name__)
+            await asyncio.sleep(SHARE_EVERY_S)
 
     async def _flush_loop(self) -> None:
         while True:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from edgecloud.gateway.app import GatewayApp
@@ -55,8 +58,14 @@ def serve(
             raise ConfigError(f"TLS file {path} does not exist")
     check_workers(config, workers)
     if workers > 1:
-        _run_workers(workers, lambda: _serve_one(config, host, port, tls_cert, tls_key,
-                                                 verify_upstream_tls, _reuseport(host, port)))
+        # Where the workers leave their counts for each other's /metrics (metrics_share.py).
+        shared = Path(tempfile.mkdtemp(prefix="edgecloud-gateway-metrics-"))
+        try:
+            _run_workers(workers, lambda i: _serve_one(
+                config, host, port, tls_cert, tls_key, verify_upstream_tls,
+                _reuseport(host, port), (shared, i)))
+        finally:
+            shutil.rmtree(shared, ignore_errors=True)
         return
     _serve_one(config, host, port, tls_cert, tls_key, verify_upstream_tls, None)
 
@@ -86,16 +95,17 @@ def _reuseport(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _run_workers(workers: int, run: object) -> None:
-    """Fork `workers` processes that each call `run`; pass SIGINT/SIGTERM on; return when all
-    have exited (a worker that dies is not replaced: the orchestrator restarts the pod)."""
+def _run_workers(workers: int, run: Callable[[int], None]) -> None:
+    """Fork `workers` processes that each call `run(index)`; pass SIGINT/SIGTERM on; return
+    when all have exited (a worker that dies is not replaced: the orchestrator restarts the
+    pod)."""
     pids: list[int] = []
-    for _ in range(workers):
+    for index in range(workers):
         pid = os.fork()
         if pid == 0:  # the worker
             code = 0
             try:
-                run()  # type: ignore[operator]
+                run(index)
             except BaseException:  # noqa: BLE001 - report, then leave without the parent's atexit
                 import traceback
 
@@ -129,11 +139,11 @@ def _run_workers(workers: int, run: object) -> None:
 
 def _serve_one(config: GatewayConfig, host: str, port: int, tls_cert: Path | None,
                tls_key: Path | None, verify_upstream_tls: bool,
-               sock: socket.socket | None) -> None:
+               sock: socket.socket | None, worker: tuple[Path, int] | None = None) -> None:
     from edgecloud.api.serving import serve_forever
 
     tune_malloc()
-    app = GatewayApp(config, verify_upstream_tls=verify_upstream_tls)
+    app = GatewayApp(config, verify_upstream_tls=verify_upstream_tls, worker=worker)
     serve_forever(
         app,
         host,

@@ -207,6 +207,38 @@ def test_workers_share_one_port_and_limits_stay_exact(
             c.close()
 
 
+def test_workers_answer_one_merged_metrics(
+        clouds: tuple[Standin, Standin, Path], gateways: Callable[..., Gateway]) -> None:
+    """Whichever worker takes a scrape, it counts every worker's requests (at most about
+    SHARE_EVERY_S late); gauges are per worker."""
+    import time
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    edge, cloud, _ = clouds
+    keys = [{"name": "team-a", "sha256": _sha(KEY_A)}]
+    gw = gateways(_config(edge, cloud, keys, True), "--workers", "2")
+    for _ in range(10):  # a new connection each: the kernel spreads them over the workers
+        assert _post(gw, KEY_A).status_code == 200
+
+    def scrape() -> tuple[float, set[str]]:
+        fams = {f.name: f for f in text_string_to_metric_families(
+            httpx.get(gw.base + "/metrics", timeout=10).text)}
+        answered = sum(s.value for s in fams["edgecloud_gateway_requests"].samples
+                       if s.name.endswith("_total"))
+        workers = {s.labels["worker"] for s in fams["edgecloud_gateway_state_up"].samples}
+        return answered, workers
+
+    deadline = time.monotonic() + 15
+    seen: list[tuple[float, set[str]]] = []
+    while time.monotonic() < deadline:
+        seen.append(scrape())
+        if len(seen) >= 8 and all(s == (10.0, {"0", "1"}) for s in seen[-8:]):
+            break
+        time.sleep(0.25)
+    assert seen[-8:] == [(10.0, {"0", "1"})] * 8, seen
+
+
 def test_check_names_the_line_of_a_bad_state_or_limits_block(tmp_path: Path) -> None:
     from edgecloud.gateway.config import parse_config
     from edgecloud.gateway.errors import ConfigError

@@ -1,12 +1,16 @@
 """The gateway's request counter and added-latency histogram, kept as plain numbers, render as
-the Prometheus counter and histogram they were (parsed back with prometheus_client's parser)."""
+the Prometheus counter and histogram they were (parsed back with prometheus_client's parser);
+the workers of one gateway answer one merged /metrics."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgecloud.gateway.metrics import GatewayMetrics
+from edgecloud.gateway.metrics_share import WorkerShare
 
 
 def _families(m: GatewayMetrics) -> dict[str, list[tuple[str, dict[str, str], float]]]:
@@ -42,3 +46,26 @@ def test_added_latency_histogram_is_cumulative_with_le_bounds() -> None:
     total = next(s[2] for s in samples if s[0].endswith("_sum"))
     assert count == 5
     assert total == pytest.approx(0.50245)
+
+
+def test_workers_merge_counters_summed_and_gauges_per_worker(tmp_path: Path) -> None:
+    workers = []
+    for i, n in enumerate((3, 4)):
+        m = GatewayMetrics([])
+        for _ in range(n):
+            m.request("edge", "edge-box", "cost", 200)
+            m.added_latency(0.0003)
+        m.state_up(i == 0)
+        workers.append(WorkerShare(tmp_path, i, m.registry))
+    workers[1].write(workers[1].encode())
+    (tmp_path / "worker-7.json").write_bytes(b"{half a fi")  # being written: left out
+    fams = {f.name: f for f in text_string_to_metric_families(
+        workers[0].render(workers[0].others()).decode())}
+    total = [s for s in fams["edgecloud_gateway_requests"].samples
+             if s.name.endswith("_total")]
+    assert [(s.labels["status"], s.value) for s in total] == [("200", 7.0)]
+    count = [s.value for s in fams["edgecloud_gateway_added_latency_seconds"].samples
+             if s.name.endswith("_count")]
+    assert count == [7.0]
+    up = {s.labels["worker"]: s.value for s in fams["edgecloud_gateway_state_up"].samples}
+    assert up == {"0": 1.0, "1": 0.0}
