@@ -85,6 +85,11 @@ class PayloadTooLarge(APIError, status=413, type=_INVALID, code="request_too_lar
     """The body is over the server's limit."""
 
 
+class HeadersTooLarge(APIError, status=431, type=_INVALID,
+                      code="request_header_fields_too_large"):
+    """The request line and headers are over the server's limit."""
+
+
 class UnsupportedMediaType(APIError, status=415, type=_INVALID, code="unsupported_media_type"):
     """The body is not JSON."""
 

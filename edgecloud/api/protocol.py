@@ -20,7 +20,10 @@ What the protocol does, as HTTP/1.1 asks (RFC 9112):
 - flow control both ways: reading pauses while 64 KiB of unread body is buffered, and `send`
   waits while the transport's write buffer is over its high-water mark;
 - an upgrade request (WebSocket, h2c) is answered as a plain request, then the connection closes;
-- a request the parser refuses gets a 400 (OpenAI-style error) and the connection closes;
+- a request the parser refuses gets a 400 (OpenAI-style error) and the connection closes
+  (llhttp in strict mode: both Content-Length and Transfer-Encoding, two lengths, obs-fold,
+  control bytes and bare LFs are refused, so no request can hide in another's body), and a
+  request line and headers over 64 KiB get a 431;
 - the read deadlines, idle keep-alive timeout and connection limit of `ConnectionGuard`
   (api/guard.py).
 """
@@ -40,7 +43,13 @@ from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 
 from edgecloud.api.asgi import Message
 from edgecloud.api.clientwatch import SCOPE_KEY, ClientWatch
-from edgecloud.api.errors import APIError, BadRequest, RequestTimeout, TooManyConnections
+from edgecloud.api.errors import (
+    APIError,
+    BadRequest,
+    HeadersTooLarge,
+    RequestTimeout,
+    TooManyConnections,
+)
 from edgecloud.api.guard import raw_error
 
 if TYPE_CHECKING:
@@ -52,6 +61,7 @@ if TYPE_CHECKING:
 _log = logging.getLogger("uvicorn.error")
 
 BODY_HIGH_WATER = 65536  # unread request body buffered before reading pauses (uvicorn's)
+MAX_HEAD_BYTES = 65536  # request line and headers (nginx allows 4 x 8 KiB lines, h11 16 KiB)
 _JOIN_BELOW = 16384  # a body up to this leaves joined with its head; a larger one by writev
 
 
@@ -81,6 +91,10 @@ def _checked_name(name: bytes) -> bytes:
         if len(_good_names) < 4096:  # names come from code, not from clients: a small set
             _good_names.add(lower)
     return lower
+
+
+class _HeadTooLarge(Exception):
+    """Raised in a parser callback: the request's head is over MAX_HEAD_BYTES."""
 
 
 class Request(ClientWatch):
@@ -302,6 +316,7 @@ class HttpProtocol(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self._guarded = False
         self._done_reading = False  # after a parse error or an upgrade: bytes are ignored
+        self._head_bytes = 0  # of the request being read: its line and headers so far
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -342,7 +357,11 @@ class HttpProtocol(asyncio.Protocol):
             # protocol's bytes, so the connection closes after the answers owed.
             self._stop_reading()
         except httptools.HttpParserError as exc:
-            self._unreadable(BadRequest(f"Invalid HTTP request: {exc}."))
+            if isinstance(exc.__context__, _HeadTooLarge):  # raised in our callback
+                self._unreadable(HeadersTooLarge(
+                    f"The request line and headers are over {MAX_HEAD_BYTES} bytes."))
+            else:
+                self._unreadable(BadRequest(f"Invalid HTTP request: {exc}."))
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -364,6 +383,7 @@ class HttpProtocol(asyncio.Protocol):
     # -- httptools callbacks ------------------------------------------------------------------
     def on_message_begin(self) -> None:
         r = self.current = Request(self)
+        self._head_bytes = 0
         guard = self.guard
         if self not in guard.headers:  # not the connection's first request
             guard.idle.pop(self, None)
@@ -379,11 +399,13 @@ class HttpProtocol(asyncio.Protocol):
         r = self.current
         if r is not None:
             r.url += url
+            self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         r = self.current
         if r is None:
             return
+        self._count_head(len(name) + len(value))
         name = name.lower()
         if name == b"expect" and value.lower() == b"100-continue":
             r.expect_continue = True
@@ -450,6 +472,11 @@ class HttpProtocol(asyncio.Protocol):
             return
         r.more_body = False
         r._wake()
+
+    def _count_head(self, n: int) -> None:
+        self._head_bytes += n
+        if self._head_bytes > MAX_HEAD_BYTES:  # the parser stops here (feed_data raises)
+            raise _HeadTooLarge
 
     # -- requests and answers -----------------------------------------------------------------
     def _begin(self, r: Request) -> None:

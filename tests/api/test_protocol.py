@@ -283,3 +283,24 @@ def test_many_concurrent_clients(port: int) -> None:
             return [r.json()["bytes"] for r in rs]
 
     assert asyncio.run(run()) == list(range(300))
+
+
+def test_oversized_head_gets_431_and_is_closed(port: int) -> None:
+    raw = _exchange(port, b"GET /echo HTTP/1.1\r\nHost: x\r\n"
+                          + b"X-Pad: " + b"a" * 100_000 + b"\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 431 ")
+    assert b'"code":"request_header_fields_too_large"' in raw
+
+
+@pytest.mark.parametrize("attack", [
+    b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nabcdef",
+    b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length : 5\r\n\r\nabcde",
+    b"GET /echo HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n",
+    b"GET /echo HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
+], ids=["cl-and-te", "two-lengths", "space-before-colon", "obs-fold", "nul"])
+def test_request_smuggling_shapes_get_400_and_a_close(port: int, attack: bytes) -> None:
+    raw = _exchange(port, attack)
+    assert raw.startswith(b"HTTP/1.1 400 "), raw
+    assert raw.count(b"HTTP/1.1 ") == 1 and b"/smuggled" not in raw
