@@ -247,7 +247,9 @@ class Request(ClientWatch):
                 parts.append(b"transfer-encoding: chunked\r\n")
                 n += 1
                 self.chunked = True
-        if self.head_only or status in _NO_BODY_STATUS:
+        if status in _NO_BODY_STATUS:
+            self.head_only = True  # 204 and 304 carry no body, whatever the app sends
+        if self.head_only:
             self.remaining = -1
             self.chunked = False
         parts.append(b"\r\n")

@@ -51,6 +51,10 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
                     "headers": [(b"content-length", b"2")]})
         await send({"type": "http.response.body", "body": b"abc"})
         return
+    if path == "/no-content":
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b"ignored"})
+        return
     if path == "/early":  # answers without reading the body
         await send({"type": "http.response.start", "status": 401,
                     "headers": [(b"content-length", b"2")]})
@@ -200,6 +204,14 @@ def test_head_sends_no_body(port: int) -> None:
     assert head.startswith(b"HTTP/1.1 200 ")
     assert b"content-length: " in head
     assert body == b""
+
+
+def test_204_sends_no_body_and_keeps_the_connection(port: int) -> None:
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+        r = client.get("/no-content")
+        assert r.status_code == 204 and r.content == b""
+        assert "transfer-encoding" not in r.headers
+        assert client.post("/echo", content=b"ab").json()["bytes"] == 2  # framing intact
 
 
 def test_stream_is_chunked(port: int) -> None:
