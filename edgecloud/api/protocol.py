@@ -347,7 +347,7 @@ class HttpProtocol(asyncio.Protocol):
         self._done_reading = True
 
     def eof_received(self) -> bool | None:
-        return None  # the transport closes: nothing more can arrive, and answers would be lost
+        return None  # a half-close ends the connection (the transport closes it), as in uvicorn
 
     def data_received(self, data: bytes) -> None:
         if self._done_reading:
