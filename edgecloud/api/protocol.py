@@ -1,6 +1,6 @@
 """Our HTTP/1.1 server protocol (httptools), run by uvicorn's server for every server of ours.
 
-uvicorn keeps what it does well: sockets, workers, signals, the lifespan and the graceful drain
+uvicorn keeps what it does well: sockets, signals, the lifespan and the graceful drain
 (`Server.shutdown` calls each connection's `shutdown()` and waits on `server_state.tasks`). Each
 connection speaks through `HttpProtocol` instead of uvicorn's `HttpToolsProtocol`, because on a
 small request the server was a quarter of the gateway's CPU: uvicorn builds a
