@@ -102,7 +102,7 @@ class Request(ClientWatch):
     its answer. It is also the request's ClientWatch (scope[SCOPE_KEY])."""
 
     __slots__ = ("conn", "scope", "url", "headers", "expect_continue", "keep_alive", "head_only",
-                 "http10", "body", "buffered", "more_body", "delivered_last", "waiter",
+                 "http10", "body", "buffered", "more_body", "delivered_last", "waiters",
                  "started", "complete", "held", "chunked", "remaining")
 
     def __init__(self, conn: HttpProtocol) -> None:
@@ -119,7 +119,8 @@ class Request(ClientWatch):
         self.buffered = 0
         self.more_body = True
         self.delivered_last = False
-        self.waiter: asyncio.Future[None] | None = None
+        # The app's receive() calls waiting for bytes or the end (one, or a watcher task too).
+        self.waiters: list[asyncio.Future[None]] | None = None
         self.started = False
         self.complete = False
         self.held: bytes | None = None  # the response head, until the body's first piece
@@ -148,11 +149,16 @@ class Request(ClientWatch):
                     self.conn.body_drained(self)
                 return {"type": "http.request", "body": body, "more_body": more}
             self.conn.body_drained(self)
-            waiter = self.waiter = self.conn.loop.create_future()
+            waiter = self.conn.loop.create_future()
+            if self.waiters is None:
+                self.waiters = [waiter]
+            else:
+                self.waiters.append(waiter)
             try:
                 await waiter
             finally:
-                self.waiter = None
+                if self.waiters is not None and waiter in self.waiters:
+                    self.waiters.remove(waiter)
 
     async def send(self, message: Message) -> None:
         """The ASGI send: `http.response.start`, then `http.response.body` pieces."""
@@ -273,9 +279,12 @@ class Request(ClientWatch):
 
     # -- the connection's side ------------------------------------------------------------------
     def _wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        waiters = self.waiters
+        if waiters:
+            self.waiters = None
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     def left(self) -> None:
         """The connection closed before the answer was complete."""

@@ -69,6 +69,16 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         message = await receive()
         SEEN.append(message["type"])
         return
+    if path == "/two-listeners":  # a watcher task and the handler both wait on receive()
+        await read_body(receive, 1 << 20)
+
+        async def listen() -> None:
+            SEEN.append((await receive())["type"])
+
+        task = asyncio.ensure_future(listen())
+        await listen()
+        await task
+        return
     if path == "/slow":
         await asyncio.sleep(float(scope["query_string"].decode().split("=")[1]))
     body = await read_body(receive, 64 << 20)
@@ -284,6 +294,17 @@ def test_client_that_leaves_is_noticed(port: int) -> None:
     while len(SEEN) < 2 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert SEEN == ["gone", "http.disconnect"]
+
+
+def test_two_listeners_both_hear_the_disconnect(port: int) -> None:
+    SEEN.clear()
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"POST /two-listeners HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx")
+        time.sleep(0.1)
+    deadline = time.monotonic() + 10
+    while len(SEEN) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert SEEN == ["http.disconnect", "http.disconnect"]
 
 
 def test_many_concurrent_clients(port: int) -> None:
