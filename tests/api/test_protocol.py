@@ -285,26 +285,27 @@ def test_big_body_arrives_whole_with_flow_control(port: int) -> None:
     assert r.json()["bytes"] == len(body)
 
 
-def test_client_that_leaves_is_noticed(port: int) -> None:
+def _sent_then_left(port: int, request: bytes, events: int) -> list[str]:
+    """Send `request`, close the connection, and return what the app noticed."""
     SEEN.clear()
     with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(b"POST /watch HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
-        time.sleep(0.1)
+        sock.sendall(request)
     deadline = time.monotonic() + 10
-    while len(SEEN) < 2 and time.monotonic() < deadline:
+    while len(SEEN) < events and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert SEEN == ["gone", "http.disconnect"]
+    return list(SEEN)
+
+
+def test_client_that_leaves_is_noticed(port: int) -> None:
+    seen = _sent_then_left(
+        port, b"POST /watch HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi", 2)
+    assert seen == ["gone", "http.disconnect"]
 
 
 def test_two_listeners_both_hear_the_disconnect(port: int) -> None:
-    SEEN.clear()
-    with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(b"POST /two-listeners HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx")
-        time.sleep(0.1)
-    deadline = time.monotonic() + 10
-    while len(SEEN) < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert SEEN == ["http.disconnect", "http.disconnect"]
+    seen = _sent_then_left(
+        port, b"POST /two-listeners HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx", 2)
+    assert seen == ["http.disconnect", "http.disconnect"]
 
 
 def test_many_concurrent_clients(port: int) -> None:
