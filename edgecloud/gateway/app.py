@@ -375,7 +375,7 @@ class GatewayApp:
                 # A defect, never an answer to a bad body: an OpenAI-style 500 if nothing was
                 # sent yet (the log names the exception, never the body).
                 log_event(_events, "gateway.error", logging.ERROR, route=scope["path"],
-                          exception=type(exc).__name__)
+                          exception=type(exc).__name__, where=_where(exc))
                 if "status" in record:
                     raise
                 await self._refuse(send, APIError("The gateway failed on this request.",
@@ -435,3 +435,13 @@ _WANTED = frozenset({
     b"authorization", b"x-api-key", b"content-type", b"x-edgecloud-region",
     b"x-edgecloud-sensitivity", b"x-edgecloud-deadline-ms", b"x-edgecloud-placement",
 })
+
+
+def _where(exc: BaseException) -> str:
+    """The file and line an exception came from: a defect's place, with nothing of the request."""
+    tb = exc.__traceback__
+    if tb is None:
+        return "?"
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno}"

@@ -200,8 +200,7 @@ class Forwarder:
                 if state.model_id is None and not state.healthy:
                     # Never probed up (panic mode): learn its model id first, as a passing
                     # probe would have.
-                    await up.discover_model(state.config.connect_timeout_s)
-                    if state.model_id is not None:
+                    if await up.discover_model(state.config.connect_timeout_s) is not None:
                         body = _body(ex.raw, ex.facts, state, sent_as)
                 resp = at.resp = await up.request(ex.path, body, trace_headers)
                 at.status = resp.status

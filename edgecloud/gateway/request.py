@@ -17,6 +17,7 @@ import orjson
 
 from edgecloud.api.errors import BadRequest
 from edgecloud.api.messages import messages_to_chat
+from edgecloud.gateway.elided import ElidedURL
 
 if TYPE_CHECKING:
     from edgecloud.gateway.translate import ClientAPI
@@ -62,14 +63,6 @@ def parse_json(raw: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.")
     return body
-
-
-class _ElidedURL(str):
-    """An image data URI that parse_body checked on the raw bytes and left out of the parse.
-
-    Only parse_body makes these (orjson never returns a str subclass)."""
-
-    __slots__ = ()
 
 
 # Bodies from this size up may have their large base64 images left out of the parse.
@@ -134,7 +127,7 @@ def parse_body(raw: bytes) -> tuple[dict[str, Any], bool]:
 
 
 def _mark_elided(body: dict[str, Any]) -> set[int]:
-    """Placeholders found at image_url.url of message parts (turned into _ElidedURL there)."""
+    """Placeholders found at image_url.url of message parts (turned into ElidedURL there)."""
     found: set[int] = set()
     tail = "~" + _NONCE
     messages = body.get("messages")
@@ -157,7 +150,7 @@ def _mark_elided(body: dict[str, Any]) -> set[int]:
             if index in found:
                 return set()  # a duplicate cannot come from us
             found.add(index)
-            elided = _ElidedURL(url[:k])
+            elided = ElidedURL(url[:k])
             if isinstance(image, dict):
                 image["url"] = elided
             else:
@@ -168,7 +161,7 @@ def _mark_elided(body: dict[str, Any]) -> set[int]:
 def _check_image(part: dict[str, Any], where: str) -> None:
     image = part.get("image_url")
     url = image.get("url") if isinstance(image, dict) else image
-    if type(url) is _ElidedURL:
+    if type(url) is ElidedURL:
         return  # checked on the raw bytes by parse_body
     if not isinstance(url, str) or not url:
         raise BadRequest(f"{where}.image_url.url must be a non-empty string.", param=where)

@@ -136,14 +136,15 @@ class Upstream:
         st.healthy = ok
         return ok
 
-    async def discover_model(self, timeout_s: float = 2.0) -> None:
+    async def discover_model(self, timeout_s: float = 2.0) -> str | None:
         """Learn the endpoint's model id and what it reads: configured, else from the first
-        model it lists (`capabilities`, or edgecloud's `meta.capabilities`)."""
+        model it lists (`capabilities`, or edgecloud's `meta.capabilities`). Returns the model id
+        (None: not known)."""
         st = self.state
         if st.config.model is not None:
             st.model_id = st.config.model
             if st.config.capabilities is not None:
-                return
+                return st.model_id
         status, raw = await self._get(self._target("/models"), timeout_s)
         if status == 200:
             st.discovered_at = time.monotonic()
@@ -160,3 +161,4 @@ class Upstream:
                     st.discovered_apis = tuple(apis)
             except (orjson.JSONDecodeError, AttributeError, IndexError, TypeError):
                 pass
+        return st.model_id
