@@ -6,7 +6,7 @@ LLAMA_VERSION := 0.3.36
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.edgecloud-setup
 
-.PHONY: setup test test-fast lint demo bench bench-report clean check-arm64
+.PHONY: setup native test test-fast lint demo bench bench-report clean check-arm64
 
 setup: $(STAMP)
 
@@ -25,14 +25,19 @@ $(STAMP): requirements.lock pyproject.toml edgecloud/node/llama_build.py
 	$(BIN)/python -m edgecloud.node.kernels
 	touch $(STAMP)
 
+# The request path compiled with mypyc (edgecloud/compiled.py): a third less CPU per request in
+# the gateway. Rebuilt only when a compiled source changed; the sources run where it is missing.
+native: setup
+	$(BIN)/python -m edgecloud.native_build
+
 lint: setup
 	$(BIN)/ruff check edgecloud tests benchmarks
-	$(BIN)/mypy edgecloud/api edgecloud/node edgecloud/fleet edgecloud/bench edgecloud/html_report edgecloud/gateway edgecloud/decide edgecloud/deploy edgecloud/demo edgecloud/testing edgecloud/supervise.py edgecloud/http1.py edgecloud/logs.py
+	$(BIN)/mypy edgecloud/api edgecloud/node edgecloud/fleet edgecloud/bench edgecloud/html_report edgecloud/gateway edgecloud/decide edgecloud/deploy edgecloud/demo edgecloud/testing edgecloud/supervise.py edgecloud/http1.py edgecloud/logs.py edgecloud/compiled.py edgecloud/native_build.py
 
-test: setup lint
+test: setup lint native
 	$(BIN)/python -m pytest -q -x -rs --durations=15
 
-test-fast: setup
+test-fast: setup native
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # The node on arm64, on this x86 machine: llama.cpp cross-built by the same recipe, a Debian
@@ -43,7 +48,7 @@ test-fast: setup
 check-arm64: setup
 	$(BIN)/python deploy/arm64/check.py
 
-demo: setup
+demo: setup native
 	$(BIN)/edgecloud demo
 
 # The README's performance tables, from the latest benchmarks/results/*.json.
@@ -51,4 +56,5 @@ bench-report: setup
 	$(BIN)/python benchmarks/bench_report.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache edgecloud/compiled.json
+	find edgecloud -name '*.so' -delete

