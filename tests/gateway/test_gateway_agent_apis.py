@@ -134,7 +134,8 @@ def test_an_agent_run_with_one_function_tool(keyed_node: str, echo_cloud: Standi
                                 default_headers={"x-edgecloud-placement": "edge"})
     agent = Agent(name="weather", instructions="Use the tool.", tools=[get_weather],
                   model=OpenAIResponsesModel("auto", client),
-                  model_settings=ModelSettings(tool_choice="get_weather", max_tokens=64),
+                  model_settings=ModelSettings(tool_choice="get_weather", max_tokens=64,
+                                                 temperature=0),  # greedy: a short call
                   tool_use_behavior="stop_on_first_tool")
     result = Runner.run_sync(agent, "What is the weather in Paris?", max_turns=3)
     assert len(calls) == 1 and isinstance(calls[0], str)
