@@ -1,6 +1,7 @@
-# The gateway (and the fleet server): pure Python, no llama.cpp, no model. From the repo root:
+# The gateway (and the fleet server): Python with its request path compiled by mypyc, no llama.cpp,
+# no model. From the repo root:
 #   docker build -f deploy/docker/gateway.Dockerfile -t edgecloud/gateway:0.1.0 .
-# Multi-arch (pure Python: the arm64 half only installs wheels, minutes under QEMU):
+# Multi-arch (the arm64 half installs wheels and compiles the request path, minutes under QEMU):
 #   docker buildx build --platform linux/amd64,linux/arm64 -f deploy/docker/gateway.Dockerfile \
 #     -t REGISTRY/edgecloud/gateway:0.1.0 --push .
 # Run the fleet server from the same image: `edgecloud fleet serve ...`.

@@ -157,8 +157,14 @@ class Request(ClientWatch):
             try:
                 await waiter
             finally:
-                if self.waiters is not None and waiter in self.waiters:
-                    self.waiters.remove(waiter)
+                self._forget(waiter)
+
+    def _forget(self, waiter: asyncio.Future[None]) -> None:
+        # Its own method: `waiters` may have been emptied while receive() waited, which the
+        # compiled receive() would not expect of an attribute it had just seen set.
+        waiters = self.waiters
+        if waiters is not None and waiter in waiters:
+            waiters.remove(waiter)
 
     async def send(self, message: Message) -> None:
         """The ASGI send: `http.response.start`, then `http.response.body` pieces."""
@@ -444,7 +450,9 @@ class HttpProtocol(asyncio.Protocol):
                 raw_path, query = url, b""
                 path = url.decode("ascii")
             else:
-                parsed = httptools.parse_url(url)
+                # Any: httptools' stubs say bytes where the parser gives None, and compiled
+                # code would check the stubs' word (edgecloud/compiled.py).
+                parsed: Any = httptools.parse_url(url)
                 raw_path, query = parsed.path or b"/", parsed.query or b""
                 path = raw_path.decode("ascii")
                 if "%" in path:

@@ -45,7 +45,7 @@ from edgecloud.gateway.config import ApiKeyConfig, GatewayConfig
 from edgecloud.gateway.errors import NoAllowedEndpoint
 from edgecloud.gateway.forward import Exchange, Forwarder
 from edgecloud.gateway.health import CircuitBreaker, EndpointState
-from edgecloud.gateway.limits import Gate, Limiter
+from edgecloud.gateway.limits import Limiter
 from edgecloud.gateway.metrics import GatewayMetrics
 from edgecloud.gateway.metrics_share import SHARE_EVERY_S, WorkerShare
 from edgecloud.gateway.policy import Hints, PlacementDecision, PlacementPolicy
@@ -309,8 +309,10 @@ class GatewayApp:
         t0 = time.perf_counter()
         record: dict[str, Any] = {"event": "request", "route": scope["path"]}
         trace = None if self.tracer is None else self.tracer.begin(scope)
-        watch = None
-        gate: Gate | None = None
+        # Any, not Optional: compiled, `finally` reads a variable with the type the try body
+        # narrowed it to, and a None there would raise (edgecloud/compiled.py).
+        watch: Any = None
+        gate: Any = None
         try:
             headers = {k: v for k, v in scope["headers"] if k in _WANTED}
             try:

@@ -240,8 +240,8 @@ class _MonthClock:
             return self.name
         now = time.gmtime(t)  # what time.strftime("%Y-%m", time.gmtime()) names
         year, month = now.tm_year, now.tm_mon
-        self.start = calendar.timegm((year, month, 1, 0, 0, 0))
-        self.end = calendar.timegm((year + month // 12, month % 12 + 1, 1, 0, 0, 0))
+        self.start = float(calendar.timegm((year, month, 1, 0, 0, 0)))
+        self.end = float(calendar.timegm((year + month // 12, month % 12 + 1, 1, 0, 0, 0)))
         self.name = f"{year}-{month:02d}"
         return self.name
 
