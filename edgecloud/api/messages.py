@@ -145,7 +145,8 @@ def _image_url(block: dict[str, Any], where: str) -> str:
     kind = source.get("type") if isinstance(source, dict) else None
     if kind == "base64":
         media, data = source.get("media_type"), source.get("data")  # type: ignore[union-attr]
-        if media not in _IMAGE_TYPES or not isinstance(data, str) or not data:
+        if (not isinstance(media, str) or media not in _IMAGE_TYPES or not isinstance(data, str)
+                or not data):
             raise BadRequest(f"{where}.source needs media_type (one of "
                              f"{sorted(_IMAGE_TYPES)}) and base64 data.", param=where)
         return f"data:{media};base64,{data}"

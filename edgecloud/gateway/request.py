@@ -217,7 +217,7 @@ def _content(facts: RequestFacts, content: Any, i: int) -> None:
         elif ptype == "image_url":
             _check_image(part, f"messages[{i}].content[{j}]")
             facts.images += 1
-        elif ptype not in _PART_TYPES:
+        elif type(ptype) is not str or ptype not in _PART_TYPES:  # a list: not hashable
             pw = f"messages[{i}].content[{j}]"
             raise BadRequest(f"{pw}.type {ptype!r} is not a known content part type.", param=pw)
 
@@ -261,7 +261,8 @@ def inspect_chat(body: dict[str, Any]) -> RequestFacts:
         if not isinstance(msg, dict):
             where = f"messages[{i}]"
             raise BadRequest(f"{where} must be an object.", param=where)
-        if msg.get("role") not in _ROLES:
+        role = msg.get("role")
+        if type(role) is not str or role not in _ROLES:  # a list or object cannot be hashed
             where = f"messages[{i}]"
             raise BadRequest(f"{where}.role must be one of {sorted(_ROLES)}.", param=where)
         _content(facts, msg.get("content"), i)

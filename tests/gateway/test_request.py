@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgecloud.api.errors import BadRequest
+from edgecloud.api.messages import messages_to_chat
+from edgecloud.api.responses import responses_to_chat
 from edgecloud.gateway.request import (
     inspect_chat,
     inspect_completion,
+    inspect_count_tokens,
+    inspect_embeddings,
     parse_body,
     parse_json,
     with_model,
@@ -160,3 +166,36 @@ def test_broken_image_data_gets_the_same_400_as_before() -> None:
             inspect_chat(parse_body(raw)[0])
     with pytest.raises(BadRequest):
         parse_body(_chat({"type": "image_url", "image_url": {"url": _uri()}})[:-1])
+
+
+# Any JSON a client can send, built from the keys these bodies use: every inspector either
+# returns its facts or raises BadRequest (a 400); anything else would be a 500.
+_KEYS = ["model", "messages", "role", "content", "type", "text", "image_url", "url", "source",
+         "media_type", "data", "tool_calls", "function", "name", "arguments", "tools", "input",
+         "prompt", "stream", "max_tokens", "max_output_tokens", "system", "instructions",
+         "tool_choice", "call_id", "output", "refusal", "detail", "parameters"]
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 2**64) | st.floats(allow_nan=False)
+    | st.sampled_from(["", "user", "assistant", "text", "image_url", "input_text", "message",
+                       "data:image/png;base64,iVBORw0KGgo=", "a@b.example", "m"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(_KEYS), inner,
+                                                               max_size=4),
+    max_leaves=16)
+
+
+_ITEMS = st.lists(st.dictionaries(st.sampled_from(_KEYS), _JSON, max_size=5), min_size=1,
+                  max_size=3)  # messages or input items: objects of any shape
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.dictionaries(st.sampled_from(_KEYS), _JSON, max_size=5), _ITEMS)
+def test_any_json_object_is_inspected_or_refused_with_a_bad_request(body: dict,
+                                                                     items: list) -> None:
+    body = {**body, "messages": items, "input": items}
+    for inspect in (inspect_chat, inspect_completion, inspect_embeddings, inspect_count_tokens,
+                    lambda b: inspect_chat(responses_to_chat(b)),
+                    lambda b: inspect_chat(messages_to_chat(b))):
+        try:
+            inspect(body)
+        except BadRequest:
+            pass
