@@ -80,8 +80,17 @@ def built_extensions() -> list[Path]:
                   for p in source(m).parent.glob(m.rsplit(".", 1)[1] + ".*.so"))
 
 
+def _extension(module: str) -> Path:
+    """Where this interpreter would load `module`'s compiled extension from."""
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]  # e.g. .cpython-311-x86_64-linux-gnu.so
+    return source(module).with_name(module.rsplit(".", 1)[1] + suffix)
+
+
 def fresh() -> bool:
-    """True where a build exists and was made from the sources as they are now."""
+    """True where a whole build for this interpreter exists and was made from the sources as
+    they are now (a build for another Python or CPU is not used)."""
+    if not all(_extension(m).exists() for m in (*MODULES, GROUP + "__mypyc")):
+        return False
     try:
         recorded = json.loads(RECORD.read_text(encoding="utf-8"))
     except (OSError, ValueError):

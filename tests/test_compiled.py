@@ -44,5 +44,12 @@ def test_a_changed_source_runs_as_python_until_rebuilt(tmp_path: Path) -> None:
     # A build cut short leaves no record: not used either.
     policy.write_text(policy.read_text().removesuffix("\n# edited\n"))
     assert all(p.endswith(".so") for p in _imported_from(tmp_path))
+    record = (copy / "compiled.json").read_text()
     (copy / "compiled.json").unlink()
+    assert all(p.endswith(".py") for p in _imported_from(tmp_path))
+
+    # Nor a build with a piece missing (or built for another Python or CPU).
+    (copy / "compiled.json").write_text(record)
+    for group in copy.glob("compiled__mypyc.*.so"):
+        group.unlink()
     assert all(p.endswith(".py") for p in _imported_from(tmp_path))
