@@ -7,6 +7,7 @@ requirements.lock); about a minute on 2 cores.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -57,15 +58,18 @@ def build() -> None:
 
 
 def main(argv: list[str]) -> int:
-    if argv == ["--status"]:
+    parser = argparse.ArgumentParser(prog="python -m edgecloud.native_build", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    which.add_argument("--status", action="store_true", help="say whether the build is in use")
+    args = parser.parse_args(argv)
+    if args.status:
         state = ("in use" if in_use() else "stale: the sources run" if built_extensions()
                  else "not built: the sources run")
         print(f"{GROUP}: {state}")
         return 0
-    if argv not in ([], ["--force"]):
-        print("usage: python -m edgecloud.native_build [--force | --status]", file=sys.stderr)
-        return 2
-    if not argv and fresh() and built_extensions():
+    if not args.force and fresh():
         print(f"{GROUP}: up to date")
         return 0
     build()
