@@ -1,4 +1,4 @@
-#!lua name=edgecloud_state_4
+#!lua name=edgecloud_state_5
 -- The gateway's shared state on Redis (redis_state.py): one library of functions, loaded once,
 -- each one atomic. The clock is Redis's own (TIME), so replicas whose clocks differ share one
 -- window. Key names are built here, so this needs one Redis (or a primary behind Sentinel), not
@@ -93,8 +93,8 @@ local function add(w, b, kind, amount, now)
 end
 
 local function keep(keys, ttl, w, field, now)
+  redis.call('HSET', w, field, now)  -- first: a key made by HSET would have no expiry
   for _, k in ipairs(keys) do redis.call('PEXPIRE', k, ttl) end
-  redis.call('HSET', w, field, now)
 end
 
 local function stale(mark, now)
@@ -271,12 +271,6 @@ local function settle_many(b, fields, actual)
   end
 end
 
-local function tail(keys, from)
-  local out = {}
-  for i = from, #keys do out[#out + 1] = keys[i] end
-  return out
-end
-
 local function caps_of(args, from, n)
   local caps = {}
   for i = 1, n do caps[i] = tonumber(args[from + i - 1]) end
@@ -284,47 +278,218 @@ local function caps_of(args, from, n)
 end
 
 -- keys: the key base. args: rpm, tpm, max_parallel (-1: none), tokens, lease, lease_ms
-redis.register_function('edgecloud_state_4_admit', function(keys, args)
+redis.register_function('edgecloud_state_5_admit', function(keys, args)
   return admit(now_ms(), keys[1], tonumber(args[1]), tonumber(args[2]), tonumber(args[3]),
                tonumber(args[4]), args[5], tonumber(args[6]))
 end)
 
 -- keys: the key base. args: lease, tokens (the answer's: 0 for a key without tpm)
-redis.register_function('edgecloud_state_4_release', function(keys, args)
+redis.register_function('edgecloud_state_5_release', function(keys, args)
   release(now_ms(), keys[1], args[1], tonumber(args[2]))
   return 0
 end)
 
 -- keys: budget bases. args: amount (nano-USD), id, lease_ms, then one cap per base (-1: none)
-redis.register_function('edgecloud_state_4_reserve', function(keys, args)
+redis.register_function('edgecloud_state_5_reserve', function(keys, args)
   return reserve(now_ms(), keys, caps_of(args, 4, #keys), args[1], args[2], tonumber(args[3]))
 end)
 
 -- keys: budget bases. args: id, actual (nano-USD)
-redis.register_function('edgecloud_state_4_settle', function(keys, args)
+redis.register_function('edgecloud_state_5_settle', function(keys, args)
   settle(keys, args[1], args[2])
   return 0
 end)
 
 -- keys: budget bases -> spent + reserved (nano-USD) each
-redis.register_function('edgecloud_state_4_spent', function(keys, args)
+redis.register_function('edgecloud_state_5_spent', function(keys, args)
   local now, out = now_ms(), {}
   for i, b in ipairs(keys) do out[i] = total(b, now) end
   return out
 end)
 
--- One request's start. keys[1]: the key base ('' for no rate limits), keys[2..]: budget bases.
--- args: rpm, tpm, max_parallel, tokens, lease, lease_ms, amount (nano-USD), caps...
-redis.register_function('edgecloud_state_4_begin', function(keys, args)
-  local now = now_ms()
-  local usage = 0  -- not nil: a nil would end the reply array
-  if keys[1] ~= '' then
-    usage = admit(now, keys[1], tonumber(args[1]), tonumber(args[2]), tonumber(args[3]),
-                  tonumber(args[4]), args[5], tonumber(args[6]))
-    if usage[1] ~= '' or #keys == 1 then return {usage} end
+-- Many requests' starts in one step (redis_state.py begin): each request is admitted (its key's
+-- rate limits) and then reserves (its budgets) as the functions admit and reserve would, one
+-- after the other in the order sent, so the outcome is the same as one call each; what they
+-- share is read once and written once: a key's window and slots, a budget's totals.
+--
+-- keys: the key bases and budget bases the batch names, each once. args: ns, then ns shapes
+-- (what requests of one key and budget share): key base index (0: no rate limits), rpm, tpm,
+-- max_parallel, lease_ms, nb, then nb pairs of budget base index, cap (-1: none); then per
+-- request: shape index, tokens, lease (also the reservation's id), amount (nano-USD; 0: none).
+-- -> per request {usage (0: no key), reserve's {index, totals} (absent: nothing reserved)}
+
+-- A key's state in a batch: its window's sums (once `win`), its slots (once `slots`), and
+-- what the batch adds to them, written by key_flush.
+local function key_state(base)
+  return {w = base .. ':w', b = base .. ':b', par = base .. ':par', nreq = 0, ntok = 0,
+          npar = 0, win = false, slots = false, purged = false, addr = 0, addt = 0,
+          leases = {}, lease_ms = 0, admitted = false, mark = nil}
+end
+
+local function key_window(k, now)
+  if not k.win then
+    local hv = redis.call('HMGET', k.w, 'rs', 'ts', 'x')
+    k.nreq, k.ntok = trim(k.w, k.b, tonumber(hv[1] or '0'), tonumber(hv[2] or '0'), now)
+    k.mark, k.win = hv[3], true
   end
-  return {usage, reserve(now, tail(keys, 2), caps_of(args, 8, #keys - 1), args[7], args[5],
-                         tonumber(args[6]))}
+end
+
+local function key_slots(k, maxpar, now)
+  if not k.slots then
+    k.npar, k.slots = redis.call('ZCARD', k.par), true
+  end
+  if k.npar + 1 > maxpar and not k.purged then
+    -- only now do the slots of replicas that died mid-request matter: drop the expired
+    redis.call('ZREMRANGEBYSCORE', k.par, '-inf', now)
+    k.npar, k.purged = redis.call('ZCARD', k.par) + #k.leases / 2, true
+  end
+end
+
+-- The batch's requests and tokens so far into the bucket of now (before a refusal reads the
+-- buckets, and at the end).
+local function key_counts(k, now)
+  if k.addr > 0 then add(k.w, k.b, 'r', k.addr, now); k.addr = 0 end
+  if k.addt > 0 then add(k.w, k.b, 't', k.addt, now); k.addt = 0 end
+end
+
+local function key_flush(k, now)
+  key_counts(k, now)
+  if #k.leases > 0 then
+    slices(k.leases, 1, #k.leases, function(...) redis.call('ZADD', k.par, ...) end)
+  end
+  if k.admitted then
+    if not k.win then k.mark = redis.call('HGET', k.w, 'x') end
+    if stale(k.mark, now) then
+      -- every key lives at least W (or a lease) past its newest entry
+      redis.call('PEXPIRE', k.par, math.max(W, k.lease_ms) + 2 * REFRESH_MS)
+      keep({k.w, k.b}, W + B + 2 * REFRESH_MS, k.w, 'x', now)
+    end
+  end
+end
+
+-- -> the usage reply of admit
+local function admit_one(k, now, rpm, tpm, maxpar, tokens, lease, lease_ms)
+  local nreq, ntok, npar = 0, 0, 0
+  if rpm >= 0 or tpm >= 0 then
+    key_window(k, now)
+    nreq, ntok = k.nreq, k.ntok
+  end
+  if maxpar >= 0 then
+    key_slots(k, maxpar, now)
+    npar = k.npar
+  end
+  local limited, wait = '', 0
+  if rpm >= 0 and nreq + 1 > rpm then
+    key_counts(k, now)  -- the buckets as one call each would have left them
+    limited, wait = 'requests', wait_ms(k.w, k.b, 'r', nreq, 1, rpm, now)
+  elseif tpm >= 0 and ntok + tokens > tpm then
+    key_counts(k, now)
+    limited, wait = 'tokens', wait_ms(k.w, k.b, 't', ntok, tokens, tpm, now)
+  elseif maxpar >= 0 and npar + 1 > maxpar then
+    limited, wait = 'parallel', 1000
+  else
+    if rpm >= 0 then
+      nreq = nreq + 1
+      k.nreq, k.addr = nreq, k.addr + 1
+    end
+    if tpm >= 0 and tokens > 0 then
+      ntok = ntok + tokens
+      k.ntok, k.addt = ntok, k.addt + tokens
+    end
+    if maxpar >= 0 then
+      k.leases[#k.leases + 1] = now + lease_ms
+      k.leases[#k.leases + 1] = lease
+      npar = npar + 1
+      k.npar = npar
+      if lease_ms > k.lease_ms then k.lease_ms = lease_ms end
+    end
+    k.admitted = true
+    -- just added to the bucket of now: the window is empty again W after it ends
+    local reset = (bucket(now) + 1) * B + W - now
+    return {limited, nreq, ntok, nreq > 0 and reset or 0, ntok > 0 and reset or 0, wait, npar}
+  end
+  key_counts(k, now)
+  local reset = reset_ms(k.b, now)
+  return {limited, nreq, ntok, nreq > 0 and reset or 0, ntok > 0 and reset or 0, wait, npar}
+end
+
+-- A budget base's state in a batch: its total (spent + reserved) as total() read it, plus what
+-- the batch reserved, and the reservations to write (field, value pairs) by budget_flush.
+local function budget_state(base, now)
+  local t, fresh, nx = total(base, now)
+  return {base = base, total = t, fresh = fresh, nx = nx and tonumber(nx), newnx = false,
+          add = 0, fields = {}}
+end
+
+local function budget_flush(s)
+  if #s.fields == 0 then return end
+  redis.call('HINCRBY', s.base, 'rn', int(s.add))
+  if s.newnx then
+    s.fields[#s.fields + 1] = 'nx'
+    s.fields[#s.fields + 1] = int(s.nx)
+  end
+  slices(s.fields, 1, #s.fields, function(...) redis.call('HSET', s.base, ...) end)
+  if s.fresh then redis.call('PEXPIRE', s.base, KEEP_MS) end
+end
+
+redis.register_function('edgecloud_state_5_begins', function(keys, args)
+  local now = now_ms()
+  local ns, a, shapes = tonumber(args[1]), 2, {}
+  for i = 1, ns do
+    local nb = tonumber(args[a + 5])
+    local sh = {k = tonumber(args[a]), rpm = tonumber(args[a + 1]), tpm = tonumber(args[a + 2]),
+                maxpar = tonumber(args[a + 3]), lease_ms = tonumber(args[a + 4]), bases = {},
+                caps = {}}
+    a = a + 6
+    for j = 1, nb do
+      sh.bases[j], sh.caps[j] = tonumber(args[a]), tonumber(args[a + 1])
+      a = a + 2
+    end
+    shapes[i] = sh
+  end
+  local ks, bs, out = {}, {}, {}
+  local function budget(i)
+    local s = bs[i]
+    if not s then s = budget_state(keys[i], now); bs[i] = s end
+    return s
+  end
+  while a <= #args do
+    local sh = shapes[tonumber(args[a])]
+    local tokens, lease, amount = tonumber(args[a + 1]), args[a + 2], args[a + 3]
+    a = a + 4
+    local usage = 0  -- not nil: a nil would end the reply array
+    if sh.k > 0 then
+      local k = ks[sh.k]
+      if not k then k = key_state(keys[sh.k]); ks[sh.k] = k end
+      usage = admit_one(k, now, sh.rpm, sh.tpm, sh.maxpar, tokens, lease, sh.lease_ms)
+    end
+    if usage ~= 0 and usage[1] ~= '' or #sh.bases == 0 then
+      out[#out + 1] = {usage}
+    else
+      local amt, totals, refused = tonumber(amount), {}, 0
+      for j, i in ipairs(sh.bases) do
+        totals[j] = budget(i).total
+        if refused == 0 and sh.caps[j] >= 0 and totals[j] + amt > sh.caps[j] + 1 then
+          refused = j
+        end
+      end
+      if refused == 0 then
+        local exp = now + sh.lease_ms
+        for j, i in ipairs(sh.bases) do
+          local s = bs[i]
+          s.total, s.add = s.total + amt, s.add + amt
+          s.fields[#s.fields + 1] = 'r:' .. lease
+          s.fields[#s.fields + 1] = amount .. ':' .. int(exp)
+          if not s.nx or s.nx > exp then s.nx, s.newnx = exp, true end
+          totals[j] = s.total
+        end
+      end
+      out[#out + 1] = {usage, {refused, totals}}
+    end
+  end
+  for _, k in pairs(ks) do key_flush(k, now) end
+  for _, s in pairs(bs) do budget_flush(s) end
+  return out
 end)
 
 -- Many requests' ends, merged (redis_state.py end_many). keys[1]: the writer's mark (the
@@ -333,7 +498,7 @@ end)
 -- (nano-USD), n, n reservation ids. A writer numbers its batches in the order it sends them
 -- and sends a batch whose answer it lost again, so one numbered no higher than the mark was
 -- applied already: -> 0 for that, 1 applied now.
-redis.register_function('edgecloud_state_4_ends', function(keys, args)
+redis.register_function('edgecloud_state_5_ends', function(keys, args)
   local seq = tonumber(args[1])
   local mark = redis.call('GET', keys[1])
   if mark and tonumber(mark) >= seq then return 0 end
@@ -357,7 +522,7 @@ end)
 
 -- keys: the fleet base. args: replica, ttl_ms, then endpoint, count pairs
 -- -> {live replicas, then endpoint, in-flight count pairs summed over the other replicas}
-redis.register_function('edgecloud_state_4_heartbeat', function(keys, args)
+redis.register_function('edgecloud_state_5_heartbeat', function(keys, args)
   local now = now_ms()
   local base, me, ttl = keys[1], args[1], tonumber(args[2])
   redis.call('ZREMRANGEBYSCORE', base .. ':replicas', '-inf', now)

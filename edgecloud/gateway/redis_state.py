@@ -15,6 +15,7 @@ import asyncio
 import itertools
 import uuid
 from collections import deque
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -28,7 +29,7 @@ from redis.exceptions import RedisError, ResponseError
 from edgecloud.gateway.state import NO_LIMIT, Begin, Ends, Reserved, StateUnavailable, Usage
 
 LIBRARY = resources.files("edgecloud.gateway").joinpath("redis_state.lua").read_text("utf-8")
-_FN = "edgecloud_state_4_"  # the library's version: redis_state.lua's first line names it
+_FN = "edgecloud_state_5_"  # the library's version: redis_state.lua's first line names it
 _NOT_LOADED = ("ERR Function not found", "Function not found")  # hiredis, redis-py
 
 
@@ -83,10 +84,6 @@ def _bulk_texts(parts: list[str]) -> bytes:
     return text.encode() if text.isascii() else _bulks(parts)
 
 
-def _bulk(part: bytes) -> bytes:
-    return b"$%d\r\n%s\r\n" % (len(part), part)
-
-
 def _command(*parts: Any) -> bytes:
     """One command in Redis's protocol (an array of bulk strings)."""
     return b"*%d\r\n" % len(parts) + _bulks(parts)
@@ -105,8 +102,10 @@ class _Channel:
     by benchmarks/gateway_state.py (b). A call without its reply after the timeout fails, with
     every call still waiting on that connection, and the next call opens a fresh one."""
 
-    def __init__(self, client: aioredis.Redis, timeout_s: float) -> None:
+    def __init__(self, client: aioredis.Redis, timeout_s: float,
+                 before_write: Callable[[], None] | None = None) -> None:
         self._pool = client.connection_pool
+        self._before_write = before_write
         self._timeout_s = timeout_s
         self._conn: Any = None
         self._connecting: asyncio.Task[None] | None = None
@@ -128,6 +127,12 @@ class _Channel:
         """Run one FCALL, already in Redis's protocol; the future holds its reply or the error."""
         return self._send(cmd, True)
 
+    def write_soon(self) -> None:
+        """Write at the end of this turn of the loop: `before_write` sends what it holds then."""
+        if not self._flush_soon:
+            self._flush_soon = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
     def _send(self, cmd: bytes, retry: bool,
               fut: asyncio.Future[Any] | None = None) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
@@ -143,7 +148,11 @@ class _Channel:
         return fut
 
     def _flush(self) -> None:
+        if self._before_write is not None:
+            self._before_write()  # its calls join this write (_flush_soon: none scheduled)
         self._flush_soon = False
+        if not self._out:
+            return
         if self._conn is None:
             if self._connecting is None:
                 self._connecting = asyncio.create_task(self._connect())
@@ -242,6 +251,38 @@ def _ignored() -> asyncio.Future[Any]:
     return fut
 
 
+class _Shape:
+    """What the begins of one key and budget share: the key's base (None: no rate limits),
+    the budget bases, the limits (rpm, tpm, max_parallel, lease ms) and caps as the FCALL's
+    arguments, and the budget scopes. Hashed by identity: the store makes one per shape."""
+
+    __slots__ = ("key", "budgets", "limits", "caps", "scopes")
+
+    def __init__(self, key: str | None, budgets: list[str], limits: list[str], caps: list[str],
+                 scopes: list[str]) -> None:
+        self.key = key
+        self.budgets = budgets
+        self.limits = limits
+        self.caps = caps
+        self.scopes = scopes
+
+
+def _spread(batch: asyncio.Future[Any], futs: list[asyncio.Future[Any]]) -> None:
+    """A batch's reply (one per request, in order) or error, to each request's future."""
+    if batch.cancelled():
+        exc: BaseException | None = RedisConnectionError("the store is closing")
+    else:
+        exc = batch.exception()
+    if exc is not None:
+        for fut in futs:
+            if not fut.done():
+                fut.set_exception(exc)
+        return
+    for fut, reply in zip(futs, batch.result(), strict=True):
+        if not fut.done():
+            fut.set_result(reply)
+
+
 class RedisStore:
     """StateStore shared by every replica through one Redis."""
 
@@ -260,13 +301,14 @@ class RedisStore:
         self._settle = _Function(self.client, "settle")
         self._spent = _Function(self.client, "spent")
         self._heartbeat = _Function(self.client, "heartbeat")
-        self._begin = _Function(self.client, "begin")
+        self._begins_fn = _Function(self.client, "begins")
         self._ends_fn = _Function(self.client, "ends")
-        self._channel = _Channel(self.client, timeout_s)
-        # The parts of the request path's FCALLs that are the same for every request of a key
-        # (its key names, limits, caps), in Redis's protocol: what each request adds is a few
-        # bulk strings (see _begin_shape).
-        self._begins: dict[tuple[Any, ...], tuple[bytes, bytes, bytes, list[str]]] = {}
+        self._channel = _Channel(self.client, timeout_s, self._send_begins)
+        # The begins of this turn of the loop, sent as one FCALL just before the channel's next
+        # write (_send_begins): (shape, the rest of the request's arguments, its future).
+        self._pending: list[tuple[_Shape, str, asyncio.Future[Any]]] = []
+        # What the begins of one key and budget share (key names, limits, caps), made once.
+        self._shapes: dict[tuple[Any, ...], _Shape] = {}
         # end_many numbers the batches it sends, and Redis keeps the last number it applied
         # under this writer's mark, so that a batch sent again after its answer was lost (a
         # timeout, a dropped connection) is not applied twice.
@@ -292,45 +334,78 @@ class RedisStore:
                             [rpm, tpm, max_parallel, tokens, lease, int(lease_s * 1000)])
         return _usage(r)
 
-    def _begin_shape(self, b: Begin, reserve: bool
-                     ) -> tuple[bytes, bytes, bytes, list[str]]:
-        """begin's FCALL around what changes per request (tokens, lease; the amount): the
-        head (keys, limits), the lease's expiry, the caps; and the budget scopes."""
-        shape = (b.key, b.rpm, b.tpm, b.max_parallel, b.lease_s, b.month,
-                 tuple(b.scopes.items()) if reserve else ())
-        got = self._begins.get(shape)
+    def _shape(self, b: Begin, reserve: bool) -> _Shape:
+        key = (b.key, b.rpm, b.tpm, b.max_parallel, b.lease_s, b.month,
+               tuple(b.scopes.items()) if reserve else ())
+        got = self._shapes.get(key)
         if got is None:
-            if len(self._begins) >= 4096:
-                self._begins.clear()
+            if len(self._shapes) >= 4096:
+                self._shapes.clear()
             scopes = list(b.scopes) if reserve else []
-            keys = [self._key(b.key) if b.key is not None else ""]
-            keys += [self._budget(s, b.month) for s in scopes]
-            caps = _caps(b.scopes, scopes)
-            head = b"*%d\r\n%s" % (3 + len(keys) + 7 + len(caps), _bulks(
-                [b"FCALL", self._begin.name, len(keys), *keys, b.rpm, b.tpm, b.max_parallel]))
-            got = self._begins[shape] = (head, _bulks([int(b.lease_s * 1000)]), _bulks(caps),
-                                         scopes)
+            got = self._shapes[key] = _Shape(
+                self._key(b.key) if b.key is not None else None,
+                [self._budget(s, b.month) for s in scopes],
+                [str(x) for x in (b.rpm, b.tpm, b.max_parallel, int(b.lease_s * 1000))],
+                _caps(b.scopes, scopes), scopes)
         return got
 
     async def begin(self, b: Begin) -> tuple[Usage | None, Reserved | None]:
         reserve = b.amount > 0 and bool(b.scopes)
         if b.key is None and not reserve:
             return None, None
-        head, lease_ms, caps, scopes = self._begin_shape(b, reserve)
-        # FCALL begin: keys, then rpm, tpm, max_parallel (in head), tokens, lease, lease_ms,
-        # amount, caps (as _Channel.call would write them)
-        cmd = b"%s%s%s%s%s%s" % (head, _bulk(str(b.tokens).encode()), _bulk(b.lease.encode()),
-                                 lease_ms, _bulk(_nano(b.amount).encode()), caps)
+        shape = self._shape(b, reserve)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        # The request's arguments after its shape's number: tokens, lease, amount
+        # (lengths in bytes: the batch is encoded at once, and a lease may not be ASCII)
+        amount = _nano(b.amount) if reserve else "0"
+        tokens = str(b.tokens)
+        lease = b.lease
+        size = len(lease) if lease.isascii() else len(lease.encode())
+        rest = f"${len(tokens)}\r\n{tokens}\r\n${size}\r\n{lease}\r\n${len(amount)}\r\n{amount}\r\n"
+        self._pending.append((shape, rest, fut))
+        if len(self._pending) == 1:
+            self._channel.write_soon()
         try:
-            r = await self._channel.send(cmd)
+            r = await fut
         except (TimeoutError, RedisError, OSError) as exc:
             raise StateUnavailable(f"redis: {type(exc).__name__}") from None
         usage = _usage(r[0]) if r[0] else None
         reserved = None
         if len(r) > 1:
             idx, totals = int(r[1][0]), r[1][1]
+            scopes = shape.scopes
             reserved = Reserved(scopes[idx - 1] if idx else None, _usd(totals, scopes))
         return usage, reserved
+
+    def _send_begins(self) -> None:
+        """The pending begins as one FCALL begins (redis_state.lua names its keys and args),
+        each one's reply handed to its caller."""
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        keys: dict[str, int] = {}
+        shapes: dict[_Shape, int] = {}
+        head: list[str] = []
+        body: list[str] = []
+        for shape, rest, _ in pending:
+            si = shapes.get(shape)
+            if si is None:
+                si = shapes[shape] = len(shapes) + 1
+                ki = 0
+                if shape.key is not None:
+                    ki = keys.setdefault(shape.key, len(keys) + 1)
+                head += [str(ki), *shape.limits, str(len(shape.budgets))]
+                for name, cap in zip(shape.budgets, shape.caps, strict=True):
+                    head += [str(keys.setdefault(name, len(keys) + 1)), cap]
+            n = str(si)
+            body.append(f"${len(n)}\r\n{n}\r\n{rest}")
+        front = [b"FCALL", self._begins_fn.name, len(keys), *keys, len(shapes)]
+        text = "".join([f"${len(p)}\r\n{p}\r\n" for p in head]) + "".join(body)
+        cmd = b"*%d\r\n%s%s" % (len(front) + len(head) + 4 * len(pending), _bulks(front),
+                                 text.encode())
+        batch = self._channel.send(cmd)
+        batch.add_done_callback(lambda f: _spread(f, [fut for _, _, fut in pending]))
 
     def _ends_command(self, batch: Ends) -> bytes:
         """FCALL ends for one batch (redis_state.lua names its keys and args)."""
@@ -419,5 +494,9 @@ class RedisStore:
             raise StateUnavailable(f"redis: {type(exc).__name__}") from None
 
     async def close(self) -> None:
+        pending, self._pending = self._pending, []
+        for _, _, fut in pending:
+            if not fut.done():
+                fut.set_exception(RedisConnectionError("the store is closing"))
         await self._channel.close()
         await self.client.aclose()

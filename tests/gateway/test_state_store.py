@@ -485,3 +485,78 @@ async def _test_sent_again(redis_url: str) -> None:
     finally:
         await store.close()
         await other.close()
+
+
+def test_a_batch_of_begins_decides_as_one_call_each_would(redis_url: str) -> None:
+    """Begins that arrive together go to Redis as one batch; each is decided against what the
+    ones before it in the batch took, as the memory store decides one after the other: the same
+    admissions, counts, slots, refusals and budget totals, over keys with each kind of limit,
+    shared and separate budgets, and caps that run out mid-batch."""
+    asyncio.run(_test_batch_as_sequence(redis_url))
+
+
+async def _test_batch_as_sequence(redis_url: str) -> None:
+    import random
+
+    rng = random.Random(7)
+    limits = {"r": (20, NO_LIMIT, NO_LIMIT), "t": (NO_LIMIT, 200, NO_LIMIT),
+              "p": (NO_LIMIT, NO_LIMIT, 20), "all": (30, 300, 25)}
+    begins = []
+    for i in range(300):
+        key = rng.choice([*limits, None])
+        rpm, tpm, par = limits[key] if key is not None else (NO_LIMIT, NO_LIMIT, NO_LIMIT)
+        scopes = rng.choice([{}, {"g": 8.0}, {"g": 8.0, f"key:{key}": 0.5},
+                             {"g": 8.0, "other": NO_LIMIT}])
+        amount = rng.choice([0.0, 0.1, 0.3])
+        begins.append(Begin(key, rpm, tpm, par, rng.randint(0, 15), f"l{i}", 60, scopes,
+                            amount, "m"))
+    redis_store, memory = RedisStore(redis_url, "seq"), MemoryStore()
+    try:
+        batched = await asyncio.gather(*(redis_store.begin(b) for b in begins))
+        one_by_one = [await memory.begin(b) for b in begins]
+        for b, (u1, r1), (u2, r2) in zip(begins, batched, one_by_one, strict=True):
+            assert (u1 is None) == (u2 is None), b
+            if u1 is not None and u2 is not None:
+                assert (u1.limited, u1.requests, u1.tokens, u1.parallel) == (
+                    u2.limited, u2.requests, u2.tokens, u2.parallel), b
+            assert (r1 is None) == (r2 is None), b
+            if r1 is not None and r2 is not None:
+                assert r1.refused == r2.refused, b
+                assert r1.spent == pytest.approx(r2.spent), b
+        refused = [r.refused for _, r in batched if r is not None]
+        assert None in refused and "g" in refused and any(
+            x is not None and x.startswith("key:") for x in refused)
+        limited = {u.limited for u, _ in batched if u is not None}
+        assert limited == {None, "requests", "tokens", "parallel"}
+        scopes = ["g", "other", *(f"key:{k}" for k in limits)]
+        assert await redis_store.spent(scopes, "m") == pytest.approx(
+            await memory.spent(scopes, "m"))
+    finally:
+        await redis_store.close()
+        await memory.close()
+
+
+def test_everything_the_store_writes_expires(redis_url: str) -> None:
+    """No key under the prefix lives forever, whatever limits a key has: a window and slots
+    expire once the key falls idle, a budget's month after its month, a writer's mark too."""
+    asyncio.run(_test_everything_expires(redis_url))
+
+
+async def _test_everything_expires(redis_url: str) -> None:
+    import redis.asyncio as aioredis
+
+    store = RedisStore(redis_url, "ttl")
+    admin = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        shapes = {"r": (5, NO_LIMIT, NO_LIMIT), "t": (NO_LIMIT, 100, NO_LIMIT),
+                  "p": (NO_LIMIT, NO_LIMIT, 4)}
+        for key, (rpm, tpm, par) in shapes.items():
+            await store.begin(Begin(key, rpm, tpm, par, 3, f"{key}1", 60, {"g": 5.0}, 0.1, "m"))
+            await store.end_many([Ends.of([End(key, f"{key}1", 2, ("g",), 0.05, "m")])])
+        names = [n async for n in admin.scan_iter("ttl:*")]
+        assert "ttl:key:p:w" in names and "ttl:key:r:w" in names  # p: its refresh mark
+        for name in names:
+            assert await admin.pttl(name) > 0, name
+    finally:
+        await store.close()
+        await admin.aclose()
