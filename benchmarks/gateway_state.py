@@ -4,7 +4,8 @@
     sent requests spread over them for --window seconds; then keys with spend caps (global hard
     budget, a key's monthly_cloud_usd) are driven past them at concurrency 12;
 (b) cost: one gateway, a key with every limit and a hard budget (admit, reserve, settle and
-    release per request), memory against redis: req/s at concurrency 16, p50 at concurrency 1;
+    release per request), memory against redis: req/s at concurrency 16, p50 at concurrency 1,
+    in 3 alternating rounds (the median round of each);
 (c) workers: `--workers 2` against nginx with 2 workers on the same stand-in upstream, small
     body at concurrency 16 (and one gateway process for reference), in 3 alternating rounds;
 (d) the rpm 60 run of (a) against 3 LiteLLM proxy processes on the same Redis;
@@ -209,24 +210,35 @@ def litellm_drift(p: Peers, up: str, redis: RedisServer, window_s: float) -> dic
     return _minute(_hammer(urls, "none", clients=3, seconds=window_s, pause_s=0.05), window_s)
 
 
-def cost(p: Peers, up: str, redis: RedisServer, seconds: float, body: Path) -> dict[str, Any]:
+def cost(p: Peers, up: str, redis: RedisServer, seconds: float, body: Path,
+         rounds: int = 3) -> dict[str, Any]:
+    """Per concurrency, memory and redis in turn, `rounds` times (this machine's speed drifts
+    within a run); per target the round with the median req/s."""
     env = {"EDGECLOUD_REDIS_URL": redis.url}
     targets = {"memory": _cloud_only(p, up, "memory", env, "one-memory"),
                "redis": _cloud_only(p, up, "redis", env, "one-redis")}
     auth = {"Authorization": f"Bearer {KEYS['limited']}"}
     out: dict[str, Any] = {}
     for conc in (1, 16):
-        for name, url in targets.items():
-            gw0, redis0 = p.cpu_s(url) or 0.0, redis_cpu_s(redis.url)
-            r = wrk(url, body, conc, seconds, auth)
-            requests = max(r["rps"] * max(int(seconds), 1), 1.0)
-            r["gateway_cpu_us_per_request"] = ((p.cpu_s(url) or 0.0) - gw0) / requests * 1e6
-            r["redis_cpu_us_per_request"] = (redis_cpu_s(redis.url) - redis0) / requests * 1e6
-            out[f"{name}/c{conc}"] = r
+        runs: dict[str, list[dict[str, Any]]] = {}
+        for i in range(rounds):
+            for name, url in (targets.items() if i % 2 == 0 else reversed(targets.items())):
+                gw0, redis0 = p.cpu_s(url) or 0.0, redis_cpu_s(redis.url)
+                r = wrk(url, body, conc, seconds, auth)
+                requests = max(r["rps"] * max(int(seconds), 1), 1.0)
+                r["gateway_cpu_us_per_request"] = ((p.cpu_s(url) or 0.0) - gw0) / requests * 1e6
+                r["redis_cpu_us_per_request"] = ((redis_cpu_s(redis.url) - redis0) / requests
+                                                 * 1e6)
+                runs.setdefault(name, []).append(r)
+        for name, rs in runs.items():
+            mid = statistics.median(x["rps"] for x in rs)
+            r = out[f"{name}/c{conc}"] = min(rs, key=lambda x: abs(x["rps"] - mid))
+            r["rounds_rps"] = [x["rps"] for x in rs]
             print(f"  {name:<8} c{conc:<3} {r['rps']:>9.0f} req/s  p50 {r['p50_ms']:.3f} ms  "
                   f"p99 {r['p99_ms']:.3f} ms  errors {r['errors']:.0f}  CPU per request: "
                   f"gateway {r['gateway_cpu_us_per_request']:.0f} us, redis-server "
-                  f"{r['redis_cpu_us_per_request']:.0f} us", flush=True)
+                  f"{r['redis_cpu_us_per_request']:.0f} us  (rounds: "
+                  f"{', '.join(f'{x:.0f}' for x in r['rounds_rps'])})", flush=True)
     out["redis_ping_p50_ms"] = redis_round_trip_ms(redis.url)
     print(f"  one Redis round trip (PING, redis-py asyncio) p50 here: "
           f"{out['redis_ping_p50_ms']:.3f} ms", flush=True)

@@ -247,11 +247,12 @@ local function settle(bases, rid, actual)
   end
 end
 
--- Many requests' settlements in one budget base: drop the reservations `fields` (r:<id>,
--- those still held) and add `actual` (nano-USD) to the spend, as settle does for each.
-local function settle_many(b, fields, actual)
+-- Many requests' settlements in one budget base: drop the reservations args[from .. to]
+-- (fields r:<id>, those still held) and add `actual` (nano-USD) to the spend, as settle does
+-- for each.
+local function settle_many(b, args, from, to, actual)
   local found = 0
-  slices(fields, 1, #fields, function(...)
+  slices(args, from, to, function(...)
     local v = redis.call('HMGET', b, ...)
     local held = 0
     for j = 1, select('#', ...) do
@@ -316,7 +317,10 @@ end)
 -- (what requests of one key and budget share): key base index (0: no rate limits), rpm, tpm,
 -- max_parallel, lease_ms, nb, then nb pairs of budget base index, cap (-1: none); then per
 -- request: shape index, tokens, lease (also the reservation's id), amount (nano-USD; 0: none).
--- -> per request {usage (0: no key), reserve's {index, totals} (absent: nothing reserved)}
+-- -> one flat array (a nested one costs Redis more to reply): per request, where its shape has
+-- a key, the 7 values of admit's usage; where it has budgets, -1 (refused by a rate limit:
+-- nothing reserved) or reserve's index of the scope that refused it (0: reserved), then the
+-- nb totals after.
 
 -- A key's state in a batch: its window's sums (once `win`), its slots (once `slots`), and
 -- what the batch adds to them, written by key_flush.
@@ -367,8 +371,8 @@ local function key_flush(k, now)
   end
 end
 
--- -> the usage reply of admit
-local function admit_one(k, now, rpm, tpm, maxpar, tokens, lease, lease_ms)
+-- -> the usage admit replies, as 7 values
+local function admit_one(k, now, rpm, tpm, maxpar, tokens, lease, lease_ms, expiry)
   local nreq, ntok, npar = 0, 0, 0
   if rpm >= 0 or tpm >= 0 then
     key_window(k, now)
@@ -397,7 +401,7 @@ local function admit_one(k, now, rpm, tpm, maxpar, tokens, lease, lease_ms)
       k.ntok, k.addt = ntok, k.addt + tokens
     end
     if maxpar >= 0 then
-      k.leases[#k.leases + 1] = now + lease_ms
+      k.leases[#k.leases + 1] = expiry
       k.leases[#k.leases + 1] = lease
       npar = npar + 1
       k.npar = npar
@@ -406,11 +410,11 @@ local function admit_one(k, now, rpm, tpm, maxpar, tokens, lease, lease_ms)
     k.admitted = true
     -- just added to the bucket of now: the window is empty again W after it ends
     local reset = (bucket(now) + 1) * B + W - now
-    return {limited, nreq, ntok, nreq > 0 and reset or 0, ntok > 0 and reset or 0, wait, npar}
+    return limited, nreq, ntok, nreq > 0 and reset or 0, ntok > 0 and reset or 0, wait, npar
   end
   key_counts(k, now)
   local reset = reset_ms(k.b, now)
-  return {limited, nreq, ntok, nreq > 0 and reset or 0, ntok > 0 and reset or 0, wait, npar}
+  return limited, nreq, ntok, nreq > 0 and reset or 0, ntok > 0 and reset or 0, wait, npar
 end
 
 -- A budget base's state in a batch: its total (spent + reserved) as total() read it, plus what
@@ -436,10 +440,12 @@ redis.register_function('edgecloud_state_5_begins', function(keys, args)
   local now = now_ms()
   local ns, a, shapes = tonumber(args[1]), 2, {}
   for i = 1, ns do
-    local nb = tonumber(args[a + 5])
+    local nb, lease_ms = tonumber(args[a + 5]), tonumber(args[a + 4])
+    -- expiry: when its leases and reservations expire, as a number and as text (once here:
+    -- each number made text in a call costs a formatting)
     local sh = {k = tonumber(args[a]), rpm = tonumber(args[a + 1]), tpm = tonumber(args[a + 2]),
-                maxpar = tonumber(args[a + 3]), lease_ms = tonumber(args[a + 4]), bases = {},
-                caps = {}}
+                maxpar = tonumber(args[a + 3]), lease_ms = lease_ms, bases = {}, caps = {},
+                expiry = now + lease_ms, expiry_text = int(now + lease_ms)}
     a = a + 6
     for j = 1, nb do
       sh.bases[j], sh.caps[j] = tonumber(args[a]), tonumber(args[a + 1])
@@ -447,7 +453,7 @@ redis.register_function('edgecloud_state_5_begins', function(keys, args)
     end
     shapes[i] = sh
   end
-  local ks, bs, out = {}, {}, {}
+  local ks, bs, out, n = {}, {}, {}, 0
   local function budget(i)
     local s = bs[i]
     if not s then s = budget_state(keys[i], now); bs[i] = s end
@@ -457,14 +463,21 @@ redis.register_function('edgecloud_state_5_begins', function(keys, args)
     local sh = shapes[tonumber(args[a])]
     local tokens, lease, amount = tonumber(args[a + 1]), args[a + 2], args[a + 3]
     a = a + 4
-    local usage = 0  -- not nil: a nil would end the reply array
+    local limited = ''
     if sh.k > 0 then
       local k = ks[sh.k]
       if not k then k = key_state(keys[sh.k]); ks[sh.k] = k end
-      usage = admit_one(k, now, sh.rpm, sh.tpm, sh.maxpar, tokens, lease, sh.lease_ms)
+      local nreq, ntok, rreset, treset, wait, npar
+      limited, nreq, ntok, rreset, treset, wait, npar = admit_one(
+        k, now, sh.rpm, sh.tpm, sh.maxpar, tokens, lease, sh.lease_ms, sh.expiry_text)
+      out[n + 1], out[n + 2], out[n + 3], out[n + 4] = limited, nreq, ntok, rreset
+      out[n + 5], out[n + 6], out[n + 7], n = treset, wait, npar, n + 7
     end
-    if usage ~= 0 and usage[1] ~= '' or #sh.bases == 0 then
-      out[#out + 1] = {usage}
+    if #sh.bases == 0 then
+      -- nothing to reserve
+    elseif limited ~= '' then
+      n = n + 1
+      out[n] = -1
     else
       local amt, totals, refused = tonumber(amount), {}, 0
       for j, i in ipairs(sh.bases) do
@@ -474,17 +487,20 @@ redis.register_function('edgecloud_state_5_begins', function(keys, args)
         end
       end
       if refused == 0 then
-        local exp = now + sh.lease_ms
+        local exp, field, value = sh.expiry, 'r:' .. lease, amount .. ':' .. sh.expiry_text
         for j, i in ipairs(sh.bases) do
           local s = bs[i]
           s.total, s.add = s.total + amt, s.add + amt
-          s.fields[#s.fields + 1] = 'r:' .. lease
-          s.fields[#s.fields + 1] = amount .. ':' .. int(exp)
+          s.fields[#s.fields + 1] = field
+          s.fields[#s.fields + 1] = value
           if not s.nx or s.nx > exp then s.nx, s.newnx = exp, true end
           totals[j] = s.total
         end
       end
-      out[#out + 1] = {usage, {refused, totals}}
+      n = n + 1
+      out[n] = refused
+      for j = 1, #totals do out[n + j] = totals[j] end
+      n = n + #totals
     end
   end
   for _, k in pairs(ks) do key_flush(k, now) end
@@ -495,7 +511,7 @@ end)
 -- Many requests' ends, merged (redis_state.py end_many). keys[1]: the writer's mark (the
 -- number of the last batch it applied), then nk key bases, then budget bases. args: the
 -- batch's number, nk, then per key base: tokens, n, n leases; per budget base: actual
--- (nano-USD), n, n reservation ids. A writer numbers its batches in the order it sends them
+-- (nano-USD), n, n reservations' fields (r:<id>). A writer numbers its batches in the order it sends them
 -- and sends a batch whose answer it lost again, so one numbered no higher than the mark was
 -- applied already: -> 0 for that, 1 applied now.
 redis.register_function('edgecloud_state_5_ends', function(keys, args)
@@ -511,9 +527,8 @@ redis.register_function('edgecloud_state_5_ends', function(keys, args)
     a = a + 2 + n
   end
   for i = nk + 2, #keys do
-    local n, fields = tonumber(args[a + 1]), {}
-    for j = 1, n do fields[j] = 'r:' .. args[a + 1 + j] end
-    settle_many(keys[i], fields, args[a])
+    local n = tonumber(args[a + 1])
+    settle_many(keys[i], args, a + 2, a + 1 + n, args[a])
     a = a + 2 + n
   end
   redis.call('SET', keys[1], args[1], 'PX', KEEP_MS)

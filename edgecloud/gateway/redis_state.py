@@ -267,20 +267,28 @@ class _Shape:
         self.scopes = scopes
 
 
-def _spread(batch: asyncio.Future[Any], futs: list[asyncio.Future[Any]]) -> None:
-    """A batch's reply (one per request, in order) or error, to each request's future."""
+def _spread(batch: asyncio.Future[Any], futs: list[tuple[_Shape, asyncio.Future[Any]]]
+            ) -> None:
+    """A batch's reply or error to each request's future: the reply and where the request's
+    part of it starts (its size follows from its shape and its first values)."""
     if batch.cancelled():
         exc: BaseException | None = RedisConnectionError("the store is closing")
     else:
         exc = batch.exception()
     if exc is not None:
-        for fut in futs:
+        for _, fut in futs:
             if not fut.done():
                 fut.set_exception(exc)
         return
-    for fut, reply in zip(futs, batch.result(), strict=True):
+    reply: list[Any] = batch.result()
+    i = 0
+    for shape, fut in futs:
         if not fut.done():
-            fut.set_result(reply)
+            fut.set_result((reply, i))
+        if shape.key is not None:
+            i += 7
+        if shape.scopes:
+            i += 1 if reply[i] < 0 else 1 + len(shape.scopes)
 
 
 class RedisStore:
@@ -366,16 +374,20 @@ class RedisStore:
         if len(self._pending) == 1:
             self._channel.write_soon()
         try:
-            r = await fut
+            r, i = await fut
         except (TimeoutError, RedisError, OSError) as exc:
             raise StateUnavailable(f"redis: {type(exc).__name__}") from None
-        usage = _usage(r[0]) if r[0] else None
-        reserved = None
-        if len(r) > 1:
-            idx, totals = int(r[1][0]), r[1][1]
-            scopes = shape.scopes
-            reserved = Reserved(scopes[idx - 1] if idx else None, _usd(totals, scopes))
-        return usage, reserved
+        usage = None
+        if shape.key is not None:
+            usage = Usage(r[i] or None, r[i + 1], r[i + 2], r[i + 3], r[i + 4], r[i + 5],
+                          r[i + 6])
+            i += 7
+        scopes = shape.scopes
+        if not scopes or r[i] < 0:
+            return usage, None
+        idx = r[i]
+        spent = {s: r[i + 1 + j] / 1e9 for j, s in enumerate(scopes)}
+        return usage, Reserved(scopes[idx - 1] if idx else None, spent)
 
     def _send_begins(self) -> None:
         """The pending begins as one FCALL begins (redis_state.lua names its keys and args),
@@ -405,7 +417,7 @@ class RedisStore:
         cmd = b"*%d\r\n%s%s" % (len(front) + len(head) + 4 * len(pending), _bulks(front),
                                  text.encode())
         batch = self._channel.send(cmd)
-        batch.add_done_callback(lambda f: _spread(f, [fut for _, _, fut in pending]))
+        batch.add_done_callback(lambda f: _spread(f, [(shape, fut) for shape, _, fut in pending]))
 
     def _ends_command(self, batch: Ends) -> bytes:
         """FCALL ends for one batch (redis_state.lua names its keys and args)."""
@@ -421,7 +433,7 @@ class RedisStore:
         for (scope, month), actual in batch.spend.items():
             rids = batch.reservations.get((scope, month), [])
             keys.append(self._budget(scope, month))
-            args += [_bulks([_nano(actual), len(rids)]), _bulk_texts(rids)]
+            args += [_bulks([_nano(actual), len(rids)]), _bulk_texts([f"r:{r}" for r in rids])]
             nargs += 2 + len(rids)
         head = [b"FCALL", self._ends_fn.name, len(keys), *keys]
         return b"*%d\r\n%s%s" % (len(head) + nargs, _bulks(head), b"".join(args))
