@@ -57,6 +57,7 @@ from edgecloud.gateway.state import (
     End,
     Ends,
     MemoryStore,
+    Reserved,
     StateStore,
     StateUnavailable,
     Usage,
@@ -152,6 +153,7 @@ class Limiter:
         self.config = config
         self.metrics = metrics
         self.store = store if store is not None else open_store(config)
+        self.store.abandoned = self._abandoned
         self.shared = config.state.backend == "redis"
         # The rate-limit fallback while the shared store is down (the store itself in memory).
         self.local = self.store if isinstance(self.store, MemoryStore) else MemoryStore()
@@ -244,6 +246,15 @@ class Limiter:
         """Queue a request's end for the next batch (never blocks the request, never drops)."""
         self._ends.add(e)
         self._ends_ready.set()
+
+    def _abandoned(self, b: Begin, usage: Usage | None, reserved: Reserved | None) -> None:
+        """A begin whose request was cancelled while the store decided: its slot and its
+        reservation go back now (its counted request and tokens stay, as for any request)."""
+        slot = usage is not None and usage.limited is None and b.max_parallel >= 0
+        held = reserved is not None and reserved.refused is None
+        if slot or held:
+            self.end(End(b.key if slot else None, b.lease, 0,
+                         tuple(b.scopes) if held else (), 0.0, b.month, slot, held))
 
     # -- the request path ---------------------------------------------------------------------
     def applies(self, key: ApiKeyConfig | None) -> bool:

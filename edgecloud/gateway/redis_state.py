@@ -267,28 +267,18 @@ class _Shape:
         self.scopes = scopes
 
 
-def _spread(batch: asyncio.Future[Any], futs: list[tuple[_Shape, asyncio.Future[Any]]]
-            ) -> None:
-    """A batch's reply or error to each request's future: the reply and where the request's
-    part of it starts (its size follows from its shape and its first values)."""
-    if batch.cancelled():
-        exc: BaseException | None = RedisConnectionError("the store is closing")
-    else:
-        exc = batch.exception()
-    if exc is not None:
-        for _, fut in futs:
-            if not fut.done():
-                fut.set_exception(exc)
-        return
-    reply: list[Any] = batch.result()
-    i = 0
-    for shape, fut in futs:
-        if not fut.done():
-            fut.set_result((reply, i))
-        if shape.key is not None:
-            i += 7
-        if shape.scopes:
-            i += 1 if reply[i] < 0 else 1 + len(shape.scopes)
+def _decided(shape: _Shape, r: list[Any], i: int) -> tuple[Usage | None, Reserved | None]:
+    """One begin's part of a batch's flat reply, from r[i] (redis_state.lua, begins)."""
+    usage = None
+    if shape.key is not None:
+        usage = Usage(r[i] or None, r[i + 1], r[i + 2], r[i + 3], r[i + 4], r[i + 5], r[i + 6])
+        i += 7
+    scopes = shape.scopes
+    if not scopes or r[i] < 0:
+        return usage, None
+    idx = r[i]
+    spent = {s: r[i + 1 + j] / 1e9 for j, s in enumerate(scopes)}
+    return usage, Reserved(scopes[idx - 1] if idx else None, spent)
 
 
 class RedisStore:
@@ -313,10 +303,11 @@ class RedisStore:
         self._ends_fn = _Function(self.client, "ends")
         self._channel = _Channel(self.client, timeout_s, self._send_begins)
         # The begins of this turn of the loop, sent as one FCALL just before the channel's next
-        # write (_send_begins): (shape, the rest of the request's arguments, its future).
-        self._pending: list[tuple[_Shape, str, asyncio.Future[Any]]] = []
+        # write (_send_begins): (shape, the begin, the rest of its arguments, its future).
+        self._pending: list[tuple[_Shape, Begin, str, asyncio.Future[Any]]] = []
         # What the begins of one key and budget share (key names, limits, caps), made once.
         self._shapes: dict[tuple[Any, ...], _Shape] = {}
+        self.abandoned: Callable[[Begin, Usage | None, Reserved | None], None] | None = None
         # end_many numbers the batches it sends, and Redis keeps the last number it applied
         # under this writer's mark, so that a batch sent again after its answer was lost (a
         # timeout, a dropped connection) is not applied twice.
@@ -370,24 +361,27 @@ class RedisStore:
         lease = b.lease
         size = len(lease) if lease.isascii() else len(lease.encode())
         rest = f"${len(tokens)}\r\n{tokens}\r\n${size}\r\n{lease}\r\n${len(amount)}\r\n{amount}\r\n"
-        self._pending.append((shape, rest, fut))
+        self._pending.append((shape, b, rest, fut))
         if len(self._pending) == 1:
             self._channel.write_soon()
         try:
             r, i = await fut
+        except asyncio.CancelledError:
+            # Cancelled after the answer came, before this ran: give back what it took.
+            # (Cancelled before: _deliver_begins does.)
+            if fut.done() and not fut.cancelled():
+                self._give_back(b, shape, *fut.result())
+            raise
         except (TimeoutError, RedisError, OSError) as exc:
             raise StateUnavailable(f"redis: {type(exc).__name__}") from None
-        usage = None
-        if shape.key is not None:
-            usage = Usage(r[i] or None, r[i + 1], r[i + 2], r[i + 3], r[i + 4], r[i + 5],
-                          r[i + 6])
-            i += 7
-        scopes = shape.scopes
-        if not scopes or r[i] < 0:
-            return usage, None
-        idx = r[i]
-        spent = {s: r[i + 1 + j] / 1e9 for j, s in enumerate(scopes)}
-        return usage, Reserved(scopes[idx - 1] if idx else None, spent)
+        return _decided(shape, r, i)
+
+    def _give_back(self, b: Begin, shape: _Shape, r: list[Any], i: int) -> None:
+        """A begin whose caller is gone: what it took (a slot, a reservation) goes back through
+        `abandoned` (the Limiter queues its end), rather than held until its lease expires."""
+        if self.abandoned is not None:
+            usage, reserved = _decided(shape, r, i)
+            self.abandoned(b, usage, reserved)
 
     def _send_begins(self) -> None:
         """The pending begins as one FCALL begins (redis_state.lua names its keys and args),
@@ -396,11 +390,15 @@ class RedisStore:
         if not pending:
             return
         self._pending = []
+        if any(fut.cancelled() for _, _, _, fut in pending):
+            pending = [p for p in pending if not p[3].cancelled()]  # not sent: nothing taken
+            if not pending:
+                return
         keys: dict[str, int] = {}
         shapes: dict[_Shape, int] = {}
         head: list[str] = []
         body: list[str] = []
-        for shape, rest, _ in pending:
+        for shape, _, rest, _ in pending:
             si = shapes.get(shape)
             if si is None:
                 si = shapes[shape] = len(shapes) + 1
@@ -417,7 +415,32 @@ class RedisStore:
         cmd = b"*%d\r\n%s%s" % (len(front) + len(head) + 4 * len(pending), _bulks(front),
                                  text.encode())
         batch = self._channel.send(cmd)
-        batch.add_done_callback(lambda f: _spread(f, [(shape, fut) for shape, _, fut in pending]))
+        batch.add_done_callback(lambda f: self._deliver_begins(f, pending))
+
+    def _deliver_begins(self, batch: asyncio.Future[Any],
+                        pending: list[tuple[_Shape, Begin, str, asyncio.Future[Any]]]) -> None:
+        """A batch's reply or error to each begin's future: the reply and where the begin's
+        part of it starts (its size follows from its shape and its first values)."""
+        if batch.cancelled():
+            exc: BaseException | None = RedisConnectionError("the store is closing")
+        else:
+            exc = batch.exception()
+        if exc is not None:
+            for _, _, _, fut in pending:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        reply: list[Any] = batch.result()
+        i = 0
+        for shape, b, _, fut in pending:
+            if not fut.done():
+                fut.set_result((reply, i))
+            elif fut.cancelled():
+                self._give_back(b, shape, reply, i)
+            if shape.key is not None:
+                i += 7
+            if shape.scopes:
+                i += 1 if reply[i] < 0 else 1 + len(shape.scopes)
 
     def _ends_command(self, batch: Ends) -> bytes:
         """FCALL ends for one batch (redis_state.lua names its keys and args)."""
@@ -507,7 +530,7 @@ class RedisStore:
 
     async def close(self) -> None:
         pending, self._pending = self._pending, []
-        for _, _, fut in pending:
+        for _, _, _, fut in pending:
             if not fut.done():
                 fut.set_exception(RedisConnectionError("the store is closing"))
         await self._channel.close()

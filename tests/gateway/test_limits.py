@@ -299,3 +299,63 @@ def test_the_end_queue_seals_full_batches_and_never_merges_into_one_sent() -> No
     assert last[0].tokens == {"k": 1} and last[0].spend == {("global", "m"): 0.5}
     q.done(1)
     assert not q and q.take() == []
+
+
+def test_requests_cancelled_while_redis_decides_give_back_their_slots_and_reservations(
+        monkeypatch: pytest.MonkeyPatch, redis_url: str) -> None:
+    """Clients that leave while their begin is on its way to Redis (cancelled before the answer,
+    or after it but before the request ran on): the slots and reservations it took go back at
+    once, rather than being held until their leases expire and refusing the key meanwhile."""
+    monkeypatch.setenv("EDGECLOUD_REDIS_URL", redis_url)
+    cfg = parse_config(CONFIG.replace("rpm: 4,", "rpm: 1000, max_parallel: 3,")
+                       .replace("state: {", "state: {prefix: gone, "))
+    states = [EndpointState(e, CircuitBreaker()) for e in cfg.endpoints]
+    limiter = Limiter(cfg, GatewayMetrics(states))
+    key = cfg.auth.keys[0]
+    facts = inspect_chat(CHAT)
+    cloud_first = PlacementDecision((states[1], states[0]), "cost", "cheapest", False)
+
+    async def run() -> tuple[list[str | None], float]:
+        await limiter.start(states)
+        assert limiter.up
+        gates = [limiter.gate(key, facts) for _ in range(3)]
+        tasks = [asyncio.create_task(g.place(cloud_first)) for g in gates]
+        await asyncio.sleep(0)  # each has sent its begin (one batch) and waits for it
+        tasks[0].cancel()
+        tasks[1].cancel()
+        done = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(done[0], asyncio.CancelledError)
+        assert isinstance(done[1], asyncio.CancelledError)
+        gates[2].finish({"placement": "cloud", "cost_usd": 0.0})
+        # Answered, then cancelled before the request went on: given back as well.
+        late = asyncio.create_task(limiter.gate(key, facts).place(cloud_first))
+        await asyncio.sleep(0)  # it has queued its begin; the write is next in the loop's queue
+
+        def cancel_once_answered() -> None:  # runs just after that write, in the same turn
+            channel = limiter.store._channel  # type: ignore[attr-defined]
+            batch = channel._waiting[-1][1]  # its begin's batch, sent
+            batch.add_done_callback(lambda _: late.cancel())  # after the answer is handed on
+
+        asyncio.get_running_loop().call_soon(cancel_once_answered)
+        assert isinstance((await asyncio.gather(late, return_exceptions=True))[0],
+                          asyncio.CancelledError)
+        for _ in range(100):  # the ends go in the next batch, off the request's path
+            await asyncio.sleep(0.01)
+            if not limiter._ends:
+                break
+        # All 3 slots free again, nothing left reserved.
+        again = [limiter.gate(key, facts) for _ in range(3)]
+        got = [(await g.place(cloud_first)).order[0].config.name for g in again]
+        reserved = (await limiter.store.spent(["key:a"], month_now()))["key:a"]
+        await limiter.stop()
+        return got, reserved
+
+    got, reserved = asyncio.run(run())
+    assert got == ["cloud"] * 3
+    assert reserved == pytest.approx(3 * limiter_cost(), rel=1e-6)
+
+
+def limiter_cost() -> float:
+    """What a cloud request of CHAT reserves at CONFIG's prices (its prompt estimate and 8
+    output tokens at 1 USD per million)."""
+    return (inspect_chat(CHAT).prompt_tokens_estimate + 8) / 1e6
