@@ -96,9 +96,10 @@ class _Channel:
     request alone pays one round trip; concurrent requests share writes and reads and never
     wait for each other's round trips.
 
-    redis-py opens the connection (the URL, AUTH, TLS, the database) and hiredis parses the
-    replies; what is left out is redis-py's per-command machinery (its pipeline, retry and
-    per-read timeouts), which cost more CPU per request than the rest of the limiter: measured
+    redis-py opens the connection (the URL, AUTH, TLS, the database); then the channel takes
+    the transport over (_Replies) and hiredis parses the replies as they arrive. What is left
+    out is redis-py's per-command machinery (its pipeline, retry and per-read timeouts) and
+    asyncio's streams, which cost more CPU per request than the rest of the limiter: measured
     by benchmarks/gateway_state.py (b). A call without its reply after the timeout fails, with
     every call still waiting on that connection, and the next call opens a fresh one."""
 
@@ -107,9 +108,10 @@ class _Channel:
         self._pool = client.connection_pool
         self._before_write = before_write
         self._timeout_s = timeout_s
-        self._conn: Any = None
+        self._conn: Any = None  # redis-py's connection, while open
+        self._transport: Any = None  # its transport, which _Replies reads
         self._connecting: asyncio.Task[None] | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # (Python 3.11 asks getpid() for it)
         self._out: list[bytes] = []  # to write at the end of this turn of the loop
         self._flush_soon = False
         # Sent (or to send), waiting for a reply, in order: (command, future, when sent,
@@ -127,15 +129,21 @@ class _Channel:
         """Run one FCALL, already in Redis's protocol; the future holds its reply or the error."""
         return self._send(cmd, True)
 
+    def loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
+
     def write_soon(self) -> None:
         """Write at the end of this turn of the loop: `before_write` sends what it holds then."""
         if not self._flush_soon:
             self._flush_soon = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self.loop().call_soon(self._flush)
 
     def _send(self, cmd: bytes, retry: bool,
               fut: asyncio.Future[Any] | None = None) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
+        loop = self.loop()
         if fut is None:
             fut = loop.create_future()
         self._waiting.append((cmd, fut, loop.time(), retry))
@@ -159,7 +167,7 @@ class _Channel:
             return  # written once connected
         data, self._out = b"".join(self._out), []
         try:
-            self._conn._writer.write(data)
+            self._transport.write(data)
         except (OSError, RuntimeError) as exc:
             self._drop(RedisConnectionError(f"writing to Redis: {exc}"))
 
@@ -174,27 +182,22 @@ class _Channel:
             self._drop(exc)
             return
         self._connecting = None
-        self._conn = conn
-        self._reader = asyncio.create_task(self._read(conn))
+        # The handshake is done (its replies read): from now on what arrives goes straight to
+        # hiredis, not through asyncio's stream and a task that reads it.
+        replies = _Replies(self, conn)
+        transport = conn._writer.transport
+        transport.set_protocol(replies)
+        self._conn, self._transport = conn, transport
+        left = bytes(conn._reader._buffer)  # none expected; kept if any
+        if left:
+            replies.data_received(left)
         if self._out:
             self._flush()
 
-    async def _read(self, conn: Any) -> None:
-        parser = hiredis.Reader(encoding="utf-8")
-        stream = conn._reader
-        try:
-            while True:
-                data = await stream.read(1 << 16)
-                if not data:
-                    raise RedisConnectionError("Redis closed the connection")
-                parser.feed(data)
-                while (reply := parser.gets()) is not False:
-                    self._deliver(reply)
-        except asyncio.CancelledError:
-            raise
-        except (RedisError, OSError) as exc:
-            if self._conn is conn:
-                self._drop(exc)
+    def lost(self, conn: Any, exc: BaseException) -> None:
+        """The connection `conn` broke (or sent what is not Redis's protocol)."""
+        if self._conn is conn:
+            self._drop(exc)
 
     def _deliver(self, reply: Any) -> None:
         cmd, fut, _, retry = self._waiting.popleft()
@@ -223,10 +226,7 @@ class _Channel:
 
     def _drop(self, exc: BaseException | None) -> None:
         """Close the connection; every call waiting on it fails with `exc`."""
-        conn, self._conn = self._conn, None
-        if self._reader is not None:
-            self._reader.cancel()
-            self._reader = None
+        conn, self._conn, self._transport = self._conn, None, None
         if conn is not None:
             conn._close()  # redis-py's own silent close: the transport, without waiting
         waiting, self._waiting, self._out = self._waiting, deque(), []
@@ -242,6 +242,41 @@ class _Channel:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
+
+
+class _Replies:
+    """The asyncio protocol of a channel's connection once open: hiredis parses the bytes as
+    they arrive, and each reply goes to its caller (_Channel._deliver)."""
+
+    def __init__(self, channel: _Channel, conn: Any) -> None:
+        self.channel = channel
+        self.conn = conn
+        self.parser = hiredis.Reader(encoding="utf-8")
+
+    def connection_made(self, transport: Any) -> None:
+        pass
+
+    def data_received(self, data: bytes) -> None:
+        parser = self.parser
+        deliver = self.channel._deliver
+        try:
+            parser.feed(data)
+            while (reply := parser.gets()) is not False:
+                deliver(reply)
+        except hiredis.HiredisError as exc:  # not Redis's protocol: nothing more can be read
+            self.channel.lost(self.conn, RedisConnectionError(f"from Redis: {exc}"))
+
+    def eof_received(self) -> bool:
+        return False  # close
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.channel.lost(self.conn, exc or RedisConnectionError("Redis closed the connection"))
+
+    def pause_writing(self) -> None:
+        pass
+
+    def resume_writing(self) -> None:
+        pass
 
 
 def _ignored() -> asyncio.Future[Any]:
@@ -353,7 +388,7 @@ class RedisStore:
         if b.key is None and not reserve:
             return None, None
         shape = self._shape(b, reserve)
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Any] = self._channel.loop().create_future()
         # The request's arguments after its shape's number: tokens, lease, amount
         # (lengths in bytes: the batch is encoded at once, and a lease may not be ASCII)
         amount = _nano(b.amount) if reserve else "0"
