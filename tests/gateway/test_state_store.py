@@ -560,3 +560,40 @@ async def _test_everything_expires(redis_url: str) -> None:
     finally:
         await store.close()
         await admin.aclose()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_begins_and_ends_over_tls(tmp_path: Path, loop: str) -> None:
+    """rediss://: the channel takes the TLS transport over as it does a plain one, on either
+    event loop the gateway may run (the gateway runs uvloop)."""
+    if find_redis_server() is None:
+        pytest.skip("redis-server not installed")
+    server = RedisServer(tmp_path / "tls", tls=True).start()
+    try:
+        run = asyncio.run
+        if loop == "uvloop":
+            import uvloop
+
+            run = uvloop.run
+        run(_test_over_tls(server.url))
+    finally:
+        server.stop()
+
+
+async def _test_over_tls(url: str) -> None:
+    assert url.startswith("rediss://")
+    store = RedisStore(url, "tls")
+    try:
+        got = await asyncio.gather(*(store.begin(Begin("k", 10, NO_LIMIT, 3, 0, f"l{i}", 60,
+                                                       {"g": 1.0}, 0.25, "m"))
+                                     for i in range(12)))
+        admitted = [r for u, r in got if u is not None and u.limited is None]
+        assert len(admitted) == 3  # max_parallel 3
+        assert sum(1 for r in admitted if r is not None and r.refused is None) == 3
+        await store.end_many([Ends.of(End("k", f"l{i}", 0, ("g",), 0.1, "m")
+                                      for i in range(3))])
+        assert (await store.spent(["g"], "m"))["g"] == pytest.approx(0.3)
+        usage, _ = await store.begin(Begin("k", 10, NO_LIMIT, 3, 0, "again", 60, {}, 0.0, "m"))
+        assert usage is not None and usage.limited is None and usage.parallel == 1
+    finally:
+        await store.close()
