@@ -315,7 +315,7 @@ def test_requests_cancelled_while_redis_decides_give_back_their_slots_and_reserv
     facts = inspect_chat(CHAT)
     cloud_first = PlacementDecision((states[1], states[0]), "cost", "cheapest", False)
 
-    async def run() -> tuple[list[str | None], float]:
+    async def run() -> tuple[list[str], float]:
         await limiter.start(states)
         assert limiter.up
         gates = [limiter.gate(key, facts) for _ in range(3)]

@@ -528,9 +528,9 @@ async def _test_batch_as_sequence(redis_url: str) -> None:
             x is not None and x.startswith("key:") for x in refused)
         limited = {u.limited for u, _ in batched if u is not None}
         assert limited == {None, "requests", "tokens", "parallel"}
-        scopes = ["g", "other", *(f"key:{k}" for k in limits)]
-        assert await redis_store.spent(scopes, "m") == pytest.approx(
-            await memory.spent(scopes, "m"))
+        names = ["g", "other", *(f"key:{k}" for k in limits)]
+        assert await redis_store.spent(names, "m") == pytest.approx(
+            await memory.spent(names, "m"))
     finally:
         await redis_store.close()
         await memory.close()
