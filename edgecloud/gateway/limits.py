@@ -57,7 +57,6 @@ from edgecloud.gateway.state import (
     End,
     Ends,
     MemoryStore,
-    Reserved,
     StateStore,
     StateUnavailable,
     Usage,
@@ -247,14 +246,15 @@ class Limiter:
         self._ends.add(e)
         self._ends_ready.set()
 
-    def _abandoned(self, b: Begin, usage: Usage | None, reserved: Reserved | None) -> None:
-        """A begin whose request was cancelled while the store decided: its slot and its
-        reservation go back now (its counted request and tokens stay, as for any request)."""
-        slot = usage is not None and usage.limited is None and b.max_parallel >= 0
-        held = reserved is not None and reserved.refused is None
-        if slot or held:
+    def _abandoned(self, b: Begin, slot: bool, reservation: bool) -> None:
+        """What a begin took that its request will not give back (the request was cancelled
+        while the store decided, or the begin's outcome is unknown): its slot and reservation
+        go back with the next batch of ends (its counted request and tokens stay, as for any
+        request)."""
+        if slot or reservation:
             self.end(End(b.key if slot else None, b.lease, 0,
-                         tuple(b.scopes) if held else (), 0.0, b.month, slot, held))
+                         tuple(b.scopes) if reservation else (), 0.0, b.month, slot,
+                         reservation))
 
     # -- the request path ---------------------------------------------------------------------
     def applies(self, key: ApiKeyConfig | None) -> bool:

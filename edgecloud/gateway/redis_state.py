@@ -342,7 +342,7 @@ class RedisStore:
         self._pending: list[tuple[_Shape, Begin, str, asyncio.Future[Any]]] = []
         # What the begins of one key and budget share (key names, limits, caps), made once.
         self._shapes: dict[tuple[Any, ...], _Shape] = {}
-        self.abandoned: Callable[[Begin, Usage | None, Reserved | None], None] | None = None
+        self.abandoned: Callable[[Begin, bool, bool], None] | None = None
         # end_many numbers the batches it sends, and Redis keeps the last number it applied
         # under this writer's mark, so that a batch sent again after its answer was lost (a
         # timeout, a dropped connection) is not applied twice.
@@ -408,6 +408,11 @@ class RedisStore:
                 self._give_back(b, shape, *fut.result())
             raise
         except (TimeoutError, RedisError, OSError) as exc:
+            # Whether Redis applied it is unknown (it may have, or may yet: a timeout, a
+            # dropped connection), and the request goes on without it: whatever it could have
+            # taken goes back once Redis answers again (freeing what is not held changes nothing).
+            if self.abandoned is not None:
+                self.abandoned(b, b.key is not None and b.max_parallel >= 0, bool(shape.scopes))
             raise StateUnavailable(f"redis: {type(exc).__name__}") from None
         return _decided(shape, r, i)
 
@@ -416,7 +421,8 @@ class RedisStore:
         `abandoned` (the Limiter queues its end), rather than held until its lease expires."""
         if self.abandoned is not None:
             usage, reserved = _decided(shape, r, i)
-            self.abandoned(b, usage, reserved)
+            self.abandoned(b, usage is not None and usage.limited is None and b.max_parallel >= 0,
+                           reserved is not None and reserved.refused is None)
 
     def _send_begins(self) -> None:
         """The pending begins as one FCALL begins (redis_state.lua names its keys and args),

@@ -181,12 +181,13 @@ class StateStore(Protocol):
     """What the gateway shares between replicas. Every method is atomic; all raise
     StateUnavailable when the store cannot answer.
 
-    `abandoned`, set by the store's owner, takes back what a begin took when its caller was
-    cancelled while the store decided (a client gone mid-request): called with the begin and
-    what it got, it queues the matching end, so a slot or a reservation is not held until its
-    lease expires."""
+    `abandoned`, set by the store's owner, takes back what a begin took that its request will
+    not give back: the request was cancelled while the store decided (a client gone), or the
+    begin failed without knowing whether the store applied it (a timeout). Called with the
+    begin and whether it took (or may have taken) a slot and a reservation, it queues the
+    matching end, so neither is held until its lease expires."""
 
-    abandoned: Callable[[Begin, Usage | None, Reserved | None], None] | None
+    abandoned: Callable[[Begin, bool, bool], None] | None
 
     async def admit(self, key: str, rpm: int, tpm: int, max_parallel: int, tokens: int,
                     lease: str, lease_s: float) -> Usage:
@@ -343,7 +344,7 @@ class MemoryStore:
     def __init__(self, clock: object = None) -> None:
         self._clock = clock if callable(clock) else time.time
         # never called: begin here decides without waiting, so no caller leaves mid-way
-        self.abandoned: Callable[[Begin, Usage | None, Reserved | None], None] | None = None
+        self.abandoned: Callable[[Begin, bool, bool], None] | None = None
         self._logs: dict[tuple[str, str], _Log] = {}
         self._leases: dict[str, _Leases] = {}
         self._budgets: dict[tuple[str, str], _Budget] = {}

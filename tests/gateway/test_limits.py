@@ -359,3 +359,52 @@ def limiter_cost() -> float:
     """What a cloud request of CHAT reserves at CONFIG's prices (its prompt estimate and 8
     output tokens at 1 USD per million)."""
     return (inspect_chat(CHAT).prompt_tokens_estimate + 8) / 1e6
+
+
+def test_begins_whose_outcome_is_unknown_give_back_what_redis_applied_late(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Redis frozen (SIGSTOP) while requests begin: each begin times out and the request goes
+    on under this replica's share, but Redis applies the begins once it runs again. Their
+    slots and reservations go back then, so the key is not held at its max_parallel, nor its
+    budget reserved, until the leases expire (10 minutes)."""
+    if find_redis_server() is None:
+        pytest.skip("redis-server is not installed (Debian package redis-server; CI installs it)")
+    server = RedisServer(tmp_path / "redis").start()
+    monkeypatch.setenv("EDGECLOUD_REDIS_URL", server.url)
+    cfg = parse_config(CONFIG.replace("rpm: 4,", "rpm: 1000, max_parallel: 2,"))
+    states = [EndpointState(e, CircuitBreaker()) for e in cfg.endpoints]
+    limiter = Limiter(cfg, GatewayMetrics(states))
+    key = cfg.auth.keys[0]
+    facts = inspect_chat(CHAT)
+    cloud_first = PlacementDecision((states[1], states[0]), "cost", "cheapest", False)
+
+    async def run() -> tuple[list[str], float]:
+        await limiter.start(states)
+        warm = limiter.gate(key, facts)  # the request path's connection is open
+        assert (await warm.place(cloud_first)).order[0].config.name == "cloud"
+        warm.finish({"placement": "cloud", "cost_usd": 0.0})
+        await _until(lambda: not limiter._ends, "the first end sent")
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            gates = [limiter.gate(key, facts) for _ in range(2)]
+            placed = await asyncio.gather(*(g.place(cloud_first) for g in gates))
+            assert not limiter.up
+            assert all(p.order[0].config.name == "edge" for p in placed)  # budget paused
+            for g in gates:
+                g.finish({"placement": "edge"})
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)  # it applies the two begins now
+        await _until(lambda: limiter.up and not limiter._ends, "the store back, ends sent")
+        again = [limiter.gate(key, facts) for _ in range(2)]
+        got = [(await g.place(cloud_first)).order[0].config.name for g in again]
+        reserved = (await limiter.store.spent(["key:a"], month_now()))["key:a"]
+        await limiter.stop()
+        return got, reserved
+
+    try:
+        got, reserved = asyncio.run(run())
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+        server.stop()
+    assert got == ["cloud", "cloud"]  # both slots free on Redis, the budget not held
+    assert reserved == pytest.approx(2 * limiter_cost(), rel=1e-6)
