@@ -42,7 +42,7 @@ COPY edgecloud ./edgecloud
 # Installed, then its request path compiled in place by mypyc (pinned by the lock, kept out of
 # the image; edgecloud/compiled.py).
 RUN touch README.md && pip install --no-deps . \
-    && pip install -c requirements.lock --target /tmp/mypyc mypy \
+    && pip install -c requirements.lock --target /tmp/mypyc mypy setuptools \
     && cd / && PYTHONPATH=/tmp/mypyc python -m edgecloud.native_build \
     && python -m edgecloud.native_build --status | grep -q "in use" \
     && rm -rf /tmp/mypyc /opt/venv/lib/python*/site-packages/pip /opt/venv/bin/pip*
