@@ -123,3 +123,10 @@ def error_body(
     return orjson.dumps(
         {"error": {"message": message, "type": type_, "param": param, "code": code}}
     )
+
+
+def one_of(value: object, names: frozenset[str]) -> bool:
+    """Whether a request's field (a role, a part's type) is one of `names`. Only a string is
+    looked up: a list or an object there cannot be hashed, and a set lookup of it would raise
+    TypeError (a 500) rather than say the field is wrong."""
+    return type(value) is str and value in names

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from edgecloud.api.errors import APIError, BadRequest
+from edgecloud.api.errors import APIError, BadRequest, one_of
 
 _ROLES = frozenset({"user", "assistant", "system", "developer"})
 _TEXT_PARTS = frozenset({"input_text", "output_text", "text", "refusal"})
@@ -89,7 +89,7 @@ def _input_messages(value: Any) -> list[dict[str, Any]]:
         kind = item.get("type", "message")
         if kind == "message":
             role = item.get("role")
-            if type(role) is not str or role not in _ROLES:  # a list or object: unhashable
+            if not one_of(role, _ROLES):
                 raise BadRequest(f"{where}.role must be one of {sorted(_ROLES)}.", param=where)
             out.append({"role": role, "content": _content(item.get("content"), where)})
         elif kind == "function_call":
@@ -133,7 +133,7 @@ def _content(content: Any, where: str) -> str | list[dict[str, Any]]:
     for j, part in enumerate(content):
         pw = f"{where}.content[{j}]"
         kind = part.get("type") if isinstance(part, dict) else None
-        if isinstance(kind, str) and kind in _TEXT_PARTS:  # a list cannot be hashed
+        if one_of(kind, _TEXT_PARTS):
             text = part.get("text", part.get("refusal"))
             if not isinstance(text, str):
                 raise BadRequest(f"{pw}.text must be a string.", param=pw)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from edgecloud.api.errors import BadRequest
+from edgecloud.api.errors import BadRequest, one_of
 from edgecloud.api.messages import messages_to_chat
 from edgecloud.gateway.elided import ElidedURL
 
@@ -217,7 +217,7 @@ def _content(facts: RequestFacts, content: Any, i: int) -> None:
         elif ptype == "image_url":
             _check_image(part, f"messages[{i}].content[{j}]")
             facts.images += 1
-        elif type(ptype) is not str or ptype not in _PART_TYPES:  # a list: not hashable
+        elif not one_of(ptype, _PART_TYPES):
             pw = f"messages[{i}].content[{j}]"
             raise BadRequest(f"{pw}.type {ptype!r} is not a known content part type.", param=pw)
 
@@ -262,7 +262,7 @@ def inspect_chat(body: dict[str, Any]) -> RequestFacts:
             where = f"messages[{i}]"
             raise BadRequest(f"{where} must be an object.", param=where)
         role = msg.get("role")
-        if type(role) is not str or role not in _ROLES:  # a list or object cannot be hashed
+        if not one_of(role, _ROLES):
             where = f"messages[{i}]"
             raise BadRequest(f"{where}.role must be one of {sorted(_ROLES)}.", param=where)
         _content(facts, msg.get("content"), i)
