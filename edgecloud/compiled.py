@@ -6,8 +6,8 @@ module beside its source: the HTTP protocol and ASGI edge every server uses (nod
 fleet server), the log writer, and the gateway's request path. Compiled, the gateway spends
 about a third less CPU per request (benchmarks/gateway_state.py part (c) and
 gateway_overhead.py measure it). Nothing else changes: the same sources run as plain Python
-where no build is present. The upstream client (http1.py) is not compiled: mypyc builds no
-async generators (its `iter_any`) and no subclass of OSError (its errors).
+where no build is present. The upstream client (http1.py) is compiled too: its body iterator
+is a class (mypyc builds no async generators) and its errors live in a plain module.
 
 A build is used only while it matches the sources: the build writes the SHA-256 of every
 compiled source to `compiled.json`, and `install_guard` (run by `edgecloud/__init__.py`) makes
@@ -24,7 +24,9 @@ Compiled code holds to its annotations at run time, where Python would go on:
   `finally` with the narrowed type, so a None there raises: declare it `Any` (app._proxy);
 - a library's stubs are believed: where they are wrong (httptools' URL fields may be None),
   hold the value as `Any` (api/protocol.py);
-- a class that subclasses `str`, `bytes` or `OSError` lives in a plain module (gateway/elided.py).
+- a class that subclasses `str`, `bytes` or `OSError` lives in a plain module (gateway/elided.py,
+  http1_errors.py), and so does one that must subclass a Python class: an asyncio protocol is
+  one by its methods (http1.Connection, redis_state._Replies), not by its base.
 A module joins MODULES only once the whole suite passes with it compiled.
 
 Build: `python -m edgecloud.native_build` (`make` runs it before the tests and the demo);
@@ -64,6 +66,7 @@ MODULES = (
     "edgecloud.gateway.restore_stream",
     "edgecloud.gateway.state",
     "edgecloud.gateway.upstream",
+    "edgecloud.http1",
     "edgecloud.logs",
 )
 

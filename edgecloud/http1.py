@@ -23,27 +23,20 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httptools
 
+from edgecloud.http1_errors import ConnectionDropped, ProtocolError, UpstreamError
+
+__all__ = ["Body", "Connection", "ConnectionDropped", "H1Pool", "PeerCheck", "ProtocolError",
+           "ResponseSink", "StreamedResponse", "UpstreamError", "client_ssl_context"]
+
 Body = bytes | Sequence[bytes | memoryview]
 # Bodies up to this size are joined with the head: copying a few KiB costs less than writev.
 _JOIN_BELOW = 16 << 10
-
-
-class UpstreamError(OSError):
-    """The server could not be reached, or broke off or garbled its answer."""
-
-
-class ProtocolError(UpstreamError):
-    """The answer is not readable HTTP/1.1 (or the server switched protocols)."""
-
-
-class ConnectionDropped(UpstreamError):
-    """The connection closed before the answer was complete."""
 
 
 class ResponseSink(Protocol):
@@ -62,11 +55,9 @@ class ResponseSink(Protocol):
         """The exchange failed; the connection is already closed."""
 
 
-class Connection(asyncio.Protocol):
-    """One keep-alive connection carrying one exchange at a time."""
-
-    __slots__ = ("pool", "transport", "parser", "sink", "closed", "used", "got_bytes",
-                 "ended", "status", "headers", "length_known", "retry", "_paused")
+class Connection:
+    """One keep-alive connection carrying one exchange at a time: its asyncio protocol, and
+    httptools' parser's callbacks."""
 
     def __init__(self, pool: H1Pool) -> None:
         self.pool = pool
@@ -212,9 +203,6 @@ class Connection(asyncio.Protocol):
 class StreamedResponse:
     """An answer whose status and headers have arrived (`head` resolved); the body follows."""
 
-    __slots__ = ("conn", "status", "raw_headers", "head", "keep_alive", "complete", "error",
-                 "buffered", "high_water", "_chunks", "_waiter", "_released")
-
     def __init__(self, loop: asyncio.AbstractEventLoop, high_water: int = 1 << 20) -> None:
         self.conn: Connection | None = None
         self.status = 0
@@ -289,22 +277,9 @@ class StreamedResponse:
         self.release()
         return data
 
-    async def iter_any(self) -> AsyncIterator[bytes]:
+    def iter_any(self) -> BodyChunks:
         """Body bytes as they arrive, joined when several came in one loop turn."""
-        chunks = self._chunks
-        while True:
-            if chunks:
-                data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
-                chunks.clear()
-                self._drained()
-                yield data
-                continue
-            if self.error is not None:
-                raise self.error
-            if self.complete:
-                self.release()
-                return
-            await self._wait()
+        return BodyChunks(self)
 
     def release(self) -> None:
         """Done with this answer: the connection is reused if the answer ended cleanly."""
@@ -319,6 +294,34 @@ class StreamedResponse:
             self._released = True
             if self.conn is not None:
                 self.conn.release(False)
+
+
+class BodyChunks:
+    """`StreamedResponse.iter_any`: an async iterator (a class: mypyc compiles no async
+    generators). After the last chunk the connection goes back to the pool; an error the
+    answer ended with is raised once its chunks have been taken."""
+
+    def __init__(self, resp: StreamedResponse) -> None:
+        self.resp = resp
+
+    def __aiter__(self) -> BodyChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        resp = self.resp
+        chunks = resp._chunks
+        while True:
+            if chunks:
+                data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
+                resp._drained()
+                return data
+            if resp.error is not None:
+                raise resp.error
+            if resp.complete:
+                resp.release()
+                raise StopAsyncIteration
+            await resp._wait()
 
 
 def client_ssl_context(verify: bool = True) -> ssl.SSLContext:
@@ -396,8 +399,9 @@ class H1Pool:
         self._all.add(conn)
         try:
             async with asyncio.timeout(self.connect_timeout_s):
-                await loop.create_connection(
-                    lambda: conn, self.host, self.port, ssl=self._ssl,
+                await loop.create_connection(  # (a protocol by its methods, not its base)
+                    lambda: conn,  # type: ignore[type-var,return-value]
+                    self.host, self.port, ssl=self._ssl,
                     server_hostname=self.host if self.tls else None,
                 )
             if self.check_peer is not None:

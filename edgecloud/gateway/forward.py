@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -347,8 +347,9 @@ class Forwarder:
                 if watch.gone:
                     raise TimeoutError
                 rearm_at = loop.time() + idle_s / 2
-                chunks = (resp.iter_any() if surrogates is None
-                          else RestoredStream(resp.iter_any(), surrogates))
+                chunks: AsyncIterator[bytes] = (
+                    resp.iter_any() if surrogates is None
+                    else RestoredStream(resp.iter_any(), surrogates))
                 if codec is not None:
                     chunks = api.stream(chunks, codec)  # type: ignore[union-attr]
                 async for chunk in chunks:
