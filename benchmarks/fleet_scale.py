@@ -53,6 +53,7 @@ from edgecloud.fleet.repository import ModelRepository, repo_lock
 from edgecloud.fleet.rollout import Gates, ModelRelease, RolloutPlan, choose_release
 from edgecloud.fleet.state import CredentialRow, FleetStore
 from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port
+from edgecloud.testing.cputime import tree_cpu_s
 from edgecloud.testing.figures import sample_digest, write_result
 from edgecloud.testing.nginx_cdn import NginxCDN
 from edgecloud.testing.postgres import PostgresServer, find_bin_dir
@@ -196,17 +197,7 @@ async def load(sim: Sim, devices: list[str], rate: float, seconds: float,
 
 
 def cpu_s(procs: list[psutil.Process]) -> float:
-    total = 0.0
-    for p in procs:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-            for c in p.children(recursive=True):
-                ct = c.cpu_times()
-                total += ct.user + ct.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
+    return tree_cpu_s(p.pid for p in procs)
 
 
 def provision(url: str, devices: list[str], schema: str) -> dict[str, str]:

@@ -21,6 +21,7 @@ import psutil
 import yaml
 
 from edgecloud.supervise import ManagedProcess, edgecloud_command, free_port
+from edgecloud.testing.cputime import tree_cpu_s
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -86,21 +87,13 @@ class Peers(contextlib.ExitStack):
         return url
 
     def cpu_s(self, url: str) -> float | None:
-        """CPU seconds (user + system) used so far by the processes serving `url`: the one
-        started and its live children (nginx's workers). None for one not started here."""
+        """CPU seconds (user + system, to the nanosecond) used so far by the processes serving
+        `url`: the one started and its live children (nginx's workers). None for one not
+        started here."""
         pid = self.pids.get(url)
-        if pid is None:
+        if pid is None or not psutil.pid_exists(pid):
             return None
-        try:
-            root = psutil.Process(pid)
-            total = 0.0
-            for p in [root, *root.children(recursive=True)]:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    t = p.cpu_times()
-                    total += t.user + t.system
-            return total
-        except psutil.NoSuchProcess:
-            return None
+        return tree_cpu_s([pid])
 
     def upstream(self, chunks: int = 64, pace_ms: float = 20.0, content: str = "tok ") -> str:
         port = free_port()

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 
 HERE = Path(__file__).resolve().parent
 ANSWER = (b'{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":'
@@ -78,6 +77,7 @@ def main() -> None:
     from benchmarks.gateway_overhead import SMALL
     from benchmarks.gateway_peers import wrk
     from edgecloud.supervise import free_port
+    from edgecloud.testing.cputime import process_cpu_s
     from edgecloud.testing.figures import write_result
 
     procs: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
@@ -105,13 +105,10 @@ def main() -> None:
             for r in range(args.rounds):  # alternating: this machine's speed drifts in a run
                 for side in (SIDES if r % 2 == 0 else SIDES[::-1]):
                     proc, url = procs[side]
-                    ps = psutil.Process(proc.pid)
-                    t = ps.cpu_times()
-                    cpu0 = t.user + t.system
+                    cpu0 = process_cpu_s(proc.pid)
                     w = wrk(url, body, 16, args.seconds)
-                    t = ps.cpu_times()
                     n = max(w["rps"] * max(int(args.seconds), 1), 1.0)
-                    w["cpu_us_per_request"] = (t.user + t.system - cpu0) / n * 1e6
+                    w["cpu_us_per_request"] = (process_cpu_s(proc.pid) - cpu0) / n * 1e6
                     runs[side].append(w)
         finally:
             for proc, _ in procs.values():
