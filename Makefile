@@ -32,7 +32,7 @@ native: setup
 
 lint: setup
 	$(BIN)/ruff check edgecloud tests benchmarks
-	$(BIN)/mypy edgecloud/api edgecloud/node edgecloud/fleet edgecloud/bench edgecloud/html_report edgecloud/gateway edgecloud/decide edgecloud/deploy edgecloud/demo edgecloud/testing edgecloud/supervise.py edgecloud/http1.py edgecloud/logs.py edgecloud/compiled.py edgecloud/native_build.py
+	$(BIN)/mypy edgecloud/api edgecloud/node edgecloud/fleet edgecloud/bench edgecloud/html_report edgecloud/gateway edgecloud/decide edgecloud/deploy edgecloud/demo edgecloud/testing edgecloud/supervise.py edgecloud/http1.py edgecloud/http1_errors.py edgecloud/logs.py edgecloud/compiled.py edgecloud/native_build.py
 
 test: setup lint native
 	$(BIN)/python -m pytest -q -x -rs --durations=15
