@@ -408,13 +408,17 @@ class RedisStore:
                 self._give_back(b, shape, *fut.result())
             raise
         except (TimeoutError, RedisError, OSError) as exc:
-            # Whether Redis applied it is unknown (it may have, or may yet: a timeout, a
-            # dropped connection), and the request goes on without it: whatever it could have
-            # taken goes back once Redis answers again (freeing what is not held changes nothing).
-            if self.abandoned is not None:
-                self.abandoned(b, b.key is not None and b.max_parallel >= 0, bool(shape.scopes))
+            self._give_back_unknown(b, shape)
             raise StateUnavailable(f"redis: {type(exc).__name__}") from None
         return _decided(shape, r, i)
+
+    def _give_back_unknown(self, b: Begin, shape: _Shape) -> None:
+        """A begin that failed without an answer: whether Redis applied it is unknown (it may
+        have, or may yet: a timeout, a dropped connection), and its request goes on without
+        it. Whatever it could have taken goes back once Redis answers again (freeing what is
+        not held changes nothing)."""
+        if self.abandoned is not None:
+            self.abandoned(b, b.key is not None and b.max_parallel >= 0, bool(shape.scopes))
 
     def _give_back(self, b: Begin, shape: _Shape, r: list[Any], i: int) -> None:
         """A begin whose caller is gone: what it took (a slot, a reservation) goes back through
@@ -461,27 +465,36 @@ class RedisStore:
     def _deliver_begins(self, batch: asyncio.Future[Any],
                         pending: list[tuple[_Shape, Begin, str, asyncio.Future[Any]]]) -> None:
         """A batch's reply or error to each begin's future: the reply and where the begin's
-        part of it starts (its size follows from its shape and its first values)."""
+        part of it starts (its size follows from its shape and its first values). A begin
+        whose caller was cancelled meanwhile gives back what it took (all it could have, when
+        the batch failed: whether Redis applied it is unknown)."""
         if batch.cancelled():
             exc: BaseException | None = RedisConnectionError("the store is closing")
         else:
             exc = batch.exception()
-        if exc is not None:
-            for _, _, _, fut in pending:
-                if not fut.done():
-                    fut.set_exception(exc)
-            return
-        reply: list[Any] = batch.result()
+        reply: list[Any] = batch.result() if exc is None else []
         i = 0
         for shape, b, _, fut in pending:
-            if not fut.done():
-                fut.set_result((reply, i))
+            at = i
+            if exc is None:
+                try:
+                    if shape.key is not None:
+                        i += 7
+                    if shape.scopes:
+                        i += 1 if reply[i] < 0 else 1 + len(shape.scopes)
+                    if i > len(reply):
+                        raise IndexError(i)
+                except (IndexError, TypeError):  # not what begins replies: fail the rest
+                    exc = ResponseError("redis: an unexpected reply to begins")
+            if exc is not None:
+                if not fut.done():
+                    fut.set_exception(exc)
+                elif fut.cancelled():
+                    self._give_back_unknown(b, shape)
+            elif not fut.done():
+                fut.set_result((reply, at))
             elif fut.cancelled():
-                self._give_back(b, shape, reply, i)
-            if shape.key is not None:
-                i += 7
-            if shape.scopes:
-                i += 1 if reply[i] < 0 else 1 + len(shape.scopes)
+                self._give_back(b, shape, reply, at)
 
     def _ends_command(self, batch: Ends) -> bytes:
         """FCALL ends for one batch (redis_state.lua names its keys and args)."""

@@ -597,3 +597,32 @@ async def _test_over_tls(url: str) -> None:
         assert usage is not None and usage.limited is None and usage.parallel == 1
     finally:
         await store.close()
+
+
+def test_a_reply_begins_cannot_read_fails_the_begins_not_the_requests(redis_url: str) -> None:
+    """A Redis whose `begins` answers something else (another build of the library under the
+    same name, say): every begin of the batch fails as the store being unavailable (the
+    gateway falls back), none hangs, none raises anything else."""
+    asyncio.run(_test_unreadable_reply(redis_url))
+
+
+async def _test_unreadable_reply(redis_url: str) -> None:
+    import redis.asyncio as aioredis
+
+    from edgecloud.gateway.redis_state import _FN
+
+    admin = aioredis.Redis.from_url(redis_url)
+    store = RedisStore(redis_url, "odd")
+    try:
+        await admin.function_load(
+            f"#!lua name={_FN[:-1]}\n"
+            f"redis.register_function('{_FN}begins', function(keys, args) return {{1}} end)",
+            replace=True)
+        got = await asyncio.wait_for(asyncio.gather(
+            *(store.begin(Begin("k", 10, NO_LIMIT, 2, 0, f"l{i}", 60, {"g": 1.0}, 0.1, "m"))
+              for i in range(3)), return_exceptions=True), 5)
+        assert all(isinstance(r, StateUnavailable) for r in got), got
+    finally:
+        await admin.function_flush()  # the next test's store loads the real library again
+        await store.close()
+        await admin.aclose()
