@@ -5,7 +5,7 @@
     budget, a key's monthly_cloud_usd) are driven past them at concurrency 12;
 (b) cost: one gateway, a key with every limit and a hard budget (admit, reserve, settle and
     release per request), memory against redis: req/s at concurrency 16, p50 at concurrency 1,
-    in 3 alternating rounds (the median round of each);
+    in 5 alternating rounds (the median round of each: single rounds here spread by +-10%);
 (c) workers: `--workers 2` against nginx with 2 workers on the same stand-in upstream, small
     body at concurrency 16 (and one gateway process for reference), in 3 alternating rounds;
 (d) the rpm 60 run of (a) against 3 LiteLLM proxy processes on the same Redis;
@@ -211,7 +211,7 @@ def litellm_drift(p: Peers, up: str, redis: RedisServer, window_s: float) -> dic
 
 
 def cost(p: Peers, up: str, redis: RedisServer, seconds: float, body: Path,
-         rounds: int = 3) -> dict[str, Any]:
+         rounds: int = 5) -> dict[str, Any]:
     """Per concurrency, memory and redis in turn, `rounds` times (this machine's speed drifts
     within a run); per target the round with the median req/s."""
     env = {"EDGECLOUD_REDIS_URL": redis.url}
