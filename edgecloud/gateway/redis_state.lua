@@ -101,50 +101,6 @@ local function stale(mark, now)
   return not mark or now - tonumber(mark) >= REFRESH_MS
 end
 
--- -> {limited ('' none, requests, tokens, parallel), requests, tokens, requests reset ms,
---     tokens reset ms, wait ms, parallel}
-local function admit(now, base, rpm, tpm, maxpar, tokens, lease, lease_ms)
-  local w, b, par = base .. ':w', base .. ':b', base .. ':par'
-  local hv = redis.call('HMGET', w, 'rs', 'ts', 'x')
-  local nreq, ntok, npar = 0, 0, 0
-  if rpm >= 0 or tpm >= 0 then
-    nreq, ntok = trim(w, b, tonumber(hv[1] or '0'), tonumber(hv[2] or '0'), now)
-  end
-  if maxpar >= 0 then
-    npar = redis.call('ZCARD', par)
-    if npar + 1 > maxpar then
-      -- only now do the slots of replicas that died mid-request matter: drop the expired
-      redis.call('ZREMRANGEBYSCORE', par, '-inf', now)
-      npar = redis.call('ZCARD', par)
-    end
-  end
-  local limited, wait = '', 0
-  if rpm >= 0 and nreq + 1 > rpm then
-    limited, wait = 'requests', wait_ms(w, b, 'r', nreq, 1, rpm, now)
-  elseif tpm >= 0 and ntok + tokens > tpm then
-    limited, wait = 'tokens', wait_ms(w, b, 't', ntok, tokens, tpm, now)
-  elseif maxpar >= 0 and npar + 1 > maxpar then
-    limited, wait = 'parallel', 1000
-  else
-    if rpm >= 0 then nreq = add(w, b, 'r', 1, now) end
-    if tpm >= 0 and tokens > 0 then ntok = add(w, b, 't', tokens, now) end
-    if maxpar >= 0 then
-      redis.call('ZADD', par, now + lease_ms, lease)
-      npar = npar + 1
-    end
-    if stale(hv[3], now) then
-      -- every key lives at least W (or a lease) past its newest entry
-      redis.call('PEXPIRE', par, math.max(W, lease_ms) + 2 * REFRESH_MS)
-      keep({w, b}, W + B + 2 * REFRESH_MS, w, 'x', now)
-    end
-    -- just added to the bucket of now: the window is empty again W after it ends
-    local reset = (bucket(now) + 1) * B + W - now
-    return {limited, nreq, ntok, nreq > 0 and reset or 0, ntok > 0 and reset or 0, wait, npar}
-  end
-  local reset = reset_ms(b, now)
-  return {limited, nreq, ntok, nreq > 0 and reset or 0, ntok > 0 and reset or 0, wait, npar}
-end
-
 -- The answers' tokens, counted against tpm in the bucket of now.
 local function count_tokens(now, base, tokens)
   if tokens > 0 then
@@ -278,12 +234,6 @@ local function caps_of(args, from, n)
   return caps
 end
 
--- keys: the key base. args: rpm, tpm, max_parallel (-1: none), tokens, lease, lease_ms
-redis.register_function('edgecloud_state_5_admit', function(keys, args)
-  return admit(now_ms(), keys[1], tonumber(args[1]), tonumber(args[2]), tonumber(args[3]),
-               tonumber(args[4]), args[5], tonumber(args[6]))
-end)
-
 -- keys: the key base. args: lease, tokens (the answer's: 0 for a key without tpm)
 redis.register_function('edgecloud_state_5_release', function(keys, args)
   release(now_ms(), keys[1], args[1], tonumber(args[2]))
@@ -416,6 +366,17 @@ local function admit_one(k, now, rpm, tpm, maxpar, tokens, lease, lease_ms, expi
   local reset = reset_ms(k.b, now)
   return limited, nreq, ntok, nreq > 0 and reset or 0, ntok > 0 and reset or 0, wait, npar
 end
+
+-- One request's admission alone (begins does it for many): keys: the key base. args: rpm,
+-- tpm, max_parallel (-1: none), tokens, lease, lease_ms -> {limited ('' none, requests,
+-- tokens, parallel), requests, tokens, requests reset ms, tokens reset ms, wait ms, parallel}
+redis.register_function('edgecloud_state_5_admit', function(keys, args)
+  local now, k, lease_ms = now_ms(), key_state(keys[1]), tonumber(args[6])
+  local out = {admit_one(k, now, tonumber(args[1]), tonumber(args[2]), tonumber(args[3]),
+                         tonumber(args[4]), args[5], lease_ms, int(now + lease_ms))}
+  key_flush(k, now)
+  return out
+end)
 
 -- A budget base's state in a batch: its total (spent + reserved) as total() read it, plus what
 -- the batch reserved, and the reservations to write (field, value pairs) by budget_flush.

@@ -36,9 +36,10 @@ state: {{backend: redis, timeout_s: 0.2}}
 CHAT = {"model": "x", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
 
 
-def _setup(monkeypatch: pytest.MonkeyPatch, url: str) -> tuple[Limiter, list[EndpointState]]:
+def _setup(monkeypatch: pytest.MonkeyPatch, url: str, config: str = CONFIG
+           ) -> tuple[Limiter, list[EndpointState]]:
     monkeypatch.setenv("EDGECLOUD_REDIS_URL", url)
-    cfg = parse_config(CONFIG)
+    cfg = parse_config(config)
     states = [EndpointState(e, CircuitBreaker()) for e in cfg.endpoints]
     return Limiter(cfg, GatewayMetrics(states)), states
 
@@ -306,13 +307,11 @@ def test_requests_cancelled_while_redis_decides_give_back_their_slots_and_reserv
     """Clients that leave while their begin is on its way to Redis (cancelled before the answer,
     or after it but before the request ran on): the slots and reservations it took go back at
     once, rather than being held until their leases expire and refusing the key meanwhile."""
-    monkeypatch.setenv("EDGECLOUD_REDIS_URL", redis_url)
-    cfg = parse_config(CONFIG.replace("rpm: 4,", "rpm: 1000, max_parallel: 3,")
-                       .replace("state: {", "state: {prefix: gone, ")
-                       .replace("timeout_s: 0.2", "timeout_s: 2.0"))  # a slow CI: no "down"
-    states = [EndpointState(e, CircuitBreaker()) for e in cfg.endpoints]
-    limiter = Limiter(cfg, GatewayMetrics(states))
-    key = cfg.auth.keys[0]
+    limiter, states = _setup(monkeypatch, redis_url, CONFIG
+                             .replace("rpm: 4,", "rpm: 1000, max_parallel: 3,")
+                             .replace("state: {", "state: {prefix: gone, ")
+                             .replace("timeout_s: 0.2", "timeout_s: 2.0"))  # slow CI: no "down"
+    key = limiter.config.auth.keys[0]
     facts = inspect_chat(CHAT)
     cloud_first = PlacementDecision((states[1], states[0]), "cost", "cheapest", False)
 
@@ -371,11 +370,9 @@ def test_begins_whose_outcome_is_unknown_give_back_what_redis_applied_late(
     if find_redis_server() is None:
         pytest.skip("redis-server is not installed (Debian package redis-server; CI installs it)")
     server = RedisServer(tmp_path / "redis").start()
-    monkeypatch.setenv("EDGECLOUD_REDIS_URL", server.url)
-    cfg = parse_config(CONFIG.replace("rpm: 4,", "rpm: 1000, max_parallel: 2,"))
-    states = [EndpointState(e, CircuitBreaker()) for e in cfg.endpoints]
-    limiter = Limiter(cfg, GatewayMetrics(states))
-    key = cfg.auth.keys[0]
+    limiter, states = _setup(monkeypatch, server.url,
+                             CONFIG.replace("rpm: 4,", "rpm: 1000, max_parallel: 2,"))
+    key = limiter.config.auth.keys[0]
     facts = inspect_chat(CHAT)
     cloud_first = PlacementDecision((states[1], states[0]), "cost", "cheapest", False)
 
