@@ -164,31 +164,6 @@ local function total(b, now)
   return t, not v[2], v[3]
 end
 
--- -> {index of the scope whose cap it would pass (0: reserved), totals after}
-local function reserve(now, bases, caps, amount, rid, lease_ms)
-  local totals, fresh, nx = {}, {}, {}
-  local amt = tonumber(amount)
-  for i, b in ipairs(bases) do
-    totals[i], fresh[i], nx[i] = total(b, now)
-    if caps[i] >= 0 and totals[i] + amt > caps[i] + 1 then
-      for j = i + 1, #bases do totals[j] = total(bases[j], now) end
-      return {i, totals}
-    end
-  end
-  local exp = int(now + lease_ms)
-  for i, b in ipairs(bases) do
-    redis.call('HINCRBY', b, 'rn', amount)
-    if nx[i] and tonumber(nx[i]) <= now + lease_ms then
-      redis.call('HSET', b, 'r:' .. rid, amount .. ':' .. exp)
-    else
-      redis.call('HSET', b, 'r:' .. rid, amount .. ':' .. exp, 'nx', exp)
-    end
-    if fresh[i] then redis.call('PEXPIRE', b, KEEP_MS) end
-    totals[i] = totals[i] + amt
-  end
-  return {0, totals}
-end
-
 local function settle(bases, rid, actual)
   for _, b in ipairs(bases) do
     local r = redis.call('HGET', b, 'r:' .. rid)
@@ -238,11 +213,6 @@ end
 redis.register_function('edgecloud_state_5_release', function(keys, args)
   release(now_ms(), keys[1], args[1], tonumber(args[2]))
   return 0
-end)
-
--- keys: budget bases. args: amount (nano-USD), id, lease_ms, then one cap per base (-1: none)
-redis.register_function('edgecloud_state_5_reserve', function(keys, args)
-  return reserve(now_ms(), keys, caps_of(args, 4, #keys), args[1], args[2], tonumber(args[3]))
 end)
 
 -- keys: budget bases. args: id, actual (nano-USD)
@@ -397,6 +367,48 @@ local function budget_flush(s)
   if s.fresh then redis.call('PEXPIRE', s.base, KEEP_MS) end
 end
 
+-- One reservation of `amount` (nano-USD, text) under id `rid` in budgets `bases` (their key
+-- indexes, budget(i) their states) with `caps` (-1: none), expiring at `expiry` (and its text),
+-- as the budgets' states hold them -> the index of the scope whose cap it would pass (0:
+-- reserved), and every scope's total after
+local function reserve_one(budget, bases, caps, amount, rid, expiry, expiry_text)
+  local amt, totals, refused = tonumber(amount), {}, 0
+  for j, i in ipairs(bases) do
+    totals[j] = budget(i).total
+    if refused == 0 and caps[j] >= 0 and totals[j] + amt > caps[j] + 1 then refused = j end
+  end
+  if refused == 0 then
+    local field, value = 'r:' .. rid, amount .. ':' .. expiry_text
+    for j, i in ipairs(bases) do
+      local s = budget(i)
+      s.total, s.add = s.total + amt, s.add + amt
+      s.fields[#s.fields + 1] = field
+      s.fields[#s.fields + 1] = value
+      if not s.nx or s.nx > expiry then s.nx, s.newnx = expiry, true end
+      totals[j] = s.total
+    end
+  end
+  return refused, totals
+end
+
+-- One reservation alone (begins makes them for many): keys: budget bases. args: amount
+-- (nano-USD), id, lease_ms, then one cap per base (-1: none)
+-- -> {index of the scope whose cap it would pass (0: reserved), totals after}
+redis.register_function('edgecloud_state_5_reserve', function(keys, args)
+  local now, bs, bases = now_ms(), {}, {}
+  local function budget(i)
+    local s = bs[i]
+    if not s then s = budget_state(keys[i], now); bs[i] = s end
+    return s
+  end
+  for i = 1, #keys do bases[i] = i end
+  local expiry = now + tonumber(args[3])
+  local refused, totals = reserve_one(budget, bases, caps_of(args, 4, #keys), args[1], args[2],
+                                      expiry, int(expiry))
+  for _, s in pairs(bs) do budget_flush(s) end
+  return {refused, totals}
+end)
+
 redis.register_function('edgecloud_state_5_begins', function(keys, args)
   local now = now_ms()
   local ns, a, shapes = tonumber(args[1]), 2, {}
@@ -440,24 +452,8 @@ redis.register_function('edgecloud_state_5_begins', function(keys, args)
       n = n + 1
       out[n] = -1
     else
-      local amt, totals, refused = tonumber(amount), {}, 0
-      for j, i in ipairs(sh.bases) do
-        totals[j] = budget(i).total
-        if refused == 0 and sh.caps[j] >= 0 and totals[j] + amt > sh.caps[j] + 1 then
-          refused = j
-        end
-      end
-      if refused == 0 then
-        local exp, field, value = sh.expiry, 'r:' .. lease, amount .. ':' .. sh.expiry_text
-        for j, i in ipairs(sh.bases) do
-          local s = bs[i]
-          s.total, s.add = s.total + amt, s.add + amt
-          s.fields[#s.fields + 1] = field
-          s.fields[#s.fields + 1] = value
-          if not s.nx or s.nx > exp then s.nx, s.newnx = exp, true end
-          totals[j] = s.total
-        end
-      end
+      local refused, totals = reserve_one(budget, sh.bases, sh.caps, amount, lease, sh.expiry,
+                                          sh.expiry_text)
       n = n + 1
       out[n] = refused
       for j = 1, #totals do out[n + j] = totals[j] end
